@@ -1,0 +1,32 @@
+"""Input validation shared by the public functions: clear ``ValueError`` messages, never deep stack traces."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_tensor(x, what: str) -> None:
+    """``x`` must be a dense, real, floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_sparse or x.layout != torch.strided:
+        raise ValueError(f"{what} must be a dense (strided) tensor, got layout {x.layout}")
+    if x.is_complex():
+        raise ValueError(f"{what} must be real; complex dtype {x.dtype} is not supported")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must have a floating dtype, got {x.dtype}")
+
+
+def check_matrix(x, what: str) -> None:
+    """``x`` must be a real floating tensor with at least 2 dims (a matrix or a batch of matrices)."""
+    check_tensor(x, what)
+    if x.ndim < 2:
+        raise ValueError(f"{what} must have at least 2 dims (a matrix or a batch of matrices), got shape "
+                         f"{tuple(x.shape)}")
+
+
+def check_positive(value, name: str) -> float:
+    """A finite number > 0, returned as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)

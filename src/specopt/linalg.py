@@ -1,0 +1,262 @@
+"""The matrix sign (polar factor) ``msign(G) = U sign(Σ) Vᵀ`` for ``G = U Σ Vᵀ``.
+
+Three methods (ALGORITHMS.md §2):
+
+* ``"polar_express"`` (default) — odd quintic iterations ``X ← a_k X + (b_k A + c_k A²) X``, ``A = X Xᵀ``,
+  with a different minimax-optimal ``(a_k, b_k, c_k)`` per step, produced by
+  :func:`polar_express_coefficients` (Amsel, Persson, Musco & Gower, *The Polar Express*, 2025).
+  The default 5-step set is the one published with ``l = 1e-3, cushion = 0.02, safety = 1.02``
+  (as used in modded-nanogpt and Dion); the input is normalised by ``‖G‖_F·1.02 + 1e-6``.
+* ``"newton_schulz"`` — Muon's fixed quintic ``(3.4445, −4.7750, 2.0315)``, 5 steps, input normalised by
+  ``max(‖G‖_F, 1e-7)`` exactly as ``torch.optim.Muon``.
+* ``"svd"`` — exact, from ``torch.linalg.svd``; singular values below ``max(m, n)·eps·σ_max`` count as zero.
+
+Every method maps a zero singular value to zero, so ``msign(0) = 0`` and null directions stay null.
+The polynomial methods do not return an exactly orthogonal matrix: after the default steps the singular
+values of the result lie in a band around 1, see :func:`msign_band`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from specopt._checks import check_matrix
+
+Coefficients = tuple[tuple[float, float, float], ...]
+
+METHODS = ("polar_express", "newton_schulz", "svd")
+
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Keller Jordan's Muon quintic: maximal slope at zero, converges to a band around 1, not to 1."""
+
+POLAR_EXPRESS_8_STEP_ARGS = {"l": 1e-3, "cushion": 0.02407327424182761, "safety": 1.0}
+"""Generator settings that reproduce the Polar Express paper's 8-step set (raw numbers; the paper
+applies a safety of 1.01 at use time, see :func:`polar_express_8_step`)."""
+
+POLAR_EXPRESS_5_STEP_ARGS = {"l": 1e-3, "cushion": 0.02, "safety": 1.02}
+"""Generator settings of the published 5-step set (default of ``method="polar_express"``)."""
+
+
+def _optimal_odd_quintic(lo: float, hi: float) -> tuple[float, float, float]:
+    """Minimax odd quintic ``p(x) = a x + b x³ + c x⁵`` for ``max_{x∈[lo,hi]} |1 − p(x)|``.
+
+    Remez exchange: ``1 − p`` equioscillates at the four points ``lo < q < r < hi`` (signs +, −, +, −);
+    solve the 4×4 linear system for ``(a, b, c, E)``, move ``q, r`` to the critical points of ``p``
+    (roots of ``p'(x) = a + 3b x² + 5c x⁴``) and repeat until the level ``E`` stops changing.
+    """
+    if lo / hi >= 1 - 5e-6:
+        # Interval collapsed to a point m: the limit is the degree-5 Taylor-flat map around m.
+        m = (lo + hi) / 2
+        return 15 / 8 / m, -10 / 8 / m**3, 3 / 8 / m**5
+    q, r = (3 * lo + hi) / 4, (lo + 3 * hi) / 4
+    level, previous = math.inf, None
+    for _ in range(100):
+        rows = [[x, x**3, x**5, sign] for x, sign in ((lo, 1), (q, -1), (r, 1), (hi, -1))]
+        a, b, c, level = np.linalg.solve(np.array(rows), np.ones(4))
+        if previous is not None and abs(previous - level) <= 1e-15:
+            break
+        previous = level
+        disc = math.sqrt(9 * b * b - 20 * a * c)
+        q, r = math.sqrt((-3 * b - disc) / (10 * c)), math.sqrt((-3 * b + disc) / (10 * c))
+    return float(a), float(b), float(c)
+
+
+@lru_cache(maxsize=64)
+def polar_express_coefficients(
+    steps: int, l: float = 1e-3, cushion: float = 0.02407327424182761, safety: float = 1.0  # noqa: E741
+) -> Coefficients:
+    """Per-step optimal quintic coefficients of Polar Express (ALGORITHMS.md §2).
+
+    For k = 1…steps, with ``u₁ = 1``, ``l₁ = l``:
+
+    1. ``p_k`` = minimax odd quintic approximating 1 on ``[max(l_k, cushion·u_k), u_k]``;
+    2. re-centre: scale ``p_k`` by ``2 / (p_k(l_k) + p_k(u_k))`` so that ``1 − p_k(l_k) = p_k(u_k) − 1``
+       (a no-op unless the cushion is active);
+    3. safety (all steps but the last): ``p_k(x) ← p_k(x / safety)``, i.e. ``a/s, b/s³, c/s⁵``;
+    4. ``l_{k+1} = p_k(l_k)``, ``u_{k+1} = 2 − l_{k+1}``.
+
+    ``polar_express_coefficients(8, **POLAR_EXPRESS_8_STEP_ARGS)`` gives the paper's 8-step set and
+    ``polar_express_coefficients(5, **POLAR_EXPRESS_5_STEP_ARGS)`` the published 5-step set.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not 0 < l < 1:
+        raise ValueError(f"l (lower end of the singular-value interval) must be in (0, 1), got {l!r}")
+    if not 0 <= cushion < 1:
+        raise ValueError(f"cushion must be in [0, 1), got {cushion!r}")
+    if safety < 1:
+        raise ValueError(f"safety must be >= 1, got {safety!r}")
+    lo, hi = float(l), 1.0
+    out = []
+    for k in range(steps):
+        a, b, c = _optimal_odd_quintic(max(lo, cushion * hi), hi)
+        scale = 2 / (_quintic(a, b, c, lo) + _quintic(a, b, c, hi))
+        a, b, c = a * scale, b * scale, c * scale
+        if k < steps - 1:
+            a, b, c = a / safety, b / safety**3, c / safety**5
+        out.append((a, b, c))
+        lo = _quintic(a, b, c, lo)
+        hi = 2 - lo
+    return tuple(out)
+
+
+def _quintic(a: float, b: float, c: float, x: float) -> float:
+    return a * x + b * x**3 + c * x**5
+
+
+@dataclass(frozen=True)
+class PolynomialSchedule:
+    """An odd-polynomial msign: coefficients per step and the input normalisation
+    ``X₀ = G / (‖G‖_F·safety + eps)`` (or ``G / max(‖G‖_F, eps)`` when ``clamp`` is set, as torch's Muon)."""
+
+    coefficients: Coefficients
+    safety: float
+    eps: float
+    clamp: bool = False
+
+    def scalar_map(self, sigma: np.ndarray, fro: float = 1.0) -> np.ndarray:
+        """What the iteration does to one singular value σ of a matrix with Frobenius norm ``fro``."""
+        x = sigma / (max(fro, self.eps) if self.clamp else fro * self.safety + self.eps)
+        for a, b, c in self.coefficients:
+            x = a * x + b * x**3 + c * x**5
+        return x
+
+
+def polar_express_8_step() -> PolynomialSchedule:
+    """The Polar Express paper's 8-step set with its use-time safety 1.01 (all steps but the last)."""
+    raw = polar_express_coefficients(8, **POLAR_EXPRESS_8_STEP_ARGS)
+    s = 1.01
+    safe = tuple((a / s, b / s**3, c / s**5) for a, b, c in raw[:-1]) + (raw[-1],)
+    return PolynomialSchedule(safe, safety=1.01, eps=1e-7)
+
+
+def schedule(method: str, steps: int | None = None) -> PolynomialSchedule:
+    """The polynomial schedule behind ``msign(method=..., steps=...)``.
+
+    ``polar_express``: ``steps`` (default 5) coefficients from the generator with the 5-step settings
+    (``steps=5`` is exactly the published set). ``newton_schulz``: the fixed quintic repeated.
+    """
+    if method == "polar_express":
+        coefficients = polar_express_coefficients(_steps(steps, 5), **POLAR_EXPRESS_5_STEP_ARGS)
+        return PolynomialSchedule(coefficients, safety=1.02, eps=1e-6)
+    if method == "newton_schulz":
+        return PolynomialSchedule((NEWTON_SCHULZ_COEFFICIENTS,) * _steps(steps, 5), 1.0, 1e-7, clamp=True)
+    raise ValueError(f"no polynomial schedule for method {method!r}; polynomial methods: polar_express, "
+                     "newton_schulz")
+
+
+def _steps(steps: int | None, default: int) -> int:
+    if steps is None:
+        return default
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+def msign_band(method: str = "polar_express", steps: int | None = None, l: float = 1e-3) -> tuple[float, float]:  # noqa: E741
+    """Exact-arithmetic range of the output singular values for normalised inputs ``σ/‖G‖_F ∈ [l, 1]``.
+
+    Defaults: polar_express 5 steps ≈ (0.847, 1.141); newton_schulz 5 steps ≈ (0.471, 1.202); svd (1, 1).
+    Floating-point compute widens the band by roughly the compute dtype's relative precision
+    (bf16: ≈ 1e-2 per step accumulated).
+    """
+    if method == "svd":
+        return (1.0, 1.0)
+    y = schedule(method, steps).scalar_map(np.geomspace(l, 1.0, 100_001))
+    return float(y.min()), float(y.max())
+
+
+def default_compute_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the device multiplies bf16 matrices natively (CUDA with bf16, CPUs with AVX512-BF16
+    or AMX), else ``None`` (compute in the input's dtype, at least float32)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return torch.bfloat16 if native else None
+    return None
+
+
+def msign(
+    G: torch.Tensor,
+    *,
+    method: str = "polar_express",
+    steps: int | None = None,
+    compute_dtype: torch.dtype | None = None,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """Polar factor ``U sign(Σ) Vᵀ`` of a matrix or a batch of matrices (any leading dims).
+
+    Args:
+        G: real floating tensor of shape ``(..., m, n)``, any aspect ratio (wide or tall: tall inputs
+           are transposed internally so that the iteration works on the smaller Gram matrix).
+        method: ``"polar_express"`` (default), ``"newton_schulz"`` or ``"svd"``.
+        steps: iterations of a polynomial method (default 5 for both).
+        compute_dtype: dtype of the iteration. ``None`` (default) computes in bfloat16 where the device has
+           native bf16 matmuls (see :func:`default_compute_dtype`) and in the input's dtype (at least
+           float32) elsewhere; pass e.g. ``torch.float32`` to turn bf16 off. The SVD always runs in at
+           least float32 (float64 for float64 input).
+        check_finite: raise ``ValueError`` if ``G`` holds NaN or Inf (one reduction; costs a device sync on
+           CUDA). With ``False`` non-finite entries propagate to a NaN result, never a finite one.
+
+    Returns:
+        a tensor of ``G``'s shape, dtype and device.
+    """
+    check_matrix(G, "msign input")
+    if method not in METHODS:
+        raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
+    if check_finite and not bool(torch.isfinite(G).all()):
+        raise ValueError("msign input contains NaN or Inf; the polar factor of a non-finite matrix is undefined")
+    work = _resolve_compute_dtype(G, compute_dtype, method)
+    transpose = G.shape[-2] > G.shape[-1]
+    X = G.mT if transpose else G
+    if method == "svd":
+        X = _svd_sign(X.to(work))
+    else:
+        X = _polynomial_sign(X.to(work), schedule(method, steps))
+    if transpose:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def _resolve_compute_dtype(G: torch.Tensor, compute_dtype, method: str) -> torch.dtype:
+    at_least_fp32 = torch.promote_types(G.dtype, torch.float32)
+    if method == "svd":
+        return at_least_fp32
+    if compute_dtype is None:
+        return default_compute_dtype(G.device) or at_least_fp32
+    if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
+        raise ValueError(f"compute_dtype must be a torch floating dtype, got {compute_dtype!r}")
+    return compute_dtype
+
+
+def _polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:
+    """Run the odd-quintic iteration on ``X`` with ``rows ≤ cols``; batched over leading dims."""
+    fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    X = X / (fro.clamp(min=sched.eps) if sched.clamp else fro * sched.safety + sched.eps)
+    shape = X.shape
+    X = X.reshape(-1, shape[-2], shape[-1]) if X.ndim > 2 else X
+    mm, addmm = (torch.bmm, torch.baddbmm) if X.ndim == 3 else (torch.mm, torch.addmm)
+    for a, b, c in sched.coefficients:
+        A = mm(X, X.mT)
+        B = addmm(A, A, A, beta=b, alpha=c)
+        X = addmm(X, B, X, beta=a)
+    return X.reshape(shape)
+
+
+def _svd_sign(X: torch.Tensor) -> torch.Tensor:
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    tol = max(X.shape[-2:]) * torch.finfo(S.dtype).eps * S[..., :1]
+    keep = (S > tol).to(S.dtype)
+    return (U * keep.unsqueeze(-2)) @ Vh
+
+
+def nuclear_norm(G: torch.Tensor, **msign_kwargs) -> torch.Tensor:
+    """``‖G‖_* = ⟨G, msign(G)⟩`` over the last two dims: no SVD needed with a polynomial method
+    (ALGORITHMS.md §1). Exact with ``method="svd"``; otherwise biased by the msign band."""
+    return (G * msign(G, **msign_kwargs).to(G.dtype)).sum(dim=(-2, -1))

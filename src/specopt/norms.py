@@ -1,0 +1,380 @@
+"""The norm catalogue (ALGORITHMS.md §1): one object per geometry, owning its lmo, dual, norm, init, project.
+
+For a norm ``‖·‖`` on one tensor, the linear minimisation oracle over the unit ball is
+``lmo(g) = argmin_{‖s‖≤1} ⟨g, s⟩``, so that ``⟨g, lmo(g)⟩ = −‖g‖_*`` (the dual norm) and ``‖lmo(g)‖ = 1``
+for ``g ≠ 0``; ``lmo(0) = 0``. Shapes ``d_out × d_in`` follow ``nn.Linear.weight``.
+
+Batches. Every method takes a batch of same-shape tensors stacked along leading dims. Matrix norms
+(``Spectral``, ``ColNorm``, ``RowNorm``, ``Sign(fan_in_scaled=True)``) and ``SpectralConv`` know the rank of
+one item, so every leading dim beyond it is a batch dim. The entrywise norms (``Euclidean``, ``Sign``,
+``BiasRMS``) treat the whole tensor as one item unless ``batch_dims`` says how many leading dims index the
+batch. ``norm`` and ``dual`` return one value per item (shape = the batch shape).
+
+The spectral norms compute the polar factor with :func:`specopt.msign`; their ``dual`` is
+``−⟨g, lmo(g)⟩`` with the same method, so it is exact with ``method="svd"`` and lies within the method's
+band (:func:`specopt.linalg.msign_band`) of the true scaled nuclear norm otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from specopt._checks import check_positive, check_tensor
+from specopt.linalg import METHODS, msign
+
+
+def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``x / d`` with ``0 / 0 = 0`` (so that lmo(0) = 0 and zero columns stay zero)."""
+    return x / torch.where(d > 0, d, torch.ones_like(d))
+
+
+class Norm(ABC):
+    """A norm on tensors of one role. Subclasses define the geometry; see the module docstring."""
+
+    #: rank of one item (None: the entrywise norms, whose item is the whole tensor).
+    item_ndim: int | None = None
+
+    def _dims(self, x: torch.Tensor, batch_dims: int | None, what: str) -> tuple[int, ...]:
+        """Validate ``x`` and return the dims one item spans (the reduction dims)."""
+        check_tensor(x, f"{type(self).__name__}.{what} input")
+        rank = self._item_rank(x)
+        if batch_dims is not None:
+            if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+                raise ValueError(f"batch_dims must be a non-negative int, got {batch_dims!r}")
+            if rank is not None and x.ndim - batch_dims != rank:
+                raise ValueError(f"{type(self).__name__} items have {rank} dims; a tensor of shape "
+                                 f"{tuple(x.shape)} with batch_dims={batch_dims} does not fit")
+            rank = x.ndim - batch_dims
+        elif rank is None:
+            rank = x.ndim
+        if x.ndim < rank:
+            raise ValueError(f"{type(self).__name__} needs tensors with at least {rank} dims, got shape "
+                             f"{tuple(x.shape)}")
+        return tuple(range(x.ndim - rank, x.ndim))
+
+    def _item_rank(self, x: torch.Tensor) -> int | None:
+        return self.item_ndim
+
+    @abstractmethod
+    def lmo(self, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
+        """``argmin_{‖s‖≤1} ⟨g, s⟩`` per item; same shape and dtype as ``g``."""
+
+    @abstractmethod
+    def dual(self, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
+        """``‖g‖_* = sup_{‖s‖≤1} ⟨g, s⟩ = −⟨g, lmo(g)⟩`` per item."""
+
+    @abstractmethod
+    def norm(self, x: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
+        """``‖x‖`` per item."""
+
+    @abstractmethod
+    def init(self, shape, radius: float = 1.0, *, generator: torch.Generator | None = None,
+             dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """A random point with ``norm = radius`` (orthogonal, scaled, for the spectral norms)."""
+
+    def project(self, x: torch.Tensor, radius: float = 1.0, batch_dims: int | None = None) -> torch.Tensor:
+        """Euclidean projection of each item onto the ball ``{‖x‖ ≤ radius}``."""
+        raise NotImplementedError(f"{type(self).__name__} has no cheap projection")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(vars(self).items(), key=lambda kv: kv[0]))))
+
+
+def _gaussian(shape, generator, dtype, device) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64, device=device).to(dtype)
+
+
+class Euclidean(Norm):
+    """ℓ2 norm: ``lmo(g) = −g/‖g‖₂``, ``‖g‖_* = ‖g‖₂``. SGD geometry."""
+
+    def norm(self, x, batch_dims=None):
+        return torch.linalg.vector_norm(x, dim=self._dims(x, batch_dims, "norm"))
+
+    dual = norm
+
+    def lmo(self, g, batch_dims=None):
+        n = torch.linalg.vector_norm(g, dim=self._dims(g, batch_dims, "lmo"), keepdim=True)
+        return -_safe_div(g, n)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        x = _gaussian(shape, generator, torch.float64, device)
+        return (radius * x / torch.linalg.vector_norm(x)).to(dtype)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        radius = check_positive(radius, "radius")
+        n = torch.linalg.vector_norm(x, dim=self._dims(x, batch_dims, "project"), keepdim=True)
+        return x * torch.clamp(_safe_div(torch.full_like(n, radius), n), max=1.0)
+
+
+class Sign(Norm):
+    """ℓ∞ (max-entry) norm, optionally on the ball ``‖W‖_max ≤ 1/d_in`` (``fan_in_scaled``, d_in = last dim).
+
+    ``lmo(g) = −sign(g)/s``, ``‖g‖_* = ‖g‖₁/s`` with ``s = d_in`` if scaled else 1; ``‖x‖ = s·max|x|``.
+    Sign descent; one-hot embeddings; the output head of text models (scaled).
+    """
+
+    def __init__(self, fan_in_scaled: bool = False):
+        self.fan_in_scaled = bool(fan_in_scaled)
+
+    def _item_rank(self, x):
+        return 2 if self.fan_in_scaled else None
+
+    def _scale(self, x) -> float:
+        return float(x.shape[-1]) if self.fan_in_scaled else 1.0
+
+    def norm(self, x, batch_dims=None):
+        return torch.amax(x.abs(), dim=self._dims(x, batch_dims, "norm")) * self._scale(x)
+
+    def dual(self, g, batch_dims=None):
+        return g.abs().sum(dim=self._dims(g, batch_dims, "dual")) / self._scale(g)
+
+    def lmo(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "lmo")
+        return -torch.sign(g) / self._scale(g)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        signs = torch.sign(_gaussian(shape, generator, torch.float64, device))
+        scale = shape[-1] if self.fan_in_scaled else 1
+        return (radius / scale * signs).to(dtype)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        radius = check_positive(radius, "radius")
+        self._dims(x, batch_dims, "project")
+        bound = radius / self._scale(x)
+        return x.clamp(-bound, bound)
+
+
+class BiasRMS(Norm):
+    """RMS norm of a vector or gain: ``‖b‖ = ‖b‖₂/√n``; ``lmo(g) = −g/RMS(g)``, ``‖g‖_* = √n·‖g‖₂``."""
+
+    def _numel(self, x, dims) -> int:
+        return math.prod(x.shape[d] for d in dims)
+
+    def norm(self, x, batch_dims=None):
+        dims = self._dims(x, batch_dims, "norm")
+        return torch.linalg.vector_norm(x, dim=dims) / math.sqrt(self._numel(x, dims))
+
+    def dual(self, g, batch_dims=None):
+        dims = self._dims(g, batch_dims, "dual")
+        return torch.linalg.vector_norm(g, dim=dims) * math.sqrt(self._numel(g, dims))
+
+    def lmo(self, g, batch_dims=None):
+        dims = self._dims(g, batch_dims, "lmo")
+        rms = torch.linalg.vector_norm(g, dim=dims, keepdim=True) / math.sqrt(self._numel(g, dims))
+        return -_safe_div(g, rms)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        x = _gaussian(shape, generator, torch.float64, device)
+        return (radius * x / (torch.linalg.vector_norm(x) / math.sqrt(x.numel()))).to(dtype)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        radius = check_positive(radius, "radius")
+        rms = self.norm(x, batch_dims)
+        shrink = torch.clamp(_safe_div(torch.full_like(rms, radius), rms), max=1.0)
+        return x * shrink.reshape(shrink.shape + (1,) * (x.ndim - shrink.ndim))
+
+
+class ColNorm(Norm):
+    """Max column norm (1 → RMS): ``‖W‖ = max_j ‖W_{:,j}‖₂/√d_out``.
+
+    ``lmo``: column j ↦ ``−√d_out·g_j/‖g_j‖₂``; ``‖g‖_* = √d_out·Σ_j ‖g_j‖₂``. With ``transpose=True`` the
+    columns are the rows of the stored tensor, for ``nn.Embedding`` weights of shape (vocab, d): each token's
+    vector gets RMS 1 (d_out = d).
+    """
+
+    item_ndim = 2
+
+    def __init__(self, transpose: bool = False):
+        self.transpose = bool(transpose)
+
+    def _view(self, x):
+        return x.mT if self.transpose else x
+
+    def norm(self, x, batch_dims=None):
+        self._dims(x, batch_dims, "norm")
+        w = self._view(x)
+        return torch.linalg.vector_norm(w, dim=-2).amax(dim=-1) / math.sqrt(w.shape[-2])
+
+    def dual(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "dual")
+        w = self._view(g)
+        return torch.linalg.vector_norm(w, dim=-2).sum(dim=-1) * math.sqrt(w.shape[-2])
+
+    def lmo(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "lmo")
+        w = self._view(g)
+        s = -math.sqrt(w.shape[-2]) * _safe_div(w, torch.linalg.vector_norm(w, dim=-2, keepdim=True))
+        return self._view(s)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        w = self._view(_gaussian(shape, generator, torch.float64, device))
+        w = radius * math.sqrt(w.shape[-2]) * w / torch.linalg.vector_norm(w, dim=-2, keepdim=True)
+        return self._view(w).to(dtype)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        radius = check_positive(radius, "radius")
+        self._dims(x, batch_dims, "project")
+        w = self._view(x)
+        n = torch.linalg.vector_norm(w, dim=-2, keepdim=True)
+        bound = torch.full_like(n, radius * math.sqrt(w.shape[-2]))
+        return self._view(w * torch.clamp(_safe_div(bound, n), max=1.0))
+
+
+class RowNorm(Norm):
+    """Max row norm: ``‖W‖ = √d_in·max_i ‖W_{i,:}‖₂``; ``lmo``: row i ↦ ``−g_i/(√d_in‖g_i‖₂)``,
+    ``‖g‖_* = Σ_i ‖g_i‖₂/√d_in``. An alternative geometry for output heads."""
+
+    item_ndim = 2
+
+    def norm(self, x, batch_dims=None):
+        self._dims(x, batch_dims, "norm")
+        return torch.linalg.vector_norm(x, dim=-1).amax(dim=-1) * math.sqrt(x.shape[-1])
+
+    def dual(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "dual")
+        return torch.linalg.vector_norm(g, dim=-1).sum(dim=-1) / math.sqrt(g.shape[-1])
+
+    def lmo(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "lmo")
+        return -_safe_div(g, torch.linalg.vector_norm(g, dim=-1, keepdim=True)) / math.sqrt(g.shape[-1])
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        x = _gaussian(shape, generator, torch.float64, device)
+        x = radius / math.sqrt(shape[-1]) * x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        return x.to(dtype)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        radius = check_positive(radius, "radius")
+        self._dims(x, batch_dims, "project")
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        bound = torch.full_like(n, radius / math.sqrt(x.shape[-1]))
+        return x * torch.clamp(_safe_div(bound, n), max=1.0)
+
+
+class _SpectralBase(Norm):
+    """Shared machinery of the spectral norms: ``‖W‖ = ‖Ŵ‖_op / s``, ``lmo(g) = −s·msign(ĝ)``, where
+    ``Ŵ`` is the matrix view of the tensor and ``s`` the scale of the subclass."""
+
+    def __init__(self, method: str = "polar_express", steps: int | None = None,
+                 compute_dtype: torch.dtype | None = None):
+        if method not in METHODS:
+            raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
+        self.method, self.steps, self.compute_dtype = method, steps, compute_dtype
+
+    @abstractmethod
+    def _matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(..., d_out, fan_in)`` matrix view of ``x``."""
+
+    @abstractmethod
+    def _scale(self, shape) -> float:
+        """``s`` such that the unit ball is ``‖Ŵ‖_op ≤ s``."""
+
+    def msign(self, g: torch.Tensor) -> torch.Tensor:
+        return msign(g, method=self.method, steps=self.steps, compute_dtype=self.compute_dtype,
+                     check_finite=False)
+
+    def lmo(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "lmo")
+        return (-self._scale(g.shape) * self.msign(self._matrix(g))).reshape(g.shape)
+
+    def dual(self, g, batch_dims=None):
+        dims = self._dims(g, batch_dims, "dual")
+        return -(g * self.lmo(g, batch_dims)).sum(dim=dims)
+
+    def norm(self, x, batch_dims=None):
+        self._dims(x, batch_dims, "norm")
+        return torch.linalg.matrix_norm(self._matrix(x), ord=2) / self._scale(x.shape)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        shape = tuple(shape)
+        m = self._matrix(torch.empty(shape, device="meta"))
+        g = _gaussian(m.shape, generator, torch.float64, device)
+        return (radius * self._scale(shape) * msign(g, method="svd")).reshape(shape).to(dtype)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        """Singular-value clipping ``U min(Σ, r·s) Vᵀ`` (one SVD per item)."""
+        radius = check_positive(radius, "radius")
+        self._dims(x, batch_dims, "project")
+        m = self._matrix(x)
+        U, S, Vh = torch.linalg.svd(m.to(torch.promote_types(x.dtype, torch.float32)), full_matrices=False)
+        S = S.clamp(max=radius * self._scale(x.shape))
+        return ((U * S.unsqueeze(-2)) @ Vh).reshape(x.shape).to(x.dtype)
+
+
+class Spectral(_SpectralBase):
+    """RMS → RMS operator norm of a ``d_out × d_in`` matrix: ``‖W‖ = √(d_in/d_out)·‖W‖_op``.
+
+    ``lmo(g) = −√(d_out/d_in)·msign(g)``; ``‖g‖_* = √(d_out/d_in)·‖g‖_nuclear``. Hidden matrices
+    (Scion, Bernstein & Newhouse's modular norm). ``method``/``steps``/``compute_dtype`` go to msign.
+    """
+
+    item_ndim = 2
+
+    def _matrix(self, x):
+        return x
+
+    def _scale(self, shape):
+        return math.sqrt(shape[-2] / shape[-1])
+
+
+class SpectralConv(_SpectralBase):
+    """Spectral norm of a conv kernel ``(d_out, c_in, *kernel)`` viewed as ``d_out × c_in·k²``.
+
+    ``lmo(g) = −√(d_out/c_in)/k²·msign(ĝ)``, ``‖g‖_* = √(d_out/c_in)/k²·‖ĝ‖_nuclear``, with k² the number of
+    kernel taps (∏ kernel sizes). ``kernel_dims`` = 1, 2, 3 for Conv1d/2d/3d.
+    """
+
+    def __init__(self, kernel_dims: int = 2, method: str = "polar_express", steps: int | None = None,
+                 compute_dtype: torch.dtype | None = None):
+        if kernel_dims not in (1, 2, 3):
+            raise ValueError(f"kernel_dims must be 1, 2 or 3 (Conv1d/2d/3d), got {kernel_dims!r}")
+        super().__init__(method, steps, compute_dtype)
+        self.kernel_dims = kernel_dims
+
+    @property
+    def item_ndim(self) -> int:  # type: ignore[override]
+        return 2 + self.kernel_dims
+
+    def _item_rank(self, x):
+        return self.item_ndim
+
+    def _matrix(self, x):
+        k = self.kernel_dims
+        return x.reshape(x.shape[: x.ndim - k - 1] + (-1,))
+
+    def _scale(self, shape):
+        k = self.kernel_dims
+        taps = math.prod(shape[len(shape) - k:])
+        d_out, c_in = shape[len(shape) - k - 2], shape[len(shape) - k - 1]
+        return math.sqrt(d_out / c_in) / taps
+
+
+CATALOGUE: dict[str, type[Norm]] = {
+    "euclidean": Euclidean,
+    "sign": Sign,
+    "bias_rms": BiasRMS,
+    "col_norm": ColNorm,
+    "row_norm": RowNorm,
+    "spectral": Spectral,
+    "spectral_conv": SpectralConv,
+}
+"""Norms by name, for configuration files and the command line."""
+
+
+def get_norm(name: str, **kwargs) -> Norm:
+    """Build a norm of the catalogue by name, e.g. ``get_norm("spectral", method="svd")``."""
+    try:
+        cls = CATALOGUE[name]
+    except KeyError:
+        raise ValueError(f"unknown norm {name!r}; valid norms: {', '.join(CATALOGUE)}") from None
+    return cls(**kwargs)
