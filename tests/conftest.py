@@ -1,0 +1,27 @@
+"""Shared test helpers: matrices with a prescribed spectrum."""
+
+import numpy as np
+import pytest
+import torch
+
+
+def matrix_with_singular_values(m: int, n: int, sigma, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """``U diag(sigma) Vᵀ`` with Haar-random orthonormal U (m×k) and V (n×k), k = len(sigma)."""
+    g = torch.Generator().manual_seed(seed)
+    k = len(sigma)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
+    return ((U * torch.as_tensor(np.asarray(sigma), dtype=torch.float64)) @ V.T).to(dtype)
+
+
+def normalized_spectrum(k: int, safety: float, low: float = 1.0001e-3) -> np.ndarray:
+    """k singular values whose normalised values ``σ/(‖σ‖₂·safety)`` span ``[low, ≈0.98]``: the rest are
+    log-spaced in [low, 0.5/√k] and the top one fills up the Frobenius norm."""
+    rest = np.geomspace(low, 0.5 / np.sqrt(k), k - 1)
+    top = np.sqrt(1 / safety**2 - np.sum(rest**2))
+    return np.concatenate([[top], rest])
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,211 @@
+"""msign: agreement with the SVD, the documented singular-value bands, edge cases and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import matrix_with_singular_values, normalized_spectrum
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specopt import msign, msign_band
+from specopt.linalg import default_compute_dtype, nuclear_norm, polar_express_8_step, schedule
+
+POLY = ["polar_express", "newton_schulz"]
+ALL = POLY + ["svd"]
+
+
+def svd_sign(G: torch.Tensor) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    return U @ Vh
+
+
+def test_documented_bands():
+    lo, hi = msign_band("polar_express")
+    assert 0.84 < lo < 0.85 and 1.14 < hi < 1.145  # ALGORITHMS.md: ≈ [0.85, 1.14]
+    lo, hi = msign_band("newton_schulz")
+    assert 0.46 < lo < 0.48 and 1.19 < hi < 1.21  # ≈ [0.47, 1.20]
+    assert msign_band("svd") == (1.0, 1.0)
+    # the 8-step set after 6 steps ≈ [0.993, 1.001]
+    sched = polar_express_8_step()
+    short = type(sched)(sched.coefficients[:6], sched.safety, sched.eps)
+    y = short.scalar_map(np.geomspace(1e-3, 1, 100_001))
+    assert 0.99 < y.min() < 0.995 and 1.0 < y.max() < 1.002
+
+
+@pytest.mark.parametrize("method", POLY)
+@pytest.mark.parametrize("shape", [(32, 32), (24, 96), (96, 24)])
+def test_polynomial_msign_is_the_scalar_map_on_singular_values(method, shape):
+    """In fp64 the iteration acts on each singular value alone: msign(G) = U f(Σ) Vᵀ."""
+    k = min(shape)
+    sigma = np.geomspace(1e-2, 3.0, k)
+    G = matrix_with_singular_values(*shape, sigma, seed=1)
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    f = schedule(method).scalar_map(S.numpy(), fro=float(torch.linalg.norm(G)))
+    expected = (U * torch.from_numpy(f)) @ Vh
+    got = msign(G, method=method, compute_dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", POLY)
+@pytest.mark.parametrize("dtype, slack", [(torch.float64, 1e-9), (torch.float32, 1e-4), (torch.bfloat16, 0.02)])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 192), (192, 48)])
+def test_singular_values_stay_in_band(method, dtype, slack, shape):
+    safety = schedule(method).safety
+    G = matrix_with_singular_values(*shape, normalized_spectrum(min(shape), safety), seed=2)
+    lo, hi = msign_band(method)
+    G = G if dtype == torch.float64 else G.float()
+    s = torch.linalg.svdvals(msign(G, method=method, compute_dtype=dtype).double())
+    assert lo - slack <= s.min() and s.max() <= hi + slack
+
+
+def test_polar_express_beats_newton_schulz_accuracy():
+    G = matrix_with_singular_values(64, 128, normalized_spectrum(64, 1.02), seed=3)
+    err = {m: (torch.linalg.svdvals(msign(G, method=m, compute_dtype=torch.float64)) - 1).abs().max() for m in POLY}
+    assert err["polar_express"] <= 0.16 < 0.5 <= err["newton_schulz"] + 0.05
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_converged_methods_agree_with_svd(method):
+    G = matrix_with_singular_values(40, 70, np.linspace(0.2, 1.0, 40), seed=4)
+    steps = {"polar_express": 10, "newton_schulz": None, "svd": None}[method]
+    got = msign(G, method=method, steps=steps, compute_dtype=torch.float64)
+    lo, hi = msign_band("newton_schulz")
+    tol = {"polar_express": 1e-6, "newton_schulz": max(1 - lo, hi - 1), "svd": 1e-12}[method]
+    assert torch.linalg.matrix_norm(got - svd_sign(G), ord=2) <= tol
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_tall_is_transpose_of_wide(method):
+    G = torch.randn(20, 50, dtype=torch.float64)
+    torch.testing.assert_close(msign(G.T, method=method), msign(G, method=method).T)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_batch_equals_one_by_one(method):
+    G = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    batched = msign(G, method=method, compute_dtype=torch.float64)
+    for i in range(2):
+        for j in range(3):
+            torch.testing.assert_close(batched[i, j], msign(G[i, j], method=method, compute_dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("shape", [(7, 9), (2, 3, 5, 5)])
+def test_zero_maps_to_zero(method, shape):
+    out = msign(torch.zeros(shape), method=method)
+    assert torch.equal(out, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_rank_deficient_keeps_the_null_space(method):
+    G = matrix_with_singular_values(30, 40, [1.0, 0.7, 0.5], seed=5)
+    out = msign(G, method=method, steps=12 if method == "polar_express" else None, compute_dtype=torch.float64)
+    s = torch.linalg.svdvals(out)
+    assert s[3:].abs().max() < 1e-8  # null directions stay null
+    assert (s[:3] > 0.4).all()
+    if method != "newton_schulz":
+        U, _, Vh = torch.linalg.svd(G)
+        torch.testing.assert_close(out, U[:, :3] @ Vh[:3], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("shape", [(1, 17), (17, 1), (16, 256), (256, 16)])
+def test_vectors_and_extreme_aspect_ratios(method, shape):
+    G = torch.randn(shape, dtype=torch.float64)
+    out = msign(G, method=method, compute_dtype=torch.float64)
+    lo, hi = msign_band(method)
+    s = torch.linalg.svdvals(out)
+    assert out.shape == G.shape and torch.isfinite(out).all()
+    assert lo - 1e-9 <= s.min() <= s.max() <= hi + 1e-9
+    if min(shape) == 1:  # a vector's polar factor is the unit vector, up to the band
+        cos = (out * G).sum() / (out.norm() * G.norm())
+        assert cos > 1 - 1e-12
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_output_keeps_input_dtype(method, dtype):
+    G = torch.randn(12, 20).to(dtype)
+    out = msign(G, method=method)
+    assert out.dtype == dtype and out.shape == G.shape
+    s = torch.linalg.svdvals(out.double())
+    lo, hi = msign_band(method)
+    assert lo - 0.03 <= s.min() and s.max() <= hi + 0.03
+
+
+def test_default_compute_dtype_is_bf16_where_native_and_can_be_turned_off():
+    G = matrix_with_singular_values(64, 64, normalized_spectrum(64, 1.02), seed=6, dtype=torch.float32)
+    exact = msign(G.double(), compute_dtype=torch.float64)
+    native = default_compute_dtype(G.device)
+    default = msign(G)
+    assert torch.equal(default, msign(G, compute_dtype=native or torch.float32))
+    fp32 = msign(G, compute_dtype=torch.float32)
+    assert (fp32.double() - exact).abs().max() < 1e-4
+    if native is torch.bfloat16:
+        assert (default.double() - exact).abs().max() > 1e-4  # really computed in bf16
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [([[1.0, 2.0]], "torch.Tensor"), (torch.ones(3), "at least 2 dims"),
+     (torch.ones(2, 2, dtype=torch.int64), "floating"), (torch.ones(2, 2, dtype=torch.complex64), "complex"),
+     (torch.eye(3).to_sparse(), "dense")],
+)
+def test_bad_input_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        msign(bad)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("method", ALL)
+def test_non_finite_input_is_reported_never_finite(value, method):
+    G = torch.randn(8, 8)
+    G[3, 4] = value
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        msign(G, method=method)
+    if method != "svd":  # unchecked: the result must not be a finite wrong answer
+        assert not torch.isfinite(msign(G, method=method, check_finite=False)).all()
+
+
+def test_bad_options_are_named():
+    G = torch.randn(4, 4)
+    with pytest.raises(ValueError, match="unknown msign method 'qr'"):
+        msign(G, method="qr")
+    with pytest.raises(ValueError, match="steps"):
+        msign(G, steps=0)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        msign(G, compute_dtype=torch.int32)
+
+
+def test_nuclear_norm_without_svd():
+    G = matrix_with_singular_values(20, 30, np.linspace(0.1, 2, 20), seed=7)
+    exact = torch.linalg.svdvals(G).sum()
+    assert nuclear_norm(G, method="svd") == pytest.approx(float(exact), rel=1e-12)
+    lo, hi = msign_band("polar_express")
+    approx = nuclear_norm(G, compute_dtype=torch.float64)
+    assert lo * exact <= approx <= hi * exact
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 12), batch=st.integers(0, 2), seed=st.integers(0, 2**16),
+       method=st.sampled_from(ALL))
+def test_property_singular_values_in_band_and_vectors_kept(m, n, batch, seed, method):
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn((batch,) * (batch > 0) + (m, n), generator=g, dtype=torch.float64)
+    out = msign(G, method=method, compute_dtype=torch.float64)
+    assert out.shape == G.shape
+    # U sign(Σ) Vᵀ shares singular vectors with G: Gᵀ·out is symmetric positive semi-definite
+    P = G.mT @ out
+    torch.testing.assert_close(P, P.mT, atol=1e-9, rtol=1e-9)
+    assert torch.linalg.eigvalsh(P).min() > -1e-9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(method, dtype):
+    G = torch.randn(2, 64, 96).to(dtype)
+    out = msign(G.cuda(), method=method, compute_dtype=torch.float32)
+    assert out.device.type == "cuda" and out.dtype == dtype
+    torch.testing.assert_close(out.cpu().float(), msign(G, method=method, compute_dtype=torch.float32).float(),
+                               atol=2e-2, rtol=0)
