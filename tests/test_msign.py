@@ -209,3 +209,31 @@ def test_cuda_matches_cpu(method, dtype):
     assert out.device.type == "cuda" and out.dtype == dtype
     torch.testing.assert_close(out.cpu().float(), msign(G, method=method, compute_dtype=torch.float32).float(),
                                atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("method", POLY)
+@pytest.mark.parametrize("shape", [(16, 256), (2, 3, 24, 60), (60, 24), (1, 40)])
+@pytest.mark.parametrize("spectrum", ["gaussian", "ill-conditioned"])
+def test_gram_variant_equals_plain_iteration(method, shape, spectrum):
+    m, n = min(shape[-2:]), max(shape[-2:])
+    if spectrum == "gaussian":
+        G = torch.randn(shape, dtype=torch.float64)
+    else:
+        G = matrix_with_singular_values(shape[-2], shape[-1], normalized_spectrum(m, 1.02) if m > 1 else [1.0])
+        G = G.expand(shape).contiguous()
+    plain = msign(G, method=method, compute_dtype=torch.float64, gram=False)
+    gram = msign(G, method=method, compute_dtype=torch.float64, gram=True)
+    torch.testing.assert_close(gram, plain, atol=1e-9, rtol=0)
+    gram32 = msign(G.float(), method=method, compute_dtype=torch.float32, gram=True)
+    assert (gram32.double() - plain).abs().max() < 1e-4
+
+
+def test_gram_is_chosen_only_where_it_pays():
+    from specopt.linalg import _use_gram
+
+    assert _use_gram(None, torch.float32, (64, 256))
+    assert not _use_gram(None, torch.float32, (64, 100))  # aspect < 2
+    assert not _use_gram(None, torch.bfloat16, (64, 256))  # bf16 Gram loses small singular values
+    assert _use_gram(True, torch.bfloat16, (64, 64))
+    with pytest.raises(ValueError, match="gram"):
+        msign(torch.randn(4, 8), gram="yes")
