@@ -225,9 +225,9 @@ def msign(
     if method == "svd":
         X = _svd_sign(X.to(work))
     elif _use_gram(gram, work, X.shape):
-        X = _gram_polynomial_sign(X.to(work), schedule(method, steps))
+        X = _gram_polynomial_sign(X.to(work, copy=True), schedule(method, steps))
     else:
-        X = _polynomial_sign(X.to(work), schedule(method, steps))
+        X = _polynomial_sign(X.to(work, copy=True), schedule(method, steps))
     X = X.reshape(batch_shape)
     if transpose:
         X = X.mT
@@ -297,8 +297,9 @@ def _gram_polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule) -> torch.T
 
 
 def _normalize(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:
+    """``X₀ = X / (‖X‖_F·safety + eps)``, in place (``X`` is msign's private copy)."""
     fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    return X / (fro.clamp(min=sched.eps) if sched.clamp else fro * sched.safety + sched.eps)
+    return X.div_(fro.clamp_(min=sched.eps) if sched.clamp else fro.mul_(sched.safety).add_(sched.eps))
 
 
 def _svd_sign(X: torch.Tensor) -> torch.Tensor:

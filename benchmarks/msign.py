@@ -1,0 +1,167 @@
+"""msign speed and accuracy: specopt's methods against their matmul floor, torch.optim.Muon's Newton–Schulz
+and torch.linalg.svd, measured in one run on the same machine, threads and inputs.
+
+    python benchmarks/msign.py            # full table, rewrites the msign section of BENCHMARKS.md
+    python benchmarks/msign.py --quick    # small shapes, prints only
+
+Inputs have normalised singular values σ/‖G‖_F spanning [1e-3, ≈0.98] (the range the Polar Express
+band is stated for). Times are medians over ``--repeats`` calls after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim._muon import _zeropower_via_newtonschulz
+
+from specopt.linalg import NEWTON_SCHULZ_COEFFICIENTS, msign
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = [(512, 512), (1024, 1024), (768, 3072), (1024, 4096)]
+QUICK_SHAPES = [(128, 128), (128, 512)]
+
+
+def median_times(fns: dict, repeats: int) -> dict:
+    """Median wall time of each callable, timed in interleaved rounds so that drift hits all alike."""
+    for fn in fns.values():
+        fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def test_matrix(m: int, n: int, seed: int = 0) -> torch.Tensor:
+    """``U diag(σ) Vᵀ`` with σ/(‖σ‖·1.02) spanning [1e-3, ≈0.98]."""
+    k = min(m, n)
+    rest = np.geomspace(1.0001e-3, 0.5 / np.sqrt(k), k - 1)
+    sigma = np.concatenate([[np.sqrt(1 / 1.02**2 - np.sum(rest**2))], rest])
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, k, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(n, k, generator=g))
+    return (U * torch.as_tensor(sigma, dtype=torch.float32)) @ V.T
+
+
+def max_sigma_error(X: torch.Tensor) -> float:
+    return float((torch.linalg.svdvals(X.double()) - 1).abs().max())
+
+
+def matmul_floor_fn(m: int, n: int, steps: int, dtype: torch.dtype):
+    """The plain matmuls one polynomial msign does: per step X Xᵀ, A·A and B·X (rows ≤ cols)."""
+    small, large = min(m, n), max(m, n)
+    X = torch.randn(small, large, dtype=dtype)
+    A = torch.randn(small, small, dtype=dtype)
+
+    def run():
+        for _ in range(steps):
+            X @ X.T
+            A @ A
+            A @ X
+
+    return run
+
+
+VARIANTS = [  # (label, method, compute dtype, gram)
+    ("polar_express", "polar_express", torch.bfloat16, None),
+    ("newton_schulz", "newton_schulz", torch.bfloat16, None),
+    ("polar_express", "polar_express", torch.float32, False),
+    ("polar_express gram", "polar_express", torch.float32, True),
+    ("svd", "svd", torch.float32, None),
+]
+
+
+def bench_shape(m: int, n: int, repeats: int) -> list[dict]:
+    G = test_matrix(m, n)
+    ns = NEWTON_SCHULZ_COEFFICIENTS
+    fns = {
+        "torch.optim.Muon NS": lambda: _zeropower_via_newtonschulz(G, ns, 5, 1e-7),
+        "torch.linalg.svd": lambda: torch.linalg.svd(G, full_matrices=False),
+        "floor bf16": matmul_floor_fn(m, n, 5, torch.bfloat16),
+        "floor fp32": matmul_floor_fn(m, n, 5, torch.float32),
+    }
+    for label, method, dtype, gram in VARIANTS:
+        fns[(label, dtype)] = (lambda method=method, dtype=dtype, gram=gram:
+                               msign(G, method=method, compute_dtype=dtype, gram=gram, check_finite=False))
+    t = median_times(fns, repeats)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    ref = (t["torch.optim.Muon NS"], t["torch.linalg.svd"])
+    rows = [
+        _row("torch.optim.Muon NS", "bf16", m, n, ref[0], None, max_sigma_error(fns["torch.optim.Muon NS"]()), *ref),
+        _row("torch.linalg.svd", "fp32", m, n, ref[1], None, max_sigma_error(U @ Vh), *ref),
+    ]
+    for label, method, dtype, gram in VARIANTS:
+        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        floor = None if method == "svd" or gram else t[f"floor {name}"]
+        rows.append(_row(f"specopt {label}", name, m, n, t[(label, dtype)], floor,
+                         max_sigma_error(fns[(label, dtype)]()), *ref))
+    return rows
+
+
+def _row(name, dtype, m, n, t, floor, err, torch_ns, torch_svd) -> dict:
+    return {"shape": f"{m}x{n}", "method": name, "dtype": dtype, "time_ms": 1e3 * t,
+            "floor_ratio": None if floor is None else t / floor, "max_abs_sigma_minus_1": err,
+            "vs_torch_ns": t / torch_ns, "vs_svd": t / torch_svd}
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| shape | method | compute | time (ms) | ÷ matmul floor | max \\|σ−1\\| "
+             "| ÷ torch Muon NS | ÷ torch SVD |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        floor = "—" if r["floor_ratio"] is None else f"{r['floor_ratio']:.2f}"
+        lines.append(f"| {r['shape']} | {r['method']} | {r['dtype']} | {r['time_ms']:.1f} | {floor} | "
+                     f"{r['max_abs_sigma_minus_1']:.3f} | {r['vs_torch_ns']:.2f} | {r['vs_svd']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace the ``<!-- name:start -->…<!-- name:end -->`` section of BENCHMARKS.md (append if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes; print only, write nothing")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for m, n in QUICK_SHAPES if args.quick else SHAPES:
+        print(f"shape {m}x{n} …", flush=True)
+        rows.extend(bench_shape(m, n, args.repeats))
+    header = (f"## msign\n\nMeasured by `python benchmarks/msign.py` on {platform.processor() or platform.machine()}, "
+              f"{args.threads} threads, torch {torch.__version__}, CPU. Floor = the same number of plain matmuls "
+              "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run. Inputs have "
+              "σ/‖G‖_F spanning [1e-3, 0.98]. The SVD has no matmul floor. The Gram variant does fewer, "
+              "smaller matmuls, so its time is compared with the plain fp32 row above it.")
+    table = markdown(rows, header)
+    print(table)
+    if not args.quick:
+        write_section(ROOT / "BENCHMARKS.md", "msign", table)
+        out = ROOT / "benchmarks" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "msign.json").write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
+                                                    "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
