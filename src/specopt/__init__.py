@@ -1,12 +1,15 @@
 """specopt: geometry-aware optimizers for PyTorch (Muon, Scion, Gluon, ALMOND, constrained spectral methods).
 
-Public API: the matrix sign :func:`msign` and the norm catalogue (:mod:`specopt.norms`).
+Public API: the matrix sign :func:`msign`, the norm catalogue (:mod:`specopt.norms`), the optimizers
+(thin presets over :class:`GeometryOptimizer`) and :func:`param_groups` (automatic parameter roles).
 """
 
 from specopt import linalg, norms
+from specopt.engine import GeometryOptimizer
 from specopt.linalg import msign, msign_band, polar_express_coefficients
 from specopt.norms import (
     BiasRMS,
+    Blocked,
     ColNorm,
     Euclidean,
     Norm,
@@ -16,11 +19,21 @@ from specopt.norms import (
     SpectralConv,
     get_norm,
 )
+from specopt.optimizers import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALMOND",
     "BiasRMS",
+    "Blocked",
+    "ClippedScion",
+    "GeometryOptimizer",
+    "Gluon",
+    "Muon",
+    "Scion",
+    "SteepestDescent",
+    "UScion",
     "ColNorm",
     "Euclidean",
     "Norm",

@@ -30,3 +30,16 @@ def check_positive(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_number(value, name: str, low: float = 0.0, high: float = float("inf"), *, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    """A finite real in the interval [low, high] (ends open where asked), returned as float."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        ok = ok and abs(value) != float("inf")
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return float(value)

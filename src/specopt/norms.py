@@ -79,6 +79,17 @@ class Norm(ABC):
         """Euclidean projection of each item onto the ball ``{‖x‖ ≤ radius}``."""
         raise NotImplementedError(f"{type(self).__name__} has no cheap projection")
 
+    def config(self) -> dict:
+        """A plain-data description (for state dicts and config files); :func:`norm_from_config` inverts it."""
+        out = {"name": _NAMES[type(self)]}
+        for key, value in vars(self).items():
+            if isinstance(value, Norm):
+                value = value.config()
+            elif isinstance(value, torch.dtype):
+                value = str(value).removeprefix("torch.")
+            out[key] = value
+        return out
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -359,6 +370,51 @@ class SpectralConv(_SpectralBase):
         return math.sqrt(d_out / c_in) / taps
 
 
+class Blocked(Norm):
+    """An inner norm applied to equal row blocks of a matrix: ``‖W‖ = max_b ‖W_b‖``.
+
+    The dual of a max over blocks is the sum: ``‖g‖_* = Σ_b ‖g_b‖_*``, and the lmo is the inner lmo of every
+    block (each block is its own linear map). Used to orthogonalise the q, k, v blocks of a fused QKV weight
+    separately (``blocks=3``) and per attention head (``blocks=num_heads``, or ``3·num_heads``).
+    """
+
+    item_ndim = 2
+
+    def __init__(self, inner: Norm, blocks: int):
+        if not isinstance(inner, Norm) or inner.item_ndim != 2:
+            raise ValueError(f"Blocked needs a matrix norm inside, got {inner!r}")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+        self.inner, self.blocks = inner, blocks
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[-2]
+        if rows % self.blocks:
+            raise ValueError(f"{rows} rows cannot be split into {self.blocks} equal blocks")
+        return x.reshape(x.shape[:-2] + (self.blocks, rows // self.blocks, x.shape[-1]))
+
+    def lmo(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "lmo")
+        return self.inner.lmo(self._split(g)).reshape(g.shape)
+
+    def dual(self, g, batch_dims=None):
+        self._dims(g, batch_dims, "dual")
+        return self.inner.dual(self._split(g)).sum(dim=-1)
+
+    def norm(self, x, batch_dims=None):
+        self._dims(x, batch_dims, "norm")
+        return self.inner.norm(self._split(x)).amax(dim=-1)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        shape = tuple(shape)
+        block = self._split(torch.empty(shape, device="meta")).shape
+        return self.inner.init(block, radius, generator=generator, dtype=dtype, device=device).reshape(shape)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        self._dims(x, batch_dims, "project")
+        return self.inner.project(self._split(x), radius).reshape(x.shape)
+
+
 CATALOGUE: dict[str, type[Norm]] = {
     "euclidean": Euclidean,
     "sign": Sign,
@@ -367,8 +423,11 @@ CATALOGUE: dict[str, type[Norm]] = {
     "row_norm": RowNorm,
     "spectral": Spectral,
     "spectral_conv": SpectralConv,
+    "blocked": Blocked,
 }
 """Norms by name, for configuration files and the command line."""
+
+_NAMES = {cls: name for name, cls in CATALOGUE.items()}
 
 
 def get_norm(name: str, **kwargs) -> Norm:
@@ -378,3 +437,13 @@ def get_norm(name: str, **kwargs) -> Norm:
     except KeyError:
         raise ValueError(f"unknown norm {name!r}; valid norms: {', '.join(CATALOGUE)}") from None
     return cls(**kwargs)
+
+
+def norm_from_config(config: dict) -> Norm:
+    """Rebuild a norm from :meth:`Norm.config`."""
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    if isinstance(kwargs.get("inner"), dict):
+        kwargs["inner"] = norm_from_config(kwargs["inner"])
+    if isinstance(kwargs.get("compute_dtype"), str):
+        kwargs["compute_dtype"] = getattr(torch, kwargs["compute_dtype"])
+    return get_norm(config["name"], **kwargs)

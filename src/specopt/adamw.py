@@ -1,0 +1,44 @@
+"""The built-in AdamW for tensors outside the geometry (Muon's embeddings, head, gains and biases).
+
+Loshchilov & Hutter's decoupled weight decay, exactly as ``torch.optim.AdamW`` (single-tensor path):
+``p ← (1 − γλ)p``; ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
+``p ← p − γ/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)``. Groups use ``lr``, ``betas``, ``eps``, ``weight_decay``.
+State is float32 (or wider) whatever the parameter's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from specopt._checks import check_number
+
+
+def validate(group: dict) -> None:
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        check_number(b, f"betas[{i}]", 0.0, 1.0, high_open=True)
+    check_number(group["eps"], "eps", low_open=True)
+
+
+def step(items: list) -> None:
+    for it in items:
+        p, g, group, state = it.p, it.g, it.group, it.state
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        if "exp_avg" not in state:
+            dtype = torch.promote_types(p.dtype, torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state["step"] = 0
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        p.mul_(1 - lr * group["weight_decay"])
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+        p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))

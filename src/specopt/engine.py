@@ -1,0 +1,236 @@
+"""The engine: one ``torch.optim.Optimizer`` that composes estimator → per-tensor geometry → step rule.
+
+Each param group carries its hyperparameters: ``lr`` (γ), ``momentum`` (β or ``"theory"``), ``nesterov``,
+``norm`` (a :class:`~specopt.norms.Norm`, a catalogue name, ``"auto"`` — Spectral for matrices, SpectralConv
+for conv kernels, BiasRMS for vectors — or ``"adamw"`` for tensors updated by the built-in AdamW), ``radius``
+(ρ: a number, or a Muon scale name, see :func:`radius_for`) and ``weight_decay`` (λ). The optimizer-level
+``estimator`` and ``rule`` pick the algorithm (:mod:`specopt.estimators`, :mod:`specopt.steps`).
+
+A step: gather gradients (sparse/complex rejected; non-finite handled by ``nonfinite``) → estimator →
+lmo, batched over tensors of one norm, shape, dtype and device (one msign call per bucket) → step rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from torch.optim import Optimizer
+
+from specopt import adamw, gluon
+from specopt._checks import check_number
+from specopt.estimators import ESTIMATORS, almond_average, ema_direction, momentum_at, validate_momentum
+from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase, get_norm, norm_from_config
+from specopt.steps import NEEDS_DUAL, RULES, apply_update, shrink_and_scale
+
+MUON_SCALES = ("original", "match_rms_adamw", "spectral")
+NONFINITE = ("raise", "skip")
+
+
+def radius_for(radius, shape, norm: Norm) -> float:
+    """ρ of one tensor. A number is used as is. The Muon scale names give the radius that makes
+    ``ρ·lmo(d) = −scale·msign(d̂)`` for a spectral norm (d̂ the matrix view, d_out × d_in), with scale
+    ``max(1, d_out/d_in)^½`` (original), ``0.2·√max(d_out, d_in)`` (match_rms_adamw) or ``√(d_out/d_in)``
+    (spectral)."""
+    if not isinstance(radius, str):
+        return radius
+    if isinstance(norm, Blocked):
+        shape, norm = (shape[0] // norm.blocks,) + tuple(shape[1:]), norm.inner
+    if not isinstance(norm, _SpectralBase):
+        raise ValueError(f"radius={radius!r} (a Muon scale) needs a spectral norm, got {norm!r}")
+    d_out, d_in = shape[0], math.prod(shape[1:])
+    scale = {"original": math.sqrt(max(1.0, d_out / d_in)), "match_rms_adamw": 0.2 * math.sqrt(max(d_out, d_in)),
+             "spectral": math.sqrt(d_out / d_in)}[radius]
+    return scale / norm._scale(shape)
+
+
+def auto_norm(shape, **msign_kwargs) -> Norm:
+    """The default geometry of a tensor by its rank: conv kernel, matrix, or vector/gain."""
+    if len(shape) >= 3:
+        return SpectralConv(kernel_dims=min(len(shape) - 2, 3), **msign_kwargs)
+    if len(shape) == 2:
+        return Spectral(**msign_kwargs)
+    return BiasRMS()
+
+
+class _Item:
+    """One parameter during a step."""
+
+    __slots__ = ("p", "g", "group", "state", "name", "norm", "radius", "d", "s", "dual", "shrink", "scale",
+                 "gluon_radius")
+
+    def __init__(self, p, g, group, state, name, norm, radius):
+        self.p, self.g, self.group, self.state, self.name = p, g, group, state, name
+        self.norm, self.radius = norm, radius
+        self.d = self.s = self.dual = self.gluon_radius = None
+        self.shrink, self.scale = 0.0, 0.0
+
+
+class GeometryOptimizer(Optimizer):
+    """estimator → geometry → step rule, as a drop-in ``torch.optim.Optimizer``.
+
+    Args:
+        params: anything ``torch.optim`` accepts: tensors, ``named_parameters()``, or group dicts with
+            per-group ``lr``, ``momentum``, ``nesterov``, ``norm``, ``radius``, ``weight_decay`` (and
+            ``betas``/``eps`` for ``norm="adamw"`` groups; ``L0``/``L1``/``schedule`` for Gluon).
+        estimator: ``"momentum"`` (EMA, optionally Nesterov) or ``"almond"`` (averaged lmo).
+        rule: a step rule of :mod:`specopt.steps`.
+        clip_radius: ρ_c of the clipped rules.
+        nonfinite: ``"raise"`` (default: ValueError naming the parameter) or ``"skip"`` (the whole step is
+            skipped, nothing is written, ``skipped_steps`` counts it) when a gradient holds NaN or Inf.
+    """
+
+    def __init__(self, params, defaults: dict, *, estimator: str = "momentum", rule: str = "uscg",
+                 clip_radius: float | None = None, nonfinite: str = "raise"):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}")
+        if rule not in RULES:
+            raise ValueError(f"unknown step rule {rule!r}; valid rules: {', '.join(RULES)}")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        if rule.startswith("clipped"):
+            check_number(clip_radius, "clip_radius", low_open=True)
+        self.estimator, self.rule, self.clip_radius, self.nonfinite = estimator, rule, clip_radius, nonfinite
+        self.skipped_steps = 0
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------- construction and validation
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if isinstance(group["norm"], str) and group["norm"] not in ("auto", "adamw"):
+            group["norm"] = get_norm(group["norm"])
+        self._validate_group(group)
+
+    def _validate_group(self, group: dict) -> None:
+        check_number(group["lr"], "lr")
+        validate_momentum(group["momentum"])
+        check_number(group["weight_decay"], "weight_decay")
+        norm = group["norm"]
+        if not (isinstance(norm, Norm) or norm in ("auto", "adamw")):
+            raise ValueError(f"norm must be a specopt Norm, a catalogue name, 'auto' or 'adamw', got {norm!r}")
+        radius = group["radius"]
+        if isinstance(radius, str):
+            if radius not in MUON_SCALES:
+                raise ValueError(f"radius must be a number > 0 or one of {MUON_SCALES}, got {radius!r}")
+        else:
+            check_number(radius, "radius", low_open=True)
+        if norm == "adamw":
+            adamw.validate(group)
+        if self.rule == "gluon":
+            gluon.validate(group)
+        for p in group["params"]:
+            if p.is_complex():
+                raise ValueError(f"complex parameter of shape {tuple(p.shape)} is not supported")
+
+    # ----------------------------------------------------------------- state_dict with portable norms
+    def state_dict(self):
+        sd = super().state_dict()
+        for g in sd["param_groups"]:
+            if isinstance(g["norm"], Norm):
+                g["norm"] = g["norm"].config()
+        return sd
+
+    def load_state_dict(self, state_dict) -> None:
+        groups = []
+        for g in state_dict["param_groups"]:
+            g = dict(g)
+            if isinstance(g["norm"], dict):
+                g["norm"] = norm_from_config(g["norm"])
+            groups.append(g)
+        super().load_state_dict({**state_dict, "param_groups": groups})
+
+    # ----------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update. ``closure`` re-evaluates the model and returns the loss (as in torch.optim)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        items, aux = self._gather()
+        if not self._all_finite(items + aux):
+            self.skipped_steps += 1
+            return loss
+        if items:
+            self._geometry_step(items)
+        adamw.step(aux)
+        return loss
+
+    def _gather(self) -> tuple[list[_Item], list[_Item]]:
+        items, aux = [], []
+        for gi, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                g = p.grad
+                name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}] of shape {tuple(p.shape)}"
+                if g.is_sparse or g.layout != torch.strided:
+                    raise ValueError(f"sparse gradient for {name}: specopt needs dense gradients")
+                if g.is_complex():
+                    raise ValueError(f"complex gradient for {name} is not supported")
+                state = self.state[p]
+                if group["norm"] == "adamw":
+                    aux.append(_Item(p, g, group, state, name, None, None))
+                    continue
+                norm = auto_norm(p.shape) if group["norm"] == "auto" else group["norm"]
+                items.append(_Item(p, g, group, state, name, norm, radius_for(group["radius"], p.shape, norm)))
+        return items, aux
+
+    def _all_finite(self, items: list[_Item]) -> bool:
+        if not items:
+            return True
+        flags = torch.stack([torch.isfinite(it.g).all().to("cpu", non_blocking=True) for it in items])
+        if bool(flags.all()):
+            return True
+        if self.nonfinite == "skip":
+            return False
+        bad = next(it for it, ok in zip(items, flags.tolist(), strict=True) if not ok)
+        raise ValueError(f"non-finite gradient (NaN or Inf) in {bad.name}; nothing was updated "
+                         "(pass nonfinite='skip' to skip such steps)")
+
+    def _geometry_step(self, items: list[_Item]) -> None:
+        for it in items:
+            it.state["step"] = it.state.get("step", 0) + 1
+        if self.estimator == "almond":
+            for it in items:
+                it.d = it.g
+            self._lmo(items, need_dual=False)
+            for it in items:
+                beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
+                it.s = almond_average(it.state, it.s.mul_(it.radius), beta)
+        else:
+            for it in items:
+                beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
+                it.d = it.g if it.group["momentum"] == 0 else ema_direction(it.state, it.g, beta,
+                                                                            it.group["nesterov"])
+            self._lmo(items, need_dual=self.rule in NEEDS_DUAL)
+        if self.rule == "gluon":
+            gluon.layer_radii(items, self._lmo)
+        shrink_and_scale(self.rule, items, self.clip_radius)
+        for it in items:
+            apply_update(it.p, it.s, it.shrink, it.scale)
+        if self.rule == "gluon":
+            gluon.remember(items)
+
+    def _lmo(self, items: list[_Item], need_dual: bool) -> None:
+        """``it.s = norm.lmo(it.d)`` (and ``it.dual = −⟨d, s⟩``), one batched call per bucket of tensors with
+        the same norm, shape, dtype and device."""
+        buckets: dict = defaultdict(list)
+        for it in items:
+            buckets[(it.norm, tuple(it.d.shape), it.d.dtype, it.d.device)].append(it)
+        for (norm, _, _, _), bucket in buckets.items():
+            if len(bucket) == 1:
+                d = bucket[0].d
+                S = norm.lmo(d.unsqueeze(0), batch_dims=1)
+                D = d.unsqueeze(0)
+            else:
+                D = torch.stack([it.d for it in bucket])
+                S = norm.lmo(D, batch_dims=1)
+            duals = -(D * S).sum(dim=tuple(range(1, D.ndim))) if need_dual else None
+            for i, it in enumerate(bucket):
+                it.s = S[i]
+                if need_dual:
+                    it.dual = duals[i]

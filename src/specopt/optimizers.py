@@ -1,0 +1,177 @@
+"""The named optimizers: thin presets over :class:`~specopt.engine.GeometryOptimizer` (ALGORITHMS.md §3).
+
+| preset | estimator | step rule | defaults |
+|---|---|---|---|
+| :class:`Muon` | Nesterov momentum 0.95 | ``W ← (1−γλ)W − γ·scale·msign(d̃)`` + AdamW elsewhere | γ = 0.02, scale "original" |
+| :class:`Scion` | momentum 0.9 (α = 0.1) | SCG ``W ← (1−γ)W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
+| :class:`UScion` | momentum 0.9 | uSCG ``W ← W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
+| :class:`ClippedScion` | momentum 0.9 | uSCG step × min{1, Σρ‖d‖_*/ρ_c} (or the constrained gap rule) | ρ_c = 600 |
+| :class:`Gluon` | momentum 0.9 or theory | ``W ← W + t_i·lmo(d)``, t_i = ‖d‖_*/(L0 + L1‖d‖_*) | L0, L1 online |
+| :class:`ALMOND` | averaged lmo | ``W ← W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁷, ρ = 3 |
+| :class:`SteepestDescent` | none | ``W ← W + γ‖d‖_*·lmo(d)`` | γ = 0.01 |
+
+``norm="auto"`` gives each tensor the geometry of its rank (Spectral, SpectralConv, BiasRMS); use
+:func:`specopt.param_groups` to assign roles (embedding, hidden, head, vector) with their norms and radii.
+All defaults are provisional starting points; the sweeps that justify them are in the experiments.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specopt.engine import GeometryOptimizer
+from specopt.norms import Spectral, SpectralConv
+
+_ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
+
+
+def _defaults(**kwargs) -> dict:
+    out = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": 3.0, "weight_decay": 0.0, **_ADAMW_KEYS}
+    out.update(kwargs)
+    return out
+
+
+class Scion(GeometryOptimizer):
+    """Scion — stochastic conditional gradient (SCG), constrained: ``W ← (1−γ)W + γρ·lmo(d)``.
+
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained LMOs* (2025). With γ ∈ [0, 1] and
+    ``‖W₀‖ ≤ ρ`` every iterate stays in the ρ-ball of its norm. ``momentum`` is β = 1 − α.
+    """
+
+    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+                 nesterov: bool = False, nonfinite: str = "raise"):
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 1:
+            raise ValueError(f"lr must be in [0, 1] for Scion (a convex combination), got {lr!r}")
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius, nesterov=nesterov),
+                         rule="scg", nonfinite=nonfinite)
+
+
+class UScion(GeometryOptimizer):
+    """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
+
+    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise"):
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
+                                           weight_decay=weight_decay, nesterov=nesterov),
+                         rule="uscg", nonfinite=nonfinite)
+
+
+class ClippedScion(GeometryOptimizer):
+    """Clipped Scion: the uSCG step scaled by ``min{1, ‖d‖_*/ρ_c}`` with the global dual norm
+    ``‖d‖_* = Σ_l ρ_l‖d_l‖_(l)*`` (one scalar for all tensors). ``constrained=True``: ``s = ρ·lmo(d)``,
+    gap ``Ψ = ⟨d, W − s⟩``, ``η = min{1, Ψ/ρ_c}``, ``W ← (1−γη)W + γη·s``. Seeds: ρ_c = 600 (GPT), 1600 (CNN).
+    """
+
+    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+                 clip_radius: float = 600.0, constrained: bool = False, weight_decay: float = 0.0,
+                 nesterov: bool = False, nonfinite: str = "raise"):
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
+                                           weight_decay=weight_decay, nesterov=nesterov),
+                         rule="clipped_constrained" if constrained else "clipped", clip_radius=clip_radius,
+                         nonfinite=nonfinite)
+
+
+class Gluon(GeometryOptimizer):
+    """Gluon: per-layer radius from layer-wise (L0, L1)-smoothness, ``t_i = ‖d_i‖_*/(L0_i + L1_i‖d_i‖_*)``.
+
+    Riabinin et al., *Gluon: Making Muon & Scion Great Again!* (2025). ``L0``/``L1`` per group (reported for
+    NanoGPT: L0 ≈ 0, hidden L1 ≈ 67–71, embedding/head L1 ≈ 1.3) or ``"online"`` (default): estimated from
+    the trajectory (:mod:`specopt.gluon`), so that no step size is tuned. ``schedule="stochastic"``:
+    ``t_i^k = t_i (k+1)^{-3/4}`` and, with ``momentum="theory"``, ``β_k = 1 − (k+1)^{-1/2}``. ``lr`` multiplies
+    every ``t_i`` (1 by default).
+    """
+
+    def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
+                 momentum: float | str = 0.9, norm="auto", schedule: str = "constant",
+                 warmup_radius: float = 1e-3, weight_decay: float = 0.0, nesterov: bool = False,
+                 nonfinite: str = "raise"):
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, L0=L0, L1=L1,
+                                           schedule=schedule, warmup_radius=warmup_radius,
+                                           weight_decay=weight_decay, nesterov=nesterov),
+                         rule="gluon", nonfinite=nonfinite)
+
+
+class ALMOND(GeometryOptimizer):
+    """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``."""
+
+    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+                 weight_decay: float = 0.0, nonfinite: str = "raise"):
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
+                                           weight_decay=weight_decay),
+                         estimator="almond", rule="almond", nonfinite=nonfinite)
+
+
+class SteepestDescent(GeometryOptimizer):
+    """Norm-scaled steepest descent ``W ← W + γ‖d‖_*·lmo(d)``: ℓ2 → SGD, ℓ∞ → sign descent × ‖g‖₁,
+    spectral → spectral descent × nuclear norm."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
+                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise"):
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0,
+                                           weight_decay=weight_decay, nesterov=nesterov),
+                         rule="steepest", nonfinite=nonfinite)
+
+
+class Muon(GeometryOptimizer):
+    """Muon: Nesterov momentum, ``W ← (1−γλ)W − γ·scale·msign(d̃)`` on hidden matrices (and conv kernels,
+    flattened), a built-in AdamW for everything else (embeddings, output head, gains, biases).
+
+    Which tensors are Muon's: the ``role`` of a group from :func:`specopt.param_groups` (hidden, conv), or
+    else every tensor with ≥ 2 dims. The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
+    ``adamw_weight_decay`` (separate param groups, so LR schedulers scale both).
+
+    ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
+    ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
+    ``compute_dtype`` choose the msign (default: Polar Express, 5 steps, bf16 where native).
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, scale: str = "original", method: str = "polar_express",
+                 steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
+                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
+                 adamw_weight_decay: float = 0.0, nonfinite: str = "raise"):
+        norm = Spectral(method=method, steps=steps, compute_dtype=compute_dtype)
+        defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
+                             weight_decay=weight_decay)
+        aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
+               "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
+        msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype}
+        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", nonfinite=nonfinite)
+
+
+def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
+    """Split every group into its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and its
+    AdamW tensors. A group that says ``norm="adamw"`` is AdamW as a whole, with its own ``lr``."""
+    params = list(params)
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    groups = params if isinstance(params[0], dict) else [{"params": params}]
+    out = []
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        members = group["params"]
+        members = [members] if isinstance(members, torch.Tensor) else list(members)
+        if rest.get("norm") == "adamw":
+            out.append({**aux, **rest, "params": members})
+            continue
+        role = rest.get("role")
+        by_rank: dict[int, list] = {}
+        other = []
+        for member in members:
+            p = member[1] if _is_named(member) else member
+            if (role in ("hidden", "conv")) if role is not None else p.ndim >= 2:
+                by_rank.setdefault(p.ndim, []).append(member)
+            else:
+                other.append(member)
+        for rank, ms in sorted(by_rank.items()):
+            sub = {**rest, "params": ms}
+            if rank > 2 and "norm" not in rest:
+                sub["norm"] = SpectralConv(kernel_dims=min(rank - 2, 3), **msign_kwargs)
+            out.append(sub)
+        if other:
+            out.append({**aux, **({"role": role} if role else {}), "params": other})
+    return out
+
+
+def _is_named(member) -> bool:
+    return isinstance(member, tuple) and len(member) == 2 and isinstance(member[0], str)

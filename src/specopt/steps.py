@@ -1,0 +1,78 @@
+"""Step rules (ALGORITHMS.md §3). Every rule is one update per tensor,
+
+    W ← (1 − shrink)·W + scale·s,
+
+where ``s`` is the unit-ball lmo of the estimator's direction ``d`` (or, for ALMOND, the averaged lmo
+itself) and ``shrink``/``scale`` are scalars the rule computes from the group's hyperparameters
+(γ = lr, ρ = radius, λ = weight_decay) and, for some rules, from the dual norms ``‖d_l‖_* = −⟨d_l, s_l⟩``:
+
+| rule | shrink | scale | source |
+|---|---|---|---|
+| ``uscg`` (UScion, Muon) | γλ | γρ | uSCG; Muon adds decoupled weight decay λ |
+| ``scg`` (Scion) | γ | γρ | SCG: convex combination, stays in the ρ-ball |
+| ``clipped`` | γλ | γρ·min{1, D/ρ_c},  D = Σ_l ρ_l‖d_l‖_* | Clipped Scion (unconstrained) |
+| ``clipped_constrained`` | γη | γηρ,  η = min{1, Ψ/ρ_c},  Ψ = Σ_l ⟨d_l, W_l − ρ_l s_l⟩ | Clipped Scion (constrained) |
+| ``steepest`` | γλ | γ‖d_l‖_* | steepest descent in the norm |
+| ``gluon`` | γλ | γ·t_l,  t_l = ‖d_l‖_*/(L0_l + L1_l‖d_l‖_*) (× (k+1)^{-3/4} if stochastic) | Gluon |
+| ``almond`` | γλ | γ  (s = averaged ρ·lmo) | ALMOND |
+"""
+
+from __future__ import annotations
+
+import torch
+
+RULES = ("uscg", "scg", "clipped", "clipped_constrained", "steepest", "gluon", "almond")
+NEEDS_DUAL = {"clipped", "clipped_constrained", "steepest", "gluon"}
+
+
+def shrink_and_scale(rule: str, items: list, clip_radius: float | None) -> None:
+    """Set ``item.shrink`` and ``item.scale`` on every item (see the table above)."""
+    if rule in ("uscg", "almond", "steepest", "gluon", "clipped"):
+        for it in items:
+            it.shrink = it.group["lr"] * it.group["weight_decay"]
+    if rule == "uscg":
+        for it in items:
+            it.scale = it.group["lr"] * it.radius
+    elif rule == "scg":
+        for it in items:
+            it.shrink, it.scale = it.group["lr"], it.group["lr"] * it.radius
+    elif rule == "almond":
+        for it in items:
+            it.scale = it.group["lr"]
+    elif rule == "steepest":
+        for it in items:
+            it.scale = it.group["lr"] * it.dual
+    elif rule == "gluon":
+        for it in items:
+            it.scale = it.group["lr"] * it.gluon_radius
+    elif rule == "clipped":
+        total = _global_sum([it.radius * it.dual for it in items])
+        factor = torch.clamp(total / clip_radius, max=1.0)
+        for it in items:
+            it.scale = it.group["lr"] * it.radius * factor
+    elif rule == "clipped_constrained":
+        gap = _global_sum([torch.vdot(it.d.flatten().to(torch.float32), it.p.flatten().to(torch.float32))
+                           + it.radius * it.dual for it in items])
+        eta = torch.clamp(gap / clip_radius, min=0.0, max=1.0)
+        for it in items:
+            it.shrink, it.scale = it.group["lr"] * eta, it.group["lr"] * it.radius * eta
+    elif rule not in RULES:
+        raise ValueError(f"unknown step rule {rule!r}; valid rules: {', '.join(RULES)}")
+
+
+def _global_sum(values: list) -> torch.Tensor:
+    if not values:
+        return torch.zeros(())
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).sum()
+
+
+def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale) -> None:
+    """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors."""
+    if isinstance(shrink, torch.Tensor):
+        p.mul_((1 - shrink).to(p.dtype))
+    elif shrink != 0:
+        p.mul_(1 - shrink)
+    if isinstance(scale, torch.Tensor):
+        p.addcmul_(s, scale.to(s.dtype))
+    else:
+        p.add_(s, alpha=scale)
