@@ -20,6 +20,7 @@ from specopt.norms import (
     get_norm,
 )
 from specopt.optimizers import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt.roles import describe, param_groups
 
 __version__ = "0.1.0"
 
@@ -41,10 +42,12 @@ __all__ = [
     "Sign",
     "Spectral",
     "SpectralConv",
+    "describe",
     "get_norm",
     "linalg",
     "msign",
     "msign_band",
     "norms",
+    "param_groups",
     "polar_express_coefficients",
 ]

@@ -36,7 +36,10 @@ def radius_for(radius, shape, norm: Norm) -> float:
     if not isinstance(radius, str):
         return radius
     if isinstance(norm, Blocked):
-        shape, norm = (shape[0] // norm.blocks,) + tuple(shape[1:]), norm.inner
+        sizes = norm.sizes(shape[0])
+        if len(set(sizes)) > 1:
+            raise ValueError(f"radius={radius!r} (a Muon scale) needs equal blocks, got split sizes {sizes}")
+        shape, norm = (sizes[0],) + tuple(shape[1:]), norm.inner
     if not isinstance(norm, _SpectralBase):
         raise ValueError(f"radius={radius!r} (a Muon scale) needs a spectral norm, got {norm!r}")
     d_out, d_in = shape[0], math.prod(shape[1:])

@@ -371,48 +371,67 @@ class SpectralConv(_SpectralBase):
 
 
 class Blocked(Norm):
-    """An inner norm applied to equal row blocks of a matrix: ``‖W‖ = max_b ‖W_b‖``.
+    """An inner matrix norm applied to row blocks of a matrix: ``‖W‖ = max_b ‖W_b‖``.
 
-    The dual of a max over blocks is the sum: ``‖g‖_* = Σ_b ‖g_b‖_*``, and the lmo is the inner lmo of every
-    block (each block is its own linear map). Used to orthogonalise the q, k, v blocks of a fused QKV weight
-    separately (``blocks=3``) and per attention head (``blocks=num_heads``, or ``3·num_heads``).
+    The dual of a max over blocks is the sum, ``‖g‖_* = Σ_b ‖g_b‖_*``, and the lmo is the inner lmo of every
+    block (each block is its own linear map). ``split_sizes`` are the block heights (an int k means k equal
+    blocks). Used to orthogonalise the q, k, v blocks of a fused QKV weight separately and per attention head.
+    Equal blocks are handled as one batch (one msign call).
     """
 
     item_ndim = 2
 
-    def __init__(self, inner: Norm, blocks: int):
+    def __init__(self, inner: Norm, split_sizes: int | tuple[int, ...]):
         if not isinstance(inner, Norm) or inner.item_ndim != 2:
             raise ValueError(f"Blocked needs a matrix norm inside, got {inner!r}")
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
-        self.inner, self.blocks = inner, blocks
+        if isinstance(split_sizes, int) and not isinstance(split_sizes, bool):
+            if split_sizes < 1:
+                raise ValueError(f"the number of blocks must be >= 1, got {split_sizes}")
+        elif not (isinstance(split_sizes, (tuple, list)) and split_sizes
+                  and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in split_sizes)):
+            raise ValueError(f"split_sizes must be a positive int or a tuple of positive ints, got {split_sizes!r}")
+        self.inner = inner
+        self.split_sizes = split_sizes if isinstance(split_sizes, int) else tuple(split_sizes)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.shape[-2]
-        if rows % self.blocks:
-            raise ValueError(f"{rows} rows cannot be split into {self.blocks} equal blocks")
-        return x.reshape(x.shape[:-2] + (self.blocks, rows // self.blocks, x.shape[-1]))
+    def sizes(self, rows: int) -> tuple[int, ...]:
+        if isinstance(self.split_sizes, int):
+            if rows % self.split_sizes:
+                raise ValueError(f"{rows} rows cannot be split into {self.split_sizes} equal blocks")
+            return (rows // self.split_sizes,) * self.split_sizes
+        if sum(self.split_sizes) != rows:
+            raise ValueError(f"split_sizes {self.split_sizes} do not add up to the {rows} rows of the tensor")
+        return self.split_sizes
+
+    def _map(self, x: torch.Tensor, fn, combine=None):
+        """Apply ``fn`` to every block (batched when the blocks are equal); ``combine`` reduces the per-block
+        results over the block axis, otherwise the blocks are stacked back into ``x``'s shape."""
+        sizes = self.sizes(x.shape[-2])
+        if len(set(sizes)) == 1:
+            out = fn(x.reshape(x.shape[:-2] + (len(sizes), sizes[0], x.shape[-1])))
+            return combine(out, -1) if combine else out.reshape(x.shape)
+        outs = [fn(block) for block in torch.split(x, sizes, dim=-2)]
+        return combine(torch.stack(outs, -1), -1) if combine else torch.cat(outs, dim=-2)
 
     def lmo(self, g, batch_dims=None):
         self._dims(g, batch_dims, "lmo")
-        return self.inner.lmo(self._split(g)).reshape(g.shape)
+        return self._map(g, self.inner.lmo)
 
     def dual(self, g, batch_dims=None):
         self._dims(g, batch_dims, "dual")
-        return self.inner.dual(self._split(g)).sum(dim=-1)
+        return self._map(g, self.inner.dual, torch.sum)
 
     def norm(self, x, batch_dims=None):
         self._dims(x, batch_dims, "norm")
-        return self.inner.norm(self._split(x)).amax(dim=-1)
+        return self._map(x, self.inner.norm, torch.amax)
 
     def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
-        shape = tuple(shape)
-        block = self._split(torch.empty(shape, device="meta")).shape
-        return self.inner.init(block, radius, generator=generator, dtype=dtype, device=device).reshape(shape)
+        blocks = [self.inner.init(tuple(shape[:-2]) + (rows, shape[-1]), radius, generator=generator, dtype=dtype,
+                                  device=device) for rows in self.sizes(shape[-2])]
+        return torch.cat(blocks, dim=-2)
 
     def project(self, x, radius=1.0, batch_dims=None):
         self._dims(x, batch_dims, "project")
-        return self.inner.project(self._split(x), radius).reshape(x.shape)
+        return self._map(x, lambda b: self.inner.project(b, radius))
 
 
 CATALOGUE: dict[str, type[Norm]] = {

@@ -2,7 +2,7 @@
 
 | preset | estimator | step rule | defaults |
 |---|---|---|---|
-| :class:`Muon` | Nesterov momentum 0.95 | ``W ← (1−γλ)W − γ·scale·msign(d̃)`` + AdamW elsewhere | γ = 0.02, scale "original" |
+| :class:`Muon` | Nesterov 0.95 | ``W ← (1−γλ)W − γ·scale·msign(d̃)``, AdamW elsewhere | γ = 0.02, "original" |
 | :class:`Scion` | momentum 0.9 (α = 0.1) | SCG ``W ← (1−γ)W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
 | :class:`UScion` | momentum 0.9 | uSCG ``W ← W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
 | :class:`ClippedScion` | momentum 0.9 | uSCG step × min{1, Σρ‖d‖_*/ρ_c} (or the constrained gap rule) | ρ_c = 600 |
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from specopt.engine import GeometryOptimizer
-from specopt.norms import Spectral, SpectralConv
+from specopt.norms import Blocked, Spectral, SpectralConv
 
 _ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
 
@@ -155,6 +155,10 @@ def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
             out.append({**aux, **rest, "params": members})
             continue
         role = rest.get("role")
+        if role is not None:  # a group of specopt.param_groups: Muon's step length is its scale, not a radius
+            rest.pop("radius", None)
+            if not isinstance(rest.get("norm"), (Blocked, Spectral, SpectralConv)):
+                rest.pop("norm", None)
         by_rank: dict[int, list] = {}
         other = []
         for member in members:
