@@ -1,0 +1,42 @@
+"""Small real problems for the optimizer tests."""
+
+import torch
+from torch import nn
+
+
+def mlp(seed: int = 0, bias: bool = True, widths=(20, 32, 32, 4)) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(widths) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def classification_data(n: int = 256, d: int = 20, classes: int = 4, seed: int = 0):
+    """Linearly separable data from a random teacher (so logistic regression can reach ~0 loss)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    y = (X @ torch.randn(d, classes, generator=g)).argmax(1)
+    return X, y
+
+
+def loss_fn(model, X, y):
+    return nn.functional.cross_entropy(model(X), y)
+
+
+def train(model, opt, X, y, steps: int, closure: bool = False) -> list[float]:
+    losses = []
+    for _ in range(steps):
+        def step_closure():
+            opt.zero_grad()
+            loss = loss_fn(model, X, y)
+            loss.backward()
+            return loss
+        if closure:
+            losses.append(float(opt.step(step_closure)))
+        else:
+            losses.append(float(step_closure()))
+            opt.step()
+    return losses

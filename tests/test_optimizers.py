@@ -1,0 +1,220 @@
+"""The presets: the math each claims, on real small networks."""
+
+import math
+
+import pytest
+import torch
+from helpers import classification_data, loss_fn, mlp, train
+from torch import nn
+
+import specopt
+from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt.gluon import fit_l0_l1
+from specopt.norms import BiasRMS, Euclidean, Sign, Spectral
+
+EXACT = {"method": "svd"}
+
+
+def exact_groups(model, radius):
+    """Every tensor in an exact geometry (SVD msign) with one radius."""
+    return [{"params": [p], "norm": Spectral(**EXACT) if p.ndim == 2 else BiasRMS(), "radius": radius}
+            for p in model.parameters()]
+
+
+def test_scion_keeps_every_tensor_in_its_ball():
+    model = mlp()
+    radius = 2.0
+    groups = exact_groups(model, radius)
+    with torch.no_grad():
+        for g in groups:
+            p = g["params"][0]
+            p.copy_(g["norm"].init(p.shape, radius * 0.9))  # feasible start
+    X, y = classification_data()
+    opt = Scion(groups, lr=0.2, momentum=0.5)
+    for _ in range(30):
+        opt.zero_grad()
+        loss_fn(model, X, y).backward()
+        opt.step()
+        for g in groups:
+            assert float(g["norm"].norm(g["params"][0].detach())) <= radius * (1 + 1e-5)
+
+
+def test_scion_with_polar_express_stays_within_the_band():
+    model = mlp(bias=False)
+    X, y = classification_data()
+    opt = Scion(model.parameters(), lr=0.3, radius=1.0)
+    hi = specopt.msign_band("polar_express")[1]
+    exact = Spectral(method="svd")
+    for _ in range(30):
+        opt.zero_grad()
+        loss_fn(model, X, y).backward()
+        opt.step()
+    for p in model.parameters():  # ‖W‖ ≤ ρ·max band (bf16 slack)
+        assert float(exact.norm(p.detach())) <= hi + 0.02
+
+
+def test_uscion_distance_from_start_is_bounded_by_radius_times_steps():
+    model = mlp()
+    radius, lr, steps = 0.7, 0.05, 25
+    groups = exact_groups(model, radius)
+    start = [p.detach().clone() for p in model.parameters()]
+    X, y = classification_data()
+    opt = UScion(groups, lr=lr)
+    train(model, opt, X, y, steps)
+    for g, p0 in zip(groups, start, strict=True):
+        p = g["params"][0]
+        dist = float(g["norm"].norm(p.detach() - p0))
+        assert dist <= radius * lr * steps * (1 + 1e-5)
+        assert dist > 0.1 * radius * lr * steps  # and it does move
+
+
+def test_muon_matches_torch_muon_step_for_step():
+    X, y = classification_data()
+    ours, ref = mlp(bias=False), mlp(bias=False)
+    kw = {"lr": 1e-2, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True}
+    opt = Muon(ours.parameters(), method="newton_schulz", scale="original", compute_dtype=torch.bfloat16, **kw)
+    opt_ref = torch.optim.Muon(ref.parameters(), adjust_lr_fn="original", **kw)
+    for _ in range(10):
+        for model, o in ((ours, opt), (ref, opt_ref)):
+            o.zero_grad()
+            loss_fn(model, X, y).backward()
+            o.step()
+        for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_muon_sends_non_matrices_to_adamw_like_torch_adamw():
+    X, y = classification_data()
+    ours, ref = mlp(), mlp()
+    opt = Muon(ours.parameters(), adamw_lr=1e-2, adamw_betas=(0.9, 0.99), adamw_eps=1e-8, adamw_weight_decay=0.01)
+    roles = {id(p): g["norm"] for g in opt.param_groups for p in g["params"]}
+    biases = [p for p in ours.parameters() if p.ndim == 1]
+    assert all(roles[id(p)] == "adamw" for p in biases)
+    ref_biases = [p for p in ref.parameters() if p.ndim == 1]
+    ref_adamw = torch.optim.AdamW(ref_biases, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    ref_muon = Muon([p for p in ref.parameters() if p.ndim == 2])
+    for _ in range(5):
+        for model, opts in ((ours, [opt]), (ref, [ref_adamw, ref_muon])):
+            for o in opts:
+                o.zero_grad()
+            loss_fn(model, X, y).backward()
+            for o in opts:
+                o.step()
+    for a, b in zip(biases, ref_biases, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+PRESETS = [
+    (Muon, {"lr": 0.05, "adamw_lr": 0.05}),
+    (Scion, {"lr": 0.05, "radius": 10.0}),
+    (UScion, {"lr": 0.05}),
+    (ClippedScion, {"lr": 0.05, "clip_radius": 1.0}),
+    (ClippedScion, {"lr": 0.05, "radius": 10.0, "clip_radius": 1.0, "constrained": True}),
+    (Gluon, {}),
+    (Gluon, {"L0": 0.0, "L1": 2.0}),
+    (ALMOND, {"lr": 0.05}),
+    (SteepestDescent, {"lr": 1.0, "norm": "euclidean"}),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs", PRESETS, ids=lambda v: v.__name__ if isinstance(v, type) else str(v))
+def test_every_preset_solves_logistic_regression(cls, kwargs):
+    X, y = classification_data(n=512, d=16, classes=4)
+    model = nn.Linear(16, 4)
+    opt = cls(model.parameters(), **kwargs)
+    losses = train(model, opt, X, y, 150)
+    assert losses[-1] < 0.25 * losses[0] and losses[-1] < 0.35
+    assert all(math.isfinite(v) for v in losses)
+
+
+def one_step(opt_factory, seed=0, scale=1.0):
+    model = mlp(seed, bias=False)
+    X, y = classification_data()
+    opt = opt_factory(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    (scale * loss_fn(model, X, y)).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    return before, [p.detach() for p in model.parameters()], grads
+
+
+def test_clipped_scion_equals_uscion_above_clip_radius_and_shrinks_below():
+    kw = {"lr": 0.1, "momentum": 0.0, "norm": Spectral(**EXACT), "radius": 2.0}
+    b, u, grads = one_step(lambda m: UScion(m.parameters(), **kw))
+    total = sum(2.0 * float(Spectral(**EXACT).dual(g)) for g in grads)
+    _, c_big, _ = one_step(lambda m: ClippedScion(m.parameters(), clip_radius=0.5 * total, **kw))
+    for a, c in zip(u, c_big, strict=True):
+        torch.testing.assert_close(a, c)
+    _, c_small, _ = one_step(lambda m: ClippedScion(m.parameters(), clip_radius=4 * total, **kw))
+    for p0, a, c in zip(b, u, c_small, strict=True):
+        torch.testing.assert_close(c - p0, (a - p0) / 4, atol=1e-6, rtol=1e-5)
+
+
+def test_gluon_radius_formula():
+    L0, L1, lr = 0.3, 2.0, 0.7
+    norm = Spectral(**EXACT)
+    before, after, grads = one_step(lambda m: Gluon(m.parameters(), L0=L0, L1=L1, lr=lr, momentum=0.0, norm=norm))
+    for p0, p1, g in zip(before, after, grads, strict=True):
+        dual = float(norm.dual(g))
+        t = dual / (L0 + L1 * dual)
+        torch.testing.assert_close(p1 - p0, lr * t * norm.lmo(g), atol=1e-6, rtol=1e-5)
+
+
+def test_gluon_stochastic_schedule_shrinks_like_k_to_minus_three_quarters():
+    model = nn.Linear(8, 8, bias=False)
+    opt = Gluon(model.parameters(), L0=1.0, L1=0.0, schedule="stochastic", momentum="theory", norm=Euclidean())
+    steps = []
+    for _ in range(4):
+        before = model.weight.detach().clone()
+        opt.zero_grad()
+        model.weight.grad = torch.ones(8, 8)  # same gradient: t = ‖g‖·(k+1)^{-3/4}
+        opt.step()
+        steps.append(float((model.weight - before).norm()))
+    for k, s in enumerate(steps):
+        assert s == pytest.approx(8.0 * (k + 1) ** -0.75, rel=1e-5)
+
+
+def test_gluon_online_fit_recovers_l0_l1_and_prefers_overestimates():
+    x = torch.linspace(0.5, 5, 30).tolist()
+    y = [0.2 + 3.0 * v for v in x]
+    L0, L1 = fit_l0_l1(x, y)
+    assert L0 == pytest.approx(0.2, abs=1e-6) and L1 == pytest.approx(3.0, rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    noisy = [v + float(torch.randn((), generator=g)) * 0.5 for v in y]
+    L0, L1 = fit_l0_l1(x, noisy)
+    above = sum(v > L0 + L1 * xi for xi, v in zip(x, noisy, strict=True))
+    assert above <= 0.3 * len(x)  # under-estimates weigh more: most points lie on or below the fit
+
+
+def test_gluon_online_needs_no_step_size_and_learns():
+    X, y = classification_data()
+    model = mlp()
+    losses = train(model, Gluon(model.parameters()), X, y, 60)
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_steepest_descent_in_euclidean_norm_is_sgd():
+    before, after, grads = one_step(lambda m: SteepestDescent(m.parameters(), lr=0.3, norm="euclidean"))
+    for p0, p1, g in zip(before, after, grads, strict=True):
+        torch.testing.assert_close(p1, p0 - 0.3 * g)
+
+
+def test_steepest_descent_in_sign_norm_is_scaled_sign_descent():
+    before, after, grads = one_step(lambda m: SteepestDescent(m.parameters(), lr=0.01, norm=Sign()))
+    for p0, p1, g in zip(before, after, grads, strict=True):
+        torch.testing.assert_close(p1, p0 - 0.01 * g.abs().sum() * g.sign())
+
+
+def test_almond_averages_lmo_directions():
+    model = nn.Linear(6, 5, bias=False)
+    norm, radius, lr, beta = Spectral(**EXACT), 2.0, 0.1, 0.6
+    opt = ALMOND(model.parameters(), lr=lr, momentum=beta, norm=norm, radius=radius)
+    d = torch.zeros(5, 6)
+    for k in range(3):
+        g = torch.randn(5, 6, generator=torch.Generator().manual_seed(k))
+        before = model.weight.detach().clone()
+        model.weight.grad = g
+        opt.step()
+        d = beta * d + (1 - beta) * radius * norm.lmo(g)
+        torch.testing.assert_close(model.weight.detach(), before + lr * d, atol=1e-6, rtol=1e-5)
