@@ -37,6 +37,6 @@ def train(model, opt, X, y, steps: int, closure: bool = False) -> list[float]:
         if closure:
             losses.append(float(opt.step(step_closure)))
         else:
-            losses.append(float(step_closure()))
+            losses.append(step_closure().item())
             opt.step()
     return losses
