@@ -35,7 +35,7 @@ def train(model, opt, X, y, steps: int, closure: bool = False) -> list[float]:
             loss.backward()
             return loss
         if closure:
-            losses.append(float(opt.step(step_closure)))
+            losses.append(float(opt.step(step_closure).detach()))
         else:
             losses.append(step_closure().item())
             opt.step()

@@ -174,6 +174,8 @@ class GeometryOptimizer(Optimizer):
                     raise ValueError(f"sparse gradient for {name}: specopt needs dense gradients")
                 if g.is_complex():
                     raise ValueError(f"complex gradient for {name} is not supported")
+                if g.dtype in (torch.bfloat16, torch.float16):
+                    g = g.float()  # low-precision params: estimator, state and lmo in float32
                 state = self.state[p]
                 if group["norm"] == "adamw":
                     aux.append(_Item(p, g, group, state, name, None, None))

@@ -42,7 +42,7 @@ def ema_direction(state: dict, g: torch.Tensor, beta: float, nesterov: bool) -> 
     buf = momentum_buffer(state, g)
     buf.lerp_(g, 1.0 - beta)
     if nesterov:
-        return g.to(buf.dtype).lerp_(buf, beta) if g.dtype != buf.dtype else g.lerp(buf, beta)
+        return g.lerp(buf, beta)
     return buf
 
 

@@ -89,7 +89,7 @@ def fit_l0_l1(x: list[float], y: list[float]) -> tuple[float, float]:
         if np.array_equal(w_new, w):
             break
         w = w_new
-    return L0, L1
+    return float(L0), float(L1)
 
 
 def _weighted_nonneg_line(x, y, w) -> tuple[float, float]:

@@ -1,0 +1,233 @@
+"""PyTorch optimizer conventions and error handling of the engine (shared by every preset)."""
+
+import io
+
+import pytest
+import torch
+from helpers import classification_data, loss_fn, mlp, train
+from torch import nn
+
+import specopt
+from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt.norms import Spectral
+
+ALL = [
+    (Muon, {}),
+    (Scion, {}),
+    (UScion, {}),
+    (ClippedScion, {"clip_radius": 1.0}),
+    (ClippedScion, {"clip_radius": 1.0, "constrained": True}),
+    (Gluon, {}),
+    (ALMOND, {}),
+    (SteepestDescent, {}),
+]
+IDS = [f"{c.__name__}{'-' + str(k) if k else ''}" for c, k in ALL]
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL, ids=IDS)
+def test_state_dict_round_trip_is_bit_for_bit(cls, kwargs):
+    X, y = classification_data()
+    straight = mlp(1)
+    opt = cls(straight.parameters(), **kwargs)
+    train(straight, opt, X, y, 20)
+
+    first = mlp(1)
+    opt1 = cls(first.parameters(), **kwargs)
+    train(first, opt1, X, y, 10)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)  # weights_only=True: the state dict is plain data
+    resumed = mlp(99)
+    resumed.load_state_dict(saved["model"])
+    opt2 = cls(resumed.parameters(), **kwargs)
+    opt2.load_state_dict(saved["opt"])
+    train(resumed, opt2, X, y, 10)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_restores_norm_objects_and_hyperparameters():
+    model = mlp()
+    opt = Scion(specopt.param_groups(model), lr=0.1)
+    sd = opt.state_dict()
+    assert all(isinstance(g["norm"], dict) for g in sd["param_groups"])
+    other = Scion(specopt.param_groups(mlp()), lr=0.5)
+    other.load_state_dict(sd)
+    assert [g["norm"] for g in other.param_groups] == [g["norm"] for g in opt.param_groups]
+    assert all(g["lr"] == 0.1 for g in other.param_groups)
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL, ids=IDS)
+def test_closure_returns_the_loss(cls, kwargs):
+    X, y = classification_data()
+    model = mlp()
+    opt = cls(model.parameters(), **kwargs)
+    losses = train(model, opt, X, y, 3, closure=True)
+    assert all(isinstance(v, float) for v in losses)
+
+
+def test_lr_scheduler_drives_the_step_length():
+    model = nn.Linear(8, 8, bias=False)
+    opt = UScion(model.parameters(), lr=0.1, momentum=0.0, norm=Spectral(method="svd"), radius=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    lengths = []
+    for _ in range(3):
+        before = model.weight.detach().clone()
+        model.weight.grad = torch.randn(8, 8)
+        opt.step()
+        sched.step()
+        lengths.append(float(torch.linalg.matrix_norm(model.weight.detach() - before, ord=2)))
+    for k, length in enumerate(lengths):
+        assert length == pytest.approx(0.1 * 0.5**k, rel=1e-5)
+
+
+def test_parameters_without_grad_are_skipped():
+    model = mlp()
+    frozen = model[0].weight
+    before = frozen.detach().clone()
+    opt = Muon(model.parameters())
+    X, y = classification_data()
+    frozen.requires_grad_(False)
+    train(model, opt, X, y, 3)
+    assert torch.equal(frozen, before) and frozen not in opt.state
+
+
+def test_bf16_parameters_keep_fp32_state_and_dtype():
+    model = mlp().to(torch.bfloat16)
+    X, y = classification_data()
+    for cls in (Scion, Muon):
+        opt = cls(model.parameters())
+        opt.zero_grad()
+        loss_fn(model, X.bfloat16(), y).backward()
+        opt.step()
+        for p in model.parameters():
+            assert p.dtype == torch.bfloat16
+            for v in opt.state[p].values():
+                if isinstance(v, torch.Tensor):
+                    assert v.dtype == torch.float32
+
+
+def test_named_parameters_and_group_dicts_are_accepted():
+    model = mlp()
+    opt = Scion(model.named_parameters())
+    assert opt.param_groups[0]["param_names"][0] == "0.weight"
+    opt = UScion([{"params": model[0].parameters(), "lr": 0.5}, {"params": model[2].parameters()}], lr=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.1]
+    opt = Scion([{"params": model[0].weight}])  # a lone tensor inside a group, as torch allows
+    assert len(opt.param_groups[0]["params"]) == 1
+
+
+def test_same_shape_tensors_are_orthogonalised_in_one_msign_call(monkeypatch):
+    import specopt.norms as norms_module
+
+    calls = []
+    real = norms_module.msign
+
+    def counting(G, **kw):
+        calls.append(tuple(G.shape))
+        return real(G, **kw)
+
+    monkeypatch.setattr(norms_module, "msign", counting)
+    model = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(4)], nn.Linear(16, 8, bias=False))
+    opt = Scion(model.parameters())
+    X = torch.randn(32, 16)
+    model(X).square().mean().backward()
+    opt.step()
+    assert sorted(calls) == [(1, 8, 16), (4, 16, 16)]
+
+
+def test_batched_step_equals_one_tensor_at_a_time():
+    X = torch.randn(32, 16)
+    a = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(3)])
+    b = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(3)])
+    b.load_state_dict(a.state_dict())
+    opt_a = Scion(a.parameters(), norm=Spectral(compute_dtype=torch.float64))
+    opt_b = Scion([{"params": [p], "norm": Spectral(compute_dtype=torch.float64, steps=k + 5)}
+                   for k, p in enumerate(b.parameters())])
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        model(X).square().mean().backward()
+        opt.step()
+    # the first tensor used the same msign in both; distinct norms made b's buckets single
+    torch.testing.assert_close(a[0].weight, b[0].weight, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (lambda p: Scion(p, lr=-0.1), "lr"),
+        (lambda p: Scion(p, lr=2.0), "lr must be in \\[0, 1\\]"),
+        (lambda p: UScion(p, momentum=1.5), "momentum"),
+        (lambda p: UScion(p, momentum=-0.1), "momentum"),
+        (lambda p: UScion(p, radius=0.0), "radius"),
+        (lambda p: UScion(p, radius="huge"), "radius"),
+        (lambda p: UScion(p, norm="nuclear"), "unknown norm 'nuclear'"),
+        (lambda p: UScion(p, weight_decay=-1.0), "weight_decay"),
+        (lambda p: ClippedScion(p, clip_radius=0.0), "clip_radius"),
+        (lambda p: Gluon(p, L0=0.0, L1=0.0), "cannot both be 0"),
+        (lambda p: Gluon(p, L0="online", L1=1.0), "both be 'online'"),
+        (lambda p: Gluon(p, schedule="cosine"), "schedule"),
+        (lambda p: Muon(p, adamw_betas=(0.9, 1.2)), "betas"),
+        (lambda p: Muon(p, scale="big"), "radius"),
+        (lambda p: Scion(p, nonfinite="ignore"), "nonfinite"),
+        (lambda p: Muon([]), "empty"),
+    ],
+)
+def test_bad_hyperparameters_are_named_at_construction(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory(mlp().parameters())
+
+
+def test_sparse_gradient_is_rejected():
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = UScion(emb.parameters(), norm="sign")
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse gradient"):
+        opt.step()
+
+
+def test_complex_parameters_are_rejected():
+    with pytest.raises(ValueError, match="complex"):
+        Scion([torch.zeros(3, 3, dtype=torch.complex64, requires_grad=True)])
+
+
+@pytest.mark.parametrize("cls", [Muon, Scion, Gluon])
+def test_nonfinite_gradient_raises_naming_the_parameter_and_writes_nothing(cls):
+    model = mlp()
+    opt = cls(model.named_parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    X, y = classification_data()
+    loss_fn(model, X, y).backward()
+    model[2].weight.grad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite gradient.*2.weight"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert not any(opt.state.values())  # no momentum was polluted either
+
+
+def test_nonfinite_skip_skips_the_whole_step():
+    model = mlp()
+    opt = Scion(model.parameters(), nonfinite="skip")
+    before = [p.detach().clone() for p in model.parameters()]
+    X, y = classification_data()
+    loss_fn(model, X, y).backward()
+    model[0].bias.grad[0] = float("inf")
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    train(model, opt, X, y, 2)  # and training goes on
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cls, kwargs", ALL, ids=IDS)
+def test_cuda_step_matches_cpu(cls, kwargs):
+    X, y = classification_data()
+    cpu, gpu = mlp(3), mlp(3).cuda()
+    opt_c, opt_g = cls(cpu.parameters(), **kwargs), cls(gpu.parameters(), **kwargs)
+    train(cpu, opt_c, X, y, 3)
+    train(gpu, opt_g, X.cuda(), y.cuda(), 3)
+    for a, b in zip(cpu.parameters(), gpu.parameters(), strict=True):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(a, b.cpu(), atol=5e-2, rtol=0)
