@@ -122,13 +122,13 @@ def test_same_shape_tensors_are_orthogonalised_in_one_msign_call(monkeypatch):
     import specopt.norms as norms_module
 
     calls = []
-    real = norms_module.msign
+    real = norms_module.polar_factor
 
     def counting(G, **kw):
         calls.append(tuple(G.shape))
         return real(G, **kw)
 
-    monkeypatch.setattr(norms_module, "msign", counting)
+    monkeypatch.setattr(norms_module, "polar_factor", counting)
     model = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(4)], nn.Linear(16, 8, bias=False))
     opt = Scion(model.parameters())
     X = torch.randn(32, 16)

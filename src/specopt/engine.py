@@ -60,14 +60,14 @@ def auto_norm(shape, **msign_kwargs) -> Norm:
 class _Item:
     """One parameter during a step."""
 
-    __slots__ = ("p", "g", "group", "state", "name", "norm", "radius", "d", "s", "dual", "shrink", "scale",
-                 "gluon_radius")
+    __slots__ = ("p", "g", "group", "state", "name", "norm", "radius", "d", "s", "factor", "dual", "shrink",
+                 "scale", "gluon_radius")
 
     def __init__(self, p, g, group, state, name, norm, radius):
         self.p, self.g, self.group, self.state, self.name = p, g, group, state, name
         self.norm, self.radius = norm, radius
         self.d = self.s = self.dual = self.gluon_radius = None
-        self.shrink, self.scale = 0.0, 0.0
+        self.shrink, self.scale, self.factor = 0.0, 0.0, 1.0
 
 
 class GeometryOptimizer(Optimizer):
@@ -205,7 +205,7 @@ class GeometryOptimizer(Optimizer):
             self._lmo(items, need_dual=False)
             for it in items:
                 beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
-                it.s = almond_average(it.state, it.s.mul_(it.radius), beta)
+                it.s, it.factor = almond_average(it.state, it.s.to(it.g.dtype) * (it.factor * it.radius), beta), 1.0
         else:
             for it in items:
                 beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
@@ -216,26 +216,29 @@ class GeometryOptimizer(Optimizer):
             gluon.layer_radii(items, self._lmo)
         shrink_and_scale(self.rule, items, self.clip_radius)
         for it in items:
-            apply_update(it.p, it.s, it.shrink, it.scale)
+            apply_update(it.p, it.s, it.shrink, it.scale * it.factor)
         if self.rule == "gluon":
             gluon.remember(items)
 
-    def _lmo(self, items: list[_Item], need_dual: bool) -> None:
-        """``it.s = norm.lmo(it.d)`` (and ``it.dual = −⟨d, s⟩``), one batched call per bucket of tensors with
-        the same norm, shape, dtype and device."""
+    def _lmo(self, items: list, need_dual: bool) -> None:
+        """``it.s·it.factor = norm.lmo(it.d)`` (and ``it.dual = −⟨d, lmo(d)⟩``): one call per bucket of tensors
+        with the same norm, shape, dtype and device, stacked straight into the norm's compute dtype."""
         buckets: dict = defaultdict(list)
         for it in items:
             buckets[(it.norm, tuple(it.d.shape), it.d.dtype, it.d.device)].append(it)
-        for (norm, _, _, _), bucket in buckets.items():
+        for (norm, shape, _, device), bucket in buckets.items():
+            first = bucket[0].d
+            work = norm.work_dtype(first)
             if len(bucket) == 1:
-                d = bucket[0].d
-                S = norm.lmo(d.unsqueeze(0), batch_dims=1)
-                D = d.unsqueeze(0)
+                private = work != first.dtype
+                D = first.to(work).unsqueeze(0)
             else:
-                D = torch.stack([it.d for it in bucket])
-                S = norm.lmo(D, batch_dims=1)
-            duals = -(D * S).sum(dim=tuple(range(1, D.ndim))) if need_dual else None
+                private = True
+                D = torch.empty((len(bucket),) + shape, dtype=work, device=device)
+                for i, it in enumerate(bucket):
+                    D[i].copy_(it.d)
+            S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
             for i, it in enumerate(bucket):
-                it.s = S[i]
+                it.s, it.factor = S[i], factor
                 if need_dual:
-                    it.dual = duals[i]
+                    it.dual = -factor * torch.sum(it.d * S[i])

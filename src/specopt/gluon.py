@@ -112,8 +112,8 @@ def _weighted_nonneg_line(x, y, w) -> tuple[float, float]:
 class _Probe:
     """A stand-in item whose direction is the gradient difference, to reuse the batched lmo."""
 
-    __slots__ = ("d", "norm", "s", "dual")
+    __slots__ = ("d", "norm", "s", "factor", "dual")
 
     def __init__(self, it):
         self.d = it.g.to(it.state["gluon_prev_grad"].dtype) - it.state["gluon_prev_grad"]
-        self.norm, self.s, self.dual = it.norm, None, None
+        self.norm, self.s, self.factor, self.dual = it.norm, None, 1.0, None

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from specopt._checks import check_positive, check_tensor
-from specopt.linalg import METHODS, msign
+from specopt.linalg import METHODS, _resolve_compute_dtype, msign, polar_factor
 
 
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,17 @@ class Norm(ABC):
     def init(self, shape, radius: float = 1.0, *, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """A random point with ``norm = radius`` (orthogonal, scaled, for the spectral norms)."""
+
+    def work_dtype(self, like: torch.Tensor) -> torch.dtype:
+        """The dtype :meth:`lmo_factored` computes in for an input like ``like``."""
+        return like.dtype
+
+    def lmo_factored(self, g: torch.Tensor, batch_dims: int | None = None, *,
+                     private: bool = False) -> tuple[torch.Tensor, float]:
+        """``lmo(g) = factor · tensor``, the tensor possibly in :meth:`work_dtype` (the spectral norms return
+        msign(ĝ) in bf16 and −scale, so an optimizer adds it to the weights without a conversion pass).
+        With ``private=True`` the caller hands over ``g`` and it may be overwritten."""
+        return self.lmo(g, batch_dims), 1.0
 
     def project(self, x: torch.Tensor, radius: float = 1.0, batch_dims: int | None = None) -> torch.Tensor:
         """Euclidean projection of each item onto the ball ``{‖x‖ ≤ radius}``."""
@@ -290,13 +301,18 @@ class _SpectralBase(Norm):
     def _scale(self, shape) -> float:
         """``s`` such that the unit ball is ``‖Ŵ‖_op ≤ s``."""
 
-    def msign(self, g: torch.Tensor) -> torch.Tensor:
-        return msign(g, method=self.method, steps=self.steps, compute_dtype=self.compute_dtype,
-                     check_finite=False)
+    def work_dtype(self, like):
+        return _resolve_compute_dtype(like, self.compute_dtype, self.method)
+
+    def lmo_factored(self, g, batch_dims=None, *, private=False):
+        self._dims(g, batch_dims, "lmo")
+        work = self.work_dtype(g)
+        X = self._matrix(g if private and g.dtype == work else g.to(work, copy=True))
+        return polar_factor(X, method=self.method, steps=self.steps).reshape(g.shape), -self._scale(g.shape)
 
     def lmo(self, g, batch_dims=None):
-        self._dims(g, batch_dims, "lmo")
-        return (-self._scale(g.shape) * self.msign(self._matrix(g))).reshape(g.shape)
+        S, factor = self.lmo_factored(g, batch_dims)
+        return S.to(g.dtype).mul_(factor)
 
     def dual(self, g, batch_dims=None):
         dims = self._dims(g, batch_dims, "dual")
@@ -415,6 +431,18 @@ class Blocked(Norm):
     def lmo(self, g, batch_dims=None):
         self._dims(g, batch_dims, "lmo")
         return self._map(g, self.inner.lmo)
+
+    def work_dtype(self, like):
+        return self.inner.work_dtype(like)
+
+    def lmo_factored(self, g, batch_dims=None, *, private=False):
+        self._dims(g, batch_dims, "lmo")
+        sizes = self.sizes(g.shape[-2])
+        if len(set(sizes)) > 1:
+            return self.lmo(g), 1.0
+        blocks = g.reshape(g.shape[:-2] + (len(sizes), sizes[0], g.shape[-1]))
+        S, factor = self.inner.lmo_factored(blocks, private=private)
+        return S.reshape(g.shape), factor
 
     def dual(self, g, batch_dims=None):
         self._dims(g, batch_dims, "dual")

@@ -1,0 +1,151 @@
+"""Optimizer step time and state memory on a GPT-2-small-shaped parameter set (CPU).
+
+    python benchmarks/step.py            # full table, rewrites the step section of BENCHMARKS.md
+    python benchmarks/step.py --quick    # 2 blocks, prints only
+
+Parameter set: 12 blocks of 4 attention matrices 768×768, an MLP 3072×768 and 768×3072, 4 gains/biases
+of 768; token (50257×768) and position (1024×768) embeddings and a final LayerNorm. Gradients are random
+and fixed; each optimizer's ``step()`` is timed in interleaved rounds (median), same threads, same inputs.
+
+References: ``torch.optim.Muon`` (Newton–Schulz, 5 steps, bf16) on the matrices plus ``torch.optim.AdamW``
+on the rest, against specopt's Muon (Polar Express, 5 steps, bf16: the same 15 matmuls per matrix), and
+``torch.optim.AdamW`` on everything against Scion and UScion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import specopt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from msign import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpt2_small_params(blocks: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024, seed: int = 0):
+    """(name, tensor) pairs shaped like GPT-2 small, each with a fixed random gradient."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [("wte", (vocab, d)), ("wpe", (ctx, d))]
+    for b in range(blocks):
+        shapes += [(f"h{b}.attn.{k}", (d, d)) for k in ("q", "k", "v", "o")]
+        shapes += [(f"h{b}.mlp.fc", (4 * d, d)), (f"h{b}.mlp.proj", (d, 4 * d))]
+        shapes += [(f"h{b}.ln{i}.{k}", (d,)) for i in (1, 2) for k in ("weight", "bias")]
+    shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
+    params = []
+    for name, shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=g) * 0.02)
+        p.grad = torch.randn(shape, generator=g) * 1e-3
+        params.append((name, p))
+    return params
+
+
+def is_hidden(name: str) -> bool:
+    return ".attn." in name or ".mlp." in name
+
+
+def roles(params):
+    """param groups with roles, as specopt.param_groups gives for a GPT (embeddings, hidden, vectors)."""
+    by_role = {"embedding": [], "hidden": [], "vector": []}
+    for name, p in params:
+        role = "hidden" if is_hidden(name) else ("vector" if p.ndim == 1 else "embedding")
+        by_role[role].append((name, p))
+    return by_role
+
+
+def optimizers(params):
+    """name → (optimizers to step together), all over the same parameters."""
+    r = roles(params)
+    hidden = [p for _, p in r["hidden"]]
+    rest = [p for _, p in r["embedding"] + r["vector"]]
+    every = [p for _, p in params]
+    scion_groups = [
+        {"params": r["hidden"], "norm": specopt.Spectral(), "radius": 3.0, "role": "hidden"},
+        {"params": r["embedding"], "norm": specopt.Sign(), "radius": 1.0, "role": "embedding"},
+        {"params": r["vector"], "norm": specopt.BiasRMS(), "radius": 1.0, "role": "vector"},
+    ]
+    muon_groups = [{"params": r[k], "role": k} for k in ("hidden", "embedding", "vector")]
+    return {
+        "torch.optim.Muon + AdamW": [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.0, adjust_lr_fn="original"),
+                                     torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0)],
+        "specopt Muon": [specopt.Muon(muon_groups, lr=0.02)],
+        "torch.optim.AdamW": [torch.optim.AdamW(every, lr=3e-4)],
+        "specopt Scion": [specopt.Scion(scion_groups)],
+        "specopt UScion": [specopt.UScion(scion_groups)],
+    }
+
+
+def state_bytes(opts) -> int:
+    total = 0
+    for opt in opts:
+        for state in opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in state.values()
+                         if isinstance(v, torch.Tensor) and v.numel() > 1)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 blocks, vocab 4096; print only")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    params = gpt2_small_params(blocks=2, vocab=4096) if args.quick else gpt2_small_params()
+    opts = optimizers(params)
+    times: dict[str, list[float]] = {name: [] for name in opts}
+    for name, group in opts.items():  # warm-up: creates the state
+        for opt in group:
+            opt.step()
+    for r in range(args.repeats):
+        for name, group in opts.items():
+            start = time.perf_counter()
+            for opt in group:
+                opt.step()
+            times[name].append(time.perf_counter() - start)
+        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+              flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mem = {k: state_bytes(v) for k, v in opts.items()}
+    ref = {"specopt Muon": "torch.optim.Muon + AdamW", "specopt Scion": "torch.optim.AdamW",
+           "specopt UScion": "torch.optim.AdamW"}
+    n_params = sum(p.numel() for _, p in params)
+    rows = []
+    for name in opts:
+        base = ref.get(name, name)
+        rows.append({"optimizer": name, "step_s": med[name], "vs": base, "time_ratio": med[name] / med[base],
+                     "state_MiB": mem[name] / 2**20, "state_per_param_bytes": mem[name] / n_params,
+                     "memory_ratio": mem[name] / mem[base]})
+    lines = [
+        "## Optimizer step (GPT-2-small parameter set)", "",
+        f"Measured by `python benchmarks/step.py` on {platform.machine()}, {args.threads} threads, torch "
+        f"{torch.__version__}, CPU, {n_params / 1e6:.1f}M parameters (72 hidden matrices), median of "
+        f"{args.repeats} interleaved steps. Muon rows: msign in bf16, 5 iterations, 15 matmuls per matrix on both "
+        "sides (torch: Newton–Schulz; specopt: Polar Express); AdamW on embeddings and gains on both sides. "
+        "State = optimizer-state tensors (fp32).", "",
+        "| optimizer | step (s) | ÷ reference | reference | state (MiB) | state bytes / param | memory ÷ reference |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['optimizer']} | {r['step_s']:.3f} | {r['time_ratio']:.2f} | {r['vs']} | "
+                     f"{r['state_MiB']:.0f} | {r['state_per_param_bytes']:.1f} | {r['memory_ratio']:.2f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.quick:
+        write_section(ROOT / "BENCHMARKS.md", "step", table)
+        out = ROOT / "benchmarks" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "step.json").write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
