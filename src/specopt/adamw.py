@@ -3,7 +3,9 @@
 Loshchilov & Hutter's decoupled weight decay, exactly as ``torch.optim.AdamW`` (single-tensor path):
 ``p ← (1 − γλ)p``; ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
 ``p ← p − γ/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)``. Groups use ``lr``, ``betas``, ``eps``, ``weight_decay``.
-State is float32 (or wider) whatever the parameter's dtype.
+State is float32 (or wider) whatever the parameter's dtype. Parameters whose dtype matches their state
+(float32/float64) are updated by torch's fused AdamW kernel (``torch._fused_adamw_``, one pass; the same
+update up to rounding), the others (bf16/fp16 parameters with fp32 state) by the single-tensor formulas.
 """
 
 from __future__ import annotations
@@ -25,20 +27,37 @@ def validate(group: dict) -> None:
 
 
 def step(items: list) -> None:
+    fused: dict = {}
     for it in items:
-        p, g, group, state = it.p, it.g, it.group, it.state
-        beta1, beta2 = group["betas"]
-        lr = group["lr"]
+        state = it.state
         if "exp_avg" not in state:
-            dtype = torch.promote_types(p.dtype, torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-            state["step"] = 0
+            dtype = torch.promote_types(it.p.dtype, torch.float32)
+            state["exp_avg"] = torch.zeros_like(it.p, dtype=dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(it.p, dtype=dtype, memory_format=torch.preserve_format)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=it.p.device)
         state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        p.mul_(1 - lr * group["weight_decay"])
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-        p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        if it.p.dtype == state["exp_avg"].dtype == it.g.dtype and hasattr(torch, "_fused_adamw_"):
+            fused.setdefault((id(it.group), it.p.device, it.p.dtype), []).append(it)
+        else:
+            _single(it)
+    for bucket in fused.values():
+        group = bucket[0].group
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_([it.p for it in bucket], [it.g for it in bucket], [it.state["exp_avg"] for it in bucket],
+                            [it.state["exp_avg_sq"] for it in bucket], [], [it.state["step"] for it in bucket],
+                            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                            eps=group["eps"], amsgrad=False, maximize=False)
+
+
+def _single(it) -> None:
+    """The single-tensor AdamW formulas (low-precision parameters with fp32 state)."""
+    p, g, group, state = it.p, it.g, it.group, it.state
+    beta1, beta2 = group["betas"]
+    lr = group["lr"]
+    t = float(state["step"])
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    p.mul_(1 - lr * group["weight_decay"])
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))

@@ -82,10 +82,13 @@ class GeometryOptimizer(Optimizer):
         clip_radius: ρ_c of the clipped rules.
         nonfinite: ``"raise"`` (default: ValueError naming the parameter) or ``"skip"`` (the whole step is
             skipped, nothing is written, ``skipped_steps`` counts it) when a gradient holds NaN or Inf.
+        batch_lmo: stack tensors of one norm, shape and dtype into one msign call. ``None`` (default): on
+            accelerators, where one batched call saves kernel launches; not on CPU, where per-matrix BLAS
+            calls were measured faster than batched ones and stacking costs a copy.
     """
 
     def __init__(self, params, defaults: dict, *, estimator: str = "momentum", rule: str = "uscg",
-                 clip_radius: float | None = None, nonfinite: str = "raise"):
+                 clip_radius: float | None = None, nonfinite: str = "raise", batch_lmo: bool | None = None):
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}")
         if rule not in RULES:
@@ -94,7 +97,10 @@ class GeometryOptimizer(Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if rule.startswith("clipped"):
             check_number(clip_radius, "clip_radius", low_open=True)
+        if batch_lmo not in (None, True, False):
+            raise ValueError(f"batch_lmo must be True, False or None (automatic), got {batch_lmo!r}")
         self.estimator, self.rule, self.clip_radius, self.nonfinite = estimator, rule, clip_radius, nonfinite
+        self.batch_lmo = batch_lmo
         self.skipped_steps = 0
         super().__init__(params, defaults)
 
@@ -185,15 +191,20 @@ class GeometryOptimizer(Optimizer):
         return items, aux
 
     def _all_finite(self, items: list[_Item]) -> bool:
+        """One reduction per gradient and one sync: a sum is finite when every entry is (an overflowing sum
+        of finite entries is re-checked entry by entry, so it is never mistaken for NaN/Inf)."""
         if not items:
             return True
-        flags = torch.stack([torch.isfinite(it.g).all().to("cpu", non_blocking=True) for it in items])
-        if bool(flags.all()):
+        sums = torch.stack([it.g.sum(dtype=torch.float32).to("cpu", non_blocking=True) for it in items])
+        if bool(torch.isfinite(sums).all()):
+            return True
+        bad = [it for it, s in zip(items, sums.tolist(), strict=True)
+               if not math.isfinite(s) and not bool(torch.isfinite(it.g).all())]
+        if not bad:
             return True
         if self.nonfinite == "skip":
             return False
-        bad = next(it for it, ok in zip(items, flags.tolist(), strict=True) if not ok)
-        raise ValueError(f"non-finite gradient (NaN or Inf) in {bad.name}; nothing was updated "
+        raise ValueError(f"non-finite gradient (NaN or Inf) in {bad[0].name}; nothing was updated "
                          "(pass nonfinite='skip' to skip such steps)")
 
     def _geometry_step(self, items: list[_Item]) -> None:
@@ -224,9 +235,10 @@ class GeometryOptimizer(Optimizer):
         """``it.s·it.factor = norm.lmo(it.d)`` (and ``it.dual = −⟨d, lmo(d)⟩``): one call per bucket of tensors
         with the same norm, shape, dtype and device, stacked straight into the norm's compute dtype."""
         buckets: dict = defaultdict(list)
-        for it in items:
-            buckets[(it.norm, tuple(it.d.shape), it.d.dtype, it.d.device)].append(it)
-        for (norm, shape, _, device), bucket in buckets.items():
+        for i, it in enumerate(items):
+            batch = self.batch_lmo if self.batch_lmo is not None else it.d.device.type != "cpu"
+            buckets[(it.norm, tuple(it.d.shape), it.d.dtype, it.d.device, None if batch else i)].append(it)
+        for (norm, shape, _, device, _), bucket in buckets.items():
             first = bucket[0].d
             work = norm.work_dtype(first)
             if len(bucket) == 1:

@@ -39,21 +39,21 @@ class Scion(GeometryOptimizer):
     """
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 nesterov: bool = False, nonfinite: str = "raise"):
+                 nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 1:
             raise ValueError(f"lr must be in [0, 1] for Scion (a convex combination), got {lr!r}")
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius, nesterov=nesterov),
-                         rule="scg", nonfinite=nonfinite)
+                         rule="scg", nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class UScion(GeometryOptimizer):
     """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise"):
+                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="uscg", nonfinite=nonfinite)
+                         rule="uscg", nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class ClippedScion(GeometryOptimizer):
@@ -64,11 +64,11 @@ class ClippedScion(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
                  clip_radius: float = 600.0, constrained: bool = False, weight_decay: float = 0.0,
-                 nesterov: bool = False, nonfinite: str = "raise"):
+                 nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="clipped_constrained" if constrained else "clipped", clip_radius=clip_radius,
-                         nonfinite=nonfinite)
+                         nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class Gluon(GeometryOptimizer):
@@ -84,21 +84,21 @@ class Gluon(GeometryOptimizer):
     def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
                  momentum: float | str = 0.9, norm="auto", schedule: str = "constant",
                  warmup_radius: float = 1e-3, weight_decay: float = 0.0, nesterov: bool = False,
-                 nonfinite: str = "raise"):
+                 nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, L0=L0, L1=L1,
                                            schedule=schedule, warmup_radius=warmup_radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="gluon", nonfinite=nonfinite)
+                         rule="gluon", nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class ALMOND(GeometryOptimizer):
     """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``."""
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 weight_decay: float = 0.0, nonfinite: str = "raise"):
+                 weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay),
-                         estimator="almond", rule="almond", nonfinite=nonfinite)
+                         estimator="almond", rule="almond", nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class SteepestDescent(GeometryOptimizer):
@@ -106,10 +106,10 @@ class SteepestDescent(GeometryOptimizer):
     spectral → spectral descent × nuclear norm."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
-                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise"):
+                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="steepest", nonfinite=nonfinite)
+                         rule="steepest", nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class Muon(GeometryOptimizer):
@@ -129,14 +129,14 @@ class Muon(GeometryOptimizer):
                  weight_decay: float = 0.0, scale: str = "original", method: str = "polar_express",
                  steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, nonfinite: str = "raise"):
+                 adamw_weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None):
         norm = Spectral(method=method, steps=steps, compute_dtype=compute_dtype)
         defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
                              weight_decay=weight_decay)
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
         msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype}
-        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", nonfinite=nonfinite)
+        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
