@@ -50,7 +50,8 @@ class UScion(GeometryOptimizer):
     """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise",
+                 batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="uscg", nonfinite=nonfinite, batch_lmo=batch_lmo)
@@ -106,7 +107,8 @@ class SteepestDescent(GeometryOptimizer):
     spectral → spectral descent × nuclear norm."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
-                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise",
+                 batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0,
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="steepest", nonfinite=nonfinite, batch_lmo=batch_lmo)
@@ -136,7 +138,8 @@ class Muon(GeometryOptimizer):
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
         msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype}
-        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", nonfinite=nonfinite, batch_lmo=batch_lmo)
+        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", nonfinite=nonfinite,
+                         batch_lmo=batch_lmo)
 
 
 def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
