@@ -13,6 +13,7 @@
 ``norm="auto"`` gives each tensor the geometry of its rank (Spectral, SpectralConv, BiasRMS); use
 :func:`specopt.param_groups` to assign roles (embedding, hidden, head, vector) with their norms and radii.
 All defaults are provisional starting points; the sweeps that justify them are in the experiments.
+Every preset also takes the engine's ``nonfinite`` and ``batch_lmo`` (see :class:`GeometryOptimizer`).
 """
 
 from __future__ import annotations
