@@ -1,0 +1,86 @@
+"""Optimizers by name, with the defaults the `specopt` command uses, for any task.
+
+Every builder takes the model, the task and the user's hyperparameters (``lr``, ``momentum``,
+``weight_decay``, ``radius`` — the hidden-layer radius; the other roles keep their ratio to it — and
+``clip_radius``) and returns a list of optimizers stepped together (``torch-muon`` is two: torch's Muon on
+the hidden matrices and AdamW on the rest). Defaults come from the sweeps recorded in EXPERIMENTS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import specopt
+from specopt.roles import DEFAULT_RADII, param_groups
+
+DEFAULTS: dict[str, dict] = {
+    "adamw": {"lr": 3e-3, "weight_decay": 0.0},
+    "torch-muon": {"lr": 0.02, "adamw_lr": 3e-3, "weight_decay": 0.0},
+    "muon": {"lr": 0.02, "adamw_lr": 3e-3, "weight_decay": 0.0},
+    "scion": {"lr": 2**-5, "radius": 3.0, "momentum": 0.9},
+    "uscion": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
+    "clipped-scion": {"lr": 2**-5, "radius": 3.0, "momentum": 0.9, "clip_radius": 60.0},
+    "gluon": {"lr": 1.0, "momentum": 0.9},
+    "almond": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
+    "sgd": {"lr": 0.1, "momentum": 0.9},
+}
+"""Per-optimizer defaults (learning rates for the char-GPT's scale; other tasks sweep with ``--sweep``)."""
+
+HPARAMS = ("lr", "momentum", "weight_decay", "radius", "clip_radius", "adamw_lr")
+
+
+def optimizer_names() -> list[str]:
+    return list(DEFAULTS)
+
+
+def resolve(name: str, overrides: dict | None = None) -> dict:
+    """The hyperparameters of optimizer ``name``: its defaults updated by the non-None ``overrides``."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(DEFAULTS)}")
+    hp = dict(DEFAULTS[name])
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in HPARAMS:
+            raise ValueError(f"unknown hyperparameter {key!r}; valid: {', '.join(HPARAMS)}")
+        hp[key] = value
+    return hp
+
+
+def _role_groups(model, task, radius: float | None):
+    """param_groups with every role radius scaled so that the hidden radius is ``radius``."""
+    scale = 1.0 if radius is None else radius / DEFAULT_RADII["hidden"]
+    radii = {role: r * scale for role, r in DEFAULT_RADII.items()}
+    return param_groups(model, scheme=task.scheme, radii=radii)
+
+
+def build(name: str, model: torch.nn.Module, task, hp: dict) -> list[torch.optim.Optimizer]:
+    """The optimizer(s) for ``model`` on ``task`` with resolved hyperparameters ``hp``."""
+    lr = hp["lr"]
+    if name == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=hp["weight_decay"], betas=(0.9, 0.95))]
+    if name == "sgd":
+        return [torch.optim.SGD(model.parameters(), lr=lr, momentum=hp["momentum"])]
+    if name == "torch-muon":
+        groups = param_groups(model, scheme=task.scheme)
+        hidden = [p for g in groups if g["role"] in ("hidden",) for _, p in g["params"]]
+        rest = [p for g in groups if g["role"] not in ("hidden",) for _, p in g["params"]]
+        opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=hp["weight_decay"], adjust_lr_fn="original")]
+        if rest:
+            opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
+        return opts
+    if name == "muon":
+        return [specopt.Muon(param_groups(model, scheme=task.scheme), lr=lr, weight_decay=hp["weight_decay"],
+                             adamw_lr=hp["adamw_lr"], adamw_eps=1e-8)]
+    groups = _role_groups(model, task, hp.get("radius"))
+    if name == "scion":
+        return [specopt.Scion(groups, lr=lr, momentum=hp["momentum"])]
+    if name == "uscion":
+        return [specopt.UScion(groups, lr=lr, momentum=hp["momentum"])]
+    if name == "clipped-scion":
+        return [specopt.ClippedScion(groups, lr=lr, momentum=hp["momentum"], clip_radius=hp["clip_radius"])]
+    if name == "gluon":
+        return [specopt.Gluon([{**g, "radius": 1.0} for g in groups], lr=lr, momentum=hp["momentum"])]
+    if name == "almond":
+        return [specopt.ALMOND(groups, lr=lr, momentum=hp["momentum"])]
+    raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(DEFAULTS)}")

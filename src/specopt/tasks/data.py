@@ -1,0 +1,88 @@
+"""Loaders for the shipped data (a Shakespeare corpus, 5,000 MNIST digits) and for users' own files
+(any UTF-8 text file; CIFAR-10 in its python-pickle batch layout). Errors name the path."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or malformed; the message names the path."""
+
+
+def shipped(name: str) -> Path:
+    """Path of a data file shipped in the package (``shakespeare.txt``, ``mnist_5k.csv.gz``)."""
+    path = Path(str(resources.files("specopt") / "data" / name))
+    if not path.is_file():
+        raise DataError(f"shipped data file {path} is missing: reinstall specopt")
+    return path
+
+
+def read_text(path: str | Path | None = None) -> str:
+    """A text corpus: ``path`` or, when None, the shipped Shakespeare."""
+    path = Path(path) if path is not None else shipped("shakespeare.txt")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"text file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read text file {path}: {e}") from None
+    if len(text) < 1000:
+        raise DataError(f"text file {path} holds {len(text)} characters; need at least 1000 to train on")
+    return text
+
+
+def load_mnist(path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST rows ``784 pixels (0–255), label`` from a (gzipped) CSV: images (N, 1, 28, 28) in [0, 1], labels."""
+    path = Path(path) if path is not None else shipped("mnist_5k.csv.gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as f:
+            rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    except FileNotFoundError:
+        raise DataError(f"MNIST file not found: {path}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read MNIST CSV {path}: {e}") from None
+    if rows.ndim != 2 or rows.shape[1] != 785:
+        raise DataError(f"MNIST CSV {path} must have 785 columns (784 pixels and a label), got shape {rows.shape}")
+    images = torch.from_numpy(rows[:, :784]).float().div_(255).reshape(-1, 1, 28, 28)
+    return images, torch.from_numpy(rows[:, 784])
+
+
+def load_cifar10(directory: str | Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """CIFAR-10 from its python-pickle layout: ``data_batch_1…5`` (training) and ``test_batch``; each file a
+    pickled dict with ``b"data"`` (N×3072 uint8, channel-major) and ``b"labels"``. Returns
+    ``((train_x, train_y), (test_x, test_y))`` with images (N, 3, 32, 32) in [0, 1]."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"CIFAR-10 directory not found: {directory}")
+    train = sorted(directory.glob("data_batch_*"))
+    if not train:
+        raise DataError(f"no data_batch_* files in {directory} (expected the CIFAR-10 python layout)")
+    test = directory / "test_batch"
+    if not test.is_file():
+        raise DataError(f"CIFAR-10 test_batch not found in {directory}")
+    return _cat([_cifar_file(p) for p in train]), _cifar_file(test)
+
+
+def _cifar_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError) as e:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {e!r}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"CIFAR-10 batch {path} must hold N×3072 data and N labels, got {data.shape}, {labels.shape}")
+    return torch.from_numpy(data).float().div_(255).reshape(-1, 3, 32, 32), torch.from_numpy(labels)
+
+
+def _cat(parts):
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])

@@ -1,0 +1,213 @@
+"""One training run: deterministic data, metrics every step, validation and atomic checkpoints every K steps,
+exact resume.
+
+Files in the run directory:
+* ``config.json`` — what was run (task, options, optimizer, hyperparameters, steps, seed, schedule);
+* ``metrics.jsonl`` and ``metrics.csv`` — one row per step (``step, loss, lr, elapsed_s, throughput``) and
+  ``val_loss`` on validation steps;
+* ``checkpoint.pt`` — model, optimizer(s), scheduler(s), step and elapsed time, replaced atomically
+  (written to a temporary file, flushed, then renamed), so an interrupted run keeps its last checkpoint.
+
+Resuming loads the checkpoint, drops metric rows after it, and continues; because batches depend only on
+(seed, step) the result equals the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from specopt import registry
+from specopt.tasks import get_task
+
+SCHEDULES = ("constant", "linear-decay")
+CSV_FIELDS = ("step", "loss", "lr", "elapsed_s", "throughput", "val_loss")
+
+
+@dataclass
+class RunConfig:
+    task: str = "char-gpt"
+    optimizer: str = "adamw"
+    steps: int = 500
+    seed: int = 0
+    task_options: dict = field(default_factory=dict)
+    hparams: dict = field(default_factory=dict)
+    val_every: int = 50
+    checkpoint_every: int = 100
+    schedule: str = "linear-decay"
+    decay_fraction: float = 0.3
+
+    def validate(self) -> None:
+        for key in ("steps", "val_every", "checkpoint_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
+        registry.resolve(self.optimizer, self.hparams)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+def lr_factor(step: int, cfg: RunConfig) -> float:
+    """Multiplier of every group's initial lr at ``step``: constant, or linear decay to 0 over the last
+    ``decay_fraction`` of the run (the trapezoidal schedule of the Muon/Scion speed runs)."""
+    if cfg.schedule == "constant":
+        return 1.0
+    start = cfg.steps * (1 - cfg.decay_fraction)
+    return 1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.steps - start, 1))
+
+
+@dataclass
+class RunResult:
+    out: Path
+    config: RunConfig
+    rows: list[dict]
+    elapsed_s: float
+    diverged: bool = False
+
+    def val_rows(self) -> list[dict]:
+        return [r for r in self.rows if r.get("val_loss") is not None]
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Run ``cfg`` into directory ``out`` (created); ``resume=True`` continues from ``out/checkpoint.pt``."""
+    out = Path(out)
+    if resume:
+        cfg = load_config(out)
+    cfg.validate()
+    task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+    model = task.build_model()
+    hp = registry.resolve(cfg.optimizer, cfg.hparams)
+    opts = registry.build(cfg.optimizer, model, task, hp)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in opts]
+    start, elapsed, rows = 0, 0.0, []
+    if resume:
+        ckpt = _load_checkpoint(out)
+        model.load_state_dict(ckpt["model"])
+        for o, s, so, ss in zip(opts, scheds, ckpt["optimizers"], ckpt["schedulers"], strict=True):
+            o.load_state_dict(so)
+            s.load_state_dict(ss)
+        start, elapsed = ckpt["step"], ckpt["elapsed_s"]
+        rows = [r for r in read_metrics(out) if r["step"] <= start]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**asdict(cfg), "hparams": hp}, indent=2))
+    writer = _MetricsWriter(out, rows)
+    bar = _progress(cfg, start, progress, task)
+    diverged = False
+    units = task.units_per_step()
+    for step in range(start, cfg.steps):
+        tick = time.perf_counter()
+        loss = task.loss(model, task.batch(step))
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        for s in scheds:
+            s.step()
+        dt = time.perf_counter() - tick
+        elapsed += dt
+        value = float(loss.detach())
+        row = {"step": step + 1, "loss": value, "lr": opts[0].param_groups[0]["lr"], "elapsed_s": elapsed,
+               "throughput": units / dt if dt > 0 else float("nan")}
+        last = step + 1 == cfg.steps
+        if not math.isfinite(value):
+            diverged = True
+            row["val_loss"] = float("nan")
+            writer.write(row)
+            break
+        if (step + 1) % cfg.val_every == 0 or last:
+            row["val_loss"] = task.validation_loss(model)
+        writer.write(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{row['lr']:.2e}", **{f"{task.unit}/s": f"{row['throughput']:.0f}"})
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+            save_checkpoint(out, model, opts, scheds, step + 1, elapsed)
+    if bar is not None:
+        bar.close()
+    writer.close()
+    return RunResult(out, cfg, writer.rows, elapsed, diverged)
+
+
+def _progress(cfg: RunConfig, start: int, enabled: bool, task):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=f"{cfg.optimizer} on {cfg.task}", unit="step",
+                dynamic_ncols=True)
+
+
+def save_checkpoint(out: Path, model, opts, scheds, step: int, elapsed: float) -> None:
+    """Atomic: write ``checkpoint.pt.tmp``, flush to disk, rename over ``checkpoint.pt``."""
+    path, tmp = out / "checkpoint.pt", out / "checkpoint.pt.tmp"
+    payload = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in opts],
+               "schedulers": [s.state_dict() for s in scheds], "step": step, "elapsed_s": elapsed}
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(out: Path) -> dict:
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
+    return torch.load(path, weights_only=True)
+
+
+def load_config(out: Path) -> RunConfig:
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no run to resume in {out}: {path} does not exist")
+    data = json.loads(path.read_text())
+    return RunConfig(**{k: v for k, v in data.items() if k in RunConfig.__dataclass_fields__})
+
+
+def read_metrics(out: Path) -> list[dict]:
+    path = Path(out) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class _MetricsWriter:
+    """Appends rows to metrics.jsonl and metrics.csv (rewritten from ``rows`` first, for resume)."""
+
+    def __init__(self, out: Path, rows: list[dict]):
+        self.rows = list(rows)
+        self.jsonl = open(out / "metrics.jsonl", "w")  # noqa: SIM115 - closed in close()
+        self.csv_file = open(out / "metrics.csv", "w", newline="")  # noqa: SIM115
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=CSV_FIELDS)
+        self.csv.writeheader()
+        for row in self.rows:
+            self._emit(row)
+
+    def _emit(self, row: dict) -> None:
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.csv.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        self._emit(row)
+        self.jsonl.flush()
+        self.csv_file.flush()
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.csv_file.close()
