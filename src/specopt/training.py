@@ -103,7 +103,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         rows = [r for r in read_metrics(out) if r["step"] <= start]
     else:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**asdict(cfg), "hparams": hp}, indent=2))
+        (out / "config.json").write_text(json.dumps({**asdict(cfg), "hparams": hp, "unit": task.unit,
+                                                     "units_per_step": task.units_per_step()}, indent=2))
     writer = _MetricsWriter(out, rows)
     bar = _progress(cfg, start, progress, task)
     diverged = False
@@ -134,7 +135,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         writer.write(row)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{row['lr']:.2e}", **{f"{task.unit}/s": f"{row['throughput']:.0f}"})
+            rate = {f"{task.unit}/s": f"{row['throughput']:.0f}"}
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{row['lr']:.2e}", **rate)
         if (step + 1) % cfg.checkpoint_every == 0 or last:
             save_checkpoint(out, model, opts, scheds, step + 1, elapsed)
     if bar is not None:

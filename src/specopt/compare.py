@@ -1,0 +1,191 @@
+"""`specopt compare`: several optimizers on one task, same seed and data order, one report.
+
+Each run happens in a fresh process (so its peak memory is its own) and writes its own run directory
+(:mod:`specopt.training`). The comparison writes ``report.md`` (table), ``loss.png`` (validation loss
+against steps and against wall time, training loss faint), ``metrics.csv`` (every row of every run, with
+an ``optimizer`` column) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import resource
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from specopt import registry
+from specopt.training import CSV_FIELDS, RunConfig, read_metrics, train
+
+SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _child(cfg_dict: dict, out: str, progress: bool, queue) -> None:
+    try:
+        result = train(RunConfig(**cfg_dict), out, progress=progress)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+        queue.put({"ok": True, "elapsed_s": result.elapsed_s, "diverged": result.diverged, "peak_MiB": peak})
+    except Exception as e:  # reported by the parent with the run's name
+        queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
+
+
+def run_isolated(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
+    """``train(cfg, out)`` in a fresh process; returns elapsed time, divergence and peak RSS (MiB)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(asdict(cfg), str(out), progress, queue))
+    proc.start()
+    info = queue.get()
+    proc.join()
+    if not info["ok"]:
+        raise RuntimeError(f"run {cfg.optimizer} failed: {info['error']}")
+    return info
+
+
+def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: bool = False,
+            progress: bool = True, log=print) -> dict:
+    """Run every optimizer (with a learning-rate sweep if asked) and write the report into ``out``."""
+    for name in optimizers:
+        registry.resolve(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for name in optimizers:
+        lrs = [None] if not sweep else [registry.resolve(name)["lr"] * f for f in SWEEP_FACTORS]
+        candidates = []
+        for lr in lrs:
+            tag = name if lr is None else f"{name}_lr{lr:.3g}"
+            cfg = replace(base, optimizer=name, hparams={**base.hparams, **({"lr": lr} if lr else {})})
+            log(f"[{name}] {'lr ' + format(lr, '.3g') if lr else 'defaults'} → {out / tag}")
+            info = run_isolated(cfg, out / tag, progress)
+            candidates.append(_summarise(name, tag, out / tag, info))
+        best = min(candidates, key=lambda c: c["final_val"] if c["final_val"] == c["final_val"] else float("inf"))
+        best["sweep"] = [{"lr": c["lr"], "final_val": c["final_val"]} for c in candidates] if sweep else None
+        runs[name] = best
+    _steps_to_reference(runs)
+    write_report(runs, base, out, sweep)
+    return runs
+
+
+def _summarise(name: str, tag: str, run_dir: Path, info: dict) -> dict:
+    rows = read_metrics(run_dir)
+    val = [r for r in rows if r.get("val_loss") is not None]
+    config = json.loads((run_dir / "config.json").read_text())
+    tail = [r["loss"] for r in rows[-10:]]
+    return {
+        "optimizer": name, "tag": tag, "dir": str(run_dir), "lr": config["hparams"]["lr"],
+        "final_train": sum(tail) / len(tail) if tail else float("nan"),
+        "final_val": val[-1]["val_loss"] if val else float("nan"),
+        "best_val": min(r["val_loss"] for r in val) if val else float("nan"),
+        "val": [(r["step"], r["elapsed_s"], r["val_loss"]) for r in val],
+        "train": [(r["step"], r["elapsed_s"], r["loss"]) for r in rows],
+        "wall_s": info["elapsed_s"], "diverged": info["diverged"], "peak_MiB": info["peak_MiB"],
+        "throughput": config["units_per_step"] * len(rows) / info["elapsed_s"] if info["elapsed_s"] > 0 else 0.0,
+        "unit": config["unit"], "steps": len(rows),
+    }
+
+
+def _steps_to_reference(runs: dict, reference: str = "adamw") -> None:
+    """``steps_to_ref``: first validation step at which each run reaches the reference's best val loss."""
+    ref = runs.get(reference)
+    target = ref["best_val"] if ref else None
+    ref_steps = _first_step_below(ref["val"], target) if ref else None
+    for run in runs.values():
+        run["steps_to_ref"] = _first_step_below(run["val"], target) if target is not None else None
+        run["steps_ratio"] = (run["steps_to_ref"] / ref_steps) if run["steps_to_ref"] and ref_steps else None
+
+
+def _first_step_below(val: list, target: float | None):
+    if target is None:
+        return None
+    for step, _, loss in val:
+        if loss <= target + 1e-12:
+            return step
+    return None
+
+
+def write_report(runs: dict, base: RunConfig, out: Path, sweep: bool) -> None:
+    _write_csv(runs, out)
+    _plot(runs, base, out / "loss.png")
+    table = summary_table(runs)
+    lines = [f"# specopt compare: {base.task}", "",
+             f"Task `{base.task}` {json.dumps(base.task_options) if base.task_options else ''}, {base.steps} steps, "
+             f"seed {base.seed}, schedule {base.schedule}, validation every {base.val_every} steps; every "
+             f"optimizer sees the same batches in the same order. "
+             + ("Each optimizer's learning rate was swept over ×" + ", ×".join(f"{f:g}" for f in SWEEP_FACTORS)
+                + " its default; the table shows the best." if sweep else "Each optimizer runs its defaults."),
+             "", table, "", "![loss](loss.png)", "",
+             "Steps to AdamW best = first validation step at which the run's validation loss is at or below the "
+             "best AdamW reached; ratio = that ÷ AdamW's own step. Peak memory is the run process's peak RSS.",
+             ""]
+    if sweep:
+        lines += ["## Sweeps", "", "| optimizer | lr | final val loss |", "|---|---:|---:|"]
+        for run in runs.values():
+            for s in run["sweep"] or []:
+                lines.append(f"| {run['optimizer']} | {s['lr']:.3g} | {s['final_val']:.4f} |")
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(
+        {k: {kk: vv for kk, vv in v.items() if kk not in ("val", "train")} for k, v in runs.items()}, indent=2))
+
+
+def summary_table(runs: dict) -> str:
+    unit = next(iter(runs.values()))["unit"] if runs else "samples"
+    head = ("| optimizer | lr | final train | final val | best val | steps to AdamW best | ratio | wall (s) "
+            f"| {unit}/s | peak MiB |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs.values():
+        steps = "—" if not r.get("steps_to_ref") else str(r["steps_to_ref"])
+        ratio = "—" if not r.get("steps_ratio") else f"{r['steps_ratio']:.2f}"
+        flag = " (diverged)" if r["diverged"] else ""
+        lines.append(f"| {r['optimizer']}{flag} | {r['lr']:.3g} | {r['final_train']:.4f} | {r['final_val']:.4f} | "
+                     f"{r['best_val']:.4f} | {steps} | {ratio} | {r['wall_s']:.1f} | {r['throughput']:.0f} | "
+                     f"{r['peak_MiB']:.0f} |")
+    return "\n".join(lines)
+
+
+def _write_csv(runs: dict, out: Path) -> None:
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("optimizer",) + CSV_FIELDS)
+        writer.writeheader()
+        for run in runs.values():
+            for row in read_metrics(Path(run["dir"])):
+                writer.writerow({"optimizer": run["optimizer"], **{k: row.get(k, "") for k in CSV_FIELDS}})
+
+
+def _plot(runs: dict, base: RunConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for i, run in enumerate(runs.values()):
+        color = f"C{i % 10}"
+        steps, times, losses = zip(*run["train"], strict=True) if run["train"] else ((), (), ())
+        axes[0].plot(steps, _smooth(losses), color=color, alpha=0.25, lw=0.8)
+        axes[1].plot(times, _smooth(losses), color=color, alpha=0.25, lw=0.8)
+        if run["val"]:
+            vs, vt, vl = zip(*run["val"], strict=True)
+            axes[0].plot(vs, vl, color=color, marker="o", ms=3, label=run["optimizer"])
+            axes[1].plot(vt, vl, color=color, marker="o", ms=3, label=run["optimizer"])
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("wall time (s)")
+    axes[0].set_ylabel("loss (validation: markers; training: faint)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{base.task}: validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values, k: int = 10):
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc = v if i == 0 else acc + (v - acc) / min(i + 1, k)
+        out.append(acc)
+    return out
