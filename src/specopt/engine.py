@@ -163,7 +163,7 @@ class GeometryOptimizer(Optimizer):
             self.skipped_steps += 1
             return loss
         if items:
-            self._geometry_step(items)
+            self._geometry_step(items, aux, closure)
         adamw.step(aux)
         return loss
 
@@ -207,7 +207,7 @@ class GeometryOptimizer(Optimizer):
         raise ValueError(f"non-finite gradient (NaN or Inf) in {bad[0].name}; nothing was updated "
                          "(pass nonfinite='skip' to skip such steps)")
 
-    def _geometry_step(self, items: list[_Item]) -> None:
+    def _geometry_step(self, items: list[_Item], aux: list[_Item], closure) -> None:
         for it in items:
             it.state["step"] = it.state.get("step", 0) + 1
         if self.estimator == "almond":
@@ -224,12 +224,13 @@ class GeometryOptimizer(Optimizer):
                                                                             it.group["nesterov"])
             self._lmo(items, need_dual=self.rule in NEEDS_DUAL)
         if self.rule == "gluon":
-            gluon.layer_radii(items, self._lmo)
+            gluon.measure(items, aux, self._lmo, closure)
+            gluon.layer_radii(items)
         shrink_and_scale(self.rule, items, self.clip_radius)
+        if self.rule == "gluon":
+            gluon.anchor(items, aux, closure)
         for it in items:
             apply_update(it.p, it.s, it.shrink, it.scale * it.factor)
-        if self.rule == "gluon":
-            gluon.remember(items)
 
     def _lmo(self, items: list, need_dual: bool) -> None:
         """``it.s·it.factor = norm.lmo(it.d)`` (and ``it.dual = −⟨d, lmo(d)⟩``): one call per bucket of tensors

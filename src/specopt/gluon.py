@@ -5,12 +5,17 @@ Per layer i, under (L0, L1)-smoothness in the layer's norm, the step ``W_i ← W
     t_i = ‖d_i‖_* / (L0_i + L1_i·‖d_i‖_*)                       (deterministic, ``schedule="constant"``)
     t_i^k = t_i·(k+1)^{-3/4},  β_k = 1 − (k+1)^{-1/2}          (``schedule="stochastic"``)
 
-``L0``/``L1`` are given per group, or ``"online"``: every step measures the local smoothness
-``L̂_i = ‖g_i^k − g_i^{k−1}‖_* / t_i^{k−1}`` (``t`` is the length of the last step, ``‖W^k − W^{k−1}‖``) and
-fits ``L̂ ≈ L0 + L1·‖d^{k−1}‖_*`` over the last :data:`HISTORY` measurements by asymmetric least squares
-(residuals where the fit *under*-estimates L̂ weigh :data:`UNDER_WEIGHT`, the others 1 − that), with
-L0, L1 ≥ 0. Before the first measurement the step is ``t = warmup_radius``. The online estimate goes beyond
-the paper (it fits L0/L1 offline from a tuned run); it costs one extra lmo per layer per step.
+``L0``/``L1`` are given per group, or ``"online"``: the optimizer measures the local smoothness of each layer
+along its own trajectory, ``L̂_i = ‖g_i(W^k) − g_i(W^{k−1})‖_* / t_i^{k−1}`` (``t^{k−1}`` the length of the
+last step), and fits ``L̂ ≈ L0 + L1·‖g_i(W^k)‖_*`` over the last :data:`HISTORY` measurements by asymmetric
+least squares: residuals where the fit *under*-estimates L̂ weigh :data:`UNDER_WEIGHT`, the others
+1 − that; L0, L1 ≥ 0. Before the first measurement the step is ``t = warmup_radius``.
+
+Both gradients of a measurement must see the same data, or minibatch noise swamps the difference (and the
+fitted L grows as the steps shrink). With ``step(closure)`` the optimizer re-evaluates the closure at the
+previous weights every ``probe_every`` steps (one extra forward/backward each time). Without a closure it
+uses consecutive gradients, which is exact for full-batch problems only.
+The online estimate goes beyond the paper, which fits L0/L1 offline from a tuned run.
 """
 
 from __future__ import annotations
@@ -37,23 +42,61 @@ def validate(group: dict) -> None:
     if group["schedule"] not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {group['schedule']!r}")
     check_number(group["warmup_radius"], "warmup_radius", low_open=True)
+    p = group["probe_every"]
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise ValueError(f"probe_every must be a positive int, got {p!r}")
 
 
-def layer_radii(items: list, lmo) -> None:
-    """Set ``it.gluon_radius`` (t_i^k) for every item; ``lmo(items, need_dual)`` is the engine's batched lmo."""
-    online = [it for it in items if it.group["L0"] == "online" and "gluon_prev_grad" in it.state]
-    if online:
-        probes = [_Probe(it) for it in online]
-        lmo(probes, need_dual=True)
-        for it, probe in zip(online, probes, strict=True):
-            st = it.state
-            st["gluon_x"] = (st.get("gluon_x", []) + [st["gluon_prev_dual"]])[-HISTORY:]
-            st["gluon_y"] = (st.get("gluon_y", []) + [float(probe.dual) / st["gluon_prev_step"]])[-HISTORY:]
-            st["gluon_L"] = fit_l0_l1(st["gluon_x"], st["gluon_y"])
+def _online(it) -> bool:
+    return it.group["L0"] == "online"
+
+
+def measure(items: list, aux: list, lmo, closure) -> None:
+    """Add one smoothness measurement to every online item anchored at the previous step, and refit L0, L1.
+
+    ``x`` of a measurement is ``‖d_i‖_*`` (the dual norm the radius formula uses), ``y`` is L̂_i."""
+    online = [it for it in items if _online(it) and "gluon_anchor" in it.state]
+    if not online:
+        return
+    if closure is not None and all("gluon_anchor_w" in it.state for it in online):
+        at_anchor = _gradients_at_anchor(items + aux, closure)
+        previous = [at_anchor[id(it.p)] for it in online]
+    else:
+        previous = [it.state["gluon_anchor"] for it in online]
+    probes = [_Probe(it, prev) for it, prev in zip(online, previous, strict=True)]
+    lmo(probes, need_dual=True)
+    for it, probe in zip(online, probes, strict=True):
+        st = it.state
+        st["gluon_x"] = (st.get("gluon_x", []) + [float(it.dual)])[-HISTORY:]
+        st["gluon_y"] = (st.get("gluon_y", []) + [float(probe.dual) / st["gluon_anchor_step"]])[-HISTORY:]
+        st["gluon_L"] = fit_l0_l1(st["gluon_x"], st["gluon_y"])
+        for key in ("gluon_anchor", "gluon_anchor_w", "gluon_anchor_step"):
+            st.pop(key, None)
+
+
+@torch.no_grad()
+def _gradients_at_anchor(items: list, closure) -> dict:
+    """Gradients of the current batch at the anchored (previous) weights; weights and grads are restored."""
+    saved = [(it.p, it.p.detach().clone(), it.p.grad) for it in items]
+    for it in items:
+        if "gluon_anchor_w" in it.state:
+            it.p.copy_(it.state["gluon_anchor_w"])
+            it.p.grad = None
+    with torch.enable_grad():
+        closure()
+    out = {id(it.p): (it.p.grad.float() if it.p.grad is not None else torch.zeros_like(it.g)) for it in items}
+    for p, weights, grad in saved:
+        p.copy_(weights)
+        p.grad = grad
+    return out
+
+
+def layer_radii(items: list) -> None:
+    """Set ``it.gluon_radius`` (t_i^k) for every item from its dual norm and its (given or fitted) L0, L1."""
     for it in items:
         g = it.group
         dual = float(it.dual)
-        if g["L0"] == "online":
+        if _online(it):
             if "gluon_L" not in it.state:
                 it.gluon_radius = g["warmup_radius"]
                 continue
@@ -67,14 +110,19 @@ def layer_radii(items: list, lmo) -> None:
         it.gluon_radius = t
 
 
-def remember(items: list) -> None:
-    """After the update: keep what the next online estimate needs."""
-    for it in items:
-        if it.group["L0"] != "online":
-            continue
-        it.state["gluon_prev_grad"] = it.g.to(torch.promote_types(it.g.dtype, torch.float32), copy=True)
-        it.state["gluon_prev_dual"] = float(it.dual)
-        it.state["gluon_prev_step"] = max(float(it.scale), 1e-30)
+def anchor(items: list, aux: list, closure) -> None:
+    """Before the update: keep what the next measurement needs, on steps that precede a probe."""
+    online = [it for it in items if _online(it) and (it.state["step"] + 1) % it.group["probe_every"] == 0]
+    if not online:
+        return
+    for it in online:
+        it.state["gluon_anchor"] = it.g.to(torch.promote_types(it.g.dtype, torch.float32), copy=True)
+        it.state["gluon_anchor_step"] = max(float(it.scale), 1e-30)
+        if closure is not None:
+            it.state["gluon_anchor_w"] = it.p.detach().clone()
+    if closure is not None:
+        for it in aux:
+            it.state["gluon_anchor_w"] = it.p.detach().clone()
 
 
 def fit_l0_l1(x: list[float], y: list[float]) -> tuple[float, float]:
@@ -101,19 +149,20 @@ def _weighted_nonneg_line(x, y, w) -> tuple[float, float]:
         L0 = (sy - L1 * sx) / sw
         if L0 >= 0 and L1 >= 0:
             return float(L0), float(L1)
-    # constrained: the best of "L1 = 0" and "L0 = 0"
-    flat = (sy / sw, 0.0)
-    through_zero = (0.0, max(sxy / sxx, 0.0)) if sxx > 0 else flat
+    flat = (float(sy / sw), 0.0)
+    through_zero = (0.0, float(max(sxy / sxx, 0.0))) if sxx > 0 else flat
+
     def cost(c):
         return float((w * (y - c[0] - c[1] * x) ** 2).sum())
+
     return min(flat, through_zero, key=cost)
 
 
 class _Probe:
-    """A stand-in item whose direction is the gradient difference, to reuse the batched lmo."""
+    """A stand-in item for the engine's batched lmo: direction = gradient difference (or the gradient)."""
 
     __slots__ = ("d", "norm", "s", "factor", "dual")
 
-    def __init__(self, it):
-        self.d = it.g.to(it.state["gluon_prev_grad"].dtype) - it.state["gluon_prev_grad"]
+    def __init__(self, it, previous: torch.Tensor):
+        self.d = it.g.to(previous.dtype) - previous
         self.norm, self.s, self.factor, self.dual = it.norm, None, 1.0, None

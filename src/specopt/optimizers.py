@@ -78,17 +78,19 @@ class Gluon(GeometryOptimizer):
 
     Riabinin et al., *Gluon: Making Muon & Scion Great Again!* (2025). ``L0``/``L1`` per group (reported for
     NanoGPT: L0 ≈ 0, hidden L1 ≈ 67–71, embedding/head L1 ≈ 1.3) or ``"online"`` (default): estimated from
-    the trajectory (:mod:`specopt.gluon`), so that no step size is tuned. ``schedule="stochastic"``:
+    the trajectory (:mod:`specopt.gluon`), so that no step size is tuned; pass ``step(closure)`` so that the
+    estimate compares gradients of the same batch (every ``probe_every`` steps, one extra forward/backward
+    each time). ``schedule="stochastic"``:
     ``t_i^k = t_i (k+1)^{-3/4}`` and, with ``momentum="theory"``, ``β_k = 1 − (k+1)^{-1/2}``. ``lr`` multiplies
     every ``t_i`` (1 by default).
     """
 
     def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
                  momentum: float | str = 0.9, norm="auto", schedule: str = "constant",
-                 warmup_radius: float = 1e-3, weight_decay: float = 0.0, nesterov: bool = False,
+                 warmup_radius: float = 1e-3, probe_every: int = 1, weight_decay: float = 0.0, nesterov: bool = False,
                  nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, L0=L0, L1=L1,
-                                           schedule=schedule, warmup_radius=warmup_radius,
+                                           schedule=schedule, warmup_radius=warmup_radius, probe_every=probe_every,
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="gluon", nonfinite=nonfinite, batch_lmo=batch_lmo)
 

@@ -76,13 +76,17 @@ class RunResult:
     rows: list[dict]
     elapsed_s: float
     diverged: bool = False
+    model: torch.nn.Module | None = None
 
     def val_rows(self) -> list[dict]:
         return [r for r in self.rows if r.get("val_loss") is not None]
 
 
-def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> RunResult:
-    """Run ``cfg`` into directory ``out`` (created); ``resume=True`` continues from ``out/checkpoint.pt``."""
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+          callback=None) -> RunResult:
+    """Run ``cfg`` into directory ``out`` (created); ``resume=True`` continues from ``out/checkpoint.pt``.
+
+    ``callback(step, model, optimizers)``, if given, runs after every update (experiments measure with it)."""
     out = Path(out)
     if resume:
         cfg = load_config(out)
@@ -111,15 +115,26 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     units = task.units_per_step()
     for step in range(start, cfg.steps):
         tick = time.perf_counter()
-        loss = task.loss(model, task.batch(step))
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+        batch = task.batch(step)
+
+        def closure(batch=batch):
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            value = task.loss(model, batch)
+            value.backward()
+            return value
+
+        if len(opts) == 1:  # a closure lets Gluon's online L compare gradients of the same batch
+            loss = opts[0].step(closure)
+        else:
+            loss = closure()
+            for o in opts:
+                o.step()
         for s in scheds:
             s.step()
         dt = time.perf_counter() - tick
+        if callback is not None:
+            callback(step + 1, model, opts)
         elapsed += dt
         value = float(loss.detach())
         row = {"step": step + 1, "loss": value, "lr": opts[0].param_groups[0]["lr"], "elapsed_s": elapsed,
@@ -142,7 +157,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     if bar is not None:
         bar.close()
     writer.close()
-    return RunResult(out, cfg, writer.rows, elapsed, diverged)
+    return RunResult(out, cfg, writer.rows, elapsed, diverged, model)
 
 
 def _progress(cfg: RunConfig, start: int, enabled: bool, task):

@@ -4,4 +4,12 @@ report (Markdown) into ``out`` and returning the report's path."""
 
 from __future__ import annotations
 
-EXPERIMENTS: dict = {}
+from specopt.experiments import clipping, conditioning, msign_maps, norm_control, transfer
+
+EXPERIMENTS: dict = {
+    "muon-conditioning": conditioning.run,
+    "norm-control": norm_control.run,
+    "msign": msign_maps.run,
+    "clipping": clipping.run,
+    "hparam-transfer": transfer.run,
+}

@@ -1,0 +1,49 @@
+"""What every experiment writes: a table (CSV), a plot (PNG) and a short report (Markdown)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt.format(v) if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, title: str, body: list[str], rows: list[dict], figure: str = "plot.png",
+                 columns: list[str] | None = None) -> Path:
+    """``out/report.md`` with the title, the text, the table and the figure; ``out/results.csv``."""
+    write_csv(out / "results.csv", rows)
+    text = [f"# {title}", "", *body, "", markdown_table(rows, columns), "", f"![{title}]({figure})", "",
+            "Data: `results.csv` beside this report."]
+    path = out / "report.md"
+    path.write_text("\n".join(text) + "\n")
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)

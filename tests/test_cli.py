@@ -1,0 +1,125 @@
+"""The `specopt` command end to end on tiny configurations, in temporary directories."""
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from specopt.cli import app
+from specopt.training import RunConfig, read_metrics, train
+
+runner = CliRunner()
+TINY = ["--task", "char-gpt", "--size", "tiny", "--no-progress"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_train_writes_metrics_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", *TINY, "--optimizer", "scion", "--steps", 12, "--val-every", 4,
+                    "--checkpoint-every", 5, "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 8, 12]
+    with open(out / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12
+    assert (out / "checkpoint.pt").is_file() and not (out / "checkpoint.pt.tmp").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 12
+    assert "final validation loss" in result.output
+
+
+@pytest.mark.parametrize("optimizer", ["scion", "muon", "torch-muon", "gluon", "adamw"])
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, optimizer):
+    cfg = RunConfig(task="char-gpt", optimizer=optimizer, steps=10, task_options={"size": "tiny"}, val_every=5,
+                    checkpoint_every=4)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+
+    from specopt.tasks.text import CharGPT
+
+    real_batch = CharGPT.batch
+
+    def killed_at_step_6(self, step):
+        if step == 6:
+            raise KeyboardInterrupt  # as if the process were stopped in the middle of step 7
+        return real_batch(self, step)
+
+    monkeypatch.setattr(CharGPT, "batch", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(CharGPT, "batch", real_batch)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 4  # intact
+    resumed = train(RunConfig(), tmp_path / "resumed", resume=True, progress=False)
+    assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in straight.rows]
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == list(range(1, 11))
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_resume_continues_from_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("train", *TINY, "--optimizer", "uscion", "--steps", 8, "--checkpoint-every", 3,
+                  "--out", out).exit_code == 0
+    result = invoke("train", "--resume", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 9))
+
+
+def test_compare_writes_report_plot_and_csv(tmp_path):
+    out = tmp_path / "cmp"
+    result = invoke("compare", *TINY, "--optimizers", "adamw,muon,scion", "--steps", 8, "--val-every", 4,
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "| adamw |" in report and "| muon |" in report and "steps to AdamW best" in report
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    from matplotlib.image import imread
+
+    image = imread(out / "loss.png")
+    assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01  # a real picture, not blank
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["optimizer"] for r in rows} == {"adamw", "muon", "scion"} and len(rows) == 24
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adamw"]["steps_ratio"] == 1.0
+    assert "report:" in result.output and "| scion |" in result.output
+
+
+def test_compare_sweep_picks_the_best_lr(tmp_path):
+    out = tmp_path / "sweep"
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 4, "--val-every", 4, "--sweep",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())["adamw"]
+    assert len(summary["sweep"]) == 5
+    assert summary["final_val"] == min(s["final_val"] for s in summary["sweep"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["train", "--task", "imagenet"], "unknown task 'imagenet'"),
+     (["train", *TINY, "--optimizer", "lion"], "unknown optimizer 'lion'"),
+     (["compare", *TINY, "--optimizers", "adamw,lion"], "unknown optimizer"),
+     (["train", *TINY, "--data", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+     (["train", *TINY, "--radius", "0"], "radius"),
+     (["train", *TINY, "--momentum", "1.0"], "momentum"),
+     (["train", "--resume", "/nonexistent/run"], "/nonexistent/run"),
+     (["experiment", "nope"], "unknown experiment 'nope'"),
+     (["train", "--task", "mlp", "--size", "tiny"], "--size applies to the char-gpt task only")],
+)
+def test_bad_input_gets_a_clear_message(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.parametrize("args", [["train", "--steps", "0"], ["train", "--steps", "many"], ["train", "--lr", "-1"]])
+def test_bad_flag_values_are_rejected_by_the_cli(args):
+    result = invoke(*args)
+    assert result.exit_code == 2 and ("Invalid value" in result.output or "is not in the range" in result.output)

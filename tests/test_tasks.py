@@ -1,0 +1,118 @@
+"""Every task trains a few steps with the loss going down; data loaders and their errors."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from specopt.tasks import TASKS, DataError, get_task, load_cifar10, load_mnist, read_text
+
+FAST = {
+    "char-gpt": {"size": "tiny"},
+    "cnn": {"width": 8, "batch_size": 64},
+    "mlp": {"width": 64},
+    "logreg": {},
+    "matrix-factorization": {"init_scale": 0.3},
+    "icl-regression": {},
+    "heavy-tailed": {},
+}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_trains_with_loss_going_down(name):
+    task = get_task(name, seed=0, **FAST[name])
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = task.validation_loss(model)
+    for step in range(30):
+        opt.zero_grad()
+        task.loss(model, task.batch(step)).backward()
+        opt.step()
+    assert task.validation_loss(model) < before
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_seed_fixes_init_and_data_order(name):
+    a, b, c = (get_task(name, seed=s, **FAST[name]) for s in (0, 0, 1))
+    for pa, pb in zip(a.build_model().parameters(), b.build_model().parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    ba, bb = a.batch(7), b.batch(7)
+    if ba is not None:
+        assert all(torch.equal(x, y) for x, y in zip(ba, bb, strict=True))
+        assert not all(torch.equal(x, y) for x, y in zip(ba, a.batch(8), strict=True))
+        assert not all(torch.equal(x, y) for x, y in zip(ba, c.batch(7), strict=True))
+
+
+def test_char_gpt_on_a_user_text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    task = get_task("char-gpt", data=str(path), size="tiny")
+    assert len(task.vocab) == len(set(path.read_text()))
+    x, y = task.batch(0)
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the next characters
+
+
+def test_cifar10_loader_on_a_generated_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in [("data_batch_1", 20), ("data_batch_2", 10), ("test_batch", 8)]:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": rng.integers(0, 10, n).tolist()}, f)
+    (x, y), (tx, ty) = load_cifar10(tmp_path)
+    assert x.shape == (30, 3, 32, 32) and y.shape == (30,) and tx.shape == (8, 3, 32, 32)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    task = get_task("cnn", data=str(tmp_path), width=4, batch_size=8)
+    model = task.build_model()
+    assert model(task.batch(0)[0]).shape == (8, task.classes)
+
+
+def test_shipped_data_loads():
+    images, labels = load_mnist()
+    assert images.shape == (5000, 1, 28, 28) and set(labels.tolist()) == set(range(10))
+    assert "Hamlet" in read_text() or "HAMLET" in read_text()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [(lambda p: read_text(p / "missing.txt"), "not found.*missing.txt"),
+     (lambda p: load_mnist(p / "nope.csv"), "not found.*nope.csv"),
+     (lambda p: load_cifar10(p / "absent"), "directory not found"),
+     (lambda p: load_cifar10(p), "no data_batch"),
+     (lambda p: get_task("char-gpt", data=str(p / "gone.txt")), "gone.txt")],
+)
+def test_missing_data_names_the_path(tmp_path, call, match):
+    with pytest.raises(DataError, match=match):
+        call(tmp_path)
+
+
+def test_malformed_files_are_reported(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="785 columns"):
+        load_mnist(bad)
+    (tmp_path / "data_batch_1").write_bytes(b"not a pickle")
+    (tmp_path / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="cannot read CIFAR-10 batch"):
+        load_cifar10(tmp_path)
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    with pytest.raises(DataError, match="at least 1000"):
+        read_text(short)
+
+
+def test_unknown_task_and_option_list_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown task 'gpt5'.*valid tasks: char-gpt"):
+        get_task("gpt5")
+    with pytest.raises(ValueError, match="no option.*depth"):
+        get_task("mlp", depth=3)
+    with pytest.raises(ValueError, match="unknown char-gpt size"):
+        get_task("char-gpt", size="huge")
+
+
+def test_icl_regression_gradient_matches_autograd():
+    task = get_task("icl-regression", d=6, kappa=10.0)
+    G = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    task.objective(G).backward()
+    torch.testing.assert_close(G.grad, task.gradient(G.detach()))
+    assert task.objective(task.Gamma_star) <= task.objective(G.detach())
