@@ -125,10 +125,10 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace the ``<!-- name:start -->…<!-- name:end -->`` section of BENCHMARKS.md (append if absent)."""
+def write_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
+    """Replace the ``<!-- name:start -->…<!-- name:end -->`` section of a Markdown file (append if absent)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else title + "\n"
     block = f"{start}\n{body}{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]

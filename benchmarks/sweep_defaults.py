@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GRID = {
     "adamw": {"lr": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]},
     "muon": {"lr": [0.01, 0.02, 0.04, 0.08], "adamw_lr": [3e-3, 1e-2]},
-    "scion": {"lr": [2**-7, 2**-6, 2**-5, 2**-4, 2**-3], "radius": [1.0, 3.0, 10.0]},
+    "scion": {"lr": [2**-10, 2**-9, 2**-8, 2**-7, 2**-6, 2**-5], "radius": [3.0, 10.0, 30.0, 100.0]},
     "uscion": {"lr": [2**-7, 2**-6, 2**-5, 2**-4, 2**-3], "radius": [0.5, 1.0, 3.0]},
     "clipped-scion": {"lr": [2**-5, 2**-4, 2**-3], "radius": [1.0, 3.0], "clip_radius": [10.0, 60.0, 600.0]},
     "gluon": {"lr": [1.0]},
@@ -57,6 +57,11 @@ def main() -> None:
             print(rows[-1], flush=True)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
+    if args.only and (out / "sweep_defaults.csv").is_file():  # keep the other optimizers' rows
+        with open(out / "sweep_defaults.csv") as f:
+            kept = [_parse(r) for r in csv.DictReader(f) if r["optimizer"] not in names]
+        rows = kept + rows
+        names = list(dict.fromkeys(r["optimizer"] for r in rows))
     with open(out / "sweep_defaults.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -73,7 +78,15 @@ def main() -> None:
             b = "**" if r is best else ""
             lines.append(f"| {name} | {r['lr']:.4g} | {r['radius']} | {r['clip_radius']} | {r['adamw_lr']} | "
                          f"{b}{r['final_val']:.4f}{b} |")
-    write_section(ROOT / "EXPERIMENTS.md", "defaults", "\n".join(lines) + "\n")
+    write_section(ROOT / "EXPERIMENTS.md", "defaults", "\n".join(lines) + "\n", title="# Experiments")
+
+
+def _parse(row: dict) -> dict:
+    out = {"optimizer": row["optimizer"]}
+    for key, value in row.items():
+        if key != "optimizer":
+            out[key] = float(value) if value not in ("", None) else ""
+    return out
 
 
 if __name__ == "__main__":
