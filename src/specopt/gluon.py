@@ -9,7 +9,8 @@ Per layer i, under (L0, L1)-smoothness in the layer's norm, the step ``W_i ← W
 along its own trajectory, ``L̂_i = ‖g_i(W^k) − g_i(W^{k−1})‖_* / t_i^{k−1}`` (``t^{k−1}`` the length of the
 last step), and fits ``L̂ ≈ L0 + L1·‖g_i(W^k)‖_*`` over the last :data:`HISTORY` measurements by asymmetric
 least squares: residuals where the fit *under*-estimates L̂ weigh :data:`UNDER_WEIGHT`, the others
-1 − that; L0, L1 ≥ 0. Before the first measurement the step is ``t = warmup_radius``.
+1 − that; L0, L1 ≥ 0. Before the first measurement the step is ``t = warmup_radius``, and the online radius
+grows by at most a factor :data:`GROWTH` per step (a safeguard while the fit rests on few measurements).
 
 Both gradients of a measurement must see the same data, or minibatch noise swamps the difference (and the
 fitted L grows as the steps shrink). With ``step(closure)`` the optimizer re-evaluates the closure at the
@@ -27,7 +28,8 @@ from specopt._checks import check_number
 
 SCHEDULES = ("constant", "stochastic")
 HISTORY = 32
-UNDER_WEIGHT = 0.9
+UNDER_WEIGHT = 0.75
+GROWTH = 2.0
 
 
 def validate(group: dict) -> None:
@@ -105,6 +107,9 @@ def layer_radii(items: list) -> None:
             L0, L1 = g["L0"], g["L1"]
         denom = L0 + L1 * dual
         t = dual / denom if denom > 0 else g["warmup_radius"]
+        if _online(it):  # an estimate from a few noisy measurements: let the radius at most double per step
+            t = min(t, GROWTH * it.state.get("gluon_t", g["warmup_radius"]))
+            it.state["gluon_t"] = t
         if g["schedule"] == "stochastic":
             t *= it.state["step"] ** -0.75
         it.gluon_radius = t

@@ -14,12 +14,12 @@ import specopt
 from specopt.roles import DEFAULT_RADII, param_groups
 
 DEFAULTS: dict[str, dict] = {
-    "adamw": {"lr": 3e-3, "weight_decay": 0.0},
-    "torch-muon": {"lr": 0.02, "adamw_lr": 3e-3, "weight_decay": 0.0},
-    "muon": {"lr": 0.02, "adamw_lr": 3e-3, "weight_decay": 0.0},
-    "scion": {"lr": 2**-5, "radius": 3.0, "momentum": 0.9},
+    "adamw": {"lr": 4e-3, "weight_decay": 0.0},
+    "torch-muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
+    "muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
+    "scion": {"lr": 2**-7, "radius": 10.0, "momentum": 0.9},
     "uscion": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
-    "clipped-scion": {"lr": 2**-5, "radius": 3.0, "momentum": 0.9, "clip_radius": 60.0},
+    "clipped-scion": {"lr": 2**-5, "radius": 3.0, "momentum": 0.9, "clip_radius": 10.0},
     "gluon": {"lr": 1.0, "momentum": 0.9},
     "almond": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
     "sgd": {"lr": 0.1, "momentum": 0.9},
@@ -47,7 +47,7 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
     return hp
 
 
-def _role_groups(model, task, radius: float | None):
+def role_groups(model, task, radius: float | None):
     """param_groups with every role radius scaled so that the hidden radius is ``radius``."""
     scale = 1.0 if radius is None else radius / DEFAULT_RADII["hidden"]
     radii = {role: r * scale for role, r in DEFAULT_RADII.items()}
@@ -72,7 +72,7 @@ def build(name: str, model: torch.nn.Module, task, hp: dict) -> list[torch.optim
     if name == "muon":
         return [specopt.Muon(param_groups(model, scheme=task.scheme), lr=lr, weight_decay=hp["weight_decay"],
                              adamw_lr=hp["adamw_lr"], adamw_eps=1e-8)]
-    groups = _role_groups(model, task, hp.get("radius"))
+    groups = role_groups(model, task, hp.get("radius"))
     if name == "scion":
         return [specopt.Scion(groups, lr=lr, momentum=hp["momentum"])]
     if name == "uscion":

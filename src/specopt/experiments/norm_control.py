@@ -7,7 +7,8 @@ exact: SVD for the spectral norms). Claims (Pethick et al. 2025):
   draws ρ and Scion's norms under it (up to the msign band: Polar Express's lmo has norm ≤ 1.141);
 * uSCG, ``W ← W + γρ·lmo(d)``: ``‖W_k − W_0‖ ≤ ρ·Σ_{j<k} γ_j`` — the plot draws that bound and UScion's
   distance from its start;
-* AdamW has no such control: its norms are shown for reference.
+* AdamW has no such control: its norms are shown for reference, in the geometry and against the radii
+  that Scion would use.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from tempfile import TemporaryDirectory
 from specopt import msign_band
 from specopt.experiments.common import pyplot, write_report
 from specopt.norms import Spectral
-from specopt.registry import DEFAULTS
-from specopt.roles import param_groups
+from specopt.registry import DEFAULTS, role_groups
 from specopt.tasks import get_task
 from specopt.training import RunConfig, lr_factor, train
 
@@ -27,6 +27,16 @@ from specopt.training import RunConfig, lr_factor, train
 def _exact(norm):
     """The same geometry with an exact (SVD) spectral norm, for measuring."""
     return Spectral(method="svd") if isinstance(norm, Spectral) else norm
+
+
+def _geometry(model, opt, task):
+    """(exact norm, radius, [(name, param)]) per group: the optimizer's own groups for the specopt optimizers,
+    and for AdamW the groups Scion would use, so that its norms are measured in the same geometry."""
+    if hasattr(opt, "rule"):
+        names = {p: n for n, p in model.named_parameters()}
+        return [(_exact(g["norm"]), g["radius"], [(names[p], p) for p in g["params"]]) for g in opt.param_groups]
+    return [(_exact(g["norm"]), g["radius"], g["params"])
+            for g in role_groups(model, task, DEFAULTS["scion"]["radius"])]
 
 
 def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
@@ -39,17 +49,16 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     for name in ("scion", "uscion", "adamw"):
         cfg = RunConfig(task="char-gpt", optimizer=name, steps=steps, task_options={"size": "tiny"},
                         val_every=steps, checkpoint_every=steps)
-        start = get_task(cfg.task, seed=cfg.seed, **cfg.task_options).build_model()  # the run's W_0
-        groups0 = param_groups(start, scheme="text")
-        state = {"w0": {n: p.detach().clone() for g in groups0 for n, p in g["params"]},
-                 "radius": {n: g["radius"] for g in groups0 for n, _ in g["params"]}, "lr_sum": 0.0}
+        task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+        start = dict(task.build_model().named_parameters())  # the run's W_0 (the model is built from the seed)
+        state = {"w0": {n: p.detach().clone() for n, p in start.items()}, "radius": {}, "lr_sum": 0.0}
 
-        def measure(step, model, opts, state=state, name=name, cfg=cfg):
+        def measure(step, model, opts, state=state, name=name, cfg=cfg, task=task):
             state["lr_sum"] += opts[0].param_groups[0]["initial_lr"] * lr_factor(step - 1, cfg)  # γ of this step
             if step == 1 or step % every == 0 or step == steps:
-                for g in param_groups(model, scheme="text"):
-                    norm = _exact(g["norm"])
-                    for n, p in g["params"]:
+                for norm, radius, named in _geometry(model, opts[0], task):
+                    for n, p in named:
+                        state["radius"][n] = radius
                         w = p.detach()
                         traces.setdefault((name, n), []).append(
                             (step, float(norm.norm(w)), float(norm.norm(w - state["w0"][n])), state["lr_sum"]))
