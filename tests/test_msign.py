@@ -237,3 +237,23 @@ def test_gram_is_chosen_only_where_it_pays():
     assert _use_gram(True, torch.bfloat16, (64, 64))
     with pytest.raises(ValueError, match="gram"):
         msign(torch.randn(4, 8), gram="yes")
+
+
+@pytest.mark.parametrize("shape", [(800, 900), (2, 780, 800)])
+def test_symmetric_gram_equals_the_plain_products(shape):
+    from specopt.linalg import SYMMETRIC_MIN_ROWS, symmetric_gram
+
+    assert shape[-2] >= SYMMETRIC_MIN_ROWS  # the blocked path
+    X = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(symmetric_gram(X), X @ X.mT)
+    A = X @ X.mT
+    torch.testing.assert_close(symmetric_gram(A, add=A, beta=-2.0, alpha=0.5), -2.0 * A + 0.5 * A @ A)
+
+
+def test_large_matrix_msign_uses_blocked_products_and_agrees_with_svd():
+    G = matrix_with_singular_values(800, 1000, np.linspace(0.2, 1.0, 800), seed=8)
+    lo, hi = msign_band("polar_express")
+    s = torch.linalg.svdvals(msign(G, compute_dtype=torch.float64, gram=False))
+    assert lo - 1e-9 <= s.min() and s.max() <= hi + 1e-9
+    out = msign(G, steps=10, compute_dtype=torch.float64, gram=False)
+    assert torch.linalg.matrix_norm(out - svd_sign(G), ord=2) < 1e-6
