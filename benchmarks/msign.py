@@ -125,6 +125,27 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdicts(rows: list[dict]) -> str:
+    """The issue's targets, checked on this run's rows."""
+    ours = [r for r in rows if r["method"].startswith("specopt") and r["dtype"] == "bf16"]
+    pe = [r for r in ours if "polar_express" in r["method"]]
+    floor = max(r["floor_ratio"] for r in ours)
+    vs_ns = max(r["vs_torch_ns"] for r in pe)
+    err = max(r["max_abs_sigma_minus_1"] for r in pe)
+    svd = [r["vs_svd"] for r in pe if r["shape"] == "1024x1024"]
+    lines = [f"- every method in bf16 within 1.15× of its matmul floor: worst {floor:.2f} — "
+             f"{'met' if floor <= 1.15 else 'not met in this run'}",
+             f"- Polar Express no slower than torch's Newton–Schulz: worst {vs_ns:.2f}× — "
+             f"{'met' if vs_ns <= 1.0 else 'not met in this run'}",
+             f"- Polar Express max |σ − 1| ≤ 0.16: {err:.3f} — {'met' if err <= 0.16 else 'not met'}"]
+    if svd:
+        lines.append(f"- at 1024²: {1 / svd[0]:.1f}× faster than the SVD (target ≥ 3×) — "
+                     f"{'met' if 1 / svd[0] >= 3 else 'not met'}")
+    lines.append("- timings on this shared 2-core CPU drift by up to ±15 % between runs; ratios are taken within one "
+                 "run, interleaved")
+    return "\n".join(lines)
+
+
 def write_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
     """Replace the ``<!-- name:start -->…<!-- name:end -->`` section of a Markdown file (append if absent)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -153,7 +174,7 @@ def main() -> None:
               "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run. Inputs have "
               "σ/‖G‖_F spanning [1e-3, 0.98]. The SVD has no matmul floor. The Gram variant does fewer, "
               "smaller matmuls, so its time is compared with the plain fp32 row above it.")
-    table = markdown(rows, header)
+    table = markdown(rows, header) + "\n" + verdicts(rows) + "\n"
     print(table)
     if not args.quick:
         write_section(ROOT / "BENCHMARKS.md", "msign", table)
