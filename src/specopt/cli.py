@@ -145,6 +145,25 @@ def experiment_command(
     typer.echo(f"report: {report}")
 
 
+@app.command("scale")
+def scale_command(
+    tokens: Annotated[float, typer.Option(help="token budget T0 of the tuned base run")],
+    batch: Annotated[int, typer.Option(help="base batch size B0")],
+    seq: Annotated[int, typer.Option(help="base sequence length S0")],
+    lr: Annotated[float, typer.Option(help="base step size β0")],
+    target_tokens: Annotated[float, typer.Option(help="new token budget T1")],
+    allow_smaller: Annotated[bool, typer.Option(help="allow T1 < T0")] = False,
+) -> None:
+    """Transfer batch size and step size to a new token budget: B·S ∝ T^(2/3), β ∝ T^(-1/3)."""
+    from specopt.scaling import format_transfer, transfer
+
+    try:
+        result = transfer(tokens, batch, seq, lr, target_tokens, allow_smaller=allow_smaller)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(format_transfer(result, batch, seq, lr))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,85 @@
+"""Batch size and step size across token budgets (ALGORITHMS.md §6, seed 002).
+
+For momentum SCG under a μ-KL condition, the best tokens per step and step size for a budget of T tokens
+scale as ``B·S ∝ T^{2/3}`` and ``β ∝ T^{-1/3}``. From a tuned base run (T0, B0, S0, β0), a budget
+``T1 = r·T0`` gets ``B1·S1 = r^{2/3}·B0·S0`` and ``β1 = r^{-1/3}·β0``.
+
+The seed's worked example: T0 = 1.3B, B0 = 256, S0 = 1024, β0 = 3.6e-4 and T1 ≈ 10.6B give r ≈ 8.15,
+B1·S1 ≈ 4.05·B0·S0, β1 ≈ 1.8e-4, B ≈ 1037 → 1024 at S = 1024 (or B = 512 at S = 2048).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from specopt._checks import check_number
+
+TOKENS_EXPONENT = 2.0 / 3.0
+STEP_EXPONENT = -1.0 / 3.0
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The transferred configuration: ratio r, tokens per step B1·S1, step size β1 and (B, S) choices."""
+
+    ratio: float
+    tokens_per_step: float
+    tokens_factor: float
+    step_size: float
+    choices: tuple[tuple[int, int], ...]
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def power_of_two(x: float) -> int:
+    """The power of two nearest to ``x`` in log scale (ties go up)."""
+    if not x > 0:
+        raise ValueError(f"cannot round {x!r} to a power of two")
+    return 2 ** round(math.log2(x))
+
+
+def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: float, *,
+             allow_smaller: bool = False, seq_choices: tuple[int, ...] | None = None) -> Transfer:
+    """Transfer (B0, S0, β0) tuned at ``tokens`` to ``target_tokens`` by ``B·S ∝ T^{2/3}``, ``β ∝ T^{-1/3}``.
+
+    ``choices`` pair a sequence length (S0 and its neighbouring powers of two, or ``seq_choices``) with the
+    power-of-two batch size nearest to ``B1·S1 / S``.
+    """
+    check_number(tokens, "tokens", low_open=True)
+    check_number(target_tokens, "target_tokens", low_open=True)
+    check_number(lr, "lr", low_open=True)
+    batch, seq = _positive_int(batch, "batch"), _positive_int(seq, "seq")
+    if target_tokens < tokens and not allow_smaller:
+        raise ValueError(f"target_tokens ({target_tokens:g}) is smaller than the base budget ({tokens:g}); "
+                         "pass allow_smaller=True to scale down")
+    r = target_tokens / tokens
+    factor = r**TOKENS_EXPONENT
+    per_step = factor * batch * seq
+    seqs = seq_choices or tuple(s for s in (seq // 2, seq, seq * 2) if s >= 1)
+    choices = tuple((max(1, power_of_two(per_step / s)), s) for s in seqs)
+    return Transfer(ratio=r, tokens_per_step=per_step, tokens_factor=factor, step_size=lr * r**STEP_EXPONENT,
+                    choices=choices)
+
+
+def tokens_per_step_schedule(tokens_seen: float, base_tokens: float, base_tokens_per_step: int) -> float:
+    """Tokens per step after ``tokens_seen`` tokens, growing as ``(tokens_seen/base_tokens)^{2/3}`` from
+    ``base_tokens_per_step`` (never below it): the adaptive schedule of the seed."""
+    check_number(base_tokens, "base_tokens", low_open=True)
+    _positive_int(base_tokens_per_step, "base_tokens_per_step")
+    grow = max(1.0, tokens_seen / base_tokens) ** TOKENS_EXPONENT
+    return base_tokens_per_step * grow
+
+
+def format_transfer(t: Transfer, batch: int, seq: int, lr: float) -> str:
+    lines = [f"budget ratio r = {t.ratio:.4g}",
+             f"tokens per step B1·S1 = r^(2/3)·B0·S0 = {t.tokens_factor:.4g} × {batch * seq:,} = "
+             f"{t.tokens_per_step:,.0f}",
+             f"step size β1 = r^(-1/3)·β0 = {t.step_size:.3g} (from {lr:.3g})",
+             "batch choices (B1, S1), B rounded to a power of two:"]
+    lines += [f"  B = {b:>6}, S = {s:>6}  (B·S = {b * s:,})" for b, s in t.choices]
+    return "\n".join(lines)
