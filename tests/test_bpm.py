@@ -1,0 +1,140 @@
+"""The Broximal Point Method's results (ALGORITHMS.md §5) on convex problems."""
+
+import math
+
+import pytest
+import torch
+
+from specopt.bpm import ball_envelope, bpm, brox_frank_wolfe, brox_prox, brox_quadratic
+from specopt.norms import Euclidean, Sign
+
+F64 = {"dtype": torch.float64}
+
+
+def quadratic(kappa: float, n: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, **F64))
+    H = (Q * torch.logspace(0, math.log10(kappa), n, **F64)) @ Q.T
+    b = torch.randn(n, generator=g, **F64)
+    x_star = torch.linalg.solve(H, b)
+
+    def f(z):
+        return 0.5 * z @ H @ z - b @ z
+
+    return H, b, x_star, f
+
+
+def logistic(seed: int = 0, n: int = 60, d: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, d, generator=g, **F64)
+    y = torch.sign(A @ torch.randn(d, generator=g, **F64) + 0.5 * torch.randn(n, generator=g, **F64))
+
+    def f(z):
+        return torch.nn.functional.softplus(-y * (A @ z)).mean() + 0.05 * z.pow(2).sum()
+
+    x_star = brox_prox(f, torch.zeros(d, **F64), 1e3)  # the ball of radius 1e3 holds the minimizer
+    return f, x_star
+
+
+def grad(f, x):
+    z = x.clone().requires_grad_(True)
+    f(z).backward()
+    return z.grad
+
+
+@pytest.mark.parametrize("kappa", [1.0, 1e2, 1e4])
+def test_quadratic_brox_is_the_trust_region_solution(kappa):
+    H, b, x_star, f = quadratic(kappa)
+    x = x_star + 3.0
+    for t in (0.1, 1.0, 100.0):
+        z = brox_quadratic(H, b, x, t)
+        inside = float((x_star - x).norm()) <= t
+        if inside:  # one step when the ball holds the minimizer
+            torch.testing.assert_close(z, x_star, atol=1e-8, rtol=0)
+        else:  # otherwise on the boundary, and no feasible point is better
+            assert float((z - x).norm()) == pytest.approx(t, rel=1e-9)
+            g = torch.Generator().manual_seed(1)
+            for _ in range(200):
+                d = torch.randn(8, generator=g, **F64)
+                w = x + t * float(torch.rand((), generator=g, **F64)) ** 0.5 * d / d.norm()
+                assert float(f(z)) <= float(f(w)) + 1e-9
+
+
+def test_quadratic_hard_case_and_indefinite():
+    H = torch.diag(torch.tensor([-2.0, 1.0, 3.0], **F64))
+    b = torch.tensor([0.0, 1.0, 1.0], **F64)  # orthogonal to the bottom eigenvector: the hard case
+    x = torch.zeros(3, **F64)
+    z = brox_quadratic(H, b, x, 2.0)
+    assert float(z.norm()) == pytest.approx(2.0, rel=1e-9)
+    assert abs(float(z[0])) > 1.0  # the solution uses the negative-curvature direction
+
+
+@pytest.mark.parametrize("kappa", [1.0, 1e2, 1e4])
+def test_bpm_theorems_on_quadratics(kappa):
+    H, b, x_star, f = quadratic(kappa)
+    x0 = x_star + 5.0
+    t = 1.3
+    K = math.ceil(float((x0 - x_star).norm()) ** 2 / t**2)
+    xs = bpm(lambda x, r: brox_quadratic(H, b, x, r), x0, [t] * K)
+    f_star = float(f(x_star))
+    for a, c in zip(xs[:-1], xs[1:], strict=True):
+        da, dc = float((a - x_star).norm()), float((c - x_star).norm())
+        if dc > 1e-9:
+            assert dc**2 <= da**2 - t**2 + 1e-8  # distance decrease by t²
+            assert float(f(c)) - f_star <= (float(f(a)) - f_star) / (1 + t / dc) + 1e-9  # function-value rate
+        assert float(grad(f, c).norm()) <= float(grad(f, a).norm()) + 1e-9  # gradient monotonicity
+        assert float(f(c)) <= float(f(a)) - t * float(grad(f, c).norm()) + 1e-9  # gradient bound
+    torch.testing.assert_close(xs[-1], x_star, atol=1e-7, rtol=0)  # finite convergence at K
+
+
+def test_bpm_on_logistic_regression_with_the_prox_solver():
+    f, x_star = logistic()
+    x0 = x_star + 2.0
+    t = 1.5
+    K = math.ceil(float((x0 - x_star).norm()) ** 2 / t**2)
+    xs = bpm(lambda x, r: brox_prox(f, x, r), x0, [t] * K)
+    for a, c in zip(xs[:-1], xs[1:], strict=True):
+        dc = float((c - x_star).norm())
+        if dc > 1e-6:
+            assert float((c - a).norm()) == pytest.approx(t, rel=1e-5)
+            assert dc**2 <= float((a - x_star).norm()) ** 2 - t**2 + 1e-5
+        assert float(f(c)) <= float(f(a)) - t * float(grad(f, c).norm()) + 1e-7
+    assert float((xs[-1] - x_star).norm()) < 1e-4
+
+
+def test_ball_envelope_of_x_squared():
+    def f(z):
+        return (z**2).sum()
+
+    def brox(x, t):
+        return brox_quadratic(torch.tensor([[2.0]], **F64), torch.tensor([0.0], **F64), x, t)
+
+    t = 0.7
+    for x in (-2.0, -0.7, -0.3, 0.0, 0.5, 0.7, 1.9):
+        expected = (x + t) ** 2 if x < -t else (0.0 if abs(x) <= t else (x - t) ** 2)
+        assert ball_envelope(brox, f, torch.tensor([x], **F64), t) == pytest.approx(expected, abs=1e-12)
+
+
+def test_linearised_brox_is_the_lmo_step():
+    """Minimising the linearisation over the ball gives x + t·lmo(∇f): normalised GD for ℓ2, sign for ℓ∞."""
+    H, b, x_star, f = quadratic(10.0)
+    x = x_star + 1.0
+    g = grad(f, x)
+
+    def linear(z):
+        return g @ z
+
+    torch.testing.assert_close(brox_frank_wolfe(linear, x, 0.5, Sign(), iters=3), x - 0.5 * torch.sign(g))
+    torch.testing.assert_close(brox_frank_wolfe(linear, x, 0.5, Euclidean(), iters=3), x - 0.5 * g / g.norm())
+
+
+def test_frank_wolfe_in_a_sign_ball_matches_the_box_constrained_minimum():
+    H, b, x_star, f = quadratic(10.0, n=4)
+    x = x_star + 2.0
+    z = brox_frank_wolfe(f, x, 0.5, Sign(), iters=3000)
+    assert float((z - x).abs().max()) <= 0.5 + 1e-12
+    # projected gradient on the box as an independent reference
+    w = x.clone()
+    for _ in range(20000):
+        w = torch.clamp(w - 0.05 * grad(f, w), x - 0.5, x + 0.5)
+    assert float(f(z)) == pytest.approx(float(f(w)), abs=1e-3)
