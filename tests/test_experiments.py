@@ -58,3 +58,11 @@ def test_msign_maps_match_the_documented_bands(tmp_path):
     for r in rows:  # the matrix's singular values stay inside the scalar band
         assert float(r["band_min"]) - 1e-3 <= float(r["matrix_min"])
         assert float(r["matrix_max"]) <= float(r["band_max"]) + 1e-3
+
+
+def test_bpm_experiment_claim(tmp_path):
+    rows, _ = run_quick("bpm", tmp_path)
+    for r in rows:
+        if r["method"].startswith("BPM"):
+            assert int(r["iterations_to_1e-10"]) <= 16  # finite convergence within K = ⌈‖x₀ − x*‖²/t²⌉
+        assert float(r["linearised_brox_minus_normalised_gd"]) < 1e-12
