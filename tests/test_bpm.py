@@ -138,3 +138,37 @@ def test_frank_wolfe_in_a_sign_ball_matches_the_box_constrained_minimum():
     for _ in range(20000):
         w = torch.clamp(w - 0.05 * grad(f, w), x - 0.5, x + 0.5)
     assert float(f(z)) == pytest.approx(float(f(w)), abs=1e-3)
+
+
+def test_bpm_on_a_nonsmooth_l1_regression():
+    from specopt.bpm import prox_l1_affine
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(12, 4, generator=g, **F64)
+    b = torch.randn(12, generator=g, **F64)
+
+    def f(z):
+        return (A @ z - b).abs().sum()
+
+    def brox(x, t):
+        return brox_prox(f, x, t, prox_fn=lambda p, lam: prox_l1_affine(A, b, p, lam))
+
+    x_star = brox(torch.zeros(4, **F64), 1e3)  # the minimizer (an LP solution)
+    f_star = float(f(x_star))
+    # brox is optimal in its ball: no random feasible point does better
+    x0 = x_star + 3.0
+    z = brox(x0, 1.0)
+    assert float((z - x0).norm()) == pytest.approx(1.0, rel=1e-6)
+    for _ in range(300):
+        d = torch.randn(4, generator=g, **F64)
+        w = x0 + float(torch.rand((), generator=g, **F64)) ** 0.25 * d / d.norm()
+        assert float(f(z)) <= float(f(w)) + 1e-6
+    t = 1.2
+    K = math.ceil(float((x0 - x_star).norm()) ** 2 / t**2)
+    xs = bpm(brox, x0, [t] * K)
+    for a, c in zip(xs[:-1], xs[1:], strict=True):
+        dc = float((c - x_star).norm())
+        if dc > 1e-6:
+            assert dc**2 <= float((a - x_star).norm()) ** 2 - t**2 + 1e-5  # distance decrease by t²
+            assert float(f(c)) - f_star <= (float(f(a)) - f_star) / (1 + t / dc) + 1e-5  # function-value rate
+    assert float(f(xs[-1])) == pytest.approx(f_star, abs=1e-6)  # finite convergence at K

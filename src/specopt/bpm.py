@@ -8,8 +8,9 @@ ball holds a minimizer, otherwise the step lands on the boundary; ``‖x_{k+1} �
 Solvers:
 * :func:`brox_quadratic` — exact for ``f(z) = ½zᵀHz − bᵀz``: the trust-region subproblem, by an
   eigendecomposition and the secular equation ``‖(H + μI)⁻¹g‖ = t`` (bisection on μ), hard case included;
-* :func:`brox_prox` — smooth convex f: ``brox = prox_{λf}`` with λ found by bisection so that
-  ``‖prox_{λf}(x) − x‖ = t`` (the prox is solved by L-BFGS);
+* :func:`brox_prox` — convex f: ``brox = prox_{λf}`` with λ found by bisection so that
+  ``‖prox_{λf}(x) − x‖ = t`` (the prox is solved by L-BFGS for smooth f, or given: :func:`prox_l1_affine`
+  for the nonsmooth ``‖Az − b‖₁``);
 * :func:`brox_frank_wolfe` — balls of any norm of :mod:`specopt.norms`: Frank–Wolfe with the norm's lmo.
 
 Everything works on float64 tensors (vectors or matrices).
@@ -88,25 +89,45 @@ def prox(f: Objective, x: torch.Tensor, lam: float, *, iters: int = 200, tol: fl
     return z.detach()
 
 
-def brox_prox(f: Objective, x: torch.Tensor, t: float, *, lam_max: float = 1e8, tol: float = 1e-10) -> torch.Tensor:
-    """``brox_t f(x)`` for smooth convex f: ``prox_{λf}(x)`` with ``‖prox − x‖ = t`` (bisection on log λ);
-    if even ``λ = lam_max`` stays inside the ball, a minimizer lies in it and that prox is returned."""
+def prox_l1_affine(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, lam: float, *, iters: int = 5000,
+                   tol: float = 1e-13) -> torch.Tensor:
+    """``prox_{λf}(x)`` for the nonsmooth ``f(z) = ‖Az − b‖₁``, through its dual: ``z = x − λAᵀu`` with
+    ``u = argmin_{‖u‖∞ ≤ 1} (λ/2)‖Aᵀu‖² − uᵀ(Ax − b)``, solved by accelerated projected gradient (FISTA)."""
+    step = 1.0 / (lam * float(torch.linalg.matrix_norm(A, 2)) ** 2 + 1e-300)
+    r = A @ x - b
+    u = torch.zeros_like(b)
+    v, theta = u.clone(), 1.0
+    for _ in range(iters):
+        u_next = torch.clamp(v - step * (lam * (A @ (A.T @ v)) - r), -1.0, 1.0)
+        theta_next = (1 + math.sqrt(1 + 4 * theta * theta)) / 2
+        v = u_next + (theta - 1) / theta_next * (u_next - u)
+        if float(torch.linalg.vector_norm(u_next - u)) <= tol * max(1.0, float(torch.linalg.vector_norm(u))):
+            u = u_next
+            break
+        u, theta = u_next, theta_next
+    return x - lam * (A.T @ u)
+
+
+def brox_prox(f: Objective, x: torch.Tensor, t: float, *, lam_max: float = 1e8, tol: float = 1e-10,
+              prox_fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
+    """``brox_t f(x)`` for convex f: ``prox_{λf}(x)`` with ``‖prox − x‖ = t`` (bisection on log λ); if even
+    ``λ = lam_max`` stays inside the ball, a minimizer lies in it and that prox is returned. The prox is
+    L-BFGS for smooth f, or ``prox_fn(x, λ)`` (e.g. :func:`prox_l1_affine` for ``‖Az − b‖₁``)."""
     t = check_number(t, "t", low_open=True)
-    far = prox(f, x, lam_max)
+    prox_fn = prox_fn or (lambda point, lam: prox(f, point, lam))
+    far = prox_fn(x, lam_max)
     if float(torch.linalg.vector_norm(far - x)) <= t:
         return far
     lo, hi = -12.0, math.log(lam_max)
-    z = far
     for _ in range(80):
         mid = 0.5 * (lo + hi)
-        z = prox(f, x, math.exp(mid))
-        if float(torch.linalg.vector_norm(z - x)) > t:
+        if float(torch.linalg.vector_norm(prox_fn(x, math.exp(mid)) - x)) > t:
             hi = mid
         else:
             lo = mid
         if hi - lo < tol:
             break
-    z = prox(f, x, math.exp(lo))
+    z = prox_fn(x, math.exp(lo))
     d = z - x
     n = float(torch.linalg.vector_norm(d))
     return x + d * (t / n) if n > 0 else z  # on the boundary up to the bisection tolerance
