@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -29,12 +30,17 @@ QUICK_SHAPES = [(128, 128), (128, 512)]
 
 
 def median_times(fns: dict, repeats: int) -> dict:
-    """Median wall time of each callable, timed in interleaved rounds so that drift hits all alike."""
+    """Median wall time of each callable, timed in interleaved rounds (a fresh random order every round) so
+    that drift and what ran just before hit all alike."""
     for fn in fns.values():
         fn()
     times: dict = {name: [] for name in fns}
+    order = random.Random(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        names = list(fns)
+        order.shuffle(names)
+        for name in names:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -84,7 +90,8 @@ def bench_shape(m: int, n: int, repeats: int) -> list[dict]:
     G = test_matrix(m, n)
     ns = NEWTON_SCHULZ_COEFFICIENTS
     fns = {
-        "torch.optim.Muon NS": lambda: _zeropower_via_newtonschulz(G, ns, 5, 1e-7),
+        # like for like: msign returns the input's dtype, torch's helper returns bf16, so cast it back
+        "torch.optim.Muon NS": lambda: _zeropower_via_newtonschulz(G, ns, 5, 1e-7).to(G.dtype),
         "torch.linalg.svd": lambda: torch.linalg.svd(G, full_matrices=False),
         "floor bf16": matmul_floor_fn(m, n, 5, torch.bfloat16),
         "floor fp32": matmul_floor_fn(m, n, 5, torch.float32),
@@ -171,7 +178,10 @@ def main() -> None:
         rows.extend(bench_shape(m, n, args.repeats))
     header = (f"## msign\n\nMeasured by `python benchmarks/msign.py` on {platform.processor() or platform.machine()}, "
               f"{args.threads} threads, torch {torch.__version__}, CPU. Floor = the same number of plain matmuls "
-              "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run. Inputs have "
+              "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run (it leaves out the "
+              "conversions to and from bf16 and the normalisation, which cost most at 512²). torch.optim.Muon's "
+              "Newton–Schulz is "
+              "timed with its bf16 result cast back to fp32, as msign returns the input's dtype. Inputs have "
               "σ/‖G‖_F spanning [1e-3, 0.98]. The SVD has no matmul floor. The Gram variant does fewer, "
               "smaller matmuls, so its time is compared with the plain fp32 row above it.")
     table = markdown(rows, header) + "\n" + verdicts(rows) + "\n"
