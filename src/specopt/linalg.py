@@ -216,7 +216,7 @@ def msign(
         raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("msign input contains NaN or Inf; the polar factor of a non-finite matrix is undefined")
-    work = _resolve_compute_dtype(G, compute_dtype, method)
+    work = resolve_compute_dtype(G, compute_dtype, method)
     return polar_factor(G.to(work, copy=True), method=method, steps=steps, gram=gram).to(G.dtype)
 
 
@@ -246,7 +246,7 @@ def polar_factor(X: torch.Tensor, *, method: str = "polar_express", steps: int |
     return X.mT if transpose else X
 
 
-def _resolve_compute_dtype(G: torch.Tensor, compute_dtype, method: str) -> torch.dtype:
+def resolve_compute_dtype(G: torch.Tensor, compute_dtype, method: str) -> torch.dtype:
     at_least_fp32 = torch.promote_types(G.dtype, torch.float32)
     if method == "svd":
         return at_least_fp32

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from specopt._checks import check_positive, check_tensor
-from specopt.linalg import METHODS, _resolve_compute_dtype, msign, polar_factor
+from specopt.linalg import METHODS, msign, polar_factor, resolve_compute_dtype
 
 
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -302,7 +302,7 @@ class _SpectralBase(Norm):
         """``s`` such that the unit ball is ``‖Ŵ‖_op ≤ s``."""
 
     def work_dtype(self, like):
-        return _resolve_compute_dtype(like, self.compute_dtype, self.method)
+        return resolve_compute_dtype(like, self.compute_dtype, self.method)
 
     def lmo_factored(self, g, batch_dims=None, *, private=False):
         self._dims(g, batch_dims, "lmo")
