@@ -55,3 +55,33 @@ def test_scale_command_prints_the_worked_example():
     bad = CliRunner().invoke(app, ["scale", "--tokens", "1e9", "--batch", "256", "--seq", "1024", "--lr", "3e-4",
                                    "--target-tokens", "1e8"])
     assert bad.exit_code == 2 and "smaller than the base" in bad.output
+
+
+def test_batch_size_schedule_keeps_tokens_per_step_at_two_thirds_power():
+    from specopt.scaling import batch_size_schedule
+
+    sizes = batch_size_schedule(200, 8, 64, 10, max_factor=1e9)
+    assert sizes[:10] == [8] * 10 and sizes == sorted(sizes)
+    seen = 0
+    for k, b in enumerate(sizes):
+        if k >= 10:  # B_k·S = B0·S·(T_k/T_base)^{2/3}, the batch rounded to an integer
+            assert abs(b - 8 * (seen / (8 * 64 * 10)) ** (2 / 3)) <= 0.5 + 1e-9
+        seen += b * 64
+    capped = batch_size_schedule(200, 8, 64, 10)
+    assert max(capped) == 64 and capped[:10] == [8] * 10
+
+
+def test_train_with_batch_schedule_grows_the_batch_and_resumes_exactly(tmp_path):
+    from specopt.training import RunConfig, read_metrics, train
+
+    cfg = RunConfig(task="char-gpt", optimizer="uscion", steps=12, task_options={"size": "tiny"}, val_every=6,
+                    checkpoint_every=5, batch_schedule="bst")
+    first = train(cfg, tmp_path / "a", progress=False)
+    sizes = [r["batch_size"] for r in first.rows]
+    assert sizes[0] == 16 and sizes[-1] > sizes[0]
+    again = train(RunConfig(), tmp_path / "a", resume=True, progress=False)  # from the step-12 checkpoint: no-op
+    assert [r["loss"] for r in again.rows] == [r["loss"] for r in first.rows]
+    assert len(read_metrics(tmp_path / "a")) == 12
+    with pytest.raises(ValueError, match="fixed batch"):
+        train(RunConfig(task="matrix-factorization", optimizer="uscion", steps=3, batch_schedule="bst"),
+              tmp_path / "b", progress=False)

@@ -79,6 +79,8 @@ def train_command(
     lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, radius: Radius = None,
     clip_radius: ClipRadius = None, seed: Seed = 0, size: Size = None, data: Data = None, width: Width = None,
     val_every: ValEvery = 50, checkpoint_every: CkptEvery = 100, schedule: Schedule = "linear-decay",
+    batch_schedule: Annotated[str, typer.Option(help="constant, or bst: batch grows so that tokens per step "
+                                                "∝ (tokens seen)^(2/3)")] = "constant",
     progress: Progress = True,
 ) -> None:
     """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps."""
@@ -91,7 +93,7 @@ def train_command(
             cfg = RunConfig(task=task, optimizer=optimizer, steps=steps, seed=seed,
                             task_options=_task_options(task, size, data, width),
                             hparams={k: v for k, v in hparams.items() if v is not None}, val_every=val_every,
-                            checkpoint_every=checkpoint_every, schedule=schedule)
+                            checkpoint_every=checkpoint_every, schedule=schedule, batch_schedule=batch_schedule)
             result = train(cfg, out, progress=progress)
     except (ValueError, FileNotFoundError, DataError) as e:
         _fail(str(e))

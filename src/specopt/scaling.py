@@ -83,3 +83,24 @@ def format_transfer(t: Transfer, batch: int, seq: int, lr: float) -> str:
              "batch choices (B1, S1), B rounded to a power of two:"]
     lines += [f"  B = {b:>6}, S = {s:>6}  (B·S = {b * s:,})" for b, s in t.choices]
     return "\n".join(lines)
+
+
+def batch_size_schedule(steps: int, base_batch: int, units_per_example: int, base_steps: int,
+                        max_factor: float = 8.0) -> list[int]:
+    """Batch size of every step so that tokens per step grow as ``(tokens seen)^{2/3}``: ``B_k = B0`` for the
+    first ``base_steps`` steps' worth of tokens ``T_base = B0·S·base_steps``, then
+    ``B_k = round(B0·(T_k/T_base)^{2/3})`` with ``T_k`` the tokens seen before step k, capped at
+    ``max_factor·B0`` (with T growing as Σ B the uncapped batch grows like k², so a run of fixed length needs
+    a cap). Deterministic, so runs with the schedule resume exactly."""
+    _positive_int(steps, "steps")
+    _positive_int(base_batch, "base_batch")
+    _positive_int(units_per_example, "units_per_example")
+    _positive_int(base_steps, "base_steps")
+    base_tokens = base_batch * units_per_example * base_steps
+    seen, sizes = 0, []
+    for _ in range(steps):
+        grown = tokens_per_step_schedule(seen, base_tokens, base_batch * units_per_example) / units_per_example
+        size = min(max(base_batch, round(grown)), int(max_factor * base_batch))
+        sizes.append(size)
+        seen += size * units_per_example
+    return sizes

@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 
 from specopt import registry
+from specopt.scaling import batch_size_schedule
 from specopt.tasks import get_task
 
 SCHEDULES = ("constant", "linear-decay")
-CSV_FIELDS = ("step", "loss", "lr", "elapsed_s", "throughput", "val_loss")
+BATCH_SCHEDULES = ("constant", "bst")
+CSV_FIELDS = ("step", "loss", "lr", "elapsed_s", "throughput", "val_loss", "batch_size")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class RunConfig:
     checkpoint_every: int = 100
     schedule: str = "linear-decay"
     decay_fraction: float = 0.3
+    batch_schedule: str = "constant"
 
     def validate(self) -> None:
         for key in ("steps", "val_every", "checkpoint_every"):
@@ -51,6 +54,8 @@ class RunConfig:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
+        if self.batch_schedule not in BATCH_SCHEDULES:
+            raise ValueError(f"unknown batch schedule {self.batch_schedule!r}; valid: {', '.join(BATCH_SCHEDULES)}")
         if not 0 <= self.decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         registry.resolve(self.optimizer, self.hparams)
@@ -112,10 +117,11 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     writer = _MetricsWriter(out, rows)
     bar = _progress(cfg, start, progress, task)
     diverged = False
-    units = task.units_per_step()
+    sizes = _batch_sizes(cfg, task)
     for step in range(start, cfg.steps):
         tick = time.perf_counter()
-        batch = task.batch(step)
+        batch = task.batch(step) if sizes is None else task.batch_of(step, sizes[step])
+        units = task.units_per_step() if sizes is None else sizes[step] * task.units_per_example
 
         def closure(batch=batch):
             for o in opts:
@@ -139,6 +145,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         value = float(loss.detach())
         row = {"step": step + 1, "loss": value, "lr": opts[0].param_groups[0]["lr"], "elapsed_s": elapsed,
                "throughput": units / dt if dt > 0 else float("nan")}
+        if sizes is not None:
+            row["batch_size"] = sizes[step]
         last = step + 1 == cfg.steps
         if not math.isfinite(value):
             diverged = True
@@ -158,6 +166,17 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         bar.close()
     writer.close()
     return RunResult(out, cfg, writer.rows, elapsed, diverged, model)
+
+
+def _batch_sizes(cfg: RunConfig, task) -> list[int] | None:
+    """``--batch-schedule bst``: the task's batch size grows so that tokens per step ∝ (tokens seen)^{2/3}
+    (:func:`specopt.scaling.batch_size_schedule`), from the first tenth of the run on."""
+    if cfg.batch_schedule == "constant":
+        return None
+    if task.units_per_example is None:
+        task.batch_of(0, 1)  # raises the task's own error
+    base = task.units_per_step() // task.units_per_example
+    return batch_size_schedule(cfg.steps, base, task.units_per_example, max(1, cfg.steps // 10))
 
 
 def _progress(cfg: RunConfig, start: int, enabled: bool, task):

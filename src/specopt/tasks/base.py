@@ -20,6 +20,9 @@ class Task(ABC):
     name: str = ""
     unit: str = "samples"
     scheme: str = "auto"
+    #: units (tokens or samples) per batch element; tasks whose batch size can vary set it (see
+    #: :meth:`batch_of`), the others keep None.
+    units_per_example: int | None = None
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -47,6 +50,11 @@ class Task(ABC):
     def units_per_step(self) -> int:
         """Tokens or samples processed by one training step."""
         return 1
+
+    def batch_of(self, step: int, batch_size: int):
+        """The batch of ``step`` with ``batch_size`` examples (for batch-size schedules)."""
+        raise ValueError(f"task {self.name!r} has a fixed batch; batch-size schedules need char-gpt, cnn, mlp "
+                         "or logreg")
 
     def describe(self) -> str:
         return self.name

@@ -36,8 +36,13 @@ class ImageTask(Task):
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    units_per_example = 1
+
     def batch(self, step: int):
-        idx = torch.randint(0, len(self.y), (self.batch_size,), generator=self.generator(step))
+        return self.batch_of(step, self.batch_size)
+
+    def batch_of(self, step: int, batch_size: int):
+        idx = torch.randint(0, len(self.y), (batch_size,), generator=self.generator(step))
         return self.x[idx], self.y[idx]
 
     def loss(self, model, batch) -> torch.Tensor:

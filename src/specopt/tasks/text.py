@@ -111,10 +111,11 @@ class CharGPT(Task):
         if len(self.val_ids) <= self.cfg.block_size + 1:
             raise ValueError(f"text too short for block_size {self.cfg.block_size}")
         self.val = [self._sample(self.val_ids, torch.Generator().manual_seed(10_000 + i)) for i in range(val_batches)]
+        self.units_per_example = self.cfg.block_size
 
-    def _sample(self, ids: torch.Tensor, gen: torch.Generator):
+    def _sample(self, ids: torch.Tensor, gen: torch.Generator, batch_size: int | None = None):
         T = self.cfg.block_size
-        starts = torch.randint(0, len(ids) - T - 1, (self.cfg.batch_size,), generator=gen)
+        starts = torch.randint(0, len(ids) - T - 1, (batch_size or self.cfg.batch_size,), generator=gen)
         x = torch.stack([ids[s:s + T] for s in starts.tolist()])
         y = torch.stack([ids[s + 1:s + T + 1] for s in starts.tolist()])
         return x, y
@@ -124,6 +125,9 @@ class CharGPT(Task):
 
     def batch(self, step: int):
         return self._sample(self.train_ids, self.generator(step))
+
+    def batch_of(self, step: int, batch_size: int):
+        return self._sample(self.train_ids, self.generator(step), batch_size)
 
     def loss(self, model, batch) -> torch.Tensor:
         x, y = batch
