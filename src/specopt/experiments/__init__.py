@@ -4,7 +4,7 @@ report (Markdown) into ``out`` and returning the report's path."""
 
 from __future__ import annotations
 
-from specopt.experiments import broximal, clipping, conditioning, msign_maps, norm_control, transfer
+from specopt.experiments import batch_size, broximal, clipping, conditioning, msign_maps, norm_control, transfer
 
 EXPERIMENTS: dict = {
     "muon-conditioning": conditioning.run,
@@ -13,4 +13,5 @@ EXPERIMENTS: dict = {
     "clipping": clipping.run,
     "hparam-transfer": transfer.run,
     "bpm": broximal.run,
+    "batch-size": batch_size.run,
 }
