@@ -17,6 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from specopt import registry
+from specopt.experiments.common import save_figure
 from specopt.training import CSV_FIELDS, RunConfig, read_metrics, train
 
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -178,9 +179,7 @@ def _plot(runs: dict, base: RunConfig, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"{base.task}: validation loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _smooth(values, k: int = 10):

@@ -115,7 +115,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         (out / "config.json").write_text(json.dumps({**asdict(cfg), "hparams": hp, "unit": task.unit,
                                                      "units_per_step": task.units_per_step()}, indent=2))
     writer = _MetricsWriter(out, rows)
-    bar = _progress(cfg, start, progress, task)
+    bar = _progress(cfg, start, progress)
     diverged = False
     sizes = _batch_sizes(cfg, task)
     for step in range(start, cfg.steps):
@@ -179,7 +179,7 @@ def _batch_sizes(cfg: RunConfig, task) -> list[int] | None:
     return batch_size_schedule(cfg.steps, base, task.units_per_example, max(1, cfg.steps // 10))
 
 
-def _progress(cfg: RunConfig, start: int, enabled: bool, task):
+def _progress(cfg: RunConfig, start: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm

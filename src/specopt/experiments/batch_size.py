@@ -15,7 +15,7 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 
-from specopt.experiments.common import pyplot, write_report
+from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.registry import DEFAULTS
 from specopt.training import RunConfig, train
 
@@ -62,6 +62,4 @@ def _plot(rows, budgets, path: Path) -> None:
     ax.set_ylabel("final validation loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from specopt.bpm import bpm, brox_prox, brox_quadratic, prox, prox_l1_affine
-from specopt.experiments.common import pyplot, write_report
+from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.norms import Euclidean
 
 F64 = {"dtype": torch.float64}
@@ -132,6 +132,4 @@ def _plot(curves, problems, path: Path) -> None:
         ax.set_ylabel("f(x_k) − f*")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

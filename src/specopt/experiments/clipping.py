@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from specopt.experiments.common import pyplot, write_report
+from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.registry import DEFAULTS
 from specopt.training import RunConfig, train
 
@@ -87,6 +87,4 @@ def _plot(curves, path: Path) -> None:
     ax.set_ylabel("validation loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -43,6 +43,13 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write as PNG and close a matplotlib figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.experiments.common import progress_bar, pyplot, write_report
+from specopt.experiments.common import progress_bar, pyplot, save_figure, write_report
 
 KAPPAS = (10.0, 1e2, 1e3, 1e4)
 EPS = 1e-12
@@ -138,6 +138,4 @@ def _plot(rows, problems, kappas, path: Path) -> None:
         ax.set_ylabel(f"iterations to relative excess loss {EPS:g}")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

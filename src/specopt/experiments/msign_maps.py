@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specopt.experiments.common import pyplot, write_report
+from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.linalg import msign, schedule
 
 
@@ -50,9 +50,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("output singular value")
-    fig.tight_layout()
-    fig.savefig(out / "plot.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "plot.png")
     svd_sigma = torch.linalg.svdvals(msign(G, method="svd").double())
     rows.append({"method": "svd", "iteration": 1, "band_min": 1.0, "band_max": 1.0,
                  "matrix_min": float(svd_sigma.min()), "matrix_max": float(svd_sigma.max())})

@@ -17,7 +17,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from specopt import msign_band
-from specopt.experiments.common import pyplot, write_report
+from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.norms import Spectral
 from specopt.registry import DEFAULTS, role_groups
 from specopt.tasks import get_task
@@ -115,8 +115,6 @@ def _plot(traces, rows, path: Path) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 

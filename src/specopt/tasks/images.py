@@ -57,9 +57,6 @@ class ImageTask(Task):
         model.train(was_training)
         return value
 
-    @torch.no_grad()
-    def validation_accuracy(self, model) -> float:
-        return float((model(self.vx).argmax(1) == self.vy).float().mean())
 
     def units_per_step(self) -> int:
         return self.batch_size
