@@ -1,10 +1,12 @@
-"""specopt: geometry-aware optimizers for PyTorch (Muon, Scion, Gluon, ALMOND, constrained spectral methods).
+"""specopt: geometry-aware optimizers for PyTorch (Muon, Scion, Gluon, ALMOND, proximal constrained
+spectral preconditioning with STORM).
 
 Public API: the matrix sign :func:`msign`, the norm catalogue (:mod:`specopt.norms`), the optimizers
 (thin presets over :class:`GeometryOptimizer`) and :func:`param_groups` (automatic parameter roles).
 """
 
-from specopt import linalg, norms
+from specopt import constraints, linalg, norms, schedules
+from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
 from specopt.engine import GeometryOptimizer
 from specopt.linalg import msign, msign_band, polar_express_coefficients
 from specopt.norms import (
@@ -19,7 +21,8 @@ from specopt.norms import (
     SpectralConv,
     get_norm,
 )
-from specopt.optimizers import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt.optimizers import ALMOND, ClippedScion, Gluon, Muon, ProxSpectral, Scion, SteepestDescent, UScion
+from specopt.preconditioners import Preconditioner
 from specopt.roles import describe, param_groups
 
 __version__ = "0.1.0"
@@ -27,6 +30,16 @@ __version__ = "0.1.0"
 __all__ = [
     "ALMOND",
     "BiasRMS",
+    "Box",
+    "FrobeniusBall",
+    "L2Ball",
+    "Preconditioner",
+    "ProxSpectral",
+    "RankAtMost",
+    "SparsityAtMost",
+    "SpectralBall",
+    "constraints",
+    "schedules",
     "Blocked",
     "ClippedScion",
     "GeometryOptimizer",

@@ -1,13 +1,16 @@
 """The engine: one ``torch.optim.Optimizer`` that composes estimator → per-tensor geometry → step rule.
 
-Each param group carries its hyperparameters: ``lr`` (γ), ``momentum`` (β or ``"theory"``), ``nesterov``,
+Each param group carries its hyperparameters: ``lr`` (γ), ``momentum`` (β or a schedule name), ``nesterov``,
 ``norm`` (a :class:`~specopt.norms.Norm`, a catalogue name, ``"auto"`` — Spectral for matrices, SpectralConv
 for conv kernels, BiasRMS for vectors — or ``"adamw"`` for tensors updated by the built-in AdamW), ``radius``
-(ρ: a number, or a Muon scale name, see :func:`radius_for`) and ``weight_decay`` (λ). The optimizer-level
-``estimator`` and ``rule`` pick the algorithm (:mod:`specopt.estimators`, :mod:`specopt.steps`).
+(ρ: a number, or a Muon scale name, see :func:`radius_for`), ``weight_decay`` (λ) and optionally ``constraint``
+(a :class:`~specopt.constraints.Constraint`: after every step the tensor is projected onto it, in the
+geometry of a :class:`~specopt.preconditioners.Preconditioner` norm, Euclidean otherwise). The
+optimizer-level ``estimator`` and ``rule`` pick the algorithm (:mod:`specopt.estimators`, :mod:`specopt.steps`).
 
-A step: gather gradients (sparse/complex rejected; non-finite handled by ``nonfinite``) → estimator →
-lmo, batched over tensors of one norm, shape, dtype and device (one msign call per bucket) → step rule.
+A step: gather gradients (sparse/complex rejected; non-finite handled by ``nonfinite``) → estimator (STORM:
+a second closure call at the previous iterate) → lmo, batched over tensors of one norm, shape, dtype and
+device (one msign call per bucket) → step rule → projection onto the group's constraint.
 """
 
 from __future__ import annotations
@@ -20,8 +23,17 @@ from torch.optim import Optimizer
 
 from specopt import adamw, gluon
 from specopt._checks import check_number
-from specopt.estimators import ESTIMATORS, almond_average, ema_direction, momentum_at, validate_momentum
+from specopt.constraints import Constraint, constraint_from_config
+from specopt.estimators import (
+    ESTIMATORS,
+    almond_average,
+    ema_direction,
+    momentum_at,
+    storm_direction,
+    validate_momentum,
+)
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase, get_norm, norm_from_config
+from specopt.preconditioners import Preconditioner
 from specopt.steps import NEEDS_DUAL, RULES, apply_update, shrink_and_scale
 
 MUON_SCALES = ("original", "match_rms_adamw", "spectral")
@@ -61,12 +73,12 @@ class _Item:
     """One parameter during a step."""
 
     __slots__ = ("p", "g", "group", "state", "name", "norm", "radius", "d", "s", "factor", "dual", "shrink",
-                 "scale", "gluon_radius")
+                 "scale", "gluon_radius", "g_previous")
 
     def __init__(self, p, g, group, state, name, norm, radius):
         self.p, self.g, self.group, self.state, self.name = p, g, group, state, name
         self.norm, self.radius = norm, radius
-        self.d = self.s = self.dual = self.gluon_radius = None
+        self.d = self.s = self.dual = self.gluon_radius = self.g_previous = None
         self.shrink, self.scale, self.factor = 0.0, 0.0, 1.0
 
 
@@ -77,7 +89,8 @@ class GeometryOptimizer(Optimizer):
         params: anything ``torch.optim`` accepts: tensors, ``named_parameters()``, or group dicts with
             per-group ``lr``, ``momentum``, ``nesterov``, ``norm``, ``radius``, ``weight_decay`` (and
             ``betas``/``eps`` for ``norm="adamw"`` groups; ``L0``/``L1``/``schedule`` for Gluon).
-        estimator: ``"momentum"`` (EMA, optionally Nesterov) or ``"almond"`` (averaged lmo).
+        estimator: ``"momentum"`` (EMA, optionally Nesterov), ``"almond"`` (averaged lmo) or ``"storm"``
+            (variance-reduced; needs ``step(closure)`` and evaluates the closure twice per step).
         rule: a step rule of :mod:`specopt.steps`.
         clip_radius: ρ_c of the clipped rules.
         nonfinite: ``"raise"`` (default: ValueError naming the parameter) or ``"skip"`` (the whole step is
@@ -97,6 +110,8 @@ class GeometryOptimizer(Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if rule.startswith("clipped"):
             check_number(clip_radius, "clip_radius", low_open=True)
+        if estimator == "storm" and rule in ("almond",):
+            raise ValueError("estimator='storm' does not combine with the almond rule (ALMOND averages lmo's)")
         if batch_lmo not in (None, True, False):
             raise ValueError(f"batch_lmo must be True, False or None (automatic), got {batch_lmo!r}")
         self.estimator, self.rule, self.clip_radius, self.nonfinite = estimator, rule, clip_radius, nonfinite
@@ -127,6 +142,17 @@ class GeometryOptimizer(Optimizer):
             check_number(radius, "radius", low_open=True)
         if norm == "adamw":
             adamw.validate(group)
+        if self.estimator == "storm" and group.get("nesterov"):
+            raise ValueError("nesterov=True has no meaning with estimator='storm'; pass nesterov=False")
+        constraint = group.get("constraint")
+        if isinstance(constraint, dict):
+            constraint = group["constraint"] = constraint_from_config(constraint)
+        if constraint is not None:
+            if not isinstance(constraint, Constraint):
+                raise ValueError(f"constraint must be a specopt.constraints.Constraint or None, got {constraint!r}")
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                constraint.check(p.shape, names[i] if names else f"the parameter of shape {tuple(p.shape)}")
         if self.rule == "gluon":
             gluon.validate(group)
         for p in group["params"]:
@@ -139,6 +165,8 @@ class GeometryOptimizer(Optimizer):
         for g in sd["param_groups"]:
             if isinstance(g["norm"], Norm):
                 g["norm"] = g["norm"].config()
+            if isinstance(g.get("constraint"), Constraint):
+                g["constraint"] = g["constraint"].config()
         return sd
 
     def load_state_dict(self, state_dict) -> None:
@@ -147,6 +175,8 @@ class GeometryOptimizer(Optimizer):
             g = dict(g)
             if isinstance(g["norm"], dict):
                 g["norm"] = norm_from_config(g["norm"])
+            if isinstance(g.get("constraint"), dict):
+                g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
         super().load_state_dict({**state_dict, "param_groups": groups})
 
@@ -154,6 +184,9 @@ class GeometryOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update. ``closure`` re-evaluates the model and returns the loss (as in torch.optim)."""
+        if self.estimator == "storm" and closure is None:
+            raise ValueError("estimator='storm' needs step(closure): it re-evaluates the gradient at the previous "
+                             "iterate on the same batch (the closure must be deterministic for a given batch)")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -162,10 +195,56 @@ class GeometryOptimizer(Optimizer):
         if not self._all_finite(items + aux):
             self.skipped_steps += 1
             return loss
+        if self.estimator == "storm" and not self._storm_probe(items + aux, closure):
+            self.skipped_steps += 1
+            return loss
         if items:
             self._geometry_step(items, aux, closure)
         adamw.step(aux)
+        self._project(items + aux)
         return loss
+
+    def _storm_probe(self, items: list[_Item], closure) -> bool:
+        """Set ``it.g_previous = g(x_{k−1}; ξ_k)``: the closure at the previous iterate, then back to ``x_k``
+        with its gradients; remember ``x_k`` for the next step. False if the probe's gradients are not finite
+        (and ``nonfinite="skip"``)."""
+        probe = [it for it in items if "previous_param" in it.state]
+        if probe:
+            grads = {it.p: it.p.grad for it in items}
+            current = [it.p.detach().clone() for it in probe]
+            try:
+                for it in probe:
+                    it.p.copy_(it.state["previous_param"])
+                for it in items:
+                    it.p.grad = None
+                with torch.enable_grad():
+                    closure()
+                for it in probe:
+                    g = it.p.grad if it.p.grad is not None else torch.zeros_like(it.p)
+                    it.g_previous = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
+            finally:  # x_k and its gradients come back even if the closure raised
+                for it, x in zip(probe, current, strict=True):
+                    it.p.copy_(x)
+                for it in items:
+                    it.p.grad = grads[it.p]
+            if not self._all_finite([_Item(it.p, it.g_previous, it.group, it.state, it.name, None, None)
+                                     for it in probe]):
+                return False
+        for it in items:
+            if "previous_param" in it.state:
+                it.state["previous_param"].copy_(it.p)
+            else:
+                it.state["previous_param"] = it.p.detach().clone()
+        return True
+
+    def _project(self, items: list[_Item]) -> None:
+        """Project every tensor of a constrained group onto its set, in its preconditioner's geometry."""
+        for it in items:
+            constraint = it.group.get("constraint")
+            if constraint is None:
+                continue
+            kappa = it.norm.projection_kappa() if isinstance(it.norm, Preconditioner) else None
+            it.p.copy_(constraint.project(it.p, gamma=it.group["lr"], kappa=kappa))
 
     def _gather(self) -> tuple[list[_Item], list[_Item]]:
         items, aux = [], []
@@ -220,8 +299,12 @@ class GeometryOptimizer(Optimizer):
         else:
             for it in items:
                 beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
-                it.d = it.g if it.group["momentum"] == 0 else ema_direction(it.state, it.g, beta,
-                                                                            it.group["nesterov"])
+                if self.estimator == "storm":
+                    it.d = storm_direction(it.state, it.g, it.g_previous, beta)
+                elif it.group["momentum"] == 0:
+                    it.d = it.g
+                else:
+                    it.d = ema_direction(it.state, it.g, beta, it.group["nesterov"])
             self._lmo(items, need_dual=self.rule in NEEDS_DUAL)
         if self.rule == "gluon":
             gluon.measure(items, aux, self._lmo, closure)

@@ -2,31 +2,39 @@
 
 * EMA momentum ``d_k = β d_{k−1} + (1−β) g_k`` (the seeds write α = 1 − β);
 * Nesterov ``d̃_k = β d_k + (1−β) g_k`` (as torch.optim.Muon: ``g.lerp(d_k, β)``);
-* averaged lmo (ALMOND) ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``: the geometry is applied before averaging.
+* averaged lmo (ALMOND) ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``: the geometry is applied before averaging;
+* STORM ``d_k = g(x_k; ξ_k) + (1 − a_k)(d_{k−1} − g(x_{k−1}; ξ_k))`` with β = 1 − a_k (Cutkosky & Orabona 2019;
+  seeds 000/001): needs the gradient at the previous iterate on the *same* batch, so ``step(closure)`` runs
+  the closure twice per step (2× the gradient cost); ``d_1 = g_1``.
 
-``momentum`` may be a number β ∈ [0, 1) or ``"theory"``: ``β_k = 1 − (k+1)^{-1/2}`` (k = 0, 1, …), the
-schedule of the stochastic SCG/Gluon analyses.
+``momentum`` may be a number β ∈ [0, 1), ``"theory"``: ``β_k = 1 − (k+1)^{-1/2}`` (k = 0, 1, …), the
+schedule of the stochastic SCG/Gluon analyses and of the heavy-tailed momentum analysis, or ``"storm"``:
+``a_k = 1 − β_k = (k+1)^{-2/3}``, STORM's schedule. The step-size schedules that go with them
+(``γ_k ∝ k^{-3/4}``, ``k^{-2/3}``) are LR schedulers: :func:`specopt.schedules.power_decay`.
 """
 
 from __future__ import annotations
 
 import torch
 
-ESTIMATORS = ("momentum", "almond")
+ESTIMATORS = ("momentum", "almond", "storm")
+MOMENTUM_SCHEDULES = {"theory": 0.5, "storm": 2.0 / 3.0}
+"""Named schedules: ``β_k = 1 − (k+1)^{-power}``."""
 
 
 def momentum_at(momentum: float | str, step: int) -> float:
     """β for the ``step``-th update (0-based)."""
-    if momentum == "theory":
-        return 1.0 - (step + 1) ** -0.5
+    if isinstance(momentum, str):
+        return 1.0 - (step + 1) ** -MOMENTUM_SCHEDULES[momentum]
     return float(momentum)
 
 
 def validate_momentum(momentum) -> None:
-    if momentum == "theory":
+    if isinstance(momentum, str) and momentum in MOMENTUM_SCHEDULES:
         return
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be a number in [0, 1) or 'theory', got {momentum!r}")
+        raise ValueError(f"momentum must be a number in [0, 1) or one of {tuple(MOMENTUM_SCHEDULES)}, "
+                         f"got {momentum!r}")
 
 
 def momentum_buffer(state: dict, like: torch.Tensor) -> torch.Tensor:
@@ -51,3 +59,13 @@ def almond_average(state: dict, direction: torch.Tensor, beta: float) -> torch.T
     buf = momentum_buffer(state, direction)
     buf.lerp_(direction, 1.0 - beta)
     return buf
+
+
+def storm_direction(state: dict, g: torch.Tensor, g_previous: torch.Tensor | None, beta: float) -> torch.Tensor:
+    """STORM: ``d_k = g_k + β(d_{k−1} − g_prev)`` with ``g_prev = g(x_{k−1}; ξ_k)`` (β = 1 − a_k); the first
+    step of a tensor (no ``d_{k−1}`` or no previous iterate yet) gives ``d = g``."""
+    buf = state.get("momentum_buffer")
+    if buf is None or g_previous is None:
+        buf = momentum_buffer(state, g)
+        return buf.copy_(g)
+    return buf.sub_(g_previous).mul_(beta).add_(g)

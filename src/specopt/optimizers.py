@@ -9,19 +9,23 @@
 | :class:`Gluon` | momentum 0.9 or theory | ``W ← W + t_i·lmo(d)``, t_i = ‖d‖_*/(L0 + L1‖d‖_*) | L0, L1 online |
 | :class:`ALMOND` | averaged lmo | ``W ← W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁷, ρ = 3 |
 | :class:`SteepestDescent` | none | ``W ← W + γ‖d‖_*·lmo(d)`` | γ = 0.01 |
+| :class:`ProxSpectral` | momentum 0.9 or STORM | ``Y = W − γP(λd)``, ``W ← proj_C(Y)`` in P's geometry | γ = 0.02 |
 
 ``norm="auto"`` gives each tensor the geometry of its rank (Spectral, SpectralConv, BiasRMS); use
 :func:`specopt.param_groups` to assign roles (embedding, hidden, head, vector) with their norms and radii.
 All defaults are provisional starting points; the sweeps that justify them are in the experiments.
-Every preset also takes the engine's ``nonfinite`` and ``batch_lmo`` (see :class:`GeometryOptimizer`).
+Every preset also takes the engine's ``nonfinite`` and ``batch_lmo`` (see :class:`GeometryOptimizer`), and all
+but ALMOND take ``estimator="storm"`` (variance-reduced momentum; ``step(closure)``, two gradients per step).
 """
 
 from __future__ import annotations
 
 import torch
 
+from specopt.constraints import Constraint
 from specopt.engine import GeometryOptimizer
 from specopt.norms import Blocked, Spectral, SpectralConv
+from specopt.preconditioners import Preconditioner
 
 _ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
 
@@ -40,22 +44,23 @@ class Scion(GeometryOptimizer):
     """
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
+                 batch_lmo: bool | None = None):
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 1:
             raise ValueError(f"lr must be in [0, 1] for Scion (a convex combination), got {lr!r}")
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius, nesterov=nesterov),
-                         rule="scg", nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="scg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class UScion(GeometryOptimizer):
     """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise",
-                 batch_lmo: bool | None = None):
+                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
+                 nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="uscg", nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class ClippedScion(GeometryOptimizer):
@@ -66,11 +71,12 @@ class ClippedScion(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
                  clip_radius: float = 600.0, constrained: bool = False, weight_decay: float = 0.0,
-                 nesterov: bool = False, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
+                 batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="clipped_constrained" if constrained else "clipped", clip_radius=clip_radius,
-                         nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class Gluon(GeometryOptimizer):
@@ -87,12 +93,13 @@ class Gluon(GeometryOptimizer):
 
     def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
                  momentum: float | str = 0.9, norm="auto", schedule: str = "constant",
-                 warmup_radius: float = 1e-3, probe_every: int = 1, weight_decay: float = 0.0, nesterov: bool = False,
-                 nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 warmup_radius: float = 1e-3, probe_every: int = 1, weight_decay: float = 0.0,
+                 nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
+                 batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, L0=L0, L1=L1,
                                            schedule=schedule, warmup_radius=warmup_radius, probe_every=probe_every,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="gluon", nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="gluon", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class ALMOND(GeometryOptimizer):
@@ -110,11 +117,39 @@ class SteepestDescent(GeometryOptimizer):
     spectral → spectral descent × nuclear norm."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
-                 weight_decay: float = 0.0, nesterov: bool = False, nonfinite: str = "raise",
-                 batch_lmo: bool | None = None):
+                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
+                 nonfinite: str = "raise", batch_lmo: bool | None = None):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="steepest", nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="steepest", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+
+
+class ProxSpectral(GeometryOptimizer):
+    """Proximal spectral preconditioning (seeds 000/001; ALGORITHMS.md §4, reconstructed):
+    ``Y = W − γ·P(λ·d)``, then ``W ← argmin_{X∈C} γφ((X − Y)/γ)``, the projection onto the group's
+    ``constraint`` in the preconditioner's geometry (:mod:`specopt.constraints`).
+
+    Args:
+        lr: γ (a float; pair it with :func:`specopt.schedules.power_decay` for the theory's ``γ_k ∝ k^{-3/4}``
+            with momentum or ``k^{-2/3}`` with STORM).
+        momentum: β (a number, ``"theory"`` for ``1 − β_k = (k+1)^{-1/2}``, ``"storm"`` for
+            ``a_k = (k+1)^{-2/3}``).
+        preconditioner: ``"msign"`` (exact, SVD), ``"smooth"`` (``h'_κ`` with ``kappa``, ``eps``) or
+            ``"polar_express"`` (default: the polynomial, no SVD), see :mod:`specopt.preconditioners`.
+        scale: λ. constraint: a :class:`~specopt.constraints.Constraint` for every tensor (per group via
+            param-group dicts), or None. estimator: ``"momentum"`` or ``"storm"`` (``step(closure)``).
+        steps, compute_dtype: of the Polar Express polynomial.
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.9, preconditioner: str = "polar_express",
+                 kappa: float = 4.0, eps: float = 1e-3, scale: float = 1.0, constraint: Constraint | None = None,
+                 estimator: str = "momentum", weight_decay: float = 0.0, steps: int | None = None,
+                 compute_dtype=None, nonfinite: str = "raise", batch_lmo: bool | None = None):
+        norm = Preconditioner(preconditioner, kappa=kappa, eps=eps, scale=scale, steps=steps,
+                              compute_dtype=compute_dtype)
+        super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, constraint=constraint,
+                                           weight_decay=weight_decay),
+                         rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 class Muon(GeometryOptimizer):
@@ -128,21 +163,25 @@ class Muon(GeometryOptimizer):
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
     ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
     ``compute_dtype`` choose the msign (default: Polar Express, 5 steps, bf16 where native).
+    ``nesterov`` defaults to True, and to False with ``estimator="storm"`` (which has no Nesterov form).
     """
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+    def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.95, nesterov: bool | None = None,
                  weight_decay: float = 0.0, scale: str = "original", method: str = "polar_express",
                  steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 adamw_weight_decay: float = 0.0, estimator: str = "momentum", nonfinite: str = "raise",
+                 batch_lmo: bool | None = None):
+        if nesterov is None:
+            nesterov = estimator != "storm"
         norm = Spectral(method=method, steps=steps, compute_dtype=compute_dtype)
         defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
                              weight_decay=weight_decay)
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
         msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype}
-        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", nonfinite=nonfinite,
-                         batch_lmo=batch_lmo)
+        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", estimator=estimator,
+                         nonfinite=nonfinite, batch_lmo=batch_lmo)
 
 
 def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
