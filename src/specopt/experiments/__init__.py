@@ -4,7 +4,18 @@ report (Markdown) into ``out`` and returning the report's path."""
 
 from __future__ import annotations
 
-from specopt.experiments import batch_size, broximal, clipping, conditioning, msign_maps, norm_control, transfer
+from specopt.experiments import (
+    batch_size,
+    broximal,
+    clipping,
+    conditioning,
+    constraints,
+    heavy_tails,
+    msign_maps,
+    nonlinear_preconditioner,
+    norm_control,
+    transfer,
+)
 
 EXPERIMENTS: dict = {
     "muon-conditioning": conditioning.run,
@@ -14,4 +25,7 @@ EXPERIMENTS: dict = {
     "hparam-transfer": transfer.run,
     "bpm": broximal.run,
     "batch-size": batch_size.run,
+    "nonlinear-preconditioner": nonlinear_preconditioner.run,
+    "heavy-tails": heavy_tails.run,
+    "constraints": constraints.run,
 }
