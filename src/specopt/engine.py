@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 from torch.optim import Optimizer
 
-from specopt import adamw, gluon
+from specopt import adamw, distributed, gluon
 from specopt._checks import check_number
 from specopt.constraints import Constraint, constraint_from_config
 from specopt.estimators import (
@@ -73,11 +73,13 @@ class _Item:
     """One parameter during a step."""
 
     __slots__ = ("p", "g", "group", "state", "name", "norm", "radius", "d", "s", "factor", "dual", "shrink",
-                 "scale", "gluon_radius", "g_previous")
+                 "scale", "gluon_radius", "g_previous", "param", "layout")
 
-    def __init__(self, p, g, group, state, name, norm, radius):
+    def __init__(self, p, g, group, state, name, norm, radius, param=None, layout=None):
         self.p, self.g, self.group, self.state, self.name = p, g, group, state, name
         self.norm, self.radius = norm, radius
+        self.param = p if param is None else param  # the nn.Parameter (a DTensor under FSDP2); p is its local view
+        self.layout = layout or distributed.Layout(tuple(p.shape))
         self.d = self.s = self.dual = self.gluon_radius = self.g_previous = None
         self.shrink, self.scale, self.factor = 0.0, 0.0, 1.0
 
@@ -98,10 +100,15 @@ class GeometryOptimizer(Optimizer):
         batch_lmo: stack tensors of one norm, shape and dtype into one msign call. ``None`` (default): on
             accelerators, where one batched call saves kernel launches; not on CPU, where per-matrix BLAS
             calls were measured faster than batched ones and stacking costs a copy.
+        process_group: the ranks that share the lmo work on replicated (DDP) parameters (see
+            :mod:`specopt.distributed`). ``"auto"`` (default): the default group when torch.distributed is
+            initialised with more than one rank; ``None``: every rank computes every lmo itself (for independent
+            per-rank optimizers). FSDP2 (DTensor) parameters always use their own mesh.
     """
 
     def __init__(self, params, defaults: dict, *, estimator: str = "momentum", rule: str = "uscg",
-                 clip_radius: float | None = None, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 clip_radius: float | None = None, nonfinite: str = "raise", batch_lmo: bool | None = None,
+                 process_group="auto"):
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}")
         if rule not in RULES:
@@ -115,7 +122,8 @@ class GeometryOptimizer(Optimizer):
         if batch_lmo not in (None, True, False):
             raise ValueError(f"batch_lmo must be True, False or None (automatic), got {batch_lmo!r}")
         self.estimator, self.rule, self.clip_radius, self.nonfinite = estimator, rule, clip_radius, nonfinite
-        self.batch_lmo = batch_lmo
+        self.batch_lmo, self.process_group = batch_lmo, process_group
+        self._replicas_checked = False
         self.skipped_steps = 0
         super().__init__(params, defaults)
 
@@ -192,6 +200,7 @@ class GeometryOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         items, aux = self._gather()
+        self._check_replicas(items + aux)
         if not self._all_finite(items + aux):
             self.skipped_steps += 1
             return loss
@@ -210,25 +219,26 @@ class GeometryOptimizer(Optimizer):
         (and ``nonfinite="skip"``)."""
         probe = [it for it in items if "previous_param" in it.state]
         if probe:
-            grads = {it.p: it.p.grad for it in items}
+            grads = [it.param.grad for it in items]
             current = [it.p.detach().clone() for it in probe]
             try:
                 for it in probe:
                     it.p.copy_(it.state["previous_param"])
                 for it in items:
-                    it.p.grad = None
+                    it.param.grad = None
                 with torch.enable_grad():
                     closure()
                 for it in probe:
-                    g = it.p.grad if it.p.grad is not None else torch.zeros_like(it.p)
+                    g = distributed.local(it.param.grad)
+                    g = torch.zeros_like(it.p) if g is None else g
                     it.g_previous = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
             finally:  # x_k and its gradients come back even if the closure raised
                 for it, x in zip(probe, current, strict=True):
                     it.p.copy_(x)
-                for it in items:
-                    it.p.grad = grads[it.p]
-            if not self._all_finite([_Item(it.p, it.g_previous, it.group, it.state, it.name, None, None)
-                                     for it in probe]):
+                for it, grad in zip(items, grads, strict=True):
+                    it.param.grad = grad
+            if not self._all_finite([_Item(it.p, it.g_previous, it.group, it.state, it.name, None, None,
+                                           it.param, it.layout) for it in probe]):
                 return False
         for it in items:
             if "previous_param" in it.state:
@@ -244,29 +254,45 @@ class GeometryOptimizer(Optimizer):
             if constraint is None:
                 continue
             kappa = it.norm.projection_kappa() if isinstance(it.norm, Preconditioner) else None
-            it.p.copy_(constraint.project(it.p, gamma=it.group["lr"], kappa=kappa))
+            if it.layout.sharded:  # the set is defined on the whole tensor: project it whole, keep our rows
+                whole = constraint.project(it.param.full_tensor(), gamma=it.group["lr"], kappa=kappa)
+                start = sum(it.layout.rows[: torch.distributed.get_rank(it.layout.group)])
+                it.p.copy_(whole[start:start + it.p.shape[0]])
+            else:
+                it.p.copy_(constraint.project(it.p, gamma=it.group["lr"], kappa=kappa))
+
+    def _check_replicas(self, items: list[_Item]) -> None:
+        """Once: the replicated parameters must be equal on every rank for the split lmo to be right."""
+        group = distributed.replica_group(self.process_group)
+        if self._replicas_checked or group is None:
+            return
+        distributed.check_replicated([it.p for it in items if not it.layout.sharded], group)
+        self._replicas_checked = True
 
     def _gather(self) -> tuple[list[_Item], list[_Item]]:
         items, aux = [], []
         for gi, group in enumerate(self.param_groups):
             names = group.get("param_names")
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None:
+            for pi, param in enumerate(group["params"]):
+                if param.grad is None:
                     continue
-                g = p.grad
-                name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}] of shape {tuple(p.shape)}"
+                name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}] of shape {tuple(param.shape)}"
+                layout = distributed.layout_of(param, name)
+                p, g = distributed.local(param), distributed.local(param.grad)
                 if g.is_sparse or g.layout != torch.strided:
                     raise ValueError(f"sparse gradient for {name}: specopt needs dense gradients")
                 if g.is_complex():
                     raise ValueError(f"complex gradient for {name} is not supported")
                 if g.dtype in (torch.bfloat16, torch.float16):
                     g = g.float()  # low-precision params: estimator, state and lmo in float32
-                state = self.state[p]
+                state = self.state[param]
                 if group["norm"] == "adamw":
-                    aux.append(_Item(p, g, group, state, name, None, None))
+                    aux.append(_Item(p, g, group, state, name, None, None, param, layout))
                     continue
-                norm = auto_norm(p.shape) if group["norm"] == "auto" else group["norm"]
-                items.append(_Item(p, g, group, state, name, norm, radius_for(group["radius"], p.shape, norm)))
+                shape = layout.shape
+                norm = auto_norm(shape) if group["norm"] == "auto" else group["norm"]
+                items.append(_Item(p, g, group, state, name, norm, radius_for(group["radius"], shape, norm), param,
+                                   layout))
         return items, aux
 
     def _all_finite(self, items: list[_Item]) -> bool:
@@ -275,15 +301,20 @@ class GeometryOptimizer(Optimizer):
         if not items:
             return True
         sums = torch.stack([it.g.sum(dtype=torch.float32).to("cpu", non_blocking=True) for it in items])
-        if bool(torch.isfinite(sums).all()):
+        bad = []
+        if not bool(torch.isfinite(sums).all()):
+            bad = [it for it, s in zip(items, sums.tolist(), strict=True)
+                   if not math.isfinite(s) and not bool(torch.isfinite(it.g).all())]
+        sharded = [it for it in items if it.layout.sharded]
+        # FSDP2: each rank sees only its rows, so every rank must learn that some rank saw a NaN
+        if sharded and not distributed.any_rank(bool(bad), sharded[0].layout.group, sharded[0].g.device):
             return True
-        bad = [it for it, s in zip(items, sums.tolist(), strict=True)
-               if not math.isfinite(s) and not bool(torch.isfinite(it.g).all())]
-        if not bad:
+        if not sharded and not bad:
             return True
         if self.nonfinite == "skip":
             return False
-        raise ValueError(f"non-finite gradient (NaN or Inf) in {bad[0].name}; nothing was updated "
+        where = bad[0].name if bad else "a gradient shard of another rank"
+        raise ValueError(f"non-finite gradient (NaN or Inf) in {where}; nothing was updated "
                          "(pass nonfinite='skip' to skip such steps)")
 
     def _geometry_step(self, items: list[_Item], aux: list[_Item], closure) -> None:
@@ -309,7 +340,8 @@ class GeometryOptimizer(Optimizer):
         if self.rule == "gluon":
             gluon.measure(items, aux, self._lmo, closure)
             gluon.layer_radii(items)
-        shrink_and_scale(self.rule, items, self.clip_radius)
+        shrink_and_scale(self.rule, items, self.clip_radius,
+                         lambda values: distributed.sum_over_shards(values, [it.layout for it in items]))
         if self.rule == "gluon":
             gluon.anchor(items, aux, closure)
         for it in items:
@@ -318,11 +350,22 @@ class GeometryOptimizer(Optimizer):
     def _lmo(self, items: list, need_dual: bool) -> None:
         """``it.s·it.factor = norm.lmo(it.d)`` (and ``it.dual = −⟨d, lmo(d)⟩``): one call per bucket of tensors
         with the same norm, shape, dtype and device, stacked straight into the norm's compute dtype."""
+        replicas = distributed.replica_group(self.process_group)
         buckets: dict = defaultdict(list)
         for i, it in enumerate(items):
-            batch = self.batch_lmo if self.batch_lmo is not None else it.d.device.type != "cpu"
-            buckets[(it.norm, tuple(it.d.shape), it.d.dtype, it.d.device, None if batch else i)].append(it)
-        for (norm, shape, _, device, _), bucket in buckets.items():
+            split = it.layout.sharded or replicas is not None  # the bucket is shared out across ranks
+            batch = split or (self.batch_lmo if self.batch_lmo is not None else it.d.device.type != "cpu")
+            buckets[(it.norm, it.layout.shape, it.d.dtype, it.d.device, it.layout.sharded,
+                     None if batch else i)].append(it)
+        for (norm, shape, _, device, sharded, _), bucket in buckets.items():
+            if sharded or replicas is not None:
+                factor = norm.lmo_factor(shape)
+                ds = [it.d for it in bucket]
+                S = (distributed.lmo_sharded(norm, ds, bucket[0].layout) if sharded
+                     else distributed.lmo_replicated(norm, ds, replicas, factor))
+                for it, s_i in zip(bucket, S, strict=True):
+                    it.s, it.factor = s_i, factor
+                continue
             first = bucket[0].d
             work = norm.work_dtype(first)
             if len(bucket) == 1:
@@ -336,5 +379,8 @@ class GeometryOptimizer(Optimizer):
             S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
             for i, it in enumerate(bucket):
                 it.s, it.factor = S[i], factor
-                if need_dual:
-                    it.dual = -factor * torch.sum(it.d * S[i])
+        if need_dual:
+            # float64 accumulation: a sum over shards then equals the whole-tensor sum to ~1e-16
+            duals = [-it.factor * torch.sum(it.d * it.s, dtype=torch.float64) for it in items]
+            for it, dual in zip(items, distributed.sum_over_shards(duals, [it.layout for it in items]), strict=True):
+                it.dual = dual

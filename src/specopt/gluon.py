@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from specopt._checks import check_number
+from specopt.distributed import local
 
 SCHEDULES = ("constant", "stochastic")
 HISTORY = 32
@@ -79,17 +80,22 @@ def measure(items: list, aux: list, lmo, closure) -> None:
 @torch.no_grad()
 def _gradients_at_anchor(items: list, closure) -> dict:
     """Gradients of the current batch at the anchored (previous) weights; weights and grads are restored."""
-    saved = [(it.p, it.p.detach().clone(), it.p.grad) for it in items]
+    saved = [(it, it.p.detach().clone(), it.param.grad) for it in items]
     for it in items:
         if "gluon_anchor_w" in it.state:
             it.p.copy_(it.state["gluon_anchor_w"])
-            it.p.grad = None
-    with torch.enable_grad():
-        closure()
-    out = {id(it.p): (it.p.grad.float() if it.p.grad is not None else torch.zeros_like(it.g)) for it in items}
-    for p, weights, grad in saved:
-        p.copy_(weights)
-        p.grad = grad
+            it.param.grad = None
+    try:
+        with torch.enable_grad():
+            closure()
+        out = {}
+        for it in items:
+            g = local(it.param.grad)
+            out[id(it.p)] = g.float() if g is not None else torch.zeros_like(it.g)
+    finally:
+        for it, weights, grad in saved:
+            it.p.copy_(weights)
+            it.param.grad = grad
     return out
 
 
@@ -166,8 +172,8 @@ def _weighted_nonneg_line(x, y, w) -> tuple[float, float]:
 class _Probe:
     """A stand-in item for the engine's batched lmo: direction = gradient difference (or the gradient)."""
 
-    __slots__ = ("d", "norm", "s", "factor", "dual")
+    __slots__ = ("d", "norm", "s", "factor", "dual", "layout")
 
     def __init__(self, it, previous: torch.Tensor):
         self.d = it.g.to(previous.dtype) - previous
-        self.norm, self.s, self.factor, self.dual = it.norm, None, 1.0, None
+        self.norm, self.s, self.factor, self.dual, self.layout = it.norm, None, 1.0, None, it.layout

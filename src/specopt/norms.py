@@ -86,6 +86,10 @@ class Norm(ABC):
         With ``private=True`` the caller hands over ``g`` and it may be overwritten."""
         return self.lmo(g, batch_dims), 1.0
 
+    def lmo_factor(self, shape) -> float:
+        """The ``factor`` :meth:`lmo_factored` returns for items of ``shape`` (it depends on the shape only)."""
+        return 1.0
+
     def project(self, x: torch.Tensor, radius: float = 1.0, batch_dims: int | None = None) -> torch.Tensor:
         """Euclidean projection of each item onto the ball ``{‖x‖ ≤ radius}``."""
         raise NotImplementedError(f"{type(self).__name__} has no cheap projection")
@@ -310,6 +314,9 @@ class _SpectralBase(Norm):
         X = self._matrix(g if private and g.dtype == work else g.to(work, copy=True))
         return polar_factor(X, method=self.method, steps=self.steps).reshape(g.shape), -self._scale(g.shape)
 
+    def lmo_factor(self, shape):
+        return -self._scale(tuple(shape))
+
     def lmo(self, g, batch_dims=None):
         S, factor = self.lmo_factored(g, batch_dims)
         return S.to(g.dtype).mul_(factor)
@@ -434,6 +441,10 @@ class Blocked(Norm):
 
     def work_dtype(self, like):
         return self.inner.work_dtype(like)
+
+    def lmo_factor(self, shape):
+        sizes = self.sizes(shape[-2])
+        return self.inner.lmo_factor((sizes[0], shape[-1])) if len(set(sizes)) == 1 else 1.0
 
     def lmo_factored(self, g, batch_dims=None, *, private=False):
         self._dims(g, batch_dims, "lmo")

@@ -14,7 +14,8 @@
 ``norm="auto"`` gives each tensor the geometry of its rank (Spectral, SpectralConv, BiasRMS); use
 :func:`specopt.param_groups` to assign roles (embedding, hidden, head, vector) with their norms and radii.
 All defaults are provisional starting points; the sweeps that justify them are in the experiments.
-Every preset also takes the engine's ``nonfinite`` and ``batch_lmo`` (see :class:`GeometryOptimizer`), and all
+Every preset also takes the engine's ``nonfinite``, ``batch_lmo`` and ``process_group`` (see
+:class:`GeometryOptimizer` and :mod:`specopt.distributed`), and all
 but ALMOND take ``estimator="storm"`` (variance-reduced momentum; ``step(closure)``, two gradients per step).
 """
 
@@ -45,11 +46,13 @@ class Scion(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
                  nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None):
+                 batch_lmo: bool | None = None,
+                 process_group="auto"):
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 1:
             raise ValueError(f"lr must be in [0, 1] for Scion (a convex combination), got {lr!r}")
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius, nesterov=nesterov),
-                         rule="scg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="scg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class UScion(GeometryOptimizer):
@@ -57,10 +60,12 @@ class UScion(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
                  weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
-                 nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 nonfinite: str = "raise", batch_lmo: bool | None = None,
+                 process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class ClippedScion(GeometryOptimizer):
@@ -72,11 +77,13 @@ class ClippedScion(GeometryOptimizer):
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
                  clip_radius: float = 600.0, constrained: bool = False, weight_decay: float = 0.0,
                  nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None):
+                 batch_lmo: bool | None = None,
+                 process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="clipped_constrained" if constrained else "clipped", clip_radius=clip_radius,
-                         estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class Gluon(GeometryOptimizer):
@@ -95,21 +102,25 @@ class Gluon(GeometryOptimizer):
                  momentum: float | str = 0.9, norm="auto", schedule: str = "constant",
                  warmup_radius: float = 1e-3, probe_every: int = 1, weight_decay: float = 0.0,
                  nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None):
+                 batch_lmo: bool | None = None,
+                 process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, L0=L0, L1=L1,
                                            schedule=schedule, warmup_radius=warmup_radius, probe_every=probe_every,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="gluon", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="gluon", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class ALMOND(GeometryOptimizer):
     """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``."""
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
-                 weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None,
+                 process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
                                            weight_decay=weight_decay),
-                         estimator="almond", rule="almond", nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         estimator="almond", rule="almond", nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class SteepestDescent(GeometryOptimizer):
@@ -118,10 +129,12 @@ class SteepestDescent(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
                  weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
-                 nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 nonfinite: str = "raise", batch_lmo: bool | None = None,
+                 process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0,
                                            weight_decay=weight_decay, nesterov=nesterov),
-                         rule="steepest", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="steepest", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class ProxSpectral(GeometryOptimizer):
@@ -144,12 +157,14 @@ class ProxSpectral(GeometryOptimizer):
     def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.9, preconditioner: str = "polar_express",
                  kappa: float = 4.0, eps: float = 1e-3, scale: float = 1.0, constraint: Constraint | None = None,
                  estimator: str = "momentum", weight_decay: float = 0.0, steps: int | None = None,
-                 compute_dtype=None, nonfinite: str = "raise", batch_lmo: bool | None = None):
+                 compute_dtype=None, nonfinite: str = "raise", batch_lmo: bool | None = None,
+                 process_group="auto"):
         norm = Preconditioner(preconditioner, kappa=kappa, eps=eps, scale=scale, steps=steps,
                               compute_dtype=compute_dtype)
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, constraint=constraint,
                                            weight_decay=weight_decay),
-                         rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 class Muon(GeometryOptimizer):
@@ -171,7 +186,8 @@ class Muon(GeometryOptimizer):
                  steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, estimator: str = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None):
+                 batch_lmo: bool | None = None,
+                 process_group="auto"):
         if nesterov is None:
             nesterov = estimator != "storm"
         norm = Spectral(method=method, steps=steps, compute_dtype=compute_dtype)
@@ -181,7 +197,8 @@ class Muon(GeometryOptimizer):
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
         msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype}
         super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", estimator=estimator,
-                         nonfinite=nonfinite, batch_lmo=batch_lmo)
+                         nonfinite=nonfinite, batch_lmo=batch_lmo,
+                         process_group=process_group)
 
 
 def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:

@@ -25,8 +25,9 @@ RULES = ("uscg", "scg", "clipped", "clipped_constrained", "steepest", "gluon", "
 NEEDS_DUAL = {"clipped", "clipped_constrained", "steepest", "gluon"}
 
 
-def shrink_and_scale(rule: str, items: list, clip_radius: float | None) -> None:
-    """Set ``item.shrink`` and ``item.scale`` on every item (see the table above)."""
+def shrink_and_scale(rule: str, items: list, clip_radius: float | None, complete=None) -> None:
+    """Set ``item.shrink`` and ``item.scale`` on every item (see the table above). ``complete`` turns per-item
+    partial sums over local shards into whole-tensor sums (distributed runs; identity by default)."""
     if rule in ("uscg", "almond", "steepest", "gluon", "clipped"):
         for it in items:
             it.shrink = it.group["lr"] * it.group["weight_decay"]
@@ -51,8 +52,9 @@ def shrink_and_scale(rule: str, items: list, clip_radius: float | None) -> None:
         for it in items:
             it.scale = it.group["lr"] * it.radius * factor
     elif rule == "clipped_constrained":
-        gap = _global_sum([torch.vdot(it.d.flatten().to(torch.float32), it.p.flatten().to(torch.float32))
-                           + it.radius * it.dual for it in items])
+        dots = [torch.sum(it.d * it.p, dtype=torch.float64) for it in items]
+        dots = complete(dots) if complete is not None else dots
+        gap = _global_sum([dot + it.radius * it.dual for dot, it in zip(dots, items, strict=True)])
         eta = torch.clamp(gap / clip_radius, min=0.0, max=1.0)
         for it in items:
             it.shrink, it.scale = it.group["lr"] * eta, it.group["lr"] * it.radius * eta
@@ -63,7 +65,7 @@ def shrink_and_scale(rule: str, items: list, clip_radius: float | None) -> None:
 def _global_sum(values: list) -> torch.Tensor:
     if not values:
         return torch.zeros(())
-    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).sum()
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).sum().float()
 
 
 def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale) -> None:

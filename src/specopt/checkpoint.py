@@ -1,0 +1,174 @@
+"""Checkpoints with ``torch.distributed.checkpoint`` (DCP): saved at one world size, resumed at any other.
+
+    specopt.checkpoint.save("run/ckpt", model, optimizer, extra={"step": 100})   # or a list of optimizers
+    extra = specopt.checkpoint.load("run/ckpt", model, optimizer)
+
+Works single-process (no process group), under DDP (pass the DDP wrapper or its module) and under FSDP2
+(``fully_shard``: DTensor parameters and optimizer state are saved as their shards and resharded on load).
+Layout of the checkpoint: ``model.<fqn>`` (the module's state dict), ``optim.<i>.<fqn>.<key>`` for every
+state tensor of optimizer ``i`` shaped like its parameter (momentum, STORM's previous iterate, AdamW's moments:
+saved sharded like the parameter), and ``meta``: a JSON string with the param groups' hyperparameters, the small
+per-parameter state (step counts, Gluon's measurements, AdamW's step) and ``extra``, identical on every rank.
+
+Saving is atomic: DCP writes into ``<path>.tmp``, which replaces ``<path>`` once every rank has finished.
+Loading builds its template from the checkpoint's own metadata, so optimizer state need not exist beforehand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+
+from specopt.distributed import is_dtensor, local
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None
+
+
+def _module(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _params_by_fqn(model) -> dict[str, torch.nn.Parameter]:
+    return dict(_module(model).named_parameters())
+
+
+def _like_param(value, param) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and tuple(value.shape) == tuple(local(param).shape)
+
+
+def _encode(value):
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value, device):
+    if isinstance(value, dict) and "__tensor__" in value:
+        return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]), device=device)
+    if isinstance(value, list):
+        return [_decode(v, device) for v in value]
+    return value
+
+
+def _rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _as_list(optimizers) -> list:
+    return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+
+
+def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None) -> Path:
+    """Write model, optimizer(s) and ``extra`` (JSON-able) to the DCP directory ``path`` atomically."""
+    path = Path(path)
+    fqn = {p: n for n, p in _params_by_fqn(model).items()}
+    flat: dict = {f"model.{k}": v for k, v in _module(model).state_dict().items()}
+    metas = []
+    for i, optimizer in enumerate(_as_list(optimizers)):
+        small: dict = {}
+        for param, state in optimizer.state.items():
+            if param not in fqn:
+                raise ValueError("the optimizer holds a parameter the model does not have; save the model it trains")
+            for key, value in state.items():
+                if _like_param(value, param):
+                    if is_dtensor(param):
+                        value = DTensor.from_local(value, param.device_mesh, param.placements, shape=param.shape,
+                                                   stride=param.stride())
+                    flat[f"optim.{i}.{fqn[param]}.{key}"] = value
+                else:
+                    small.setdefault(fqn[param], {})[key] = _encode(value)
+        groups = [{k: v for k, v in g.items() if k not in ("params", "param_names")}
+                  for g in optimizer.state_dict()["param_groups"]]
+        metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0)})
+    flat["meta"] = json.dumps({"optimizers": metas, "extra": extra or {}})
+    tmp = path.with_name(path.name + ".tmp")
+    if _rank0() and tmp.exists():
+        shutil.rmtree(tmp)
+    _barrier()
+    dcp.save(flat, checkpoint_id=str(tmp))
+    _barrier()
+    if _rank0():
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    _barrier()
+    return path
+
+
+def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
+    """Load a checkpoint written by :func:`save` (at any world size) into ``model`` and the optimizer(s) in
+    place; returns its ``extra``."""
+    path = Path(path)
+    if not (path / ".metadata").exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+    metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    params = _params_by_fqn(model)
+    model_sd = _module(model).state_dict()
+    template: dict = {"meta": ""}
+    for key, md in metadata.items():
+        if key.startswith("model."):
+            if key[6:] not in model_sd:
+                raise ValueError(f"the checkpoint holds {key[6:]!r}, which the model does not have")
+            template[key] = model_sd[key[6:]]
+        elif key.startswith("optim."):
+            name = key.split(".", 2)[2].rsplit(".", 1)[0]
+            param = params[name]
+            buf = torch.empty_like(local(param), dtype=md.properties.dtype)
+            template[key] = (DTensor.from_local(buf, param.device_mesh, param.placements, shape=param.shape,
+                                                stride=param.stride()) if is_dtensor(param) else buf)
+    dcp.load(template, checkpoint_id=str(path))
+    for name, value in model_sd.items():  # DCP fills tensors in place; copy back any it replaced
+        if template.get(f"model.{name}") is not value:
+            value.copy_(template[f"model.{name}"])
+    meta = json.loads(template["meta"])
+    optimizers = _as_list(optimizers)
+    if len(optimizers) != len(meta["optimizers"]):
+        raise ValueError(f"the checkpoint holds {len(meta['optimizers'])} optimizer(s), got {len(optimizers)}")
+    for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
+        if len(optimizer.param_groups) != len(saved["param_groups"]):
+            raise ValueError(f"the checkpoint's optimizer {i} has {len(saved['param_groups'])} param groups, the "
+                             f"optimizer {len(optimizer.param_groups)}")
+        for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
+            for k, v in saved_group.items():
+                group[k] = _restore_group_value(k, v)
+        optimizer.state.clear()
+        for key, value in template.items():
+            if key.startswith(f"optim.{i}."):
+                name, state_key = key.split(".", 2)[2].rsplit(".", 1)
+                optimizer.state[params[name]][state_key] = local(value)
+        for name, state in saved["state"].items():
+            for k, v in state.items():
+                optimizer.state[params[name]][k] = _decode(v, local(params[name]).device)
+        if hasattr(optimizer, "skipped_steps"):
+            optimizer.skipped_steps = saved["skipped_steps"]
+    return meta["extra"]
+
+
+def _restore_group_value(key: str, value):
+    from specopt.constraints import constraint_from_config
+    from specopt.norms import norm_from_config
+
+    if key == "norm" and isinstance(value, dict):
+        return norm_from_config(value)
+    if key == "constraint" and isinstance(value, dict):
+        return constraint_from_config(value)
+    if key == "betas" and isinstance(value, list):
+        return tuple(value)
+    return value

@@ -1,0 +1,151 @@
+"""Run by tests/test_distributed.py: every preset for 5 steps on the same global batch, single-process, under DDP
+and under FSDP2 (2 gloo ranks, one thread each), plus save-at-2 / resume-at-1 checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import specopt
+import specopt.linalg
+from specopt import checkpoint
+
+STEPS = 5
+SAVE_AT = 3
+WORLD = 2
+
+PRESETS = {
+    "muon": lambda p: specopt.Muon(p, lr=0.02, adamw_lr=1e-2),
+    "scion": lambda p: specopt.Scion(p, lr=0.05),
+    "uscion": lambda p: specopt.UScion(p, lr=0.05),
+    "clipped": lambda p: specopt.ClippedScion(p, lr=0.05, clip_radius=1.0),
+    "clipped-constrained": lambda p: specopt.ClippedScion(p, lr=0.05, clip_radius=1.0, constrained=True),
+    "gluon": lambda p: specopt.Gluon(p),
+    "almond": lambda p: specopt.ALMOND(p, lr=0.05),
+    "steepest": lambda p: specopt.SteepestDescent(p, lr=0.01, momentum=0.9),
+    "prox": lambda p: specopt.ProxSpectral(p, lr=0.05, constraint=None),
+    "prox-storm": lambda p: specopt.ProxSpectral(p, lr=0.05, estimator="storm", momentum="storm"),
+}
+
+
+def fp32_compute() -> None:
+    """The comparison is in float32: no bf16 msign (its rounding would hide the order of summation)."""
+    specopt.linalg.default_compute_dtype = lambda device: None
+
+
+def make_model() -> nn.Module:
+    """Shapes chosen for the corner cases: a (10, 10) pair, a (10, 6) and a (3, 10) alone (groups smaller than the
+    world size), 3-row tensors (uneven shards 2 + 1 over 2 ranks), a (1, 3) and a (1,) (one rank holds no row)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(),
+                         nn.Linear(10, 3), nn.Tanh(), nn.Linear(3, 1))
+
+
+def global_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 6, generator=g)
+    return x, torch.randn(16, 1, generator=g)
+
+
+def train(model, opt, x, y, steps, start=0, parts=1):
+    """``parts`` > 1 (single process): the global batch's gradient as the mean of the per-rank halves' gradients,
+    accumulated as DDP/FSDP2 do (``g0/2 + g1/2``, exact in floating point), so that only the optimizer differs."""
+
+    def closure():
+        opt.zero_grad()
+        total = 0.0
+        for xp, yp in zip(x.chunk(parts), y.chunk(parts), strict=True):
+            loss = ((model(xp) - yp) ** 2).mean() / parts
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    for _ in range(start, steps):
+        opt.step(closure)
+
+
+def full_params(model) -> dict[str, torch.Tensor]:
+    module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in module.named_parameters()}
+
+
+def single(out_dir: str) -> None:
+    """The reference (run by the test process itself)."""
+    fp32_compute()
+    x, y = global_batch()
+    results = {}
+    for name, make in PRESETS.items():
+        model = make_model()
+        opt = make(model.parameters())
+        train(model, opt, x, y, STEPS, parts=WORLD)
+        results[name] = full_params(model)
+    torch.save(results, os.path.join(out_dir, "single.pt"))
+
+
+def resume_single(out_dir: str) -> None:
+    """Load each checkpoint written at world size 2 (after SAVE_AT steps) and finish the run in one process."""
+    fp32_compute()
+    x, y = global_batch()
+    results = {}
+    for kind in ("ddp", "fsdp"):
+        for name, make in PRESETS.items():
+            model = make_model()
+            opt = make(model.parameters())
+            extra = checkpoint.load(os.path.join(out_dir, f"ckpt-{kind}-{name}"), model, opt)
+            train(model, opt, x, y, STEPS, start=extra["step"], parts=WORLD)
+            results[f"{kind}/{name}"] = full_params(model)
+    torch.save(results, os.path.join(out_dir, "resumed.pt"))
+
+
+def distributed(rank: int, world: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    fp32_compute()
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
+    from torch.distributed.fsdp import fully_shard
+
+    x, y = global_batch()
+    xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]  # each rank its half of the global batch
+    results = {}
+    for kind in ("ddp", "fsdp"):
+        for name, make in PRESETS.items():
+            model = make_model()
+            if kind == "ddp":
+                model = nn.parallel.DistributedDataParallel(model)
+            else:
+                for layer in model:
+                    if isinstance(layer, nn.Linear):
+                        fully_shard(layer)
+                fully_shard(model)
+            opt = make(model.parameters())
+            train(model, opt, xs, ys, SAVE_AT)
+            checkpoint.save(os.path.join(out_dir, f"ckpt-{kind}-{name}"), model, opt, extra={"step": SAVE_AT})
+            train(model, opt, xs, ys, STEPS, start=SAVE_AT)
+            results[f"{kind}/{name}"] = full_params(model)
+            if kind == "ddp":  # the replicas themselves, not a gathered copy
+                results[f"replica/{name}"] = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    torch.manual_seed(rank)  # replicas that differ (no DDP): the split lmo must refuse them
+    model = nn.Linear(6, 10)
+    opt = specopt.Scion(model.parameters())
+    model(xs).sum().backward()
+    try:
+        opt.step()
+        results["replica_error"] = ""
+    except ValueError as e:
+        results["replica_error"] = str(e)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    if mode == "single":
+        single(out)
+    elif mode == "resume":
+        resume_single(out)
+    else:
+        torch.multiprocessing.spawn(distributed, args=(WORLD, out), nprocs=WORLD)
