@@ -2,12 +2,15 @@
 
     specopt train --task char-gpt --optimizer scion --steps 500 --out runs/scion
     specopt train --resume runs/scion
+    specopt train --nproc 2 --task mlp --optimizer muon     # 2 processes through torchrun (DDP; --parallel fsdp)
     specopt compare                                  # the default comparison (char-GPT, 7 optimizers)
     specopt experiment muon-conditioning
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +22,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from specopt import registry
 from specopt.tasks import TASKS, DataError
-from specopt.training import SCHEDULES, RunConfig, train
+from specopt.training import PARALLEL, SCHEDULES, RunConfig, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Geometry-aware optimizers: train, compare, "
                   "reproduce the seeds' experiments.")
@@ -44,6 +47,34 @@ Radius = Annotated[float | None, typer.Option(min=0.0, help="hidden-layer radius
                                               "keep their ratio)")]
 ClipRadius = Annotated[float | None, typer.Option(min=0.0, help="ρ_c of clipped-scion")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+
+
+def launch(nproc: int, options: dict, progress: bool) -> int:
+    """Run ``specopt train`` with these options in ``nproc`` processes through torchrun; returns its exit code."""
+    args = ["train"]
+    for key, value in options.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    args.append("--progress" if progress else "--no-progress")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+           "specopt.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    return subprocess.run(cmd, env=env).returncode
+
+
+def _init_distributed() -> None:
+    """Inside a torchrun worker: one process group (nccl with CUDA, gloo otherwise), one thread share."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl")
+    else:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        dist.init_process_group("gloo")
 
 
 def _fail(message: str) -> None:
@@ -81,9 +112,23 @@ def train_command(
     val_every: ValEvery = 50, checkpoint_every: CkptEvery = 100, schedule: Schedule = "linear-decay",
     batch_schedule: Annotated[str, typer.Option(help="constant, or bst: batch grows so that tokens per step "
                                                 "∝ (tokens seen)^(2/3)")] = "constant",
+    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine, launched through torchrun (gloo on "
+                                       "CPU, nccl on CUDA); each trains its slice of every batch")] = 1,
+    parallel: Annotated[str, typer.Option(help="ddp (replicated model) or fsdp (FSDP2 fully_shard)")] = "ddp",
     progress: Progress = True,
 ) -> None:
     """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        options = {"task": task, "optimizer": optimizer, "steps": steps, "out": out, "resume": resume, "lr": lr,
+                   "momentum": momentum, "weight_decay": weight_decay, "radius": radius, "clip_radius": clip_radius,
+                   "seed": seed, "size": size, "data": data, "width": width, "val_every": val_every,
+                   "checkpoint_every": checkpoint_every, "schedule": schedule, "batch_schedule": batch_schedule,
+                   "parallel": parallel}
+        raise typer.Exit(launch(nproc, options, progress))
+    if "LOCAL_RANK" in os.environ:
+        _init_distributed()
+    if resume is None and parallel not in PARALLEL:
+        _fail(f"unknown parallel mode {parallel!r}; valid: {', '.join(PARALLEL)}")
     try:
         if resume is not None:
             result = train(RunConfig(), resume, resume=True, progress=progress)
@@ -93,10 +138,13 @@ def train_command(
             cfg = RunConfig(task=task, optimizer=optimizer, steps=steps, seed=seed,
                             task_options=_task_options(task, size, data, width),
                             hparams={k: v for k, v in hparams.items() if v is not None}, val_every=val_every,
-                            checkpoint_every=checkpoint_every, schedule=schedule, batch_schedule=batch_schedule)
+                            checkpoint_every=checkpoint_every, schedule=schedule, batch_schedule=batch_schedule,
+                            parallel=parallel)
             result = train(cfg, out, progress=progress)
     except (ValueError, FileNotFoundError, DataError) as e:
         _fail(str(e))
+    if result.rows == []:  # ranks other than 0 write and print nothing
+        return
     val = result.val_rows()
     status = "diverged (loss became NaN/Inf)" if result.diverged else "done"
     typer.echo(f"{status}: {len(result.rows)} steps in {result.elapsed_s:.1f}s; final validation loss "

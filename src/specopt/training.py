@@ -6,10 +6,16 @@ Files in the run directory:
 * ``metrics.jsonl`` and ``metrics.csv`` — one row per step (``step, loss, lr, elapsed_s, throughput``) and
   ``val_loss`` on validation steps;
 * ``checkpoint.pt`` — model, optimizer(s), scheduler(s), step and elapsed time, replaced atomically
-  (written to a temporary file, flushed, then renamed), so an interrupted run keeps its last checkpoint.
+  (written to a temporary file, flushed, then renamed), so an interrupted run keeps its last checkpoint;
+* ``checkpoint/`` instead, for distributed runs (and runs resumed from one): a torch.distributed.checkpoint
+  directory (:mod:`specopt.checkpoint`), which resumes at any world size.
 
 Resuming loads the checkpoint, drops metric rows after it, and continues; because batches depend only on
 (seed, step) the result equals the uninterrupted run bit for bit.
+
+Distributed (launched by ``specopt train --nproc N`` through torchrun, or by any launcher that initialises
+torch.distributed): every rank trains its equal slice of each batch; ``parallel="ddp"`` wraps the model in
+DistributedDataParallel, ``"fsdp"`` shards it with FSDP2's ``fully_shard``; rank 0 writes the metrics.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from specopt import registry
+from specopt import checkpoint, registry
 from specopt.scaling import batch_size_schedule
 from specopt.tasks import get_task
 
 SCHEDULES = ("constant", "linear-decay")
 BATCH_SCHEDULES = ("constant", "bst")
+PARALLEL = ("ddp", "fsdp")
 CSV_FIELDS = ("step", "loss", "lr", "elapsed_s", "throughput", "val_loss", "batch_size")
 
 
@@ -46,6 +54,7 @@ class RunConfig:
     schedule: str = "linear-decay"
     decay_fraction: float = 0.3
     batch_schedule: str = "constant"
+    parallel: str = "ddp"
 
     def validate(self) -> None:
         for key in ("steps", "val_every", "checkpoint_every"):
@@ -56,6 +65,8 @@ class RunConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
         if self.batch_schedule not in BATCH_SCHEDULES:
             raise ValueError(f"unknown batch schedule {self.batch_schedule!r}; valid: {', '.join(BATCH_SCHEDULES)}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"unknown parallel mode {self.parallel!r}; valid: {', '.join(PARALLEL)}")
         if not 0 <= self.decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         registry.resolve(self.optimizer, self.hparams)
@@ -93,34 +104,38 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
 
     ``callback(step, model, optimizers)``, if given, runs after every update (experiments measure with it)."""
     out = Path(out)
+    rank, world = _rank_world()
     if resume:
         cfg = load_config(out)
     cfg.validate()
     task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
     model = task.build_model()
+    inner = model
+    if world > 1:
+        model = _parallelize(model, cfg.parallel)
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     hp = registry.resolve(cfg.optimizer, cfg.hparams)
-    opts = registry.build(cfg.optimizer, model, task, hp)
+    opts = registry.build(cfg.optimizer, inner, task, hp)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in opts]
     start, elapsed, rows = 0, 0.0, []
     if resume:
-        ckpt = _load_checkpoint(out)
-        model.load_state_dict(ckpt["model"])
-        for o, s, so, ss in zip(opts, scheds, ckpt["optimizers"], ckpt["schedulers"], strict=True):
-            o.load_state_dict(so)
-            s.load_state_dict(ss)
-        start, elapsed = ckpt["step"], ckpt["elapsed_s"]
+        start, elapsed = _resume(out, inner, opts, scheds, world, cfg.parallel)
         rows = [r for r in read_metrics(out) if r["step"] <= start]
-    else:
+    elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**asdict(cfg), "hparams": hp, "unit": task.unit,
                                                      "units_per_step": task.units_per_step()}, indent=2))
-    writer = _MetricsWriter(out, rows)
-    bar = _progress(cfg, start, progress)
+    if world > 1:
+        dist.barrier()
+    distributed_checkpoint = world > 1 or (out / "checkpoint" / ".metadata").exists()
+    writer = _MetricsWriter(out, rows) if rank == 0 else None
+    bar = _progress(cfg, start, progress and rank == 0)
     diverged = False
     sizes = _batch_sizes(cfg, task)
     for step in range(start, cfg.steps):
         tick = time.perf_counter()
         batch = task.batch(step) if sizes is None else task.batch_of(step, sizes[step])
+        batch = _shard_batch(batch, rank, world)
         units = task.units_per_step() if sizes is None else sizes[step] * task.units_per_example
 
         def closure(batch=batch):
@@ -142,7 +157,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if callback is not None:
             callback(step + 1, model, opts)
         elapsed += dt
-        value = float(loss.detach())
+        value = _mean_over_ranks(loss.detach(), world)
         row = {"step": step + 1, "loss": value, "lr": opts[0].param_groups[0]["lr"], "elapsed_s": elapsed,
                "throughput": units / dt if dt > 0 else float("nan")}
         if sizes is not None:
@@ -151,21 +166,81 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if not math.isfinite(value):
             diverged = True
             row["val_loss"] = float("nan")
-            writer.write(row)
+            if writer is not None:
+                writer.write(row)
             break
         if (step + 1) % cfg.val_every == 0 or last:
-            row["val_loss"] = task.validation_loss(model)
-        writer.write(row)
+            row["val_loss"] = task.validation_loss(inner)
+        if writer is not None:
+            writer.write(row)
         if bar is not None:
             bar.update(1)
             rate = {f"{task.unit}/s": f"{row['throughput']:.0f}"}
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{row['lr']:.2e}", **rate)
         if (step + 1) % cfg.checkpoint_every == 0 or last:
-            save_checkpoint(out, model, opts, scheds, step + 1, elapsed)
+            if distributed_checkpoint:
+                checkpoint.save(out / "checkpoint", inner, opts, extra={
+                    "step": step + 1, "elapsed_s": elapsed, "schedulers": [s.state_dict() for s in scheds]})
+            else:
+                save_checkpoint(out, model, opts, scheds, step + 1, elapsed)
     if bar is not None:
         bar.close()
-    writer.close()
-    return RunResult(out, cfg, writer.rows, elapsed, diverged, model)
+    if writer is not None:
+        writer.close()
+    return RunResult(out, cfg, writer.rows if writer is not None else [], elapsed, diverged, inner)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _parallelize(model: torch.nn.Module, parallel: str) -> torch.nn.Module:
+    if parallel == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+
+    return fully_shard(model)
+
+
+def _shard_batch(batch, rank: int, world: int):
+    """This rank's equal slice of every batch tensor (dim 0)."""
+    if world == 1:
+        return batch
+    parts = batch if isinstance(batch, (tuple, list)) else (batch,)
+    n = parts[0].shape[0]
+    if n % world:
+        raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; pick a batch size "
+                         "that is a multiple of --nproc")
+    sliced = tuple(t.chunk(world)[rank] for t in parts)
+    return sliced if isinstance(batch, (tuple, list)) else sliced[0]
+
+
+def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
+    if world > 1:
+        loss = loss.clone()
+        dist.all_reduce(loss)
+        loss /= world
+    return float(loss)
+
+
+def _resume(out: Path, model, opts, scheds, world: int, parallel: str) -> tuple[int, float]:
+    """Load the run's checkpoint (DCP directory, or checkpoint.pt of a single-process run)."""
+    if (out / "checkpoint" / ".metadata").exists():
+        extra = checkpoint.load(out / "checkpoint", model, opts)
+        for s, state in zip(scheds, extra["schedulers"], strict=True):
+            s.load_state_dict(state)
+        return extra["step"], extra["elapsed_s"]
+    if world > 1 and parallel == "fsdp":
+        raise ValueError("this run was saved by a single process (checkpoint.pt); resume it with --parallel ddp or "
+                         "on one process")
+    ckpt = _load_checkpoint(out)
+    model.load_state_dict(ckpt["model"])
+    for o, s, so, ss in zip(opts, scheds, ckpt["optimizers"], ckpt["schedulers"], strict=True):
+        o.load_state_dict(so)
+        s.load_state_dict(ss)
+    return ckpt["step"], ckpt["elapsed_s"]
 
 
 def _batch_sizes(cfg: RunConfig, task) -> list[int] | None:
