@@ -131,7 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 blocks, 2 rounds; print only")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--render", action="store_true", help="rewrite the BENCHMARKS.md section from the saved JSON")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads((ROOT / "benchmarks/results/distributed.json").read_text())
+        rows, rounds = saved["rows"], saved["rounds"]
+        write_section(ROOT / "BENCHMARKS.md", "distributed", section(rows, rounds, render(rows, rounds)))
+        return
     blocks, rounds = (2, 2) if args.quick else (12, args.rounds)
     configs = [("1 rank, 1 thread", 1, "ddp", 1), ("1 rank, 2 threads", 1, "ddp", 2),
                ("2 ranks (DDP layout), 1 thread each", 2, "ddp", 1),
@@ -141,30 +147,42 @@ def main() -> None:
         print(f"{label} …", flush=True)
         rows.append({"config": label, "world": world, "layout": layout, "threads": threads,
                      **run_config(world, layout, threads, blocks, rounds)})
+    table = render(rows, rounds)
+    print(table)
+    if args.quick:
+        return
+    (ROOT / "benchmarks/results/distributed.json").write_text(json.dumps({"rounds": rounds, "rows": rows}, indent=2))
+    write_section(ROOT / "BENCHMARKS.md", "distributed", section(rows, rounds, table))
+
+
+def render(rows: list[dict], rounds: int) -> str:
     base = rows[0]["step_s"]
     lines = ["| configuration | step (s) | ÷ 1 rank, 1 thread | MiB received per rank per step |",
              "|---|---:|---:|---:|"]
     for r in rows:
         r["ratio"] = r["step_s"] / base
         lines.append(f"| {r['config']} | {r['step_s']:.3f} | {r['ratio']:.2f} | {r['bytes'] / 2**20:.1f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.quick:
-        return
-    best = min(r["ratio"] for r in rows if r["world"] == 2)
-    body = (f"## Distributed optimizer step (GPT-2-small parameter set, 2 ranks)\n\nMeasured by "
+    return "\n".join(lines)
+
+
+def section(rows: list[dict], rounds: int, table: str) -> str:
+    verdicts = "; ".join(f"{r['layout'].upper()} layout {r['ratio']:.2f}× ({'met' if r['ratio'] <= 0.6 else 'not met'})"
+                         for r in rows if r["world"] == 2)
+    return (f"## Distributed optimizer step (GPT-2-small parameter set, 2 ranks)\n\nMeasured by "
             f"`python benchmarks/distributed.py` on {platform.processor() or platform.machine()}, torch "
-            f"{torch.__version__}, CPU, gloo, median of {rounds} steps after a warm-up. specopt Muon (Polar Express, "
-            "5 steps, bf16 msign; AdamW on embeddings and gains) on 124.4M parameters, 72 hidden matrices. "
+            f"{torch.__version__}, CPU (2 cores), gloo, median of {rounds} steps after a warm-up. specopt Muon (Polar "
+            "Express, 5 steps, bf16 msign; AdamW on embeddings and gains) on 124.4M parameters, 72 hidden matrices. "
             "Ranks are processes with one thread each; the bytes are what the optimizer's own collectives deliver "
             "to one rank (gradient synchronisation belongs to backward and is not counted).\n\n" + table + "\n\n"
-            f"- Target: 2 ranks ≤ 0.6× the single-rank step — {'met' if best <= 0.6 else 'not met'} "
-            f"({best:.2f}×, best layout).\n- The DDP layout splits only the msign work: AdamW on the 38.6M "
-            "embedding parameters still runs on every rank; the FSDP2 layout also halves AdamW and the momentum "
-            "update, and sends fp32 directions out and bf16 results back.\n- With both cores in one process "
-            "(2 threads) the single rank gets the same hardware; that row shows what BLAS threading alone gives.\n")
-    write_section(ROOT / "BENCHMARKS.md", "distributed", body)
-    (ROOT / "benchmarks/results/distributed.json").write_text(json.dumps(rows, indent=2))
+            f"- Target: 2 ranks ≤ 0.6× the single-rank step — {verdicts}.\n"
+            "- What bounds it here: two processes computing half of the matrices each, with no communication at "
+            "all, measured 0.53–0.58× of the one-process step on these 2 shared cores (memory and cache "
+            "contention); the optimizer's collectives (posted asynchronously, one per bucket, overlapping the next "
+            "bucket's matmuls) add the rest. Timings on this machine drift by ±15 % between runs.\n"
+            "- The DDP layout splits only the msign work: the momentum and AdamW updates run on every rank; the "
+            "FSDP2 layout also halves them, and sends the directions out in the lmo's dtype (bf16) and the "
+            "results back in bf16.\n- With both cores in one process (2 threads) the single rank gets the same "
+            "hardware; that row shows what BLAS threading alone gives.\n")
 
 
 if __name__ == "__main__":

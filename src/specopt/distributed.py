@@ -75,13 +75,27 @@ def replica_group(process_group):
     return process_group
 
 
-def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+def _all_gather(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool = False):
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, inp, group=group)
+    return gather(out, inp, group=group, async_op=async_op)
 
 
-def lmo_replicated(norm, ds: list[torch.Tensor], group, factor: float) -> list[torch.Tensor]:
-    """``lmo`` of every replicated direction in ``ds`` (one shape), each rank computing ``⌈n/W⌉`` of them."""
+class Pending:
+    """An lmo whose collective is in flight: :meth:`wait` returns the per-item results. Buckets post their
+    collectives asynchronously so that one bucket's transfer overlaps the next bucket's matmuls."""
+
+    def __init__(self, work, finish):
+        self.work, self.finish = work, finish
+
+    def wait(self) -> list[torch.Tensor]:
+        if self.work is not None:
+            self.work.wait()
+        return self.finish()
+
+
+def lmo_replicated(norm, ds: list[torch.Tensor], group) -> Pending:
+    """``lmo`` of every replicated direction in ``ds`` (one shape), each rank computing ``⌈n/W⌉`` of them and one
+    asynchronous all_gather sharing the results."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     n, shape = len(ds), tuple(ds[0].shape)
     k = math.ceil(n / world)
@@ -92,45 +106,63 @@ def lmo_replicated(norm, ds: list[torch.Tensor], group, factor: float) -> list[t
         D = torch.stack([d.to(work) for d in mine])
         chunk[: len(mine)] = norm.lmo_factored(D, batch_dims=1, private=True)[0]
     out = torch.empty((k * world,) + shape, dtype=work, device=ds[0].device)
-    _all_gather(out, chunk, group)
-    return list(out[:n].unbind(0))
+    handle = _all_gather(out, chunk, group, async_op=True)
+    return Pending(handle, lambda: list(out[:n].unbind(0)))
 
 
-def lmo_sharded(norm, ds: list[torch.Tensor], layout: Layout) -> list[torch.Tensor]:
-    """``lmo`` of every row-sharded direction (local shards ``ds``, one global shape): all_to_all to whole
-    matrices on their owners → lmo → all_to_all back; returns this rank's rows of each result."""
-    group, rows = layout.group, layout.rows
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    n, shape = len(ds), layout.shape
-    rest = math.prod(shape[1:])
-    k = math.ceil(n / world)
-    owner = [j // k for j in range(n)]
-    mine = [j for j in range(n) if owner[j] == rank]
-    device, dtype = ds[0].device, ds[0].dtype
-    # 1. every shard to its owner (items in order, so each destination's block is contiguous)
-    send = torch.cat([d.reshape(-1) for d in ds]) if n else torch.empty(0, dtype=dtype, device=device)
-    in_splits = [sum(rows[rank] * rest for j in range(n) if owner[j] == q) for q in range(world)]
-    out_splits = [len(mine) * rows[q] * rest for q in range(world)]
-    recv = torch.empty(sum(out_splits), dtype=dtype, device=device)
-    dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
-    # 2. whole matrices on their owner, lmo
-    work = norm.work_dtype(ds[0])
-    results = []
-    if mine:
-        blocks = recv.split(out_splits)
-        whole = [torch.cat([blocks[q][i * rows[q] * rest:(i + 1) * rows[q] * rest].reshape((rows[q],) + shape[1:])
-                            for q in range(world)]) for i in range(len(mine))]
-        S = norm.lmo_factored(torch.stack([w.to(work) for w in whole]), batch_dims=1, private=True)[0]
-        offsets = [sum(rows[:q]) for q in range(world)]
-        results = [[S[i, offsets[q]:offsets[q] + rows[q]].reshape(-1) for i in range(len(mine))]
-                   for q in range(world)]
-    # 3. every rank's rows back
-    back = torch.cat([piece for q in range(world) for piece in results[q]]) if mine else \
-        torch.empty(0, dtype=work, device=device)
-    got = torch.empty(n * rows[rank] * rest, dtype=work, device=device)
-    dist.all_to_all_single(got, back, in_splits, out_splits, group=group)
-    return [x.reshape((rows[rank],) + shape[1:]) for x in got.split(rows[rank] * rest)] if rows[rank] else \
-        [torch.empty((0,) + shape[1:], dtype=work, device=device) for _ in range(n)]
+class ShardedLmo:
+    """``lmo`` of row-sharded directions (local shards ``ds``, one global shape) in three phases, so that the
+    engine can post every bucket's first transfer before computing any: :meth:`send` (all_to_all of every
+    shard to the item's owner), :meth:`compute` (whole matrices → lmo → all_to_all of every rank's rows back),
+    then ``wait()`` on the returned :class:`Pending`."""
+
+    def __init__(self, norm, ds: list[torch.Tensor], layout: Layout):
+        self.norm, self.ds, self.layout = norm, ds, layout
+        group = layout.group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.n, self.rest = len(ds), math.prod(layout.shape[1:])
+        k = math.ceil(self.n / self.world)
+        self.owner = [j // k for j in range(self.n)]
+        self.mine = [j for j in range(self.n) if self.owner[j] == self.rank]
+        rows = layout.rows
+        self.in_splits = [sum(rows[self.rank] * self.rest for j in range(self.n) if self.owner[j] == q)
+                          for q in range(self.world)]
+        self.out_splits = [len(self.mine) * rows[q] * self.rest for q in range(self.world)]
+
+    def send(self) -> None:
+        d0 = self.ds[0]
+        work = self.norm.work_dtype(d0)  # converted before it travels: the lmo converts first anyway (bf16: half)
+        send = torch.cat([d.reshape(-1).to(work) for d in self.ds])
+        self.recv = torch.empty(sum(self.out_splits), dtype=work, device=d0.device)
+        self.handle = dist.all_to_all_single(self.recv, send, self.out_splits, self.in_splits,
+                                             group=self.layout.group, async_op=True)
+
+    def compute(self) -> Pending:
+        self.handle.wait()
+        rows, shape, rest, world = self.layout.rows, self.layout.shape, self.rest, self.world
+        work = self.norm.work_dtype(self.ds[0])
+        device = self.ds[0].device
+        pieces = []
+        if self.mine:
+            blocks = self.recv.split(self.out_splits)
+            whole = [torch.cat([blocks[q][i * rows[q] * rest:(i + 1) * rows[q] * rest].reshape((rows[q],) + shape[1:])
+                                for q in range(world)]) for i in range(len(self.mine))]
+            S = self.norm.lmo_factored(torch.stack(whole), batch_dims=1, private=True)[0]
+            offsets = [sum(rows[:q]) for q in range(world)]
+            pieces = [S[i, offsets[q]:offsets[q] + rows[q]].reshape(-1) for q in range(world)
+                      for i in range(len(self.mine))]
+        back = torch.cat(pieces) if pieces else torch.empty(0, dtype=work, device=device)
+        mine_rows = rows[self.rank]
+        got = torch.empty(self.n * mine_rows * rest, dtype=work, device=device)
+        handle = dist.all_to_all_single(got, back, self.in_splits, self.out_splits, group=self.layout.group,
+                                        async_op=True)
+
+        def finish() -> list[torch.Tensor]:
+            if mine_rows == 0:
+                return [torch.empty((0,) + shape[1:], dtype=work, device=device) for _ in range(self.n)]
+            return [x.reshape((mine_rows,) + shape[1:]) for x in got.split(mine_rows * rest)]
+
+        return Pending(handle, finish)
 
 
 def sum_over_shards(values: list[torch.Tensor], layouts: list[Layout]) -> list[torch.Tensor]:

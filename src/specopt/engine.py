@@ -357,14 +357,19 @@ class GeometryOptimizer(Optimizer):
             batch = split or (self.batch_lmo if self.batch_lmo is not None else it.d.device.type != "cpu")
             buckets[(it.norm, it.layout.shape, it.d.dtype, it.d.device, it.layout.sharded,
                      None if batch else i)].append(it)
-        for (norm, shape, _, device, sharded, _), bucket in buckets.items():
-            if sharded or replicas is not None:
-                factor = norm.lmo_factor(shape)
-                ds = [it.d for it in bucket]
-                S = (distributed.lmo_sharded(norm, ds, bucket[0].layout) if sharded
-                     else distributed.lmo_replicated(norm, ds, replicas, factor))
-                for it, s_i in zip(bucket, S, strict=True):
-                    it.s, it.factor = s_i, factor
+        sharded = {key: distributed.ShardedLmo(key[0], [it.d for it in bucket], bucket[0].layout)
+                   for key, bucket in buckets.items() if key[4]}
+        for job in sharded.values():  # every bucket's shards travel to their owners before any matmul
+            job.send()
+        pending = []
+        for key, bucket in buckets.items():
+            norm, shape, _, device, _, _ = key
+            if key in sharded:
+                pending.append((bucket, norm.lmo_factor(shape), sharded[key].compute()))
+                continue
+            if replicas is not None:
+                pending.append((bucket, norm.lmo_factor(shape),
+                                distributed.lmo_replicated(norm, [it.d for it in bucket], replicas)))
                 continue
             first = bucket[0].d
             work = norm.work_dtype(first)
@@ -379,6 +384,9 @@ class GeometryOptimizer(Optimizer):
             S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
             for i, it in enumerate(bucket):
                 it.s, it.factor = S[i], factor
+        for bucket, factor, job in pending:
+            for it, s_i in zip(bucket, job.wait(), strict=True):
+                it.s, it.factor = s_i, factor
         if need_dual:
             # float64 accumulation: a sum over shards then equals the whole-tensor sum to ~1e-16
             duals = [-it.factor * torch.sum(it.d * it.s, dtype=torch.float64) for it in items]
