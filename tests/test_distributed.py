@@ -70,3 +70,59 @@ def test_checkpoint_saved_at_world_size_2_resumes_at_1_identically(runs, kind, n
 def test_replicas_that_differ_are_refused(runs):
     for rank in ("rank0", "rank1"):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]
+
+
+def _specopt(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "specopt.cli", *args, "--no-progress"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_train_nproc_2_then_resume_with_one_process_continues_the_run(tmp_path, parallel):
+    """`specopt train --nproc 2` (torchrun) for 3 steps, resumed by a single process to 6, matches 6 steps at 2."""
+    common = ["--task", "mlp", "--optimizer", "muon", "--schedule", "constant", "--width", "16", "--val-every", "3"]
+    _specopt("train", "--nproc", "2", "--parallel", parallel, "--steps", "6", "--out", "straight", *common,
+             cwd=tmp_path)
+    _specopt("train", "--nproc", "2", "--parallel", parallel, "--steps", "3", "--out", "resumed", *common,
+             cwd=tmp_path)
+    assert (tmp_path / "resumed" / "checkpoint" / ".metadata").exists()
+    config = tmp_path / "resumed" / "config.json"
+    config.write_text(config.read_text().replace('"steps": 3', '"steps": 6'))
+    out = _specopt("train", "--resume", "resumed", cwd=tmp_path)
+    assert "done: 6 steps" in out
+    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [str(i) for i in range(1, 7)]  # rank 0 alone wrote the metrics
+    for a, b in zip(straight, resumed, strict=True):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    assert float(straight[-1]["val_loss"]) == pytest.approx(float(resumed[-1]["val_loss"]), rel=1e-5)
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_a_clear_error():
+    from specopt.training import _shard_batch
+
+    x = torch.zeros(10, 3)
+    assert _shard_batch((x, x), 1, 2)[0].shape == (5, 3)
+    with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
+        _shard_batch((x, x), 0, 3)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (8, 3, 3, 3), (12, 4)])
+def test_lmo_factor_is_the_factor_lmo_factored_returns(shape):
+    """The distributed path asks a norm for its factor without computing; it must agree with the computation."""
+    import specopt
+    from specopt.engine import auto_norm
+
+    g = torch.randn((2, *shape))
+    norms = [auto_norm(shape), specopt.Blocked(specopt.Spectral(), 2) if len(shape) == 2 else auto_norm(shape)]
+    for norm in norms:
+        assert norm.lmo_factored(g, batch_dims=1)[1] == norm.lmo_factor(shape)

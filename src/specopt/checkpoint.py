@@ -35,7 +35,14 @@ except ImportError:  # pragma: no cover
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The module whose parameters the optimizer holds: DDP's inner module; FSDP2 modules resharded first (a
+    forward without backward, such as an evaluation, leaves the unsharded parameters registered)."""
+    module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    for m in module.modules():
+        reshard = getattr(m, "reshard", None)
+        if callable(reshard) and type(m).__name__.startswith("FSDP"):
+            reshard()
+    return module
 
 
 def _params_by_fqn(model) -> dict[str, torch.nn.Parameter]:
