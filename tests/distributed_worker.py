@@ -137,6 +137,16 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
         results["replica_error"] = ""
     except ValueError as e:
         results["replica_error"] = str(e)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    replicated = nn.Parameter(distribute_tensor(torch.randn(4, 4), init_device_mesh("cpu", (world,)), [Replicate()]))
+    replicated.grad = torch.ones_like(replicated)
+    try:
+        specopt.Scion([replicated]).step()
+        results["placement_error"] = ""
+    except ValueError as e:
+        results["placement_error"] = str(e)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

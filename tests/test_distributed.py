@@ -72,6 +72,11 @@ def test_replicas_that_differ_are_refused(runs):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]
 
 
+def test_dtensor_parameters_not_sharded_on_dim_0_are_refused(runs):
+    assert "sharded on dim 0 over a 1-D mesh" in runs["rank0"]["placement_error"]
+    assert "Replicate" in runs["rank0"]["placement_error"]
+
+
 def _specopt(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "specopt.cli", *args, "--no-progress"], cwd=cwd, env=env,
