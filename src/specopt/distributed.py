@@ -142,16 +142,15 @@ class ShardedLmo:
         rows, shape, rest, world = self.layout.rows, self.layout.shape, self.rest, self.world
         work = self.norm.work_dtype(self.ds[0])
         device = self.ds[0].device
-        pieces = []
+        back = torch.empty(0, dtype=work, device=device)
         if self.mine:
-            blocks = self.recv.split(self.out_splits)
-            whole = [torch.cat([blocks[q][i * rows[q] * rest:(i + 1) * rows[q] * rest].reshape((rows[q],) + shape[1:])
-                                for q in range(world)]) for i in range(len(self.mine))]
-            S = self.norm.lmo_factored(torch.stack(whole), batch_dims=1, private=True)[0]
-            offsets = [sum(rows[:q]) for q in range(world)]
-            pieces = [S[i, offsets[q]:offsets[q] + rows[q]].reshape(-1) for q in range(world)
-                      for i in range(len(self.mine))]
-        back = torch.cat(pieces) if pieces else torch.empty(0, dtype=work, device=device)
+            m, offsets = len(self.mine), [sum(rows[:q]) for q in range(world)]
+            whole = torch.empty((m, shape[0], rest), dtype=work, device=device)  # rank q's rows at offsets[q]
+            for q, block in enumerate(self.recv.split(self.out_splits)):
+                whole[:, offsets[q]:offsets[q] + rows[q]].copy_(block.view(m, rows[q], rest))
+            S = self.norm.lmo_factored(whole.view((m,) + shape), batch_dims=1, private=True)[0]
+            S = S.reshape(m, shape[0], rest)
+            back = torch.cat([S[:, offsets[q]:offsets[q] + rows[q]].reshape(-1) for q in range(world)])
         mine_rows = rows[self.rank]
         got = torch.empty(self.n * mine_rows * rest, dtype=work, device=device)
         handle = dist.all_to_all_single(got, back, self.in_splits, self.out_splits, group=self.layout.group,

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, dict] = {
     "gluon": {"lr": 1.0, "momentum": 0.9},
     "almond": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
     "sgd": {"lr": 0.1, "momentum": 0.9},
+    "prox-spectral": {"lr": 0.01, "adamw_lr": 1e-2, "momentum": 0.9},
 }
 """Per-optimizer defaults (learning rates for the char-GPT's scale; other tasks sweep with ``--sweep``)."""
 
@@ -72,6 +73,11 @@ def build(name: str, model: torch.nn.Module, task, hp: dict) -> list[torch.optim
     if name == "muon":
         return [specopt.Muon(param_groups(model, scheme=task.scheme), lr=lr, weight_decay=hp["weight_decay"],
                              adamw_lr=hp["adamw_lr"], adamw_eps=1e-8)]
+    if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
+        groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
+                  {"params": g["params"], "norm": "adamw", "lr": hp["adamw_lr"], "betas": (0.9, 0.95)}
+                  for g in param_groups(model, scheme=task.scheme)]
+        return [specopt.ProxSpectral(groups, lr=lr, momentum=hp["momentum"])]
     groups = role_groups(model, task, hp.get("radius"))
     if name == "scion":
         return [specopt.Scion(groups, lr=lr, momentum=hp["momentum"])]
