@@ -23,7 +23,7 @@ DEFAULTS: dict[str, dict] = {
     "gluon": {"lr": 1.0, "momentum": 0.9},
     "almond": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
     "sgd": {"lr": 0.1, "momentum": 0.9},
-    "prox-spectral": {"lr": 0.01, "adamw_lr": 1e-2, "momentum": 0.9},
+    "prox-spectral": {"lr": 0.04, "adamw_lr": 1e-2, "momentum": 0.9},
 }
 """Per-optimizer defaults (learning rates for the char-GPT's scale; other tasks sweep with ``--sweep``)."""
 
