@@ -110,6 +110,27 @@ def lmo_replicated(norm, ds: list[torch.Tensor], group) -> Pending:
     return Pending(handle, lambda: list(out[:n].unbind(0)))
 
 
+ITEMS_PER_RANK = 2
+"""Distributed buckets are cut into pieces of ``ITEMS_PER_RANK × W`` tensors, one collective each, so that each
+piece's transfer overlaps the next piece's matmuls and only the last small piece's transfer is left exposed."""
+
+
+def split_buckets(buckets: dict, replicas) -> dict:
+    """Cut every distributed bucket (key ``(norm, shape, dtype, device, sharded, index)``) into pieces of at most
+    ``ITEMS_PER_RANK·W`` items; local buckets are kept as they are. Keys gain the piece number."""
+    out = {}
+    for key, bucket in buckets.items():
+        sharded = key[4]
+        group = bucket[0].layout.group if sharded else replicas
+        if group is None:
+            out[key + (0,)] = bucket
+            continue
+        size = ITEMS_PER_RANK * dist.get_world_size(group)
+        for piece, start in enumerate(range(0, len(bucket), size)):
+            out[key + (piece,)] = bucket[start:start + size]
+    return out
+
+
 class ShardedLmo:
     """``lmo`` of row-sharded directions (local shards ``ds``, one global shape) in three phases, so that the
     engine can post every bucket's first transfer before computing any: :meth:`send` (all_to_all of every

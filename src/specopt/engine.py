@@ -357,13 +357,15 @@ class GeometryOptimizer(Optimizer):
             batch = split or (self.batch_lmo if self.batch_lmo is not None else it.d.device.type != "cpu")
             buckets[(it.norm, it.layout.shape, it.d.dtype, it.d.device, it.layout.sharded,
                      None if batch else i)].append(it)
+        if replicas is not None or any(key[4] for key in buckets):  # smaller collectives: finer overlap
+            buckets = distributed.split_buckets(buckets, replicas)
         sharded = {key: distributed.ShardedLmo(key[0], [it.d for it in bucket], bucket[0].layout)
                    for key, bucket in buckets.items() if key[4]}
         for job in sharded.values():  # every bucket's shards travel to their owners before any matmul
             job.send()
         pending = []
         for key, bucket in buckets.items():
-            norm, shape, _, device, _, _ = key
+            norm, shape, _, device = key[:4]
             if key in sharded:
                 pending.append((bucket, norm.lmo_factor(shape), sharded[key].compute()))
                 continue
