@@ -187,7 +187,7 @@ def section(rows: list[dict], rounds: int, table: str, repeats: int) -> str:
     return (f"## Distributed optimizer step (GPT-2-small parameter set, 2 ranks)\n\nMeasured by "
             f"`python benchmarks/distributed.py` on {platform.processor() or platform.machine()}, torch "
             f"{torch.__version__}, CPU (2 cores), gloo; each configuration runs {rounds} timed steps after a warm-up, "
-            f"and the four configurations run in turn {repeats} times (ratios are taken within a repeat, then the "
+            f"and the configurations run in turn {repeats} times (ratios are taken within a repeat, then the "
             "median). specopt Muon (Polar "
             "Express, 5 steps, bf16 msign; AdamW on embeddings and gains) on 124.4M parameters, 72 hidden matrices. "
             "Ranks are processes with one thread each; the bytes are what the optimizer's own collectives deliver "
