@@ -100,11 +100,13 @@ def lmo_replicated(norm, ds: list[torch.Tensor], group) -> Pending:
     n, shape = len(ds), tuple(ds[0].shape)
     k = math.ceil(n / world)
     work = norm.work_dtype(ds[0])
-    chunk = torch.zeros((k,) + shape, dtype=work, device=ds[0].device)
+    chunk = torch.empty((k,) + shape, dtype=work, device=ds[0].device)
     mine = ds[rank * k:min((rank + 1) * k, n)]
+    chunk[len(mine):].zero_()  # padding
     if mine:
-        D = torch.stack([d.to(work) for d in mine])
-        chunk[: len(mine)] = norm.lmo_factored(D, batch_dims=1, private=True)[0]
+        for i, d in enumerate(mine):  # convert while copying: one pass
+            chunk[i].copy_(d)
+        chunk[: len(mine)] = norm.lmo_factored(chunk[: len(mine)], batch_dims=1, private=True)[0]
     out = torch.empty((k * world,) + shape, dtype=work, device=ds[0].device)
     handle = _all_gather(out, chunk, group, async_op=True)
     return Pending(handle, lambda: list(out[:n].unbind(0)))
@@ -153,7 +155,9 @@ class ShardedLmo:
     def send(self) -> None:
         d0 = self.ds[0]
         work = self.norm.work_dtype(d0)  # converted before it travels: the lmo converts first anyway (bf16: half)
-        send = torch.cat([d.reshape(-1).to(work) for d in self.ds])
+        send = torch.empty(sum(d.numel() for d in self.ds), dtype=work, device=d0.device)
+        for d, piece in zip(self.ds, send.split([d.numel() for d in self.ds]), strict=True):
+            piece.copy_(d.reshape(-1))  # convert while copying: one pass
         self.recv = torch.empty(sum(self.out_splits), dtype=work, device=d0.device)
         self.handle = dist.all_to_all_single(self.recv, send, self.out_splits, self.in_splits,
                                              group=self.layout.group, async_op=True)
