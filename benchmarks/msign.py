@@ -165,13 +165,19 @@ def write_section(path: Path, name: str, body: str, title: str = "# Benchmarks")
     path.write_text(text)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def shape_benchmark_args(doc: str, repeats: int) -> argparse.Namespace:
+    """The flags of the per-shape benchmarks (``--quick``, ``--repeats``, ``--threads``); sets the threads."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes; print only, write nothing")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = shape_benchmark_args(__doc__, repeats=7)
     rows = []
     for m, n in QUICK_SHAPES if args.quick else SHAPES:
         print(f"shape {m}x{n} …", flush=True)

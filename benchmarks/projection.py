@@ -11,7 +11,6 @@ measured against a float64 SVD clip: the relative Frobenius error, and the feasi
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -24,7 +23,7 @@ import torch
 from specopt.constraints import SpectralBall
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import write_section  # noqa: E402
+from msign import shape_benchmark_args, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(256, 256), (512, 512), (1024, 1024), (2048, 512), (768, 3072)]
@@ -54,12 +53,7 @@ def bench_shape(m: int, n: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes; print only, write nothing")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = shape_benchmark_args(__doc__, repeats=5)
     rows = []
     for m, n in QUICK_SHAPES if args.quick else SHAPES:
         print(f"shape {m}x{n} …", flush=True)
