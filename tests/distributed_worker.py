@@ -137,6 +137,20 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
         results["replica_error"] = ""
     except ValueError as e:
         results["replica_error"] = str(e)
+    model = make_model()  # FSDP2: a NaN in one rank's gradient shard must stop the step on every rank
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = specopt.Scion(model.parameters(), nonfinite="skip")
+    ((model(xs) - ys) ** 2).mean().backward()
+    before = full_params(model)
+    if rank == 1:
+        next(model.parameters()).grad.to_local()[0, 0] = float("nan")
+    opt.step()
+    results["nan_skipped"] = opt.skipped_steps
+    results["nan_unchanged"] = all(torch.equal(before[k], v) for k, v in full_params(model).items())
+
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, distribute_tensor
 

@@ -72,6 +72,11 @@ def test_replicas_that_differ_are_refused(runs):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]
 
 
+def test_a_nan_in_one_ranks_gradient_shard_skips_the_step_on_every_rank(runs):
+    for rank in ("rank0", "rank1"):
+        assert runs[rank]["nan_skipped"] == 1 and runs[rank]["nan_unchanged"]
+
+
 def test_dtensor_parameters_not_sharded_on_dim_0_are_refused(runs):
     assert "sharded on dim 0 over a 1-D mesh" in runs["rank0"]["placement_error"]
     assert "Replicate" in runs["rank0"]["placement_error"]
