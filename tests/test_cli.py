@@ -111,7 +111,10 @@ def test_compare_sweep_picks_the_best_lr(tmp_path):
      (["train", *TINY, "--momentum", "1.0"], "momentum"),
      (["train", "--resume", "/nonexistent/run"], "/nonexistent/run"),
      (["experiment", "nope"], "unknown experiment 'nope'"),
-     (["train", "--task", "mlp", "--size", "tiny"], "--size applies to the char-gpt task only")],
+     (["train", "--task", "mlp", "--size", "tiny"], "--size applies to the char-gpt task only"),
+     (["train", "--task", "mlp", "--parallel", "zero"], "unknown parallel mode 'zero'"),
+     (["train", "--nproc", "2", "--parallel", "fsdp", "--optimizer", "torch-muon"], "use --optimizer muon"),
+     (["train", "--nproc", "2", "--task", "imagenet"], "unknown task 'imagenet'")],
 )
 def test_bad_input_gets_a_clear_message(args, message):
     result = invoke(*args)

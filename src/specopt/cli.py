@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from specopt import registry
 from specopt.tasks import TASKS, DataError
-from specopt.training import PARALLEL, SCHEDULES, RunConfig, train
+from specopt.training import SCHEDULES, RunConfig, check_parallel, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Geometry-aware optimizers: train, compare, "
                   "reproduce the seeds' experiments.")
@@ -119,6 +119,13 @@ def train_command(
 ) -> None:
     """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        try:
+            if resume is None:
+                check_parallel(optimizer, parallel)
+                registry.resolve(optimizer, {})
+                _task_options(task, size, data, width)
+        except ValueError as e:
+            _fail(str(e))
         options = {"task": task, "optimizer": optimizer, "steps": steps, "out": out, "resume": resume, "lr": lr,
                    "momentum": momentum, "weight_decay": weight_decay, "radius": radius, "clip_radius": clip_radius,
                    "seed": seed, "size": size, "data": data, "width": width, "val_every": val_every,
@@ -127,8 +134,6 @@ def train_command(
         raise typer.Exit(launch(nproc, options, progress))
     if "LOCAL_RANK" in os.environ:
         _init_distributed()
-    if resume is None and parallel not in PARALLEL:
-        _fail(f"unknown parallel mode {parallel!r}; valid: {', '.join(PARALLEL)}")
     try:
         if resume is not None:
             result = train(RunConfig(), resume, resume=True, progress=progress)

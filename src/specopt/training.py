@@ -112,6 +112,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     model = task.build_model()
     inner = model
     if world > 1:
+        check_parallel(cfg.optimizer, cfg.parallel)
         model = _parallelize(model, cfg.parallel)
         inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     hp = registry.resolve(cfg.optimizer, cfg.hparams)
@@ -188,6 +189,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     if writer is not None:
         writer.close()
     return RunResult(out, cfg, writer.rows if writer is not None else [], elapsed, diverged, inner)
+
+
+def check_parallel(optimizer: str, parallel: str) -> None:
+    """Refuse combinations that cannot run distributed (before any process is started, where possible)."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"unknown parallel mode {parallel!r}; valid: {', '.join(PARALLEL)}")
+    if parallel == "fsdp" and optimizer == "torch-muon":
+        raise ValueError("torch.optim.Muon cannot step FSDP2-sharded (DTensor) parameters; use --optimizer muon, "
+                         "or --parallel ddp")
 
 
 def _rank_world() -> tuple[int, int]:
