@@ -176,12 +176,16 @@ def shape_benchmark_args(doc: str, repeats: int) -> argparse.Namespace:
     return args
 
 
+def each_shape(args: argparse.Namespace, shapes, quick_shapes):
+    """The shapes to measure (the quick ones with ``--quick``), announced as they start."""
+    for m, n in quick_shapes if args.quick else shapes:
+        print(f"shape {m}x{n} …", flush=True)
+        yield m, n
+
+
 def main() -> None:
     args = shape_benchmark_args(__doc__, repeats=7)
-    rows = []
-    for m, n in QUICK_SHAPES if args.quick else SHAPES:
-        print(f"shape {m}x{n} …", flush=True)
-        rows.extend(bench_shape(m, n, args.repeats))
+    rows = [row for m, n in each_shape(args, SHAPES, QUICK_SHAPES) for row in bench_shape(m, n, args.repeats)]
     header = (f"## msign\n\nMeasured by `python benchmarks/msign.py` on {platform.processor() or platform.machine()}, "
               f"{args.threads} threads, torch {torch.__version__}, CPU. Floor = the same number of plain matmuls "
               "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run (it leaves out the "

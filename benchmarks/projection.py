@@ -23,7 +23,7 @@ import torch
 from specopt.constraints import SpectralBall
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import shape_benchmark_args, write_section  # noqa: E402
+from msign import each_shape, shape_benchmark_args, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(256, 256), (512, 512), (1024, 1024), (2048, 512), (768, 3072)]
@@ -54,10 +54,7 @@ def bench_shape(m: int, n: int, repeats: int) -> dict:
 
 def main() -> None:
     args = shape_benchmark_args(__doc__, repeats=5)
-    rows = []
-    for m, n in QUICK_SHAPES if args.quick else SHAPES:
-        print(f"shape {m}x{n} …", flush=True)
-        rows.append(bench_shape(m, n, args.repeats))
+    rows = [bench_shape(m, n, args.repeats) for m, n in each_shape(args, SHAPES, QUICK_SHAPES)]
     lines = ["| shape | SVD ms | SVD-free ms | SVD-free / SVD | SVD rel. error | SVD-free rel. error | "
              "SVD excess ‖X⁺‖/r−1 | SVD-free excess |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
