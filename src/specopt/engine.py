@@ -34,6 +34,7 @@ from specopt.estimators import (
 )
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
+from specopt.probe import gradients_at
 from specopt.steps import NEEDS_DUAL, RULES, apply_update, shrink_and_scale
 
 MUON_SCALES = ("original", "match_rms_adamw", "spectral")
@@ -219,24 +220,9 @@ class GeometryOptimizer(Optimizer):
         (and ``nonfinite="skip"``)."""
         probe = [it for it in items if "previous_param" in it.state]
         if probe:
-            grads = [it.param.grad for it in items]
-            current = [it.p.detach().clone() for it in probe]
-            try:
-                for it in probe:
-                    it.p.copy_(it.state["previous_param"])
-                for it in items:
-                    it.param.grad = None
-                with torch.enable_grad():
-                    closure()
-                for it in probe:
-                    g = distributed.local(it.param.grad)
-                    g = torch.zeros_like(it.p) if g is None else g
-                    it.g_previous = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
-            finally:  # x_k and its gradients come back even if the closure raised
-                for it, x in zip(probe, current, strict=True):
-                    it.p.copy_(x)
-                for it, grad in zip(items, grads, strict=True):
-                    it.param.grad = grad
+            at_previous = gradients_at(items, {it: it.state["previous_param"] for it in probe}, closure)
+            for it in probe:
+                it.g_previous = at_previous[id(it.p)]
             if not self._all_finite([_Item(it.p, it.g_previous, it.group, it.state, it.name, None, None,
                                            it.param, it.layout) for it in probe]):
                 return False

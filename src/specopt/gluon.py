@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from specopt._checks import check_number
-from specopt.distributed import local
+from specopt.probe import gradients_at
 
 SCHEDULES = ("constant", "stochastic")
 HISTORY = 32
@@ -62,7 +62,9 @@ def measure(items: list, aux: list, lmo, closure) -> None:
     if not online:
         return
     if closure is not None and all("gluon_anchor_w" in it.state for it in online):
-        at_anchor = _gradients_at_anchor(items + aux, closure)
+        everything = items + aux
+        at_anchor = gradients_at(everything, {it: it.state["gluon_anchor_w"] for it in everything
+                                              if "gluon_anchor_w" in it.state}, closure)
         previous = [at_anchor[id(it.p)] for it in online]
     else:
         previous = [it.state["gluon_anchor"] for it in online]
@@ -75,28 +77,6 @@ def measure(items: list, aux: list, lmo, closure) -> None:
         st["gluon_L"] = fit_l0_l1(st["gluon_x"], st["gluon_y"])
         for key in ("gluon_anchor", "gluon_anchor_w", "gluon_anchor_step"):
             st.pop(key, None)
-
-
-@torch.no_grad()
-def _gradients_at_anchor(items: list, closure) -> dict:
-    """Gradients of the current batch at the anchored (previous) weights; weights and grads are restored."""
-    saved = [(it, it.p.detach().clone(), it.param.grad) for it in items]
-    for it in items:
-        if "gluon_anchor_w" in it.state:
-            it.p.copy_(it.state["gluon_anchor_w"])
-            it.param.grad = None
-    try:
-        with torch.enable_grad():
-            closure()
-        out = {}
-        for it in items:
-            g = local(it.param.grad)
-            out[id(it.p)] = g.float() if g is not None else torch.zeros_like(it.g)
-    finally:
-        for it, weights, grad in saved:
-            it.p.copy_(weights)
-            it.param.grad = grad
-    return out
 
 
 def layer_radii(items: list) -> None:
