@@ -45,10 +45,6 @@ def _module(model: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _params_by_fqn(model) -> dict[str, torch.nn.Parameter]:
-    return dict(_module(model).named_parameters())
-
-
 def _like_param(value, param) -> bool:
     return isinstance(value, torch.Tensor) and value.ndim > 0 and tuple(value.shape) == tuple(local(param).shape)
 
@@ -85,8 +81,9 @@ def _as_list(optimizers) -> list:
 def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None) -> Path:
     """Write model, optimizer(s) and ``extra`` (JSON-able) to the DCP directory ``path`` atomically."""
     path = Path(path)
-    fqn = {p: n for n, p in _params_by_fqn(model).items()}
-    flat: dict = {f"model.{k}": v for k, v in _module(model).state_dict().items()}
+    module = _module(model)
+    fqn = {p: n for n, p in module.named_parameters()}
+    flat: dict = {f"model.{k}": v for k, v in module.state_dict().items()}
     metas = []
     for i, optimizer in enumerate(_as_list(optimizers)):
         small: dict = {}
@@ -126,8 +123,12 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
     if not (path / ".metadata").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
     metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    params = _params_by_fqn(model)
-    model_sd = _module(model).state_dict()
+    module = _module(model)
+    params = dict(module.named_parameters())
+    model_sd = module.state_dict()
+    missing = [k for k in model_sd if f"model.{k}" not in metadata]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {missing[0]!r} (and {len(missing) - 1} more) of the model's state")
     template: dict = {"meta": ""}
     for key, md in metadata.items():
         if key.startswith("model."):
@@ -140,10 +141,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
             buf = torch.empty_like(local(param), dtype=md.properties.dtype)
             template[key] = (DTensor.from_local(buf, param.device_mesh, param.placements, shape=param.shape,
                                                 stride=param.stride()) if is_dtensor(param) else buf)
-    dcp.load(template, checkpoint_id=str(path))
-    for name, value in model_sd.items():  # DCP fills tensors in place; copy back any it replaced
-        if template.get(f"model.{name}") is not value:
-            value.copy_(template[f"model.{name}"])
+    dcp.load(template, checkpoint_id=str(path))  # in place: the model's own tensors are the template's
     meta = json.loads(template["meta"])
     optimizers = _as_list(optimizers)
     if len(optimizers) != len(meta["optimizers"]):
