@@ -209,10 +209,11 @@ class FrobeniusBall(Constraint):
 
     def project(self, x, gamma=1.0, kappa=None):
         self._checked(x)
-        if float(torch.linalg.vector_norm(x.double())) <= self.radius:
+        norm = torch.linalg.vector_norm(x.double())
+        if float(norm) <= self.radius:
             return x.clone()
         if kappa is None:
-            return (x.double() * (self.radius / torch.linalg.vector_norm(x.double()))).to(x.dtype)
+            return (x.double() * (self.radius / norm)).to(x.dtype)
         U, s, Vh = _svd(x)
         shrunk = anisotropic_ball(s.double().cpu().numpy(), self.radius, gamma, kappa)
         return _from_svd(U, torch.as_tensor(shrunk, dtype=s.dtype, device=s.device), Vh, x)

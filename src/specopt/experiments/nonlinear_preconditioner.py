@@ -13,8 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 
+from specopt import preconditioners
 from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.linalg import schedule
 
@@ -28,7 +30,8 @@ def _grid(points: int) -> np.ndarray:
 
 
 def smooth_sign(x: np.ndarray, kappa: float, eps: float) -> np.ndarray:
-    return x / (eps**kappa + np.abs(x) ** kappa) ** (1.0 / kappa)
+    """The preconditioner's own ``h'_κ`` (:func:`specopt.preconditioners.smooth_sign`) on a numpy grid."""
+    return preconditioners.smooth_sign(torch.from_numpy(x), kappa, eps).numpy()
 
 
 def fit_eps(x: np.ndarray, p: np.ndarray, kappa: float) -> tuple[float, float]:
