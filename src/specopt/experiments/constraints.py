@@ -43,8 +43,10 @@ def _op_norms(model) -> list[float]:
 def _train(task, steps: int, radii: list[float] | None, mode: str, bar) -> dict:
     model = task.build_model()
     mats = _matrices(model)
-    constrained = {p: specopt.SpectralBall(r, method="polar" if mode == "svd-free" else "svd")
-                   for (_, p), r in zip(mats, radii or [], strict=False)} if mode in ("svd", "svd-free") else {}
+    constrained = {}
+    if mode in ("svd", "svd-free"):
+        method = "polar" if mode == "svd-free" else "svd"
+        constrained = {p: specopt.SpectralBall(r, method=method) for (_, p), r in zip(mats, radii, strict=True)}
     groups = [{"params": [p], "constraint": constrained.get(p)} for p in model.parameters()]
     opt = specopt.ProxSpectral(groups, lr=LR, momentum=0.9)
     clip = None
