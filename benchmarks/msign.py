@@ -3,6 +3,7 @@ and torch.linalg.svd, measured in one run on the same machine, threads and input
 
     python benchmarks/msign.py            # full table, rewrites the msign section of BENCHMARKS.md
     python benchmarks/msign.py --quick    # small shapes, prints only
+    python benchmarks/msign.py --device cuda   # on a GPU: writes the msign-cuda section
 
 Inputs have normalised singular values σ/‖G‖_F spanning [1e-3, ≈0.98] (the range the Polar Express
 band is stated for). Times are medians over ``--repeats`` calls after a warm-up.
@@ -29,11 +30,13 @@ SHAPES = [(512, 512), (1024, 1024), (768, 3072), (1024, 4096)]
 QUICK_SHAPES = [(128, 128), (128, 512)]
 
 
-def median_times(fns: dict, repeats: int) -> dict:
+def median_times(fns: dict, repeats: int, device: torch.device | None = None) -> dict:
     """Median wall time of each callable, timed in interleaved rounds (a fresh random order every round) so
-    that drift and what ran just before hit all alike."""
+    that drift and what ran just before hit all alike. On CUDA each call is timed to its last kernel's end."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     for fn in fns.values():
         fn()
+    sync()
     times: dict = {name: [] for name in fns}
     order = random.Random(0)
     for _ in range(repeats):
@@ -43,11 +46,12 @@ def median_times(fns: dict, repeats: int) -> dict:
             fn = fns[name]
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def test_matrix(m: int, n: int, seed: int = 0) -> torch.Tensor:
+def test_matrix(m: int, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
     """``U diag(σ) Vᵀ`` with σ/(‖σ‖·1.02) spanning [1e-3, ≈0.98]."""
     k = min(m, n)
     rest = np.geomspace(1.0001e-3, 0.5 / np.sqrt(k), k - 1)
@@ -55,18 +59,18 @@ def test_matrix(m: int, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     U, _ = torch.linalg.qr(torch.randn(m, k, generator=g))
     V, _ = torch.linalg.qr(torch.randn(n, k, generator=g))
-    return (U * torch.as_tensor(sigma, dtype=torch.float32)) @ V.T
+    return ((U * torch.as_tensor(sigma, dtype=torch.float32)) @ V.T).to(device)
 
 
 def max_sigma_error(X: torch.Tensor) -> float:
     return float((torch.linalg.svdvals(X.double()) - 1).abs().max())
 
 
-def matmul_floor_fn(m: int, n: int, steps: int, dtype: torch.dtype):
+def matmul_floor_fn(m: int, n: int, steps: int, dtype: torch.dtype, device="cpu"):
     """The plain matmuls one polynomial msign does: per step X Xᵀ, A·A and B·X (rows ≤ cols)."""
     small, large = min(m, n), max(m, n)
-    X = torch.randn(small, large, dtype=dtype)
-    A = torch.randn(small, small, dtype=dtype)
+    X = torch.randn(small, large, dtype=dtype, device=device)
+    A = torch.randn(small, small, dtype=dtype, device=device)
 
     def run():
         for _ in range(steps):
@@ -86,20 +90,20 @@ VARIANTS = [  # (label, method, compute dtype, gram)
 ]
 
 
-def bench_shape(m: int, n: int, repeats: int) -> list[dict]:
-    G = test_matrix(m, n)
+def bench_shape(m: int, n: int, repeats: int, device: torch.device) -> list[dict]:
+    G = test_matrix(m, n, device=device)
     ns = NEWTON_SCHULZ_COEFFICIENTS
     fns = {
         # like for like: msign returns the input's dtype, torch's helper returns bf16, so cast it back
         "torch.optim.Muon NS": lambda: _zeropower_via_newtonschulz(G, ns, 5, 1e-7).to(G.dtype),
         "torch.linalg.svd": lambda: torch.linalg.svd(G, full_matrices=False),
-        "floor bf16": matmul_floor_fn(m, n, 5, torch.bfloat16),
-        "floor fp32": matmul_floor_fn(m, n, 5, torch.float32),
+        "floor bf16": matmul_floor_fn(m, n, 5, torch.bfloat16, device),
+        "floor fp32": matmul_floor_fn(m, n, 5, torch.float32, device),
     }
     for label, method, dtype, gram in VARIANTS:
         fns[(label, dtype)] = (lambda method=method, dtype=dtype, gram=gram:
                                msign(G, method=method, compute_dtype=dtype, gram=gram, check_finite=False))
-    t = median_times(fns, repeats)
+    t = median_times(fns, repeats, device)
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
     ref = (t["torch.optim.Muon NS"], t["torch.linalg.svd"])
     rows = [
@@ -132,7 +136,18 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdicts(rows: list[dict]) -> str:
+DRIFT_NOTE = {
+    "cpu": "- timings on this shared 2-core CPU drift by up to ±15 % between runs; ratios are taken within one run, "
+           "interleaved",
+    "cuda": "- each call is timed to the end of its last kernel (synchronised); ratios are taken within one run, "
+            "interleaved"}
+
+LAUNCH_BOUND_NOTE = ("- on a GPU one matrix per call is bound by kernel launches and host work at these sizes (the "
+                     "15 bf16 matmuls of one 1024² msign are ≈ 0.03 ms of H100 compute); the optimizers stack "
+                     "same-shape matrices into one call instead (step-cuda table)")
+
+
+def verdicts(rows: list[dict], device: torch.device) -> str:
     """The issue's targets, checked on this run's rows."""
     ours = [r for r in rows if r["method"].startswith("specopt") and r["dtype"] == "bf16"]
     pe = [r for r in ours if "polar_express" in r["method"]]
@@ -148,8 +163,9 @@ def verdicts(rows: list[dict]) -> str:
     if svd:
         lines.append(f"- at 1024²: {1 / svd[0]:.1f}× faster than the SVD (target ≥ 3×) — "
                      f"{'met' if 1 / svd[0] >= 3 else 'not met'}")
-    lines.append("- timings on this shared 2-core CPU drift by up to ±15 % between runs; ratios are taken within one "
-                 "run, interleaved")
+    if device.type == "cuda":
+        lines.append(LAUNCH_BOUND_NOTE)
+    lines.append(DRIFT_NOTE[device.type])
     return "\n".join(lines)
 
 
@@ -171,9 +187,25 @@ def shape_benchmark_args(doc: str, repeats: int) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small shapes; print only, write nothing")
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is present")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
     return args
+
+
+def where(args: argparse.Namespace) -> str:
+    """The hardware a benchmark ran on, for its table's header."""
+    if args.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(args.device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU"
+
+
+def section(name: str, args: argparse.Namespace) -> str:
+    """The BENCHMARKS.md section a run writes: ``name`` on CPU, ``name-cuda`` on a GPU."""
+    return name if args.device.type == "cpu" else f"{name}-{args.device.type}"
 
 
 def each_shape(args: argparse.Namespace, shapes, quick_shapes):
@@ -185,19 +217,21 @@ def each_shape(args: argparse.Namespace, shapes, quick_shapes):
 
 def main() -> None:
     args = shape_benchmark_args(__doc__, repeats=7)
-    rows = [row for m, n in each_shape(args, SHAPES, QUICK_SHAPES) for row in bench_shape(m, n, args.repeats)]
-    header = (f"## msign\n\nMeasured by `python benchmarks/msign.py` on {platform.processor() or platform.machine()}, "
-              f"{args.threads} threads, torch {torch.__version__}, CPU. Floor = the same number of plain matmuls "
+    rows = [row for m, n in each_shape(args, SHAPES, QUICK_SHAPES)
+            for row in bench_shape(m, n, args.repeats, args.device)]
+    flag = "" if args.device.type == "cpu" else f" --device {args.device.type}"
+    header = (f"## msign ({args.device.type})\n\nMeasured by `python benchmarks/msign.py{flag}` on {where(args)}. "
+              "Floor = the same number of plain matmuls "
               "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run (it leaves out the "
               "conversions to and from bf16 and the normalisation, which cost most at 512²). torch.optim.Muon's "
               "Newton–Schulz is "
               "timed with its bf16 result cast back to fp32, as msign returns the input's dtype. Inputs have "
               "σ/‖G‖_F spanning [1e-3, 0.98]. The SVD has no matmul floor. The Gram variant does fewer, "
               "smaller matmuls, so its time is compared with the plain fp32 row above it.")
-    table = markdown(rows, header) + "\n" + verdicts(rows) + "\n"
+    table = markdown(rows, header) + "\n" + verdicts(rows, args.device) + "\n"
     print(table)
     if not args.quick:
-        write_section(ROOT / "BENCHMARKS.md", "msign", table)
+        write_section(ROOT / "BENCHMARKS.md", section("msign", args), table)
         out = ROOT / "benchmarks" / "results"
         out.mkdir(exist_ok=True)
         (out / "msign.json").write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,

@@ -1,7 +1,8 @@
-"""Optimizer step time and state memory on a GPT-2-small-shaped parameter set (CPU).
+"""Optimizer step time and state memory on a GPT-2-small-shaped parameter set.
 
-    python benchmarks/step.py            # full table, rewrites the step section of BENCHMARKS.md
-    python benchmarks/step.py --quick    # 2 blocks, prints only
+    python benchmarks/step.py                 # full table on CPU, rewrites the step section of BENCHMARKS.md
+    python benchmarks/step.py --quick         # 2 blocks, prints only
+    python benchmarks/step.py --device cuda   # on a GPU: writes the step-cuda section
 
 Parameter set: 12 blocks of 4 attention matrices 768×768, an MLP 3072×768 and 768×3072, 4 gains/biases
 of 768; token (50257×768) and position (1024×768) embeddings and a final LayerNorm. Gradients are random
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,12 +27,13 @@ import torch
 import specopt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import write_section  # noqa: E402
+from msign import DRIFT_NOTE, section, where, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def gpt2_small_params(blocks: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024, seed: int = 0):
+def gpt2_small_params(blocks: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024, seed: int = 0,
+                      device="cpu"):
     """(name, tensor) pairs shaped like GPT-2 small, each with a fixed random gradient."""
     g = torch.Generator().manual_seed(seed)
     shapes = [("wte", (vocab, d)), ("wpe", (ctx, d))]
@@ -43,8 +44,8 @@ def gpt2_small_params(blocks: int = 12, d: int = 768, vocab: int = 50257, ctx: i
     shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
     params = []
     for name, shape in shapes:
-        p = torch.nn.Parameter(torch.randn(shape, generator=g) * 0.02)
-        p.grad = torch.randn(shape, generator=g) * 1e-3
+        p = torch.nn.Parameter((torch.randn(shape, generator=g) * 0.02).to(device))
+        p.grad = (torch.randn(shape, generator=g) * 1e-3).to(device)
         params.append((name, p))
     return params
 
@@ -87,6 +88,12 @@ def optimizers(params):
     }
 
 
+SPECOPT_MSIGN = {
+    "cpu": "one matrix at a time, its two symmetric products X Xᵀ and A² formed from row blocks like a BLAS syrk",
+    "cuda": "the matrices of one shape stacked into one batched call"}
+TORCH_ADAMW = {"cpu": "single-tensor loop", "cuda": "foreach"}
+
+
 def state_bytes(opts) -> int:
     total = 0
     for opt in opts:
@@ -101,19 +108,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 blocks, vocab 4096; print only")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is present")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    params = gpt2_small_params(blocks=2, vocab=4096) if args.quick else gpt2_small_params()
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    sync = torch.cuda.synchronize if args.device.type == "cuda" else (lambda: None)
+    size = {"blocks": 2, "vocab": 4096} if args.quick else {}
+    params = gpt2_small_params(**size, device=args.device)
     opts = optimizers(params)
     times: dict[str, list[float]] = {name: [] for name in opts}
     for group in opts.values():  # warm-up: creates the state
         for opt in group:
             opt.step()
+    sync()
     for r in range(args.repeats):
         for name, group in opts.items():
             start = time.perf_counter()
             for opt in group:
                 opt.step()
+            sync()
             times[name].append(time.perf_counter() - start)
         print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
               flush=True)
@@ -130,15 +145,17 @@ def main() -> None:
         rows.append({"optimizer": name, "step_s": med[name], "vs": base, "time_ratio": med[name] / med[base],
                      "state_MiB": mem[name] / 2**20, "state_per_param_bytes": mem[name] / n_params,
                      "memory_ratio": mem[name] / mem[base]})
+    flag = "" if args.device.type == "cpu" else f" --device {args.device.type}"
     lines = [
-        "## Optimizer step (GPT-2-small parameter set)", "",
-        f"Measured by `python benchmarks/step.py` on {platform.machine()}, {args.threads} threads, torch "
-        f"{torch.__version__}, CPU, {n_params / 1e6:.1f}M parameters ({n_hidden} hidden matrices), median of "
+        f"## Optimizer step (GPT-2-small parameter set, {args.device.type})", "",
+        f"Measured by `python benchmarks/step.py{flag}` on {where(args)}, "
+        f"{n_params / 1e6:.1f}M parameters ({n_hidden} hidden matrices), median of "
         f"{args.repeats} interleaved steps. Muon rows: msign in bf16, 5 iterations, 15 matmuls per matrix on both "
-        "sides (torch: Newton–Schulz; specopt: Polar Express, its two symmetric products X Xᵀ and A² formed "
-        "from row blocks like a BLAS syrk); AdamW on embeddings and gains on both sides (specopt's built-in "
-        "AdamW uses torch's fused kernel, so the reference with `fused=True` is the like-for-like one). "
-        "AdamW rows: torch defaults (single-tensor loop on CPU). State = optimizer-state tensors (fp32).", "",
+        "sides (torch: Newton–Schulz, one matrix at a time; specopt: Polar Express, "
+        f"{SPECOPT_MSIGN[args.device.type]}); "
+        "AdamW on embeddings and gains on both sides (specopt's built-in AdamW uses torch's fused kernel, so the "
+        "reference with `fused=True` is the like-for-like one). AdamW rows: torch defaults "
+        f"({TORCH_ADAMW[args.device.type]}). State = optimizer-state tensors (fp32).", "",
         "| optimizer | step (s) | ÷ reference | reference | state (MiB) | state bytes / param "
         "| memory ÷ reference |",
         "|---|---:|---:|---|---:|---:|---:|",
@@ -155,15 +172,15 @@ def main() -> None:
                   f"{muon['step_s'] / med['torch.optim.Muon + AdamW']:.2f}×",
               f"- Scion and UScion keep one fp32 state buffer per parameter: {per_param} (AdamW 8.0) — "
               f"{'met' if all(r['memory_ratio'] <= 0.5 for r in rows if 'Scion' in r['optimizer']) else 'not met'}",
-              "- timings on this shared 2-core CPU drift by up to ±15 % between runs; ratios are taken within one run, "
-              "interleaved"]
+              DRIFT_NOTE[args.device.type]]
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick:
-        write_section(ROOT / "BENCHMARKS.md", "step", table)
+        write_section(ROOT / "BENCHMARKS.md", section("step", args), table)
         out = ROOT / "benchmarks" / "results"
         out.mkdir(exist_ok=True)
-        (out / "step.json").write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+        result = {"device": where(args), "threads": args.threads, "rows": rows}
+        (out / f"{section('step', args)}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

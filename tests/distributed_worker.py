@@ -106,7 +106,13 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     fp32_compute()
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard as shard
+
+    mesh = init_device_mesh("cpu", (world,))  # the shards stay on the CPU also where a GPU exists
+
+    def fully_shard(module):
+        return shard(module, mesh=mesh)
 
     x, y = global_batch()
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]  # each rank its half of the global batch

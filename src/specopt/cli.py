@@ -63,18 +63,15 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
 
 
 def _init_distributed() -> None:
-    """Inside a torchrun worker: one process group (nccl with CUDA, gloo otherwise), one thread share."""
+    """Inside a torchrun worker: a gloo process group (the tasks train on the CPU, also on a machine with a GPU),
+    one thread share."""
     import torch
     import torch.distributed as dist
 
     if dist.is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl")
-    else:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        dist.init_process_group("gloo")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    dist.init_process_group("gloo")
 
 
 def _fail(message: str) -> None:
@@ -112,8 +109,8 @@ def train_command(
     val_every: ValEvery = 50, checkpoint_every: CkptEvery = 100, schedule: Schedule = "linear-decay",
     batch_schedule: Annotated[str, typer.Option(help="constant, or bst: batch grows so that tokens per step "
                                                 "∝ (tokens seen)^(2/3)")] = "constant",
-    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine, launched through torchrun (gloo on "
-                                       "CPU, nccl on CUDA); each trains its slice of every batch")] = 1,
+    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine, launched through torchrun (gloo, "
+                                       "CPU threads shared out); each trains its slice of every batch")] = 1,
     parallel: Annotated[str, typer.Option(help="ddp (replicated model) or fsdp (FSDP2 fully_shard)")] = "ddp",
     progress: Progress = True,
 ) -> None:

@@ -35,7 +35,7 @@ from specopt.estimators import (
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
 from specopt.probe import gradients_at
-from specopt.steps import NEEDS_DUAL, RULES, apply_update, shrink_and_scale
+from specopt.steps import NEEDS_DUAL, PER_TENSOR_RULES, RULES, apply_update, shrink_and_scale
 
 MUON_SCALES = ("original", "match_rms_adamw", "spectral")
 NONFINITE = ("raise", "skip")
@@ -306,6 +306,19 @@ class GeometryOptimizer(Optimizer):
     def _geometry_step(self, items: list[_Item], aux: list[_Item], closure) -> None:
         for it in items:
             it.state["step"] = it.state.get("step", 0) + 1
+        if self.rule in PER_TENSOR_RULES and not self._distributed(items):
+            # No rule-wide sum: update one lmo bucket at a time, so that only one bucket's directions and lmo
+            # outputs are alive at once. Fresh memory for all of them would be page-faulted in every step
+            # (measured: ~0.9 s of a 2.4 s GPT-2-small Muon step on CPU); reused memory is not.
+            for bucket in self._buckets(items).values():
+                self._update(bucket, aux, closure)
+                for it in bucket:
+                    it.d = it.s = None
+            return
+        self._update(items, aux, closure)
+
+    def _update(self, items: list[_Item], aux: list[_Item], closure) -> None:
+        """estimator → lmo → rule → ``W ← (1 − shrink)·W + scale·s`` for ``items``."""
         if self.estimator == "almond":
             for it in items:
                 it.d = it.g
@@ -333,16 +346,26 @@ class GeometryOptimizer(Optimizer):
         for it in items:
             apply_update(it.p, it.s, it.shrink, it.scale * it.factor)
 
+    def _distributed(self, items: list[_Item]) -> bool:
+        return distributed.replica_group(self.process_group) is not None or any(it.layout.sharded for it in items)
+
+    def _buckets(self, items: list[_Item]) -> dict:
+        """Items whose lmo is one call: same norm, shape, dtype, device and layout (a bucket per item where
+        ``batch_lmo`` is off, unless the bucket is shared out across ranks)."""
+        split_all = distributed.replica_group(self.process_group) is not None
+        buckets: dict = defaultdict(list)
+        for i, it in enumerate(items):
+            batch = split_all or it.layout.sharded or (
+                self.batch_lmo if self.batch_lmo is not None else it.g.device.type != "cpu")
+            buckets[(it.norm, it.layout.shape, it.g.dtype, it.g.device, it.layout.sharded,
+                     None if batch else i)].append(it)
+        return buckets
+
     def _lmo(self, items: list, need_dual: bool) -> None:
         """``it.s·it.factor = norm.lmo(it.d)`` (and ``it.dual = −⟨d, lmo(d)⟩``): one call per bucket of tensors
         with the same norm, shape, dtype and device, stacked straight into the norm's compute dtype."""
         replicas = distributed.replica_group(self.process_group)
-        buckets: dict = defaultdict(list)
-        for i, it in enumerate(items):
-            split = it.layout.sharded or replicas is not None  # the bucket is shared out across ranks
-            batch = split or (self.batch_lmo if self.batch_lmo is not None else it.d.device.type != "cpu")
-            buckets[(it.norm, it.layout.shape, it.d.dtype, it.d.device, it.layout.sharded,
-                     None if batch else i)].append(it)
+        buckets = self._buckets(items)
         if replicas is not None or any(key[4] for key in buckets):  # smaller collectives: finer overlap
             buckets = distributed.split_buckets(buckets, replicas)
         sharded = {key: distributed.ShardedLmo(key[0], [it.d for it in bucket], bucket[0].layout)

@@ -152,8 +152,9 @@ def _weighted_nonneg_line(x, y, w) -> tuple[float, float]:
 class _Probe:
     """A stand-in item for the engine's batched lmo: direction = gradient difference (or the gradient)."""
 
-    __slots__ = ("d", "norm", "s", "factor", "dual", "layout")
+    __slots__ = ("g", "d", "norm", "s", "factor", "dual", "layout")
 
     def __init__(self, it, previous: torch.Tensor):
-        self.d = it.g.to(previous.dtype) - previous
+        self.g = it.g.to(previous.dtype)
+        self.d = self.g - previous
         self.norm, self.s, self.factor, self.dual, self.layout = it.norm, None, 1.0, None, it.layout

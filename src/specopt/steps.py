@@ -23,6 +23,8 @@ import torch
 
 RULES = ("uscg", "scg", "clipped", "clipped_constrained", "steepest", "gluon", "almond")
 NEEDS_DUAL = {"clipped", "clipped_constrained", "steepest", "gluon"}
+PER_TENSOR_RULES = {"uscg", "scg", "steepest", "almond"}
+"""Rules whose shrink and scale depend on the tensor alone (no sum over tensors, no probe)."""
 
 
 def shrink_and_scale(rule: str, items: list, clip_radius: float | None, complete=None) -> None:

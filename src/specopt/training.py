@@ -209,9 +209,11 @@ def _rank_world() -> tuple[int, int]:
 def _parallelize(model: torch.nn.Module, parallel: str) -> torch.nn.Module:
     if parallel == "ddp":
         return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    return fully_shard(model)
+    # the tasks train on the CPU: an explicit CPU mesh, or FSDP2 would move the shards to a GPU where one exists
+    return fully_shard(model, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
 
 
 def _shard_batch(batch, rank: int, world: int):
