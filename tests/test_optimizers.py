@@ -194,6 +194,41 @@ def test_gluon_online_fit_recovers_l0_l1_and_prefers_overestimates(monkeypatch):
     assert asymmetric < symmetric and asymmetric <= 0.4 * len(x)  # under-estimates weigh more
 
 
+def test_gluon_online_measures_smoothness_per_joint_step():
+    """L̂_i = ‖g_i(W¹) − g_i(W⁰)‖_* / max_j ‖W¹_j − W⁰_j‖_(j): every layer's gradient change is charged to the
+    network's step in the max-norm, not to the layer's own (here 10× smaller) step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.Tanh(), nn.Linear(8, 3, bias=False)).double()
+    X, y = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 3, dtype=torch.float64)
+    norm = Spectral(**EXACT)
+    first, second = model[0].weight, model[2].weight
+    opt = Gluon([{"params": [first], "warmup_radius": 1e-3}, {"params": [second], "warmup_radius": 1e-2}],
+                norm=norm, momentum=0.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(X) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    def grads():
+        with torch.enable_grad():
+            closure()
+        return [first.grad.detach().clone(), second.grad.detach().clone()]
+
+    w0 = [first.detach().clone(), second.detach().clone()]
+    g0 = grads()
+    opt.step(closure)  # warm-up step: anchors W⁰
+    w1 = [first.detach().clone(), second.detach().clone()]
+    g1 = grads()
+    steps = [float(norm.norm(b - a)) for a, b in zip(w0, w1, strict=True)]
+    assert steps[1] == pytest.approx(10 * steps[0], rel=1e-6)
+    opt.step(closure)  # measures at W¹ against W⁰ on the same batch
+    for p, a, b in zip((first, second), g0, g1, strict=True):
+        expected = float(norm.dual(b - a)) / max(steps)
+        assert opt.state[p]["gluon_y"][-1] == pytest.approx(expected, rel=1e-6)
+
+
 def test_gluon_online_needs_no_step_size_and_learns():
     X, y = classification_data()
     model = mlp()
