@@ -30,10 +30,10 @@ SHAPES = [(512, 512), (1024, 1024), (768, 3072), (1024, 4096)]
 QUICK_SHAPES = [(128, 128), (128, 512)]
 
 
-def median_times(fns: dict, repeats: int, device: torch.device | None = None) -> dict:
+def median_times(fns: dict, repeats: int, device: torch.device) -> dict:
     """Median wall time of each callable, timed in interleaved rounds (a fresh random order every round) so
     that drift and what ran just before hit all alike. On CUDA each call is timed to its last kernel's end."""
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     for fn in fns.values():
         fn()
     sync()
@@ -181,19 +181,37 @@ def write_section(path: Path, name: str, body: str, title: str = "# Benchmarks")
     path.write_text(text)
 
 
-def shape_benchmark_args(doc: str, repeats: int) -> argparse.Namespace:
-    """The flags of the per-shape benchmarks (``--quick``, ``--repeats``, ``--threads``); sets the threads."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes; print only, write nothing")
-    parser.add_argument("--repeats", type=int, default=repeats)
+def parse_machine_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add ``--threads`` and ``--device`` to a benchmark's flags, parse them, set the threads and check that the
+    device exists (``args.device`` becomes a ``torch.device``)."""
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is present")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda where a GPU is present")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     return args
+
+
+def shape_benchmark_args(doc: str, repeats: int) -> argparse.Namespace:
+    """The flags of the per-shape benchmarks (``--quick``, ``--repeats``, ``--threads``, ``--device``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes; print only, write nothing")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parse_machine_args(parser)
+
+
+def synchronizer(device: torch.device):
+    """A call that waits for the device's queued kernels (CUDA), so a timing ends when the work does; a no-op on
+    the CPU."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def command(script: str, args: argparse.Namespace) -> str:
+    """The command line that reproduces a table, for its header."""
+    flag = "" if args.device.type == "cpu" else f" --device {args.device.type}"
+    return f"`python benchmarks/{script}{flag}`"
 
 
 def where(args: argparse.Namespace) -> str:
@@ -219,8 +237,7 @@ def main() -> None:
     args = shape_benchmark_args(__doc__, repeats=7)
     rows = [row for m, n in each_shape(args, SHAPES, QUICK_SHAPES)
             for row in bench_shape(m, n, args.repeats, args.device)]
-    flag = "" if args.device.type == "cpu" else f" --device {args.device.type}"
-    header = (f"## msign ({args.device.type})\n\nMeasured by `python benchmarks/msign.py{flag}` on {where(args)}. "
+    header = (f"## msign ({args.device.type})\n\nMeasured by {command('msign.py', args)} on {where(args)}. "
               "Floor = the same number of plain matmuls "
               "(3 per step, 5 steps) of the same shapes and dtype, timed in the same run (it leaves out the "
               "conversions to and from bf16 and the normalisation, which cost most at 512²). torch.optim.Muon's "

@@ -23,7 +23,15 @@ import torch
 from specopt.constraints import SpectralBall
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import each_shape, section, shape_benchmark_args, where, write_section  # noqa: E402
+from msign import (  # noqa: E402
+    command,
+    each_shape,
+    section,
+    shape_benchmark_args,
+    synchronizer,
+    where,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(256, 256), (512, 512), (1024, 1024), (2048, 512), (768, 3072)]
@@ -35,10 +43,10 @@ def bench_shape(m: int, n: int, repeats: int, device: torch.device) -> dict:
     r = 0.5 * float(torch.linalg.matrix_norm(Y.double(), 2))
     exact = SpectralBall(r).project(Y.double())
     Y = Y.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for c in (SpectralBall(r, method="svd"), SpectralBall(r, method="polar")):  # warm-up (CUDA kernels, handles)
-        c.project(Y)
+    sync = synchronizer(device)
     paths = {"svd": SpectralBall(r, method="svd"), "polar": SpectralBall(r, method="polar")}
+    for c in paths.values():  # warm-up (CUDA kernels, solver handles)
+        c.project(Y)
     times: dict[str, list[float]] = {k: [] for k in paths}
     out = {}
     for _ in range(repeats):
@@ -80,9 +88,8 @@ def main() -> None:
     print(table)
     if args.quick:
         return
-    flag = "" if args.device.type == "cpu" else f" --device {args.device.type}"
     body = (f"## Spectral-ball projection: SVD against SVD-free ({args.device.type})\n\nMeasured by "
-            f"`python benchmarks/projection.py{flag}` on {where(args)}, float32 (both paths), median of "
+            f"{command('projection.py', args)} on {where(args)}, float32 (both paths), median of "
             "interleaved rounds. Y has N(0, 1/m) entries, r = ½‖Y‖_op; errors "
             "are against a float64 SVD clip. The SVD-free path is two Polar Express polar factors of 12 steps "
             "each (72 matmuls, `specopt.constraints.spectral_clip_polar`). " + VERDICT[args.device.type] + "\n\n"

@@ -27,7 +27,15 @@ import torch
 import specopt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import DRIFT_NOTE, section, where, write_section  # noqa: E402
+from msign import (  # noqa: E402
+    DRIFT_NOTE,
+    command,
+    parse_machine_args,
+    section,
+    synchronizer,
+    where,
+    write_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +115,7 @@ def newton_schulz_flops(params, steps: int = 5) -> float:
 def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 20) -> float:
     """Flop rate of one plain bf16 ``size³`` matmul: the ceiling the msign work runs against."""
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     a @ a
     sync()
     start = time.perf_counter()
@@ -130,14 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 blocks, vocab 4096; print only")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is present")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    args.device = torch.device(args.device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here")
-    sync = torch.cuda.synchronize if args.device.type == "cuda" else (lambda: None)
+    args = parse_machine_args(parser)
+    sync = synchronizer(args.device)
     size = {"blocks": 2, "vocab": 4096} if args.quick else {}
     params = gpt2_small_params(**size, device=args.device)
     opts = optimizers(params)
@@ -156,9 +158,9 @@ def main() -> None:
         print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
               flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ns_rate, peak = newton_schulz_flops(params) / med["torch.optim.Muon + AdamW(fused)"], matmul_rate(args.device)
     mem = {k: state_bytes(v) for k, v in opts.items()}
     fused_ref = "torch.optim.Muon + AdamW(fused)"
+    ns_rate, peak = newton_schulz_flops(params) / med[fused_ref], matmul_rate(args.device)
     ref = {"specopt Muon": fused_ref, "torch.optim.Muon + AdamW": fused_ref,
            "specopt Scion": "torch.optim.AdamW", "specopt UScion": "torch.optim.AdamW"}
     n_params = sum(p.numel() for _, p in params)
@@ -169,10 +171,9 @@ def main() -> None:
         rows.append({"optimizer": name, "step_s": med[name], "vs": base, "time_ratio": med[name] / med[base],
                      "state_MiB": mem[name] / 2**20, "state_per_param_bytes": mem[name] / n_params,
                      "memory_ratio": mem[name] / mem[base]})
-    flag = "" if args.device.type == "cpu" else f" --device {args.device.type}"
     lines = [
         f"## Optimizer step (GPT-2-small parameter set, {args.device.type})", "",
-        f"Measured by `python benchmarks/step.py{flag}` on {where(args)}, "
+        f"Measured by {command('step.py', args)} on {where(args)}, "
         f"{n_params / 1e6:.1f}M parameters ({n_hidden} hidden matrices), median of "
         f"{args.repeats} interleaved steps. Muon rows: msign in bf16, 5 iterations, 15 matmuls per matrix on both "
         "sides (torch: Newton–Schulz, one matrix at a time; specopt: Polar Express, "
