@@ -172,6 +172,7 @@ def test_batched_step_equals_one_tensor_at_a_time():
         (lambda p: Gluon(p, schedule="cosine"), "schedule"),
         (lambda p: Muon(p, adamw_betas=(0.9, 1.2)), "betas"),
         (lambda p: Muon(p, scale="big"), "radius"),
+        (lambda p: Muon(p, gram="auto"), "gram must be True, False or None"),
         (lambda p: Scion(p, nonfinite="ignore"), "nonfinite"),
         (lambda p: Muon([]), "empty"),
     ],

@@ -203,8 +203,10 @@ def msign(
            float32) elsewhere; pass e.g. ``torch.float32`` to turn bf16 off. The SVD always runs in at
            least float32 (float64 for float64 input).
         gram: iterate on the small Gram matrix (:func:`_gram_polynomial_sign`). ``None`` (default) uses it
-           where it measured faster at equal accuracy: compute dtype float32/float64 and aspect ≥ 2. In bf16 it
-           loses the small singular values (measured in benchmarks/msign.py), so it is never chosen there.
+           where it measured faster (:func:`_use_gram`): aspect ≥ 2 in float32/float64; aspect ≥ 3 and
+           ≥ 128 rows in bf16, where its restarts are twice as frequent and it is slightly less accurate
+           than the plain iteration (benchmarks/msign.py gives both). ``False`` always runs the plain
+           iteration (torch.optim.Muon's arithmetic), ``True`` always the Gram variant.
         check_finite: raise ``ValueError`` if ``G`` holds NaN or Inf (one reduction; costs a device sync on
            CUDA). With ``False`` non-finite entries propagate to a NaN result, never a finite one.
 
@@ -261,18 +263,20 @@ def _polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor
     """Run the odd-quintic iteration on ``X`` (2-D or a 3-D batch) with ``rows ≤ cols``, in place of ``X₀``.
 
     Per step ``A = X Xᵀ``, ``B = b A + c A²``, ``X ← a X + B X``; the two symmetric products are formed
-    from row blocks (:func:`symmetric_gram`, 5/8 of the flops). ``a X + B X`` stays one fused ``addmm``
+    from row blocks (:func:`symmetric_product`, 5/8 of the flops). ``a X + B X`` stays one fused ``addmm``
     (fp32 accumulation, one rounding): folding ``a`` into B's diagonal was measured to cost bf16 accuracy.
     """
     X = _normalize(X, sched)
     for a, b, c in sched.coefficients:
-        A = symmetric_gram(X)
-        if _blocks_pay(A):
-            B = symmetric_gram(A, add=A, beta=b, alpha=c)
-        else:  # A is symmetric: A·A, no transposed operand
-            B = _addmm(A, A, A, beta=b, alpha=c)
-        X = _addmm(X, B, X, beta=a)
+        X = _quintic_step(X, a, b, c)
     return X
+
+
+def _quintic_step(X: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+    """``a X + (b A + c A²) X`` with ``A = X Xᵀ``."""
+    A = symmetric_product(X, X.mT)
+    B = symmetric_product(A, A, add=A, beta=b, alpha=c)
+    return _addmm(X, B, X, beta=a)
 
 
 def _addmm(C: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, beta: float = 1.0, alpha: float = 1.0,
@@ -284,7 +288,7 @@ def _addmm(C: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, beta: float = 1.0,
 
 
 SYMMETRIC_BLOCKS = 4
-"""Row blocks of :func:`symmetric_gram` (measured best of 2/4/8 for m = 768…1024 in bf16 on CPU)."""
+"""Row blocks of :func:`symmetric_product` (measured best of 2/4/8 for m = 768…1024 in bf16 on CPU)."""
 
 SYMMETRIC_MIN_ROWS = 768
 """Below this many rows the plain product is as fast or faster (measured in bf16 on 2 CPU cores: a loss at
@@ -292,26 +296,27 @@ m ≤ 640, a 15–30 % gain at m = 768…1024)."""
 
 
 def _blocks_pay(X: torch.Tensor) -> bool:
-    """Whether :func:`symmetric_gram`'s row blocks beat one plain product: on CPU from
+    """Whether :func:`symmetric_product`'s row blocks beat one plain product: on CPU from
     :data:`SYMMETRIC_MIN_ROWS` rows; never on CUDA, where the extra launches and copies cost more than the
     flops they save (measured on an H100: 1.8× slower for a batch of 48 768×768 matrices)."""
     return X.device.type == "cpu" and X.shape[-2] >= SYMMETRIC_MIN_ROWS
 
 
-def symmetric_gram(X: torch.Tensor, add: torch.Tensor | None = None, beta: float = 0.0,
-                   alpha: float = 1.0) -> torch.Tensor:
-    """``beta·add + alpha·X Xᵀ`` (``add`` symmetric) computing only the blocks on and below the diagonal and
-    mirroring them above (a syrk). Row block i multiplies ``X_i`` by the first ``(i+1)·h`` rows of X, so k
-    blocks cost ``(k+1)/(2k)`` of the full product: 5/8 for k = 4.
+def symmetric_product(L: torch.Tensor, R: torch.Tensor, add: torch.Tensor | None = None, beta: float = 0.0,
+                      alpha: float = 1.0) -> torch.Tensor:
+    """``beta·add + alpha·L R`` for a product known to be symmetric (``R = Lᵀ``, or ``L``, ``R`` symmetric
+    polynomials in one matrix; ``add`` symmetric), computing only the blocks on and below the diagonal and
+    mirroring them above, like a BLAS syrk. Row block i multiplies ``L_i`` by the first ``(i+1)·h``
+    columns of R, so k blocks cost ``(k+1)/(2k)`` of the full product: 5/8 for k = 4.
     """
-    m = X.shape[-2]
-    if not _blocks_pay(X):
-        return X @ X.mT if add is None else _addmm(add, X, X.mT, beta=beta, alpha=alpha)
-    out = torch.empty(X.shape[:-2] + (m, m), dtype=X.dtype, device=X.device)
+    m = L.shape[-2]
+    if not _blocks_pay(L):
+        return L @ R if add is None else _addmm(add, L, R, beta=beta, alpha=alpha)
+    out = torch.empty(L.shape[:-2] + (m, m), dtype=L.dtype, device=L.device)
     h = -(-m // SYMMETRIC_BLOCKS)
     for start in range(0, m, h):
         stop = min(start + h, m)
-        rows, cols, block = X[..., start:stop, :], X[..., :stop, :].mT, out[..., start:stop, :stop]
+        rows, cols, block = L[..., start:stop, :], R[..., :, :stop], out[..., start:stop, :stop]
         if add is None:
             torch.matmul(rows, cols, out=block)
         else:
@@ -321,43 +326,80 @@ def symmetric_gram(X: torch.Tensor, add: torch.Tensor | None = None, beta: float
 
 
 GRAM_MIN_ASPECT = 2.0
-"""Below this cols/rows ratio the Gram variant does more flops than the plain iteration."""
+"""float32/float64: below this cols/rows ratio the Gram variant does more flops than the plain iteration."""
 
-GRAM_RESTART_EVERY = 3
-"""The Gram variant re-forms ``X = Q X₀`` and ``R = X Xᵀ`` every this many steps to stop error growth."""
+GRAM_MIN_ASPECT_HALF = 3.0
+"""bfloat16/float16: the half-precision segments (:func:`gram_segments`) save flops only from aspect 1.5, and
+measured on 2 CPU cores they cost time at aspect 2 (768×1536: 1.11×) and saved 13–21 % at aspect 4."""
+
+GRAM_MIN_ROWS_HALF = 128
+"""bfloat16/float16: below this many rows the extra small products cost more than the flops saved
+(measured 1.09× at 64×256, 0.93× at 128×512)."""
+
+GRAM_SEGMENT = 3
+"""Steps the Gram variant runs on ``R`` before re-forming ``X = Q X₀`` and ``R = X Xᵀ`` (float32/float64)."""
+
+GRAM_SEGMENT_HALF = 2
+"""The same in bfloat16/float16, whose rounding of ``R`` grows spurious negative eigenvalues by ``p(λ)²``
+per step: three-step segments blew up to ‖X‖₂ > 10⁴ on 64×256 inputs, two-step segments stayed within
+1.16 on 90 stress inputs (tests/test_msign.py checks the bound)."""
+
+
+def _half(dtype: torch.dtype) -> bool:
+    return dtype not in (torch.float32, torch.float64)
 
 
 def _use_gram(gram: bool | None, work: torch.dtype, shape) -> bool:
+    """``gram=None``: the Gram variant where it measured faster: aspect ≥ 2 in float32/float64; aspect ≥ 3
+    and at least 128 rows in half precision (``shape`` has rows ≤ cols)."""
     if gram is None:
-        return work in (torch.float32, torch.float64) and shape[-1] >= GRAM_MIN_ASPECT * shape[-2]
+        rows, cols = shape[-2], shape[-1]
+        if _half(work):
+            return cols >= GRAM_MIN_ASPECT_HALF * rows and rows >= GRAM_MIN_ROWS_HALF
+        return cols >= GRAM_MIN_ASPECT * rows
     if not isinstance(gram, bool):
         raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
     return gram
 
 
-def _gram_polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:
-    """The same odd-polynomial iteration run on the m×m Gram matrix of a wide ``X₀`` (m ≤ n; 2-D or 3-D).
+def gram_segments(steps: int, dtype: torch.dtype) -> list[range]:
+    """The steps the Gram variant groups between restarts: ``[0, 1, 2], [3, 4]`` for 5 steps in float32;
+    in half precision ``[0], [1, 2], [3, 4]``: the first step, whose slope ``a₀`` (8.2 for Polar Express)
+    amplifies rounding most, runs as a plain step, the rest in pairs."""
+    if _half(dtype):
+        starts = [0, *range(1, steps, GRAM_SEGMENT_HALF)]
+    else:
+        starts = list(range(0, steps, GRAM_SEGMENT))
+    return [range(s, e) for s, e in zip(starts, [*starts[1:], steps])]
 
-    Every iterate is ``X_k = Q_k X₀`` with ``Q_k`` a polynomial in ``R₀ = X₀X₀ᵀ``, so with
-    ``P_k = a_k I + b_k R_k + c_k R_k²``: ``Q_{k+1} = P_k Q_k`` and ``R_{k+1} = P_k R_k P_k`` (P_k and R_k
-    commute). Cost ≈ (4·n/m + 14)·m³ for 5 steps with one restart, against (10·n/m + 5)·m³.
-    Every :data:`GRAM_RESTART_EVERY` steps ``X`` is re-formed and ``R`` recomputed from it (restarting
-    bounds the round-off that ``R_{k+1} = P R P`` accumulates).
+
+def _gram_polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule,
+                          segments: list[range] | None = None) -> torch.Tensor:
+    """The same odd-polynomial iteration run on the m×m Gram matrix of a wide ``X₀`` (m ≤ n; 2-D or 3-D),
+    as in Gram Newton–Schulz (Zhang, Amsel, Chen & Dao, 2026).
+
+    Within a segment of steps (``segments``, default :func:`gram_segments`) every iterate is ``X_k = Q_k X_s`` with ``Q_k`` a
+    polynomial in ``R_s = X_s X_sᵀ``, so with ``P_k = a_k I + b_k R_k + c_k R_k²``: ``Q_{k+1} = P_k Q_k``
+    and ``R_{k+1} = P_k R_k P_k`` (all symmetric and commuting, so every product is a
+    :func:`symmetric_product`). At the end of a segment ``X`` is re-formed and ``R`` recomputed from it,
+    which bounds the round-off that ``R_{k+1} = P R P`` accumulates. Cost for 5 steps of a 768×3072 matrix
+    in bf16 on CPU: 26 % fewer flops than the plain iteration.
     """
     X = _normalize(X, sched)
-    last = len(sched.coefficients) - 1
-    Q = None
-    R = X @ X.mT
-    for k, (a, b, c) in enumerate(sched.coefficients):
-        if k > 0 and k % GRAM_RESTART_EVERY == 0:
-            X, Q = Q @ X, None
-            R = X @ X.mT
-        P = _addmm(R, R, R, beta=b, alpha=c)
-        P.diagonal(dim1=-2, dim2=-1).add_(a)
-        Q = P if Q is None else P @ Q
-        if k < last and (k + 1) % GRAM_RESTART_EVERY != 0:
-            R = P @ R @ P
-    return Q @ X
+    for segment in segments or gram_segments(len(sched.coefficients), X.dtype):
+        if len(segment) == 1:
+            X = _quintic_step(X, *sched.coefficients[segment[0]])
+            continue
+        R, Q = symmetric_product(X, X.mT), None
+        for k in segment:
+            a, b, c = sched.coefficients[k]
+            P = symmetric_product(R, R, add=R, beta=b, alpha=c)
+            P.diagonal(dim1=-2, dim2=-1).add_(a)
+            Q = P if Q is None else symmetric_product(P, Q)
+            if k != segment[-1]:
+                R = symmetric_product(P, symmetric_product(R, P))
+        X = Q @ X
+    return X
 
 
 def _normalize(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:

@@ -292,10 +292,12 @@ class _SpectralBase(Norm):
     ``Ŵ`` is the matrix view of the tensor and ``s`` the scale of the subclass."""
 
     def __init__(self, method: str = "polar_express", steps: int | None = None,
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, gram: bool | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
-        self.method, self.steps, self.compute_dtype = method, steps, compute_dtype
+        if gram is not None and not isinstance(gram, bool):
+            raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
+        self.method, self.steps, self.compute_dtype, self.gram = method, steps, compute_dtype, gram
 
     @abstractmethod
     def _matrix(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,7 +314,8 @@ class _SpectralBase(Norm):
         self._dims(g, batch_dims, "lmo")
         work = self.work_dtype(g)
         X = self._matrix(g if private and g.dtype == work else g.to(work, copy=True))
-        return polar_factor(X, method=self.method, steps=self.steps).reshape(g.shape), -self._scale(g.shape)
+        X = polar_factor(X, method=self.method, steps=self.steps, gram=self.gram)
+        return X.reshape(g.shape), -self._scale(g.shape)
 
     def lmo_factor(self, shape):
         return -self._scale(tuple(shape))
@@ -349,7 +352,7 @@ class Spectral(_SpectralBase):
     """RMS → RMS operator norm of a ``d_out × d_in`` matrix: ``‖W‖ = √(d_in/d_out)·‖W‖_op``.
 
     ``lmo(g) = −√(d_out/d_in)·msign(g)``; ``‖g‖_* = √(d_out/d_in)·‖g‖_nuclear``. Hidden matrices
-    (Scion, Bernstein & Newhouse's modular norm). ``method``/``steps``/``compute_dtype`` go to msign.
+    (Scion, Bernstein & Newhouse's modular norm). ``method``/``steps``/``compute_dtype``/``gram`` go to msign.
     """
 
     item_ndim = 2
@@ -369,10 +372,10 @@ class SpectralConv(_SpectralBase):
     """
 
     def __init__(self, kernel_dims: int = 2, method: str = "polar_express", steps: int | None = None,
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, gram: bool | None = None):
         if kernel_dims not in (1, 2, 3):
             raise ValueError(f"kernel_dims must be 1, 2 or 3 (Conv1d/2d/3d), got {kernel_dims!r}")
-        super().__init__(method, steps, compute_dtype)
+        super().__init__(method, steps, compute_dtype, gram)
         self.kernel_dims = kernel_dims
 
     @property

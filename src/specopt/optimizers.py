@@ -177,7 +177,8 @@ class Muon(GeometryOptimizer):
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
     ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
-    ``compute_dtype`` choose the msign (default: Polar Express, 5 steps, bf16 where native).
+    ``compute_dtype``/``gram`` choose the msign (default: Polar Express, 5 steps, bf16 where native, the Gram
+    form on matrices with aspect ≥ 2; ``gram=False`` runs torch.optim.Muon's plain iteration everywhere).
     ``nesterov`` defaults to True, and to False with ``estimator="storm"`` (which has no Nesterov form).
     """
 
@@ -186,16 +187,15 @@ class Muon(GeometryOptimizer):
                  steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0, estimator: str = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None,
-                 process_group="auto"):
+                 batch_lmo: bool | None = None, process_group="auto", gram: bool | None = None):
         if nesterov is None:
             nesterov = estimator != "storm"
-        norm = Spectral(method=method, steps=steps, compute_dtype=compute_dtype)
+        msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype, "gram": gram}
+        norm = Spectral(**msign_kwargs)
         defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
                              weight_decay=weight_decay)
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
-        msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype}
         super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", estimator=estimator,
                          nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
