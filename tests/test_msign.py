@@ -229,15 +229,17 @@ def test_gram_variant_equals_plain_iteration(method, shape, spectrum):
 
 
 def test_gram_is_chosen_only_where_it_pays():
-    from specopt.linalg import _use_gram
+    from specopt.linalg import use_gram
 
-    assert _use_gram(None, torch.float32, (64, 256))
-    assert not _use_gram(None, torch.float32, (64, 100))  # aspect < 2
-    assert _use_gram(None, torch.bfloat16, (768, 3072))
-    assert not _use_gram(None, torch.bfloat16, (768, 1536))  # aspect 2: slower in bf16 (measured)
-    assert not _use_gram(None, torch.bfloat16, (64, 256))  # too small to pay for the extra products
-    assert _use_gram(True, torch.bfloat16, (64, 64))
-    assert not _use_gram(False, torch.float32, (64, 256))
+    assert use_gram(None, torch.float32, (64, 256))
+    assert not use_gram(None, torch.float32, (64, 100))  # aspect < 2
+    assert use_gram(None, torch.bfloat16, (768, 3072))
+    assert not use_gram(None, torch.bfloat16, (768, 1536))  # aspect 2: slower in bf16 (measured)
+    assert not use_gram(None, torch.bfloat16, (64, 256))  # too small to pay for the extra products
+    assert not use_gram(None, torch.bfloat16, (768, 3072), "cuda")  # not measured on a GPU in bf16
+    assert use_gram(None, torch.float32, (768, 3072), "cuda")
+    assert use_gram(True, torch.bfloat16, (64, 64))
+    assert not use_gram(False, torch.float32, (64, 256))
     with pytest.raises(ValueError, match="gram"):
         msign(torch.randn(4, 8), gram="yes")
 

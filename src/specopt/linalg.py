@@ -203,8 +203,8 @@ def msign(
            float32) elsewhere; pass e.g. ``torch.float32`` to turn bf16 off. The SVD always runs in at
            least float32 (float64 for float64 input).
         gram: iterate on the small Gram matrix (:func:`_gram_polynomial_sign`). ``None`` (default) uses it
-           where it measured faster (:func:`_use_gram`): aspect ≥ 2 in float32/float64; aspect ≥ 3 and
-           ≥ 128 rows in bf16, where its restarts are twice as frequent and it is slightly less accurate
+           where it measured faster (:func:`use_gram`): aspect ≥ 2 in float32/float64; aspect ≥ 3 and
+           ≥ 128 rows in bf16 on the CPU, where its restarts are twice as frequent and it is slightly less accurate
            than the plain iteration (benchmarks/msign.py gives both). ``False`` always runs the plain
            iteration (torch.optim.Muon's arithmetic), ``True`` always the Gram variant.
         check_finite: raise ``ValueError`` if ``G`` holds NaN or Inf (one reduction; costs a device sync on
@@ -239,7 +239,7 @@ def polar_factor(X: torch.Tensor, *, method: str = "polar_express", steps: int |
         X = _svd_sign(X)
     else:
         sched = schedule(method, steps)
-        iterate = _gram_polynomial_sign if _use_gram(gram, X.dtype, X.shape) else _polynomial_sign
+        iterate = _gram_polynomial_sign if use_gram(gram, X.dtype, X.shape, X.device.type) else _polynomial_sign
         if X.ndim == 3 and X.device.type == "cpu":  # CPU: per-matrix BLAS calls beat batched ones (measured)
             X = torch.stack([iterate(x, sched) for x in X.unbind(0)])
         else:
@@ -349,13 +349,14 @@ def _half(dtype: torch.dtype) -> bool:
     return dtype not in (torch.float32, torch.float64)
 
 
-def _use_gram(gram: bool | None, work: torch.dtype, shape) -> bool:
+def use_gram(gram: bool | None, work: torch.dtype, shape, device: str = "cpu") -> bool:
     """``gram=None``: the Gram variant where it measured faster: aspect ≥ 2 in float32/float64; aspect ≥ 3
-    and at least 128 rows in half precision (``shape`` has rows ≤ cols)."""
+    and at least 128 rows in half precision on the CPU (on a GPU it has not been measured in half precision,
+    so the plain iteration stays). ``shape`` has rows ≤ cols."""
     if gram is None:
         rows, cols = shape[-2], shape[-1]
         if _half(work):
-            return cols >= GRAM_MIN_ASPECT_HALF * rows and rows >= GRAM_MIN_ROWS_HALF
+            return device == "cpu" and cols >= GRAM_MIN_ASPECT_HALF * rows and rows >= GRAM_MIN_ROWS_HALF
         return cols >= GRAM_MIN_ASPECT * rows
     if not isinstance(gram, bool):
         raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
@@ -370,7 +371,7 @@ def gram_segments(steps: int, dtype: torch.dtype) -> list[range]:
         starts = [0, *range(1, steps, GRAM_SEGMENT_HALF)]
     else:
         starts = list(range(0, steps, GRAM_SEGMENT))
-    return [range(s, e) for s, e in zip(starts, [*starts[1:], steps])]
+    return [range(s, e) for s, e in zip(starts, [*starts[1:], steps], strict=True)]
 
 
 def _gram_polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule,
@@ -378,12 +379,13 @@ def _gram_polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule,
     """The same odd-polynomial iteration run on the m×m Gram matrix of a wide ``X₀`` (m ≤ n; 2-D or 3-D),
     as in Gram Newton–Schulz (Zhang, Amsel, Chen & Dao, 2026).
 
-    Within a segment of steps (``segments``, default :func:`gram_segments`) every iterate is ``X_k = Q_k X_s`` with ``Q_k`` a
-    polynomial in ``R_s = X_s X_sᵀ``, so with ``P_k = a_k I + b_k R_k + c_k R_k²``: ``Q_{k+1} = P_k Q_k``
-    and ``R_{k+1} = P_k R_k P_k`` (all symmetric and commuting, so every product is a
-    :func:`symmetric_product`). At the end of a segment ``X`` is re-formed and ``R`` recomputed from it,
-    which bounds the round-off that ``R_{k+1} = P R P`` accumulates. Cost for 5 steps of a 768×3072 matrix
-    in bf16 on CPU: 26 % fewer flops than the plain iteration.
+    Within a segment of steps (``segments``, default :func:`gram_segments`) every iterate is
+    ``X_k = Q_k X_s`` with ``Q_k`` a polynomial in ``R_s = X_s X_sᵀ``, so with
+    ``P_k = a_k I + b_k R_k + c_k R_k²``: ``Q_{k+1} = P_k Q_k`` and ``R_{k+1} = P_k R_k P_k`` (all symmetric
+    and commuting, so every product is a :func:`symmetric_product`). At the end of a segment ``X`` is
+    re-formed and ``R`` recomputed from it, which bounds the round-off that ``R_{k+1} = P R P`` accumulates.
+    A one-step segment is a plain step. For 5 steps of a 768×3072 matrix in bf16: 22 % fewer flops than the
+    plain iteration (full products, as written).
     """
     X = _normalize(X, sched)
     for segment in segments or gram_segments(len(sched.coefficients), X.dtype):
