@@ -72,8 +72,7 @@ def test_muon_matches_torch_muon_step_for_step():
     X, y = classification_data()
     ours, ref = mlp(bias=False), mlp(bias=False)
     kw = {"lr": 1e-2, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True}
-    opt = Muon(ours.parameters(), method="newton_schulz", scale="original", compute_dtype=torch.bfloat16, gram=False,
-               **kw)
+    opt = Muon(ours.parameters(), method="newton_schulz", scale="original", compute_dtype=torch.bfloat16, **kw)
     opt_ref = torch.optim.Muon(ref.parameters(), adjust_lr_fn="original", **kw)
     for _ in range(10):
         for model, o in ((ours, opt), (ref, opt_ref)):

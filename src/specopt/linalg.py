@@ -202,11 +202,10 @@ def msign(
            native bf16 matmuls (see :func:`default_compute_dtype`) and in the input's dtype (at least
            float32) elsewhere; pass e.g. ``torch.float32`` to turn bf16 off. The SVD always runs in at
            least float32 (float64 for float64 input).
-        gram: iterate on the small Gram matrix (:func:`_gram_polynomial_sign`). ``None`` (default) uses it
-           where it measured faster (:func:`use_gram`): aspect ≥ 2 in float32/float64; aspect ≥ 3 and
-           ≥ 128 rows in bf16 on the CPU, where its restarts are twice as frequent and it is slightly less accurate
-           than the plain iteration (benchmarks/msign.py gives both). ``False`` always runs the plain
-           iteration (torch.optim.Muon's arithmetic), ``True`` always the Gram variant.
+        gram: iterate on the small Gram matrix of a wide matrix (:func:`_gram_polynomial_sign`). ``None``
+           (default) does where it is faster at equal accuracy (float32/float64, aspect ≥ 2); ``True`` also
+           where it is faster at a small cost in accuracy (bf16, aspect ≥ 3, ≥ 128 rows); ``False`` never
+           (torch.optim.Muon's arithmetic). See :func:`use_gram`.
         check_finite: raise ``ValueError`` if ``G`` holds NaN or Inf (one reduction; costs a device sync on
            CUDA). With ``False`` non-finite entries propagate to a NaN result, never a finite one.
 
@@ -239,7 +238,7 @@ def polar_factor(X: torch.Tensor, *, method: str = "polar_express", steps: int |
         X = _svd_sign(X)
     else:
         sched = schedule(method, steps)
-        iterate = _gram_polynomial_sign if use_gram(gram, X.dtype, X.shape, X.device.type) else _polynomial_sign
+        iterate = _gram_polynomial_sign if use_gram(gram, X.dtype, X.shape) else _polynomial_sign
         if X.ndim == 3 and X.device.type == "cpu":  # CPU: per-matrix BLAS calls beat batched ones (measured)
             X = torch.stack([iterate(x, sched) for x in X.unbind(0)])
         else:
@@ -329,12 +328,13 @@ GRAM_MIN_ASPECT = 2.0
 """float32/float64: below this cols/rows ratio the Gram variant does more flops than the plain iteration."""
 
 GRAM_MIN_ASPECT_HALF = 3.0
-"""bfloat16/float16: the half-precision segments (:func:`gram_segments`) save flops only from aspect 1.5, and
-measured on 2 CPU cores they cost time at aspect 2 (768×1536: 1.11×) and saved 13–21 % at aspect 4."""
+"""bfloat16/float16 (``gram=True``): the half-precision segments (:func:`gram_segments`) save flops from
+aspect 1.5, but measured on 2 CPU cores they cost time at aspect 2 (768×1536: 1.11×) and saved 13–21 % at
+aspect 4."""
 
 GRAM_MIN_ROWS_HALF = 128
-"""bfloat16/float16: below this many rows the extra small products cost more than the flops saved
-(measured 1.09× at 64×256, 0.93× at 128×512)."""
+"""bfloat16/float16 (``gram=True``): below this many rows the extra small products cost more than the flops
+saved (measured 1.09× at 64×256, 0.93× at 128×512)."""
 
 GRAM_SEGMENT = 3
 """Steps the Gram variant runs on ``R`` before re-forming ``X = Q X₀`` and ``R = X Xᵀ`` (float32/float64)."""
@@ -349,18 +349,23 @@ def _half(dtype: torch.dtype) -> bool:
     return dtype not in (torch.float32, torch.float64)
 
 
-def use_gram(gram: bool | None, work: torch.dtype, shape, device: str = "cpu") -> bool:
-    """``gram=None``: the Gram variant where it measured faster: aspect ≥ 2 in float32/float64; aspect ≥ 3
-    and at least 128 rows in half precision on the CPU (on a GPU it has not been measured in half precision,
-    so the plain iteration stays). ``shape`` has rows ≤ cols."""
-    if gram is None:
-        rows, cols = shape[-2], shape[-1]
-        if _half(work):
-            return device == "cpu" and cols >= GRAM_MIN_ASPECT_HALF * rows and rows >= GRAM_MIN_ROWS_HALF
-        return cols >= GRAM_MIN_ASPECT * rows
-    if not isinstance(gram, bool):
+def use_gram(gram: bool | None, work: torch.dtype, shape) -> bool:
+    """Whether msign runs the Gram variant on a ``shape`` matrix (rows ≤ cols) computed in ``work``.
+
+    ``None`` (default): where it is faster at equal accuracy, float32/float64 with aspect ≥ 2.
+    ``True``: also where it is faster at a small cost in accuracy, bfloat16/float16 with aspect ≥ 3 and at
+    least 128 rows (measured on CPU: 0.79–0.87× the time of the plain iteration at aspect 4; singular values
+    up to 0.09 further from the exact iteration's than the plain bf16 iteration's 0.05; char-GPT final
+    validation losses 0.2 % higher on average, EXPERIMENTS.md). ``False``: never.
+    """
+    if gram is not None and not isinstance(gram, bool):
         raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
-    return gram
+    rows, cols = shape[-2], shape[-1]
+    if gram is False:
+        return False
+    if _half(work):
+        return gram is True and cols >= GRAM_MIN_ASPECT_HALF * rows and rows >= GRAM_MIN_ROWS_HALF
+    return cols >= GRAM_MIN_ASPECT * rows
 
 
 def gram_segments(steps: int, dtype: torch.dtype) -> list[range]:

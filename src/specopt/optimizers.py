@@ -177,8 +177,9 @@ class Muon(GeometryOptimizer):
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
     ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
-    ``compute_dtype``/``gram`` choose the msign (default: Polar Express, 5 steps, bf16 where native, the Gram
-    form on matrices with aspect ≥ 2; ``gram=False`` runs torch.optim.Muon's plain iteration everywhere).
+    ``compute_dtype``/``gram`` choose the msign (default: Polar Express, 5 steps, bf16 where native; ``gram=True``
+    takes the faster, slightly less accurate Gram form on wide matrices in bf16, see
+    :func:`specopt.linalg.use_gram`).
     ``nesterov`` defaults to True, and to False with ``estimator="storm"`` (which has no Nesterov form).
     """
 
