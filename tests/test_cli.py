@@ -126,3 +126,21 @@ def test_bad_input_gets_a_clear_message(args, message):
 def test_bad_flag_values_are_rejected_by_the_cli(args):
     result = invoke(*args)
     assert result.exit_code == 2 and ("Invalid value" in result.output or "is not in the range" in result.output)
+
+
+@pytest.mark.parametrize("flag, expected", [("--gram", True), ("--no-gram", False)])
+def test_gram_flag_reaches_the_spectral_norms(tmp_path, flag, expected):
+    from specopt import registry
+    from specopt.norms import Spectral
+    from specopt.tasks import get_task
+
+    out = tmp_path / "run"
+    result = invoke("train", *TINY, "--optimizer", "uscion", "--steps", 2, "--val-every", 2, flag, "--out", out)
+    assert result.exit_code == 0, result.output
+    hp = json.loads((out / "config.json").read_text())["hparams"]
+    assert hp["gram"] is expected
+    task = get_task("char-gpt", size="tiny")
+    for name in ("muon", "scion"):
+        (opt,) = registry.build(name, task.build_model(), task, registry.resolve(name, {"gram": expected}))
+        norms = [g["norm"] for g in opt.param_groups if isinstance(g["norm"], Spectral)]
+        assert norms and all(n.gram is expected for n in norms)

@@ -47,14 +47,20 @@ Radius = Annotated[float | None, typer.Option(min=0.0, help="hidden-layer radius
                                               "keep their ratio)")]
 ClipRadius = Annotated[float | None, typer.Option(min=0.0, help="ρ_c of clipped-scion")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Gram = Annotated[bool | None, typer.Option("--gram/--no-gram", help="msign's Gram form on wide matrices: --gram "
+                                           "also in bf16 (faster, slightly less accurate), --no-gram never "
+                                           "(default: only where it is as accurate)")]
 
 
 def launch(nproc: int, options: dict, progress: bool) -> int:
     """Run ``specopt train`` with these options in ``nproc`` processes through torchrun; returns its exit code."""
     args = ["train"]
     for key, value in options.items():
-        if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):  # --gram / --no-gram
+            args.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            args += [flag, str(value)]
     args.append("--progress" if progress else "--no-progress")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
            "specopt.cli", *args]
@@ -105,8 +111,9 @@ def train_command(
     steps: Steps = 500, out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
     lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, radius: Radius = None,
-    clip_radius: ClipRadius = None, seed: Seed = 0, size: Size = None, data: Data = None, width: Width = None,
-    val_every: ValEvery = 50, checkpoint_every: CkptEvery = 100, schedule: Schedule = "linear-decay",
+    clip_radius: ClipRadius = None, gram: Gram = None, seed: Seed = 0, size: Size = None, data: Data = None,
+    width: Width = None, val_every: ValEvery = 50, checkpoint_every: CkptEvery = 100,
+    schedule: Schedule = "linear-decay",
     batch_schedule: Annotated[str, typer.Option(help="constant, or bst: batch grows so that tokens per step "
                                                 "∝ (tokens seen)^(2/3)")] = "constant",
     nproc: Annotated[int, typer.Option(min=1, help="processes on this machine, launched through torchrun (gloo, "
@@ -125,7 +132,7 @@ def train_command(
             _fail(str(e))
         options = {"task": task, "optimizer": optimizer, "steps": steps, "out": out, "resume": resume, "lr": lr,
                    "momentum": momentum, "weight_decay": weight_decay, "radius": radius, "clip_radius": clip_radius,
-                   "seed": seed, "size": size, "data": data, "width": width, "val_every": val_every,
+                   "gram": gram, "seed": seed, "size": size, "data": data, "width": width, "val_every": val_every,
                    "checkpoint_every": checkpoint_every, "schedule": schedule, "batch_schedule": batch_schedule,
                    "parallel": parallel}
         raise typer.Exit(launch(nproc, options, progress))
@@ -136,7 +143,7 @@ def train_command(
             result = train(RunConfig(), resume, resume=True, progress=progress)
         else:
             hparams = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "radius": radius,
-                       "clip_radius": clip_radius}
+                       "clip_radius": clip_radius, "gram": gram}
             cfg = RunConfig(task=task, optimizer=optimizer, steps=steps, seed=seed,
                             task_options=_task_options(task, size, data, width),
                             hparams={k: v for k, v in hparams.items() if v is not None}, val_every=val_every,
@@ -160,7 +167,7 @@ def compare_command(
     steps: Steps = 600, out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/compare"),
     sweep: Annotated[bool, typer.Option(help="sweep each optimizer's lr over ×1/4…×4 its default")] = False,
     seed: Seed = 0, size: Size = None, data: Data = None, width: Width = None, val_every: ValEvery = 50,
-    schedule: Schedule = "linear-decay", progress: Progress = True,
+    schedule: Schedule = "linear-decay", gram: Gram = None, progress: Progress = True,
 ) -> None:
     """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv."""
     from specopt.compare import compare, summary_table
@@ -170,7 +177,8 @@ def compare_command(
     if not names or unknown:
         _fail(f"unknown optimizer(s) {unknown}; valid optimizers: {', '.join(registry.optimizer_names())}")
     base = RunConfig(task=task, steps=steps, seed=seed, task_options=_task_options(task, size, data, width),
-                     val_every=min(val_every, steps), checkpoint_every=steps, schedule=schedule)
+                     hparams={} if gram is None else {"gram": gram}, val_every=min(val_every, steps),
+                     checkpoint_every=steps, schedule=schedule)
     try:
         base.validate()
         runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)

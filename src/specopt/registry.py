@@ -1,8 +1,9 @@
 """Optimizers by name, with the defaults the `specopt` command uses, for any task.
 
 Every builder takes the model, the task and the user's hyperparameters (``lr``, ``momentum``,
-``weight_decay``, ``radius`` — the hidden-layer radius; the other roles keep their ratio to it — and
-``clip_radius``) and returns a list of optimizers stepped together (``torch-muon`` is two: torch's Muon on
+``weight_decay``, ``radius`` — the hidden-layer radius; the other roles keep their ratio to it —,
+``clip_radius`` and ``gram``, msign's Gram form for the spectral norms, see :func:`specopt.linalg.use_gram`)
+and returns a list of optimizers stepped together (``torch-muon`` is two: torch's Muon on
 the hidden matrices and AdamW on the rest). Defaults come from the sweeps recorded in EXPERIMENTS.md.
 """
 
@@ -27,7 +28,7 @@ DEFAULTS: dict[str, dict] = {
 }
 """Per-optimizer defaults (learning rates for the char-GPT's scale; other tasks sweep with ``--sweep``)."""
 
-HPARAMS = ("lr", "momentum", "weight_decay", "radius", "clip_radius", "adamw_lr")
+HPARAMS = ("lr", "momentum", "weight_decay", "radius", "clip_radius", "adamw_lr", "gram")
 
 
 def optimizer_names() -> list[str]:
@@ -48,11 +49,11 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
     return hp
 
 
-def role_groups(model, task, radius: float | None):
+def role_groups(model, task, radius: float | None, gram: bool | None = None):
     """param_groups with every role radius scaled so that the hidden radius is ``radius``."""
     scale = 1.0 if radius is None else radius / DEFAULT_RADII["hidden"]
     radii = {role: r * scale for role, r in DEFAULT_RADII.items()}
-    return param_groups(model, scheme=task.scheme, radii=radii)
+    return param_groups(model, scheme=task.scheme, radii=radii, msign={"gram": gram})
 
 
 def build(name: str, model: torch.nn.Module, task, hp: dict) -> list[torch.optim.Optimizer]:
@@ -71,14 +72,15 @@ def build(name: str, model: torch.nn.Module, task, hp: dict) -> list[torch.optim
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
         return opts
     if name == "muon":
-        return [specopt.Muon(param_groups(model, scheme=task.scheme), lr=lr, weight_decay=hp["weight_decay"],
-                             adamw_lr=hp["adamw_lr"], adamw_eps=1e-8)]
+        groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
+        return [specopt.Muon(groups, lr=lr, weight_decay=hp["weight_decay"], adamw_lr=hp["adamw_lr"], adamw_eps=1e-8,
+                             gram=hp.get("gram"))]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
         groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
                   {"params": g["params"], "norm": "adamw", "lr": hp["adamw_lr"], "betas": (0.9, 0.95)}
                   for g in param_groups(model, scheme=task.scheme)]
         return [specopt.ProxSpectral(groups, lr=lr, momentum=hp["momentum"])]
-    groups = role_groups(model, task, hp.get("radius"))
+    groups = role_groups(model, task, hp.get("radius"), hp.get("gram"))
     if name == "scion":
         return [specopt.Scion(groups, lr=lr, momentum=hp["momentum"])]
     if name == "uscion":
