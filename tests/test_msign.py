@@ -252,12 +252,12 @@ def test_gram_segments_restart_twice_as_often_in_half_precision():
     assert [list(r) for r in gram_segments(1, torch.bfloat16)] == [[0]]
 
 
-@pytest.mark.parametrize("shape", [(24, 100), (800, 1700)])  # the second takes the blocked products
+@pytest.mark.parametrize("shape", [(24, 100), (3, 24, 100), (800, 1700)])  # a batch (the GPU path); blocks
 def test_half_precision_segments_are_the_same_iteration(shape):
     from specopt.linalg import _gram_polynomial_sign, _polynomial_sign, gram_segments, schedule
 
     sched = schedule("polar_express")
-    G = matrix_with_singular_values(*shape, normalized_spectrum(shape[0], 1.02), seed=3)
+    G = matrix_with_singular_values(*shape[-2:], normalized_spectrum(shape[-2], 1.02), seed=3).expand(shape)
     plain = _polynomial_sign(G.clone(), sched)
     gram = _gram_polynomial_sign(G.clone(), sched, gram_segments(5, torch.bfloat16))
     torch.testing.assert_close(gram, plain, atol=1e-9, rtol=0)
