@@ -211,6 +211,15 @@ def test_cuda_matches_cpu(method, dtype):
                                atol=2e-2, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_gram_matches_cpu():
+    G = torch.randn(3, 128, 512)
+    cpu = msign(G, compute_dtype=torch.bfloat16, gram=True)
+    cuda = msign(G.cuda(), compute_dtype=torch.bfloat16, gram=True).cpu()
+    torch.testing.assert_close(torch.linalg.svdvals(cuda.double()), torch.linalg.svdvals(cpu.double()),
+                               atol=0.05, rtol=0)
+
+
 @pytest.mark.parametrize("method", POLY)
 @pytest.mark.parametrize("shape", [(16, 256), (2, 3, 24, 60), (60, 24), (1, 40)])
 @pytest.mark.parametrize("spectrum", ["gaussian", "ill-conditioned"])
