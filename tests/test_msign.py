@@ -288,8 +288,8 @@ def test_bf16_gram_stays_within_the_band_of_the_plain_iteration(shape, seed):
         plain = torch.linalg.svdvals(msign(G, compute_dtype=torch.bfloat16, gram=False).double())
         gram = _gram_polynomial_sign(G.to(torch.bfloat16), schedule("polar_express"))
         gram = torch.linalg.svdvals(gram.double())
-        assert gram.max() <= 1.16
-        assert (gram - plain).abs().max() <= 0.12
+        assert gram.max() <= 1.2  # measured ≤ 1.154 (plain: 1.143); 466 with three-step segments
+        assert (gram - plain).abs().max() <= 0.15  # measured ≤ 0.116
 
 
 @pytest.mark.parametrize("shape", [(800, 900), (2, 780, 800)])

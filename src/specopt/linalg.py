@@ -342,7 +342,7 @@ GRAM_SEGMENT = 3
 GRAM_SEGMENT_HALF = 2
 """The same in bfloat16/float16, whose rounding of ``R`` grows spurious negative eigenvalues by ``p(λ)²``
 per step: three-step segments blew up to ‖X‖₂ > 10⁴ on 64×256 inputs, two-step segments stayed within
-1.16 on 90 stress inputs (tests/test_msign.py checks the bound)."""
+1.154 on 90 stress inputs (tests/test_msign.py checks a bound of 1.2)."""
 
 
 def _half(dtype: torch.dtype) -> bool:
