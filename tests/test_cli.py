@@ -144,3 +144,20 @@ def test_gram_flag_reaches_the_spectral_norms(tmp_path, flag, expected):
         (opt,) = registry.build(name, task.build_model(), task, registry.resolve(name, {"gram": expected}))
         norms = [g["norm"] for g in opt.param_groups if isinstance(g["norm"], Spectral)]
         assert norms and all(n.gram is expected for n in norms)
+
+
+def test_launch_passes_boolean_flags_to_the_workers(monkeypatch):
+    import subprocess
+
+    from specopt import cli
+
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    assert cli.launch(2, {"optimizer": "muon", "gram": False, "lr": None, "steps": 3}, progress=False) == 0
+    args = seen["cmd"][seen["cmd"].index("specopt.cli") + 1:]
+    assert args == ["train", "--optimizer", "muon", "--no-gram", "--steps", "3", "--no-progress"]
