@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from torch.optim._muon import _zeropower_via_newtonschulz
 
-from specopt.linalg import NEWTON_SCHULZ_COEFFICIENTS, msign, use_gram
+from specopt.linalg import (
+    GRAM_MIN_ASPECT_HALF,
+    GRAM_MIN_ROWS_HALF,
+    NEWTON_SCHULZ_COEFFICIENTS,
+    msign,
+    use_gram,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(512, 512), (1024, 1024), (768, 3072), (1024, 4096)]
@@ -164,7 +170,7 @@ def verdicts(rows: list[dict], device: torch.device) -> str:
              f"- Polar Express max |σ − 1| ≤ 0.16: {err:.3f} — {'met' if err <= 0.16 else 'not met'}"]
     wide = [r for r in ours if r["method"].endswith("gram")]
     if wide:
-        lines.append(f"- bf16 Gram form (`gram=True`; aspect ≥ 3, ≥ 128 rows: "
+        lines.append(f"- bf16 Gram form (`gram=True`; aspect ≥ {GRAM_MIN_ASPECT_HALF:g}, ≥ {GRAM_MIN_ROWS_HALF} rows: "
                      f"{', '.join(r['shape'] for r in wide)}): {max(r['vs_torch_ns'] for r in wide):.2f}× torch's "
                      f"Newton–Schulz at worst, max |σ − 1| {max(r['max_abs_sigma_minus_1'] for r in wide):.3f} "
                      f"(the plain iteration: {max(r['max_abs_sigma_minus_1'] for r in pe):.3f})")

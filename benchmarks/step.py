@@ -106,21 +106,13 @@ SPECOPT_MSIGN = {
 TORCH_ADAMW = {"cpu": "single-tensor loop", "cuda": "foreach"}
 
 
-def newton_schulz_flops(params, steps: int = 5) -> float:
-    """Flops of 5 Newton–Schulz steps on every hidden matrix: per step X Xᵀ, A·A and B·X (m ≤ n)."""
-    total = 0.0
-    for name, p in params:
-        if is_hidden(name):
-            m, n = sorted(p.shape)
-            total += steps * 2 * (2 * m * m * n + m**3)
-    return total
+def msign_flops(params, gram: bool | None, steps: int = 5) -> float:
+    """Flops of the bf16 msign on every hidden matrix as written (full products, before the row-block savings).
 
-
-def specopt_msign_flops(params, gram: bool | None, steps: int = 5) -> float:
-    """Flops of specopt's bf16 msign on every hidden matrix as written (full products, before the row-block
-    savings): the plain steps where the Gram form is not chosen, else per :func:`specopt.linalg.gram_segments`
-    a one-step segment as a plain step and a longer one as ``R = X Xᵀ``, per step ``R²`` (and ``P·Q``,
-    ``P·(R·P)`` between steps), then ``Q·X``."""
+    Plain steps (torch.optim.Muon's Newton–Schulz, and specopt's iteration where the Gram form is not chosen):
+    per step X Xᵀ, A·A and B·X (m ≤ n). The Gram form, per :func:`specopt.linalg.gram_segments`: a one-step
+    segment as a plain step, a longer one as ``R = X Xᵀ``, per step ``R²`` (and ``P·Q``, ``P·(R·P)`` between
+    steps), then ``Q·X``."""
     total = 0.0
     for name, p in params:
         if not is_hidden(name):
@@ -184,14 +176,13 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     mem = {k: state_bytes(v) for k, v in opts.items()}
     fused_ref = "torch.optim.Muon + AdamW(fused)"
-    ns_rate, peak = newton_schulz_flops(params) / med[fused_ref], matmul_rate(args.device)
+    flops = {"plain": msign_flops(params, gram=False), "gram": msign_flops(params, gram=True)}
+    ns_rate, peak = flops["plain"] / med[fused_ref], matmul_rate(args.device)
     ref = {"specopt Muon": fused_ref, "specopt Muon (gram=True)": fused_ref, "torch.optim.Muon + AdamW": fused_ref,
            "specopt Scion": "torch.optim.AdamW", "specopt UScion": "torch.optim.AdamW"}
     n_params = sum(p.numel() for _, p in params)
     n_hidden = sum(is_hidden(name) for name, _ in params)
     n_gram = sum(is_hidden(name) and linalg.use_gram(True, torch.bfloat16, sorted(p.shape)) for name, p in params)
-    flops = {"torch": newton_schulz_flops(params), "plain": specopt_msign_flops(params, None),
-             "gram": specopt_msign_flops(params, True)}
     rows = []
     for name in opts:
         base = ref.get(name, name)
@@ -203,11 +194,12 @@ def main() -> None:
         f"Measured by {command('step.py', args)} on {where(args)}, "
         f"{n_params / 1e6:.1f}M parameters ({n_hidden} hidden matrices), median of "
         f"{args.repeats} interleaved steps. Muon rows: msign in bf16, 5 iterations (torch: Newton–Schulz, 15 "
-        f"matmuls per matrix, one matrix at a time, {flops['torch'] / 1e12:.2f} TFLOP per step; specopt: Polar "
+        f"matmuls per matrix, one matrix at a time, {flops['plain'] / 1e12:.2f} TFLOP per step; specopt: Polar "
         f"Express, {SPECOPT_MSIGN[args.device.type]}: by default the same 15 matmuls per matrix as torch, "
         f"{flops['plain'] / 1e12:.2f} TFLOP as written; with `gram=True` the Gram form (Gram Newton–Schulz, "
-        f"restarted every 2 steps in bf16) on the {n_gram} wide matrices, {flops['gram'] / 1e12:.2f} TFLOP as "
-        "written, slightly less accurate: see the msign table and EXPERIMENTS.md); "
+        f"restarted every {linalg.GRAM_SEGMENT_HALF} steps in bf16) on the {n_gram} wide matrices, "
+        f"{flops['gram'] / 1e12:.2f} TFLOP as written, slightly less accurate: see the msign table and "
+        "EXPERIMENTS.md); "
         "AdamW on embeddings and gains on both sides (specopt's built-in AdamW uses torch's fused kernel, so the "
         "reference with `fused=True` is the like-for-like one). AdamW rows: torch defaults "
         f"({TORCH_ADAMW[args.device.type]}). State = optimizer-state tensors (fp32).", "",

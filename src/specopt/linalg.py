@@ -349,6 +349,12 @@ def _half(dtype: torch.dtype) -> bool:
     return dtype not in (torch.float32, torch.float64)
 
 
+def check_gram(gram) -> None:
+    """``gram`` must be True, False or None (automatic): a ValueError naming it otherwise."""
+    if gram is not None and not isinstance(gram, bool):
+        raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
+
+
 def use_gram(gram: bool | None, work: torch.dtype, shape) -> bool:
     """Whether msign runs the Gram variant on a ``shape`` matrix (rows ≤ cols) computed in ``work``.
 
@@ -358,11 +364,10 @@ def use_gram(gram: bool | None, work: torch.dtype, shape) -> bool:
     up to 0.09 further from the exact iteration's than the plain bf16 iteration's 0.05; char-GPT final
     validation losses 0.2 % higher on average, EXPERIMENTS.md). ``False``: never.
     """
-    if gram is not None and not isinstance(gram, bool):
-        raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
-    rows, cols = shape[-2], shape[-1]
+    check_gram(gram)
     if gram is False:
         return False
+    rows, cols = shape[-2], shape[-1]
     if _half(work):
         return gram is True and cols >= GRAM_MIN_ASPECT_HALF * rows and rows >= GRAM_MIN_ROWS_HALF
     return cols >= GRAM_MIN_ASPECT * rows

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from specopt._checks import check_positive, check_tensor
-from specopt.linalg import METHODS, msign, polar_factor, resolve_compute_dtype
+from specopt.linalg import METHODS, check_gram, msign, polar_factor, resolve_compute_dtype
 
 
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -295,8 +295,7 @@ class _SpectralBase(Norm):
                  compute_dtype: torch.dtype | None = None, gram: bool | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
-        if gram is not None and not isinstance(gram, bool):
-            raise ValueError(f"gram must be True, False or None (automatic), got {gram!r}")
+        check_gram(gram)
         self.method, self.steps, self.compute_dtype, self.gram = method, steps, compute_dtype, gram
 
     @abstractmethod
