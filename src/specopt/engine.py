@@ -32,42 +32,13 @@ from specopt.estimators import (
     storm_direction,
     validate_momentum,
 )
-from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase, get_norm, norm_from_config
+from specopt.layouts import MUON_SCALES, auto_norm, radius_for
+from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
 from specopt.probe import gradients_at
 from specopt.steps import NEEDS_DUAL, PER_TENSOR_RULES, RULES, apply_update, shrink_and_scale
 
-MUON_SCALES = ("original", "match_rms_adamw", "spectral")
 NONFINITE = ("raise", "skip")
-
-
-def radius_for(radius, shape, norm: Norm) -> float:
-    """ρ of one tensor. A number is used as is. The Muon scale names give the radius that makes
-    ``ρ·lmo(d) = −scale·msign(d̂)`` for a spectral norm (d̂ the matrix view, d_out × d_in), with scale
-    ``max(1, d_out/d_in)^½`` (original), ``0.2·√max(d_out, d_in)`` (match_rms_adamw) or ``√(d_out/d_in)``
-    (spectral)."""
-    if not isinstance(radius, str):
-        return radius
-    if isinstance(norm, Blocked):
-        sizes = norm.sizes(shape[0])
-        if len(set(sizes)) > 1:
-            raise ValueError(f"radius={radius!r} (a Muon scale) needs equal blocks, got split sizes {sizes}")
-        shape, norm = (sizes[0],) + tuple(shape[1:]), norm.inner
-    if not isinstance(norm, _SpectralBase):
-        raise ValueError(f"radius={radius!r} (a Muon scale) needs a spectral norm, got {norm!r}")
-    d_out, d_in = shape[0], math.prod(shape[1:])
-    scale = {"original": math.sqrt(max(1.0, d_out / d_in)), "match_rms_adamw": 0.2 * math.sqrt(max(d_out, d_in)),
-             "spectral": math.sqrt(d_out / d_in)}[radius]
-    return scale / norm._scale(shape)
-
-
-def auto_norm(shape, **msign_kwargs) -> Norm:
-    """The default geometry of a tensor by its rank: conv kernel, matrix, or vector/gain."""
-    if len(shape) >= 3:
-        return SpectralConv(kernel_dims=min(len(shape) - 2, 3), **msign_kwargs)
-    if len(shape) == 2:
-        return Spectral(**msign_kwargs)
-    return BiasRMS()
 
 
 class _Item:
@@ -276,7 +247,7 @@ class GeometryOptimizer(Optimizer):
                     aux.append(_Item(p, g, group, state, name, None, None, param, layout))
                     continue
                 shape = layout.shape
-                norm = auto_norm(shape) if group["norm"] == "auto" else group["norm"]
+                norm = auto_norm(shape, name) if group["norm"] == "auto" else group["norm"]
                 items.append(_Item(p, g, group, state, name, norm, radius_for(group["radius"], shape, norm), param,
                                    layout))
         return items, aux

@@ -396,19 +396,20 @@ class SpectralConv(_SpectralBase):
 
 
 class Blocked(Norm):
-    """An inner matrix norm applied to row blocks of a matrix: ``‖W‖ = max_b ‖W_b‖``.
+    """An inner norm applied to blocks of rows (the d_out axis) of each item: ``‖W‖ = max_b ‖W_b‖``.
 
     The dual of a max over blocks is the sum, ``‖g‖_* = Σ_b ‖g_b‖_*``, and the lmo is the inner lmo of every
     block (each block is its own linear map). ``split_sizes`` are the block heights (an int k means k equal
-    blocks). Used to orthogonalise the q, k, v blocks of a fused QKV weight separately and per attention head.
-    Equal blocks are handled as one batch (one msign call).
+    blocks). Used for the q, k, v blocks of a fused attention projection (unequal under grouped-query attention),
+    per attention head, for fused gate/up projections, and for grouped convolutions (the kernel of a conv with
+    ``groups = k`` is block-diagonal: ``Blocked(SpectralConv(), k)``). ``interleaved=True``: row ``r`` belongs to
+    block ``r mod k`` (equal blocks only; e.g. gate/up stored as gate₀, up₀, gate₁, up₁, …). Equal blocks are
+    handled as one batch (one msign call).
     """
 
-    item_ndim = 2
-
-    def __init__(self, inner: Norm, split_sizes: int | tuple[int, ...]):
-        if not isinstance(inner, Norm) or inner.item_ndim != 2:
-            raise ValueError(f"Blocked needs a matrix norm inside, got {inner!r}")
+    def __init__(self, inner: Norm, split_sizes: int | tuple[int, ...], interleaved: bool = False):
+        if not isinstance(inner, Norm) or not inner.item_ndim or inner.item_ndim < 2:
+            raise ValueError(f"Blocked needs a matrix or kernel norm inside, got {inner!r}")
         if isinstance(split_sizes, int) and not isinstance(split_sizes, bool):
             if split_sizes < 1:
                 raise ValueError(f"the number of blocks must be >= 1, got {split_sizes}")
@@ -417,6 +418,16 @@ class Blocked(Norm):
             raise ValueError(f"split_sizes must be a positive int or a tuple of positive ints, got {split_sizes!r}")
         self.inner = inner
         self.split_sizes = split_sizes if isinstance(split_sizes, int) else tuple(split_sizes)
+        self.interleaved = bool(interleaved)
+        if self.interleaved and not isinstance(self.split_sizes, int) and len(set(self.split_sizes)) > 1:
+            raise ValueError(f"interleaved blocks must be equal, got split sizes {self.split_sizes}")
+
+    @property
+    def item_ndim(self) -> int:  # type: ignore[override]
+        return self.inner.item_ndim
+
+    def _item_rank(self, x):
+        return self.item_ndim
 
     def sizes(self, rows: int) -> tuple[int, ...]:
         if isinstance(self.split_sizes, int):
@@ -427,15 +438,39 @@ class Blocked(Norm):
             raise ValueError(f"split_sizes {self.split_sizes} do not add up to the {rows} rows of the tensor")
         return self.split_sizes
 
+    def block_shape(self, shape) -> tuple:
+        """The shape of one block of an item of ``shape`` (equal blocks only; Muon's scale reads it)."""
+        shape = tuple(shape)
+        axis = len(shape) - self.item_ndim
+        sizes = self.sizes(shape[axis])
+        if len(set(sizes)) > 1:
+            raise ValueError(f"unequal blocks {sizes} have no single block shape")
+        return shape[:axis] + (sizes[0],) + shape[axis + 1:]
+
+    def _stack(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Equal blocks as a new batch axis just before the item's row axis."""
+        axis = x.ndim - self.item_ndim
+        rows = x.shape[axis]
+        if self.interleaved:
+            return x.reshape(x.shape[:axis] + (rows // n, n) + x.shape[axis + 1:]).transpose(axis, axis + 1)
+        return x.reshape(x.shape[:axis] + (n, rows // n) + x.shape[axis + 1:])
+
+    def _unstack(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.interleaved:
+            axis = like.ndim - self.item_ndim
+            y = y.transpose(axis, axis + 1)
+        return y.reshape(like.shape)
+
     def _map(self, x: torch.Tensor, fn, combine=None):
         """Apply ``fn`` to every block (batched when the blocks are equal); ``combine`` reduces the per-block
-        results over the block axis, otherwise the blocks are stacked back into ``x``'s shape."""
-        sizes = self.sizes(x.shape[-2])
+        results over the block axis, otherwise the blocks are put back into ``x``'s shape."""
+        axis = x.ndim - self.item_ndim
+        sizes = self.sizes(x.shape[axis])
         if len(set(sizes)) == 1:
-            out = fn(x.reshape(x.shape[:-2] + (len(sizes), sizes[0], x.shape[-1])))
-            return combine(out, -1) if combine else out.reshape(x.shape)
-        outs = [fn(block) for block in torch.split(x, sizes, dim=-2)]
-        return combine(torch.stack(outs, -1), -1) if combine else torch.cat(outs, dim=-2)
+            out = fn(self._stack(x, len(sizes)))
+            return combine(out, -1) if combine else self._unstack(out, x)
+        outs = [fn(block) for block in torch.split(x, sizes, dim=axis)]
+        return combine(torch.stack(outs, -1), -1) if combine else torch.cat(outs, dim=axis)
 
     def lmo(self, g, batch_dims=None):
         self._dims(g, batch_dims, "lmo")
@@ -445,17 +480,17 @@ class Blocked(Norm):
         return self.inner.work_dtype(like)
 
     def lmo_factor(self, shape):
-        sizes = self.sizes(shape[-2])
-        return self.inner.lmo_factor((sizes[0], shape[-1])) if len(set(sizes)) == 1 else 1.0
+        shape = tuple(shape)
+        sizes = self.sizes(shape[len(shape) - self.item_ndim])
+        return self.inner.lmo_factor(self.block_shape(shape)) if len(set(sizes)) == 1 else 1.0
 
     def lmo_factored(self, g, batch_dims=None, *, private=False):
         self._dims(g, batch_dims, "lmo")
-        sizes = self.sizes(g.shape[-2])
+        sizes = self.sizes(g.shape[g.ndim - self.item_ndim])
         if len(set(sizes)) > 1:
             return self.lmo(g), 1.0
-        blocks = g.reshape(g.shape[:-2] + (len(sizes), sizes[0], g.shape[-1]))
-        S, factor = self.inner.lmo_factored(blocks, private=private)
-        return S.reshape(g.shape), factor
+        S, factor = self.inner.lmo_factored(self._stack(g, len(sizes)), private=private)
+        return self._unstack(S, g), factor
 
     def dual(self, g, batch_dims=None):
         self._dims(g, batch_dims, "dual")
@@ -466,9 +501,13 @@ class Blocked(Norm):
         return self._map(x, self.inner.norm, torch.amax)
 
     def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
-        blocks = [self.inner.init(tuple(shape[:-2]) + (rows, shape[-1]), radius, generator=generator, dtype=dtype,
-                                  device=device) for rows in self.sizes(shape[-2])]
-        return torch.cat(blocks, dim=-2)
+        shape = tuple(shape)
+        axis = len(shape) - self.item_ndim
+        blocks = [self.inner.init(shape[:axis] + (rows,) + shape[axis + 1:], radius, generator=generator,
+                                  dtype=dtype, device=device) for rows in self.sizes(shape[axis])]
+        if self.interleaved:
+            return torch.stack(blocks, axis + 1).reshape(shape)
+        return torch.cat(blocks, dim=axis)
 
     def project(self, x, radius=1.0, batch_dims=None):
         self._dims(x, batch_dims, "project")

@@ -1,0 +1,93 @@
+"""The output layer of a model, found by what it is (it produces the logits), not by registration order.
+
+In order: the module transformers' ``get_output_embeddings()`` or timm's ``get_classifier()`` returns; a classifier
+with ``config.num_labels`` outputs outside a transformers base model; the ``nn.Linear`` (or ``Conv1D``) whose output
+reaches the model's output through parameter-free operations in a ``torch.fx`` trace; the one ``nn.Linear`` that
+projects back to the vocabulary of the model's ``nn.Embedding``. Otherwise the model has no head (``nn.Transformer``
+alone, a feature extractor).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch.fx
+from torch import nn
+
+
+def find_heads(model: nn.Module) -> tuple[set[str], str]:
+    """Names of the modules that produce the model's output (logits), and the rule that found them."""
+    modules = dict(model.named_modules())
+    names = {id(m): n for n, m in modules.items()}
+    for getter in ("get_output_embeddings", "get_classifier"):
+        fn = getattr(model, getter, None)
+        if callable(fn):
+            try:
+                out = fn()
+            except Exception:  # noqa: BLE001 — a getter that is not implemented for this model
+                out = None
+            if isinstance(out, nn.Module) and id(out) in names and _has_weight(out):
+                return {names[id(out)]}, f"{getter}()"
+    labels = getattr(getattr(model, "config", None), "num_labels", None)
+    prefix = getattr(model, "base_model_prefix", None)
+    if labels and prefix and hasattr(model, prefix):
+        found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == labels
+                 and not n.startswith(prefix + ".") and n != prefix}
+        if found:
+            return found, "config.num_labels classifier"
+    found = _fx_output_linears(model)
+    if found:
+        return found, "torch.fx: produces the output"
+    vocab = {m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}
+    found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features in vocab}
+    if len(found) == 1:
+        return found, "projects to the embedding's vocabulary"
+    return set(), "none found"
+
+
+def _has_weight(module) -> bool:
+    return isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.ndim == 2
+
+
+def _fx_output_linears(model: nn.Module) -> set[str]:
+    """The Linear modules whose outputs reach the traced output through parameter-free ops only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 — most models with data-dependent control flow do not trace
+        return set()
+    modules = dict(model.named_modules())
+    found: set[str] = set()
+    output = next(n for n in graph.nodes if n.op == "output")
+    frontier = _nodes_in(output.args)
+    seen = set()
+    while frontier:
+        node = frontier.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module":
+            module = modules.get(node.target)
+            if isinstance(module, nn.Linear) or is_hf_conv1d(module):
+                found.add(node.target)
+                continue
+            if module is not None and any(True for _ in module.parameters()):
+                continue
+        elif node.op not in ("call_function", "call_method"):
+            continue
+        inputs = _nodes_in(node.args)
+        if len(inputs) == 1:
+            frontier.extend(inputs)
+    return found
+
+
+def _nodes_in(args) -> list:
+    out = []
+    torch.fx.node.map_arg(args, lambda n: out.append(n))
+    return out
+
+
+def is_hf_conv1d(module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 family): ``y = x·W + b`` with ``W`` stored ``(d_in, d_out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")

@@ -1,0 +1,168 @@
+"""Norms on a view of the stored tensor: the geometry of layouts other than ``nn.Linear``'s ``(d_out, d_in)``.
+
+A norm of the catalogue reads a matrix as ``(d_out, d_in)``. Two wrappers let it act on tensors stored otherwise,
+so that the geometry follows the map the module computes, not the order of the axes in memory:
+
+* :class:`Transposed` — the tensor is stored ``(d_in, d_out)`` (transformers' ``Conv1D`` in the GPT-2 family,
+  expert stacks stored ``(E, d_in, d_out)``): ``lmo(G) = inner.lmo(Gᵀ)ᵀ``, ``‖W‖ = ‖Wᵀ‖_inner``.
+* :class:`Stacked` — the leading ``dims`` axes index independent maps (the E experts of an MoE layer): each map has
+  its own ball, so ``‖W‖ = max_e ‖W_e‖`` with dual ``‖G‖_* = Σ_e ‖G_e‖_*`` and ``lmo(G)_e = lmo(G_e)``, the
+  same product-of-balls geometry as :class:`~specopt.norms.Blocked` (one msign call for all experts).
+
+Both wrap any norm, :class:`~specopt.norms.Blocked` included: ``Stacked(Transposed(Blocked(Spectral(), 2)))`` is
+the geometry of a fused gate/up expert stack stored ``(E, d_in, 2·d_ffn)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from specopt.norms import _NAMES, CATALOGUE, Norm
+
+
+class _View(Norm):
+    """A norm applied to a rearranged view of the tensor; ``_to_view``/``_from_view`` are inverse maps."""
+
+    def __init__(self, inner: Norm):
+        if not isinstance(inner, Norm):
+            raise ValueError(f"{type(self).__name__} needs a specopt Norm inside, got {inner!r}")
+        self.inner = inner
+
+    def _to_view(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    _from_view = _to_view
+
+    def _view_shape(self, shape) -> tuple:
+        """The shape of one item as the inner norm sees it."""
+        raise NotImplementedError
+
+    def _inner_batch(self, batch_dims: int | None) -> int | None:
+        return batch_dims
+
+    def item_shape(self, shape) -> tuple[Norm, tuple]:
+        """``(inner norm, shape of one inner item)`` for a stored tensor of ``shape`` (Muon's scale reads it)."""
+        return self.inner, self._view_shape(tuple(shape))
+
+    def lmo(self, g, batch_dims=None):
+        return self._from_view(self.inner.lmo(self._to_view(g), self._inner_batch(batch_dims)))
+
+    def lmo_factored(self, g, batch_dims=None, *, private=False):
+        S, factor = self.inner.lmo_factored(self._to_view(g), self._inner_batch(batch_dims), private=private)
+        return self._from_view(S), factor
+
+    def lmo_factor(self, shape):
+        return self.inner.lmo_factor(self._view_shape(tuple(shape)))
+
+    def work_dtype(self, like):
+        return self.inner.work_dtype(like)
+
+    def dual(self, g, batch_dims=None):
+        return self._reduce(self.inner.dual(self._to_view(g), self._inner_batch(batch_dims)), torch.sum)
+
+    def norm(self, x, batch_dims=None):
+        return self._reduce(self.inner.norm(self._to_view(x), self._inner_batch(batch_dims)), torch.amax)
+
+    def _reduce(self, values: torch.Tensor, how) -> torch.Tensor:
+        return values
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        shape = tuple(shape)
+        view = self._full_view_shape(shape)
+        return self._from_view(self.inner.init(view, radius, generator=generator, dtype=dtype, device=device))
+
+    def _full_view_shape(self, shape) -> tuple:
+        return self._view_shape(shape)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        return self._from_view(self.inner.project(self._to_view(x), radius, self._inner_batch(batch_dims)))
+
+    @property
+    def item_ndim(self):  # type: ignore[override]
+        return self.inner.item_ndim
+
+
+class Transposed(_View):
+    """``inner`` on the transpose of the item's first two axes: for weights stored ``(d_in, d_out, …)``.
+
+    transformers' ``Conv1D`` computes ``y = x·W + b`` with ``W`` of shape ``(in_features, out_features)``; its
+    RMS→RMS geometry is ``Spectral`` of ``Wᵀ``: ``lmo(G) = −√(d_out/d_in)·msign(Gᵀ)ᵀ``. Reading ``W`` as
+    ``(d_out, d_in)`` instead inverts the scale (the step of a 768×3072 ``c_fc`` would be 1/4 of the intended one).
+    Also ``nn.ConvTranspose*d`` kernels, stored ``(c_in, d_out, *k)``: ``Transposed(SpectralConv())``.
+    """
+
+    def _axes(self, ndim: int) -> tuple[int, int]:
+        rank = self.inner.item_ndim or 2
+        if ndim < rank:
+            raise ValueError(f"Transposed({type(self.inner).__name__}) needs tensors with at least {rank} dims")
+        return ndim - rank, ndim - rank + 1
+
+    def _to_view(self, x):
+        return x.transpose(*self._axes(x.ndim))
+
+    _from_view = _to_view
+
+    def _view_shape(self, shape):
+        a, b = self._axes(len(shape))
+        shape = list(shape)
+        shape[a], shape[b] = shape[b], shape[a]
+        return tuple(shape)
+
+
+class Stacked(_View):
+    """``inner`` on each of the maps indexed by the leading ``dims`` axes (an MoE layer's experts).
+
+    ``‖W‖ = max_e ‖W_e‖_inner``, ``‖G‖_* = Σ_e ‖G_e‖_inner*``, ``lmo(G)_e = inner.lmo(G_e)`` — each expert is its
+    own linear map with its own ball, as in the per-expert Muon of MoE training recipes (e.g. Moonlight, Liu et al.
+    2025), and all experts of a tensor go through one batched msign call.
+    """
+
+    def __init__(self, inner: Norm, dims: int = 1):
+        super().__init__(inner)
+        if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+            raise ValueError(f"Stacked dims must be a positive int, got {dims!r}")
+        self.dims = dims
+
+    def _to_view(self, x):
+        if x.ndim <= self.dims:
+            raise ValueError(f"Stacked(dims={self.dims}) needs tensors with more than {self.dims} dims, got shape "
+                             f"{tuple(x.shape)}")
+        return x
+
+    _from_view = _to_view
+
+    def _inner_batch(self, batch_dims):
+        return (batch_dims or 0) + self.dims
+
+    def _view_shape(self, shape):
+        return shape[self.dims:]
+
+    def _full_view_shape(self, shape):
+        return shape
+
+    def _reduce(self, values, how):
+        return how(values, dim=tuple(range(values.ndim - self.dims, values.ndim)))
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        shape = tuple(shape)
+        items = [self.inner.init(shape[self.dims:], radius, generator=generator, dtype=dtype, device=device)
+                 for _ in range(math.prod(shape[:self.dims]))]
+        return torch.stack(items).reshape(shape)
+
+    @property
+    def item_ndim(self):  # type: ignore[override]
+        return None if self.inner.item_ndim is None else self.inner.item_ndim + self.dims
+
+
+def unwrap(norm: Norm, shape) -> tuple[Norm, tuple]:
+    """Strip the view wrappers: the innermost norm and the shape of one of its items."""
+    shape = tuple(shape)
+    while isinstance(norm, _View):
+        norm, shape = norm.item_shape(shape)
+    return norm, shape
+
+
+CATALOGUE.update({"transposed": Transposed, "stacked": Stacked})
+_NAMES.update({Transposed: "transposed", Stacked: "stacked"})
