@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from specopt.heads import is_hf_conv1d
+from specopt.heads import find_heads, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
 from specopt.views import Stacked, Transposed, unwrap
 
@@ -259,3 +259,196 @@ def auto_norm(shape, name: str = "a parameter", **msign_kwargs) -> Norm:
     if len(shape) == 2:
         return Spectral(**msign_kwargs)
     return BiasRMS()
+
+
+def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_sizes: dict | None = None,
+             num_heads: int | bool | None = None) -> tuple[dict, str]:
+    """``{name: (Layout, parameter)}`` for every trainable parameter (named as ``model.named_parameters()``
+    names it; tied and shared tensors once, frozen ones left out), and the rule that found the head.
+
+    ``layouts``: ``{name regex or module type: kind}`` declarations (a type may map to ``{local name: kind}``);
+    ``head``: regex of the output module's name, ``False`` for none, ``None`` to find it; ``split_sizes``:
+    ``{name regex: row blocks}``; ``num_heads``: an int (query heads) or ``True`` (the heads the attention modules
+    state) to split q, k, v per head. Every option must apply to some tensor, or it is a ``ValueError``.
+    """
+    declarations = _check_declarations(layouts or {})
+    heads, head_rule = _heads(model, head)
+    occurrences: dict[int, list] = {}
+    parents = {}
+    for mod_name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            parents.setdefault(id(child), (module, child_name))
+        for local, p in module.named_parameters(recurse=False):
+            occurrences.setdefault(id(p), []).append((mod_name, module, local))
+    out = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        places = occurrences[id(p)]
+        mod_name, module, local = next((o for o in places if _join(o[0], o[2]) == name), places[0])
+        layout = _declared_for(declarations, name, module, local, p)
+        if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
+            layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
+        if layout is None:
+            layout = known(module, local, p)
+        if layout is None:
+            raise undeclared_error(name, p, module)
+        if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
+            layout = Layout("head", layout.source + ", output layer", transposed=layout.transposed)
+        if layout.role == "hidden" and layout.blocks is None and not layout.source.startswith("declared"):
+            layout = _fused(layout, name, module, parents.get(id(module)), p)
+        out[name] = (layout, p, module, parents.get(id(module)))
+    _apply_split_sizes(out, split_sizes or {})
+    if num_heads is not None and num_heads is not False:
+        _apply_heads(out, num_heads)
+    return {name: (entry[0], entry[1]) for name, entry in out.items()}, head_rule
+
+
+def _join(prefix: str, local: str) -> str:
+    return f"{prefix}.{local}" if prefix else local
+
+
+def _check_declarations(layouts: dict) -> list:
+    if not isinstance(layouts, dict):
+        raise ValueError(f"layouts must be a dict {{name regex or module type: layout}}, got {layouts!r}")
+    checked = []
+    for key, kind in layouts.items():
+        if not isinstance(key, (str, type)):
+            raise ValueError(f"layouts keys are name regexes or module types, got {key!r}")
+        kinds = kind.values() if isinstance(kind, dict) and isinstance(key, type) else [kind]
+        for k in kinds:
+            if k not in KINDS:
+                raise ValueError(f"unknown layout {k!r} for {key!r}; valid layouts: {', '.join(KINDS)}")
+        checked.append([key, kind, False])
+    return checked
+
+
+def _declared_for(declarations: list, name: str, module, local: str, p) -> Layout | None:
+    for entry in declarations:
+        key, kind = entry[0], entry[1]
+        if isinstance(key, type):
+            if not isinstance(module, key):
+                continue
+            if isinstance(kind, dict):
+                if local not in kind:
+                    continue
+                kind = kind[local]
+            elif p.ndim <= 1:  # a type declaration is about its weights; its biases stay vectors
+                continue
+        elif not re.search(key, name):
+            continue
+        entry[2] = True
+        return declared(kind, p, name)
+    return None
+
+
+def _heads(model: nn.Module, head) -> tuple[set[str], str]:
+    if head is False:
+        return set(), "none (head=False)"
+    if head is None:
+        return find_heads(model)
+    if not isinstance(head, str):
+        raise ValueError(f"head must be a regex of the output module's name, False or None, got {head!r}")
+    candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_hf_conv1d(m)]
+    found = {n for n in candidates if re.search(head, n)}
+    if not found:
+        raise ValueError(f"head={head!r} matches no nn.Linear or Conv1D; those modules are: {candidates}")
+    return found, f"head={head!r}"
+
+
+def _rows(layout: Layout, p) -> int:
+    """d_out of one matrix of the tensor."""
+    return p.shape[layout.stack + (1 if layout.transposed else 0)]
+
+
+def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
+    """Blocks of a fused projection known by its place: q/k/v in an attention module, gate/up in an MLP."""
+    if parent is None:
+        return layout
+    attention, local = parent
+    rows = _rows(layout, p)
+    if local in _FUSED_QKV:
+        blocks = fused_qkv_blocks(name, attention, rows)
+        return _with(layout, blocks, f"fused q/k/v {blocks}")
+    if local == "gate_up_proj":
+        return _with(layout, (rows // 2, rows // 2), "fused gate/up")
+    return layout
+
+
+def _with(layout: Layout, blocks, what: str) -> Layout:
+    return Layout(layout.role, f"{layout.source}, {what}", transposed=layout.transposed, stack=layout.stack,
+                  blocks=tuple(blocks), interleaved=layout.interleaved, kernel_dims=layout.kernel_dims)
+
+
+def _apply_split_sizes(out: dict, split_sizes: dict) -> None:
+    if not isinstance(split_sizes, dict):
+        raise ValueError(f"split_sizes must be a dict {{name regex: (rows, …)}}, got {split_sizes!r}")
+    for pattern, sizes in split_sizes.items():
+        matched = [n for n, e in out.items() if e[0].role in ("hidden", "head", "expert") and re.search(pattern, n)]
+        if not matched:
+            raise ValueError(f"split_sizes pattern {pattern!r} matches no matrix parameter; matrix parameters: "
+                             f"{[n for n, e in out.items() if e[0].role in ('hidden', 'head', 'expert')]}")
+        for name in matched:
+            layout, p = out[name][0], out[name][1]
+            rows = _rows(layout, p)
+            try:
+                Blocked(Spectral(), sizes).sizes(rows)
+            except ValueError as err:
+                raise ValueError(f"split_sizes for {name} (d_out = {rows}): {err}") from None
+            sizes_t = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+            if len(sizes_t) == 1 and isinstance(sizes, int):
+                sizes_t = (rows // sizes,) * sizes
+            out[name] = (Layout(layout.role, f"{layout.source}, split_sizes {sizes_t}", layout.transposed,
+                                layout.stack, sizes_t, False, layout.kernel_dims),) + out[name][1:]
+
+
+def _apply_heads(out: dict, num_heads) -> None:
+    if num_heads is not True and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
+        raise ValueError(f"num_heads must be a positive int or True, got {num_heads!r}")
+    applied = []
+    for name, (layout, p, module, parent) in list(out.items()):
+        if layout.role not in ("hidden", "expert"):
+            continue
+        attention = parent[0] if parent else None
+        if layout.blocks and ("q/k/v" in layout.source or "MultiheadAttention" in layout.source
+                              or "split_sizes" in layout.source):
+            q_rows = layout.blocks[0]
+            stated = head_counts(module if isinstance(module, nn.MultiheadAttention) else attention)[2] \
+                if num_heads is True else None
+            if isinstance(module, nn.MultiheadAttention) and num_heads is True:
+                stated = module.head_dim
+            head_dim = stated if num_heads is True else _divide(q_rows, num_heads, name)
+        elif parent and any(parent[1] in triple for triple in _SEPARATE_QKV) and _is_triple(attention, parent[1]):
+            head_dim = head_counts(attention)[2] if num_heads is True else _separate_head_dim(attention, parent[1],
+                                                                                                 num_heads, name)
+        else:
+            continue
+        if not head_dim:
+            raise ValueError(f"num_heads=True: the attention module of {name} states no head dim; pass num_heads=H")
+        blocks = per_head(layout.blocks or (_rows(layout, p),), head_dim, name)
+        out[name] = (Layout(layout.role, f"{layout.source}, per head ({head_dim} rows)", layout.transposed,
+                            layout.stack, blocks, False, layout.kernel_dims), p, module, parent)
+        applied.append(name)
+    if not applied:
+        raise ValueError(f"num_heads={num_heads!r} applies to no tensor: the model has no fused q/k/v projection, "
+                         "no q/k/v projections inside an attention module and no split_sizes")
+
+
+def _divide(rows: int, heads: int, name: str) -> int:
+    if rows % heads:
+        raise ValueError(f"num_heads={heads} does not divide the {rows} query rows of {name}")
+    return rows // heads
+
+
+def _is_triple(attention, local: str) -> bool:
+    children = dict(attention.named_children())
+    return any(local in triple and all(isinstance(children.get(c), nn.Linear) or is_hf_conv1d(children.get(c))
+                                       for c in triple) for triple in _SEPARATE_QKV)
+
+
+def _separate_head_dim(attention, local: str, heads: int, name: str) -> int:
+    children = dict(attention.named_children())
+    triple = next(t for t in _SEPARATE_QKV if local in t)
+    query = children[triple[0]]
+    rows = query.weight.shape[1] if is_hf_conv1d(query) else query.weight.shape[0]
+    return _divide(rows, heads, name)

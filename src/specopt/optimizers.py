@@ -25,10 +25,15 @@ import torch
 
 from specopt.constraints import Constraint
 from specopt.engine import GeometryOptimizer
-from specopt.norms import Blocked, Spectral, SpectralConv
+from specopt.layouts import auto_norm
+from specopt.norms import Blocked, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
+from specopt.views import Stacked, Transposed
 
 _ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
+MUON_ROLES = ("hidden", "expert", "conv")
+"""The roles of :func:`specopt.param_groups` Muon orthogonalises; the others (embedding, token, head, vector)
+go to its AdamW."""
 
 
 def _defaults(**kwargs) -> dict:
@@ -171,8 +176,9 @@ class Muon(GeometryOptimizer):
     """Muon: Nesterov momentum, ``W ← (1−γλ)W − γ·scale·msign(d̃)`` on hidden matrices (and conv kernels,
     flattened), a built-in AdamW for everything else (embeddings, output head, gains, biases).
 
-    Which tensors are Muon's: the ``role`` of a group from :func:`specopt.param_groups` (hidden, conv), or
-    else every tensor with ≥ 2 dims. The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
+    Which tensors are Muon's: the ``role`` of a group from :func:`specopt.param_groups` (hidden, expert, conv:
+    each matrix as the module computes with it, experts one by one), or else every tensor with ≥ 2 dims (2-D in
+    ``nn.Linear``'s layout, 4-D/5-D conv kernels; a 3-D tensor's layout is unknown, an error). The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
     ``adamw_weight_decay`` (separate param groups, so LR schedulers scale both).
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
@@ -220,24 +226,32 @@ def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
         role = rest.get("role")
         if role is not None:  # a group of specopt.param_groups: Muon's step length is its scale, not a radius
             rest.pop("radius", None)
-            if not isinstance(rest.get("norm"), (Blocked, Spectral, SpectralConv)):
+            if role not in MUON_ROLES or not _spectral(rest.get("norm")):
                 rest.pop("norm", None)
         by_rank: dict[int, list] = {}
         other = []
         for member in members:
             p = member[1] if _is_named(member) else member
-            if (role in ("hidden", "conv")) if role is not None else p.ndim >= 2:
+            if (role in MUON_ROLES) if role is not None else p.ndim >= 2:
                 by_rank.setdefault(p.ndim, []).append(member)
             else:
                 other.append(member)
         for rank, ms in sorted(by_rank.items()):
             sub = {**rest, "params": ms}
             if rank > 2 and "norm" not in rest:
-                sub["norm"] = SpectralConv(kernel_dims=min(rank - 2, 3), **msign_kwargs)
+                name = ms[0][0] if _is_named(ms[0]) else f"a Muon tensor of shape {tuple(ms[0].shape)}"
+                sub["norm"] = auto_norm(tuple((ms[0][1] if _is_named(ms[0]) else ms[0]).shape), name, **msign_kwargs)
             out.append(sub)
         if other:
             out.append({**aux, **({"role": role} if role else {}), "params": other})
     return out
+
+
+def _spectral(norm) -> bool:
+    """A spectral geometry on some layout (a view, blocks): Muon keeps it; it replaces any other by its own."""
+    while isinstance(norm, (Blocked, Stacked, Transposed)):
+        norm = norm.inner
+    return isinstance(norm, _SpectralBase)
 
 
 def _is_named(member) -> bool:
