@@ -56,39 +56,55 @@ def role_groups(model, task, radius: float | None, gram: bool | None = None):
     return param_groups(model, scheme=task.scheme, radii=radii, msign={"gram": gram})
 
 
-def build(name: str, model: torch.nn.Module, task, hp: dict) -> list[torch.optim.Optimizer]:
-    """The optimizer(s) for ``model`` on ``task`` with resolved hyperparameters ``hp``."""
+def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[torch.optim.Optimizer]:
+    """The optimizer(s) for ``model`` on ``task`` with resolved hyperparameters ``hp``.
+
+    ``options`` go to the optimizer's constructor as they are (e.g. ``estimator="storm"``, ``nonfinite="skip"``,
+    Gluon's ``L0``/``L1``); ``torch-muon`` (two optimizers) takes none. ``hp["weight_decay"]`` reaches every
+    optimizer that has one; Scion (SCG, whose step already shrinks W by γ) has none and refuses a non-zero one.
+    """
     lr = hp["lr"]
+    wd = hp.get("weight_decay") or 0.0
     if name == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=hp["weight_decay"], betas=(0.9, 0.95))]
+        return [torch.optim.AdamW(model.parameters(), **{"lr": lr, "weight_decay": wd, "betas": (0.9, 0.95),
+                                                         **options})]
     if name == "sgd":
-        return [torch.optim.SGD(model.parameters(), lr=lr, momentum=hp["momentum"])]
+        return [torch.optim.SGD(model.parameters(), **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,
+                                                       **options})]
     if name == "torch-muon":
+        if options:
+            raise ValueError(f"torch-muon builds two torch optimizers and takes no options, got {sorted(options)}")
         groups = param_groups(model, scheme=task.scheme)
         hidden = [p for g in groups if g["role"] in ("hidden",) for _, p in g["params"]]
         rest = [p for g in groups if g["role"] not in ("hidden",) for _, p in g["params"]]
-        opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=hp["weight_decay"], adjust_lr_fn="original")]
+        opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=wd, adjust_lr_fn="original")]
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
         return opts
     if name == "muon":
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
-        return [specopt.Muon(groups, lr=lr, weight_decay=hp["weight_decay"], adamw_lr=hp["adamw_lr"], adamw_eps=1e-8,
-                             gram=hp.get("gram"))]
+        return [specopt.Muon(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"], "adamw_eps": 1e-8,
+                                        "gram": hp.get("gram"), **options})]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
         groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
                   {"params": g["params"], "norm": "adamw", "lr": hp["adamw_lr"], "betas": (0.9, 0.95)}
                   for g in param_groups(model, scheme=task.scheme)]
-        return [specopt.ProxSpectral(groups, lr=lr, momentum=hp["momentum"])]
+        return [specopt.ProxSpectral(groups, **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,
+                                                **options})]
     groups = role_groups(model, task, hp.get("radius"), hp.get("gram"))
+    common = {"lr": lr, "momentum": hp["momentum"]}
     if name == "scion":
-        return [specopt.Scion(groups, lr=lr, momentum=hp["momentum"])]
+        if wd:
+            raise ValueError(f"scion has no weight_decay (its SCG step shrinks W by lr already), got {wd!r}; "
+                             "use uscion for decoupled weight decay")
+        return [specopt.Scion(groups, **{**common, **options})]
+    common["weight_decay"] = wd
     if name == "uscion":
-        return [specopt.UScion(groups, lr=lr, momentum=hp["momentum"])]
+        return [specopt.UScion(groups, **{**common, **options})]
     if name == "clipped-scion":
-        return [specopt.ClippedScion(groups, lr=lr, momentum=hp["momentum"], clip_radius=hp["clip_radius"])]
+        return [specopt.ClippedScion(groups, **{**common, "clip_radius": hp["clip_radius"], **options})]
     if name == "gluon":
-        return [specopt.Gluon([{**g, "radius": 1.0} for g in groups], lr=lr, momentum=hp["momentum"])]
+        return [specopt.Gluon([{**g, "radius": 1.0} for g in groups], **{**common, **options})]
     if name == "almond":
-        return [specopt.ALMOND(groups, lr=lr, momentum=hp["momentum"])]
+        return [specopt.ALMOND(groups, **{**common, **options})]
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(DEFAULTS)}")
