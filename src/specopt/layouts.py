@@ -41,18 +41,18 @@ from torch import nn
 
 from specopt.heads import find_heads, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
-from specopt.views import Stacked, Transposed, unwrap
+from specopt.views import MUON_SCALES as MUON_SCALES
+from specopt.views import Stacked, Transposed, muon_scale, unwrap
 
 KINDS = ("linear", "linear_transposed", "experts", "experts_transposed", "conv", "embedding", "token", "vector")
 """The layouts a user can declare: ``(d_out, d_in)``, ``(d_in, d_out)``, ``(E, d_out, d_in)``, ``(E, d_in, d_out)``,
 a conv kernel ``(d_out, c_in, *k)``, an embedding table, learned tokens/positions, a vector or gain."""
 
-MUON_SCALES = ("original", "match_rms_adamw", "spectral")
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_TOKEN_NAMES = re.compile(r"(pos(ition)?_?(embed|embedding|embeddings|emb)|cls_token|class_token|reg_token|"
-                          r"register_tokens?|dist_token|mask_token|bias_k|bias_v)$")
+_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb|"
+                          r"(cls|class|reg|register|dist|mask|query|prompt)_?tokens?$|^bias_[kv]$)")
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
@@ -213,10 +213,11 @@ def per_head(blocks: tuple[int, ...], head_dim: int, name: str) -> tuple[int, ..
 
 def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
     return ValueError(
-        f"{name} of shape {tuple(p.shape)} (in {type(module).__name__}) has a layout specopt cannot know: a "
-        f"{p.ndim}-D tensor is not a known conv kernel, expert stack or token table. Declare it in one line, e.g. "
-        f"param_groups(model, layouts={{{name!r}: 'experts'}}) or layouts={{{type(module).__name__}: 'experts'}}; "
-        f"layouts: {', '.join(KINDS)}")
+        f"{name} of shape {tuple(p.shape)} (in {type(module).__name__}) has a layout specopt cannot know: no rule "
+        f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack or learned tokens. Declare it in "
+        f"one line: param_groups(model, layouts={{{name!r}: KIND}}), or {{{type(module).__name__}: KIND}} for every "
+        "such module, with KIND 'experts' (E, d_out, d_in), 'experts_transposed' (E, d_in, d_out), 'conv' "
+        "(d_out, c_in, *kernel), 'token' (positions, learned tokens) or 'vector'")
 
 
 def radius_for(radius, shape, norm: Norm) -> float:
@@ -232,16 +233,13 @@ def radius_for(radius, shape, norm: Norm) -> float:
             shape = norm.block_shape(shape)
         except ValueError:
             raise ValueError(f"radius={radius!r} (a Muon scale) needs equal blocks, got split sizes "
-                             f"{norm.sizes(shape[len(shape) - norm.item_ndim])}") from None
+                             f"{norm.sizes(shape[len(shape) - norm.item_ndim])}; put the scale in the norm with "
+                             "Blocked(MuonScaled(Spectral(), scale), sizes) and radius 1") from None
         norm, shape = unwrap(norm.inner, shape)
     if not isinstance(norm, _SpectralBase):
         raise ValueError(f"radius={radius!r} (a Muon scale) needs a spectral norm, got {norm!r}")
-    rank = norm.item_ndim
-    shape = tuple(shape[len(shape) - rank:])
-    d_out, d_in = shape[0], math.prod(shape[1:])
-    scale = {"original": math.sqrt(max(1.0, d_out / d_in)), "match_rms_adamw": 0.2 * math.sqrt(max(d_out, d_in)),
-             "spectral": math.sqrt(d_out / d_in)}[radius]
-    return scale / norm._scale(shape)
+    shape = tuple(shape[len(shape) - norm.item_ndim:])
+    return muon_scale(radius, shape[0], math.prod(shape[1:])) / norm._scale(shape)
 
 
 def auto_norm(shape, name: str = "a parameter", **msign_kwargs) -> Norm:

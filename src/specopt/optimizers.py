@@ -28,7 +28,7 @@ from specopt.engine import GeometryOptimizer
 from specopt.layouts import auto_norm
 from specopt.norms import Blocked, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
-from specopt.views import Stacked, Transposed
+from specopt.views import MuonScaled, Stacked, Transposed
 
 _ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
 MUON_ROLES = ("hidden", "expert", "conv")
@@ -177,8 +177,9 @@ class Muon(GeometryOptimizer):
     flattened), a built-in AdamW for everything else (embeddings, output head, gains, biases).
 
     Which tensors are Muon's: the ``role`` of a group from :func:`specopt.param_groups` (hidden, expert, conv:
-    each matrix as the module computes with it, experts one by one), or else every tensor with ≥ 2 dims (2-D in
-    ``nn.Linear``'s layout, 4-D/5-D conv kernels; a 3-D tensor's layout is unknown, an error). The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
+    each matrix as the module computes with it, experts one by one, fused blocks each with their own scale), or
+    else every tensor with ≥ 2 dims (2-D in ``nn.Linear``'s layout, 4-D/5-D conv kernels; a 3-D tensor's layout
+    is unknown, an error). The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
     ``adamw_weight_decay`` (separate param groups, so LR schedulers scale both).
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
@@ -203,12 +204,12 @@ class Muon(GeometryOptimizer):
                              weight_decay=weight_decay)
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
-        super().__init__(_split_for_muon(params, aux, msign_kwargs), defaults, rule="uscg", estimator=estimator,
+        super().__init__(_split_for_muon(params, aux, msign_kwargs, scale), defaults, rule="uscg", estimator=estimator,
                          nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
 
 
-def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
+def _split_for_muon(params, aux: dict, msign_kwargs: dict, scale: str) -> list[dict]:
     """Split every group into its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and its
     AdamW tensors. A group that says ``norm="adamw"`` is AdamW as a whole, with its own ``lr``."""
     params = list(params)
@@ -228,6 +229,8 @@ def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
             rest.pop("radius", None)
             if role not in MUON_ROLES or not _spectral(rest.get("norm")):
                 rest.pop("norm", None)
+            elif _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
+                rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
         by_rank: dict[int, list] = {}
         other = []
         for member in members:
@@ -245,6 +248,21 @@ def _split_for_muon(params, aux: dict, msign_kwargs: dict) -> list[dict]:
         if other:
             out.append({**aux, **({"role": role} if role else {}), "params": other})
     return out
+
+
+def _unequal_blocks(norm) -> bool:
+    while isinstance(norm, (Stacked, Transposed)):
+        norm = norm.inner
+    return isinstance(norm, Blocked) and not isinstance(norm.split_sizes, int) and len(set(norm.split_sizes)) > 1
+
+
+def _scale_blocks(norm, scale: str):
+    """The same layout with Muon's ``scale`` inside every block: ``Blocked(MuonScaled(inner, scale), sizes)``."""
+    if isinstance(norm, Stacked):
+        return Stacked(_scale_blocks(norm.inner, scale), norm.dims)
+    if isinstance(norm, Transposed):
+        return Transposed(_scale_blocks(norm.inner, scale))
+    return Blocked(MuonScaled(norm.inner, scale), norm.split_sizes, norm.interleaved)
 
 
 def _spectral(norm) -> bool:

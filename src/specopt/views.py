@@ -156,6 +156,66 @@ class Stacked(_View):
         return None if self.inner.item_ndim is None else self.inner.item_ndim + self.dims
 
 
+MUON_SCALES = ("original", "match_rms_adamw", "spectral")
+
+
+def muon_scale(name: str, d_out: int, d_in: int) -> float:
+    """Muon's step length per matrix: ``max(1, d_out/d_in)^½`` (original: Keller Jordan; torch.optim.Muon),
+    ``0.2·√max(d_out, d_in)`` (match_rms_adamw: Moonlight, Liu et al. 2025) or ``√(d_out/d_in)`` (spectral)."""
+    if name not in MUON_SCALES:
+        raise ValueError(f"unknown Muon scale {name!r}; valid scales: {', '.join(MUON_SCALES)}")
+    return {"original": math.sqrt(max(1.0, d_out / d_in)), "match_rms_adamw": 0.2 * math.sqrt(max(d_out, d_in)),
+            "spectral": math.sqrt(d_out / d_in)}[name]
+
+
+class MuonScaled(_View):
+    """A spectral ``inner`` norm rescaled per item so that ``lmo(g) = −scale(d_out, d_in)·msign(g)`` with a Muon
+    scale (:func:`muon_scale`): the unit ball is ``{‖W‖_op ≤ scale}``. Muon uses it inside blocks of unequal shapes
+    (the q, k, v of grouped-query attention), where one radius per tensor cannot give every block its own scale.
+    """
+
+    def __init__(self, inner: Norm, scale: str):
+        super().__init__(inner)
+        if not hasattr(inner, "_scale") or inner.item_ndim is None:
+            raise ValueError(f"MuonScaled needs a spectral norm inside, got {inner!r}")
+        muon_scale(scale, 1, 1)
+        self.scale = scale
+
+    def _to_view(self, x):
+        return x
+
+    _from_view = _to_view
+
+    def _view_shape(self, shape):
+        return shape
+
+    def _c(self, shape) -> float:
+        item = tuple(shape[len(shape) - self.inner.item_ndim:])
+        return muon_scale(self.scale, item[0], math.prod(item[1:])) / self.inner._scale(item)
+
+    def lmo(self, g, batch_dims=None):
+        return self.inner.lmo(g, batch_dims) * self._c(g.shape)
+
+    def lmo_factored(self, g, batch_dims=None, *, private=False):
+        S, factor = self.inner.lmo_factored(g, batch_dims, private=private)
+        return S, factor * self._c(g.shape)
+
+    def lmo_factor(self, shape):
+        return self.inner.lmo_factor(shape) * self._c(shape)
+
+    def dual(self, g, batch_dims=None):
+        return self.inner.dual(g, batch_dims) * self._c(g.shape)
+
+    def norm(self, x, batch_dims=None):
+        return self.inner.norm(x, batch_dims) / self._c(x.shape)
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        return self.inner.init(shape, radius * self._c(shape), generator=generator, dtype=dtype, device=device)
+
+    def project(self, x, radius=1.0, batch_dims=None):
+        return self.inner.project(x, radius * self._c(x.shape), batch_dims)
+
+
 def unwrap(norm: Norm, shape) -> tuple[Norm, tuple]:
     """Strip the view wrappers: the innermost norm and the shape of one of its items."""
     shape = tuple(shape)
@@ -164,5 +224,5 @@ def unwrap(norm: Norm, shape) -> tuple[Norm, tuple]:
     return norm, shape
 
 
-CATALOGUE.update({"transposed": Transposed, "stacked": Stacked})
-_NAMES.update({Transposed: "transposed", Stacked: "stacked"})
+CATALOGUE.update({"transposed": Transposed, "stacked": Stacked, "muon_scaled": MuonScaled})
+_NAMES.update({Transposed: "transposed", Stacked: "stacked", MuonScaled: "muon_scaled"})

@@ -1,0 +1,219 @@
+"""Real third-party architectures (transformers, torch.nn), random init from configs: roles tensor by tensor, the
+geometry by its defining property, every preset trains, exact state_dict round trip. Skips without transformers."""
+
+import copy
+
+import pytest
+import torch
+from model_checks import (
+    assert_one_step_geometry,
+    assert_presets_train,
+    assert_roles,
+    assert_state_dict_round_trip,
+    one_step_moves,
+)
+from torch import nn
+
+import specopt
+
+VOCAB, SEQ = 64, 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tokens(seed=0, batch=4):
+    return torch.randint(0, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+def lm_loss(model):
+    x = tokens()
+    return model(input_ids=x, labels=x).loss
+
+
+def hf(config_cls, model_cls, **kwargs):
+    transformers = pytest.importorskip("transformers")
+
+    def make():
+        torch.manual_seed(0)
+        config = getattr(transformers, config_cls)(**kwargs)
+        return getattr(transformers, model_cls)(config)
+    return make
+
+
+def gpt2():
+    return hf("GPT2Config", "GPT2LMHeadModel", n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
+              bos_token_id=1, eos_token_id=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+TEXT_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1}
+
+
+def llama():
+    return hf("LlamaConfig", "LlamaForCausalLM", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def mixtral():
+    return hf("MixtralConfig", "MixtralForCausalLM", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, num_local_experts=4,
+              num_experts_per_tok=2, **TEXT_IDS)
+
+
+def phi3():
+    return hf("Phi3Config", "Phi3ForCausalLM", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def vit():
+    return hf("ViTConfig", "ViTForImageClassification", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=64, image_size=16, patch_size=4, num_labels=5)
+
+
+def vit_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)
+    return nn.functional.cross_entropy(model(pixel_values=x).logits, y)
+
+
+class Seq2Seq(nn.Module):
+    """A translation model that declares its output layer first (so it is not the last Linear registered)."""
+
+    def __init__(self, vocab=VOCAB, d=32):
+        super().__init__()
+        self.generator = nn.Linear(d, vocab)
+        self.src_embed = nn.Embedding(vocab, d)
+        self.tgt_embed = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.zeros(1, SEQ, d))
+        self.transformer = nn.Transformer(d, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                                          dim_feedforward=64, dropout=0.0, batch_first=True)
+
+    def forward(self, src, tgt):
+        return self.generator(self.transformer(self.src_embed(src) + self.pos, self.tgt_embed(tgt) + self.pos))
+
+
+def seeded(cls):
+    def make():
+        torch.manual_seed(0)
+        return cls()
+    return make
+
+
+def seq2seq():
+    return seeded(Seq2Seq)
+
+
+def seq2seq_loss(model):
+    x = tokens()
+    return nn.functional.cross_entropy(model(x, x.flip(1)).reshape(-1, VOCAB), x.reshape(-1))
+
+
+def transformer():
+    return seeded(lambda: nn.Transformer(32, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
+                                         dropout=0.0, batch_first=True))
+
+
+def transformer_loss(model):
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(4, SEQ, 32, generator=g), torch.randn(4, SEQ, 32, generator=g)
+    return (model(src, tgt) - tgt.flip(1)).square().mean()
+
+
+NORM = r"(ln_\d|ln_f|norm|layernorm\w*)\.(weight|bias)$"
+CASES = {
+    "gpt2": (gpt2, lm_loss, {r"wte\.weight$": "embedding", r"wpe\.weight$": "embedding", NORM: "vector",
+                             r"\.bias$": "vector", r"(c_attn|c_proj|c_fc)\.weight$": "hidden"},
+             {r"c_attn": 3}),
+    "llama": (llama, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$": "vector", r"lm_head": "head",
+                               r"(q|k|v|o|gate|up|down)_proj\.weight$": "hidden"}, {}),
+    "mixtral": (mixtral, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$": "vector", r"lm_head": "head",
+                                   r"(q|k|v|o)_proj\.weight$": "hidden", r"mlp\.gate\.weight$": "hidden",
+                                   r"experts\.(gate_up|down)_proj$": "expert"}, {r"gate_up_proj": 2}),
+    "phi3": (phi3, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$": "vector", r"lm_head": "head",
+                             r"(qkv|o|gate_up|down)_proj\.weight$": "hidden"},
+             {r"qkv_proj": (32, 16, 16), r"gate_up_proj": 2}),
+    "vit": (vit, vit_loss, {r"cls_token|position_embeddings": "token", r"projection\.weight$": "conv",
+                            r"\.bias$": "vector", r"layernorm\w*\.weight$": "vector",
+                            r"(q|k|v|o)_proj\.weight$|fc\d\.weight$": "hidden", r"classifier\.weight$": "head"}, {}),
+    "nn.Transformer": (transformer, transformer_loss, {r"norm\d?\.(weight|bias)$": "vector", r"bias$": "vector",
+                                                       r"(in_proj_weight|out_proj\.weight|linear\d\.weight)$":
+                                                           "hidden"},
+                       {r"in_proj_weight": 3}),
+    "seq2seq": (seq2seq, seq2seq_loss, {r"embed\.weight$": "embedding", r"^pos$": "token",
+                                        r"^generator\.weight$": "head", r"norm\d?\.(weight|bias)$": "vector",
+                                        r"bias$": "vector",
+                                        r"(in_proj_weight|out_proj\.weight|linear\d\.weight)$": "hidden"},
+                {r"in_proj_weight": 3}),
+}
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_roles_tensor_by_tensor(arch):
+    factory, _, expected, _ = CASES[arch]
+    assert_roles(factory()(), expected)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_one_uscg_step_moves_every_matrix_block_by_gamma_rho(arch):
+    factory, loss, _, blocks = CASES[arch]
+    assert_one_step_geometry(factory()(), loss, blocks)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_every_preset_lowers_the_loss_in_30_steps(arch):
+    factory, loss, _, _ = CASES[arch]
+    assert_presets_train(factory(), loss)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_state_dict_round_trip_is_exact(arch):
+    factory, loss, _, _ = CASES[arch]
+    assert_state_dict_round_trip(factory(), loss)
+
+
+def test_mixtral_experts_move_by_the_same_amount_each():
+    moves = one_step_moves(mixtral()(), lm_loss, {r"gate_up_proj": 2})
+    experts = [r for name, ratios in moves.items() if "experts" in name for r in ratios]
+    assert len(experts) == 2 * (4 * 2 + 4)  # 2 layers × (4 experts × gate/up blocks + 4 down)
+    assert max(experts) - min(experts) < 1e-4
+
+
+def test_gpt2_conv1d_step_equals_the_nn_linear_network():
+    """GPT-2's Conv1D weights (d_in × d_out) step exactly like the same network written with nn.Linear."""
+    model = gpt2()()
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.named_modules()):
+        if type(module).__name__ == "Conv1D":
+            linear = nn.Linear(module.nx, module.nf)
+            linear.weight.data.copy_(module.weight.data.T)
+            linear.bias.data.copy_(module.bias.data)
+            parent, _, local = name.rpartition(".")
+            setattr(twin.get_submodule(parent), local, linear)
+    torch.testing.assert_close(lm_loss(model), lm_loss(twin), atol=1e-6, rtol=0)
+    for preset in ("UScion", "Muon"):
+        models = (copy.deepcopy(model), copy.deepcopy(twin))
+        starts = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
+        for m in models:
+            opt = getattr(specopt, preset)(specopt.param_groups(m, msign={"compute_dtype": torch.float64}))
+            lm_loss(m).backward()
+            opt.step()
+        (a, b), (a0, b0) = models, starts
+        pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+        for name, module in model.named_modules():
+            if type(module).__name__ == "Conv1D":
+                w = f"{name}.weight"
+                torch.testing.assert_close((pa[w] - a0[w]).T, pb[w] - b0[w], atol=1e-6, rtol=0)
+
+
+def test_head_is_found_by_what_it_is_not_by_registration_order():
+    assert roles(seq2seq()())["generator.weight"] == "head"
+    assert "head" not in set(roles(transformer()()).values())  # nn.Transformer alone has no output layer
+
+
+def roles(model, **kwargs):
+    return {name: g["role"] for g in specopt.param_groups(model, **kwargs) for name, _ in g["params"]}
