@@ -101,7 +101,12 @@ class GeometryOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- construction and validation
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
+        """As torch's, on a copy of ``param_group``: torch writes the defaults (and the listed params) into the dict
+        it is given, so one list of group dicts, e.g. from :func:`specopt.param_groups`, passed to a second
+        optimizer would hand it the first one's hyperparameters."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        super().add_param_group(dict(param_group))
         group = self.param_groups[-1]
         if isinstance(group["norm"], str) and group["norm"] not in ("auto", "adamw"):
             group["norm"] = get_norm(group["norm"])
