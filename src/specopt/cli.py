@@ -47,6 +47,8 @@ Radius = Annotated[float | None, typer.Option(min=0.0, help="hidden-layer radius
                                               "keep their ratio)")]
 ClipRadius = Annotated[float | None, typer.Option(min=0.0, help="ρ_c of clipped-scion")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Closure = Annotated[bool, typer.Option(help="pass a closure to step() (Gluon and STORM re-evaluate the batch with "
+                                       "it); --no-closure calls step() bare, as HF Trainer does")]
 Gram = Annotated[bool | None, typer.Option("--gram/--no-gram", help="msign's Gram form on wide matrices: --gram "
                                            "also in bf16 (faster, slightly less accurate), --no-gram never "
                                            "(default: only where it is as accurate)")]
@@ -57,7 +59,7 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
     args = ["train"]
     for key, value in options.items():
         flag = f"--{key.replace('_', '-')}"
-        if isinstance(value, bool):  # --gram / --no-gram
+        if isinstance(value, bool):  # --gram / --no-gram, --closure / --no-closure
             args.append(flag if value else f"--no-{flag[2:]}")
         elif value is not None:
             args += [flag, str(value)]
@@ -119,7 +121,7 @@ def train_command(
     nproc: Annotated[int, typer.Option(min=1, help="processes on this machine, launched through torchrun (gloo, "
                                        "CPU threads shared out); each trains its slice of every batch")] = 1,
     parallel: Annotated[str, typer.Option(help="ddp (replicated model) or fsdp (FSDP2 fully_shard)")] = "ddp",
-    progress: Progress = True,
+    closure: Closure = True, progress: Progress = True,
 ) -> None:
     """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -134,7 +136,7 @@ def train_command(
                    "momentum": momentum, "weight_decay": weight_decay, "radius": radius, "clip_radius": clip_radius,
                    "gram": gram, "seed": seed, "size": size, "data": data, "width": width, "val_every": val_every,
                    "checkpoint_every": checkpoint_every, "schedule": schedule, "batch_schedule": batch_schedule,
-                   "parallel": parallel}
+                   "parallel": parallel, "closure": closure}
         raise typer.Exit(launch(nproc, options, progress))
     if "LOCAL_RANK" in os.environ:
         _init_distributed()
@@ -148,7 +150,7 @@ def train_command(
                             task_options=_task_options(task, size, data, width),
                             hparams={k: v for k, v in hparams.items() if v is not None}, val_every=val_every,
                             checkpoint_every=checkpoint_every, schedule=schedule, batch_schedule=batch_schedule,
-                            parallel=parallel)
+                            parallel=parallel, closure=closure)
             result = train(cfg, out, progress=progress)
     except (ValueError, FileNotFoundError, DataError) as e:
         _fail(str(e))
@@ -167,7 +169,7 @@ def compare_command(
     steps: Steps = 600, out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/compare"),
     sweep: Annotated[bool, typer.Option(help="sweep each optimizer's lr over ×1/4…×4 its default")] = False,
     seed: Seed = 0, size: Size = None, data: Data = None, width: Width = None, val_every: ValEvery = 50,
-    schedule: Schedule = "linear-decay", gram: Gram = None, progress: Progress = True,
+    schedule: Schedule = "linear-decay", gram: Gram = None, closure: Closure = True, progress: Progress = True,
 ) -> None:
     """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv."""
     from specopt.compare import compare, summary_table
@@ -178,7 +180,7 @@ def compare_command(
         _fail(f"unknown optimizer(s) {unknown}; valid optimizers: {', '.join(registry.optimizer_names())}")
     base = RunConfig(task=task, steps=steps, seed=seed, task_options=_task_options(task, size, data, width),
                      hparams={} if gram is None else {"gram": gram}, val_every=min(val_every, steps),
-                     checkpoint_every=steps, schedule=schedule)
+                     checkpoint_every=steps, schedule=schedule, closure=closure)
     try:
         base.validate()
         runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)

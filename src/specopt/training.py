@@ -55,6 +55,9 @@ class RunConfig:
     decay_fraction: float = 0.3
     batch_schedule: str = "constant"
     parallel: str = "ddp"
+    closure: bool = True
+    """Pass a closure to ``step()`` (Gluon re-evaluates the batch at its anchored weights, STORM at the previous
+    iterate); False calls ``step()`` bare, as HF Trainer and most loops do."""
 
     def validate(self) -> None:
         for key in ("steps", "val_every", "checkpoint_every"):
@@ -146,7 +149,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             value.backward()
             return value
 
-        if len(opts) == 1:  # a closure lets Gluon's online L compare gradients of the same batch
+        if len(opts) == 1 and cfg.closure:  # a closure lets Gluon's online L compare gradients of one batch
             loss = opts[0].step(closure)
         else:
             loss = closure()
