@@ -3,7 +3,7 @@
 The geometry is checked by its defining property, with the test's own reading of each module (independent of
 specopt.layouts): one uSCG step with zero momentum and an exact (SVD) msign moves every block of every hidden or
 expert matrix, read in the orientation the module computes with, by exactly γρ in the RMS→RMS operator norm
-``√(d_in/d_out)·σ_max``.
+``√(d_in/d_out)·σ_max`` (conv kernels: per group, in SpectralConv's unit).
 """
 
 from __future__ import annotations
@@ -39,19 +39,25 @@ def assert_roles(model, expected: dict[str, str], **kwargs) -> None:
             assert role in ("expert", "conv", "token"), f"{name} ({p.ndim}-D) classified as {role}"
 
 
-def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list[torch.Tensor]:
-    """The (d_out, d_in) matrices the module multiplies with, by the test's own reading of each module type."""
+def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """The (d_out, d_in·taps) matrices the module multiplies with, and their kernel taps, by the test's own
+    reading of each module type (a grouped conv is one matrix per group)."""
     if type(module).__name__ == "Conv1D":  # transformers: y = x @ W, W is (d_in, d_out)
-        return [delta.T]
+        return [(delta.T, 1)]
     if hasattr(module, "is_transposed") and delta.ndim == 3:  # transformers experts
-        return [d.T if module.is_transposed else d for d in delta]
-    return [delta]
+        return [(d.T if module.is_transposed else d, 1) for d in delta]
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        taps = math.prod(module.kernel_size)
+        return [(b, taps) for b in delta.reshape(delta.shape[0], -1).chunk(module.groups, dim=0)]
+    return [(delta, 1)]
 
 
 def one_step_moves(model, loss_fn, blocks: dict[str, int | tuple] | None = None, **kwargs) -> dict[str, list[float]]:
-    """RMS→RMS norm of the step of every block of every hidden/expert matrix, divided by γρ."""
+    """Operator norm of the step of every block of every hidden/expert matrix and conv kernel, in the unit the
+    geometry uses (RMS→RMS, ``√(d_in/d_out)·σ_max``; a kernel with k taps: ``k·√(c_in/d_out)·σ_max`` of its
+    ``d_out × c_in·k`` matrix), divided by γρ."""
     groups = specopt.param_groups(model, msign={"method": "svd"}, **kwargs)
-    matrices = {name for g in groups if g["role"] in ("hidden", "expert") for name, _ in g["params"]}
+    matrices = {name for g in groups if g["role"] in ("hidden", "expert", "conv") for name, _ in g["params"]}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = specopt.UScion(groups, lr=GAMMA, momentum=0.0, radius=RHO)
     for g in opt.param_groups:
@@ -65,11 +71,10 @@ def one_step_moves(model, loss_fn, blocks: dict[str, int | tuple] | None = None,
         mod_name, _, local = name.rpartition(".")
         delta = dict(model.named_parameters())[name].detach() - before[name]
         ratios = []
-        for m in compute_matrices(modules[mod_name], local, delta):
-            sizes = _blocks(name, m.shape[0], blocks or {})
-            for b in torch.split(m, sizes, dim=0):
+        for m, taps in compute_matrices(modules[mod_name], local, delta):
+            for b in torch.split(m, _blocks(name, m.shape[0], blocks or {}), dim=0):
                 op = float(torch.linalg.matrix_norm(b.double(), ord=2))
-                ratios.append(math.sqrt(b.shape[1] / b.shape[0]) * op / (GAMMA * RHO))
+                ratios.append(taps * math.sqrt(b.shape[1] / taps / b.shape[0]) * op / (GAMMA * RHO))
         out[name] = ratios
     return out
 

@@ -197,7 +197,8 @@ def fused_qkv_blocks(name: str, attention: nn.Module, rows: int, config=None) ->
         return (heads * head_dim, kv * head_dim, kv * head_dim)
     if heads and head_dim and rows == 2 * kv * head_dim:  # cross-attention: k and v only
         return (kv * head_dim, kv * head_dim)
-    if rows % 3 == 0 and not heads:
+    stated_kv = kv != heads  # grouped-query attention, stated by the module
+    if rows % 3 == 0 and not stated_kv and (not head_dim or rows == 3 * heads * head_dim):
         return (rows // 3,) * 3
     raise ValueError(f"cannot tell the q, k, v blocks of the fused projection {name} ({rows} outputs; the attention "
                      f"module states heads={heads}, key/value heads={kv}, head dim={head_dim}); pass "

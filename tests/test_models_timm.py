@@ -1,0 +1,86 @@
+"""timm architectures (ResNet, ConvNeXt, ViT), random init: roles tensor by tensor, the geometry by its defining
+property, every preset trains, exact state_dict round trip.
+
+timm imports torchvision, and PyPI's torchvision only imports beside its own torch build: these tests skip
+where ``import timm`` fails. ``.ci/run`` runs them in a separate environment that has a matching pair
+(see the README's "Testing with timm").
+"""
+
+import pytest
+import torch
+from model_checks import assert_one_step_geometry, assert_presets_train, assert_roles, assert_state_dict_round_trip
+from torch import nn
+
+import specopt
+
+try:
+    import timm
+except Exception as err:  # noqa: BLE001 — a torchvision built for another torch raises RuntimeError, not ImportError
+    pytest.skip(f"timm is not importable here ({type(err).__name__}: {err})", allow_module_level=True)
+
+CLASSES = 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(name, **kwargs):
+    def build():
+        torch.manual_seed(0)
+        return timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs)
+    return build
+
+
+def image_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, CLASSES, (8,), generator=g)
+    return nn.functional.cross_entropy(model(x), y)
+
+
+CASES = {
+    "resnet": (make("resnet10t", zero_init_last=False, channels=(16, 32, 48, 64), stem_width=16),
+               {r"(conv\d(\.[036])?|downsample\.1)\.weight$": "conv", r"^fc\.weight$": "head",
+                                   r"\.bias$|(bn\d|conv1\.[14]|downsample\.2)\.weight$": "vector"}, {}),
+    "convnext": (make("convnext_atto", depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), conv_mlp=False),
+                 {r"(stem\.0|conv_dw|downsample\.1)\.weight$": "conv", r"mlp\.fc\d\.weight$": "hidden",
+                  r"head\.fc\.weight$": "head", r"\.bias$|gamma$|norm\.weight$|stem\.1\.weight$|downsample\.0\.weight$":
+                      "vector"}, {}),
+    "vit": (make("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2),
+            {r"^(cls_token|pos_embed)$": "token", r"patch_embed\.proj\.weight$": "conv",
+             r"(qkv|attn\.proj|fc\d)\.weight$": "hidden", r"^head\.weight$": "head",
+             r"\.bias$|norm\d?\.weight$": "vector"}, {r"qkv": 3}),
+}
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_roles_tensor_by_tensor(arch):
+    build, expected, _ = CASES[arch]
+    assert_roles(build(), expected)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_one_uscg_step_moves_every_matrix_block_by_gamma_rho(arch):
+    build, _, blocks = CASES[arch]
+    assert_one_step_geometry(build(), image_loss, blocks)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_every_preset_lowers_the_loss_in_30_steps(arch):
+    assert_presets_train(CASES[arch][0], image_loss)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_state_dict_round_trip_is_exact(arch):
+    assert_state_dict_round_trip(CASES[arch][0], image_loss)
+
+
+def test_convnext_depthwise_conv_is_one_block_per_channel():
+    model = CASES["convnext"][0]()
+    groups = specopt.param_groups(model)
+    norm = next(g["norm"] for g in groups for n, _ in g["params"] if n.endswith("conv_dw.weight"))
+    assert isinstance(norm, specopt.Blocked) and norm.split_sizes == (1,) * 16
