@@ -1,0 +1,160 @@
+"""specopt.layouts: declarations, fused and per-head blocks, errors that name the tensor, the view norms."""
+
+import pytest
+import torch
+from torch import nn
+
+import specopt
+from specopt.norms import Blocked, Spectral, norm_from_config
+from specopt.views import MuonScaled, Stacked, Transposed
+
+
+class Experts(nn.Module):
+    """A user MoE layer: E experts stored (E, d_in, d_out), used as x @ w[e]."""
+
+    def __init__(self, experts=3, d=8, ffn=12):
+        super().__init__()
+        self.w_in = nn.Parameter(torch.randn(experts, d, ffn) / d**0.5)
+        self.w_out = nn.Parameter(torch.randn(experts, ffn, d) / ffn**0.5)
+
+    def forward(self, x):
+        return sum(torch.relu(x @ self.w_in[e]) @ self.w_out[e] for e in range(self.w_in.shape[0]))
+
+
+class MoENet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.experts = Experts()
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(self.experts(self.inp(x)))
+
+
+def roles(groups):
+    return {n: g for g in groups for n, _ in g["params"]}
+
+
+def test_an_undeclared_3d_tensor_is_an_error_that_names_it_and_says_how_to_declare_it():
+    with pytest.raises(ValueError, match=r"experts\.w_in of shape \(3, 8, 12\).*layouts=\{'experts\.w_in'"):
+        specopt.param_groups(MoENet())
+
+
+@pytest.mark.parametrize("layouts", [{Experts: "experts_transposed"}, {r"experts\.w_(in|out)$": "experts_transposed"}])
+def test_declared_expert_stack_steps_each_expert_by_gamma_rho(layouts):
+    torch.manual_seed(0)
+    model = MoENet()
+    groups = specopt.param_groups(model, layouts=layouts, msign={"method": "svd"})
+    assert roles(groups)["experts.w_in"]["role"] == "expert"
+    assert roles(groups)["experts.w_in"]["norm"] == Stacked(Transposed(Spectral(method="svd")))
+    before = model.experts.w_in.detach().clone()
+    opt = specopt.UScion(groups, lr=0.01, momentum=0.0)
+    model(torch.randn(16, 4)).square().mean().backward()
+    opt.step()
+    for delta in model.experts.w_in.detach() - before:  # (d_in, d_out) per expert: the map is delta.T
+        m = delta.T
+        rms_rms = (m.shape[1] / m.shape[0]) ** 0.5 * torch.linalg.matrix_norm(m.double(), ord=2)
+        assert float(rms_rms) == pytest.approx(0.01 * 3.0, rel=1e-5)
+
+
+def test_a_declaration_that_matches_nothing_is_an_error():
+    with pytest.raises(ValueError, match="unknown layout"):
+        specopt.param_groups(MoENet(), layouts={Experts: "matrix"})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"split_sizes": {"nothing_here": (4, 4)}}, "matches no matrix parameter"),
+    ({"split_sizes": {r"inp\.weight": (3, 4)}}, r"split_sizes for inp\.weight \(d_out = 8\)"),
+    ({"num_heads": 2}, "applies to no tensor"),
+    ({"overrides": {"nope": {"lr": 1.0}}}, "match no trainable parameter"),
+    ({"head": 3}, "head must be"),
+])
+def test_options_that_apply_to_nothing_or_do_not_fit_are_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        specopt.param_groups(MoENet(), layouts={Experts: "experts_transposed"}, **kwargs)
+
+
+class Attention(nn.Module):
+    """Separate q/k/v projections with grouped-query attention (4 query heads, 2 key/value heads of 4 dims)."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads, self.num_key_value_heads, self.head_dim = 4, 2, 4
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(16, 16), nn.Linear(16, 8), nn.Linear(16, 8)
+        self.o_proj = nn.Linear(16, 16)
+
+
+def test_num_heads_splits_separate_projections_per_head_including_grouped_query_attention():
+    a = roles(specopt.param_groups(nn.ModuleDict({"attn": Attention()}), num_heads=True))
+    assert a["attn.q_proj.weight"]["norm"] == Blocked(Spectral(), (4,) * 4)
+    assert a["attn.k_proj.weight"]["norm"] == Blocked(Spectral(), (4,) * 2)
+    assert a["attn.o_proj.weight"]["norm"] == Spectral()
+    explicit = roles(specopt.param_groups(nn.ModuleDict({"attn": Attention()}), num_heads=4))
+    assert explicit["attn.v_proj.weight"]["norm"] == Blocked(Spectral(), (4,) * 2)
+
+
+class FusedGQA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.num_heads, self.num_key_value_heads, self.head_dim = 4, 2, 4
+        self.qkv_proj = nn.Linear(16, 32)  # q: 16 rows, k: 8, v: 8
+
+
+def test_fused_grouped_query_projection_gets_unequal_blocks_and_muon_scales_each_block():
+    model = nn.ModuleDict({"attn": FusedGQA()})
+    assert roles(specopt.param_groups(model))["attn.qkv_proj.weight"]["norm"] == Blocked(Spectral(), (16, 8, 8))
+    opt = specopt.Muon(specopt.param_groups(model, msign={"method": "svd"}), lr=0.1, momentum=0.0, nesterov=False)
+    w = model["attn"].qkv_proj.weight
+    before = w.detach().clone()
+    w.grad = torch.randn_like(w)
+    opt.step()
+    for block in (w.detach() - before).split((16, 8, 8)):  # "original" scale max(1, d_out/d_in)^½ = 1: σ = lr
+        assert float(torch.linalg.matrix_norm(block.double(), ord=2)) == pytest.approx(0.1, rel=1e-6)
+
+
+def test_interleaved_blocks_are_the_blocks_of_every_other_row():
+    g = torch.randn(2, 12, 5, dtype=torch.float64)
+    norm = Blocked(Spectral(method="svd"), 2, interleaved=True)
+    s = norm.lmo(g)
+    for j in range(2):
+        torch.testing.assert_close(s[:, j::2], Spectral(method="svd").lmo(g[:, j::2]))
+    assert float(norm.dual(g).sum()) == pytest.approx(-float((g * s).sum()))
+    init = norm.init((6, 5), radius=2.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(norm.norm(init)) == pytest.approx(2.0)
+
+
+def test_conv_transpose_and_grouped_conv_are_read_by_their_layout():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.ConvTranspose2d(8, 6, 3))
+    a = roles(specopt.param_groups(model))
+    assert a["0.weight"]["norm"] == Blocked(specopt.SpectralConv(), (4, 4))
+    assert a["1.weight"]["norm"] == Transposed(specopt.SpectralConv())
+    g = torch.randn(8, 6, 3, 3, dtype=torch.float64)  # ConvTranspose2d(8, 6): (c_in, d_out, k, k)
+    s = Transposed(specopt.SpectralConv(method="svd")).lmo(g)
+    torch.testing.assert_close(s.transpose(0, 1), specopt.SpectralConv(method="svd").lmo(g.transpose(0, 1)))
+
+
+def test_head_is_none_with_head_false_and_named_with_a_regex():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10))
+    assert roles(specopt.param_groups(model))["2.weight"]["role"] == "head"
+    assert roles(specopt.param_groups(model, head=False))["2.weight"]["role"] == "hidden"
+    assert roles(specopt.param_groups(model, head=r"^1$"))["1.weight"]["role"] == "head"
+
+
+def test_muon_refuses_a_plain_3d_tensor_whose_layout_it_cannot_know():
+    with pytest.raises(ValueError, match="is 3-D .*param_groups"):
+        specopt.Muon([nn.Parameter(torch.randn(3, 4, 5))])
+    opt = specopt.UScion([nn.Parameter(torch.randn(3, 4, 5))])
+    opt.param_groups[0]["params"][0].grad = torch.randn(3, 4, 5)
+    with pytest.raises(ValueError, match="is 3-D"):
+        opt.step()
+
+
+def test_view_norms_round_trip_through_their_config():
+    for norm in (Stacked(Transposed(Blocked(Spectral(), 2, interleaved=True))), MuonScaled(Spectral(), "original")):
+        assert norm_from_config(norm.config()) == norm
+
+
+def test_describe_shows_axes_without_default_noise():
+    table = specopt.describe(specopt.param_groups(MoENet(), layouts={Experts: "experts_transposed"}))
+    assert "E=0 out=2 in=1" in table and "gram" not in table and "fan_in_scaled" not in table
