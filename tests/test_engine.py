@@ -47,6 +47,28 @@ def test_state_dict_round_trip_is_bit_for_bit(cls, kwargs):
         assert torch.equal(a, b)
 
 
+def test_state_dicts_with_int_step_counts_still_load():
+    """Step counts were Python ints before they became 0-d tensors: such state dicts resume bit for bit (a
+    schedule's β reads the count)."""
+    X, y = classification_data()
+    straight = mlp(1)
+    train(straight, UScion(straight.parameters(), momentum="theory"), X, y, 4)
+    first = mlp(1)
+    opt1 = UScion(first.parameters(), momentum="theory")
+    train(first, opt1, X, y, 2)
+    saved = opt1.state_dict()
+    for state in saved["state"].values():
+        state["step"] = int(state["step"])
+    resumed = mlp(99)
+    resumed.load_state_dict(first.state_dict())
+    opt2 = UScion(resumed.parameters(), momentum="theory")
+    opt2.load_state_dict(saved)
+    assert all(s["step"].dtype == torch.float32 and s["step"].ndim == 0 for s in opt2.state.values())
+    train(resumed, opt2, X, y, 2)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_state_dict_restores_norm_objects_and_hyperparameters():
     model = mlp()
     opt = Scion(specopt.param_groups(model), lr=0.1)

@@ -6,6 +6,11 @@ Loshchilov & Hutter's decoupled weight decay, exactly as ``torch.optim.AdamW`` (
 State is float32 (or wider) whatever the parameter's dtype. Parameters whose dtype matches their state
 (float32/float64) are updated by torch's fused AdamW kernel (``torch._fused_adamw_``, one pass; the same
 update up to rounding), the others (bf16/fp16 parameters with fp32 state) by the single-tensor formulas.
+
+Under torch.compile (``ok`` given, see :func:`specopt.steps.commit`) every tensor takes the single-tensor
+formulas written out of place, with the step count a 0-d tensor: the fused kernel mutates its inputs in a way
+torch.compile's functionalization rejects, and the compiler fuses the formulas into one pass per tensor anyway.
+The state is created by the engine (:meth:`GeometryOptimizer._init_state`) before the step.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 import torch
 
 from specopt._checks import check_number
+from specopt.steps import commit
 
 
 def validate(group: dict) -> None:
@@ -26,15 +32,23 @@ def validate(group: dict) -> None:
     check_number(group["eps"], "eps", low_open=True)
 
 
-def step(items: list) -> None:
+def init_state(p: torch.Tensor, state: dict) -> None:
+    """Zero moments in float32 or wider, whatever the parameter's dtype (the engine adds the step count)."""
+    if "exp_avg" not in state:
+        dtype = torch.promote_types(p.dtype, torch.float32)
+        state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def step(items: list, ok: torch.Tensor | None = None) -> None:
+    """One AdamW update of every item (state from :func:`init_state`); ``ok``: write only where it holds."""
+    if ok is not None:
+        for it in items:
+            _compiled(it, ok)
+        return
     fused: dict = {}
     for it in items:
         state = it.state
-        if "exp_avg" not in state:
-            dtype = torch.promote_types(it.p.dtype, torch.float32)
-            state["exp_avg"] = torch.zeros_like(it.p, dtype=dtype, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(it.p, dtype=dtype, memory_format=torch.preserve_format)
-            state["step"] = torch.zeros((), dtype=torch.float32, device=it.p.device)
         state["step"] += 1
         if it.p.dtype == state["exp_avg"].dtype == it.g.dtype and hasattr(torch, "_fused_adamw_"):
             fused.setdefault((id(it.group), it.p.device, it.p.dtype), []).append(it)
@@ -61,3 +75,18 @@ def _single(it) -> None:
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
     p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+
+def _compiled(it, ok: torch.Tensor) -> None:
+    """The same formulas out of place, every write through :func:`~specopt.steps.commit`, and the bias
+    corrections from the tensor step count (no host sync, no recompilation as it grows)."""
+    p, g, group, state = it.p, it.g, it.group, it.state
+    beta1, beta2 = group["betas"]
+    lr = group["lr"]
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    t = commit(state["step"], state["step"] + 1, ok)
+    m = commit(m, m.lerp(g.to(m.dtype), 1 - beta1), ok)
+    v = commit(v, v * beta2 + (1 - beta2) * g.to(v.dtype).square(), ok)
+    denom = v.sqrt() / (1 - beta2**t).sqrt() + group["eps"]
+    new = p.to(m.dtype) * (1 - lr * group["weight_decay"]) - (lr / (1 - beta1**t)) * m / denom
+    commit(p, new.to(p.dtype), ok)

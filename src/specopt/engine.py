@@ -11,6 +11,15 @@ optimizer-level ``estimator`` and ``rule`` pick the algorithm (:mod:`specopt.est
 A step: gather gradients (sparse/complex rejected; non-finite handled by ``nonfinite``) → estimator (STORM:
 a second closure call at the previous iterate) → lmo, batched over tensors of one norm, shape, dtype and
 device (one msign call per bucket) → step rule → projection onto the group's constraint.
+
+torch.compile. ``torch.compile(opt.step)`` traces the same code. State is created eagerly before tracing (dynamo
+runs :meth:`GeometryOptimizer._init_group` in Python, as for torch.optim), step counts are 0-d tensors (a Python
+int would be a guard, and every step a recompilation), and the non-finite guard has no branch on tensor data:
+the step forms a 0-d flag ``ok`` (all gradients finite), computes the update from gradients zeroed where ``ok``
+fails, and writes every parameter and state tensor through ``torch.where(ok, new, old)``
+(:func:`specopt.steps.commit`), so a non-finite step writes nothing, bit for bit. Eager steps keep the host-side
+check (one sync) and its early return. Gluon, STORM and distributed runs compile with graph breaks: they read
+tensors on the host anyway (Gluon's fit, STORM's second closure call, the cross-rank checks).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from specopt.estimators import (
     almond_average,
     ema_direction,
     momentum_at,
+    momentum_buffer,
     storm_direction,
     validate_momentum,
 )
@@ -36,9 +46,36 @@ from specopt.layouts import MUON_SCALES, auto_norm, radius_for
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
 from specopt.probe import gradients_at
-from specopt.steps import NEEDS_DUAL, PER_TENSOR_RULES, RULES, apply_update, shrink_and_scale
+from specopt.steps import NEEDS_DUAL, PER_TENSOR_RULES, RULES, apply_update, commit, shrink_and_scale
 
 NONFINITE = ("raise", "skip")
+
+
+def _step_count(state: dict, p: torch.Tensor) -> None:
+    """Make ``state["step"]`` a 0-d float32 tensor on ``p``'s device (0 when absent; a Python int from an older
+    checkpoint keeps its value), as torch.optim keeps its counts. A tensor count is read without a host sync and
+    is no guard under torch.compile; float32 counts are exact up to 2²⁴ steps."""
+    count = state.get("step", 0)
+    if not isinstance(count, torch.Tensor):
+        state["step"] = torch.tensor(float(count), dtype=torch.float32, device=p.device)
+    elif count.device != p.device or count.dtype != torch.float32 or count.ndim:
+        state["step"] = count.to(device=p.device, dtype=torch.float32).reshape(())
+
+
+@torch.compiler.assume_constant_result
+def _has_int_step_counts(optimizer) -> bool:
+    """Whether some state holds a Python-int step count (a checkpoint saved before the counts were tensors and
+    loaded without :meth:`GeometryOptimizer.load_state_dict`, e.g. by :func:`specopt.checkpoint.load`).
+    Under torch.compile this runs in Python: the trace must not read the state before dynamo's
+    ``_init_group`` support has filled it in (a dict read earlier would be traced stale)."""
+    return any(isinstance(state.get("step"), int) for state in optimizer.state.values())
+
+
+def _beta(it) -> float | torch.Tensor:
+    """β of this update: the group's number, or its schedule at the (0-d tensor) step count, on the device, so
+    that neither reads the count on the host. The count was advanced before, hence ``step − 1`` (0-based)."""
+    momentum = it.group["momentum"]
+    return momentum_at(momentum, it.state["step"] - 1) if isinstance(momentum, str) else float(momentum)
 
 
 class _Item:
@@ -68,7 +105,11 @@ class GeometryOptimizer(Optimizer):
         rule: a step rule of :mod:`specopt.steps`.
         clip_radius: ρ_c of the clipped rules.
         nonfinite: ``"raise"`` (default: ValueError naming the parameter) or ``"skip"`` (the whole step is
-            skipped, nothing is written, ``skipped_steps`` counts it) when a gradient holds NaN or Inf.
+            skipped, nothing is written, ``skipped_steps`` counts it) when a gradient holds NaN or Inf. Under
+            torch.compile the check is branch-free (see the module docstring): ``"skip"`` behaves the same, and
+            ``"raise"``, which needs the flag on the host, becomes ``torch._assert_async``: a RuntimeError that does
+            not name the parameter on CPU, a device-side assert on CUDA (which ends the process); nothing is
+            written in either case. Run the step eagerly to learn which parameter it was.
         batch_lmo: stack tensors of one norm, shape and dtype into one msign call. ``None`` (default): on
             accelerators, where one batched call saves kernel launches; not on CPU, where per-matrix BLAS
             calls were measured faster than batched ones and stacking costs a copy.
@@ -96,8 +137,20 @@ class GeometryOptimizer(Optimizer):
         self.estimator, self.rule, self.clip_radius, self.nonfinite = estimator, rule, clip_radius, nonfinite
         self.batch_lmo, self.process_group = batch_lmo, process_group
         self._replicas_checked = False
-        self.skipped_steps = 0
+        self._skipped = 0  # steps skipped by the eager check
+        self._skipped_flags: torch.Tensor | None = None  # and by the compiled one: a 0-d count on the device
         super().__init__(params, defaults)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite gradients (``nonfinite="skip"``), eager and compiled."""
+        return self._skipped + (0 if self._skipped_flags is None else int(self._skipped_flags))
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped = int(value)
+        if self._skipped_flags is not None:
+            self._skipped_flags.zero_()
 
     # ----------------------------------------------------------------- construction and validation
     def add_param_group(self, param_group: dict) -> None:
@@ -155,6 +208,8 @@ class GeometryOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict) -> None:
+        """As torch's, with norms and constraints rebuilt from their configs, and step counts saved as Python ints
+        (before they became 0-d tensors) turned into tensors on their parameter's device."""
         groups = []
         for g in state_dict["param_groups"]:
             g = dict(g)
@@ -164,6 +219,33 @@ class GeometryOptimizer(Optimizer):
                 g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
         super().load_state_dict({**state_dict, "param_groups": groups})
+        for param, state in self.state.items():
+            _step_count(state, distributed.local(param))
+
+    # ----------------------------------------------------------------- state
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        """Create the state one step of ``p`` (the local tensor) needs and is missing: the step count (a 0-d
+        float32 tensor on ``p``'s device), the momentum buffer of the EMA and ALMOND estimators, AdamW's moments.
+        All zeros, so creating them ahead of the step is the same as creating them in it. STORM's buffer and
+        Gluon's measurements stay with their modules (created on first use)."""
+        _step_count(state, p)
+        if group["norm"] == "adamw":
+            adamw.init_state(p, state)
+        elif self.estimator == "almond" or (self.estimator == "momentum" and group["momentum"] != 0):
+            momentum_buffer(state, p)
+
+    def _init_group(self) -> None:
+        """Create the missing state of every parameter that has a gradient. torch.compile's dynamo runs a method
+        of this name in Python instead of tracing it (its support for torch.optim's optimizers) and then guards on
+        the state it made, so the compiled step finds its state in place from the first call on. One call for
+        all groups: the trace must read no state dict before this call has filled it in."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    p = distributed.local(param)
+                    self._init_state(p, self.state[param], group)
+                    if self._skipped_flags is None:
+                        self._skipped_flags = torch.zeros((), dtype=torch.int64, device=p.device)
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -176,19 +258,51 @@ class GeometryOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        traced = torch.compiler.is_compiling() and self.rule != "gluon" and self.estimator != "storm"
+        if traced:  # state first: the trace must not read a state dict before _init_group has filled it in
+            if _has_int_step_counts(self):  # a checkpoint from before the counts were tensors (rare)
+                for param, state in self.state.items():
+                    _step_count(state, distributed.local(param))
+                torch._dynamo.graph_break()  # dynamo's _init_group support reads the counts as tensors
+            self._init_group()
         items, aux = self._gather()
         self._check_replicas(items + aux)
+        if traced and not self._distributed(items + aux) and items + aux:
+            self._traced_step(items, aux, closure)
+            return loss
         if not self._all_finite(items + aux):
-            self.skipped_steps += 1
+            self._skipped += 1
             return loss
         if self.estimator == "storm" and not self._storm_probe(items + aux, closure):
-            self.skipped_steps += 1
+            self._skipped += 1
             return loss
+        for it in items + aux:
+            self._init_state(it.p, it.state, it.group)
         if items:
             self._geometry_step(items, aux, closure)
         adamw.step(aux)
         self._project(items + aux)
         return loss
+
+    def _traced_step(self, items: list[_Item], aux: list[_Item], closure) -> None:
+        """The step without a branch on tensor data (torch.compile): ``ok`` = every gradient finite, a 0-d flag on
+        the device; the update is computed from the gradients zeroed where ``ok`` fails (so that no NaN reaches
+        an SVD or a projection) and every write goes through :func:`~specopt.steps.commit`."""
+        everything = items + aux
+        device = self._skipped_flags.device
+        ok = torch.stack([torch.isfinite(it.g).all().to(device) for it in everything]).all()
+        if self.nonfinite == "raise":
+            torch._assert_async(ok, "non-finite gradient (NaN or Inf); nothing was updated (under torch.compile "
+                                    "the check does not name the parameter: run the step eagerly to find it, or "
+                                    "pass nonfinite='skip' to skip such steps)")
+        else:
+            self._skipped_flags.add_(ok.logical_not().to(torch.int64))
+        for it in everything:
+            it.g = torch.where(ok.to(it.g.device), it.g, torch.zeros((), dtype=it.g.dtype, device=it.g.device))
+        if items:
+            self._geometry_step(items, aux, closure, ok)
+        adamw.step(aux, ok)
+        self._project(everything, ok)
 
     def _storm_probe(self, items: list[_Item], closure) -> bool:
         """Set ``it.g_previous = g(x_{k−1}; ξ_k)``: the closure at the previous iterate, then back to ``x_k``
@@ -209,8 +323,9 @@ class GeometryOptimizer(Optimizer):
                 it.state["previous_param"] = it.p.detach().clone()
         return True
 
-    def _project(self, items: list[_Item]) -> None:
-        """Project every tensor of a constrained group onto its set, in its preconditioner's geometry."""
+    def _project(self, items: list[_Item], ok: torch.Tensor | None = None) -> None:
+        """Project every tensor of a constrained group onto its set, in its preconditioner's geometry (written
+        where ``ok`` holds, see :meth:`_traced_step`)."""
         for it in items:
             constraint = it.group.get("constraint")
             if constraint is None:
@@ -221,7 +336,7 @@ class GeometryOptimizer(Optimizer):
                 start = sum(it.layout.rows[: torch.distributed.get_rank(it.layout.group)])
                 it.p.copy_(whole[start:start + it.p.shape[0]])
             else:
-                it.p.copy_(constraint.project(it.p, gamma=it.group["lr"], kappa=kappa))
+                commit(it.p, constraint.project(it.p, gamma=it.group["lr"], kappa=kappa), ok)
 
     def _check_replicas(self, items: list[_Item]) -> None:
         """Once: the replicated parameters must be equal on every rank for the split lmo to be right."""
@@ -279,38 +394,44 @@ class GeometryOptimizer(Optimizer):
         raise ValueError(f"non-finite gradient (NaN or Inf) in {where}; nothing was updated "
                          "(pass nonfinite='skip' to skip such steps)")
 
-    def _geometry_step(self, items: list[_Item], aux: list[_Item], closure) -> None:
-        for it in items:
-            it.state["step"] = it.state.get("step", 0) + 1
+    def _geometry_step(self, items: list[_Item], aux: list[_Item], closure, ok: torch.Tensor | None = None) -> None:
+        steps = [it.state["step"] for it in items]
+        if ok is None:
+            torch._foreach_add_(steps, 1.0)
+        else:
+            for count in steps:
+                commit(count, count + 1, ok.to(count.device))
         if self.rule in PER_TENSOR_RULES and not self._distributed(items):
             # No rule-wide sum: update one lmo bucket at a time, so that only one bucket's directions and lmo
             # outputs are alive at once. Fresh memory for all of them would be page-faulted in every step
             # (measured: ~0.9 s of a 2.4 s GPT-2-small Muon step on CPU); reused memory is not.
             for bucket in self._buckets(items).values():
-                self._update(bucket, aux, closure)
+                self._update(bucket, aux, closure, ok)
                 for it in bucket:
                     it.d = it.s = None
             return
-        self._update(items, aux, closure)
+        self._update(items, aux, closure, ok)
 
-    def _update(self, items: list[_Item], aux: list[_Item], closure) -> None:
-        """estimator → lmo → rule → ``W ← (1 − shrink)·W + scale·s`` for ``items``."""
+    def _update(self, items: list[_Item], aux: list[_Item], closure, ok: torch.Tensor | None = None) -> None:
+        """estimator → lmo → rule → ``W ← (1 − shrink)·W + scale·s`` for ``items`` (writes through ``ok``, see
+        :meth:`_traced_step`)."""
         if self.estimator == "almond":
             for it in items:
                 it.d = it.g
             self._lmo(items, need_dual=False)
             for it in items:
-                beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
-                it.s, it.factor = almond_average(it.state, it.s.to(it.g.dtype) * (it.factor * it.radius), beta), 1.0
+                beta = _beta(it)
+                it.s, it.factor = almond_average(it.state, it.s.to(it.g.dtype) * (it.factor * it.radius), beta,
+                                                 ok), 1.0
         else:
             for it in items:
-                beta = momentum_at(it.group["momentum"], it.state["step"] - 1)
+                beta = _beta(it)
                 if self.estimator == "storm":
                     it.d = storm_direction(it.state, it.g, it.g_previous, beta)
                 elif it.group["momentum"] == 0:
                     it.d = it.g
                 else:
-                    it.d = ema_direction(it.state, it.g, beta, it.group["nesterov"])
+                    it.d = ema_direction(it.state, it.g, beta, it.group["nesterov"], ok)
             self._lmo(items, need_dual=self.rule in NEEDS_DUAL)
         if self.rule == "gluon":
             gluon.measure(items, aux, self._lmo, closure)
@@ -320,7 +441,7 @@ class GeometryOptimizer(Optimizer):
         if self.rule == "gluon":
             gluon.anchor(items, aux, closure)
         for it in items:
-            apply_update(it.p, it.s, it.shrink, it.scale * it.factor)
+            apply_update(it.p, it.s, it.shrink, it.scale * it.factor, ok)
 
     def _distributed(self, items: list[_Item]) -> bool:
         return distributed.replica_group(self.process_group) is not None or any(it.layout.sharded for it in items)

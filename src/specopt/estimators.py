@@ -11,19 +11,26 @@
 schedule of the stochastic SCG/Gluon analyses and of the heavy-tailed momentum analysis, or ``"storm"``:
 ``a_k = 1 − β_k = (k+1)^{-2/3}``, STORM's schedule. The step-size schedules that go with them
 (``γ_k ∝ k^{-3/4}``, ``k^{-2/3}``) are LR schedulers: :func:`specopt.schedules.power_decay`.
+
+The step counts are 0-d tensors (see the engine), so a schedule's β is a 0-d tensor on the parameter's device
+(no host sync to read the count, and no recompilation under torch.compile as it grows). ``ok`` (a 0-d boolean,
+given under torch.compile) makes the buffer writes conditional: :func:`specopt.steps.commit`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from specopt.steps import commit
+
 ESTIMATORS = ("momentum", "almond", "storm")
 MOMENTUM_SCHEDULES = {"theory": 0.5, "storm": 2.0 / 3.0}
 """Named schedules: ``β_k = 1 − (k+1)^{-power}``."""
 
 
-def momentum_at(momentum: float | str, step: int) -> float:
-    """β for the ``step``-th update (0-based)."""
+def momentum_at(momentum: float | str, step):
+    """β for the ``step``-th update (0-based): a float for a number, for a schedule a float or a 0-d tensor
+    as ``step`` is an int or a 0-d tensor."""
     if isinstance(momentum, str):
         return 1.0 - (step + 1) ** -MOMENTUM_SCHEDULES[momentum]
     return float(momentum)
@@ -45,20 +52,29 @@ def momentum_buffer(state: dict, like: torch.Tensor) -> torch.Tensor:
     return state["momentum_buffer"]
 
 
-def ema_direction(state: dict, g: torch.Tensor, beta: float, nesterov: bool) -> torch.Tensor:
+def _weight(w, like: torch.Tensor):
+    """A lerp weight for ``like``: tensor weights (from scheduled β) in ``like``'s dtype, as lerp requires."""
+    return w.to(like.dtype) if isinstance(w, torch.Tensor) else w
+
+
+def ema_direction(state: dict, g: torch.Tensor, beta, nesterov: bool, ok: torch.Tensor | None = None) -> torch.Tensor:
     """Update the EMA buffer with ``g`` and return the direction to feed the lmo."""
     buf = momentum_buffer(state, g)
-    buf.lerp_(g, 1.0 - beta)
+    if ok is None:
+        buf.lerp_(g, _weight(1.0 - beta, buf))
+    else:
+        buf = commit(buf, buf.lerp(g, _weight(1.0 - beta, buf)), ok)
     if nesterov:
-        return g.lerp(buf, beta)
+        return g.lerp(buf, _weight(beta, g))
     return buf
 
 
-def almond_average(state: dict, direction: torch.Tensor, beta: float) -> torch.Tensor:
+def almond_average(state: dict, direction: torch.Tensor, beta, ok: torch.Tensor | None = None) -> torch.Tensor:
     """``d_k = β d_{k−1} + (1−β)·direction`` where direction = ρ·lmo(g_k); returns d_k."""
     buf = momentum_buffer(state, direction)
-    buf.lerp_(direction, 1.0 - beta)
-    return buf
+    if ok is None:
+        return buf.lerp_(direction, _weight(1.0 - beta, buf))
+    return commit(buf, buf.lerp(direction, _weight(1.0 - beta, buf)), ok)
 
 
 def storm_direction(state: dict, g: torch.Tensor, g_previous: torch.Tensor | None, beta: float) -> torch.Tensor:

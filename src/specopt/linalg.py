@@ -135,6 +135,7 @@ def polar_express_8_step() -> PolynomialSchedule:
     return PolynomialSchedule(safe, safety=1.01, eps=1e-7)
 
 
+@torch.compiler.assume_constant_result  # a pure function of its arguments: torch.compile calls it, does not trace it
 def schedule(method: str, steps: int | None = None) -> PolynomialSchedule:
     """The polynomial schedule behind ``msign(method=..., steps=...)``.
 
@@ -171,6 +172,7 @@ def msign_band(method: str = "polar_express", steps: int | None = None, l: float
     return float(y.min()), float(y.max())
 
 
+@torch.compiler.assume_constant_result  # CPU feature queries are opaque to torch.compile; the answer is fixed
 def default_compute_dtype(device: torch.device) -> torch.dtype | None:
     """bfloat16 where the device multiplies bf16 matrices natively (CUDA with bf16, CPUs with AVX512-BF16
     or AMX), else ``None`` (compute in the input's dtype, at least float32)."""

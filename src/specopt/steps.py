@@ -70,8 +70,23 @@ def _global_sum(values: list) -> torch.Tensor:
     return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).sum().float()
 
 
-def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale) -> None:
-    """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors."""
+def commit(dst: torch.Tensor, new: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:
+    """Write ``new`` into ``dst`` and return ``new``; with a 0-d boolean ``ok`` (the step under torch.compile)
+    ``dst ← where(ok, new, dst)``, so that a step whose gradients are not finite writes back the old values,
+    bit for bit, with no branch on tensor data (a branch would need a host sync and break the graph)."""
+    dst.copy_(new if ok is None else torch.where(ok, new, dst))
+    return new
+
+
+def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tensor | None = None) -> None:
+    """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors. With ``ok`` (see
+    :func:`commit`) the new value is formed out of place and written where ``ok`` holds (torch.compile fuses
+    the product, the sum and the select into one pass over ``p``)."""
+    if ok is not None:
+        keep = (1 - shrink).to(p.dtype) if isinstance(shrink, torch.Tensor) else 1 - shrink
+        step = scale.to(s.dtype) if isinstance(scale, torch.Tensor) else scale
+        commit(p, p * keep + s.to(p.dtype) * step, ok)
+        return
     if isinstance(shrink, torch.Tensor):
         p.mul_((1 - shrink).to(p.dtype))
     elif shrink != 0:
