@@ -109,13 +109,17 @@ def test_groups_drive_every_optimizer():
     x = torch.randint(0, 50, (4, 8))
     for cls in (specopt.Scion, specopt.UScion, specopt.Muon, specopt.Gluon):
         opt = cls(specopt.param_groups(model, num_heads=4))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
         opt.zero_grad()
         h = model.wte(x)
         for block in model.blocks:
             h = h + block.mlp(block.ln(h))[..., :16] + block.mha(h, h, h)[0] + block.c_attn(h)[..., :16]
         model.lm_head(block.norm(h)).logsumexp(-1).mean().backward()
         opt.step()
-        assert all(torch.isfinite(p).all() for p in model.parameters())
+        for name, p in model.named_parameters():
+            assert torch.isfinite(p).all(), (cls.__name__, name)
+            if p.grad is not None and p.grad.abs().sum() > 0:  # every tensor with a gradient moves
+                assert not torch.equal(p, before[name]), (cls.__name__, name)
 
 
 def test_muon_uses_roles_adamw_for_embedding_and_head():
