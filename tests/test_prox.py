@@ -178,8 +178,8 @@ def test_storm_restores_parameters_and_gradients_after_its_probe():
     opt.step(closure)
     x1 = W.detach().clone()
     opt.step(closure)
-    assert torch.equal(seen[2], seen[0])  # the probe ran at the previous iterate x_0
-    assert torch.equal(seen[1], x1)
+    assert torch.equal(seen[1], seen[0])  # the probe ran first, at the previous iterate x_0
+    assert torch.equal(seen[2], x1)       # the closure's last call is at the current weights (what Lightning logs)
     assert torch.allclose(W.grad, 3 * x1**2)  # the gradient left behind is the one at x_k
 
 

@@ -254,8 +254,11 @@ class GeometryOptimizer(Optimizer):
         if self.estimator == "storm" and closure is None:
             raise ValueError("estimator='storm' needs step(closure): it re-evaluates the gradient at the previous "
                              "iterate on the same batch (the closure must be deterministic for a given batch)")
-        loss = None
+        loss, probed = None, {}
         if closure is not None:
+            weights = self._probe_weights()
+            if weights:  # before the step's own call, so that the closure's last evaluation is at these weights
+                probed = gradients_at([p for g in self.param_groups for p in g["params"]], weights, closure)
             with torch.enable_grad():
                 loss = closure()
         traced = torch.compiler.is_compiling() and self.rule != "gluon" and self.estimator != "storm"
@@ -273,16 +276,32 @@ class GeometryOptimizer(Optimizer):
         if not self._all_finite(items + aux):
             self._skipped += 1
             return loss
-        if self.estimator == "storm" and not self._storm_probe(items + aux, closure):
+        if self.estimator == "storm" and not self._storm_probe(items + aux, probed):
             self._skipped += 1
             return loss
         for it in items + aux:
             self._init_state(it.p, it.state, it.group)
         if items:
-            self._geometry_step(items, aux, closure)
+            self._geometry_step(items, aux, closure, probed=probed)
         adamw.step(aux)
         self._project(items + aux)
         return loss
+
+    def _probe_weights(self) -> dict:
+        """``param → weights`` at which this step re-evaluates its batch: STORM's previous iterate and Gluon's
+        anchor. Both are x_{k−1} (the weights before the last update), so one evaluation serves both."""
+        weights = {}
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state:
+                    continue
+                w = state.get("previous_param") if self.estimator == "storm" else None
+                if w is None and self.rule == "gluon":
+                    w = state.get("gluon_anchor_w")
+                if w is not None:
+                    weights[param] = w
+        return weights
 
     def _traced_step(self, items: list[_Item], aux: list[_Item], closure) -> None:
         """The step without a branch on tensor data (torch.compile): ``ok`` = every gradient finite, a 0-d flag on
@@ -304,15 +323,13 @@ class GeometryOptimizer(Optimizer):
         adamw.step(aux, ok)
         self._project(everything, ok)
 
-    def _storm_probe(self, items: list[_Item], closure) -> bool:
-        """Set ``it.g_previous = g(x_{k−1}; ξ_k)``: the closure at the previous iterate, then back to ``x_k``
-        with its gradients; remember ``x_k`` for the next step. False if the probe's gradients are not finite
-        (and ``nonfinite="skip"``)."""
+    def _storm_probe(self, items: list[_Item], probed: dict) -> bool:
+        """Set ``it.g_previous = g(x_{k−1}; ξ_k)`` from the probe the step ran before its closure call; remember
+        ``x_k`` for the next step. False if the probe's gradients are not finite (and ``nonfinite="skip"``)."""
         probe = [it for it in items if "previous_param" in it.state]
         if probe:
-            at_previous = gradients_at(items, {it: it.state["previous_param"] for it in probe}, closure)
             for it in probe:
-                it.g_previous = at_previous[id(it.p)]
+                it.g_previous = probed[id(it.param)]
             if not self._all_finite([_Item(it.p, it.g_previous, it.group, it.state, it.name, None, None,
                                            it.param, it.layout) for it in probe]):
                 return False
@@ -394,7 +411,8 @@ class GeometryOptimizer(Optimizer):
         raise ValueError(f"non-finite gradient (NaN or Inf) in {where}; nothing was updated "
                          "(pass nonfinite='skip' to skip such steps)")
 
-    def _geometry_step(self, items: list[_Item], aux: list[_Item], closure, ok: torch.Tensor | None = None) -> None:
+    def _geometry_step(self, items: list[_Item], aux: list[_Item], closure, ok: torch.Tensor | None = None,
+                       probed: dict | None = None) -> None:
         steps = [it.state["step"] for it in items]
         if ok is None:
             torch._foreach_add_(steps, 1.0)
@@ -406,13 +424,14 @@ class GeometryOptimizer(Optimizer):
             # outputs are alive at once. Fresh memory for all of them would be page-faulted in every step
             # (measured: ~0.9 s of a 2.4 s GPT-2-small Muon step on CPU); reused memory is not.
             for bucket in self._buckets(items).values():
-                self._update(bucket, aux, closure, ok)
+                self._update(bucket, aux, closure, ok, probed)
                 for it in bucket:
                     it.d = it.s = None
             return
-        self._update(items, aux, closure, ok)
+        self._update(items, aux, closure, ok, probed)
 
-    def _update(self, items: list[_Item], aux: list[_Item], closure, ok: torch.Tensor | None = None) -> None:
+    def _update(self, items: list[_Item], aux: list[_Item], closure, ok: torch.Tensor | None = None,
+                probed: dict | None = None) -> None:
         """estimator → lmo → rule → ``W ← (1 − shrink)·W + scale·s`` for ``items`` (writes through ``ok``, see
         :meth:`_traced_step`)."""
         if self.estimator == "almond":
@@ -434,7 +453,7 @@ class GeometryOptimizer(Optimizer):
                     it.d = ema_direction(it.state, it.g, beta, it.group["nesterov"], ok)
             self._lmo(items, need_dual=self.rule in NEEDS_DUAL)
         if self.rule == "gluon":
-            gluon.measure(items, aux, self._lmo, closure)
+            gluon.measure(items, aux, self._lmo, probed if closure is not None else None)
             gluon.layer_radii(items)
         shrink_and_scale(self.rule, items, self.clip_radius,
                          lambda values: distributed.sum_over_shards(values, [it.layout for it in items]))

@@ -45,7 +45,6 @@ import numpy as np
 import torch
 
 from specopt._checks import check_number
-from specopt.probe import gradients_at
 
 SCHEDULES = ("constant", "stochastic")
 HISTORY = 32
@@ -74,20 +73,22 @@ def _online(it) -> bool:
     return it.group["L0"] == "online"
 
 
-def measure(items: list, aux: list, lmo, closure) -> None:
+def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
     """Add one smoothness measurement to every online item anchored at the previous step, and refit L0, L1.
 
     ``x`` of a measurement is ``‖d_i‖_*`` (the dual norm the radius formula uses), ``y`` is L̂_i: with a closure
-    from the gradient at the anchored weights on this step's batch, without one from the previous step's gradient
-    (another batch: see the module docstring)."""
+    from ``probed``, the gradients at the anchored weights on this step's batch (the engine evaluates them before
+    its own closure call, :mod:`specopt.probe`); without one (``probed`` None) from the previous step's gradient,
+    of another batch (see the module docstring)."""
     online = [it for it in items if _online(it) and "gluon_anchor_step" in it.state]
+    for it in aux:  # their anchored weights served this step's probe, if any
+        it.state.pop("gluon_anchor_w", None)
     if not online:
         return
-    if closure is not None and all("gluon_anchor_w" in it.state for it in online):
-        everything = items + aux
-        at_anchor = gradients_at(everything, {it: it.state["gluon_anchor_w"] for it in everything
-                                              if "gluon_anchor_w" in it.state}, closure)
-        previous = [at_anchor[id(it.p)] for it in online]
+    same_batch = probed is not None and all("gluon_anchor_w" in it.state and id(it.param) in probed
+                                            for it in online)
+    if same_batch:
+        previous = [probed[id(it.param)] for it in online]
     elif all("gluon_anchor_g" in it.state for it in online):
         previous = [it.state["gluon_anchor_g"] for it in online]
     else:  # the anchor was kept for the other kind of measurement (a closure passed on some steps only)
@@ -96,7 +97,6 @@ def measure(items: list, aux: list, lmo, closure) -> None:
         probes = [_Probe(it, it.g - prev.to(it.g.dtype)) for it, prev in zip(online, previous, strict=True)]
         lmo(probes, need_dual=True)
         joint_step = max(it.state["gluon_anchor_step"] for it in online)  # ‖W^k − W^{k−1}‖ in the max-norm
-        same_batch = closure is not None
         for it, probe in zip(online, probes, strict=True):
             st = it.state
             if not same_batch and float(probe.dual) > float(it.dual):

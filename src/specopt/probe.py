@@ -1,7 +1,12 @@
-"""Gradients at other weights on the same batch: the closure run again with some parameters moved.
+"""Gradients at other weights on the same batch: the closure run with some parameters moved, before the step's own
+closure call.
 
 Used by the estimators that compare two gradients of one batch: STORM (the previous iterate) and Gluon's online
-smoothness estimate (the anchored weights).
+smoothness estimate (the anchored weights, the same point). The probe runs *first*, so that the last evaluation
+of the closure is at the current weights: a trainer that reports the closure's last loss (Lightning) reports this
+step's loss, and the gradients the step uses are the ones the closure left. What remains: the closure runs twice
+per probing step, so side effects in it (a Lightning ``training_step``'s logging, hooks, dropout masks) happen
+twice; the probe's own call is at the previous weights.
 """
 
 from __future__ import annotations
@@ -12,28 +17,27 @@ from specopt.distributed import local
 
 
 @torch.no_grad()
-def gradients_at(items: list, weights: dict, closure) -> dict:
-    """Run ``closure`` with ``item.p`` set to ``weights[item]`` for every item in ``weights`` and every gradient of
-    ``items`` cleared; return ``id(item.p) → gradient`` for all ``items`` (zeros where the closure gave none; bf16 and
-    fp16 gradients in float32). Parameters and their gradients are restored afterwards, also if the closure
-    raises."""
-    grads = [(it, it.param.grad) for it in items]
-    current = [(it, it.p.detach().clone()) for it in weights]
+def gradients_at(params: list, weights: dict, closure) -> dict:
+    """Run ``closure`` with every parameter of ``weights`` set to its tensor (the local shard under FSDP2) and every
+    gradient of ``params`` cleared; return ``id(param) → local gradient`` for all ``params`` (zeros where the closure
+    gave none; bf16 and fp16 gradients in float32). Parameters and their gradients are restored afterwards, also if
+    the closure raises."""
+    grads = [(p, p.grad) for p in params]
+    current = [(p, local(p).detach().clone()) for p in weights]
     try:
-        for it, w in weights.items():
-            it.p.copy_(w)
-        for it in items:
-            it.param.grad = None
+        for p, w in weights.items():
+            local(p).copy_(w)
+        for p in params:
+            p.grad = None
         with torch.enable_grad():
             closure()
         out = {}
-        for it in items:
-            g = local(it.param.grad)
-            g = torch.zeros_like(it.g) if g is None else g
-            out[id(it.p)] = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
+        for p in params:
+            g = local(p.grad) if p.grad is not None else torch.zeros_like(local(p))
+            out[id(p)] = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
     finally:
-        for it, x in current:
-            it.p.copy_(x)
-        for it, grad in grads:
-            it.param.grad = grad
+        for p, x in current:
+            local(p).copy_(x)
+        for p, grad in grads:
+            p.grad = grad
     return out
