@@ -1,4 +1,5 @@
-"""Constraint sets ``C`` and their projections in the preconditioner's geometry (ALGORITHMS.md §4, reconstructed).
+"""Constraint sets ``C`` and their projections in the preconditioner's geometry (*Constrained Stochastic Spectral
+Preconditioning Converges for Nonconvex Objectives* (2026); reconstructed where the paper is silent).
 
 The proximal step of :class:`specopt.ProxSpectral` is ``X⁺ = argmin_{X∈C} γ·φ((X − Y)/γ)``, where ``φ`` is the
 spectral function whose conjugate's gradient is the preconditioner ``P = U h'(Σ) Vᵀ``. For a set that only

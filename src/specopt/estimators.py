@@ -1,10 +1,11 @@
-"""Gradient estimators ``d_k`` (ALGORITHMS.md §3): the "dual feedback" fed to the geometry.
+"""Gradient estimators ``d_k`` (Pethick et al. 2025; Cutkosky & Orabona 2019): the "dual feedback" fed to the geometry.
 
-* EMA momentum ``d_k = β d_{k−1} + (1−β) g_k`` (the seeds write α = 1 − β);
+* EMA momentum ``d_k = β d_{k−1} + (1−β) g_k`` (the papers write α = 1 − β);
 * Nesterov ``d̃_k = β d_k + (1−β) g_k`` (as torch.optim.Muon: ``g.lerp(d_k, β)``);
 * averaged lmo (ALMOND) ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``: the geometry is applied before averaging;
 * STORM ``d_k = g(x_k; ξ_k) + (1 − a_k)(d_{k−1} − g(x_{k−1}; ξ_k))`` with β = 1 − a_k (Cutkosky & Orabona 2019;
-  seeds 000/001): needs the gradient at the previous iterate on the *same* batch, so ``step(closure)`` runs
+  the STORM variant of *Constrained Stochastic Spectral Preconditioning Converges for Nonconvex Objectives* (2026)):
+  needs the gradient at the previous iterate on the *same* batch, so ``step(closure)`` runs
   the closure twice per step (2× the gradient cost); ``d_1 = g_1``.
 
 ``momentum`` may be a number β ∈ [0, 1), ``"theory"``: ``β_k = 1 − (k+1)^{-1/2}`` (k = 0, 1, …), the

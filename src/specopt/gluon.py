@@ -1,4 +1,5 @@
-"""Gluon's layer-wise radius (ALGORITHMS.md §3, seed 003) and its online (L0, L1) estimate.
+"""Gluon's layer-wise radius (Riabinin et al. 2025, *Gluon: Making Muon & Scion Great Again!*) and its online (L0,
+L1) estimate.
 
 Per layer i, under (L0, L1)-smoothness in the layer's norm, the step ``W_i ← W_i + t_i·lmo_i(d_i)`` with
 

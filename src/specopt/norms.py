@@ -1,4 +1,5 @@
-"""The norm catalogue (ALGORITHMS.md §1): one object per geometry, owning its lmo, dual, norm, init, project.
+"""The norm catalogue (Pethick et al. 2025; Bernstein & Newhouse 2024, *Modular Duality in Deep Learning*): one
+object per geometry, owning its lmo, dual, norm, init, project.
 
 For a norm ``‖·‖`` on one tensor, the linear minimisation oracle over the unit ball is
 ``lmo(g) = argmin_{‖s‖≤1} ⟨g, s⟩``, so that ``⟨g, lmo(g)⟩ = −‖g‖_*`` (the dual norm) and ``‖lmo(g)‖ = 1``

@@ -1,4 +1,5 @@
-"""The named optimizers: thin presets over :class:`~specopt.engine.GeometryOptimizer` (ALGORITHMS.md §3).
+"""The named optimizers: thin presets over :class:`~specopt.engine.GeometryOptimizer` (Pethick et al. 2025; Riabinin
+et al. 2025).
 
 | preset | estimator | step rule | defaults |
 |---|---|---|---|
@@ -143,7 +144,8 @@ class SteepestDescent(GeometryOptimizer):
 
 
 class ProxSpectral(GeometryOptimizer):
-    """Proximal spectral preconditioning (seeds 000/001; ALGORITHMS.md §4, reconstructed):
+    """Proximal spectral preconditioning (*Constrained Stochastic Spectral Preconditioning Converges for
+    Nonconvex Objectives*, 2026; reconstructed where the paper is silent):
     ``Y = W − γ·P(λ·d)``, then ``W ← argmin_{X∈C} γφ((X − Y)/γ)``, the projection onto the group's
     ``constraint`` in the preconditioner's geometry (:mod:`specopt.constraints`).
 

@@ -1,4 +1,5 @@
-"""Spectral preconditioners ``P(Y) = U diag(h'(σ_i)) Vᵀ`` (ALGORITHMS.md §4, seeds 000/001, reconstructed).
+"""Spectral preconditioners ``P(Y) = U diag(h'(σ_i)) Vᵀ`` (*Constrained Stochastic Spectral Preconditioning
+Converges for Nonconvex Objectives* (2026); reconstructed).
 
 Three choices of ``h'``, all with ``|h'| ≤ 1`` (up to the polynomial's overshoot), so that ``‖P(Y)‖_op ≤ 1``:
 

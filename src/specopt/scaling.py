@@ -1,4 +1,5 @@
-"""Batch size and step size across token budgets (ALGORITHMS.md §6, seed 002).
+"""Batch size and step size across token budgets (Silveti-Falls et al., *Spectral optimizers for deep learning:
+Muon, Scion and so on*, lectures 2026).
 
 For momentum SCG under a μ-KL condition, the best tokens per step and step size for a budget of T tokens
 scale as ``B·S ∝ T^{2/3}`` and ``β ∝ T^{-1/3}``. From a tuned base run (T0, B0, S0, β0), a budget

@@ -1,7 +1,8 @@
 """Step-size schedules of the stochastic analyses, as ``torch.optim.lr_scheduler.LambdaLR`` objects.
 
 ``γ_k = γ_0·(k+1)^{-power}``: ``power=3/4`` is the heavy-tailed momentum method's schedule and Gluon's
-stochastic one, ``power=2/3`` STORM's (seeds 000/001; ALGORITHMS.md §4). The momentum schedules that go with them
+stochastic one, ``power=2/3`` STORM's (*Constrained Stochastic Spectral Preconditioning Converges for Nonconvex
+Objectives* (2026)). The momentum schedules that go with them
 are ``momentum="theory"`` (``1 − β_k = (k+1)^{-1/2}``) and ``momentum="storm"`` (``a_k = (k+1)^{-2/3}``).
 """
 

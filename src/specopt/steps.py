@@ -1,4 +1,5 @@
-"""Step rules (ALGORITHMS.md §3). Every rule is one update per tensor,
+"""Step rules (Pethick et al. 2025, *Training Deep Learning Models with Norm-Constrained LMOs*; Riabinin et al.
+2025, Gluon). Every rule is one update per tensor,
 
     W ← (1 − shrink)·W + scale·s,
 

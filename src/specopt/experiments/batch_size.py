@@ -1,4 +1,5 @@
-"""`batch-size`: final loss against batch size for several token budgets on the char-GPT (seed 002, §6).
+"""`batch-size`: final loss against batch size for several token budgets on the char-GPT (Silveti-Falls et al.,
+*Spectral optimizers for deep learning: Muon, Scion and so on*, lectures 2026: B·S ∝ T^{2/3}).
 
 For momentum SCG the seed predicts three regimes at a fixed token budget T — batches too small (noise
 dominates), a best batch, batches too large (too few steps) — and a best tokens-per-step that grows as

@@ -1,4 +1,5 @@
-"""`bpm`: the Broximal Point Method against the proximal point method and gradient descent (seed 003).
+"""`bpm`: the Broximal Point Method against the proximal point method and gradient descent (Gruntkowska, Li, Rane &
+Richtárik 2025).
 
 Problems (float64): a quadratic ``½xᵀHx − bᵀx`` with κ = 10⁴ (exact brox by the trust-region subproblem),
 an ℓ2-regularised logistic regression (brox through the prox with a bisected λ) and the nonsmooth

@@ -1,5 +1,6 @@
 """`muon-conditioning`: iterations to reach ε against the condition number κ for simplified Muon, GD and Adam,
-on matrix factorisation and on in-context linear regression (ALGORITHMS.md §7; Ma, Huang, Chi & Chen 2026).
+on matrix factorisation and on in-context linear regression (Ma, Huang, Chi & Chen 2026, *Preconditioning Benefits
+of Spectral Orthogonalization in Muon*, arXiv:2601.13474).
 
 Claim: simplified Muon ``X ← X − η_t·polar(∇f)`` with geometric ``η_t = η₀qᵗ`` reaches ε in a number of
 iterations that does not grow with κ, while gradient descent needs ~κ·log(1/ε) and Adam also depends on κ.

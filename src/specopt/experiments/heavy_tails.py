@@ -1,4 +1,5 @@
-"""`heavy-tails`: proximal spectral preconditioning under heavy-tailed gradient noise (seeds 000/001).
+"""`heavy-tails`: proximal spectral preconditioning under heavy-tailed gradient noise (*Constrained Stochastic
+Spectral Preconditioning Converges for Nonconvex Objectives* (2026)).
 
 Claim: because the preconditioner is bounded (``‖P(d)‖_op ≤ 1``), the momentum method needs no gradient
 clipping to converge under noise with only a ``p``-th moment, ``p ∈ (1, 2]`` (infinite variance), and STORM

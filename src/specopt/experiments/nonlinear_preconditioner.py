@@ -1,10 +1,11 @@
 """`nonlinear-preconditioner`: how well the smooth family ``h'_κ(s) = s/(ε^κ + s^κ)^{1/κ}`` models Polar Express.
 
 Polar Express maps each singular value ``x = σ/‖G‖_F ∈ [0, 1]`` through a composed odd polynomial ``p(x)``;
-seeds 000/001 model Muon's real update as the nonlinear preconditioner ``P = U h'(Σ) Vᵀ`` with ``h = h_κ``.
+*Constrained Stochastic Spectral Preconditioning Converges for Nonconvex Objectives* (2026) models Muon's real
+update as the nonlinear preconditioner ``P = U h'(Σ) Vᵀ`` with ``h = h_κ``.
 For κ ∈ {2, 4, 8} and 5 and 6 Polar Express steps we fit ε to minimise the sup error ``max_x |p(x) − h'_κ(x)|``
 on a grid of 40,000 points of [0, 1] (log-spaced from 1e-7 and linear), by a grid search over log ε followed
-by a bounded scalar minimisation. ALGORITHMS.md §4 quotes, for κ = 4 and 6 steps, ε ≈ 5.8e-4 and a sup error
+by a bounded scalar minimisation. The paper quotes, for κ = 4 and 6 steps, ε ≈ 5.8e-4 and a sup error
 ≈ 0.02; the table below confirms or corrects it.
 """
 
