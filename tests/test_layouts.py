@@ -158,3 +158,51 @@ def test_view_norms_round_trip_through_their_config():
 def test_describe_shows_axes_without_default_noise():
     table = specopt.describe(specopt.param_groups(MoENet(), layouts={Experts: "experts_transposed"}))
     assert "E=0 out=2 in=1" in table and "gram" not in table and "fan_in_scaled" not in table
+
+
+class RowScaled(specopt.Norm):
+    """A user's norm (Muown-style row magnitude × direction would look like this): ℓ∞ over rows of RMS."""
+
+    item_ndim = 2
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def lmo(self, g, batch_dims=None):
+        return -self.scale * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-30) * g.shape[-1] ** 0.5
+
+    def dual(self, g, batch_dims=None):
+        return -(g * self.lmo(g)).sum(dim=(-2, -1))
+
+    def norm(self, x, batch_dims=None):
+        return (x.norm(dim=-1) / x.shape[-1] ** 0.5).amax(dim=-1) / self.scale
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        return self.lmo(torch.randn(shape, generator=generator, dtype=dtype, device=device)) * -radius
+
+
+def test_a_users_norm_survives_state_dict_and_the_bare_engine_has_defaults():
+    model = nn.Linear(6, 4)
+    opt = specopt.GeometryOptimizer([{"params": [model.weight], "norm": RowScaled(2.0)}, {"params": [model.bias]}],
+                                    {"lr": 0.1})
+    model(torch.randn(3, 6)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["norm"]["name"].endswith(":RowScaled")
+    twin = specopt.GeometryOptimizer([{"params": [model.weight], "norm": RowScaled(1.0)}, {"params": [model.bias]}],
+                                     {"lr": 0.1})
+    twin.load_state_dict(saved)
+    assert twin.param_groups[0]["norm"] == RowScaled(2.0)
+    with pytest.raises(ValueError, match="needs a learning rate"):
+        specopt.GeometryOptimizer(model.parameters(), {})
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda m: specopt.Muon(m), "got a module"),
+    (lambda m: specopt.Scion(m), "got a module"),
+    (lambda m: specopt.UScion([m.weight, m.weight]), "listed twice"),
+    (lambda m: specopt.UScion([nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False)]), "int64"),
+])
+def test_small_traps_get_a_clear_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(nn.Linear(4, 4))

@@ -49,6 +49,9 @@ from specopt.probe import gradients_at
 from specopt.steps import NEEDS_DUAL, PER_TENSOR_RULES, RULES, apply_update, commit, shrink_and_scale
 
 NONFINITE = ("raise", "skip")
+ENGINE_DEFAULTS = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": 1.0, "weight_decay": 0.0,
+                   "betas": (0.9, 0.95), "eps": 1e-8}
+"""What a group of the bare engine gets where neither it nor the optimizer's ``defaults`` say (``lr`` is required)."""
 
 
 def _step_count(state: dict, p: torch.Tensor) -> None:
@@ -119,9 +122,18 @@ class GeometryOptimizer(Optimizer):
             per-rank optimizers). FSDP2 (DTensor) parameters always use their own mesh.
     """
 
-    def __init__(self, params, defaults: dict, *, estimator: str = "momentum", rule: str = "uscg",
+    def __init__(self, params, defaults: dict | None = None, *, estimator: str = "momentum", rule: str = "uscg",
                  clip_radius: float | None = None, nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
+        if isinstance(params, torch.nn.Module):
+            raise ValueError(f"{type(self).__name__} got a module ({type(params).__name__}); pass its parameters: "
+                             "model.parameters(), or specopt.param_groups(model) for roles, norms and radii")
+        if defaults is not None and not isinstance(defaults, dict):
+            raise ValueError(f"defaults must be a dict of hyperparameters, got {defaults!r}")
+        defaults = {**ENGINE_DEFAULTS, **(gluon.DEFAULTS if rule == "gluon" else {}), **(defaults or {})}
+        if "lr" not in defaults:
+            raise ValueError("GeometryOptimizer needs a learning rate: pass defaults={'lr': ...} (the other "
+                             f"hyperparameters default to {ENGINE_DEFAULTS})")
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {', '.join(ESTIMATORS)}")
         if rule not in RULES:
@@ -161,6 +173,12 @@ class GeometryOptimizer(Optimizer):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         super().add_param_group(dict(param_group))
         group = self.param_groups[-1]
+        seen = set()
+        for i, p in enumerate(group["params"]):
+            if id(p) in seen:
+                name = group["param_names"][i] if group.get("param_names") else f"a tensor of shape {tuple(p.shape)}"
+                raise ValueError(f"{name} is listed twice in one param group; it would be stepped twice")
+            seen.add(id(p))
         if isinstance(group["norm"], str) and group["norm"] not in ("auto", "adamw"):
             group["norm"] = get_norm(group["norm"])
         self._validate_group(group)
@@ -196,6 +214,9 @@ class GeometryOptimizer(Optimizer):
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError(f"complex parameter of shape {tuple(p.shape)} is not supported")
+            if not p.is_floating_point():
+                raise ValueError(f"parameter of shape {tuple(p.shape)} has dtype {p.dtype}; optimizers step floating "
+                                 "tensors only (leave integer buffers out of the optimizer)")
 
     # ----------------------------------------------------------------- state_dict with portable norms
     def state_dict(self):

@@ -48,6 +48,8 @@ import torch
 from specopt._checks import check_number
 
 SCHEDULES = ("constant", "stochastic")
+DEFAULTS = {"L0": "online", "L1": "online", "schedule": "constant", "warmup_radius": 1e-3, "probe_every": 1}
+"""Gluon's group keys, for an engine built with ``rule="gluon"`` (:class:`specopt.Gluon` sets them itself)."""
 HISTORY = 32
 UNDER_WEIGHT = 0.9
 """The descent lemma needs an upper bound on the smoothness, so the fit leans to an upper envelope of the

@@ -18,6 +18,7 @@ band (:func:`specopt.linalg.msign_band`) of the true scaled nuclear norm otherwi
 
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 
@@ -97,7 +98,8 @@ class Norm(ABC):
 
     def config(self) -> dict:
         """A plain-data description (for state dicts and config files); :func:`norm_from_config` inverts it."""
-        out = {"name": _NAMES[type(self)]}
+        cls = type(self)
+        out = {"name": _NAMES.get(cls) or f"{cls.__module__}:{cls.__qualname__}"}  # a user's norm: by import path
         for key, value in vars(self).items():
             if isinstance(value, Norm):
                 value = value.config()
@@ -540,10 +542,26 @@ def get_norm(name: str, **kwargs) -> Norm:
 
 
 def norm_from_config(config: dict) -> Norm:
-    """Rebuild a norm from :meth:`Norm.config`."""
+    """Rebuild a norm from :meth:`Norm.config`: a catalogue name, or ``module:QualName`` for a user's ``Norm``
+    subclass (imported; its constructor must take the instance's attributes as keywords, as every catalogue norm's
+    does)."""
     kwargs = {k: v for k, v in config.items() if k != "name"}
-    if isinstance(kwargs.get("inner"), dict):
-        kwargs["inner"] = norm_from_config(kwargs["inner"])
+    for key, value in kwargs.items():
+        if isinstance(value, dict) and "name" in value:
+            kwargs[key] = norm_from_config(value)
     if isinstance(kwargs.get("compute_dtype"), str):
         kwargs["compute_dtype"] = getattr(torch, kwargs["compute_dtype"])
-    return get_norm(config["name"], **kwargs)
+    name = config["name"]
+    if ":" not in name:
+        return get_norm(name, **kwargs)
+    module, _, qualname = name.partition(":")
+    try:
+        cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"norm {name!r} of a saved state cannot be imported ({err}); import the module that "
+                         "defines it before loading") from None
+    if not (isinstance(cls, type) and issubclass(cls, Norm)):
+        raise ValueError(f"{name!r} is not a specopt Norm subclass")
+    return cls(**kwargs)

@@ -214,6 +214,9 @@ class Muon(GeometryOptimizer):
 def _split_for_muon(params, aux: dict, msign_kwargs: dict, scale: str) -> list[dict]:
     """Split every group into its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and its
     AdamW tensors. A group that says ``norm="adamw"`` is AdamW as a whole, with its own ``lr``."""
+    if isinstance(params, torch.nn.Module):
+        raise ValueError(f"Muon got a module ({type(params).__name__}); pass model.parameters(), or "
+                         "specopt.param_groups(model) to send embeddings, head, gains and biases to its AdamW")
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
