@@ -211,6 +211,29 @@ def test_every_optimizer_trains_with_storm(make):
     assert last < first
 
 
+def test_storm_tracks_the_full_batch_gradient_exactly_where_a_moving_average_lags():
+    """STORM's defining property: with d_1 = g_1 and the same batch at both iterates,
+    d_k = g(x_k) + β(d_{k−1} − g(x_{k−1})) = g(x_k) for every k; an EMA of gradients would lag behind."""
+    torch.manual_seed(0)
+    W = nn.Parameter(torch.randn(6, 5, dtype=torch.float64))
+    A = torch.randn(5, 5, dtype=torch.float64)
+    opt = specopt.UScion([W], estimator="storm", momentum=0.9, lr=0.05)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((W @ A) ** 3).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    closure()  # the gradient at the current iterate, for reference
+    exact = W.grad.detach().clone()
+    opt.step(closure)
+    # the buffer of this step was built at the iterate before it: compare with the gradient there
+    torch.testing.assert_close(opt.state[W]["momentum_buffer"], exact, atol=1e-9, rtol=1e-9)
+
+
 def test_storm_without_closure_or_with_nesterov_is_a_clear_error():
     W = nn.Parameter(torch.randn(3, 3))
     opt = specopt.Scion([W], estimator="storm")
