@@ -5,7 +5,7 @@ Public API: the matrix sign :func:`msign`, the norm catalogue (:mod:`specopt.nor
 (thin presets over :class:`GeometryOptimizer`) and :func:`param_groups` (automatic parameter roles).
 """
 
-from specopt import constraints, linalg, norms, schedules
+from specopt import checkpoint, constraints, layouts, linalg, norms, schedules, views
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
 from specopt.engine import GeometryOptimizer
 from specopt.linalg import msign, msign_band, polar_express_coefficients
@@ -38,7 +38,10 @@ __all__ = [
     "RankAtMost",
     "SparsityAtMost",
     "SpectralBall",
+    "checkpoint",
     "constraints",
+    "layouts",
+    "views",
     "schedules",
     "Blocked",
     "ClippedScion",
