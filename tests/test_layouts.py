@@ -206,3 +206,12 @@ def test_a_users_norm_survives_state_dict_and_the_bare_engine_has_defaults():
 def test_small_traps_get_a_clear_error(make, match):
     with pytest.raises(ValueError, match=match):
         make(nn.Linear(4, 4))
+
+
+def test_frozen_parameters_are_left_out_and_shared_ones_listed_once():
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Embedding(10, 8), shared, nn.ReLU(), shared, nn.Linear(8, 10))
+    model[0].weight.requires_grad_(False)
+    names = [n for g in specopt.param_groups(model) for n, _ in g["params"]]
+    assert sorted(names) == ["1.bias", "1.weight", "4.bias", "4.weight"]
+    assert roles(specopt.param_groups(model))["4.weight"]["role"] == "head"  # the projection to the vocabulary
