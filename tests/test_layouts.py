@@ -215,3 +215,14 @@ def test_frozen_parameters_are_left_out_and_shared_ones_listed_once():
     names = [n for g in specopt.param_groups(model) for n, _ in g["params"]]
     assert sorted(names) == ["1.bias", "1.weight", "4.bias", "4.weight"]
     assert roles(specopt.param_groups(model))["4.weight"]["role"] == "head"  # the projection to the vocabulary
+
+
+@pytest.mark.parametrize("cls", [specopt.Muon, specopt.Scion, specopt.UScion, specopt.ClippedScion, specopt.ALMOND,
+                                 specopt.SteepestDescent, specopt.ProxSpectral])
+def test_zero_size_and_scalar_parameters_step_without_a_crash(cls):
+    empty, scalar, matrix = nn.Parameter(torch.randn(0, 4)), nn.Parameter(torch.tensor(1.0)), nn.Parameter(torch.eye(4))
+    opt = cls([empty, scalar, matrix])
+    for p in (empty, scalar, matrix):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert empty.shape == (0, 4) and float(scalar.detach()) != 1.0 and not torch.equal(matrix.detach(), torch.eye(4))

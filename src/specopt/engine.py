@@ -74,6 +74,11 @@ def _has_int_step_counts(optimizer) -> bool:
     return any(isinstance(state.get("step"), int) for state in optimizer.state.values())
 
 
+@torch.compiler.nested_compile_region
+def _lmo_region(D, norm):
+    return norm.lmo_factored(D, batch_dims=1, private=False)[0]
+
+
 def _beta(it) -> float | torch.Tensor:
     """β of this update: the group's number, or its schedule at the (0-d tensor) step count, on the device, so
     that neither reads the count on the host. The count was advanced before, hence ``step − 1`` (0-based)."""
@@ -389,7 +394,7 @@ class GeometryOptimizer(Optimizer):
         for gi, group in enumerate(self.param_groups):
             names = group.get("param_names")
             for pi, param in enumerate(group["params"]):
-                if param.grad is None:
+                if param.grad is None or param.numel() == 0:  # a zero-size tensor has nothing to update
                     continue
                 name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}] of shape {tuple(param.shape)}"
                 layout = distributed.layout_of(param, name)
@@ -529,7 +534,10 @@ class GeometryOptimizer(Optimizer):
                 D = torch.empty((len(bucket),) + shape, dtype=work, device=device)
                 for i, it in enumerate(bucket):
                     D[i].copy_(it.d)
-            S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
+            if torch.compiler.is_compiling():
+                S, factor = _lmo_region(D, norm), norm.lmo_factor(shape)
+            else:
+                S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
             for i, it in enumerate(bucket):
                 it.s, it.factor = S[i], factor
         for bucket, factor, job in pending:

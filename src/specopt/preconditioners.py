@@ -79,7 +79,7 @@ class Preconditioner(Norm):
         """``P(λ·d)`` for one tensor, in ``d``'s dtype."""
         check_tensor(d, "preconditioner input")
         y = d * self.scale
-        if d.ndim == 1:
+        if d.ndim <= 1:  # a vector (or a scalar) is a diagonal matrix
             return self._entrywise(y)
         m = y.reshape(y.shape[0], -1)
         if self.kind == "polar_express":
