@@ -42,16 +42,18 @@ def test_convex_projection_is_feasible_idempotent_and_euclidean_optimal(c, shape
 
 
 def test_spectral_ball_matches_scipy_on_a_small_case():
-    y = torch.tensor([[2.0, 0.5], [0.3, -1.5], [1.0, 0.2]], dtype=torch.float64)
-    r = 1.0
+    y = torch.tensor([[2.0, 0.5], [0.3, -1.5], [1.0, 0.2]], dtype=torch.float64)  # σ = 2.30, 1.53
+    r = 2.0  # one singular value above r: ‖X‖_op is differentiable at the solution, so SLSQP converges (with
+    # r = 1 both are clipped, the norm has a kink there, and SLSQP hit its iteration limit)
     x = SpectralBall(r).project(y).numpy()
 
     def op_norm(v):
         return np.linalg.norm(v.reshape(3, 2), 2)
 
     res = minimize(lambda v: np.sum((v - y.numpy().ravel()) ** 2), x0=np.zeros(6), method="SLSQP",
-                   constraints=[{"type": "ineq", "fun": lambda v: r - op_norm(v)}], options={"ftol": 1e-12,
-                                                                                             "maxiter": 500})
+                   constraints=[{"type": "ineq", "fun": lambda v: r - op_norm(v)}],
+                   options={"ftol": 1e-12, "maxiter": 500})
+    assert res.success, res.message
     assert np.sum((x.ravel() - y.numpy().ravel()) ** 2) <= res.fun + 1e-6
     assert np.allclose(x.ravel(), res.x, atol=1e-3)
 
