@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import warnings
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+
+CLASSES = 10
+"""MNIST's digits and CIFAR-10's classes: labels are 0–9."""
 
 
 class DataError(ValueError):
@@ -39,20 +43,36 @@ def read_text(path: str | Path | None = None) -> str:
 
 
 def load_mnist(path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST rows ``784 pixels (0–255), label`` from a (gzipped) CSV: images (N, 1, 28, 28) in [0, 1], labels."""
+    """MNIST rows ``784 pixels (0–255), label`` from a (gzipped) CSV: images (N, 1, 28, 28) in [0, 1], labels
+    (digits 0–9)."""
     path = Path(path) if path is not None else shipped("mnist_5k.csv.gz")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt") as f:
-            rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+        with opener(path, "rt") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's "input contained no data": the shape check below says it
+            rows = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     except FileNotFoundError:
         raise DataError(f"MNIST file not found: {path}") from None
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read MNIST CSV {path}: {e}") from None
-    if rows.ndim != 2 or rows.shape[1] != 785:
-        raise DataError(f"MNIST CSV {path} must have 785 columns (784 pixels and a label), got shape {rows.shape}")
+    if rows.shape[0] == 0:
+        raise DataError(f"MNIST CSV {path} holds no rows")
+    if rows.shape[1] != 785:
+        raise DataError(f"MNIST CSV {path} must have 785 columns (784 pixels and a label), got {rows.shape[1]}")
+    _check_labels(rows[:, 784], path, "MNIST CSV", "row")
+    bad = np.flatnonzero(((rows[:, :784] < 0) | (rows[:, :784] > 255)).any(axis=1))
+    if len(bad):
+        raise DataError(f"MNIST CSV {path}: row {bad[0] + 1} has a pixel outside 0–255 ({len(bad)} such row(s))")
     images = torch.from_numpy(rows[:, :784]).float().div_(255).reshape(-1, 1, 28, 28)
     return images, torch.from_numpy(rows[:, 784])
+
+
+def _check_labels(labels: np.ndarray, path: Path, kind: str, item: str) -> None:
+    """Labels must be classes 0–9 (digits; CIFAR-10's classes): cross-entropy cannot take any other."""
+    bad = np.flatnonzero((labels < 0) | (labels >= CLASSES))
+    if len(bad):
+        raise DataError(f"{kind} {path}: {item} {bad[0] + 1} has label {labels[bad[0]]}; labels must be classes "
+                        f"0–{CLASSES - 1} ({len(bad)} out-of-range label(s) in all)")
 
 
 def load_cifar10(directory: str | Path) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -77,10 +97,12 @@ def _cifar_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             batch = pickle.load(f, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError) as e:
+    except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError, AttributeError,
+            IndexError) as e:
         raise DataError(f"cannot read CIFAR-10 batch {path}: {e!r}") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"CIFAR-10 batch {path} must hold N×3072 data and N labels, got {data.shape}, {labels.shape}")
+    _check_labels(labels, path, "CIFAR-10 batch", "image")
     return torch.from_numpy(data).float().div_(255).reshape(-1, 3, 32, 32), torch.from_numpy(labels)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from specopt.tasks.base import Task, init_model
-from specopt.tasks.data import load_cifar10, load_mnist
+from specopt.tasks.data import DataError, load_cifar10, load_mnist
 
 
 class ImageTask(Task):
@@ -19,17 +19,24 @@ class ImageTask(Task):
 
     def __init__(self, seed: int = 0, data: str | None = None, batch_size: int = 128, val_size: int = 500):
         super().__init__(seed)
+        self.batch_size = int(batch_size)
         if data is not None and not str(data).endswith((".csv", ".csv.gz")):
             (x, y), (vx, vy) = load_cifar10(data)
+            if len(y) < self.batch_size:
+                raise DataError(f"CIFAR-10 directory {data}: its data_batch_* files hold {len(y)} images, fewer "
+                                f"than one training batch of {self.batch_size}")
         else:
             images, labels = load_mnist(data)
+            if len(labels) < val_size + self.batch_size:
+                raise DataError(f"MNIST CSV {data or 'shipped'} has {len(labels)} rows; training needs at least "
+                                f"{val_size + self.batch_size}: {val_size} held out for validation and one batch of "
+                                f"{self.batch_size}")
             perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(12345))
             val, train = perm[:val_size], perm[val_size:]
             x, y, vx, vy = images[train], labels[train], images[val], labels[val]
         mean, std = x.mean(), x.std()
         self.x, self.y = (x - mean) / std, y
         self.vx, self.vy = (vx - mean) / std, vy
-        self.batch_size = int(batch_size)
         self.classes = int(max(int(y.max()), int(vy.max())) + 1)
 
     @property

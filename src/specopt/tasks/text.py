@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from specopt.tasks.base import Task, init_model
-from specopt.tasks.data import read_text
+from specopt.tasks.data import DataError, read_text
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ class CharGPT(Task):
         split = int(0.9 * len(ids))
         self.train_ids, self.val_ids = ids[:split], ids[split:]
         if len(self.val_ids) <= self.cfg.block_size + 1:
-            raise ValueError(f"text too short for block_size {self.cfg.block_size}")
+            raise DataError(f"text file {data or 'shipped'} is too short: its last tenth (validation) holds "
+                            f"{len(self.val_ids)} characters, fewer than a context of {self.cfg.block_size} + 1")
         self.val = [self._sample(self.val_ids, torch.Generator().manual_seed(10_000 + i)) for i in range(val_batches)]
         self.units_per_example = self.cfg.block_size
 
