@@ -100,7 +100,8 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
                     small.setdefault(fqn[param], {})[key] = _encode(value)
         groups = [{k: v for k, v in g.items() if k not in ("params", "param_names")}
                   for g in optimizer.state_dict()["param_groups"]]
-        metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0)})
+        metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0),
+                      "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"})
     flat["meta"] = json.dumps({"optimizers": metas, "extra": extra or {}})
     tmp = path.with_name(path.name + ".tmp")
     if _rank0() and tmp.exists():
@@ -123,6 +124,8 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
     if not (path / ".metadata").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
     metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    optimizers = _as_list(optimizers)
+    _check_optimizers(_read_meta(path)["optimizers"], optimizers)  # before anything is loaded in place
     module = _module(model)
     params = dict(module.named_parameters())
     model_sd = module.state_dict()
@@ -143,13 +146,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
                                                 stride=param.stride()) if is_dtensor(param) else buf)
     dcp.load(template, checkpoint_id=str(path))  # in place: the model's own tensors are the template's
     meta = json.loads(template["meta"])
-    optimizers = _as_list(optimizers)
-    if len(optimizers) != len(meta["optimizers"]):
-        raise ValueError(f"the checkpoint holds {len(meta['optimizers'])} optimizer(s), got {len(optimizers)}")
     for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
-        if len(optimizer.param_groups) != len(saved["param_groups"]):
-            raise ValueError(f"the checkpoint's optimizer {i} has {len(saved['param_groups'])} param groups, the "
-                             f"optimizer {len(optimizer.param_groups)}")
         for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
             for k, v in saved_group.items():
                 group[k] = _restore_group_value(k, v)
@@ -164,6 +161,37 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
         if hasattr(optimizer, "skipped_steps"):
             optimizer.skipped_steps = saved["skipped_steps"]
     return meta["extra"]
+
+
+def read_extra(path: str | os.PathLike) -> dict:
+    """The ``extra`` of a checkpoint written by :func:`save`, read without loading any tensor (to check a
+    checkpoint before loading it into a model)."""
+    path = Path(path)
+    if not (path / ".metadata").exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+    return _read_meta(path)["extra"]
+
+
+def _read_meta(path: Path) -> dict:
+    template: dict = {"meta": ""}
+    dcp.load(template, checkpoint_id=str(path))
+    return json.loads(template["meta"])
+
+
+def _check_optimizers(saved: list, optimizers: list) -> None:
+    """As many optimizers as the checkpoint holds, each of the class that saved its state (compared by class
+    name, so that a class moved to another module still loads; checkpoints from before classes were recorded
+    are not checked)."""
+    if len(optimizers) != len(saved):
+        raise ValueError(f"the checkpoint holds {len(saved)} optimizer(s), got {len(optimizers)}")
+    for i, (optimizer, meta) in enumerate(zip(optimizers, saved, strict=True)):
+        theirs = meta.get("class")
+        if theirs is not None and theirs.rsplit(".", 1)[-1] != type(optimizer).__qualname__:
+            raise ValueError(f"the checkpoint's optimizer {i} is a {theirs}, not a {type(optimizer).__qualname__}: "
+                             "one optimizer's state cannot be loaded into another")
+        if len(optimizer.param_groups) != len(meta["param_groups"]):
+            raise ValueError(f"the checkpoint's optimizer {i} has {len(meta['param_groups'])} param groups, the "
+                             f"optimizer {len(optimizer.param_groups)}")
 
 
 def _restore_group_value(key: str, value):
