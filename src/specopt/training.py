@@ -13,6 +13,16 @@ Files in the run directory:
 Resuming loads the checkpoint, drops metric rows after it, and continues; because batches depend only on
 (seed, step) the result equals the uninterrupted run bit for bit.
 
+A run is never resumed from files that are not its own. ``config.json`` holds a random ``run_id`` and every
+checkpoint records it with the task, the optimizer's name and its class(es); resuming checks those, the model's
+parameter names and shapes, the optimizers' param groups and the schedulers' base learning rates against the run
+that ``config.json`` describes, before anything is loaded or written, and refuses (:class:`RunError`, naming the
+file) on any difference. A new run starts by removing the run files of an earlier run in its directory
+(:data:`RUN_FILES`), so a crash before its first checkpoint cannot leave an older checkpoint behind to resume;
+``train(..., overwrite=False)`` (what ``specopt train`` does without ``--overwrite``) instead refuses a directory
+that is not empty. ``updates={"steps": N}`` on resume extends (or shortens) the run: the lr schedule and the batch
+schedule are recomputed for N steps, as if the run had been planned for N steps from its start.
+
 Distributed (launched by ``specopt train --nproc N`` through torchrun, or by any launcher that initialises
 torch.distributed): every rank trains its equal slice of each batch; ``parallel="ddp"`` wraps the model in
 DistributedDataParallel, ``"fsdp"`` shards it with FSDP2's ``fully_shard``; rank 0 writes the metrics.
@@ -24,7 +34,11 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
+import uuid
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,12 +47,21 @@ import torch.distributed as dist
 
 from specopt import checkpoint, registry
 from specopt.scaling import batch_size_schedule
-from specopt.tasks import get_task
+from specopt.tasks import DataError, get_task
 
 SCHEDULES = ("constant", "linear-decay")
 BATCH_SCHEDULES = ("constant", "bst")
 PARALLEL = ("ddp", "fsdp")
 CSV_FIELDS = ("step", "loss", "lr", "elapsed_s", "throughput", "val_loss", "batch_size")
+RUN_FILES = ("config.json", "config.json.tmp", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "checkpoint.pt.tmp",
+             "checkpoint", "checkpoint.tmp")
+"""What a run writes into its directory (a new run with ``overwrite`` removes these, and only these)."""
+RESUME_UPDATES = ("steps", "val_every", "checkpoint_every")
+"""The settings a resumed run may change; everything else stays as ``config.json`` records it."""
+
+
+class RunError(ValueError):
+    """A run directory, or a file in it, cannot be used as asked; the message names the path and the problem."""
 
 
 @dataclass
@@ -96,41 +119,75 @@ class RunResult:
     elapsed_s: float
     diverged: bool = False
     model: torch.nn.Module | None = None
+    start: int = 0
+    """The step the run started from (the checkpoint's step when resumed)."""
 
     def val_rows(self) -> list[dict]:
         return [r for r in self.rows if r.get("val_loss") is not None]
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          callback=None) -> RunResult:
-    """Run ``cfg`` into directory ``out`` (created); ``resume=True`` continues from ``out/checkpoint.pt``.
+          callback=None, overwrite: bool = True, updates: dict | None = None, log=None) -> RunResult:
+    """Run ``cfg`` into directory ``out`` (created); ``resume=True`` continues the run recorded in ``out``.
+
+    A new run into a directory that holds an earlier run removes that run's files first (:data:`RUN_FILES`);
+    ``overwrite=False`` refuses any non-empty directory instead. On resume ``cfg`` is ignored: the run is
+    ``out/config.json``, with ``updates`` (keys of :data:`RESUME_UPDATES`) applied; its checkpoint must be its own
+    (see the module docstring), or :class:`RunError` is raised and nothing in ``out`` is changed. ``log(message)``
+    receives notices (how a changed ``steps`` reshapes the lr schedule).
 
     ``callback(step, model, optimizers)``, if given, runs after every update (experiments measure with it)."""
     out = Path(out)
     rank, world = _rank_world()
     if resume:
-        cfg = load_config(out)
-    cfg.validate()
-    task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
-    model = task.build_model()
-    inner = model
-    if world > 1:
-        check_parallel(cfg.optimizer, cfg.parallel)
-        model = _parallelize(model, cfg.parallel)
-        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    hp = registry.resolve(cfg.optimizer, cfg.hparams)
-    opts = registry.build(cfg.optimizer, inner, task, hp)
+        cfg, recorded = _resume_config(out, updates)
+        run_id = recorded.get("run_id")
+    else:
+        if updates:
+            raise ValueError("updates apply to a resumed run (resume=True) only")
+        cfg.validate()
+        _on_rank0(lambda: check_new_run_dir(out, overwrite))
+        run_id = _from_rank0(uuid.uuid4().hex)  # one id for all ranks: each writes it into its checkpoint shard
+    try:
+        task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+        model = task.build_model()
+        inner = model
+        if world > 1:
+            check_parallel(cfg.optimizer, cfg.parallel)
+            model = _parallelize(model, cfg.parallel)
+            inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        hp = registry.resolve(cfg.optimizer, cfg.hparams)
+        opts = registry.build(cfg.optimizer, inner, task, hp)
+    except (TypeError, ValueError) as e:
+        if not resume or isinstance(e, DataError):  # a data file's error names that file
+            raise
+        raise RunError(f"{out / 'config.json'}: {e}") from None
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in opts]
     start, elapsed, rows = 0, 0.0, []
     if resume:
-        start, elapsed = _resume(out, inner, opts, scheds, world, cfg.parallel)
+        start, elapsed = _resume(out, cfg, run_id, inner, opts, scheds, world, cfg.steps != recorded["steps"])
         rows = [r for r in read_metrics(out) if r["step"] <= start]
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**asdict(cfg), "hparams": hp, "unit": task.unit,
-                                                     "units_per_step": task.units_per_step()}, indent=2))
+        if start >= cfg.steps:  # nothing to train: leave every file as it is
+            return RunResult(out, cfg, rows if rank == 0 else [], elapsed, model=inner, start=start)
+        old_steps = recorded["steps"]
+        if log is not None and rank == 0 and cfg.steps != old_steps:
+            log(_schedule_notice(cfg, old_steps, start))
+        if cfg.steps != old_steps or run_id is None or any(recorded.get(k) != getattr(cfg, k) for k in RESUME_UPDATES):
+            run_id = run_id or _from_rank0(uuid.uuid4().hex)  # a run written before run ids gets one from now on
+            changes = list(recorded.get("changes", []))
+            if cfg.steps != old_steps:
+                changes.append({"at_step": start, "steps": [old_steps, cfg.steps]})
+            updated = {**recorded, **{k: getattr(cfg, k) for k in RESUME_UPDATES}, "run_id": run_id}
+            if changes:
+                updated["changes"] = changes
+            _on_rank0(lambda: _write_config(out, updated))
+    else:
+        config = {**asdict(cfg), "hparams": hp, "unit": task.unit, "units_per_step": task.units_per_step(),
+                  "run_id": run_id}
+        _on_rank0(lambda: _start_run_dir(out, config, overwrite))
     if world > 1:
         dist.barrier()
+    identity = _identity(cfg, run_id, opts)
     distributed_checkpoint = world > 1 or (out / "checkpoint" / ".metadata").exists()
     writer = _MetricsWriter(out, rows) if rank == 0 else None
     bar = _progress(cfg, start, progress and rank == 0)
@@ -184,14 +241,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if (step + 1) % cfg.checkpoint_every == 0 or last:
             if distributed_checkpoint:
                 checkpoint.save(out / "checkpoint", inner, opts, extra={
-                    "step": step + 1, "elapsed_s": elapsed, "schedulers": [s.state_dict() for s in scheds]})
+                    "step": step + 1, "elapsed_s": elapsed, "schedulers": [s.state_dict() for s in scheds],
+                    "run": identity})
             else:
-                save_checkpoint(out, model, opts, scheds, step + 1, elapsed)
+                save_checkpoint(out, model, opts, scheds, step + 1, elapsed, run=identity)
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.close()
-    return RunResult(out, cfg, writer.rows if writer is not None else [], elapsed, diverged, inner)
+    return RunResult(out, cfg, writer.rows if writer is not None else [], elapsed, diverged, inner, start)
 
 
 def check_parallel(optimizer: str, parallel: str) -> None:
@@ -240,24 +298,6 @@ def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
     return float(loss)
 
 
-def _resume(out: Path, model, opts, scheds, world: int, parallel: str) -> tuple[int, float]:
-    """Load the run's checkpoint (DCP directory, or checkpoint.pt of a single-process run)."""
-    if (out / "checkpoint" / ".metadata").exists():
-        extra = checkpoint.load(out / "checkpoint", model, opts)
-        for s, state in zip(scheds, extra["schedulers"], strict=True):
-            s.load_state_dict(state)
-        return extra["step"], extra["elapsed_s"]
-    if world > 1 and parallel == "fsdp":
-        raise ValueError("this run was saved by a single process (checkpoint.pt); resume it with --parallel ddp or "
-                         "on one process")
-    ckpt = _load_checkpoint(out)
-    model.load_state_dict(ckpt["model"])
-    for o, s, so, ss in zip(opts, scheds, ckpt["optimizers"], ckpt["schedulers"], strict=True):
-        o.load_state_dict(so)
-        s.load_state_dict(ss)
-    return ckpt["step"], ckpt["elapsed_s"]
-
-
 def _batch_sizes(cfg: RunConfig, task) -> list[int] | None:
     """``--batch-schedule bst``: the task's batch size grows so that tokens per step ∝ (tokens seen)^{2/3}
     (:func:`specopt.scaling.batch_size_schedule`), from the first tenth of the run on."""
@@ -278,11 +318,236 @@ def _progress(cfg: RunConfig, start: int, enabled: bool):
                 dynamic_ncols=True)
 
 
-def save_checkpoint(out: Path, model, opts, scheds, step: int, elapsed: float) -> None:
-    """Atomic: write ``checkpoint.pt.tmp``, flush to disk, rename over ``checkpoint.pt``."""
+# --- run directories -------------------------------------------------------------------------------------------
+
+
+def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directory") -> None:
+    """Refuse a place a new run cannot be written into, before anything is built or written: ``out`` is a file,
+    lies under a file or in a directory that cannot be written, or (without ``overwrite``) is a directory that
+    is not empty. ``what`` names the directory in the messages."""
+    out = Path(out)
+    if out.is_dir():
+        if not overwrite:
+            try:
+                names = sorted(p.name for p in out.iterdir())
+            except OSError as e:
+                raise RunError(f"cannot read the {what} {out}: {_reason(e)}") from None
+            if names:
+                shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+                raise RunError(f"{what} {out} is not empty (it holds {shown}); continue the run in it with "
+                               f"--resume {out}, choose another --out, or pass --overwrite to replace its run")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise RunError(f"cannot write in the {what} {out}: permission denied")
+        return
+    if out.exists() or out.is_symlink():
+        raise RunError(f"{what} {out} exists and is not a directory; choose another --out")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"cannot create the {what} {out}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise RunError(f"cannot create the {what} {out}: no permission to write in {parent}")
+            return
+        if parent.is_symlink():
+            raise RunError(f"cannot create the {what} {out}: {parent} is a broken link")
+
+
+def _start_run_dir(out: Path, config: dict, overwrite: bool) -> None:
+    """Create ``out``, remove an earlier run's files from it, write ``config.json``."""
+    check_new_run_dir(out, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        _write_json(out / "config.json", config)
+    except OSError as e:
+        raise RunError(f"cannot create or write the run directory {out}: {_reason(e, out)}") from None
+
+
+def _write_config(out: Path, config: dict) -> None:
+    try:
+        _write_json(out / "config.json", config)
+    except OSError as e:
+        raise RunError(f"cannot write {out / 'config.json'}: {_reason(e, out / 'config.json')}") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic: a temporary file, flushed, renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _on_rank0(fn) -> None:
+    """``fn()`` on rank 0 only; its error is raised on every rank (so that no rank waits for the others)."""
+    rank, world = _rank_world()
+    error = None
+    if rank == 0:
+        try:
+            fn()
+        except Exception as e:
+            if world == 1:
+                raise
+            error = e
+    if world > 1:
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[0] is not None:
+            raise RunError(box[0])
+
+
+def _from_rank0(value):
+    """Rank 0's ``value`` on every rank."""
+    if _rank_world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _reason(e: OSError, path: Path | None = None) -> str:
+    """``e``'s reason, and the file it happened to where that is not ``path`` (already named)."""
+    reason = e.strerror or str(e)
+    if e.filename and (path is None or Path(e.filename) != Path(path)):
+        return f"{reason} ({e.filename})"
+    return reason
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+# --- the run's record: config.json ------------------------------------------------------------------------------
+
+_REQUIRED = {"task": str, "optimizer": str, "steps": int, "seed": int, "task_options": dict, "hparams": dict}
+_OPTIONAL = {"val_every": int, "checkpoint_every": int, "schedule": str, "decay_fraction": float,
+             "batch_schedule": str, "parallel": str, "closure": bool, "run_id": str, "changes": list}
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__)
+
+
+def _has_type(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def read_config(out: str | Path) -> dict:
+    """``out/config.json`` as written by :func:`train`, checked: a JSON object with the run's settings."""
+    out = Path(out)
+    path = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} is a file, not a run directory; --resume takes the directory a run was written into")
+    if not path.exists():
+        raise FileNotFoundError(f"no run to resume in {out}: {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {_reason(e, path)}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not a text file, so not a run's config.json") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} holds {_json_kind(data)}, not the JSON object of a run's settings")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise RunError(f"{path} lacks the run's {', '.join(missing)}: it is not a config.json written by specopt")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key in data and not _has_type(data[key], kind):
+            raise RunError(f"{path}: {key} must be {_json_kind(kind())}, got {json.dumps(data[key])}")
+    for key, value in data["hparams"].items():
+        if not (_has_type(value, float) or (key == "gram" and (value is None or isinstance(value, bool)))):
+            raise RunError(f"{path}: hyperparameter {key} must be a number, got {json.dumps(value)}")
+    return data
+
+
+def load_config(out: str | Path) -> RunConfig:
+    """The run recorded in ``out/config.json``, validated; :class:`RunError` names the file otherwise."""
+    return _resume_config(Path(out), None)[0]
+
+
+def _resume_config(out: Path, updates: dict | None) -> tuple[RunConfig, dict]:
+    recorded = read_config(out)
+    cfg = RunConfig(**{k: v for k, v in recorded.items() if k in RunConfig.__dataclass_fields__})
+    cfg.task_options, cfg.hparams = dict(cfg.task_options), dict(cfg.hparams)
+    updates = dict(updates or {})
+    unknown = sorted(set(updates) - set(RESUME_UPDATES))
+    if unknown:
+        raise ValueError(f"a resumed run can change only {', '.join(RESUME_UPDATES)}, not {', '.join(unknown)}")
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise RunError(f"{out / 'config.json'}: {e}") from None
+    for key, value in updates.items():
+        setattr(cfg, key, value)
+    cfg.validate()  # the updates' own errors
+    return cfg, recorded
+
+
+def _schedule_notice(cfg: RunConfig, old_steps: int, start: int) -> str:
+    """What a changed ``steps`` does to the lr (and batch) schedule of a resumed run."""
+    old = RunConfig(**{**asdict(cfg), "steps": old_steps})
+    text = f"steps {old_steps} → {cfg.steps}, continuing from step {start}: "
+    if cfg.schedule == "constant":
+        text += "the lr stays constant"
+    else:
+        decay = cfg.steps * (1 - cfg.decay_fraction)
+        text += f"the {cfg.schedule} lr schedule is recomputed for {cfg.steps} steps (decay from step {decay:g}); "
+        if all(lr_factor(i, old) == lr_factor(i, cfg) for i in range(start + 1)):
+            text += f"the steps so far are those of a {cfg.steps}-step run"
+        else:
+            text += (f"the lr at step {start} is {lr_factor(start, cfg):.3g}× its base "
+                     f"(the {old_steps}-step schedule had it at {lr_factor(start, old):.3g}×)")
+    if cfg.batch_schedule != "constant":
+        text += f"; the {cfg.batch_schedule} batch schedule is recomputed for {cfg.steps} steps too"
+    return text
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+_CHECKPOINT_KEYS = ("model", "optimizers", "schedulers", "step", "elapsed_s")
+
+
+def _class_name(optimizer) -> str:
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+
+
+def _identity(cfg: RunConfig, run_id: str, opts) -> dict:
+    """What a checkpoint records of its run: the run id of config.json, the task, the optimizer's name and
+    class(es)."""
+    return {"id": run_id, "task": cfg.task, "optimizer": cfg.optimizer,
+            "optimizer_classes": [_class_name(o) for o in opts]}
+
+
+def save_checkpoint(out: Path, model, opts, scheds, step: int, elapsed: float, run: dict | None = None) -> None:
+    """Atomic: write ``checkpoint.pt.tmp``, flush to disk, rename over ``checkpoint.pt``. ``run`` is the run's
+    record (:func:`_identity`), checked on resume."""
     path, tmp = out / "checkpoint.pt", out / "checkpoint.pt.tmp"
     payload = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in opts],
                "schedulers": [s.state_dict() for s in scheds], "step": step, "elapsed_s": elapsed}
+    if run is not None:
+        payload["run"] = run
     with open(tmp, "wb") as f:
         torch.save(payload, f)
         f.flush()
@@ -291,25 +556,199 @@ def save_checkpoint(out: Path, model, opts, scheds, step: int, elapsed: float) -
 
 
 def _load_checkpoint(out: Path) -> dict:
+    """``out/checkpoint.pt``, checked to be a checkpoint :func:`save_checkpoint` wrote."""
     path = out / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist (the run stopped before its "
+                                "first checkpoint; start it again with --overwrite)")
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
-    return torch.load(path, weights_only=True)
+        raise RunError(f"{path} is not a file, so not a checkpoint")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {_reason(e)}") from None
+    if size == 0:
+        raise RunError(f"{path} is empty (0 bytes), not a checkpoint")
+    if head[:2] != b"PK":
+        what = "a plain pickle" if head[:1] == b"\x80" else "not a checkpoint (unrecognised bytes)"
+        raise RunError(f"{path} is {what}: specopt's checkpoints are torch.save zip archives")
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{path} is truncated or corrupt: its zip archive cannot be read ({size} bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch.load raises many kinds; every one means this file cannot be resumed from
+        raise RunError(f"{path} cannot be read as a checkpoint: {_first_line(e)}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise RunError(f"{path} is not a specopt run checkpoint (it lacks {', '.join(missing)})")
+    kinds = {"model": dict, "optimizers": list, "schedulers": list, "step": int, "elapsed_s": float}
+    for key, kind in kinds.items():
+        if not _has_type(ckpt[key], kind):
+            raise RunError(f"{path} is not a specopt run checkpoint ({key} is a {type(ckpt[key]).__name__})")
+    if not all(isinstance(s, dict) for s in ckpt["optimizers"] + ckpt["schedulers"]):
+        raise RunError(f"{path} is not a specopt run checkpoint (its optimizer or scheduler states are not dicts)")
+    return ckpt
 
 
-def load_config(out: Path) -> RunConfig:
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no run to resume in {out}: {path} does not exist")
-    data = json.loads(path.read_text())
-    return RunConfig(**{k: v for k, v in data.items() if k in RunConfig.__dataclass_fields__})
+_ADVICE = ("; start a new run with another --out (or --overwrite), or resume that run from the directory of its "
+           "own config.json")
 
 
-def read_metrics(out: Path) -> list[dict]:
+def _check_identity(path: Path, record, cfg: RunConfig, run_id: str | None, opts) -> None:
+    """The checkpoint's record of its run against config.json's run (see :func:`_identity`)."""
+    config = path.parent / "config.json"
+    if record is None:
+        if run_id is not None:
+            raise RunError(f"{path} records no run, but {config} is run {run_id[:8]}: the checkpoint was left in "
+                           f"this directory by an earlier run{_ADVICE}")
+        return  # both written before run ids: the checks of the model, optimizers and schedulers remain
+    if not isinstance(record, dict):
+        raise RunError(f"{path} is not a specopt run checkpoint (its run record is a {type(record).__name__})")
+    if record.get("task") != cfg.task:
+        raise RunError(f"{path} is a checkpoint of a {record.get('task')!r} run, but {config} is a {cfg.task!r} "
+                       f"run{_ADVICE}")
+    if record.get("optimizer") != cfg.optimizer:
+        raise RunError(f"{path} holds the state of optimizer {record.get('optimizer')!r}, but {config} trains with "
+                       f"{cfg.optimizer!r}: resuming would train on as {record.get('optimizer')!r} under the name "
+                       f"{cfg.optimizer!r}{_ADVICE}")
+    theirs = [str(c).rsplit(".", 1)[-1] for c in record.get("optimizer_classes") or []]
+    mine = [type(o).__qualname__ for o in opts]
+    if theirs != mine:  # by class name, so that a class moved to another module still resumes
+        raise RunError(f"{path} holds the state of {', '.join(theirs) or 'no optimizer class'}, but this run "
+                       f"builds {', '.join(mine)}: an optimizer's state cannot be loaded into another class{_ADVICE}")
+    if record.get("id") != run_id:
+        raise RunError(f"{path} belongs to run {str(record.get('id'))[:8]}, not to {config}'s run "
+                       f"{str(run_id)[:8]}: the checkpoint was left in this directory by another run{_ADVICE}")
+
+
+def _check_model(path: Path, saved: dict, model: torch.nn.Module, cfg: RunConfig) -> None:
+    expected = model.state_dict()
+    problems = [f"it lacks {k!r}" for k in expected if k not in saved]
+    problems += [f"it holds {k!r}, which this model does not have" for k in saved if k not in expected]
+    for k, v in saved.items():
+        if k in expected:
+            if not isinstance(v, torch.Tensor):
+                problems.append(f"{k!r} is not a tensor")
+            elif tuple(v.shape) != tuple(expected[k].shape):
+                problems.append(f"{k!r} is {tuple(v.shape)} there and {tuple(expected[k].shape)} here")
+    if problems:
+        more = f", and {len(problems) - 1} more difference(s)" if len(problems) > 1 else ""
+        raise RunError(f"{path} holds a model that does not fit this run's {cfg.task} model ({problems[0]}{more}): "
+                       f"it was written for another task or model size{_ADVICE}")
+
+
+def _check_optimizers(path: Path, saved: list, opts) -> None:
+    if len(saved) != len(opts):
+        raise RunError(f"{path} holds {len(saved)} optimizer state(s), this run builds {len(opts)} "
+                       f"({', '.join(type(o).__name__ for o in opts)}): it was written with another optimizer{_ADVICE}")
+    for i, (state, o) in enumerate(zip(saved, opts, strict=True)):
+        groups = state.get("param_groups")
+        if not isinstance(groups, list) or not isinstance(state.get("state"), dict) or \
+                not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+            raise RunError(f"{path} is not a specopt run checkpoint (optimizer {i}'s state has no param groups)")
+        theirs = [len(g["params"]) for g in groups]
+        mine = [len(g["params"]) for g in o.param_groups]
+        if theirs != mine:
+            raise RunError(f"{path}: optimizer {i}'s param groups hold {theirs} parameters, this run's {mine}: it "
+                           f"was written with another optimizer or model{_ADVICE}")
+
+
+def _check_schedulers(path: Path, saved, scheds, cfg: RunConfig) -> None:
+    if not isinstance(saved, list) or len(saved) != len(scheds) or not all(isinstance(s, dict) for s in saved):
+        raise RunError(f"{path} does not hold one lr scheduler state per optimizer of this run{_ADVICE}")
+    for state, s in zip(saved, scheds, strict=True):
+        theirs = state.get("base_lrs")
+        if theirs != s.base_lrs:
+            shown = sorted(set(theirs)) if isinstance(theirs, list) else theirs
+            raise RunError(f"{path} was saved with base learning rates {shown}, but {path.parent / 'config.json'} "
+                           f"gives {sorted(set(s.base_lrs))} ({cfg.optimizer}): it was written by another run "
+                           f"(another optimizer or --lr){_ADVICE}")
+
+
+def _check_step(path: Path, step, cfg: RunConfig) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise RunError(f"{path} is not a specopt run checkpoint (its step is {step!r})")
+    if step > cfg.steps:
+        raise RunError(f"{path} is at step {step}, past the run's {cfg.steps} steps; pass --steps N with N ≥ {step} "
+                       "to continue it")
+
+
+def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, world: int,
+            steps_changed: bool) -> tuple[int, float]:
+    """Check the run's checkpoint (DCP directory, or checkpoint.pt of a single-process run) against the run,
+    then load it; nothing is written."""
+    directory = out / "checkpoint"
+    if (directory / ".metadata").exists():
+        try:
+            extra = checkpoint.read_extra(directory)
+        except Exception as e:  # DCP raises many kinds; every one means this directory cannot be resumed from
+            raise RunError(f"{directory} cannot be read as a checkpoint: {_first_line(e)}") from None
+        if not isinstance(extra, dict) or not all(k in extra for k in ("step", "elapsed_s", "schedulers")):
+            raise RunError(f"{directory} is not a specopt run checkpoint (it lacks the step and schedulers)")
+        _check_identity(directory, extra.get("run"), cfg, run_id, opts)
+        _check_schedulers(directory, extra["schedulers"], scheds, cfg)
+        _check_step(directory, extra["step"], cfg)
+        try:
+            checkpoint.load(directory, model, opts)
+            for s, state in zip(scheds, extra["schedulers"], strict=True):
+                s.load_state_dict(state)
+        except Exception as e:
+            raise RunError(f"{directory} does not fit this run's model and optimizer: {_first_line(e)}") from None
+        start, elapsed = extra["step"], extra["elapsed_s"]
+    else:
+        if world > 1 and cfg.parallel == "fsdp":
+            raise ValueError("this run was saved by a single process (checkpoint.pt); resume it with --parallel ddp "
+                             "or on one process")
+        path = out / "checkpoint.pt"
+        ckpt = _load_checkpoint(out)
+        _check_identity(path, ckpt.get("run"), cfg, run_id, opts)
+        _check_model(path, ckpt["model"], model, cfg)
+        _check_optimizers(path, ckpt["optimizers"], opts)
+        _check_schedulers(path, ckpt["schedulers"], scheds, cfg)
+        _check_step(path, ckpt["step"], cfg)
+        try:
+            model.load_state_dict(ckpt["model"])
+            for o, s, so, ss in zip(opts, scheds, ckpt["optimizers"], ckpt["schedulers"], strict=True):
+                o.load_state_dict(so)
+                s.load_state_dict(ss)
+        except Exception as e:
+            raise RunError(f"{path} does not fit this run's model and optimizer: {_first_line(e)}") from None
+        start, elapsed = ckpt["step"], ckpt["elapsed_s"]
+    if steps_changed:  # the lr of the next step, from the schedule recomputed for the new number of steps
+        for o, s in zip(opts, scheds, strict=True):
+            for group, base in zip(o.param_groups, s.base_lrs, strict=True):
+                group["lr"] = base * lr_factor(start, cfg)
+    return start, float(elapsed)
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    """The rows of ``out/metrics.jsonl`` (none if it does not exist). A last line cut short (a process stopped
+    while writing it) is dropped; any other line that is not a row is a :class:`RunError`."""
     path = Path(out) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"cannot read {path}: {_reason(e) if isinstance(e, OSError) else 'not UTF-8 text'}") from None
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and _has_type(row.get("step"), int)):
+            if i == len(lines) - 1:
+                break
+            raise RunError(f"{path}, line {i + 1}: not a metrics row (a JSON object with a step)")
+        rows.append(row)
+    return rows
 
 
 class _MetricsWriter:
