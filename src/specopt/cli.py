@@ -1,7 +1,7 @@
 """The `specopt` command: train, compare, run the seeds' experiments.
 
     specopt train --task char-gpt --optimizer scion --steps 500 --out runs/scion
-    specopt train --resume runs/scion
+    specopt train --resume runs/scion               # continue it; --steps N extends it
     specopt train --nproc 2 --task mlp --optimizer muon     # 2 processes through torchrun (DDP; --parallel fsdp)
     specopt compare                                  # the default comparison (char-GPT, 7 optimizers)
     specopt experiment muon-conditioning
@@ -19,16 +19,89 @@ try:
     import typer
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("the specopt command needs the experiment extras: pip install 'specopt[experiments]'")
+from typer.core import TyperCommand
 
 from specopt import registry
 from specopt.tasks import TASKS, DataError
-from specopt.training import SCHEDULES, RunConfig, check_parallel, train
+from specopt.training import (
+    RESUME_UPDATES,
+    SCHEDULES,
+    RunConfig,
+    RunError,
+    check_new_run_dir,
+    check_parallel,
+    load_config,
+    train,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Geometry-aware optimizers: train, compare, "
                   "reproduce the seeds' experiments.")
 
 DEFAULT_OPTIMIZERS = "adamw,torch-muon,muon,scion,uscion,clipped-scion,gluon"
 WIDTH_OPTION = {"char-gpt": "n_embd", "mlp": "width", "cnn": "width"}
+OPTIMIZER_SUMMARY = {
+    "adamw": "torch.optim.AdamW (betas 0.9, 0.95): the baseline",
+    "torch-muon": "torch.optim.Muon on hidden matrices, AdamW on the rest",
+    "muon": "specopt's Muon: msign of Nesterov momentum; AdamW on the rest",
+    "scion": "Scion (SCG), constrained: W ← (1−γ)W + γρ·lmo(d)",
+    "uscion": "unconstrained Scion (uSCG): W ← (1−γλ)W + γρ·lmo(d)",
+    "clipped-scion": "the uSCG step scaled by min{1, ‖d‖_*/ρ_c}",
+    "gluon": "per-layer steps from layer-wise (L0, L1)-smoothness",
+    "almond": "averaged lmo directions: d ← βd + (1−β)ρ·lmo(g)",
+    "sgd": "torch.optim.SGD with momentum",
+    "prox-spectral": "proximal spectral preconditioning; AdamW on the rest",
+}
+TASK_SUMMARY = {
+    "char-gpt": "character GPT (--size, --width); Shakespeare or --data",
+    "cnn": "CNN on 5,000 MNIST digits, or --data CSV/CIFAR-10",
+    "mlp": "MLP on the same images (--width)",
+    "logreg": "logistic regression on the same images (convex)",
+    "matrix-factorization": "¼‖XXᵀ − M*‖², condition number κ (synthetic)",
+    "icl-regression": "linear-transformer in-context regression",
+    "heavy-tailed": "regression with infinite-variance label noise",
+}
+RESUME_FLAGS = ("task", "optimizer", "seed", "size", "data", "width", "lr", "momentum", "weight_decay", "radius",
+                "clip_radius", "gram", "schedule", "batch_schedule", "parallel", "closure")
+"""Flags that define a run: with --resume each must be left out or equal what config.json records."""
+
+
+def _listing(title: str, names, summary: dict, width: int) -> str:
+    """A help block, one line per name, each cut to ``width`` columns (``\\b``: click keeps the line breaks)."""
+    pad = max(len(n) for n in names) + 2
+    lines = []
+    for name in names:
+        text, room = summary.get(name, ""), width - 4 - pad  # rich's margin and the block's indent
+        if len(text) > room:
+            text = text[:max(room - 1, 0)].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+        lines.append(f"  {name:<{pad}}{text}".rstrip())
+    return "\b\n" + title + ":\n" + "\n".join(lines)
+
+
+def _help_width() -> int:
+    """The width typer's help is drawn at."""
+    try:
+        from typer.rich_utils import _get_rich_console
+
+        return _get_rich_console().width
+    except Exception:  # pragma: no cover - typer without rich, or another version
+        import shutil
+
+        return shutil.get_terminal_size().columns
+
+
+def _with_listings(listings):
+    """A command class whose help ends with ``listings()`` — ``[(title, names, summary), ...]`` — one line per
+    entry, computed when the help is shown (so that `specopt --help` imports nothing more)."""
+
+    class Command(TyperCommand):
+        def format_help(self, ctx, formatter):
+            base = self.__dict__.setdefault("_base_help", self.help or "")
+            width = _help_width()
+            self.help = "\n\n".join([base, *(_listing(*block, width) for block in listings())])
+            return super().format_help(ctx, formatter)
+
+    return Command
+
 
 Task = Annotated[str, typer.Option(help=f"task: {', '.join(TASKS)}")]
 Steps = Annotated[int, typer.Option(min=1, help="training steps")]
@@ -108,10 +181,16 @@ def _task_options(task: str, size, data, width) -> dict:
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     task: Task = "char-gpt",
     optimizer: Annotated[str, typer.Option(help=f"optimizer: {', '.join(registry.optimizer_names())}")] = "scion",
-    steps: Steps = 500, out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
-    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="training steps; with --resume, the run's new total (extends "
+                                       "it; the lr schedule is recomputed for it)")] = 500,
+    out: Annotated[Path, typer.Option(help="run directory: new or empty (or see --overwrite)")] = Path("runs/train"),
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory, as its config.json "
+                                                "records it")] = None,
+    overwrite: Annotated[bool, typer.Option(help="start afresh in an --out that holds another run: its "
+                                            "config, metrics and checkpoint are removed")] = False,
     lr: Lr = None, momentum: Momentum = None, weight_decay: WeightDecay = None, radius: Radius = None,
     clip_radius: ClipRadius = None, gram: Gram = None, seed: Seed = 0, size: Size = None, data: Data = None,
     width: Width = None, val_every: ValEvery = 50, checkpoint_every: CkptEvery = 100,
@@ -123,26 +202,23 @@ def train_command(
     parallel: Annotated[str, typer.Option(help="ddp (replicated model) or fsdp (FSDP2 fully_shard)")] = "ddp",
     closure: Closure = True, progress: Progress = True,
 ) -> None:
-    """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps."""
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        try:
-            if resume is None:
-                check_parallel(optimizer, parallel)
-                registry.resolve(optimizer, {})
-                _task_options(task, size, data, width)
-        except ValueError as e:
-            _fail(str(e))
-        options = {"task": task, "optimizer": optimizer, "steps": steps, "out": out, "resume": resume, "lr": lr,
-                   "momentum": momentum, "weight_decay": weight_decay, "radius": radius, "clip_radius": clip_radius,
-                   "gram": gram, "seed": seed, "size": size, "data": data, "width": width, "val_every": val_every,
-                   "checkpoint_every": checkpoint_every, "schedule": schedule, "batch_schedule": batch_schedule,
-                   "parallel": parallel, "closure": closure}
-        raise typer.Exit(launch(nproc, options, progress))
-    if "LOCAL_RANK" in os.environ:
-        _init_distributed()
+    """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps.
+
+    A new run needs an --out that does not exist or is empty; --overwrite replaces the run in it.
+
+    --resume DIR continues the run in DIR as its config.json records it; flags that would change it are refused.
+
+    --steps N with --resume makes N the run's total: the lr schedule is recomputed as if planned for N steps.
+
+    Exit codes: 0 done, 1 the loss diverged (NaN/Inf), 2 a bad input.
+    """
+    given = [name for name in ctx.params if _given(ctx, name)]
+    worker = "LOCAL_RANK" in os.environ  # a process started by torchrun
+    updates: dict = {}
+    cfg = None
     try:
         if resume is not None:
-            result = train(RunConfig(), resume, resume=True, progress=progress)
+            updates = _resume_updates(resume, given, ctx.params)
         else:
             hparams = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "radius": radius,
                        "clip_radius": clip_radius, "gram": gram}
@@ -151,18 +227,103 @@ def train_command(
                             hparams={k: v for k, v in hparams.items() if v is not None}, val_every=val_every,
                             checkpoint_every=checkpoint_every, schedule=schedule, batch_schedule=batch_schedule,
                             parallel=parallel, closure=closure)
-            result = train(cfg, out, progress=progress)
-    except (ValueError, FileNotFoundError, DataError) as e:
+            cfg.validate()
+            if nproc > 1:
+                check_parallel(optimizer, parallel)
+            if not worker:  # torchrun's workers: rank 0 checks inside train(), the others must not race it
+                check_new_run_dir(out, overwrite)
+    except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    if nproc > 1 and not worker:  # the workers get exactly the flags given here
+        options = {name: ctx.params[name] for name in given if name not in ("nproc", "progress")}
+        raise typer.Exit(launch(nproc, options, progress))
+    if worker:
+        _init_distributed()
+    try:
+        if resume is not None:
+            result = train(RunConfig(), resume, resume=True, progress=progress, updates=updates, log=typer.echo)
+        else:
+            result = train(cfg, out, progress=progress, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, OSError) as e:  # DataError and RunError are ValueErrors
+        _fail(str(e))
+    if result.diverged:  # every rank: torchrun then reports the failure too
+        if result.rows:
+            typer.secho(f"error: diverged: the training loss became NaN or Inf at step {result.rows[-1]['step']}; "
+                        f"metrics up to it in {result.out}", fg="red", err=True)
+        raise typer.Exit(1)
     if result.rows == []:  # ranks other than 0 write and print nothing
         return
+    if result.start >= result.config.steps:
+        typer.echo(f"nothing to do: the run in {result.out} is complete at step {result.start} of "
+                   f"{result.config.steps}; --resume {result.out} --steps N (N > {result.start}) trains it on")
+        return
     val = result.val_rows()
-    status = "diverged (loss became NaN/Inf)" if result.diverged else "done"
-    typer.echo(f"{status}: {len(result.rows)} steps in {result.elapsed_s:.1f}s; final validation loss "
-               f"{val[-1]['val_loss']:.4f}; metrics and checkpoint in {result.out}")
+    final = f"; final validation loss {val[-1]['val_loss']:.4f}" if val else ""
+    typer.echo(f"done: {len(result.rows)} steps in {result.elapsed_s:.1f}s{final}; metrics and checkpoint in "
+               f"{result.out}")
 
 
-@app.command("compare")
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set ``name`` (on the command line or through the environment), rather than its default.
+    By the source's name: typer ships its own copy of click's ParameterSource."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _resume_updates(resume: Path, given: list[str], values: dict) -> dict:
+    """With --resume: refuse flags that would change the run (they must be left out or equal what config.json
+    records); return the changes a resumed run may make (--steps, --val-every, --checkpoint-every)."""
+    from specopt.tasks.text import SIZES
+
+    cfg = load_config(resume)
+    config = resume / "config.json"
+    if "overwrite" in given and values["overwrite"]:
+        raise ValueError("--overwrite starts a new run; it cannot be combined with --resume")
+    if "out" in given and os.path.realpath(values["out"]) != os.path.realpath(resume):
+        raise ValueError(f"--out {values['out']} and --resume {resume} name different directories: a resumed run "
+                         "stays in its own directory")
+    recorded = {"task": cfg.task, "optimizer": cfg.optimizer, "seed": cfg.seed, "schedule": cfg.schedule,
+                "batch_schedule": cfg.batch_schedule, "parallel": cfg.parallel, "closure": cfg.closure,
+                "data": cfg.task_options.get("data")}
+    for key in ("lr", "momentum", "weight_decay", "radius", "clip_radius", "gram"):
+        recorded[key] = cfg.hparams.get(key)
+    if cfg.task == "char-gpt":
+        recorded["size"] = cfg.task_options.get("size", "tiny")
+        recorded["width"] = cfg.task_options.get("n_embd") or SIZES[recorded["size"]].n_embd
+    else:
+        recorded["size"] = None
+        recorded["width"] = cfg.task_options.get("width", {"mlp": 256, "cnn": 32}.get(cfg.task))
+    differing = []
+    for name in RESUME_FLAGS:
+        if name in given and not _same(name, values[name], recorded[name]):
+            flag = "--" + name.replace("_", "-")
+            if isinstance(values[name], bool):
+                flag, shown = (flag if values[name] else f"--no-{flag[2:]}"), ""
+            else:
+                shown = f" {values[name]}"
+            differing.append(f"{flag}{shown} (the run's {name.replace('_', ' ')} is "
+                             f"{'not set' if recorded[name] is None else recorded[name]})")
+    if differing:
+        raise ValueError(f"--resume continues the run in {resume} as {config} records it, and "
+                         f"{'; '.join(differing)} would change it: a resumed run keeps its task, optimizer, "
+                         "hyperparameters, seed, data and schedule (--steps, --val-every and --checkpoint-every may "
+                         "change); to train with other settings, start a new run with another --out")
+    return {key: values[key] for key in RESUME_UPDATES if key in given}
+
+
+def _same(name: str, value, recorded) -> bool:
+    if value is None or recorded is None:
+        return value is None and recorded is None
+    if name == "data":
+        return os.path.realpath(value) == os.path.realpath(recorded)
+    if isinstance(value, float) or isinstance(recorded, float):
+        return not isinstance(recorded, bool) and float(value) == float(recorded)
+    return value == recorded
+
+
+@app.command("compare", cls=_with_listings(lambda: [
+    ("Optimizers (--optimizers a,b,c)", registry.optimizer_names(), OPTIMIZER_SUMMARY),
+    ("Tasks (--task)", list(TASKS), TASK_SUMMARY)]))
 def compare_command(
     task: Task = "char-gpt",
     optimizers: Annotated[str, typer.Option(help="comma-separated optimizer names")] = DEFAULT_OPTIMIZERS,
@@ -183,16 +344,30 @@ def compare_command(
                      checkpoint_every=steps, schedule=schedule, closure=closure)
     try:
         base.validate()
+        check_new_run_dir(out, overwrite=True, what="report directory")
         runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
-    except (ValueError, FileNotFoundError, DataError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
         _fail(str(e))
     typer.echo("\n" + summary_table(runs))
     typer.echo(f"\nreport: {out / 'report.md'}\nplot:   {out / 'loss.png'}\ndata:   {out / 'metrics.csv'}")
 
 
-@app.command("experiment")
+def _experiment_summaries() -> list[tuple]:
+    """Each experiment's name and the first sentence of its module's docstring."""
+    from specopt.experiments import EXPERIMENTS
+
+    summary = {}
+    for name, run in EXPERIMENTS.items():
+        doc = " ".join((sys.modules[run.__module__].__doc__ or "").split("\n\n")[0].split())
+        doc = doc.removeprefix(f"`{name}`:").strip().replace("``", "")
+        end = doc.find(". ")
+        summary[name] = doc if end < 0 else doc[:end + 1]
+    return [("Experiments", list(EXPERIMENTS), summary)]
+
+
+@app.command("experiment", cls=_with_listings(_experiment_summaries))
 def experiment_command(
-    name: Annotated[str, typer.Argument(help="experiment name (see `specopt experiment --help`)")],
+    name: Annotated[str, typer.Argument(help="the experiment: one of those listed above")],
     out: Annotated[Path | None, typer.Option(help="output directory (default runs/experiments/NAME)")] = None,
     quick: Annotated[bool, typer.Option(help="a small, fast version (for tests and a first look)")] = False,
     progress: Progress = True,
@@ -203,7 +378,11 @@ def experiment_command(
     if name not in EXPERIMENTS:
         _fail(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
     out = out or Path("runs/experiments") / name
-    report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
+    try:
+        check_new_run_dir(out, overwrite=True, what="output directory")
+        report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
+    except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
+        _fail(str(e))
     typer.echo(f"report: {report}")
 
 
@@ -227,7 +406,21 @@ def scale_command(
 
 
 def main() -> None:
-    app()
+    """The console script (and ``python -m specopt``): a failure nobody foresaw is one line too, not a traceback
+    (``SPECOPT_TRACEBACK=1`` shows it)."""
+    try:
+        app()
+    except Exception as e:
+        if os.environ.get("SPECOPT_TRACEBACK"):
+            raise
+        typer.secho(f"error: {type(e).__name__}: {_first_line(e)} (an unexpected failure; SPECOPT_TRACEBACK=1 "
+                    "shows where)", fg="red", err=True)
+        sys.exit(1)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 if __name__ == "__main__":
