@@ -1,0 +1,478 @@
+"""What a newcomer meets: every misuse of the `specopt` command is one line naming the file and the problem,
+exit code 2, no traceback, and nothing in the run directory changed; a run is never resumed from files that are
+not its own; a diverged run exits non-zero; `python -m specopt` and the listings in --help."""
+
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from specopt import cli
+from specopt.cli import app
+from specopt.tasks.synthetic import HeavyTailedRegression
+from specopt.training import read_metrics
+
+runner = CliRunner()
+# a one-matrix regression: building and stepping it takes milliseconds
+HT = ["--task", "heavy-tailed", "--steps", "4", "--val-every", "2", "--checkpoint-every", "2", "--no-progress"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def snapshot(directory):
+    """Every file under ``directory`` with its bytes (a directory that does not exist: empty)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def refused(result, *fragments):
+    """Exit code 2, one line on stderr starting with ``error:``, holding every fragment; no traceback."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert str(fragment) in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Finished 4-step runs (checkpoints at steps 2 and 4), made once; tests work on copies."""
+    base = tmp_path_factory.mktemp("runs")
+    made = {"scion": [*HT, "--optimizer", "scion"], "scion-again": [*HT, "--optimizer", "scion"],
+            "muon": [*HT, "--optimizer", "muon"],
+            "mf": [*HT[2:], "--task", "matrix-factorization", "--optimizer", "scion"]}
+    for name, args in made.items():
+        result = invoke("train", *args, "--out", base / name)
+        assert result.exit_code == 0, result.output
+    return base
+
+
+@pytest.fixture
+def run(runs, tmp_path):
+    """A copy of the finished scion run."""
+    return shutil.copytree(runs / "scion", tmp_path / "run")
+
+
+def legacy(directory):
+    """Make ``directory`` look written by specopt before runs recorded themselves: no run id, no run record."""
+    config = json.loads((directory / "config.json").read_text())
+    del config["run_id"]
+    (directory / "config.json").write_text(json.dumps(config))
+    ckpt = torch.load(directory / "checkpoint.pt", weights_only=True)
+    del ckpt["run"]
+    torch.save(ckpt, directory / "checkpoint.pt")
+
+
+# --- 0. no silently wrong run ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["run", "unrelated file"])
+def test_a_new_run_into_a_non_empty_folder_is_refused_and_leaves_it_intact(run, tmp_path, content):
+    if content == "unrelated file":
+        run = tmp_path / "notes"
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+    before = snapshot(run)
+    line = refused(invoke("train", *HT, "--optimizer", "muon", "--out", run), run, "not empty", "--resume",
+                   "--overwrite")
+    assert ("checkpoint.pt" in line) == (content == "run")
+    assert snapshot(run) == before
+
+
+def test_overwrite_starts_afresh_so_a_crash_before_the_first_checkpoint_leaves_nothing_to_resume(
+        runs, tmp_path, monkeypatch):
+    run = shutil.copytree(runs / "muon", tmp_path / "run")
+    (run / "notes.txt").write_text("mine")
+
+    def killed(self, step):
+        raise KeyboardInterrupt  # the new run is stopped in its first step
+
+    monkeypatch.setattr(HeavyTailedRegression, "batch", killed)
+    result = invoke("train", *HT, "--optimizer", "scion", "--out", run, "--overwrite")
+    assert result.exit_code != 0
+    monkeypatch.undo()
+    assert not (run / "checkpoint.pt").exists()  # the muon run's checkpoint went with the muon run
+    assert json.loads((run / "config.json").read_text())["optimizer"] == "scion"
+    assert (run / "notes.txt").read_text() == "mine"  # --overwrite removes run files only
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--no-progress"), run / "checkpoint.pt", "does not exist")
+    assert snapshot(run) == before
+
+
+def test_a_checkpoint_of_another_optimizer_is_not_resumed(runs, run):
+    shutil.copy(runs / "muon" / "checkpoint.pt", run / "checkpoint.pt")
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt", "'muon'",
+            "'scion'")
+    assert snapshot(run) == before
+
+
+def test_a_checkpoint_of_another_optimizer_class_is_not_resumed(run):
+    """The class the state was saved from is checked too: one optimizer's state is never loaded into another."""
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["run"]["optimizer_classes"] == ["specopt.optimizers.Scion"]
+    ckpt["run"]["optimizer_classes"] = ["specopt.optimizers.Muon"]
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt",
+            "holds the state of Muon, but this run builds Scion")
+    assert snapshot(run) == before
+
+
+def test_a_distributed_checkpoint_refuses_another_optimizer_class_before_loading_anything(tmp_path):
+    from specopt import checkpoint
+
+    model = torch.nn.Linear(4, 3)
+    adamw = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 4)).sum().backward()
+    adamw.step()
+    checkpoint.save(tmp_path / "ckpt", model, adamw)
+    fresh = torch.nn.Linear(4, 3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="optimizer 0 is a torch.optim.adamw.AdamW, not a SGD"):
+        checkpoint.load(tmp_path / "ckpt", fresh, torch.optim.SGD(fresh.parameters(), lr=0.1))
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # the model was not touched
+    checkpoint.load(tmp_path / "ckpt", fresh, torch.optim.AdamW(fresh.parameters()))
+    assert torch.equal(fresh.weight, model.weight)
+
+
+def test_a_checkpoint_of_another_task_is_not_resumed(runs, run):
+    shutil.copy(runs / "mf" / "checkpoint.pt", run / "checkpoint.pt")
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt",
+            "'matrix-factorization' run", "'heavy-tailed' run")
+    assert snapshot(run) == before
+
+
+def test_a_checkpoint_of_another_run_with_the_same_settings_is_not_resumed(runs, run):
+    shutil.copy(runs / "scion-again" / "checkpoint.pt", run / "checkpoint.pt")
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt",
+            "belongs to run", "another run")
+    assert snapshot(run) == before
+
+
+def test_a_checkpoint_without_a_record_in_a_run_that_has_one_is_not_resumed(run):
+    legacy(run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "run_id": "0123456789abcdef"}))
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt", "records no run",
+            "earlier run")
+    assert snapshot(run) == before
+
+
+def test_a_run_written_before_run_records_still_resumes_and_gets_a_record(run):
+    legacy(run)
+    result = invoke("train", "--resume", run, "--steps", 6, "--no-progress")
+    assert result.exit_code == 0, result.output
+    run_id = json.loads((run / "config.json").read_text())["run_id"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["run"]["id"] == run_id
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("other, message", [
+    ("muon", "base learning rates"), ("mf", "holds a model that does not fit this run's heavy-tailed model")])
+def test_without_run_records_a_foreign_checkpoint_is_still_caught_by_its_contents(runs, run, tmp_path, other,
+                                                                                     message):
+    """Old runs carry no record: the learning rates (another optimizer) and the model's shapes (another task)
+    give a foreign checkpoint away."""
+    foreign = shutil.copytree(runs / other, tmp_path / "foreign")
+    legacy(run)
+    legacy(foreign)
+    shutil.copy(foreign / "checkpoint.pt", run / "checkpoint.pt")
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt", message)
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--optimizer", "muon"], "--optimizer muon (the run's optimizer is scion)"),
+    (["--task", "matrix-factorization"], "--task matrix-factorization (the run's task is heavy-tailed)"),
+    (["--lr", "0.5"], "--lr 0.5"),
+    (["--seed", "3"], "--seed 3"),
+    (["--schedule", "constant"], "--schedule constant"),
+    (["--no-closure"], "--no-closure"),
+    (["--overwrite"], "--overwrite starts a new run"),
+    (["--out", "elsewhere"], "name different directories"),
+])
+def test_resume_refuses_flags_that_would_change_the_run(run, flags, message):
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, *flags, "--no-progress"), message)
+    assert snapshot(run) == before
+
+
+def test_resume_accepts_flags_that_repeat_the_run_and_a_complete_run_is_left_alone(run):
+    before = snapshot(run)
+    result = invoke("train", "--resume", run, "--task", "heavy-tailed", "--optimizer", "scion", "--seed", 0,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "nothing to do" in result.output and "--steps N" in result.output
+    assert snapshot(run) == before
+
+
+def test_resume_may_change_the_validation_and_checkpoint_intervals(run):
+    result = invoke("train", "--resume", run, "--steps", 7, "--val-every", 1, "--checkpoint-every", 3,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(run) if "val_loss" in r] == [2, 4, 5, 6, 7]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["steps"], config["val_every"], config["checkpoint_every"]) == (7, 1, 3)
+
+
+def test_resume_steps_below_the_checkpoint_is_refused(run):
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 3, "--no-progress"), run / "checkpoint.pt", "step 4",
+            "N ≥ 4")
+    assert snapshot(run) == before
+
+
+def test_extending_an_interrupted_run_equals_a_run_planned_that_long(tmp_path, monkeypatch):
+    """Stopped at step 6 of 10 (checkpoint at 5, before the 10-step schedule's decay), then --steps 20: the same
+    losses and weights as 20 steps in one go."""
+    flags = ["--task", "heavy-tailed", "--optimizer", "scion", "--val-every", 5, "--checkpoint-every", 5,
+             "--no-progress"]
+    assert invoke("train", *flags, "--steps", 20, "--out", tmp_path / "straight").exit_code == 0
+    real = HeavyTailedRegression.batch
+
+    def stopped_at_step_6(self, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(HeavyTailedRegression, "batch", stopped_at_step_6)
+    assert invoke("train", *flags, "--steps", 10, "--out", tmp_path / "run").exit_code != 0
+    monkeypatch.undo()
+    result = invoke("train", "--resume", tmp_path / "run", "--steps", 20, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "steps 10 → 20" in result.output and "those of a 20-step run" in result.output
+    straight, extended = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "run")
+    assert [r["step"] for r in extended] == list(range(1, 21))
+    assert [(r["loss"], r["lr"]) for r in extended] == [(r["loss"], r["lr"]) for r in straight]
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["steps"] == 20 and config["changes"] == [{"at_step": 5, "steps": [10, 20]}]
+
+
+def test_extending_a_finished_run_recomputes_the_lr_schedule(runs, run, tmp_path):
+    """The finished run's lr had decayed to 0; extended to 8 steps, steps 5–8 follow the 8-step schedule."""
+    result = invoke("train", "--resume", run, "--steps", 8, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "the lr at step 4 is 1× its base (the 4-step schedule had it at 0×)" in result.output
+    assert invoke("train", *HT, "--optimizer", "scion", "--steps", 8, "--out", tmp_path / "eight").exit_code == 0
+    eight, extended = read_metrics(tmp_path / "eight"), read_metrics(run)
+    assert [r["step"] for r in extended] == list(range(1, 9))
+    assert [r["lr"] for r in extended[4:]] == [r["lr"] for r in eight[4:]]
+    assert extended[3]["lr"] == 0.0  # the 4-step run's own record is kept
+    assert json.loads((run / "config.json").read_text())["steps"] == 8
+    # step 5 itself takes the recomputed lr (the 4-step schedule's 0 would leave the weights where they were)
+    five = shutil.copytree(runs / "scion", tmp_path / "five")
+    assert invoke("train", "--resume", five, "--steps", 5, "--no-progress").exit_code == 0
+    w4 = torch.load(runs / "scion" / "checkpoint.pt", weights_only=True)["model"]["weight"]
+    w5 = torch.load(five / "checkpoint.pt", weights_only=True)["model"]["weight"]
+    assert not torch.equal(w4, w5)
+
+
+def test_a_diverged_run_exits_non_zero(tmp_path):
+    result = invoke("train", "--task", "matrix-factorization", "--optimizer", "sgd", "--lr", "1e8", "--steps", 20,
+                    "--out", tmp_path / "run", "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "diverged" in result.stderr and "NaN or Inf at step" in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing saved past the last finite step
+
+
+# --- 1. no traceback, ever ---------------------------------------------------------------------------------------
+
+
+def _unwritable(tmp_path):
+    """A directory this process cannot create a run in (root ignores permissions: then a read-only system path)."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        return locked / "run"
+    for candidate in ("/sys/specopt-test-run", "/proc/specopt-test-run"):
+        try:
+            os.mkdir(candidate)
+        except OSError:
+            return candidate
+        os.rmdir(candidate)
+    pytest.skip("no unwritable place found")
+
+
+@pytest.mark.parametrize("where, message", [("file", "is not a directory"), ("under a file", "is a file"),
+                                            ("unwritable", "run directory")])
+def test_out_that_cannot_hold_a_run_is_refused(tmp_path, where, message):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    out = {"file": afile, "under a file": afile / "sub" / "run"}.get(where) or _unwritable(tmp_path)
+    refused(invoke("train", *HT, "--out", out), out, message)
+    assert afile.read_text() == "keep me"
+    if where == "unwritable":
+        refused(invoke("compare", "--task", "heavy-tailed", "--optimizers", "sgd", "--steps", 2, "--out", out,
+                       "--no-progress"), out)
+
+
+def _truncated(b):
+    return b[:len(b) // 2]
+
+
+def _foreign_torch_file(tmp_path):
+    torch.save({"weights": torch.ones(3)}, tmp_path / "foreign.pt")
+    return (tmp_path / "foreign.pt").read_bytes()
+
+
+@pytest.mark.parametrize("make, message", [
+    (_truncated, "truncated or corrupt"),
+    (lambda b: b"", "is empty (0 bytes)"),
+    (lambda b: bytes(range(256)) * 4, "unrecognised bytes"),
+    (lambda b: pickle.dumps({"model": {}, "step": 4}), "plain pickle"),
+    ("foreign", "not a specopt run checkpoint (it lacks model"),
+])
+def test_a_damaged_checkpoint_is_refused_and_kept(run, tmp_path, make, message):
+    data = (run / "checkpoint.pt").read_bytes()
+    data = _foreign_torch_file(tmp_path) if make == "foreign" else make(data)
+    (run / "checkpoint.pt").write_bytes(data)
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt", message)
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "holds an array, not the JSON object"),
+    ('"scion"', "holds a string, not the JSON object"),
+    ("3", "holds an integer, not the JSON object"),
+    ("null", "holds null"),
+    ("{not json", "is not valid JSON"),
+    ("{}", "lacks the run's task, optimizer, steps"),
+    ("STEPS", 'steps must be an integer, got "many"'),
+    ("HPARAM", 'hyperparameter lr must be a number, got "fast"'),
+    ("TASK", "unknown task 'imagenet'"),
+])
+def test_a_damaged_config_is_refused_and_kept(run, text, message):
+    config = json.loads((run / "config.json").read_text())
+    text = {"STEPS": json.dumps({**config, "steps": "many"}),
+            "HPARAM": json.dumps({**config, "hparams": {**config["hparams"], "lr": "fast"}}),
+            "TASK": json.dumps({**config, "task": "imagenet"})}.get(text, text)
+    (run / "config.json").write_text(text)
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--no-progress"), run / "config.json", message)
+    assert snapshot(run) == before
+
+
+def test_damaged_metrics_are_refused_and_kept(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "metrics.jsonl", "line 2")
+    assert snapshot(run) == before
+
+
+def test_resume_of_a_file_is_refused(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    refused(invoke("train", "--resume", afile, "--no-progress"), afile, "is a file, not a run directory")
+    assert afile.read_text() == "keep me"
+
+
+def _csv(path, labels, pixel=0):
+    path.write_text("".join(",".join([str(pixel)] * 784 + [str(label)]) + "\n" for label in labels))
+    return path
+
+
+@pytest.mark.parametrize("rows, message", [
+    ({"labels": [3, -1, 4] * 250}, "row 2 has label -1; labels must be classes 0–9 (250 out-of-range"),
+    ({"labels": [3, 4, 10] * 250}, "row 3 has label 10"),
+    ({"labels": [1, 2] * 10}, "has 20 rows; training needs at least 628: 500 held out for validation and one batch"),
+    ({"labels": [1] * 700, "pixel": 256}, "row 1 has a pixel outside 0–255"),
+    ({"labels": []}, "holds no rows"),
+])
+def test_a_bad_data_csv_is_refused(tmp_path, rows, message):
+    data = _csv(tmp_path / "digits.csv", **rows)
+    out = tmp_path / "run"
+    refused(invoke("train", "--task", "mlp", "--width", 8, "--steps", 2, "--out", out, "--data", data,
+                   "--no-progress"), data, message)
+    assert not out.exists()
+
+
+def test_a_short_text_names_the_file(tmp_path):
+    data = tmp_path / "short.txt"
+    data.write_text("to be or not to be " * 60)
+    refused(invoke("train", "--task", "char-gpt", "--size", "small", "--steps", 2, "--out", tmp_path / "run",
+                   "--data", data, "--no-progress"), data, "too short")
+
+
+def test_an_unforeseen_failure_is_one_line_too(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody foresaw\nsecond line")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.delenv("SPECOPT_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: RuntimeError: something nobody foresaw (an unexpected failure; "
+                           "SPECOPT_TRACEBACK=1 shows where)")
+
+
+# --- 2. python -m specopt, and the listings in --help -------------------------------------------------------------
+
+
+def test_python_m_specopt_is_the_specopt_command(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "specopt", "train", "--task", "heavy-tailed", "--out", str(afile),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"error: run directory {afile} exists and is not a directory; choose another --out"
+    done = subprocess.run([sys.executable, "-m", "specopt", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "python -m specopt" in done.stdout
+    assert all(command in done.stdout for command in ("train", "compare", "experiment", "scale"))
+
+
+def _entries(output, title):
+    """``{name: description}`` of the help block under ``title``."""
+    block = re.split(r"\n[ \t]*\n", output.split(title + ":", 1)[1], maxsplit=1)[0]
+    return dict(re.findall(r"^ *(\S+) {2,}(\S.*?) *$", block, flags=re.M))
+
+
+def test_experiment_help_lists_every_experiment_with_a_line_of_description():
+    from specopt.experiments import EXPERIMENTS
+
+    result = invoke("experiment", "--help")
+    assert result.exit_code == 0
+    entries = _entries(result.output, "Experiments")
+    assert list(entries) == list(EXPERIMENTS)
+    assert all(len(text.split()) >= 3 for text in entries.values())
+    assert entries["clipping"] == "Scion with and without clipping on the char-GPT."
+    assert "see `specopt experiment --help`" not in result.output
+
+
+def test_compare_help_lists_the_optimizers_and_tasks():
+    from specopt import registry
+    from specopt.tasks import TASKS
+
+    result = invoke("compare", "--help")
+    assert result.exit_code == 0
+    optimizers = _entries(result.output, "Optimizers (--optimizers a,b,c)")
+    tasks = _entries(result.output, "Tasks (--task)")
+    assert list(optimizers) == registry.optimizer_names() and list(tasks) == list(TASKS)
+    assert all(text for text in [*optimizers.values(), *tasks.values()])
