@@ -74,11 +74,6 @@ def _has_int_step_counts(optimizer) -> bool:
     return any(isinstance(state.get("step"), int) for state in optimizer.state.values())
 
 
-@torch.compiler.nested_compile_region
-def _lmo_region(D, norm):
-    return norm.lmo_factored(D, batch_dims=1, private=False)[0]
-
-
 def _beta(it) -> float | torch.Tensor:
     """β of this update: the group's number, or its schedule at the (0-d tensor) step count, on the device, so
     that neither reads the count on the host. The count was advanced before, hence ``step − 1`` (0-based)."""
@@ -534,10 +529,7 @@ class GeometryOptimizer(Optimizer):
                 D = torch.empty((len(bucket),) + shape, dtype=work, device=device)
                 for i, it in enumerate(bucket):
                     D[i].copy_(it.d)
-            if torch.compiler.is_compiling():
-                S, factor = _lmo_region(D, norm), norm.lmo_factor(shape)
-            else:
-                S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
+            S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
             for i, it in enumerate(bucket):
                 it.s, it.factor = S[i], factor
         for bucket, factor, job in pending:
