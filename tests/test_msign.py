@@ -322,3 +322,15 @@ def test_large_matrix_msign_uses_blocked_products_and_agrees_with_svd():
     assert lo - 1e-9 <= s.min() and s.max() <= hi + 1e-9
     out = msign(G, steps=10, compute_dtype=torch.float64, gram=False)
     assert torch.linalg.matrix_norm(out - svd_sign(G), ord=2) < 1e-6
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e-37, torch.float32), (1e-12, torch.float32), (1e25, torch.float32),
+                                          (1e36, torch.float32), (1e-300, torch.float64), (1e300, torch.float64)])
+def test_msign_stays_orthogonal_from_the_smallest_normal_to_the_dtype_range(scale, dtype):
+    """‖G‖_F below eps made the output non-orthogonal (Muon's step vanished); ‖G‖_F² overflowing float32 beyond
+    ~1e19 made it all zeros."""
+    G = (matrix_with_singular_values(32, 96, normalized_spectrum(32, 1.02), seed=3) * scale).to(dtype)
+    assert torch.isfinite(G).all() and G.abs().max() > 0
+    s = torch.linalg.svdvals(msign(G, compute_dtype=torch.float32 if dtype == torch.float32 else dtype).double())
+    lo, hi = msign_band("polar_express")
+    assert lo - 0.03 <= float(s.min()) and float(s.max()) <= hi + 0.03

@@ -417,9 +417,19 @@ def _gram_polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule,
 
 
 def _normalize(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:
-    """``X₀ = X / (‖X‖_F·safety + eps)``, in place (``X`` is msign's private copy)."""
+    """``X₀ = X / (‖X‖_F·safety + eps)``, in place (``X`` is msign's private copy).
+
+    Where that formula fails — ``‖X‖_F`` below ``1000·eps`` (eps would dominate it: the output would not be
+    orthogonal and Muon's step would vanish) or not finite (``‖X‖_F²`` overflows float32 beyond ~1e19: the output
+    would be zeros) — the norm is taken as ``s·‖X/s‖_F`` with ``s = max|X_ij|``, which neither under- nor overflows,
+    and eps is left out. Elsewhere the formula is unchanged (torch.optim.Muon's, bit for bit). Branch-free."""
     fro = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
-    return X.div_(fro.clamp_(min=sched.eps) if sched.clamp else fro.mul_(sched.safety).add_(sched.eps))
+    largest = X.abs().amax(dim=(-2, -1), keepdim=True)
+    safe = torch.where(largest > 0, largest, torch.ones_like(largest))
+    robust = safe * torch.linalg.vector_norm(X / safe, dim=(-2, -1), keepdim=True)
+    usual = fro.clamp(min=sched.eps) if sched.clamp else fro * sched.safety + sched.eps
+    extreme = ((fro < 1000 * sched.eps) | ~torch.isfinite(fro)) & (largest > 0)
+    return X.div_(torch.where(extreme, robust if sched.clamp else robust * sched.safety, usual))
 
 
 def _svd_sign(X: torch.Tensor) -> torch.Tensor:
