@@ -318,7 +318,10 @@ def symmetric_product(L: torch.Tensor, R: torch.Tensor, add: torch.Tensor | None
     for start in range(0, m, h):
         stop = min(start + h, m)
         rows, cols, block = L[..., start:stop, :], R[..., :, :stop], out[..., start:stop, :stop]
-        if add is None:
+        if torch.compiler.is_compiling():  # dynamo cannot trace out= into a strided view: copy the product in
+            block.copy_(rows @ cols if add is None
+                        else _addmm(add[..., start:stop, :stop], rows, cols, beta=beta, alpha=alpha))
+        elif add is None:
             torch.matmul(rows, cols, out=block)
         else:
             _addmm(add[..., start:stop, :stop], rows, cols, beta=beta, alpha=alpha, out=block)
