@@ -226,3 +226,17 @@ def test_zero_size_and_scalar_parameters_step_without_a_crash(cls):
         p.grad = torch.ones_like(p)
     opt.step()
     assert empty.shape == (0, 4) and float(scalar.detach()) != 1.0 and not torch.equal(matrix.detach(), torch.eye(4))
+
+
+def test_another_optimizers_state_is_refused_before_anything_is_loaded():
+    model = nn.Linear(4, 4)
+    muon = specopt.Muon(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    muon.step()
+    scion = specopt.Scion(model.parameters())
+    with pytest.raises(ValueError, match="belongs to Muon .* cannot be loaded into Scion"):
+        scion.load_state_dict(muon.state_dict())
+    assert len(scion.state) == 0
+    with pytest.raises(ValueError, match="not a specopt optimizer's state"):
+        scion.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+    specopt.Muon(model.parameters()).load_state_dict(muon.state_dict())  # the same class loads

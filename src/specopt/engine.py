@@ -220,7 +220,10 @@ class GeometryOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- state_dict with portable norms
     def state_dict(self):
+        """As torch's, with norms and constraints as plain configs, and what the state belongs to: the optimizer
+        class, estimator and rule (:meth:`load_state_dict` refuses another's)."""
         sd = super().state_dict()
+        sd["specopt"] = {"optimizer": type(self).__qualname__, "estimator": self.estimator, "rule": self.rule}
         for g in sd["param_groups"]:
             if isinstance(g["norm"], Norm):
                 g["norm"] = g["norm"].config()
@@ -230,7 +233,18 @@ class GeometryOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         """As torch's, with norms and constraints rebuilt from their configs, and step counts saved as Python ints
-        (before they became 0-d tensors) turned into tensors on their parameter's device."""
+        (before they became 0-d tensors) turned into tensors on their parameter's device. The state of another
+        optimizer class, estimator or rule is refused before anything is loaded (state dicts saved before these were
+        recorded load as before)."""
+        saved = state_dict.get("specopt")
+        mine = {"optimizer": type(self).__qualname__, "estimator": self.estimator, "rule": self.rule}
+        if saved is not None and saved != mine:
+            raise ValueError(f"this state belongs to {saved['optimizer']} (estimator {saved['estimator']!r}, rule "
+                             f"{saved['rule']!r}) and cannot be loaded into {mine['optimizer']} (estimator "
+                             f"{self.estimator!r}, rule {self.rule!r})")
+        if any("norm" not in g for g in state_dict["param_groups"]):
+            raise ValueError("this state has param groups without a 'norm': it is not a specopt optimizer's state "
+                             "(a torch.optim optimizer's?)")
         groups = []
         for g in state_dict["param_groups"]:
             g = dict(g)
@@ -239,7 +253,7 @@ class GeometryOptimizer(Optimizer):
             if isinstance(g.get("constraint"), dict):
                 g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
-        super().load_state_dict({**state_dict, "param_groups": groups})
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
 
