@@ -1,4 +1,5 @@
-"""Synthetic problems with known structure (ALGORITHMS.md §7 and §4).
+"""Synthetic problems with known structure (the test problems of Ma, Huang, Chi & Chen 2026, arXiv:2601.13474, and
+of *Constrained Stochastic Spectral Preconditioning Converges for Nonconvex Objectives*, 2026).
 
 * matrix factorisation ``f(X) = ¼‖XXᵀ − M*‖_F²``, ``M* = U diag(λ) Uᵀ`` with condition number κ = λ₁/λ_r;
 * in-context linear regression with a linear transformer, population loss
