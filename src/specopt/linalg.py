@@ -1,6 +1,6 @@
 """The matrix sign (polar factor) ``msign(G) = U sign(Σ) Vᵀ`` for ``G = U Σ Vᵀ``.
 
-Three methods (ALGORITHMS.md §2):
+Three methods:
 
 * ``"polar_express"`` (default) — odd quintic iterations ``X ← a_k X + (b_k A + c_k A²) X``, ``A = X Xᵀ``,
   with a different minimax-optimal ``(a_k, b_k, c_k)`` per step, produced by
@@ -70,7 +70,7 @@ def _optimal_odd_quintic(lo: float, hi: float) -> tuple[float, float, float]:
 def polar_express_coefficients(
     steps: int, l: float = 1e-3, cushion: float = 0.02407327424182761, safety: float = 1.0  # noqa: E741
 ) -> Coefficients:
-    """Per-step optimal quintic coefficients of Polar Express (ALGORITHMS.md §2).
+    """Per-step optimal quintic coefficients of Polar Express (Amsel, Persson, Musco & Gower 2025, arXiv:2505.16932).
 
     For k = 1…steps, with ``u₁ = 1``, ``l₁ = l``:
 
@@ -444,5 +444,5 @@ def _svd_sign(X: torch.Tensor) -> torch.Tensor:
 
 def nuclear_norm(G: torch.Tensor, **msign_kwargs) -> torch.Tensor:
     """``‖G‖_* = ⟨G, msign(G)⟩`` over the last two dims: no SVD needed with a polynomial method
-    (ALGORITHMS.md §1). Exact with ``method="svd"``; otherwise biased by the msign band."""
+    (the dual of the spectral norm). Exact with ``method="svd"``; otherwise biased by the msign band."""
     return (G * msign(G, **msign_kwargs).to(G.dtype)).sum(dim=(-2, -1))
