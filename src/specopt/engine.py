@@ -208,7 +208,7 @@ class GeometryOptimizer(Optimizer):
                 raise ValueError(f"constraint must be a specopt.constraints.Constraint or None, got {constraint!r}")
             names = group.get("param_names")
             for i, p in enumerate(group["params"]):
-                constraint.check(p.shape, names[i] if names else f"the parameter of shape {tuple(p.shape)}")
+                constraint.check(p.shape, names[i] if names else "a parameter")
         if self.rule == "gluon":
             gluon.validate(group)
         for p in group["params"]:
