@@ -240,3 +240,29 @@ def test_another_optimizers_state_is_refused_before_anything_is_loaded():
     with pytest.raises(ValueError, match="not a specopt optimizer's state"):
         scion.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
     specopt.Muon(model.parameters()).load_state_dict(muon.state_dict())  # the same class loads
+
+
+def test_num_heads_leaves_split_sizes_of_non_attention_weights_alone():
+    model = nn.ModuleDict({"attn": Attention(), "mlp": nn.ModuleDict({"gate_up": nn.Linear(16, 32)})})
+    a = roles(specopt.param_groups(model, split_sizes={r"gate_up": (16, 16)}, num_heads=4))
+    assert a["mlp.gate_up.weight"]["norm"] == Blocked(Spectral(), (16, 16))
+    assert a["attn.q_proj.weight"]["norm"] == Blocked(Spectral(), (4,) * 4)
+
+
+def test_param_groups_after_fully_shard_leaves_fsdp_working(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    try:
+        model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10))
+        fsdp.fully_shard(model[1])
+        fsdp.fully_shard(model)
+        opt = specopt.Muon(specopt.param_groups(model, msign={"method": "svd"}))  # no fx trace of sharded modules
+        before = model[1].weight.full_tensor().clone()
+        nn.functional.cross_entropy(model(torch.tensor([[1, 2, 3]])).reshape(-1, 10), torch.tensor([1, 2, 3])).backward()
+        opt.step()
+        assert not torch.equal(model[1].weight.full_tensor(), before)
+    finally:
+        dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""The `specopt` command: train, compare, run the seeds' experiments.
+"""The `specopt` command: train, compare, run the papers' experiments.
 
     specopt train --task char-gpt --optimizer scion --steps 500 --out runs/scion
     specopt train --resume runs/scion               # continue it; --steps N extends it
@@ -35,7 +35,7 @@ from specopt.training import (
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Geometry-aware optimizers: train, compare, "
-                  "reproduce the seeds' experiments.")
+                  "reproduce the papers' experiments.")
 
 DEFAULT_OPTIMIZERS = "adamw,torch-muon,muon,scion,uscion,clipped-scion,gluon"
 WIDTH_OPTION = {"char-gpt": "n_embd", "mlp": "width", "cnn": "width"}
@@ -372,7 +372,7 @@ def experiment_command(
     quick: Annotated[bool, typer.Option(help="a small, fast version (for tests and a first look)")] = False,
     progress: Progress = True,
 ) -> None:
-    """Reproduce a claim of the seed documents: writes a plot, a table and a short report."""
+    """Reproduce a claim of the papers specopt implements: writes a plot, a table and a short report."""
     from specopt.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:

@@ -50,7 +50,10 @@ def _has_weight(module) -> bool:
 
 
 def _fx_output_linears(model: nn.Module) -> set[str]:
-    """The Linear modules whose outputs reach the traced output through parameter-free ops only."""
+    """The Linear modules whose outputs reach the traced output through parameter-free ops only. Not for models
+    under DDP or FSDP2: tracing runs their forward hooks (FSDP2 would initialise its state on a symbolic input)."""
+    if _distributed_wrapper(model):
+        return set()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,3 +94,15 @@ def _nodes_in(args) -> list:
 def is_hf_conv1d(module) -> bool:
     """transformers' ``Conv1D`` (GPT-2 family): ``y = x·W + b`` with ``W`` stored ``(d_in, d_out)``."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def _distributed_wrapper(model: nn.Module) -> bool:
+    """Whether any module is wrapped by DDP or sharded by FSDP2's ``fully_shard`` (whose class it replaces)."""
+    kinds = [nn.parallel.DistributedDataParallel]
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        kinds.append(FSDPModule)
+    except ImportError:  # torch built without distributed support
+        pass
+    return any(isinstance(m, tuple(kinds)) for m in model.modules())

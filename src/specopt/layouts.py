@@ -409,8 +409,8 @@ def _apply_heads(out: dict, num_heads) -> None:
         if layout.role not in ("hidden", "expert"):
             continue
         attention = parent[0] if parent else None
-        if layout.blocks and ("q/k/v" in layout.source or "MultiheadAttention" in layout.source
-                              or "split_sizes" in layout.source):
+        user_qkv = "split_sizes" in layout.source and parent is not None and parent[1] in _FUSED_QKV
+        if layout.blocks and ("q/k/v" in layout.source or "MultiheadAttention" in layout.source or user_qkv):
             q_rows = layout.blocks[0]
             stated = head_counts(module if isinstance(module, nn.MultiheadAttention) else attention)[2] \
                 if num_heads is True else None

@@ -7,7 +7,7 @@ et al. 2025).
 | :class:`Scion` | momentum 0.9 (α = 0.1) | SCG ``W ← (1−γ)W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
 | :class:`UScion` | momentum 0.9 | uSCG ``W ← W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
 | :class:`ClippedScion` | momentum 0.9 | uSCG step × min{1, Σρ‖d‖_*/ρ_c} (or the constrained gap rule) | ρ_c = 600 |
-| :class:`Gluon` | momentum 0.9 or theory | ``W ← W + t_i·lmo(d)``, t_i = ‖d‖_*/(L0 + L1‖d‖_*) | L0, L1 online |
+| :class:`Gluon` | momentum 0.9 or theory | ``W ← W + t_i·lmo(d)``, ``t_i = ‖d‖_*/(L0 + L1‖d‖_*)`` | L0, L1 online |
 | :class:`ALMOND` | averaged lmo | ``W ← W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁷, ρ = 3 |
 | :class:`SteepestDescent` | none | ``W ← W + γ‖d‖_*·lmo(d)`` | γ = 0.01 |
 | :class:`ProxSpectral` | momentum 0.9 or STORM | ``Y = W − γP(λd)``, ``W ← proj_C(Y)`` in P's geometry | γ = 0.02 |
@@ -156,9 +156,14 @@ class ProxSpectral(GeometryOptimizer):
             ``a_k = (k+1)^{-2/3}``).
         preconditioner: ``"msign"`` (exact, SVD), ``"smooth"`` (``h'_κ`` with ``kappa``, ``eps``) or
             ``"polar_express"`` (default: the polynomial, no SVD), see :mod:`specopt.preconditioners`.
-        scale: λ. constraint: a :class:`~specopt.constraints.Constraint` for every tensor (per group via
-            param-group dicts), or None. estimator: ``"momentum"`` or ``"storm"`` (``step(closure)``).
-        steps, compute_dtype: of the Polar Express polynomial.
+        kappa, eps: ``h'_κ``'s exponent and floor (``preconditioner="smooth"``).
+        scale: λ.
+        constraint: a :class:`~specopt.constraints.Constraint` for every tensor (per group via param-group
+            dicts), or None.
+        estimator: ``"momentum"`` or ``"storm"`` (``step(closure)``).
+        weight_decay: decoupled, ``W ← (1 − γλ_wd)W`` before the step.
+        steps: of the Polar Express polynomial (default: its 5-step set).
+        compute_dtype: of the Polar Express polynomial (default: bf16 where native).
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.9, preconditioner: str = "polar_express",

@@ -6,7 +6,7 @@ Three choices of ``h'``, all with ``|h'| ≤ 1`` (up to the polynomial's oversho
 * ``"msign"`` — ``h' = sign``: the ideal matrix sign (computed exactly, by SVD). Muon/Scion's direction.
 * ``"smooth"`` — ``h'_κ(s) = s/(ε^κ + |s|^κ)^{1/κ}``: linear (``s/ε``) for ``|s| ≪ ε``, sign-like above.
 * ``"polar_express"`` — the Polar Express polynomial itself, ``h' = p(σ/‖Y‖_F)`` (the map Muon really applies;
-  the seed's *nonlinear preconditioner*), computed without an SVD by :func:`specopt.linalg.polar_factor`.
+  the paper's *nonlinear preconditioner*), computed without an SVD by :func:`specopt.linalg.polar_factor`.
 
 Geometry. A tensor with ≥ 2 dims is a matrix (trailing dims flattened, ``d_out × fan_in``); a 1-D tensor is
 treated entrywise, as a diagonal matrix, so its "singular values" are ``|v_i|`` and ``P(v) = h'(v)`` entry by

@@ -5,8 +5,8 @@ For momentum SCG under a μ-KL condition, the best tokens per step and step size
 scale as ``B·S ∝ T^{2/3}`` and ``β ∝ T^{-1/3}``. From a tuned base run (T0, B0, S0, β0), a budget
 ``T1 = r·T0`` gets ``B1·S1 = r^{2/3}·B0·S0`` and ``β1 = r^{-1/3}·β0``.
 
-The seed's worked example: T0 = 1.3B, B0 = 256, S0 = 1024, β0 = 3.6e-4 and T1 ≈ 10.6B give r ≈ 8.15,
-B1·S1 ≈ 4.05·B0·S0, β1 ≈ 1.8e-4, B ≈ 1037 → 1024 at S = 1024 (or B = 512 at S = 2048).
+The lectures' worked example (Silveti-Falls et al. 2026): T0 = 1.3B, B0 = 256, S0 = 1024, β0 = 3.6e-4 and
+T1 ≈ 10.6B give r ≈ 8.15, B1·S1 ≈ 4.05·B0·S0, β1 ≈ 1.8e-4, B ≈ 1037 → 1024 at S = 1024 (or B = 512 at S = 2048).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: floa
 
 def tokens_per_step_schedule(tokens_seen: float, base_tokens: float, base_tokens_per_step: int) -> float:
     """Tokens per step after ``tokens_seen`` tokens, growing as ``(tokens_seen/base_tokens)^{2/3}`` from
-    ``base_tokens_per_step`` (never below it): the adaptive schedule of the seed."""
+    ``base_tokens_per_step`` (never below it): the adaptive schedule of the lectures."""
     check_number(base_tokens, "base_tokens", low_open=True)
     _positive_int(base_tokens_per_step, "base_tokens_per_step")
     grow = max(1.0, tokens_seen / base_tokens) ** TOKENS_EXPONENT
