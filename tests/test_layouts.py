@@ -261,7 +261,8 @@ def test_param_groups_after_fully_shard_leaves_fsdp_working(tmp_path):
         fsdp.fully_shard(model)
         opt = specopt.Muon(specopt.param_groups(model, msign={"method": "svd"}))  # no fx trace of sharded modules
         before = model[1].weight.full_tensor().clone()
-        nn.functional.cross_entropy(model(torch.tensor([[1, 2, 3]])).reshape(-1, 10), torch.tensor([1, 2, 3])).backward()
+        tokens = torch.tensor([[1, 2, 3]])
+        nn.functional.cross_entropy(model(tokens).reshape(-1, 10), tokens.reshape(-1)).backward()
         opt.step()
         assert not torch.equal(model[1].weight.full_tensor(), before)
     finally:
