@@ -259,7 +259,9 @@ def test_param_groups_after_fully_shard_leaves_fsdp_working(tmp_path):
         model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10))
         fsdp.fully_shard(model[1])
         fsdp.fully_shard(model)
-        opt = specopt.Muon(specopt.param_groups(model, msign={"method": "svd"}))  # no fx trace of sharded modules
+        groups = specopt.param_groups(model, msign={"method": "svd"})  # traced with FSDP's hooks off
+        assert roles(groups)["2.weight"]["role"] == "head"  # as for the unsharded model (runs resume across both)
+        opt = specopt.Muon(groups)
         before = model[1].weight.full_tensor().clone()
         tokens = torch.tensor([[1, 2, 3]])
         nn.functional.cross_entropy(model(tokens).reshape(-1, 10), tokens.reshape(-1)).backward()

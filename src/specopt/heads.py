@@ -9,6 +9,7 @@ alone, a feature extractor).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch.fx
@@ -50,14 +51,12 @@ def _has_weight(module) -> bool:
 
 
 def _fx_output_linears(model: nn.Module) -> set[str]:
-    """The Linear modules whose outputs reach the traced output through parameter-free ops only. Not for models
-    under DDP or FSDP2: tracing runs their forward hooks (FSDP2 would initialise its state on a symbolic input)."""
-    if _distributed_wrapper(model):
-        return set()
+    """The Linear modules whose outputs reach the traced output through parameter-free ops only (traced with the
+    forward hooks off, so that FSDP2-sharded models trace like the model they shard)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _hooks_off(model):
             warnings.simplefilter("ignore")
-            graph = torch.fx.symbolic_trace(model).graph
+            graph = _LinearLeafTracer().trace(model)
     except Exception:  # noqa: BLE001 — most models with data-dependent control flow do not trace
         return set()
     modules = dict(model.named_modules())
@@ -96,13 +95,24 @@ def is_hf_conv1d(module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
-def _distributed_wrapper(model: nn.Module) -> bool:
-    """Whether any module is wrapped by DDP or sharded by FSDP2's ``fully_shard`` (whose class it replaces)."""
-    kinds = [nn.parallel.DistributedDataParallel]
-    try:
-        from torch.distributed.fsdp import FSDPModule
+class _LinearLeafTracer(torch.fx.Tracer):
+    """torch.fx's tracer, with every Linear (and Conv1D) a leaf, also when FSDP2 has replaced its class."""
 
-        kinds.append(FSDPModule)
-    except ImportError:  # torch built without distributed support
-        pass
-    return any(isinstance(m, tuple(kinds)) for m in model.modules())
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Linear) or is_hf_conv1d(m) or super().is_leaf_module(m, qualname)
+
+
+@contextlib.contextmanager
+def _hooks_off(model: nn.Module):
+    """The model's forward hooks removed while it is traced: the trace computes nothing, and FSDP2's pre-forward
+    hook would initialise its state on a symbolic input (and then refuse the real first forward)."""
+    saved = [(m, dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in model.modules()]
+    try:
+        for m, _, _ in saved:
+            m._forward_pre_hooks.clear()
+            m._forward_hooks.clear()
+        yield
+    finally:
+        for m, pre, post in saved:
+            m._forward_pre_hooks.update(pre)
+            m._forward_hooks.update(post)
