@@ -72,11 +72,21 @@ def one_step_moves(model, loss_fn, blocks: dict[str, int | tuple] | None = None,
         delta = dict(model.named_parameters())[name].detach() - before[name]
         ratios = []
         for m, taps in compute_matrices(modules[mod_name], local, delta):
-            for b in torch.split(m, _blocks(name, m.shape[0], blocks or {}), dim=0):
+            for b in _split(m, name, blocks or {}):
                 op = float(torch.linalg.matrix_norm(b.double(), ord=2))
                 ratios.append(taps * math.sqrt(b.shape[1] / taps / b.shape[0]) * op / (GAMMA * RHO))
         out[name] = ratios
     return out
+
+
+def _split(m: torch.Tensor, name: str, blocks: dict) -> list[torch.Tensor]:
+    """The row blocks of ``m`` the test expects: ``{regex: k}`` k equal blocks, ``(sizes…)``, or ``"interleaved k"``
+    (row r in block r mod k: gate₀, up₀, gate₁, … as GPT-OSS stores its experts' gate/up)."""
+    for pattern, sizes in blocks.items():
+        if re.search(pattern, name) and isinstance(sizes, str):
+            k = int(sizes.split()[1])
+            return [m[j::k] for j in range(k)]
+    return list(torch.split(m, _blocks(name, m.shape[0], blocks), dim=0))
 
 
 def _blocks(name: str, rows: int, blocks: dict) -> list[int]:

@@ -65,6 +65,12 @@ def mixtral():
               num_experts_per_tok=2, **TEXT_IDS)
 
 
+def gpt_oss():
+    return hf("GptOssConfig", "GptOssForCausalLM", hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, num_local_experts=4,
+              num_experts_per_tok=2, **TEXT_IDS)
+
+
 def phi3():
     return hf("Phi3Config", "Phi3ForCausalLM", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, **TEXT_IDS)
@@ -134,6 +140,9 @@ CASES = {
     "mixtral": (mixtral, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$": "vector", r"lm_head": "head",
                                    r"(q|k|v|o)_proj\.weight$": "hidden", r"mlp\.gate\.weight$": "hidden",
                                    r"experts\.(gate_up|down)_proj$": "expert"}, {r"gate_up_proj": 2}),
+    "gpt-oss": (gpt_oss, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$|sinks$|bias$": "vector",
+                                   r"lm_head": "head", r"(q|k|v|o)_proj\.weight$|router\.weight$": "hidden",
+                                   r"experts\.(gate_up|down)_proj$": "expert"}, {r"gate_up_proj$": "interleaved 2"}),
     "phi3": (phi3, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$": "vector", r"lm_head": "head",
                              r"(qkv|o|gate_up|down)_proj\.weight$": "hidden"},
              {r"qkv_proj": (32, 16, 16), r"gate_up_proj": 2}),
