@@ -187,7 +187,7 @@ class BiasRMS(Norm):
     """RMS norm of a vector or gain: ``‖b‖ = ‖b‖₂/√n``; ``lmo(g) = −g/RMS(g)``, ``‖g‖_* = √n·‖g‖₂``."""
 
     def _numel(self, x, dims) -> int:
-        return math.prod(x.shape[d] for d in dims)
+        return math.prod([x.shape[d] for d in dims])  # a list: dynamo cannot trace math.prod over a generator
 
     def norm(self, x, batch_dims=None):
         dims = self._dims(x, batch_dims, "norm")
