@@ -83,10 +83,11 @@ def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tens
     """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors. With ``ok`` (see
     :func:`commit`) the new value is formed out of place and written where ``ok`` holds (torch.compile fuses
     the product, the sum and the select into one pass over ``p``)."""
-    if ok is not None:
-        keep = (1 - shrink).to(p.dtype) if isinstance(shrink, torch.Tensor) else 1 - shrink
-        step = scale.to(s.dtype) if isinstance(scale, torch.Tensor) else scale
-        commit(p, p * keep + s.to(p.dtype) * step, ok)
+    if ok is not None:  # in the wider of the two dtypes, as the in-place ops below compute
+        work = torch.promote_types(p.dtype, s.dtype)
+        keep = (1 - shrink).to(p.dtype).to(work) if isinstance(shrink, torch.Tensor) else 1 - shrink
+        step = scale.to(s.dtype).to(work) if isinstance(scale, torch.Tensor) else scale
+        commit(p, (p.to(work) * keep + s.to(work) * step).to(p.dtype), ok)
         return
     if isinstance(shrink, torch.Tensor):
         p.mul_((1 - shrink).to(p.dtype))
