@@ -19,7 +19,10 @@ the step forms a 0-d flag ``ok`` (all gradients finite), computes the update fro
 fails, and writes every parameter and state tensor through ``torch.where(ok, new, old)``
 (:func:`specopt.steps.commit`), so a non-finite step writes nothing, bit for bit. Eager steps keep the host-side
 check (one sync) and its early return. Gluon, STORM and distributed runs compile with graph breaks: they read
-tensors on the host anyway (Gluon's fit, STORM's second closure call, the cross-rank checks).
+tensors on the host anyway (Gluon's fit, STORM's second closure call, the cross-rank checks). Hyperparameters are
+Python numbers, which dynamo specialises on: an LR scheduler that changes ``lr`` every step recompiles every step
+until torch's recompile limit (8), after which the step runs eagerly (torch.optim's answer, a tensor ``lr``, is
+not supported here yet). Each optimizer instance is a compilation of its own, under the same limit.
 """
 
 from __future__ import annotations
