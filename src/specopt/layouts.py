@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -75,19 +75,6 @@ class Layout:
     blocks: tuple[int, ...] | None = None
     interleaved: bool = False
     kernel_dims: int = 0
-
-    def axes(self, shape) -> str:
-        """``d_out``, ``d_in`` and batch axes of a tensor of ``shape``, e.g. ``E=0 out=2 in=1``."""
-        ndim = len(shape)
-        if self.role in ("embedding", "token", "vector"):
-            return "table (rows=tokens)" if self.role == "embedding" else "entries"
-        batch = [f"E={i}" for i in range(self.stack)]
-        out, inp = (self.stack + 1, self.stack) if self.transposed else (self.stack, self.stack + 1)
-        kernel = f" k={','.join(str(i) for i in range(ndim - self.kernel_dims, ndim))}" if self.kernel_dims else ""
-        split = ""
-        if self.blocks:
-            split = f" {len(self.blocks)}{' interleaved' if self.interleaved else ''} blocks"
-        return " ".join(batch + [f"out={out}", f"in={inp}"]) + kernel + split
 
     def norm(self, base: Norm) -> Norm:
         """``base`` (a norm on one ``(d_out, d_in)`` matrix, kernel or entry set) on this layout."""
@@ -293,7 +280,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         if layout is None:
             raise undeclared_error(name, p, module)
         if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
-            layout = Layout("head", layout.source + ", output layer", transposed=layout.transposed)
+            layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.role == "hidden" and layout.blocks is None and not layout.source.startswith("declared"):
             layout = _fused(layout, name, module, parents.get(id(module)), p)
         out[name] = (layout, p, module, parents.get(id(module)))
@@ -375,8 +362,8 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
 
 
 def _with(layout: Layout, blocks, what: str) -> Layout:
-    return Layout(layout.role, f"{layout.source}, {what}", transposed=layout.transposed, stack=layout.stack,
-                  blocks=tuple(blocks), interleaved=layout.interleaved, kernel_dims=layout.kernel_dims)
+    """``layout`` with contiguous d_out ``blocks`` (``what`` says which rule gave them)."""
+    return replace(layout, source=f"{layout.source}, {what}", blocks=tuple(blocks), interleaved=False)
 
 
 def _apply_split_sizes(out: dict, split_sizes: dict) -> None:
@@ -397,8 +384,7 @@ def _apply_split_sizes(out: dict, split_sizes: dict) -> None:
             sizes_t = (sizes,) if isinstance(sizes, int) else tuple(sizes)
             if len(sizes_t) == 1 and isinstance(sizes, int):
                 sizes_t = (rows // sizes,) * sizes
-            out[name] = (Layout(layout.role, f"{layout.source}, split_sizes {sizes_t}", layout.transposed,
-                                layout.stack, sizes_t, False, layout.kernel_dims),) + out[name][1:]
+            out[name] = (_with(layout, sizes_t, f"split_sizes {sizes_t}"),) + out[name][1:]
 
 
 def _apply_heads(out: dict, num_heads) -> None:
@@ -425,8 +411,7 @@ def _apply_heads(out: dict, num_heads) -> None:
         if not head_dim:
             raise ValueError(f"num_heads=True: the attention module of {name} states no head dim; pass num_heads=H")
         blocks = per_head(layout.blocks or (_rows(layout, p),), head_dim, name)
-        out[name] = (Layout(layout.role, f"{layout.source}, per head ({head_dim} rows)", layout.transposed,
-                            layout.stack, blocks, False, layout.kernel_dims), p, module, parent)
+        out[name] = (_with(layout, blocks, f"per head ({head_dim} rows)"), p, module, parent)
         applied.append(name)
     if not applied:
         raise ValueError(f"num_heads={num_heads!r} applies to no tensor: the model has no fused q/k/v projection, "
