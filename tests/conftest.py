@@ -25,3 +25,12 @@ def normalized_spectrum(k: int, safety: float, low: float = 1.0001e-3) -> np.nda
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (many small models: OpenMP threads cost more than they give), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

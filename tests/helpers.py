@@ -3,6 +3,24 @@
 import torch
 from torch import nn
 
+from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+
+GEOMETRY_PRESETS = [
+    (Muon, {}),
+    (Scion, {}),
+    (UScion, {}),
+    (ClippedScion, {"clip_radius": 1.0}),
+    (ClippedScion, {"clip_radius": 1.0, "constrained": True}),
+    (Gluon, {}),
+    (ALMOND, {}),
+    (SteepestDescent, {}),
+]
+"""Every preset of the engine's geometry step with the settings the engine-wide tests use."""
+
+
+def preset_ids(presets) -> list[str]:
+    return [f"{c.__name__}{'-' + str(k) if k else ''}" for c, k in presets]
+
 
 def mlp(seed: int = 0, bias: bool = True, widths=(20, 32, 32, 4)) -> nn.Sequential:
     torch.manual_seed(seed)

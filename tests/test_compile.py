@@ -7,24 +7,14 @@ import copy
 
 import pytest
 import torch
-from helpers import classification_data, loss_fn, mlp, train
+from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_ids, train
 from torch import nn
 
-from specopt import ALMOND, ClippedScion, Gluon, Muon, ProxSpectral, Scion, SteepestDescent, UScion, linalg
+from specopt import Muon, ProxSpectral, Scion, UScion, linalg
 from specopt.norms import Spectral
 
-PRESETS = [
-    (Muon, {}),
-    (Scion, {}),
-    (UScion, {}),
-    (ClippedScion, {"clip_radius": 1.0}),
-    (ClippedScion, {"clip_radius": 1.0, "constrained": True}),
-    (Gluon, {}),
-    (ALMOND, {}),
-    (SteepestDescent, {}),
-    (ProxSpectral, {}),
-]
-IDS = [f"{c.__name__}{'-' + str(k) if k else ''}" for c, k in PRESETS]
+PRESETS = GEOMETRY_PRESETS + [(ProxSpectral, {})]
+IDS = preset_ids(PRESETS)
 SMALL = (20, 16, 4)  # two weight matrices: a short graph to compile
 
 

@@ -4,24 +4,15 @@ import io
 
 import pytest
 import torch
-from helpers import classification_data, loss_fn, mlp, train
+from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_ids, train
 from torch import nn
 
 import specopt
-from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt import ClippedScion, Gluon, Muon, Scion, UScion
 from specopt.norms import Spectral
 
-ALL = [
-    (Muon, {}),
-    (Scion, {}),
-    (UScion, {}),
-    (ClippedScion, {"clip_radius": 1.0}),
-    (ClippedScion, {"clip_radius": 1.0, "constrained": True}),
-    (Gluon, {}),
-    (ALMOND, {}),
-    (SteepestDescent, {}),
-]
-IDS = [f"{c.__name__}{'-' + str(k) if k else ''}" for c, k in ALL]
+ALL = GEOMETRY_PRESETS
+IDS = preset_ids(ALL)
 
 
 @pytest.mark.parametrize("cls, kwargs", ALL, ids=IDS)

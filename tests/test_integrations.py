@@ -21,12 +21,7 @@ PRESETS = ("muon", "scion", "uscion", "clipped-scion", "almond", "prox-spectral"
 """Every specopt preset of the registry; Gluon is tested with fixed L under HF and online under Lightning."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chain(n: int = 64, seed: int = 0) -> torch.Tensor:

@@ -11,6 +11,7 @@ from model_checks import (
     assert_roles,
     assert_state_dict_round_trip,
     one_step_moves,
+    roles,
 )
 from torch import nn
 
@@ -19,12 +20,7 @@ import specopt
 VOCAB, SEQ = 64, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokens(seed=0, batch=4):
@@ -222,7 +218,3 @@ def test_gpt2_conv1d_step_equals_the_nn_linear_network():
 def test_head_is_found_by_what_it_is_not_by_registration_order():
     assert roles(seq2seq()())["generator.weight"] == "head"
     assert "head" not in set(roles(transformer()()).values())  # nn.Transformer alone has no output layer
-
-
-def roles(model, **kwargs):
-    return {name: g["role"] for g in specopt.param_groups(model, **kwargs) for name, _ in g["params"]}

@@ -21,12 +21,7 @@ except Exception as err:  # noqa: BLE001 — a torchvision built for another tor
 CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name, **kwargs):
