@@ -71,7 +71,7 @@ def test_create_optimizer_resolves_names_defaults_and_options():
 
     model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, VOCAB))
     opt = integrations.create_optimizer(model, "Clipped_Scion", weight_decay=0.1, estimator="storm")
-    assert type(opt) is specopt.ClippedScion and opt.estimator == "storm"
+    assert type(opt) is specopt.ClippedScion and opt.estimator.name == "storm"
     assert {g["lr"] for g in opt.param_groups} == {DEFAULTS["clipped-scion"]["lr"]}
     assert {g["weight_decay"] for g in opt.param_groups} == {0.1}
     assert {g["role"] for g in opt.param_groups} == {"embedding", "hidden", "head", "vector"}

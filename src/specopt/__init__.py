@@ -2,13 +2,17 @@
 spectral preconditioning with STORM).
 
 Public API: the matrix sign :func:`msign`, the norm catalogue (:mod:`specopt.norms`), the optimizers
-(thin presets over :class:`GeometryOptimizer`) and :func:`param_groups` (automatic parameter roles).
+(thin presets over :class:`GeometryOptimizer`), the engine's open parts (:class:`Estimator`, :class:`StepRule`,
+:class:`Norm`, :mod:`specopt.estimators`, :mod:`specopt.steps`) and :func:`param_groups` (automatic parameter
+roles).
 """
 
-from specopt import checkpoint, constraints, layouts, linalg, norms, schedules, views
+from specopt import checkpoint, constraints, estimators, layouts, linalg, norms, schedules, steps, views
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
 from specopt.engine import GeometryOptimizer
+from specopt.estimators import Estimator
 from specopt.linalg import msign, msign_band, polar_express_coefficients
+from specopt.lmo import Record, StepContext
 from specopt.norms import (
     BiasRMS,
     Blocked,
@@ -24,6 +28,7 @@ from specopt.norms import (
 from specopt.optimizers import ALMOND, ClippedScion, Gluon, Muon, ProxSpectral, Scion, SteepestDescent, UScion
 from specopt.preconditioners import Preconditioner
 from specopt.roles import describe, param_groups
+from specopt.steps import StepRule
 
 __version__ = "0.1.0"
 
@@ -39,6 +44,12 @@ __all__ = [
     "SparsityAtMost",
     "SpectralBall",
     "checkpoint",
+    "Estimator",
+    "estimators",
+    "Record",
+    "StepContext",
+    "StepRule",
+    "steps",
     "constraints",
     "layouts",
     "views",

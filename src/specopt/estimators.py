@@ -1,21 +1,25 @@
 """Gradient estimators ``d_k`` (Pethick et al. 2025; Cutkosky & Orabona 2019): the "dual feedback" fed to the geometry.
 
-* EMA momentum ``d_k = β d_{k−1} + (1−β) g_k`` (the papers write α = 1 − β);
-* Nesterov ``d̃_k = β d_k + (1−β) g_k`` (as torch.optim.Muon: ``g.lerp(d_k, β)``);
-* averaged lmo (ALMOND) ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``: the geometry is applied before averaging;
-* STORM ``d_k = g(x_k; ξ_k) + (1 − a_k)(d_{k−1} − g(x_{k−1}; ξ_k))`` with β = 1 − a_k (Cutkosky & Orabona 2019;
-  the STORM variant of *Constrained Stochastic Spectral Preconditioning Converges for Nonconvex Objectives* (2026)):
-  needs the gradient at the previous iterate on the *same* batch, so ``step(closure)`` runs
-  the closure twice per step (2× the gradient cost); ``d_1 = g_1``.
+An estimator is an object with the :class:`Estimator` protocol, of the same standing as a
+:class:`~specopt.norms.Norm`: pass one as ``GeometryOptimizer(params, estimator=...)`` (or its name). Built in:
 
-``momentum`` may be a number β ∈ [0, 1), ``"theory"``: ``β_k = 1 − (k+1)^{-1/2}`` (k = 0, 1, …), the
+* :class:`Momentum` — EMA ``d_k = β d_{k−1} + (1−β) g_k`` (the papers write α = 1 − β), optionally Nesterov
+  ``d̃_k = β d_k + (1−β) g_k`` (as torch.optim.Muon: ``g.lerp(d_k, β)``); β = 0 feeds the gradient itself;
+* :class:`Storm` — ``d_k = g(x_k; ξ_k) + (1 − a_k)(d_{k−1} − g(x_{k−1}; ξ_k))`` with β = 1 − a_k (Cutkosky &
+  Orabona 2019; the STORM variant of *Constrained Stochastic Spectral Preconditioning Converges for Nonconvex
+  Objectives* (2026)): the gradient at the previous iterate on the *same* batch comes from the engine's probe
+  (``step(closure)`` runs the closure twice per step, 2× the gradient cost); ``d_1 = g_1``;
+* :class:`AveragedLmo` (ALMOND) — ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``: the geometry is applied *before*
+  averaging, so it acts after the lmo and hands the rule a point of the ρ-ball (``produces = "averaged_lmo"``).
+
+``momentum`` (a group key) may be a number β ∈ [0, 1), ``"theory"``: ``β_k = 1 − (k+1)^{-1/2}`` (k = 0, 1, …), the
 schedule of the stochastic SCG/Gluon analyses and of the heavy-tailed momentum analysis, or ``"storm"``:
 ``a_k = 1 − β_k = (k+1)^{-2/3}``, STORM's schedule. The step-size schedules that go with them
 (``γ_k ∝ k^{-3/4}``, ``k^{-2/3}``) are LR schedulers: :func:`specopt.schedules.power_decay`.
 
 The step counts are 0-d tensors (see the engine), so a schedule's β is a 0-d tensor on the parameter's device
-(no host sync to read the count, and no recompilation under torch.compile as it grows). ``ok`` (a 0-d boolean,
-given under torch.compile) makes the buffer writes conditional: :func:`specopt.steps.commit`.
+(no host sync to read the count, and no recompilation under torch.compile as it grows). ``ctx.ok`` (a 0-d
+boolean, given under torch.compile) makes the buffer writes conditional: :func:`specopt.steps.commit`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import torch
 
 from specopt.steps import commit
 
-ESTIMATORS = ("momentum", "almond", "storm")
 MOMENTUM_SCHEDULES = {"theory": 0.5, "storm": 2.0 / 3.0}
 """Named schedules: ``β_k = 1 − (k+1)^{-power}``."""
 
@@ -35,6 +38,13 @@ def momentum_at(momentum: float | str, step):
     if isinstance(momentum, str):
         return 1.0 - (step + 1) ** -MOMENTUM_SCHEDULES[momentum]
     return float(momentum)
+
+
+def beta(rec) -> float | torch.Tensor:
+    """β of this update of record ``rec``: the group's number, or its schedule at the (0-d tensor) step count, on
+    the device. The count was advanced before the estimator runs, hence ``step − 1`` (0-based)."""
+    momentum = rec.group["momentum"]
+    return momentum_at(momentum, rec.state["step"] - 1) if isinstance(momentum, str) else float(momentum)
 
 
 def validate_momentum(momentum) -> None:
@@ -53,36 +63,136 @@ def momentum_buffer(state: dict, like: torch.Tensor) -> torch.Tensor:
     return state["momentum_buffer"]
 
 
-def _weight(w, like: torch.Tensor):
-    """A lerp weight for ``like``: tensor weights (from scheduled β) in ``like``'s dtype, as lerp requires."""
-    return w.to(like.dtype) if isinstance(w, torch.Tensor) else w
-
-
-def ema_direction(state: dict, g: torch.Tensor, beta, nesterov: bool, ok: torch.Tensor | None = None) -> torch.Tensor:
-    """Update the EMA buffer with ``g`` and return the direction to feed the lmo."""
-    buf = momentum_buffer(state, g)
+def ema(buf: torch.Tensor, x: torch.Tensor, b, ok: torch.Tensor | None = None) -> torch.Tensor:
+    """``buf ← b·buf + (1−b)·x`` in place (through ``ok``, see :func:`~specopt.steps.commit`); returns the new value.
+    ``b`` may be a 0-d tensor (a scheduled β)."""
+    w = (1.0 - b).to(buf.dtype) if isinstance(b, torch.Tensor) else 1.0 - b
     if ok is None:
-        buf.lerp_(g, _weight(1.0 - beta, buf))
-    else:
-        buf = commit(buf, buf.lerp(g, _weight(1.0 - beta, buf)), ok)
-    if nesterov:
-        return g.lerp(buf, _weight(beta, g))
-    return buf
+        return buf.lerp_(x, w)
+    return commit(buf, buf.lerp(x, w), ok)
 
 
-def almond_average(state: dict, direction: torch.Tensor, beta, ok: torch.Tensor | None = None) -> torch.Tensor:
-    """``d_k = β d_{k−1} + (1−β)·direction`` where direction = ρ·lmo(g_k); returns d_k."""
-    buf = momentum_buffer(state, direction)
-    if ok is None:
-        return buf.lerp_(direction, _weight(1.0 - beta, buf))
-    return commit(buf, buf.lerp(direction, _weight(1.0 - beta, buf)), ok)
+class Estimator:
+    """The protocol of an estimator. The engine calls, per step and per tensor record ``rec`` (a
+    :class:`specopt.lmo.Record`: ``rec.g`` the gradient, ``rec.state`` the parameter's state, ``rec.group`` its
+    param group, ``rec.p`` the weights):
+
+    1. :meth:`begin` once with every record, after the gradients are checked and before any update;
+    2. :meth:`direction` → ``rec.d``, the tensor the lmo sees;
+    3. the lmo (``rec.s·rec.factor = lmo(rec.d)``), then :meth:`after_lmo` (estimators that act on the lmo's
+       output set ``rec.s``/``rec.factor``/``rec.radius`` there).
+
+    Class attributes: ``name`` (recorded in state dicts), ``produces`` (``"direction"``, or ``"averaged_lmo"``
+    when the rule receives a ball point instead of a unit lmo: rules list what they accept), ``needs_closure``
+    and ``traceable`` (False where the estimator reads tensors on the host: no single compiled graph).
+    :meth:`probe_weights` names weights at which the engine re-evaluates the step's batch before the step; the
+    gradients come back in ``ctx.probed``. State keys are the estimator's own.
+    """
+
+    name: str = "estimator"
+    produces: str = "direction"
+    needs_closure: bool = False
+    traceable: bool = True
+
+    def validate_group(self, group: dict) -> None:
+        """Raise ``ValueError`` for a param group this estimator cannot serve (called at construction)."""
+
+    def init_state(self, rec) -> None:
+        """Create zero state ahead of the step (torch.compile traces a step whose state exists)."""
+
+    def probe_weights(self, state: dict) -> torch.Tensor | None:
+        return None
+
+    def begin(self, records: list, ctx) -> None:
+        """Once per step with every record (geometry and AdamW ones), before any update."""
+
+    def direction(self, rec, ctx) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_lmo(self, rec, ctx) -> None:
+        """After ``rec.s``/``rec.factor`` hold ``lmo(rec.d)``."""
+
+    def config(self) -> dict:
+        return {"name": self.name}
 
 
-def storm_direction(state: dict, g: torch.Tensor, g_previous: torch.Tensor | None, beta: float) -> torch.Tensor:
-    """STORM: ``d_k = g_k + β(d_{k−1} − g_prev)`` with ``g_prev = g(x_{k−1}; ξ_k)`` (β = 1 − a_k); the first
-    step of a tensor (no ``d_{k−1}`` or no previous iterate yet) gives ``d = g``."""
-    buf = state.get("momentum_buffer")
-    if buf is None or g_previous is None:
-        buf = momentum_buffer(state, g)
-        return buf.copy_(g)
-    return buf.sub_(g_previous).mul_(beta).add_(g)
+class Momentum(Estimator):
+    """EMA momentum, Nesterov where the group says ``nesterov=True``; β = 0 feeds the gradient itself."""
+
+    name = "momentum"
+
+    def init_state(self, rec) -> None:
+        if rec.group["momentum"] != 0:
+            momentum_buffer(rec.state, rec.p)
+
+    def direction(self, rec, ctx) -> torch.Tensor:
+        if rec.group["momentum"] == 0:
+            return rec.g
+        b = beta(rec)
+        buf = ema(momentum_buffer(rec.state, rec.g), rec.g, b, ctx.ok)
+        if rec.group["nesterov"]:
+            return rec.g.lerp(buf, b.to(rec.g.dtype) if isinstance(b, torch.Tensor) else b)
+        return buf
+
+
+class Storm(Estimator):
+    """STORM: ``d_k = g_k + β(d_{k−1} − g(x_{k−1}; ξ_k))``; the first step of a tensor gives ``d = g``."""
+
+    name = "storm"
+    needs_closure = True
+    traceable = False
+
+    def validate_group(self, group: dict) -> None:
+        if group.get("nesterov"):
+            raise ValueError("nesterov=True has no meaning with estimator='storm'; pass nesterov=False")
+
+    def probe_weights(self, state: dict) -> torch.Tensor | None:
+        return state.get("previous_param")
+
+    def begin(self, records: list, ctx) -> None:
+        """Note which tensors have a previous iterate (their ``g(x_{k−1}; ξ_k)`` is in ``ctx.probed``), then
+        remember ``x_k`` for every tensor, AdamW ones too: the next probe moves the whole model back."""
+        self._probed = {id(rec.param) for rec in records if "previous_param" in rec.state}
+        for rec in records:
+            if "previous_param" in rec.state:
+                rec.state["previous_param"].copy_(rec.p)
+            else:
+                rec.state["previous_param"] = rec.p.detach().clone()
+
+    def direction(self, rec, ctx) -> torch.Tensor:
+        buf = rec.state.get("momentum_buffer")
+        if buf is None or id(rec.param) not in self._probed:
+            return momentum_buffer(rec.state, rec.g).copy_(rec.g)
+        return buf.sub_(ctx.probed[id(rec.param)]).mul_(beta(rec)).add_(rec.g)
+
+
+class AveragedLmo(Estimator):
+    """ALMOND's averaged lmo: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``. The rule receives ``d_k``, a point of the
+    ρ-ball, as ``rec.s`` with radius 1 (the ball's radius is inside it): uSCG then steps ``W ← (1−γλ)W + γ·d_k``,
+    SCG ``W ← (1−γ)W + γ·d_k``. Rules that need ``‖d‖_*`` of a dual direction do not apply."""
+
+    name = "almond"
+    produces = "averaged_lmo"
+
+    def init_state(self, rec) -> None:
+        momentum_buffer(rec.state, rec.p)
+
+    def direction(self, rec, ctx) -> torch.Tensor:
+        return rec.g
+
+    def after_lmo(self, rec, ctx) -> None:
+        point = rec.s.to(rec.g.dtype) * (rec.factor * rec.radius)
+        rec.s = ema(momentum_buffer(rec.state, point), point, beta(rec), ctx.ok)
+        rec.factor, rec.radius = 1.0, 1.0
+
+
+ESTIMATORS = {"momentum": Momentum, "storm": Storm, "almond": AveragedLmo}
+
+
+def get_estimator(spec) -> Estimator:
+    """An :class:`Estimator` from an instance or a built-in name."""
+    if isinstance(spec, Estimator):
+        return spec
+    if isinstance(spec, str) and spec in ESTIMATORS:
+        return ESTIMATORS[spec]()
+    raise ValueError(f"unknown estimator {spec!r}: pass an Estimator or one of {', '.join(ESTIMATORS)}")

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import torch
 
 from specopt import registry
+from specopt.estimators import get_estimator
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -103,9 +104,9 @@ def _hf_optimizer(model: torch.nn.Module, name: str, kwargs: dict) -> torch.opti
     """:func:`create_optimizer` for HF's Trainer, which calls ``optimizer.step()`` without a closure: refuse the
     configurations that need one (STORM; Gluon's online smoothness estimate) instead of training badly."""
     key = optimizer_name(name)
-    if kwargs.get("estimator") == "storm":
-        raise ValueError("estimator='storm' needs optimizer.step(closure) and transformers.Trainer steps without "
-                         "one; use Lightning (which passes a closure) or a plain loop for STORM")
+    if "estimator" in kwargs and get_estimator(kwargs["estimator"]).needs_closure:
+        raise ValueError(f"estimator={kwargs['estimator']!r} needs optimizer.step(closure) and transformers.Trainer "
+                         "steps without one; use Lightning (which passes a closure) or a plain loop")
     if key == "gluon" and kwargs.get("L0", "online") == "online":
         raise ValueError("gluon's online L0/L1 estimate needs optimizer.step(closure) to compare two gradients of "
                          "one batch, and transformers.Trainer steps without one; pass numbers, e.g. L0=0.0, "

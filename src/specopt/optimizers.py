@@ -26,9 +26,11 @@ import torch
 
 from specopt.constraints import Constraint
 from specopt.engine import GeometryOptimizer
+from specopt.estimators import Estimator, get_estimator
 from specopt.layouts import auto_norm
 from specopt.norms import Blocked, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
+from specopt.steps import StepRule
 from specopt.views import MuonScaled, Stacked, Transposed
 
 _ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
@@ -195,23 +197,26 @@ class Muon(GeometryOptimizer):
     takes the faster, slightly less accurate Gram form on wide matrices in bf16, see
     :func:`specopt.linalg.use_gram`).
     ``nesterov`` defaults to True, and to False with ``estimator="storm"`` (which has no Nesterov form).
+    ``rule`` replaces the uSCG step on the Muon tensors (e.g. NorMuon's row normalisation, see the guide
+    "Writing a new optimizer").
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.95, nesterov: bool | None = None,
                  weight_decay: float = 0.0, scale: str = "original", method: str = "polar_express",
                  steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, estimator: str = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None, process_group="auto", gram: bool | None = None):
+                 adamw_weight_decay: float = 0.0, estimator: str | Estimator = "momentum",
+                 rule: str | StepRule = "uscg", nonfinite: str = "raise", batch_lmo: bool | None = None,
+                 process_group="auto", gram: bool | None = None):
         if nesterov is None:
-            nesterov = estimator != "storm"
+            nesterov = get_estimator(estimator).name != "storm"
         msign_kwargs = {"method": method, "steps": steps, "compute_dtype": compute_dtype, "gram": gram}
         norm = Spectral(**msign_kwargs)
         defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
                              weight_decay=weight_decay)
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
-        super().__init__(_split_for_muon(params, aux, msign_kwargs, scale), defaults, rule="uscg", estimator=estimator,
+        super().__init__(_split_for_muon(params, aux, msign_kwargs, scale), defaults, rule=rule, estimator=estimator,
                          nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
 

@@ -3,72 +3,174 @@
 
     W ← (1 − shrink)·W + scale·s,
 
-where ``s`` is the unit-ball lmo of the estimator's direction ``d`` (or, for ALMOND, the averaged lmo
-itself) and ``shrink``/``scale`` are scalars the rule computes from the group's hyperparameters
+where ``s`` is the unit-ball lmo of the estimator's direction ``d`` (or, after ALMOND's averaged lmo, a point of
+the ρ-ball with radius 1) and ``shrink``/``scale`` are scalars the rule computes from the group's hyperparameters
 (γ = lr, ρ = radius, λ = weight_decay) and, for some rules, from the dual norms ``‖d_l‖_* = −⟨d_l, s_l⟩``:
 
 | rule | shrink | scale | source |
 |---|---|---|---|
-| ``uscg`` (UScion, Muon) | γλ | γρ | uSCG; Muon adds decoupled weight decay λ |
-| ``scg`` (Scion) | γ | γρ | SCG: convex combination, stays in the ρ-ball |
-| ``clipped`` | γλ | γρ·min{1, D/ρ_c},  D = Σ_l ρ_l‖d_l‖_* | Clipped Scion (unconstrained) |
-| ``clipped_constrained`` | γη | γηρ,  η = min{1, Ψ/ρ_c},  Ψ = Σ_l ⟨d_l, W_l − ρ_l s_l⟩ | Clipped Scion (constrained) |
-| ``steepest`` | γλ | γ‖d_l‖_* | steepest descent in the norm |
-| ``gluon`` | γλ | γ·t_l,  t_l = ‖d_l‖_*/(L0_l + L1_l‖d_l‖_*) (× (k+1)^{-3/4} if stochastic) | Gluon |
-| ``almond`` | γλ | γ  (s = averaged ρ·lmo) | ALMOND |
+| :class:`USCG` ``uscg`` (UScion, Muon) | γλ | γρ | uSCG; Muon adds decoupled weight decay λ |
+| :class:`SCG` ``scg`` (Scion) | γ | γρ | SCG: convex combination, stays in the ρ-ball |
+| :class:`Clipped` ``clipped`` | γλ | γρ·min{1, D/ρ_c},  D = Σ_l ρ_l‖d_l‖_* | Clipped Scion (unconstrained) |
+| :class:`ClippedConstrained` | γη | γηρ, η = min{1, Ψ/ρ_c}, Ψ = Σ_l ⟨d_l, W_l − ρ_l s_l⟩ | Clipped Scion, constrained |
+| :class:`Steepest` ``steepest`` | γλ | γ‖d_l‖_* | steepest descent in the norm |
+| :class:`~specopt.gluon.GluonRule` ``gluon`` | γλ | γ·t_l,  t_l = ‖d_l‖_*/(L0_l + L1_l‖d_l‖_*) | Gluon |
+| :class:`Almond` ``almond`` | γλ | γ  (s = the averaged ρ·lmo) | ALMOND: uSCG on the averaged lmo |
+
+A rule is an object with the :class:`StepRule` protocol, of the same standing as a :class:`~specopt.norms.Norm`:
+``GeometryOptimizer(params, rule=...)`` takes one (or its name).
 """
 
 from __future__ import annotations
 
 import torch
 
-RULES = ("uscg", "scg", "clipped", "clipped_constrained", "steepest", "gluon", "almond")
-NEEDS_DUAL = {"clipped", "clipped_constrained", "steepest", "gluon"}
-PER_TENSOR_RULES = {"uscg", "scg", "steepest", "almond"}
-"""Rules whose shrink and scale depend on the tensor alone (no sum over tensors, no probe)."""
+from specopt._checks import check_number
 
 
-def shrink_and_scale(rule: str, items: list, clip_radius: float | None, complete=None) -> None:
-    """Set ``item.shrink`` and ``item.scale`` on every item (see the table above). ``complete`` turns per-item
-    partial sums over local shards into whole-tensor sums (distributed runs; identity by default)."""
-    if rule in ("uscg", "almond", "steepest", "gluon", "clipped"):
-        for it in items:
-            it.shrink = it.group["lr"] * it.group["weight_decay"]
-    if rule == "uscg":
-        for it in items:
-            it.scale = it.group["lr"] * it.radius
-    elif rule == "scg":
-        for it in items:
-            it.shrink, it.scale = it.group["lr"], it.group["lr"] * it.radius
-    elif rule == "almond":
-        for it in items:
-            it.scale = it.group["lr"]
-    elif rule == "steepest":
-        for it in items:
-            it.scale = it.group["lr"] * it.dual
-    elif rule == "gluon":
-        for it in items:
-            it.scale = it.group["lr"] * it.gluon_radius
-    elif rule == "clipped":
-        total = _global_sum([it.radius * it.dual for it in items])
-        factor = torch.clamp(total / clip_radius, max=1.0)
-        for it in items:
-            it.scale = it.group["lr"] * it.radius * factor
-    elif rule == "clipped_constrained":
-        dots = [torch.sum(it.d * it.p, dtype=torch.float64) for it in items]
-        dots = complete(dots) if complete is not None else dots
-        gap = _global_sum([dot + it.radius * it.dual for dot, it in zip(dots, items, strict=True)])
-        eta = torch.clamp(gap / clip_radius, min=0.0, max=1.0)
-        for it in items:
-            it.shrink, it.scale = it.group["lr"] * eta, it.group["lr"] * it.radius * eta
-    elif rule not in RULES:
-        raise ValueError(f"unknown step rule {rule!r}; valid rules: {', '.join(RULES)}")
+class StepRule:
+    """The protocol of a step rule. :meth:`scale` sets ``rec.shrink`` and ``rec.scale`` of every record it is given
+    (it may also replace ``rec.s``/``rec.factor``: a rule that reshapes the lmo's output, as NorMuon does); the
+    engine then writes ``W ← (1 − shrink)·W + scale·factor·s``.
+
+    Class attributes: ``name`` (recorded in state dicts); ``accepts``, the estimator outputs it composes with
+    (``"direction"``: a unit lmo of a dual direction; ``"averaged_lmo"``: a ball point, see
+    :class:`~specopt.estimators.AveragedLmo`); ``needs_dual`` (``rec.dual = ‖d‖_*`` is computed with the lmo);
+    ``per_tensor`` (shrink and scale depend on the tensor alone, so the engine may update one lmo bucket at a
+    time; False for rules with a sum over tensors); ``traceable`` (False where the rule reads tensors on the host);
+    ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`).
+    :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
+    (``ctx.probed``); the context also carries ``ctx.lmo(records, need_dual)`` (the optimizer's lmo runner),
+    ``ctx.complete(values, records)`` (per-tensor sums completed over shards), ``ctx.aux`` (the AdamW records),
+    ``ctx.closure`` (whether the step got one) and ``ctx.ok``.
+    """
+
+    name: str = "rule"
+    accepts: tuple[str, ...] = ("direction",)
+    needs_dual: bool = False
+    per_tensor: bool = True
+    traceable: bool = True
+    group_defaults: dict = {}
+
+    def validate_group(self, group: dict) -> None:
+        """Raise ``ValueError`` for a param group this rule cannot serve (called at construction)."""
+
+    def probe_weights(self, state: dict) -> torch.Tensor | None:
+        return None
+
+    def scale(self, records: list, ctx) -> None:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+class USCG(StepRule):
+    """Unconstrained SCG: ``W ← (1−γλ)W + γρ·lmo(d)``."""
+
+    name = "uscg"
+    accepts = ("direction", "averaged_lmo")
+
+    def scale(self, records, ctx) -> None:
+        for rec in records:
+            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.scale = rec.group["lr"] * rec.radius
+
+
+class Almond(USCG):
+    """ALMOND's step: uSCG on the averaged lmo, ``W ← (1−γλ)W + γ·d_k``."""
+
+    name = "almond"
+    accepts = ("averaged_lmo",)
+
+
+class SCG(StepRule):
+    """SCG: ``W ← (1−γ)W + γρ·lmo(d)``, a convex combination that keeps W in the ρ-ball."""
+
+    name = "scg"
+    accepts = ("direction", "averaged_lmo")
+
+    def scale(self, records, ctx) -> None:
+        for rec in records:
+            rec.shrink, rec.scale = rec.group["lr"], rec.group["lr"] * rec.radius
+
+
+class Steepest(StepRule):
+    """Steepest descent in the norm: ``W ← (1−γλ)W + γ‖d‖_*·lmo(d)``."""
+
+    name = "steepest"
+    needs_dual = True
+
+    def scale(self, records, ctx) -> None:
+        for rec in records:
+            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.scale = rec.group["lr"] * rec.dual
+
+
+class Clipped(StepRule):
+    """Clipped Scion: the uSCG step × ``min{1, Σ_l ρ_l‖d_l‖_* / ρ_c}`` (one factor for all tensors)."""
+
+    name = "clipped"
+    needs_dual = True
+    per_tensor = False
+
+    def __init__(self, clip_radius: float):
+        check_number(clip_radius, "clip_radius", low_open=True)
+        self.clip_radius = float(clip_radius)
+
+    def scale(self, records, ctx) -> None:
+        factor = torch.clamp(_global_sum([rec.radius * rec.dual for rec in records]) / self.clip_radius, max=1.0)
+        for rec in records:
+            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.scale = rec.group["lr"] * rec.radius * factor
+
+    def config(self) -> dict:
+        return {"name": self.name, "clip_radius": self.clip_radius}
+
+
+class ClippedConstrained(Clipped):
+    """Constrained Clipped Scion: gap ``Ψ = Σ_l ⟨d_l, W_l − ρ_l s_l⟩``, ``η = min{1, Ψ/ρ_c}``,
+    ``W ← (1−γη)W + γηρ·s``."""
+
+    name = "clipped_constrained"
+
+    def scale(self, records, ctx) -> None:
+        dots = ctx.complete([torch.sum(rec.d * rec.p, dtype=torch.float64) for rec in records], records)
+        gap = _global_sum([dot + rec.radius * rec.dual for dot, rec in zip(dots, records, strict=True)])
+        eta = torch.clamp(gap / self.clip_radius, min=0.0, max=1.0)
+        for rec in records:
+            rec.shrink, rec.scale = rec.group["lr"] * eta, rec.group["lr"] * rec.radius * eta
 
 
 def _global_sum(values: list) -> torch.Tensor:
     if not values:
         return torch.zeros(())
     return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).sum().float()
+
+
+def rules() -> dict:
+    """The built-in rules by name."""
+    from specopt.gluon import GluonRule
+
+    return {cls.name: cls for cls in (USCG, SCG, Clipped, ClippedConstrained, Steepest, GluonRule, Almond)}
+
+
+def get_rule(spec, clip_radius: float | None = None) -> StepRule:
+    """A :class:`StepRule` from an instance or a built-in name (``clip_radius`` for the clipped ones)."""
+    if isinstance(spec, StepRule):
+        if clip_radius is not None:
+            raise ValueError("clip_radius goes to the rule object itself, e.g. Clipped(clip_radius=...)")
+        return spec
+    known = rules()
+    if not isinstance(spec, str) or spec not in known:
+        raise ValueError(f"unknown step rule {spec!r}: pass a StepRule or one of {', '.join(known)}")
+    if issubclass(known[spec], Clipped):
+        if clip_radius is None:
+            raise ValueError(f"rule {spec!r} needs clip_radius (ρ_c > 0)")
+        return known[spec](clip_radius)
+    if clip_radius is not None:
+        raise ValueError(f"clip_radius applies to the clipped rules only, not to {spec!r}")
+    return known[spec]()
 
 
 def commit(dst: torch.Tensor, new: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,172 @@
+"""One tensor through a step (:class:`Record`) and the lmo runner that owns the execution (:class:`LmoRunner`).
+
+The runner computes ``rec.s·rec.factor = norm.lmo(rec.d)`` for a list of records: it buckets tensors of one norm,
+shape, dtype, device and layout into one call, and runs each bucket locally, split across the ranks of a
+replicated (DDP) group, or gathered from and scattered back to the ranks of an FSDP2 shard
+(:mod:`specopt.distributed`): by the runner's process group and each parameter's layout (sharded or not).
+Estimators and rules see only records and the runner's calls.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from specopt import distributed
+
+
+class Record:
+    """One parameter during a step.
+
+    ``p``/``g``: local weights and gradient (float32 for low-precision gradients); ``param``: the ``nn.Parameter``
+    (a DTensor under FSDP2); ``group``/``state``/``name``; ``norm``/``radius``/``layout``: its geometry. Set during
+    the step: ``d`` (the estimator's direction), ``s``·``factor`` (its lmo), ``dual`` (``‖d‖_* = −⟨d, lmo(d)⟩``,
+    when the rule needs it), ``shrink``/``scale`` (the rule's update ``W ← (1 − shrink)·W + scale·factor·s``).
+    Estimators and rules keep anything else in ``state`` under keys of their own.
+    """
+
+    __slots__ = ("p", "g", "group", "state", "name", "norm", "radius", "param", "layout", "d", "s", "factor", "dual",
+                 "shrink", "scale")
+
+    def __init__(self, p, g, group, state, name, norm=None, radius=None, param=None, layout=None):
+        self.p, self.g, self.group, self.state, self.name = p, g, group, state, name
+        self.norm, self.radius = norm, radius
+        self.param = p if param is None else param
+        self.layout = layout or distributed.Layout(tuple(p.shape))
+        self.d = self.s = self.dual = None
+        self.shrink, self.scale, self.factor = 0.0, 0.0, 1.0
+
+    def derived(self, direction: torch.Tensor) -> Record:
+        """A record of the same tensor and geometry whose direction is ``direction`` (for an extra lmo, e.g. of a
+        gradient difference); its state is a scratch dict."""
+        out = Record(self.p, direction, self.group, {}, self.name, self.norm, self.radius, self.param, self.layout)
+        out.d = direction
+        return out
+
+
+class LmoRunner:
+    """Runs the lmo's of a step's records.
+
+    Args:
+        process_group: the ranks that share the lmo work on replicated (DDP) parameters: ``"auto"`` → the
+            default group when torch.distributed is initialised with more than one rank (decided on the first
+            step and kept); ``None`` → every rank computes every lmo itself.
+        batch_lmo: stack same-bucket tensors into one call; ``None``: on accelerators only.
+    """
+
+    def __init__(self, process_group="auto", batch_lmo: bool | None = None):
+        self.process_group, self.batch_lmo = process_group, batch_lmo
+        self._replicas_checked = False
+
+    @property
+    def replicas(self):
+        """The replica group (None: none). Read at every use, not cached: torch.compile guards on attributes, and
+        a cache filled on the first call would recompile the second."""
+        return distributed.replica_group(self.process_group)
+
+    def distributed(self, records: list[Record]) -> bool:
+        return self.replicas is not None or any(rec.layout.sharded for rec in records)
+
+    def check_replicas(self, records: list[Record]) -> None:
+        """Once: the replicated parameters must be equal on every rank for the split lmo to be right."""
+        if self._replicas_checked or self.replicas is None:
+            return
+        distributed.check_replicated([rec.p for rec in records if not rec.layout.sharded], self.replicas)
+        self._replicas_checked = True
+
+    def complete(self, values: list, records: list[Record]) -> list:
+        """Per-tensor sums over local pieces made whole-tensor sums (all-reduced over the shards of sharded
+        tensors; replicated ones are whole already)."""
+        return distributed.sum_over_shards(values, [rec.layout for rec in records])
+
+    def any_rank(self, flag: bool, records: list[Record]) -> bool:
+        """``flag`` or'ed over the ranks that hold shards of ``records`` (every rank must learn that one saw a NaN)."""
+        sharded = [rec for rec in records if rec.layout.sharded]
+        if not sharded:
+            return flag
+        return distributed.any_rank(flag, sharded[0].layout.group, sharded[0].g.device)
+
+    def whole(self, rec: Record, fn) -> None:
+        """``rec.p ← fn(W)`` where ``W`` is the whole tensor (gathered from its shards); each rank keeps its rows."""
+        whole = fn(rec.param.full_tensor())
+        start = sum(rec.layout.rows[: torch.distributed.get_rank(rec.layout.group)])
+        rec.p.copy_(whole[start:start + rec.p.shape[0]])
+
+    def buckets(self, records: list[Record]) -> dict:
+        """Records whose lmo is one call: same norm, shape, dtype, device and layout (a bucket per record where
+        ``batch_lmo`` is off, unless the bucket is shared out across ranks)."""
+        split_all = self.replicas is not None
+        buckets: dict = defaultdict(list)
+        for i, rec in enumerate(records):
+            batch = split_all or rec.layout.sharded or (
+                self.batch_lmo if self.batch_lmo is not None else rec.g.device.type != "cpu")
+            buckets[(rec.norm, rec.layout.shape, rec.g.dtype, rec.g.device, rec.layout.sharded,
+                     None if batch else i)].append(rec)
+        return buckets
+
+    def __call__(self, records: list[Record], need_dual: bool = False) -> None:
+        """``rec.s·rec.factor = rec.norm.lmo(rec.d)`` for every record (and ``rec.dual = −⟨d, lmo(d)⟩`` with
+        ``need_dual``): one call per bucket, stacked straight into the norm's compute dtype."""
+        replicas = self.replicas
+        buckets = self.buckets(records)
+        if replicas is not None or any(key[4] for key in buckets):  # smaller collectives: finer overlap
+            buckets = distributed.split_buckets(buckets, replicas)
+        sharded = {key: distributed.ShardedLmo(key[0], [rec.d for rec in bucket], bucket[0].layout)
+                   for key, bucket in buckets.items() if key[4]}
+        for job in sharded.values():  # every bucket's shards travel to their owners before any matmul
+            job.send()
+        pending = []
+        for key, bucket in buckets.items():
+            norm, shape, _, device = key[:4]
+            if key in sharded:
+                pending.append((bucket, norm.lmo_factor(shape), sharded[key].compute()))
+            elif replicas is not None:
+                pending.append((bucket, norm.lmo_factor(shape),
+                                distributed.lmo_replicated(norm, [rec.d for rec in bucket], replicas)))
+            else:
+                self._local(bucket, norm, shape, device)
+        for bucket, factor, job in pending:
+            for rec, s_i in zip(bucket, job.wait(), strict=True):
+                rec.s, rec.factor = s_i, factor
+        if need_dual:
+            # float64 accumulation: a sum over shards then equals the whole-tensor sum to ~1e-16
+            duals = self.complete([-rec.factor * torch.sum(rec.d * rec.s, dtype=torch.float64) for rec in records],
+                                  records)
+            for rec, dual in zip(records, duals, strict=True):
+                rec.dual = dual
+
+    @staticmethod
+    def _local(bucket: list[Record], norm, shape, device) -> None:
+        first = bucket[0].d
+        work = norm.work_dtype(first)
+        if len(bucket) == 1:
+            private = work != first.dtype
+            D = first.to(work).unsqueeze(0)
+        else:
+            private = True
+            D = torch.empty((len(bucket),) + shape, dtype=work, device=device)
+            for i, rec in enumerate(bucket):
+                D[i].copy_(rec.d)
+        S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
+        for i, rec in enumerate(bucket):
+            rec.s, rec.factor = S[i], factor
+
+
+@dataclass
+class StepContext:
+    """What a step hands its estimator and rule besides the records: ``lmo`` (the optimizer's
+    :class:`LmoRunner`: ``ctx.lmo(records, need_dual)``), ``complete`` (per-tensor sums completed over shards),
+    ``aux`` (the records of the AdamW tensors), ``probed`` (``id(param) →`` gradient at the probe weights, on this
+    step's batch), ``closure`` (whether the step got one) and ``ok`` (under torch.compile, the 0-d flag every write
+    goes through: :func:`specopt.steps.commit`; None eagerly)."""
+
+    lmo: LmoRunner
+    aux: list = field(default_factory=list)
+    probed: dict = field(default_factory=dict)
+    closure: bool = False
+    ok: torch.Tensor | None = None
+
+    def complete(self, values: list, records: list[Record]) -> list:
+        return self.lmo.complete(values, records)

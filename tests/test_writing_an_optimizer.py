@@ -1,0 +1,117 @@
+"""The guide "Writing a new optimizer" (docs/guides/writing-an-optimizer.md): NorMuon (a step rule), MARS (an
+estimator) and the nuclear-norm ball (a norm), each written on the public API only, are loaded from the page as a
+reader would paste them, trained for real, and checked for the property that defines them."""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import classification_data, mlp, train
+
+import specopt
+
+PAGE = Path(__file__).parents[1] / "docs" / "guides" / "writing-an-optimizer.md"
+SOURCE_LINES_LIMIT = 30
+
+
+@pytest.fixture(scope="module")
+def guide():
+    """The page's code as an importable module (a norm's config names its class by import path)."""
+    module = types.ModuleType("specopt_guide_writing_an_optimizer")
+    sys.modules[module.__name__] = module
+    for code in re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S):
+        exec(compile(code, str(PAGE), "exec"), module.__dict__)
+    yield module
+    del sys.modules[module.__name__]
+
+
+@pytest.mark.parametrize("name", ["NorMuon", "MARS", "Nuclear"])
+def test_each_member_is_one_short_class(guide, name):
+    source = re.search(rf"^class {name}\b.*?(?=^\S|\Z)", PAGE.read_text(), re.S | re.M).group(0).rstrip()
+    assert len(source.splitlines()) <= SOURCE_LINES_LIMIT
+    assert "specopt.engine" not in source and "._" not in source.replace("__", "")  # public API only
+
+
+def test_normuon_gives_every_row_of_the_update_the_same_size(guide):
+    # A tall matrix: msign's rows have unequal norms; NorMuon's first step divides each by its own RMS.
+    def first_update(rule):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(64, 16))
+        opt = specopt.Muon([w], lr=0.1, rule=rule)
+        w.grad = torch.randn(64, 16) * torch.linspace(0.1, 3.0, 64)[:, None]
+        before = w.detach().clone()
+        opt.step()
+        return (w.detach() - before).norm(dim=1)
+
+    muon, normuon = first_update("uscg"), first_update(guide.NorMuon())
+    assert muon.max() / muon.min() > 1.5
+    torch.testing.assert_close(normuon, torch.full_like(normuon, normuon.mean().item()), rtol=1e-3, atol=0)
+    torch.testing.assert_close(normuon.norm(), muon.norm(), rtol=1e-4, atol=0)  # ‖Ô‖_F = ‖O‖_F
+
+
+def test_mars_corrects_the_gradient_with_its_change_before_averaging(guide):
+    beta, gamma, lr, radius = 0.9, 0.5, 0.1, 2.0
+    w = torch.nn.Parameter(torch.zeros(8))
+    opt = specopt.UScion([{"params": [w], "norm": "euclidean", "radius": radius}], lr=lr, momentum=beta,
+                         estimator=guide.MARS(gamma))
+    g1, g2 = torch.linspace(-1, 1, 8) * 0.3, torch.linspace(1, -2, 8) * 0.2
+
+    def clip(c):
+        return c / c.norm().clamp_min(1.0)
+
+    for g in (g1, g2):
+        w.grad = g.clone()
+        before = w.detach().clone()
+        opt.step()
+    d1 = (1 - beta) * clip(g1)
+    d2 = beta * d1 + (1 - beta) * clip(g2 + gamma * beta / (1 - beta) * (g2 - g1))
+    torch.testing.assert_close(w.detach() - before, -lr * radius * d2 / d2.norm())
+
+
+def test_a_nuclear_norm_scion_step_is_rank_one_and_resumes_exactly(guide):
+    torch.manual_seed(0)
+    X, y = classification_data()
+
+    def build():
+        model = mlp(widths=(20, 32, 4))
+        opt = specopt.Scion([{"params": [model[0].weight], "norm": guide.Nuclear(), "radius": 20.0},
+                             {"params": [model[0].bias, model[2].weight, model[2].bias]}], lr=0.05)
+        return model, opt
+
+    model, opt = build()
+    before = model[0].weight.detach().clone()
+    train(model, opt, X, y, 1)
+    change = model[0].weight.detach() - (1 - 0.05) * before  # SCG: W ← (1 − γ)W + γρ·lmo
+    assert torch.linalg.matrix_rank(change) == 1
+    torch.testing.assert_close(torch.linalg.matrix_norm(change, ord="nuc"), torch.tensor(0.05 * 20.0))
+
+    saved_model, saved_opt = build()
+    saved_model.load_state_dict(model.state_dict())
+    saved_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the norm goes through its config and back
+    assert isinstance(saved_opt.param_groups[0]["norm"], guide.Nuclear)
+    train(model, opt, X, y, 5)
+    train(saved_model, saved_opt, X, y, 5)
+    for a, b in zip(model.parameters(), saved_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("member", ["NorMuon", "MARS", "Nuclear"])
+def test_each_member_trains(guide, member):
+    X, y = classification_data()
+    model = mlp()
+    if member == "NorMuon":
+        opt = specopt.Muon(specopt.param_groups(model), lr=0.02, rule=guide.NorMuon())
+    elif member == "MARS":
+        opt = specopt.Scion(specopt.param_groups(model), lr=2**-6, estimator=guide.MARS())
+    else:
+        opt = specopt.Scion([{"params": [m.weight for m in model if isinstance(m, torch.nn.Linear)],
+                              "norm": guide.Nuclear(), "radius": 20.0},
+                             {"params": [m.bias for m in model if isinstance(m, torch.nn.Linear)]}], lr=0.02)
+    losses = train(model, opt, X, y, 150)
+    assert losses[-1] < 0.3 * losses[0]
