@@ -101,6 +101,26 @@ def test_a_nuclear_norm_scion_step_is_rank_one_and_resumes_exactly(guide):
         assert torch.equal(a, b)
 
 
+def test_a_user_norm_survives_a_dcp_checkpoint(guide, tmp_path):
+    X, y = classification_data()
+
+    def build():
+        model = mlp(widths=(20, 32, 4))
+        return model, specopt.Scion([{"params": [model[0].weight], "norm": guide.Nuclear(), "radius": 20.0},
+                                     {"params": [model[0].bias, model[2].weight, model[2].bias]}], lr=0.02)
+
+    model, opt = build()
+    train(model, opt, X, y, 3)
+    specopt.checkpoint.save(tmp_path / "ckpt", model, opt)
+    resumed_model, resumed = build()
+    specopt.checkpoint.load(tmp_path / "ckpt", resumed_model, resumed)
+    assert isinstance(resumed.param_groups[0]["norm"], guide.Nuclear)
+    train(model, opt, X, y, 3)
+    train(resumed_model, resumed, X, y, 3)
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("member", ["NorMuon", "MARS", "Nuclear"])
 def test_each_member_trains(guide, member):
     X, y = classification_data()

@@ -8,6 +8,7 @@ roles).
 """
 
 from specopt import checkpoint, constraints, estimators, layouts, linalg, norms, schedules, steps, views
+from specopt.adaptive import AdaMuon, NorMuon
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator
@@ -34,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALMOND",
+    "AdaMuon",
+    "NorMuon",
     "BiasRMS",
     "Box",
     "FrobeniusBall",

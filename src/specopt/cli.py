@@ -43,6 +43,8 @@ OPTIMIZER_SUMMARY = {
     "adamw": "torch.optim.AdamW (betas 0.9, 0.95): the baseline",
     "torch-muon": "torch.optim.Muon on hidden matrices, AdamW on the rest",
     "muon": "specopt's Muon: msign of Nesterov momentum; AdamW on the rest",
+    "normuon": "NorMuon: Muon's update rows divided by their running RMS",
+    "adamuon": "AdaMuon: msign(sign(momentum)), element-wise second moment, AdamW's RMS",
     "scion": "Scion (SCG), constrained: W ← (1−γ)W + γρ·lmo(d)",
     "uscion": "unconstrained Scion (uSCG): W ← (1−γλ)W + γρ·lmo(d)",
     "clipped-scion": "the uSCG step scaled by min{1, ‖d‖_*/ρ_c}",
