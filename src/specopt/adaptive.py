@@ -82,7 +82,7 @@ class AdaMuon(Muon):
     module docstring). ``lr`` is on AdamW's scale (the update's RMS is 0.2·lr, as Moonlight's ``match_rms_adamw``).
     Takes every :class:`~specopt.Muon` argument but ``estimator`` and ``scale``, plus ``beta2`` and ``eps``."""
 
-    def __init__(self, params, lr: float = 4e-3, beta2: float = 0.95, eps: float = 1e-8, **muon):
+    def __init__(self, params, lr: float = 0.016, beta2: float = 0.95, eps: float = 1e-8, **muon):
         for key in ("estimator", "scale", "rule"):
             if key in muon:
                 raise ValueError(f"AdaMuon sets {key} itself; use specopt.Muon for another {key}")
