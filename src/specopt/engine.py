@@ -41,10 +41,11 @@ from specopt.lmo import LmoRunner, Record, StepContext
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
 from specopt.probe import gradients_at
-from specopt.steps import StepRule, apply_update, commit, get_rule
+from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
 
 NONFINITE = ("raise", "skip")
 ENGINE_DEFAULTS = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": 1.0, "weight_decay": 0.0,
+                   "weight_decay_mode": "coupled",
                    "betas": (0.9, 0.95), "eps": 1e-8}
 """What a group of the bare engine gets where neither it nor the optimizer's ``defaults`` say (``lr`` is required)."""
 
@@ -161,6 +162,8 @@ class GeometryOptimizer(Optimizer):
         check_number(group["lr"], "lr")
         validate_momentum(group["momentum"])
         check_number(group["weight_decay"], "weight_decay")
+        if group.setdefault("weight_decay_mode", "coupled") not in DECAY_MODES:
+            raise ValueError(f"weight_decay_mode must be one of {DECAY_MODES}, got {group['weight_decay_mode']!r}")
         norm = group["norm"]
         if not (isinstance(norm, Norm) or norm in ("auto", "adamw")):
             raise ValueError(f"norm must be a specopt Norm, a catalogue name, 'auto' or 'adamw', got {norm!r}")
@@ -431,4 +434,5 @@ class GeometryOptimizer(Optimizer):
             self.estimator.after_lmo(rec, ctx)
         self.rule.scale(records, ctx)
         for rec in records:
-            apply_update(rec.p, rec.s, rec.shrink, rec.scale * rec.factor, ctx.ok)
+            apply_update(rec.p, rec.s, rec.shrink, rec.scale * rec.factor, ctx.ok,
+                         cautious=rec.group.get("weight_decay_mode") == "cautious")

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from specopt._checks import check_number
-from specopt.steps import StepRule
+from specopt.steps import StepRule, weight_decay
 
 SCHEDULES = ("constant", "stochastic")
 DEFAULTS = {"L0": "online", "L1": "online", "schedule": "constant", "warmup_radius": 1e-3, "probe_every": 1}
@@ -75,7 +75,7 @@ class GluonRule(StepRule):
         measure(records, ctx.aux, ctx.lmo, ctx.probed if ctx.closure else None)
         radii = layer_radii(records)
         for rec, t in zip(records, radii, strict=True):
-            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * t
         anchor(records, ctx.aux, ctx.closure)
 HISTORY = 32

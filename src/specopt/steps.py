@@ -17,6 +17,18 @@ the ρ-ball with radius 1) and ``shrink``/``scale`` are scalars the rule compute
 | :class:`~specopt.gluon.GluonRule` ``gluon`` | γλ | γ·t_l,  t_l = ‖d_l‖_*/(L0_l + L1_l‖d_l‖_*) | Gluon |
 | :class:`Almond` ``almond`` | γλ | γ  (s = the averaged ρ·lmo) | ALMOND: uSCG on the averaged lmo |
 
+Weight decay (the ``shrink`` of every rule but SCG and the constrained clipped one, whose shrink is the convex
+combination that keeps W in its ball) is *decoupled* from the gradient, as AdamW's, and has three forms, chosen
+per param group by ``weight_decay_mode``:
+
+* ``"coupled"`` (default): ``shrink = γ_k·λ``: it follows the learning rate, and so the LR schedule;
+* ``"independent"``: ``shrink = λ·γ_k/γ_0`` with γ_0 the group's ``initial_lr`` (set by torch's LR schedulers;
+  γ_k without one): the schedule's shape, but a decay per step that does not change with the size of γ
+  (Wortsman et al. 2023, *Small-scale proxies for large-scale Transformer training instabilities*), so a
+  learning-rate sweep does not also sweep the decay;
+* ``"cautious"``: ``W ← W − γ_kλ·𝟙[Δ ⊙ W ≤ 0] ⊙ W + Δ`` with Δ the rule's update: only the entries the update
+  already moves toward zero are decayed (Chen et al. 2025, *Cautious Weight Decay*, arXiv:2510.12402).
+
 A rule is an object with the :class:`StepRule` protocol, of the same standing as a :class:`~specopt.norms.Norm`:
 ``GeometryOptimizer(params, rule=...)`` takes one (or its name).
 """
@@ -26,6 +38,16 @@ from __future__ import annotations
 import torch
 
 from specopt._checks import check_number
+
+DECAY_MODES = ("coupled", "independent", "cautious")
+
+
+def weight_decay(rec) -> float:
+    """The decay factor of one step, ``γ_k·λ`` or, for ``weight_decay_mode="independent"``, ``λ·γ_k/γ_0``."""
+    group = rec.group
+    if group.get("weight_decay_mode") == "independent":
+        return group["weight_decay"] * group["lr"] / group.get("initial_lr", group["lr"])
+    return group["lr"] * group["weight_decay"]
 
 
 class StepRule:
@@ -73,7 +95,7 @@ class USCG(StepRule):
 
     def scale(self, records, ctx) -> None:
         for rec in records:
-            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * rec.radius
 
 
@@ -84,11 +106,20 @@ class Almond(USCG):
     accepts = ("averaged_lmo",)
 
 
+def _no_weight_decay(rule: StepRule, group: dict) -> None:
+    if group.get("weight_decay_mode", "coupled") != "coupled":
+        raise ValueError(f"rule {rule.name!r} has no weight decay (its shrink keeps W in the ρ-ball), so "
+                         f"weight_decay_mode={group['weight_decay_mode']!r} has no meaning")
+
+
 class SCG(StepRule):
     """SCG: ``W ← (1−γ)W + γρ·lmo(d)``, a convex combination that keeps W in the ρ-ball."""
 
     name = "scg"
     accepts = ("direction", "averaged_lmo")
+
+    def validate_group(self, group: dict) -> None:
+        _no_weight_decay(self, group)
 
     def scale(self, records, ctx) -> None:
         for rec in records:
@@ -103,7 +134,7 @@ class Steepest(StepRule):
 
     def scale(self, records, ctx) -> None:
         for rec in records:
-            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * rec.dual
 
 
@@ -121,7 +152,7 @@ class Clipped(StepRule):
     def scale(self, records, ctx) -> None:
         factor = torch.clamp(_global_sum([rec.radius * rec.dual for rec in records]) / self.clip_radius, max=1.0)
         for rec in records:
-            rec.shrink = rec.group["lr"] * rec.group["weight_decay"]
+            rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * rec.radius * factor
 
     def config(self) -> dict:
@@ -133,6 +164,9 @@ class ClippedConstrained(Clipped):
     ``W ← (1−γη)W + γηρ·s``."""
 
     name = "clipped_constrained"
+
+    def validate_group(self, group: dict) -> None:
+        _no_weight_decay(self, group)
 
     def scale(self, records, ctx) -> None:
         dots = ctx.complete([torch.sum(rec.d * rec.p, dtype=torch.float64) for rec in records], records)
@@ -181,10 +215,18 @@ def commit(dst: torch.Tensor, new: torch.Tensor, ok: torch.Tensor | None) -> tor
     return new
 
 
-def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tensor | None = None) -> None:
+def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tensor | None = None,
+                 cautious: bool = False) -> None:
     """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors. With ``ok`` (see
     :func:`commit`) the new value is formed out of place and written where ``ok`` holds (torch.compile fuses
-    the product, the sum and the select into one pass over ``p``)."""
+    the product, the sum and the select into one pass over ``p``). ``cautious``: the shrink only where the update
+    ``Δ = scale·s`` and ``p`` have opposite signs (or either is 0), ``p ← p − shrink·𝟙[Δ⊙p ≤ 0]⊙p + Δ``."""
+    if cautious and (isinstance(shrink, torch.Tensor) or shrink != 0):
+        work = torch.promote_types(p.dtype, s.dtype)
+        step = s.to(work) * (scale.to(work) if isinstance(scale, torch.Tensor) else scale)
+        keep = torch.where(step * p.to(work) <= 0, 1 - shrink, torch.ones((), dtype=work, device=p.device))
+        commit(p, (p.to(work) * keep.to(work) + step).to(p.dtype), ok)
+        return
     if ok is not None:  # in the wider of the two dtypes, as the in-place ops below compute
         work = torch.promote_types(p.dtype, s.dtype)
         keep = (1 - shrink).to(p.dtype).to(work) if isinstance(shrink, torch.Tensor) else 1 - shrink
