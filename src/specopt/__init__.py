@@ -10,6 +10,7 @@ roles).
 from specopt import checkpoint, constraints, estimators, layouts, linalg, norms, schedules, steps, views
 from specopt.adaptive import AdaMuon, NorMuon
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
+from specopt.drop import DropMuon
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator
 from specopt.linalg import msign, msign_band, polar_express_coefficients
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALMOND",
     "AdaMuon",
+    "DropMuon",
     "NorMuon",
     "BiasRMS",
     "Box",

@@ -45,6 +45,7 @@ OPTIMIZER_SUMMARY = {
     "muon": "specopt's Muon: msign of Nesterov momentum; AdamW on the rest",
     "normuon": "NorMuon: Muon's update rows divided by their running RMS",
     "adamuon": "AdaMuon: msign(sign(momentum)), element-wise second moment, AdamW's RMS",
+    "drop-muon": "Drop-Muon: Muon on the layers above a random cutoff each step",
     "scion": "Scion (SCG), constrained: W ← (1−γ)W + γρ·lmo(d)",
     "uscion": "unconstrained Scion (uSCG): W ← (1−γλ)W + γρ·lmo(d)",
     "clipped-scion": "the uSCG step scaled by min{1, ‖d‖_*/ρ_c}",

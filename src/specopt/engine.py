@@ -414,6 +414,9 @@ class GeometryOptimizer(Optimizer):
         else:
             for count in steps:
                 commit(count, count + 1, ctx.ok.to(count.device))
+        records = self.rule.active(records, ctx)
+        if not records:
+            return
         if self.rule.per_tensor and not self.lmo.distributed(records):
             # No rule-wide sum: update one lmo bucket at a time, so that only one bucket's directions and lmo
             # outputs are alive at once. Fresh memory for all of them would be page-faulted in every step

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, dict] = {
     "muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
     "normuon": {"lr": 0.02, "adamw_lr": 1e-2, "weight_decay": 0.0},
     "adamuon": {"lr": 0.016, "adamw_lr": 1e-2, "weight_decay": 0.0},
+    "drop-muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
     "scion": {"lr": 2**-10, "radius": 30.0, "momentum": 0.9},
     "uscion": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
     "clipped-scion": {"lr": 2**-3, "radius": 3.0, "momentum": 0.9, "clip_radius": 60.0},
@@ -83,8 +84,9 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
         return opts
-    if name in ("muon", "normuon", "adamuon"):
-        cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon}[name]
+    if name in ("muon", "normuon", "adamuon", "drop-muon"):
+        cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
+               "drop-muon": specopt.DropMuon}[name]
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
         return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"], "adamw_eps": 1e-8,
                                         "gram": hp.get("gram"), **options})]

@@ -61,6 +61,7 @@ class StepRule:
     ``per_tensor`` (shrink and scale depend on the tensor alone, so the engine may update one lmo bucket at a
     time; False for rules with a sum over tensors); ``traceable`` (False where the rule reads tensors on the host);
     ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`).
+    :meth:`active` may leave tensors out of a step.
     :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
     (``ctx.probed``); the context also carries ``ctx.lmo(records, need_dual)`` (the optimizer's lmo runner),
     ``ctx.complete(values, records)`` (per-tensor sums completed over shards), ``ctx.aux`` (the AdamW records),
@@ -79,6 +80,11 @@ class StepRule:
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
+
+    def active(self, records: list, ctx) -> list:
+        """The records this step updates (after their step counts advanced); the others get no estimator update,
+        no lmo and no step (Drop-Muon's dropped layers). All of them by default."""
+        return records
 
     def scale(self, records: list, ctx) -> None:
         raise NotImplementedError
