@@ -20,7 +20,7 @@ DEFAULTS: dict[str, dict] = {
     "muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
     "normuon": {"lr": 0.02, "adamw_lr": 1e-2, "weight_decay": 0.0},
     "adamuon": {"lr": 0.016, "adamw_lr": 1e-2, "weight_decay": 0.0},
-    "drop-muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
+    "drop-muon": {"lr": 0.02, "adamw_lr": 1e-2, "weight_decay": 0.0},
     "scion": {"lr": 2**-10, "radius": 30.0, "momentum": 0.9},
     "uscion": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
     "clipped-scion": {"lr": 2**-3, "radius": 3.0, "momentum": 0.9, "clip_radius": 60.0},

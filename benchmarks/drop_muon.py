@@ -1,0 +1,50 @@
+"""Drop-Muon's optimizer step against Muon's on the GPT-2-small parameter set of step.py (same parameters and
+gradients, interleaved steps, mean over steps: the cutoff changes every step).
+
+    python benchmarks/drop_muon.py [--blocks 4] [--steps 12] [--threads 1]
+
+Prints the mean step times and their ratio (target of the family issue: Drop-Muon ≤ 0.6× Muon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step import gpt2_small_params, roles  # noqa: E402
+
+import specopt  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    by_role = roles(gpt2_small_params(blocks=args.blocks))
+    groups = [{"params": by_role[k], "role": k} for k in ("hidden", "embedding", "vector")]
+    opts = {"Muon": specopt.Muon(groups, lr=0.02), "Drop-Muon": specopt.DropMuon(groups, lr=0.02)}
+    for opt in opts.values():
+        opt.step()
+    times = {name: [] for name in opts}
+    for _ in range(args.steps):
+        for name, opt in opts.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    mean = {name: statistics.mean(t) for name, t in times.items()}
+    print(f"{args.blocks} blocks, {args.threads} thread(s), mean of {args.steps} steps: "
+          f"Muon {mean['Muon'] * 1e3:.0f} ms, Drop-Muon {mean['Drop-Muon'] * 1e3:.0f} ms, "
+          f"ratio {mean['Drop-Muon'] / mean['Muon']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
