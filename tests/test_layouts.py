@@ -6,6 +6,7 @@ from torch import nn
 
 import specopt
 from specopt.norms import Blocked, Spectral, norm_from_config
+from specopt.roles import DEFAULT_RADII
 from specopt.views import MuonScaled, Stacked, Transposed
 
 
@@ -55,7 +56,7 @@ def test_declared_expert_stack_steps_each_expert_by_gamma_rho(layouts):
     for delta in model.experts.w_in.detach() - before:  # (d_in, d_out) per expert: the map is delta.T
         m = delta.T
         rms_rms = (m.shape[1] / m.shape[0]) ** 0.5 * torch.linalg.matrix_norm(m.double(), ord=2)
-        assert float(rms_rms) == pytest.approx(0.01 * 3.0, rel=1e-5)
+        assert float(rms_rms) == pytest.approx(0.01 * DEFAULT_RADII["expert"], rel=1e-5)
 
 
 def test_a_declaration_that_matches_nothing_is_an_error():

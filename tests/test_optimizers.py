@@ -260,3 +260,38 @@ def test_almond_averages_lmo_directions():
         opt.step()
         d = beta * d + (1 - beta) * radius * norm.lmo(g)
         torch.testing.assert_close(model.weight.detach(), before + lr * d, atol=1e-6, rtol=1e-5)
+
+
+ONE_SET = [("muon", Muon), ("scion", Scion), ("uscion", UScion), ("clipped-scion", ClippedScion),
+           ("gluon", Gluon), ("almond", ALMOND)]
+
+
+@pytest.mark.parametrize("task_name", ["char-gpt", "cnn"])
+@pytest.mark.parametrize("name, cls", ONE_SET, ids=[n for n, _ in ONE_SET])
+def test_one_set_of_defaults(name, cls, task_name):
+    """``specopt.X(specopt.param_groups(model))`` and ``specopt train --optimizer x`` (the registry) give every
+    tensor the same lr, radius, momentum and norm, and the same clip radius: one set of defaults."""
+    from specopt import registry
+    from specopt.tasks import get_task
+
+    task = get_task(task_name, **({"size": "tiny"} if task_name == "char-gpt" else {}))
+    model = task.build_model()
+    (built,) = registry.build(name, model, task, registry.resolve(name))
+    direct = cls(specopt.param_groups(model))
+    assert type(built) is type(direct)
+
+    def per_tensor(opt):
+        out = {}
+        for g in opt.param_groups:
+            for p in g["params"]:
+                out[id(p)] = (g["lr"], g["radius"], g["momentum"], g.get("betas"), g.get("eps"), repr(g["norm"]))
+        return out
+
+    assert per_tensor(built) == per_tensor(direct)
+    assert built.clip_radius == direct.clip_radius
+    hp = registry.resolve(name)
+    assert {g["lr"] for g in direct.param_groups if g["norm"] != "adamw"} == {hp["lr"]}
+    if "radius" in hp:  # the hidden radius the registry states is the one param_groups gives hidden matrices
+        assert {g["radius"] for g in direct.param_groups if g.get("role") in ("hidden", "conv")} == {hp["radius"]}
+    if "adamw_lr" in hp:
+        assert {g["lr"] for g in direct.param_groups if g["norm"] == "adamw"} == {hp["adamw_lr"]}

@@ -42,7 +42,7 @@ def test_text_model_gets_sign_spectral_sign():
     assert a["blocks.0.ln.weight"][:2] == ("vector", BiasRMS())
     assert a["blocks.1.norm.weight"][0] == "vector" and a["blocks.0.c_attn.bias"][0] == "vector"
     assert {k: v[2] for k, v in a.items() if k in ("wte.weight", "lm_head.weight", "blocks.0.mlp.weight")} == {
-        "wte.weight": 1.0, "lm_head.weight": 10.0, "blocks.0.mlp.weight": 3.0}
+        "wte.weight": 10.0, "lm_head.weight": 100.0, "blocks.0.mlp.weight": 30.0}
 
 
 def test_every_trainable_parameter_is_assigned_exactly_once():

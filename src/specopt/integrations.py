@@ -46,10 +46,11 @@ def create_optimizer(model: torch.nn.Module, name: str = "muon", *, lr: float | 
                      gram: bool | None = None, scheme: str = "auto", **options) -> torch.optim.Optimizer:
     """One optimizer named ``name`` for ``model``'s trainable parameters.
 
-    The hyperparameters left at ``None`` take :data:`specopt.registry.DEFAULTS` (tuned on the char-GPT; sweep
-    ``lr`` for a new model). ``radius`` is the hidden-layer radius (the other roles keep their ratio to it),
-    ``scheme`` the :func:`specopt.param_groups` scheme ("text", "image" or "auto"). Any other keyword goes to the
-    optimizer's constructor as it is, e.g. ``estimator="storm"``, ``nonfinite="skip"``, Gluon's ``L0``/``L1``.
+    The hyperparameters left at ``None`` take :data:`specopt.registry.DEFAULTS`, the optimizer classes' defaults
+    (swept on two char-GPTs and an MNIST CNN; sweep ``lr`` for a new model). ``radius`` is the hidden-layer radius
+    (the other roles keep their ratio to it), ``scheme`` the :func:`specopt.param_groups` scheme ("text", "image" or
+    "auto"). Any other keyword goes to the optimizer's constructor as it is, e.g. ``estimator="storm"``,
+    ``nonfinite="skip"``, Gluon's ``L0``/``L1``.
 
     Raises ValueError for an unknown name or hyperparameter, and for ``torch-muon``, which is two optimizers
     (torch's Muon and AdamW) where a trainer takes one (use ``"muon"``).

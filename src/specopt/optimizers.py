@@ -3,18 +3,23 @@ et al. 2025).
 
 | preset | estimator | step rule | defaults |
 |---|---|---|---|
-| :class:`Muon` | Nesterov 0.95 | ``W ← (1−γλ)W − γ·scale·msign(d̃)``, AdamW elsewhere | γ = 0.02, "original" |
-| :class:`Scion` | momentum 0.9 (α = 0.1) | SCG ``W ← (1−γ)W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
-| :class:`UScion` | momentum 0.9 | uSCG ``W ← W + γρ·lmo(d)`` | γ = 2⁻⁷, ρ = 3 |
-| :class:`ClippedScion` | momentum 0.9 | uSCG step × min{1, Σρ‖d‖_*/ρ_c} (or the constrained gap rule) | ρ_c = 600 |
+| :class:`Muon` | Nesterov 0.95 | ``W ← (1−γλ)W − γ·scale·msign(d̃)``, AdamW elsewhere | γ = 0.02, AdamW γ = 0.03 |
+| :class:`Scion` | momentum 0.9 (α = 0.1) | SCG ``W ← (1−γ)W + γρ·lmo(d)`` | γ = 2⁻¹⁰, ρ = 30 |
+| :class:`UScion` | momentum 0.9 | uSCG ``W ← W + γρ·lmo(d)`` | γ = 2⁻¹¹, ρ = 30 |
+| :class:`ClippedScion` | momentum 0.9 | uSCG × min{1, Σρ‖d‖_*/ρ_c} (or the gap rule) | γ = 2⁻⁷, ρ = 30, ρ_c = 600 |
 | :class:`Gluon` | momentum 0.9 or theory | ``W ← W + t_i·lmo(d)``, ``t_i = ‖d‖_*/(L0 + L1‖d‖_*)`` | L0, L1 online |
-| :class:`ALMOND` | averaged lmo | ``W ← W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁷, ρ = 3 |
+| :class:`ALMOND` | averaged lmo | ``W ← W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁸, ρ = 30 |
 | :class:`SteepestDescent` | none | ``W ← W + γ‖d‖_*·lmo(d)`` | γ = 0.01 |
 | :class:`ProxSpectral` | momentum 0.9 or STORM | ``Y = W − γP(λd)``, ``W ← proj_C(Y)`` in P's geometry | γ = 0.02 |
 
 ``norm="auto"`` gives each tensor the geometry of its rank (Spectral, SpectralConv, BiasRMS); use
 :func:`specopt.param_groups` to assign roles (embedding, hidden, head, vector) with their norms and radii.
-All defaults are provisional starting points; the sweeps that justify them are in the experiments.
+ρ is the hidden radius: ``radius`` defaults to ``roles.DEFAULT_RADII["hidden"]`` and is the radius of every group
+that states none; :func:`specopt.param_groups` gives each role its radius from the same table (embedding 10,
+head 100, vectors 10). The lr defaults (and Muon's AdamW lr, Clipped Scion's ρ_c) are the settings with the
+smallest worst regret over the char-GPT tiny and small and the MNIST CNN (``benchmarks/sweep_defaults.py``,
+EXPERIMENTS.md "Defaults sweep"); the `specopt` command reads them from here (:data:`specopt.registry.DEFAULTS`).
+SteepestDescent's were not swept.
 Every preset also takes the engine's ``nonfinite``, ``batch_lmo`` and ``process_group`` (see
 :class:`GeometryOptimizer` and :mod:`specopt.distributed`), and all
 but ALMOND take ``estimator="storm"`` (variance-reduced momentum; ``step(closure)``, two gradients per step).
@@ -30,17 +35,20 @@ from specopt.estimators import Estimator, get_estimator
 from specopt.layouts import auto_norm
 from specopt.norms import Blocked, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
+from specopt.roles import DEFAULT_RADII
 from specopt.steps import StepRule
 from specopt.views import MuonScaled, Stacked, Transposed
 
 _ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
+RADIUS = DEFAULT_RADII["hidden"]
+"""The presets' default radius: the hidden radius of :func:`specopt.param_groups`."""
 MUON_ROLES = ("hidden", "expert", "conv")
 """The roles of :func:`specopt.param_groups` Muon orthogonalises; the others (embedding, token, head, vector)
 go to its AdamW."""
 
 
 def _defaults(**kwargs) -> dict:
-    out = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": 3.0, "weight_decay": 0.0, **_ADAMW_KEYS}
+    out = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": RADIUS, "weight_decay": 0.0, **_ADAMW_KEYS}
     out.update(kwargs)
     return out
 
@@ -52,7 +60,7 @@ class Scion(GeometryOptimizer):
     ``‖W₀‖ ≤ ρ`` every iterate stays in the ρ-ball of its norm. ``momentum`` is β = 1 − α.
     """
 
-    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+    def __init__(self, params, lr: float = 2**-10, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
                  batch_lmo: bool | None = None,
                  process_group="auto"):
@@ -66,7 +74,7 @@ class Scion(GeometryOptimizer):
 class UScion(GeometryOptimizer):
     """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
 
-    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+    def __init__(self, params, lr: float = 2**-11, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
                  nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
@@ -79,10 +87,13 @@ class UScion(GeometryOptimizer):
 class ClippedScion(GeometryOptimizer):
     """Clipped Scion: the uSCG step scaled by ``min{1, ‖d‖_*/ρ_c}`` with the global dual norm
     ``‖d‖_* = Σ_l ρ_l‖d_l‖_(l)*`` (one scalar for all tensors). ``constrained=True``: ``s = ρ·lmo(d)``,
-    gap ``Ψ = ⟨d, W − s⟩``, ``η = min{1, Ψ/ρ_c}``, ``W ← (1−γη)W + γη·s``. Seeds: ρ_c = 600 (GPT), 1600 (CNN).
+    gap ``Ψ = ⟨d, W − s⟩``, ``η = min{1, Ψ/ρ_c}``, ``W ← (1−γη)W + γη·s``. ρ_c is in the units of the radii
+    (it scales with them); 600 at the default radii (the seed papers': 600 for a GPT, 1600 for a CNN). Where the
+    first steps' ``Σρ‖d‖_*`` is above ρ_c nothing is clipped and the step is the full ``γρ`` (0.23 for hidden
+    matrices at the defaults): measure it and set ρ_c a few times above it.
     """
 
-    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  clip_radius: float = 600.0, constrained: bool = False, weight_decay: float = 0.0,
                  nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
                  batch_lmo: bool | None = None,
@@ -122,7 +133,7 @@ class Gluon(GeometryOptimizer):
 class ALMOND(GeometryOptimizer):
     """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``."""
 
-    def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=3.0,
+    def __init__(self, params, lr: float = 2**-8, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
@@ -203,8 +214,8 @@ class Muon(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.95, nesterov: bool | None = None,
                  weight_decay: float = 0.0, scale: str = "original", method: str = "polar_express",
-                 steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-4,
-                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
+                 steps: int | None = None, compute_dtype=None, adamw_lr: float = 3e-2,
+                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
                  adamw_weight_decay: float = 0.0, estimator: str | Estimator = "momentum",
                  rule: str | StepRule = "uscg", nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto", gram: bool | None = None):

@@ -9,27 +9,43 @@ the hidden matrices and AdamW on the rest). Defaults come from the sweeps record
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 import specopt
 from specopt.roles import DEFAULT_RADII, param_groups
 
+
+def class_defaults(cls: type, *names: str) -> dict:
+    """The defaults of ``cls``'s constructor arguments ``names``: the registry reads its step sizes, radii and
+    AdamW lr from the optimizer classes, so that ``specopt train --optimizer scion`` and
+    ``specopt.Scion(specopt.param_groups(model))`` run the same hyperparameters."""
+    params = inspect.signature(cls).parameters
+    return {name: params[name].default for name in names}
+
+
 DEFAULTS: dict[str, dict] = {
     "adamw": {"lr": 4e-3, "weight_decay": 0.0},
-    "torch-muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
-    "muon": {"lr": 0.01, "adamw_lr": 1e-2, "weight_decay": 0.0},
-    "normuon": {"lr": 0.02, "adamw_lr": 1e-2, "weight_decay": 0.0},
-    "adamuon": {"lr": 0.016, "adamw_lr": 1e-2, "weight_decay": 0.0},
-    "drop-muon": {"lr": 0.02, "adamw_lr": 1e-2, "weight_decay": 0.0},
-    "scion": {"lr": 2**-10, "radius": 30.0, "momentum": 0.9},
-    "uscion": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
-    "clipped-scion": {"lr": 2**-3, "radius": 3.0, "momentum": 0.9, "clip_radius": 60.0},
-    "gluon": {"lr": 1.0, "momentum": 0.9},
-    "almond": {"lr": 2**-5, "radius": 1.0, "momentum": 0.9},
+    "torch-muon": class_defaults(specopt.Muon, "lr", "adamw_lr", "weight_decay"),
+    "muon": class_defaults(specopt.Muon, "lr", "adamw_lr", "weight_decay"),
+    "normuon": {**class_defaults(specopt.NorMuon, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
+    "adamuon": {**class_defaults(specopt.AdaMuon, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
+    "drop-muon": {**class_defaults(specopt.DropMuon, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
+    "scion": class_defaults(specopt.Scion, "lr", "radius", "momentum"),
+    "uscion": class_defaults(specopt.UScion, "lr", "radius", "momentum"),
+    "clipped-scion": class_defaults(specopt.ClippedScion, "lr", "radius", "momentum", "clip_radius"),
+    "gluon": class_defaults(specopt.Gluon, "lr", "momentum"),
+    "almond": class_defaults(specopt.ALMOND, "lr", "radius", "momentum"),
     "sgd": {"lr": 0.1, "momentum": 0.9},
-    "prox-spectral": {"lr": 0.04, "adamw_lr": 1e-2, "momentum": 0.9},
+    "prox-spectral": {**class_defaults(specopt.ProxSpectral, "lr", "momentum"), "adamw_lr": 1e-2},
 }
-"""Per-optimizer defaults (learning rates for the char-GPT's scale; other tasks sweep with ``--sweep``)."""
+"""Per-optimizer defaults. The specopt presets' come from their classes (:func:`class_defaults`), whose defaults
+are the settings with the smallest worst regret over the char-GPT tiny and small and the MNIST CNN
+(``benchmarks/sweep_defaults.py``, EXPERIMENTS.md "Defaults sweep"); ``radius`` is the hidden radius,
+``roles.DEFAULT_RADII["hidden"]``, so the registry's groups are ``param_groups(model)``'s. ``adamw`` and ``sgd``
+are torch's optimizers with their swept (AdamW) and conventional (SGD) step sizes; ``torch-muon`` takes Muon's.
+"""
 
 HPARAMS = ("lr", "momentum", "weight_decay", "radius", "clip_radius", "adamw_lr", "gram")
 
@@ -88,7 +104,7 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
                "drop-muon": specopt.DropMuon}[name]
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
-        return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"], "adamw_eps": 1e-8,
+        return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **options})]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
         groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
@@ -109,7 +125,7 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
     if name == "clipped-scion":
         return [specopt.ClippedScion(groups, **{**common, "clip_radius": hp["clip_radius"], **options})]
     if name == "gluon":
-        return [specopt.Gluon([{**g, "radius": 1.0} for g in groups], **{**common, **options})]
+        return [specopt.Gluon(groups, **{**common, **options})]  # the radii are unused: t_l comes from L0, L1
     if name == "almond":
         return [specopt.ALMOND(groups, **{**common, **options})]
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(DEFAULTS)}")

@@ -15,9 +15,12 @@ The layout of each tensor (which axes are d_out, d_in and batch; fused blocks; t
 
 This is Sign → Spectral → Sign for text models (Pethick et al. 2025, Scion) and Spectral(conv) for images.
 Every norm acts on the matrix the module computes with (transformers' ``Conv1D`` weights are read transposed,
-expert stacks per expert, see :mod:`specopt.views`). Default radii are the small-model values of the Scion
-paper (embedding 1, hidden 3, head 10); override per role with ``radii=`` and per parameter name (regex) with
-``overrides=``.
+expert stacks per expert, see :mod:`specopt.views`). Default radii (:data:`DEFAULT_RADII`): embedding 10, hidden 30,
+head 100 — the ratios of the Scion paper's small-model values (1 : 3 : 10), scaled so that the hidden radius is
+the one Scion's sweep picked over the char-GPT tiny and small and the MNIST CNN (EXPERIMENTS.md, "Defaults
+sweep"). Every preset's default lr is stated for these radii (for UScion, ClippedScion and ALMOND only γρ
+matters), so ``specopt.Scion(param_groups(model))`` is the `specopt` command's Scion. Override per role with
+``radii=`` and per parameter name (regex) with ``overrides=``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from specopt.views import Stacked, Transposed
 
 ROLES = ("embedding", "token", "hidden", "expert", "conv", "head", "vector")
 SCHEMES = ("auto", "text", "image")
-DEFAULT_RADII = {"embedding": 1.0, "token": 1.0, "hidden": 3.0, "expert": 3.0, "conv": 3.0, "head": 10.0,
-                 "vector": 1.0}
+DEFAULT_RADII = {"embedding": 10.0, "token": 10.0, "hidden": 30.0, "expert": 30.0, "conv": 30.0, "head": 100.0,
+                 "vector": 10.0}
+"""The radius of each role. One table for every preset: the classes' ``radius`` default (the radius of a group
+that states none) is its ``"hidden"`` entry, and the `specopt` command's ``--radius`` scales every role with it."""
 
 
 def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None = None, head=None,
@@ -46,7 +51,7 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     Args:
         model: the module whose trainable parameters are assigned (frozen ones are left out, tied ones once).
         scheme: "text", "image", or "auto" (text when the model has an ``nn.Embedding``).
-        radii: per-role radius overrides, e.g. ``{"hidden": 50.0}``.
+        radii: per-role radius overrides, e.g. ``{"hidden": 50.0}`` (the others keep :data:`DEFAULT_RADII`).
         head: regex of the output layer's module name, ``False`` for no head; default: found by what it is
             (:mod:`specopt.heads`).
         embedding_norm: "sign" (ℓ∞) or "col_norm" (ColNorm with transpose, each token vector RMS-normalised).
