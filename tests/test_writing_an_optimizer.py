@@ -132,6 +132,7 @@ def test_each_member_trains(guide, member):
     else:
         opt = specopt.Scion([{"params": [m.weight for m in model if isinstance(m, torch.nn.Linear)],
                               "norm": guide.Nuclear(), "radius": 20.0},
-                             {"params": [m.bias for m in model if isinstance(m, torch.nn.Linear)]}], lr=0.02)
+                             {"params": [m.bias for m in model if isinstance(m, torch.nn.Linear)], "radius": 1.0}],
+                            lr=0.02)
     losses = train(model, opt, X, y, 150)
     assert losses[-1] < 0.3 * losses[0]
