@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step import gpt2_small_params, roles  # noqa: E402
+from step import gpt2_small_params, muon_groups, roles  # noqa: E402
 
 import specopt  # noqa: E402
 
@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     by_role = roles(gpt2_small_params(blocks=args.blocks))
-    groups = [{"params": by_role[k], "role": k} for k in ("hidden", "embedding", "vector")]
+    groups = muon_groups(by_role)
     opts = {"Muon": specopt.Muon(groups, lr=0.02), "Drop-Muon": specopt.DropMuon(groups, lr=0.02)}
     for opt in opts.values():
         opt.step()

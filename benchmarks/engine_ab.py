@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step import gpt2_small_params, roles  # noqa: E402
+from step import gpt2_small_params, muon_groups, roles, scion_groups  # noqa: E402
 
 import specopt  # noqa: E402
 
@@ -31,11 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     by_role = roles(gpt2_small_params(blocks=args.blocks))
-    muon = [{"params": by_role[k], "role": k} for k in ("hidden", "embedding", "vector")]
-    scion = [{"params": by_role["hidden"], "norm": specopt.Spectral(), "radius": 3.0},
-             {"params": by_role["embedding"], "norm": specopt.Sign(), "radius": 1.0},
-             {"params": by_role["vector"], "norm": specopt.BiasRMS(), "radius": 1.0}]
-    opts = {"Muon": specopt.Muon(muon, lr=0.02), "Scion": specopt.Scion(scion), "UScion": specopt.UScion(scion)}
+    opts = {"Muon": specopt.Muon(muon_groups(by_role), lr=0.02), "Scion": specopt.Scion(scion_groups(by_role)),
+            "UScion": specopt.UScion(scion_groups(by_role))}
     out = {}
     for name, opt in opts.items():
         opt.step()

@@ -73,30 +73,39 @@ def roles(params):
     return by_role
 
 
+def muon_groups(r) -> list[dict]:
+    """Muon's groups over :func:`roles`' split: the hidden matrices orthogonalised, the rest on its AdamW."""
+    return [{"params": r[k], "role": k} for k in ("hidden", "embedding", "vector")]
+
+
+def scion_groups(r) -> list[dict]:
+    """Scion's groups over :func:`roles`' split: Spectral hidden matrices, Sign embeddings, BiasRMS vectors."""
+    return [
+        {"params": r["hidden"], "norm": specopt.Spectral(), "radius": 3.0, "role": "hidden"},
+        {"params": r["embedding"], "norm": specopt.Sign(), "radius": 1.0, "role": "embedding"},
+        {"params": r["vector"], "norm": specopt.BiasRMS(), "radius": 1.0, "role": "vector"},
+    ]
+
+
 def optimizers(params):
     """name → (optimizers to step together), all over the same parameters."""
     r = roles(params)
     hidden = [p for _, p in r["hidden"]]
     rest = [p for _, p in r["embedding"] + r["vector"]]
     every = [p for _, p in params]
-    scion_groups = [
-        {"params": r["hidden"], "norm": specopt.Spectral(), "radius": 3.0, "role": "hidden"},
-        {"params": r["embedding"], "norm": specopt.Sign(), "radius": 1.0, "role": "embedding"},
-        {"params": r["vector"], "norm": specopt.BiasRMS(), "radius": 1.0, "role": "vector"},
-    ]
-    muon_groups = [{"params": r[k], "role": k} for k in ("hidden", "embedding", "vector")]
+    muon, scion = muon_groups(r), scion_groups(r)
     return {
         "torch.optim.Muon + AdamW": [torch.optim.Muon(hidden, lr=0.02, weight_decay=0.0, adjust_lr_fn="original"),
                                      torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0)],
         "torch.optim.Muon + AdamW(fused)": [
             torch.optim.Muon(hidden, lr=0.02, weight_decay=0.0, adjust_lr_fn="original"),
             torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0, fused=True)],
-        "specopt Muon": [specopt.Muon(muon_groups, lr=0.02)],
-        "specopt Muon (gram=True)": [specopt.Muon(muon_groups, lr=0.02, gram=True)],
-        "specopt Drop-Muon": [specopt.DropMuon(muon_groups, lr=0.02)],
+        "specopt Muon": [specopt.Muon(muon, lr=0.02)],
+        "specopt Muon (gram=True)": [specopt.Muon(muon, lr=0.02, gram=True)],
+        "specopt Drop-Muon": [specopt.DropMuon(muon, lr=0.02)],
         "torch.optim.AdamW": [torch.optim.AdamW(every, lr=3e-4)],
-        "specopt Scion": [specopt.Scion(scion_groups)],
-        "specopt UScion": [specopt.UScion(scion_groups)],
+        "specopt Scion": [specopt.Scion(scion)],
+        "specopt UScion": [specopt.UScion(scion)],
     }
 
 
