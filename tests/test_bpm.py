@@ -1,4 +1,4 @@
-"""The Broximal Point Method's results (ALGORITHMS.md §5) on convex problems."""
+"""The Broximal Point Method's results (Gruntkowska, Li, Rane & Richtárik 2025, arXiv:2502.02002) on convex problems."""
 
 import math
 

@@ -29,7 +29,7 @@ IDS = list(EXACT)
 
 
 def exact_dual(name: str, g: np.ndarray) -> float:
-    """Closed forms of ALGORITHMS.md §1, computed independently with numpy."""
+    """Closed forms of the norm catalogue (docs/reference/norms.md), computed independently with numpy."""
     if name == "euclidean":
         return np.linalg.norm(g)
     if name == "sign":

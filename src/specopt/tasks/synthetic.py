@@ -48,7 +48,7 @@ class MatrixFactorization(Task):
         self.init_scale = init_scale
 
     def initial_point(self) -> torch.Tensor:
-        """``X₀ = init_scale·U`` (aligned small initialisation, as in the seed's analysis)."""
+        """``X₀ = init_scale·U`` (aligned small initialisation, as in Ma, Huang, Chi & Chen's analysis)."""
         return self.init_scale * self.U.clone()
 
     def build_model(self) -> nn.Module:
