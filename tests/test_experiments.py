@@ -24,7 +24,8 @@ def run_quick(name, tmp_path):
     return rows, report
 
 
-WITH_CLAIM_TEST = {"nonlinear-preconditioner", "constraints", "heavy-tails"}  # run (and checked) below
+WITH_CLAIM_TEST = {"nonlinear-preconditioner", "constraints", "heavy-tails",
+                   "hparam-transfer"}  # run (and checked) below
 
 
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n not in WITH_CLAIM_TEST])
@@ -121,3 +122,60 @@ def test_bpm_experiment_claim(tmp_path):
         if r["method"].startswith("BPM"):
             assert int(r["iterations_to_1e-10"]) <= 16  # finite convergence within K = ⌈‖x₀ − x*‖²/t²⌉
         assert float(r["linearised_brox_minus_normalised_gd"]) < 1e-12
+
+
+def test_hparam_transfer_report_states_the_slopes_of_its_own_table(tmp_path):
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    rows, report = run_quick("hparam-transfer", tmp_path)
+    assert (tmp_path / "hparam-transfer" / "curves.png").exists()
+    runs = list(csv.DictReader(open(tmp_path / "hparam-transfer" / "runs.csv")))
+    for name in ("uscion", "adamw"):
+        fitted = [r for r in rows if r["optimizer"] == name and r["censored"] == "no"]
+        for r in fitted:  # an uncensored optimum lies strictly inside the step sizes its width was run at
+            lrs = [float(u["lr"]) for u in runs if u["optimizer"] == name and u["width"] == r["width"]]
+            assert min(lrs) < float(r["lr_star"]) < max(lrs)
+        x = np.log2([float(r["width"]) for r in fitted])
+        y = np.array([float(r["log2_lr_star"]) for r in fitted])
+        if len(x) < 3:
+            continue
+        slope, intercept = np.polyfit(x, y, 1)  # recomputed here, independently of the experiment's code
+        res = y - slope * x - intercept
+        half = student_t.ppf(0.975, len(x) - 2) * np.sqrt(res @ res / (len(x) - 2) / ((x - x.mean()) ** 2).sum())
+        assert f"{slope:+.2f} [{slope - half:+.2f}, {slope + half:+.2f}]" in report
+
+
+def test_hparam_transfer_fit_finds_the_vertex_and_censors_the_edges():
+    import numpy as np
+
+    from specopt.experiments.transfer import fit_optimum
+
+    ks = list(range(-20, -9))  # γ = 2^(k/2), log₂ γ from −10 to −5
+    loss = [(k / 2 + 7.3) ** 2 + 2.5 for k in ks]
+    assert fit_optimum(ks, loss, 2).log2_lr == pytest.approx(-7.3) and not fit_optimum(ks, loss, 2).censored
+    diverged = [v if k < -13 else np.nan for k, v in zip(ks, loss, strict=True)]  # the largest steps blew up
+    assert fit_optimum(ks, diverged, 2).log2_lr == pytest.approx(-7.3)
+    edge = [(k / 2 + 4.0) ** 2 for k in ks]  # the optimum lies above the grid
+    assert fit_optimum(ks, edge, 2).censored == "above the grid"
+    assert fit_optimum(ks, [-v for v in loss], 2).censored  # a maximum is no optimum
+
+
+def test_hparam_transfer_slope_interval_has_its_stated_coverage():
+    import numpy as np
+
+    from specopt.experiments.transfer import fit_slope
+
+    rng = np.random.default_rng(0)
+    widths = [16, 32, 64, 128, 256] * 2
+    trials = 4000
+    covered = 0
+    for _ in range(trials):  # true slope −0.3, noise 0.3 octaves per fitted optimum
+        y = -0.3 * np.log2(widths) - 8 + 0.3 * rng.standard_normal(len(widths))
+        s = fit_slope(widths, y.tolist())
+        covered += s.low <= -0.3 <= s.high
+    assert 0.935 < covered / trials < 0.965  # 95 % (a normal quantile instead of Student's t covers ~91 %)
+    exact = fit_slope(widths, [-8 - np.log2(w) for w in widths])
+    assert exact.value == pytest.approx(-1.0) and exact.high - exact.low < 1e-9 and exact.verdict() == "drifts"
+    flat = fit_slope(widths, [-8.0 + 0.05 * (-1) ** i for i in range(len(widths))])
+    assert flat.verdict() == "transfers"

@@ -116,3 +116,35 @@ def test_icl_regression_gradient_matches_autograd():
     task.objective(G).backward()
     torch.testing.assert_close(G.grad, task.gradient(G.detach()))
     assert task.objective(task.Gamma_star) <= task.objective(G.detach())
+
+
+def test_char_gpt_head_dim_fixes_the_head_and_adds_heads_with_width():
+    for width in (16, 64):
+        model = get_task("char-gpt", size="tiny", n_embd=width, head_dim=16).build_model()
+        assert model.blocks[0].attn.n_head == width // 16
+    with pytest.raises(ValueError, match="head_dim must be a positive integer dividing n_embd = 48"):
+        get_task("char-gpt", size="tiny", n_embd=48, head_dim=32)
+    with pytest.raises(ValueError, match="unknown char-gpt init 'xavier'"):
+        get_task("char-gpt", size="tiny", init="xavier")
+
+
+@pytest.mark.parametrize("width", [16, 128])
+def test_char_gpt_norms_init_puts_every_matrix_on_its_unit_sphere(width):
+    from specopt import param_groups
+
+    model = get_task("char-gpt", size="tiny", n_embd=width, head_dim=16, init="norms").build_model()
+    for group in param_groups(model, scheme="text"):
+        for name, p in group["params"]:
+            # the unit sphere of each matrix's norm; LayerNorm gains keep their ones (RMS 1 too)
+            assert float(group["norm"].norm(p.detach()).max()) == pytest.approx(1.0, rel=1e-5), name
+    attn = model.blocks[0].attn.c_attn.weight.detach()  # each fused q/k/v block: √(d_out/d_in)·orthogonal
+    q = attn[:width]
+    torch.testing.assert_close(q @ q.T, torch.eye(width), atol=1e-5, rtol=0)
+
+
+def test_char_gpt_standard_init_is_pytorchs_fan_in_init():
+    model = get_task("char-gpt", size="tiny", n_embd=64, init="standard").build_model()
+    fc = model.blocks[0].fc.weight.detach()  # U(±1/√fan_in): std 1/√(3·fan_in)
+    assert float(fc.abs().max()) <= 1 / 64**0.5
+    assert float(fc.std()) == pytest.approx(1 / (3 * 64) ** 0.5, rel=0.05)
+    assert float(model.wte.weight.detach().std()) == pytest.approx(1.0, rel=0.1)  # embeddings N(0, 1)

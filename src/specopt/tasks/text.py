@@ -2,6 +2,17 @@
 
 Pre-LayerNorm transformer blocks, causal self-attention through a fused QKV projection, GELU MLP of width
 4d, learned position embeddings, untied output head, no biases. 90 % of the text trains, 10 % validates.
+
+Initialisations (option ``init``):
+
+* ``"gpt2"`` (default): every matrix N(0, 0.02²), residual projections N(0, (0.02/√(2L))²) (Radford et al. 2019);
+* ``"standard"``: PyTorch's own initialisers, the standard parametrisation of width studies (Yang et al. 2022,
+  *Tensor Programs V*, arXiv:2203.03466): linear layers U(±1/√fan_in), embeddings N(0, 1);
+* ``"norms"``: every matrix on the unit sphere of the norm Scion gives its role (:func:`specopt.param_groups`,
+  text scheme; Pethick et al. 2025, arXiv:2502.07529): hidden matrices ``√(d_out/d_in)·Q`` with Q orthogonal
+  (each fused q/k/v block its own), so ``‖W‖_RMS→RMS = 1``; embeddings ±1 (``‖W‖_∞ = 1``); the head ±1/d_in
+  (``d_in·max|W| = 1``). The norm of every layer is then the same at every width, the init the norm-based
+  geometry assumes (Large et al. 2024, *Scalable optimization in the modular norm*, arXiv:2405.14813).
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from specopt.roles import param_groups
 from specopt.tasks.base import Task, init_model
 from specopt.tasks.data import DataError, read_text
 
@@ -83,9 +95,25 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+INITS = ("gpt2", "standard", "norms")
+
+
+def init_on_unit_spheres(model: nn.Module) -> None:
+    """Set every matrix of ``model`` to a random point of norm 1 in its role's norm (``Norm.init``); vectors
+    (norm gains) keep their value."""
+    with torch.no_grad():
+        for group in param_groups(model, scheme="text"):
+            if group["role"] == "vector":
+                continue
+            for _, p in group["params"]:
+                p.copy_(group["norm"].init(p.shape, 1.0, dtype=p.dtype))
+
+
 class CharGPT(Task):
     """Next-character prediction. Options: ``size`` (tiny, small, medium), ``data`` (a text file; default
-    the shipped Shakespeare), ``n_embd``/``n_layer`` to override the size (width sweeps), ``batch_size``."""
+    the shipped Shakespeare), ``n_embd``/``n_layer`` to override the size (width sweeps), ``head_dim`` to fix
+    the attention head's dimension (``n_embd/head_dim`` heads: width sweeps that widen by adding heads),
+    ``batch_size``, ``block_size``, ``init`` (see :data:`INITS` and the module docstring)."""
 
     name = "char-gpt"
     unit = "tokens"
@@ -93,13 +121,21 @@ class CharGPT(Task):
 
     def __init__(self, seed: int = 0, size: str = "tiny", data: str | None = None, n_embd: int | None = None,
                  n_layer: int | None = None, batch_size: int | None = None, block_size: int | None = None,
-                 val_batches: int = 8):
+                 val_batches: int = 8, head_dim: int | None = None, init: str = "gpt2"):
         super().__init__(seed)
         if size not in SIZES:
             raise ValueError(f"unknown char-gpt size {size!r}; valid sizes: {', '.join(SIZES)}")
+        if init not in INITS:
+            raise ValueError(f"unknown char-gpt init {init!r}; valid inits: {', '.join(INITS)}")
+        self.init = init
         base = SIZES[size]
         n_embd = n_embd or base.n_embd
-        n_head = base.n_head if n_embd % base.n_head == 0 else 1
+        if head_dim is None:
+            n_head = base.n_head if n_embd % base.n_head == 0 else 1
+        elif isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1 or n_embd % head_dim:
+            raise ValueError(f"head_dim must be a positive integer dividing n_embd = {n_embd}, got {head_dim!r}")
+        else:
+            n_head = n_embd // head_dim
         self.cfg = GPTConfig(n_layer or base.n_layer, n_head, n_embd, block_size or base.block_size,
                              batch_size or base.batch_size)
         text = read_text(data)
@@ -122,7 +158,17 @@ class CharGPT(Task):
         return x, y
 
     def build_model(self) -> nn.Module:
-        return init_model(lambda: GPT(len(self.vocab), self.cfg), self.seed)
+        return init_model(self._build, self.seed)
+
+    def _build(self) -> GPT:
+        model = GPT(len(self.vocab), self.cfg)
+        if self.init == "standard":
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.reset_parameters()
+        elif self.init == "norms":
+            init_on_unit_spheres(model)
+        return model
 
     def batch(self, step: int):
         return self._sample(self.train_ids, self.generator(step))
