@@ -25,7 +25,7 @@ def run_quick(name, tmp_path):
 
 
 WITH_CLAIM_TEST = {"nonlinear-preconditioner", "constraints", "heavy-tails",
-                   "hparam-transfer"}  # run (and checked) below
+                   "hparam-transfer", "clipping"}  # run (and checked) below
 
 
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n not in WITH_CLAIM_TEST])
@@ -179,3 +179,78 @@ def test_hparam_transfer_slope_interval_has_its_stated_coverage():
     assert exact.value == pytest.approx(-1.0) and exact.high - exact.low < 1e-9 and exact.verdict() == "drifts"
     flat = fit_slope(widths, [-8.0 + 0.05 * (-1) ** i for i in range(len(widths))])
     assert flat.verdict() == "transfers"
+
+
+def test_clipping_quick_run_records_a_clip_that_binds_and_releases(tmp_path):
+    rows, report = run_quick("clipping", tmp_path)
+    assert {(r["task"], r["schedule"]) for r in rows} == {
+        (task, schedule) for task in ("teacher-student", "char-gpt") for schedule in ("constant", "linear-decay")}
+    assert (tmp_path / "clipping" / "clip_factor.png").exists() and (tmp_path / "clipping" / "curves.png").exists()
+    with open(tmp_path / "clipping" / "traces.csv") as f:
+        traces = list(csv.DictReader(f))
+    for r in rows:
+        mine = [t for t in traces if (t["task"], t["schedule"]) == (r["task"], r["schedule"])]
+        factors = [float(t["clip_factor"]) for t in mine]
+        for t, c in zip(mine, factors, strict=True):  # c_k = min{1, D_k/ρ_c} of the recorded momentum norm
+            assert c == pytest.approx(min(1.0, float(t["dual_norm"]) / float(t["clip_radius"])))
+        per_seed = {}
+        for t, c in zip(mine, factors, strict=True):
+            per_seed.setdefault(t["seed"], []).append(c >= 1.0)
+        assert len(per_seed) == 3
+        binding = sum(sum(v) / len(v) for v in per_seed.values()) / len(per_seed)
+        assert float(r["binding_fraction"]) == pytest.approx(binding)
+        if r["task"] == "teacher-student":  # D_1 = (1−β)‖g_1‖ is below ρ_c, the peak of D_k above it
+            assert min(factors) < 1.0 and max(factors) == 1.0
+        assert r["verdict"] in report
+
+
+def test_clipping_rules_step_as_uscion_and_clipped_scion_and_read_the_momentum():
+    import torch
+
+    import specopt
+    from specopt.engine import GeometryOptimizer
+    from specopt.experiments.clipping import MOMENTUM, TeacherStudent, TracedClipped, TracedUSCG
+
+    task, lr = TeacherStudent(0), 2**-10
+
+    def trajectory(build, steps=6):
+        model = task.build_model()
+        opt = build(specopt.param_groups(model))
+        first = None
+        for k in range(steps):
+            opt.zero_grad()
+            task.loss(model, task.batch(k)).backward()
+            if first is None:
+                first = sum(g["radius"] * float(-(p.grad * g["norm"].lmo(p.grad)).sum())
+                            for g in opt.param_groups for p in g["params"])
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()], opt, first
+
+    def traced(rule):
+        return lambda groups: GeometryOptimizer(groups, {"lr": lr, "momentum": MOMENTUM, "weight_decay": 0.0},
+                                                rule=rule)
+
+    ref, _, _ = trajectory(lambda groups: specopt.UScion(groups, lr=lr, momentum=MOMENTUM))
+    mine, opt, gradient_dual = trajectory(traced(TracedUSCG()))
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine, strict=True))
+    duals = opt.rule.duals
+    assert len(duals) == 6
+    # D_k is the momentum's dual norm: d_1 = (1−β)·g_1, so D_1 = (1−β)·Σρ‖g_1‖_*, not the gradient's
+    assert duals[0] == pytest.approx((1 - MOMENTUM) * gradient_dual, rel=1e-3)
+    rho_c = (duals[0] + max(duals)) / 2
+    ref, _, _ = trajectory(lambda groups: specopt.ClippedScion(groups, lr=lr, momentum=MOMENTUM, clip_radius=rho_c))
+    mine, opt, _ = trajectory(traced(TracedClipped(rho_c)))
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine, strict=True))
+    factors = opt.rule.factors
+    assert factors[0] < 1.0 and 1.0 in factors
+    assert factors == [min(1.0, d / rho_c) for d in opt.rule.duals]
+
+
+def test_clipping_speedup_is_the_horizon_ratio_at_equal_loss():
+    from specopt.experiments.clipping import speedup
+
+    slow, fast = [(100, 2.0), (200, 1.0)], [(100, 1.5), (200, 0.8)]
+    reach = 100 + 100 * (1.5 - 1.0) / (1.5 - 0.8)  # where the faster run reaches 1.0, linearly between its points
+    assert speedup(slow, fast, 200) == (pytest.approx(200 / reach), "=")
+    assert speedup(fast, slow, 200) == (pytest.approx(reach / 200), "=")  # clipped slower: S < 1
+    assert speedup(slow, [(100, 0.9), (200, 0.5)], 200) == (2.0, "≥")  # reached before the first horizon: a bound
