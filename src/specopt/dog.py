@@ -28,7 +28,7 @@ random walk does not turn into distance, is what holds it back. Filter the noise
 whose lmo moves every coordinate by the full step (the ℓ∞ ``Sign`` that :func:`specopt.param_groups` gives
 embeddings and heads, where the most persistent coordinate sets the radius of all), and the radius runs away: on the
 char-GPT, momentum 0.9 diverged, 0.5 ended at 2.47 against 2.07 at 0, and the ``Sign`` embeddings and head at 3.18
-(EXPERIMENTS.md, "Parameter-free members"). :class:`DoG` therefore takes the gradient itself (momentum 0), keeps
+(EXPERIMENTS.md, "AdaGO and DoG"). :class:`DoG` therefore takes the gradient itself (momentum 0), keeps
 ``param_groups``' spectral geometry on the matrices Muon orthogonalises (hidden, expert, conv; all-Euclidean DoG, i.e.
 L-DoG, ended at 2.51) and steps every other role in the Euclidean norm.
 
