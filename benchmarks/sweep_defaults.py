@@ -71,6 +71,8 @@ CHEAP = {  # tiny and cnn: a few seconds a run; `radius` 30 is Scion's best on b
     "almond": grid(lr=octaves(-10, -6), radius=[30.0]),
     "prox-spectral": grid(lr=[0.02, 0.04, 0.08]),
     "gluon": [{"lr": 1.0}],
+    "adago": grid(lr=[0.05, 0.1, 0.2, 0.4, 0.8], adamw_lr=[3e-2]),  # AdaGO's η at Muon's AdamW lr (tiny only)
+    "dog": grid(lr=[0.5, 1.0, 2.0]),  # DoG's multiplier: 1 is the rule as published (tiny only)
 }
 SMALL = {  # 4-5 min a run: the candidates the cheap tasks leave, and AdamW's reference
     "adamw": grid(lr=[5e-4, 1e-3, 2e-3, 4e-3]),
@@ -192,7 +194,7 @@ def choose(per_task: dict[str, dict[tuple, float]]) -> tuple[tuple, dict[str, fl
     return chosen, regrets(chosen)
 
 
-ORDER = ("adamw", "muon", "scion", "uscion", "clipped-scion", "almond", "prox-spectral", "gluon")
+ORDER = ("adamw", "muon", "scion", "uscion", "clipped-scion", "almond", "prox-spectral", "gluon", "adago", "dog")
 OVERRIDES = {"clipped-scion": ((2**-7, 30.0, 600.0, ""),
                               "(2⁻⁶, 30, 600) has the smaller worst regret (+0.017 on small against +0.030 on the CNN) "
                               "but diverges on the 2-layer width-32 GPT-2 of tests/test_models.py: its first dual norm "

@@ -10,10 +10,10 @@ import torch
 from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_ids, train
 from torch import nn
 
-from specopt import Muon, ProxSpectral, Scion, UScion, linalg
+from specopt import AdaGO, DoG, Muon, ProxSpectral, Scion, UScion, linalg
 from specopt.norms import Spectral
 
-PRESETS = GEOMETRY_PRESETS + [(ProxSpectral, {})]
+PRESETS = GEOMETRY_PRESETS + [(ProxSpectral, {}), (AdaGO, {}), (DoG, {})]
 IDS = preset_ids(PRESETS)
 SMALL = (20, 16, 4)  # two weight matrices: a short graph to compile
 

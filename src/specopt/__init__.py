@@ -8,8 +8,10 @@ roles).
 """
 
 from specopt import checkpoint, constraints, estimators, layouts, linalg, norms, schedules, steps, views
+from specopt.adago import AdaGO
 from specopt.adaptive import AdaMuon, NorMuon
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
+from specopt.dog import DoG
 from specopt.drop import DropMuon
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator
@@ -36,7 +38,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALMOND",
+    "AdaGO",
     "AdaMuon",
+    "DoG",
     "DropMuon",
     "NorMuon",
     "BiasRMS",
