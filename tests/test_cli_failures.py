@@ -462,7 +462,7 @@ def test_experiment_help_lists_every_experiment_with_a_line_of_description():
     entries = _entries(result.output, "Experiments")
     assert list(entries) == list(EXPERIMENTS)
     assert all(len(text.split()) >= 3 for text in entries.values())
-    assert entries["clipping"] == "Scion with and without clipping on the char-GPT."
+    assert entries["clipping"] == "Clipped Scion against UScion on two tasks."
     assert "see `specopt experiment --help`" not in result.output
 
 

@@ -1,5 +1,4 @@
-"""`clipping`: does clipping speed Scion up? Clipped Scion against UScion at equal tuning budgets, on a regression
-task whose momentum norm decays and on the char-GPT.
+"""`clipping`: Clipped Scion against UScion on two tasks.
 
 Claim (Pethick et al. 2025, *Generalized Gradient Norm Clipping & Non-Euclidean (L0, L1)-Smoothness*,
 arXiv:2506.01913): clipping speeds Scion up by 10–15 % (15 % on DeiT-base, 10 % over uScion on a 1B NanoGPT).
