@@ -110,3 +110,15 @@ def test_setting_batches_respect_the_step_limits():
     assert s.batches(1024) == [16, 32, 64, 128, 256]
     lr, beta = s.grid(4)
     assert float(lr.max()) <= 1.0 and float(beta[0]) == 0.0
+
+
+def test_a_large_batch_is_the_mean_of_its_chunks(monkeypatch):
+    from specopt.experiments import batch_problems
+
+    problem = LinearRegression(2, dim=4)
+    x = problem.init(3)
+    monkeypatch.setattr(batch_problems, "CHUNK", 4)
+    chunked = problem.grads(x, 10, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    parts = [problem._grads(x, n, gen)[0] for n in (4, 4, 2)]
+    torch.testing.assert_close(chunked[0], (4 * parts[0] + 4 * parts[1] + 2 * parts[2]) / 10)

@@ -10,13 +10,15 @@ radius ρ:
 with the lmo of the library's norm objects (:mod:`specopt.norms`); ``specopt.Scion`` takes the same step (a test
 checks it). Both problems know their optimal loss, so the *excess* loss is measured exactly:
 
-* :class:`LinearRegression` (convex): ``y = ⟨a, x*⟩ + s·ξ``, ``a ~ N(0, Σ)``, Σ's eigenvalues log-spaced from 1 to
-  1/κ; ``f(x) − f* = ½(x − x*)ᵀΣ(x − x*)`` in closed form. ℓ∞ geometry (Scion's ``Sign`` norm: the step is
-  sign descent with momentum and a Frank–Wolfe shrink), ρ = 2‖x*‖∞ as in the theory (ρ = 2R*).
-* :class:`TeacherStudent` (nonconvex): a tanh network ``W₂ tanh(W₁ a)`` learns a narrower random teacher of the
-  same form from ``y = teacher(a) + s·ξ``; the excess loss is ``½E‖student(a) − teacher(a)‖²`` on a fixed set of
-  inputs per seed (0 at the teacher, which the wider student contains). Spectral (RMS→RMS) norm on both matrices,
-  ρ per layer twice the embedded teacher's norm.
+* :class:`LinearRegression` (convex): ``y = ⟨a, x*⟩ + s·ξ`` in ``R^32``, ``x* ~ U[−1, 1]^32``, ``a ~ N(0, Σ)``,
+  Σ's eigenvalues log-spaced from 1 to 1/κ (κ = 100), s = 1; ``f(x) − f* = ½(x − x*)ᵀΣ(x − x*)`` in closed form.
+  ℓ∞ geometry (Scion's ``Sign`` norm: the step is sign descent with momentum and a Frank–Wolfe shrink),
+  ρ = 2‖x*‖∞ as in the theory (ρ = 2R*), x₀ = 0.
+* :class:`TeacherStudent` (nonconvex): a tanh network ``W₂ tanh(W₁ a)`` (8 → 16 → 2) learns a narrower random
+  teacher of the same form (8 → 4 → 2, orthogonal, unit RMS→RMS norms) from ``y = teacher(a) + s·ξ``,
+  ``a ~ N(0, I)``, s = 0.1; the excess loss is ``½E‖student(a) − teacher(a)‖²`` on a fixed set of 4,096 inputs per
+  seed (0 at the teacher, which the wider student contains). Spectral (RMS→RMS) norm on both matrices, ρ per layer
+  twice the embedded teacher's norm, x₀ a random orthogonal point at half the radius.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch
 from specopt.norms import Norm, Sign, Spectral
 
 BATCH_DIMS = 2  # (seed, config)
+CHUNK = 2048
+"""Samples per forward/backward: a larger batch is processed in chunks whose gradients are averaged."""
 
 
 def lmo(norm: Norm, d: torch.Tensor) -> torch.Tensor:
@@ -67,6 +71,18 @@ class ScionRuns:
             p.mul_(1 - lr).add_(rho * lr * lmo(norm, d))
 
 
+def chunked(grads, params: list[torch.Tensor], batch: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """The mean gradient over ``batch`` fresh samples, computed ``CHUNK`` samples at a time."""
+    if batch <= CHUNK:
+        return grads(params, batch, gen)
+    total = [torch.zeros_like(p) for p in params]
+    for start in range(0, batch, CHUNK):
+        size = min(CHUNK, batch - start)
+        for acc, g in zip(total, grads(params, size, gen), strict=True):
+            acc.add_(g, alpha=size / batch)
+    return total
+
+
 class LinearRegression:
     """Noisy linear regression in ``R^dim``, one instance per seed (see the module docstring)."""
 
@@ -85,6 +101,9 @@ class LinearRegression:
 
     def grads(self, params: list[torch.Tensor], batch: int, gen: torch.Generator) -> list[torch.Tensor]:
         """``∇ ½ mean_b (⟨a_b, x⟩ − y_b)²`` for a fresh batch per seed, shared by the seed's configurations."""
+        return chunked(self._grads, params, batch, gen)
+
+    def _grads(self, params: list[torch.Tensor], batch: int, gen: torch.Generator) -> list[torch.Tensor]:
         (x,) = params
         a = torch.randn(x.shape[0], batch, self.dim, generator=gen) * self.scale
         y = a @ self.x_star.unsqueeze(-1) + self.noise * torch.randn(x.shape[0], batch, 1, generator=gen)
@@ -101,8 +120,8 @@ class TeacherStudent:
 
     name = "teacher–student tanh network (nonconvex, spectral)"
 
-    def __init__(self, seeds: int, n: int = 16, hidden: int = 32, teacher_hidden: int = 8, out: int = 4,
-                 noise: float = 0.5, eval_size: int = 4096, seed: int = 0):
+    def __init__(self, seeds: int, n: int = 8, hidden: int = 16, teacher_hidden: int = 4, out: int = 2,
+                 noise: float = 0.1, eval_size: int = 4096, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         self.n, self.noise = n, noise
         norm = Spectral(method="polar_express")
@@ -136,6 +155,9 @@ class TeacherStudent:
 
     def grads(self, params: list[torch.Tensor], batch: int, gen: torch.Generator) -> list[torch.Tensor]:
         """``∇ ½ mean_b ‖student(a_b) − y_b‖²`` per configuration, on a fresh batch per seed."""
+        return chunked(self._grads, params, batch, gen)
+
+    def _grads(self, params: list[torch.Tensor], batch: int, gen: torch.Generator) -> list[torch.Tensor]:
         a = torch.randn(params[0].shape[0], batch, self.n, generator=gen)
         y = self._teacher(a)
         y = y + self.noise * torch.randn(y.shape, generator=gen)
