@@ -9,7 +9,7 @@ import torch
 
 import specopt
 from specopt.experiments.batch_problems import LinearRegression, ScionRuns, TeacherStudent
-from specopt.experiments.batch_size import Setting, Table, crossing, estimate, slope
+from specopt.experiments.batch_size import MIN_STEPS, Setting, Table, crossing, estimate, slope
 
 
 @pytest.mark.parametrize("problem_cls", [LinearRegression, TeacherStudent])
@@ -107,7 +107,8 @@ def test_estimate_recovers_a_planted_exponent():
 
 def test_setting_batches_respect_the_step_limits():
     s = Setting("x", LinearRegression, {}, (1024,), 2, (1.0,), (1.0,), max_steps=64, min_batch=1)
-    assert s.batches(1024) == [16, 32, 64, 128, 256]
+    assert s.batches(1024) == [b for b in (16, 32, 64, 128, 256, 512) if 1024 // b >= MIN_STEPS]
+    assert MIN_STEPS >= 2  # the theorem's T ≥ 2B
     lr, beta = s.grid(4)
     assert float(lr.max()) <= 1.0 and float(beta[0]) == 0.0
 
