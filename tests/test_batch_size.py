@@ -123,3 +123,21 @@ def test_a_large_batch_is_the_mean_of_its_chunks(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     parts = [problem._grads(x, n, gen)[0] for n in (4, 4, 2)]
     torch.testing.assert_close(chunked[0], (4 * parts[0] + 4 * parts[1] + 2 * parts[2]) / 10)
+
+
+def test_saved_runs_read_back_to_the_same_table(tmp_path):
+    from specopt.experiments.batch_size import read_runs, sweep, write_runs
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    setting = Setting("convex", LinearRegression, {"dim": 4}, (64,), 2, (0.5, 1.0), (1.0, 0.25), max_steps=8)
+    records = sweep(setting, Bar())
+    write_runs(tmp_path / "runs.csv.gz", records)
+    again = read_runs(tmp_path / "runs.csv.gz")
+    a, b = Table.of(records), Table.of(again)
+    np.testing.assert_allclose(a.excess, b.excess, rtol=1e-6)
+    np.testing.assert_allclose(a.lr, b.lr, rtol=1e-6)
+    np.testing.assert_array_equal(a.momentum, b.momentum)
+    assert a.excess.shape == (2, 1, 3, 4)  # seeds, budgets, B = 8, 16, 32 (8 ≥ T/B ≥ 2), 2 × 2 configurations
