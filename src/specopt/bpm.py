@@ -1,4 +1,5 @@
-"""The Broximal Point Method (Gruntkowska, Li, Rane & Richtárik 2025, *The Ball-Proximal ("Broximal") Point Method*).
+"""The Broximal Point Method (Gruntkowska, Li, Rane & Richtárik 2025, *The Ball-Proximal ("Broximal") Point Method*,
+arXiv:2502.02002).
 
 ``brox_t f(x) = argmin_{‖z − x‖ ≤ t} f(z)`` and ``x_{k+1} = brox_{t_k} f(x_k)``. For convex f: one step if the
 ball holds a minimizer, otherwise the step lands on the boundary; ``‖x_{k+1} − x*‖² ≤ ‖x_k − x*‖² − t_k²``;
