@@ -407,7 +407,7 @@ def _plot(rows, kappas, path: Path) -> None:
             top = ax.get_ylim()[1]
             for m, method in enumerate(METHODS):  # censored medians: ×, one row per method below the top
                 ks = [k for k, c in zip(kappas, counts(rows, problem, start, method), strict=True) if math.isinf(c)]
-                ax.scatter(ks, [top / 2.5**m] * len(ks), marker="x", s=70, color=COLORS[method], zorder=4)
+                ax.scatter(ks, [top / 2.5 ** (m + 0.5)] * len(ks), marker="x", s=70, color=COLORS[method], zorder=4)
             ax.set_ylim(top=top)
             ax.set_title(f"{problem}, {start} start")
             ax.set_xlabel("condition number κ")
