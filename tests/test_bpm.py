@@ -153,7 +153,7 @@ def test_bpm_on_a_nonsmooth_l1_regression():
     def brox(x, t):
         return brox_prox(f, x, t, prox_fn=lambda p, lam: prox_l1_affine(A, b, p, lam))
 
-    x_star = brox(torch.zeros(4, **F64), 1e3)  # the minimizer (an LP solution)
+    x_star = l1_minimizer(A, b)  # an independent LP solve
     f_star = float(f(x_star))
     # brox is optimal in its ball: no random feasible point does better
     x0 = x_star + 3.0
@@ -172,3 +172,63 @@ def test_bpm_on_a_nonsmooth_l1_regression():
             assert dc**2 <= float((a - x_star).norm()) ** 2 - t**2 + 1e-5  # distance decrease by t²
             assert float(f(c)) - f_star <= (float(f(a)) - f_star) / (1 + t / dc) + 1e-5  # function-value rate
     assert float(f(xs[-1])) == pytest.approx(f_star, abs=1e-6)  # finite convergence at K
+
+
+def l1_minimizer(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """argmin ‖Az − b‖₁ as a linear program (scipy's HiGHS): min 1ᵀs s.t. −s ≤ Az − b ≤ s."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    (n, d), An, bn = A.shape, A.numpy(), b.numpy()
+    res = linprog(np.r_[np.zeros(d), np.ones(n)], A_ub=np.block([[An, -np.eye(n)], [-An, -np.eye(n)]]),
+                  b_ub=np.r_[bn, -bn], bounds=[(None, None)] * d + [(0, None)] * n, method="highs")
+    assert res.status == 0
+    return torch.as_tensor(res.x[:d], **F64)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e3])
+def test_l1_prox_satisfies_its_optimality_conditions(spread):
+    """z = prox_{λ‖A·−b‖₁}(x) iff (x − z)/λ = Aᵀu with u_i = sign(r_i) where r_i ≠ 0 and |u_i| ≤ 1 where r_i = 0."""
+    from specopt.bpm import prox_l1_affine
+
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(30, 6, generator=g, **F64) * torch.logspace(0, math.log10(spread), 6, **F64)
+    b = torch.randn(30, generator=g, **F64)
+    for lam in (1e-3, 1e-1, 10.0, 1e6):
+        x = 3 * torch.randn(6, generator=g, **F64)
+        z = prox_l1_affine(A, b, x, lam)
+        r = A @ z - b
+        zero = r.abs() <= 1e-9 * float(b.abs().max())
+        rest = (x - z) / lam - A[~zero].T @ torch.sign(r[~zero])  # = A_Fᵀu_F
+        u = torch.linalg.lstsq(A[zero].T, rest.unsqueeze(1)).solution.squeeze(1) if zero.any() else rest[:0]
+        assert float((A[zero].T @ u - rest).norm()) <= 1e-8 * (1 + float(rest.norm()))
+        assert bool((u.abs() <= 1 + 1e-8).all())
+
+
+def test_l1_prox_reaches_the_lp_minimizer_and_leaves_it_in_place():
+    from specopt.bpm import prox_l1_affine
+
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(30, 6, generator=g, **F64) * torch.logspace(0, 3, 6, **F64)  # cond(A) ≈ 1e3
+    b = torch.randn(30, generator=g, **F64)
+    x_star = l1_minimizer(A, b)
+    far = prox_l1_affine(A, b, x_star + torch.randn(6, generator=g, **F64), 1e8)  # a sharp minimum: exact at finite λ
+    torch.testing.assert_close(far, x_star, atol=1e-9, rtol=0)
+    at = prox_l1_affine(A, b, far, 0.5)  # six zero residuals at the start: the degenerate case
+    torch.testing.assert_close(at, far, atol=1e-12, rtol=0)
+
+
+def test_l1_prox_at_a_vertex_where_the_path_is_ambiguous_at_zero():
+    """A BPM iterate sitting on the minimizer of an ill-conditioned ‖Az − b‖₁ (six zero residuals): followed
+    naively, the path cycles between patterns at λ = 0; the prox must return the point itself."""
+    import numpy as np
+
+    from specopt.bpm import prox_l1_affine
+
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(rng.standard_normal((30, 6)) * np.geomspace(1, 1e3, 6))
+    b = torch.as_tensor(rng.standard_normal(30))
+    x = torch.tensor([-0.18275282458053954, 0.010745975113413101, -0.02616609994183649, 0.002251675119200916,
+                      0.0013818878455634314, 0.00035708594555293184], **F64)
+    torch.testing.assert_close(x, l1_minimizer(A, b), atol=1e-9, rtol=0)
+    torch.testing.assert_close(prox_l1_affine(A, b, x, 1e3), x, atol=1e-12, rtol=0)

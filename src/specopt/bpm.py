@@ -1,4 +1,5 @@
-"""The Broximal Point Method (Gruntkowska, Li, Rane & Richtárik 2025, *The Ball-Proximal ("Broximal") Point Method*).
+"""The Broximal Point Method (Gruntkowska, Li, Rane & Richtárik 2025, *The Ball-Proximal ("Broximal") Point Method*,
+arXiv:2502.02002).
 
 ``brox_t f(x) = argmin_{‖z − x‖ ≤ t} f(z)`` and ``x_{k+1} = brox_{t_k} f(x_k)``. For convex f: one step if the
 ball holds a minimizer, otherwise the step lands on the boundary; ``‖x_{k+1} − x*‖² ≤ ‖x_k − x*‖² − t_k²``;
@@ -9,8 +10,8 @@ Solvers:
 * :func:`brox_quadratic` — exact for ``f(z) = ½zᵀHz − bᵀz``: the trust-region subproblem, by an
   eigendecomposition and the secular equation ``‖(H + μI)⁻¹g‖ = t`` (bisection on μ), hard case included;
 * :func:`brox_prox` — convex f: ``brox = prox_{λf}`` with λ found by bisection so that
-  ``‖prox_{λf}(x) − x‖ = t`` (the prox is solved by L-BFGS for smooth f, or given: :func:`prox_l1_affine`
-  for the nonsmooth ``‖Az − b‖₁``);
+  ``‖prox_{λf}(x) − x‖ = t`` (the prox is solved by L-BFGS for smooth f, or given: :func:`prox_l1_affine`,
+  exact, for the nonsmooth ``‖Az − b‖₁``);
 * :func:`brox_frank_wolfe` — balls of any norm of :mod:`specopt.norms`: Frank–Wolfe with the norm's lmo.
 
 Everything works on float64 tensors (vectors or matrices).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 
 from specopt._checks import check_number
@@ -89,23 +91,77 @@ def prox(f: Objective, x: torch.Tensor, lam: float, *, iters: int = 200, tol: fl
     return z.detach()
 
 
-def prox_l1_affine(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, lam: float, *, iters: int = 5000,
-                   tol: float = 1e-13) -> torch.Tensor:
-    """``prox_{λf}(x)`` for the nonsmooth ``f(z) = ‖Az − b‖₁``, through its dual: ``z = x − λAᵀu`` with
-    ``u = argmin_{‖u‖∞ ≤ 1} (λ/2)‖Aᵀu‖² − uᵀ(Ax − b)``, solved by accelerated projected gradient (FISTA)."""
-    step = 1.0 / (lam * float(torch.linalg.matrix_norm(A, 2)) ** 2 + 1e-300)
-    r = A @ x - b
-    u = torch.zeros_like(b)
-    v, theta = u.clone(), 1.0
-    for _ in range(iters):
-        u_next = torch.clamp(v - step * (lam * (A @ (A.T @ v)) - r), -1.0, 1.0)
-        theta_next = (1 + math.sqrt(1 + 4 * theta * theta)) / 2
-        v = u_next + (theta - 1) / theta_next * (u_next - u)
-        if float(torch.linalg.vector_norm(u_next - u)) <= tol * max(1.0, float(torch.linalg.vector_norm(u))):
-            u = u_next
-            break
-        u, theta = u_next, theta_next
-    return x - lam * (A.T @ u)
+def prox_l1_affine(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Exact ``prox_{λf}(x) = argmin_z ‖Az − b‖₁ + ‖z − x‖²/(2λ)`` for the nonsmooth ``f(z) = ‖Az − b‖₁``, by
+    following its path in λ from ``z(0) = x`` (a homotopy, as in LARS).
+
+    Optimality: ``z = x − λAᵀu``, ``u_i = s_i = sign(r_i)`` where ``r = Az − b`` is nonzero, ``u_i = ν_i ∈ [−1, 1]``
+    on the set F of zero residuals. For a fixed pattern (F, s) the path is affine in λ: with ``c = A_Bᵀs`` (B the
+    rest), ``z(λ) = z₀ − λ(c + A_Fᵀβ)`` and ``ν(λ) = α/λ + β``, where ``A_F A_Fᵀ α = A_F x − b_F`` and
+    ``A_F A_Fᵀ β = −A_F c``. The pattern changes when a residual of B reaches 0 (it joins F: the path is continuous,
+    so ν_i starts at s_i; a residual that changes sign spends an interval of λ at zero while ν_i goes to −s_i) or
+    when a ν_j reaches ±1 (j leaves F with that sign): finitely many events, each a small linear solve. Assumes A
+    in general position (at most ``rank A`` residuals vanish at once). If x itself has zero residuals (a kink, e.g.
+    a minimizer), which pattern leaves λ = 0 is ambiguous: the path is followed from x moved by 1e-9 (relative),
+    and its final pattern, solved at x, is returned when it satisfies every optimality condition (otherwise the
+    prox of the moved point, within 1e-9 of the answer: the prox is nonexpansive)."""
+    lam = check_number(lam, "lam", low_open=True)
+    An, bn, xn = (t.detach().double().cpu().numpy() for t in (A, b, x))
+    scale = np.linalg.norm(An, 2) * np.linalg.norm(xn) + np.linalg.norm(bn)
+    start = xn
+    if np.any(np.abs(An @ xn - bn) <= 1e-12 * scale):
+        start = xn + 1e-9 * (1 + np.linalg.norm(xn)) * np.random.default_rng(0).standard_normal(len(xn))
+    free, signs, z = _l1_path(An, bn, start, lam)
+    if start is not xn:
+        alpha, beta, z0, v = _l1_segment(An, bn, xn, signs, free)
+        exact = z0 - lam * v
+        fixed = np.setdiff1d(np.arange(len(bn)), free)
+        if np.all(np.abs(alpha / lam + beta) <= 1 + 1e-9) and np.all(signs[fixed] * (An[fixed] @ exact - bn[fixed])
+                                                                      >= -1e-12 * scale):
+            z = exact
+    return torch.as_tensor(z, dtype=x.dtype, device=x.device)
+
+
+def _l1_path(A: np.ndarray, b: np.ndarray, x: np.ndarray, lam: float) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Follow the prox path of :func:`prox_l1_affine` from λ = 0 to ``lam``: the final pattern (F, s) and z."""
+    n = A.shape[0]
+    signs = np.where(A @ x - b >= 0, 1.0, -1.0)
+    free: list[int] = []
+    now = 0.0
+    for _ in range(20 * n + 20):
+        alpha, beta, z0, v = _l1_segment(A, b, x, signs, free)
+        fixed = np.setdiff1d(np.arange(n), free)
+        p, q = A[fixed] @ z0 - b[fixed], A[fixed] @ v  # residuals r_i(λ) = p_i − λq_i on B
+        toward = q * signs[fixed] > 0
+        join = np.full(len(fixed), np.inf)
+        join[toward] = np.maximum(p[toward] / q[toward], now)
+        leave = np.full(len(free), np.inf)  # ν_j moves monotonically towards β_j: it reaches sign(β_j) if |β_j| > 1
+        out = np.abs(beta) > 1
+        leave[out] = np.maximum(alpha[out] / (np.sign(beta[out]) - beta[out]), now)
+        first_join = float(join.min(initial=np.inf))
+        first_leave = float(leave.min(initial=np.inf))
+        if lam <= min(first_join, first_leave):
+            return free, signs, z0 - lam * v
+        if first_join <= first_leave:
+            now = first_join
+            free.append(int(fixed[np.argmin(join)]))
+        else:
+            now, j = first_leave, int(np.argmin(leave))
+            signs[free.pop(j)] = np.sign(beta[j])
+    raise RuntimeError("prox_l1_affine: the homotopy did not end; is A in general position?")
+
+
+def _l1_segment(A: np.ndarray, b: np.ndarray, x: np.ndarray, signs: np.ndarray, free: list[int]):
+    """(α, β, z₀, v) of the affine piece ``z(λ) = z₀ − λv``, ``ν(λ) = α/λ + β`` for the pattern (F = free, s),
+    through a QR factorisation ``A_Fᵀ = QR`` (``A_F z₀ = b_F``, ``v = (I − QQᵀ)c``)."""
+    fixed = np.setdiff1d(np.arange(len(b)), free)
+    c = A[fixed].T @ signs[fixed]
+    if not free:
+        return np.zeros(0), np.zeros(0), x, c
+    Q, R = np.linalg.qr(A[free].T)
+    y = np.linalg.solve(R.T, A[free] @ x - b[free])
+    v = c - Q @ (Q.T @ c) if len(free) < A.shape[1] else np.zeros_like(c)  # a vertex does not move
+    return np.linalg.solve(R, y), -np.linalg.solve(R, Q.T @ c), x - Q @ y, v
 
 
 def brox_prox(f: Objective, x: torch.Tensor, t: float, *, lam_max: float = 1e8, tol: float = 1e-10,
