@@ -244,3 +244,15 @@ def test_selected_by_name_in_muon_and_param_groups():
 def test_unknown_names_are_named(call):
     with pytest.raises(ValueError, match="unknown msign method .*valid methods: .*cubic, cans, aol"):
         call()
+
+
+def test_documented_intervals_and_matmuls_are_the_schedules():
+    import re
+
+    import specopt.msign_schedules as module
+
+    for method in ("polar_express", *CHEAPER):
+        row = re.search(rf"^\| {method} \| (\d+) \| (\d+) \| .* \| ``l [=≈] ([0-9.e-]+)`` \|$", module.__doc__, re.M)
+        sched = schedule(method)
+        assert (int(row[1]), int(row[2])) == (len(sched.coefficients), sched.matmuls)
+        assert float(row[3]) == pytest.approx(sched.l, abs=5e-5)

@@ -32,14 +32,12 @@ one on Polar Express's ``[1e-3, 1]``). As for Polar Express, ``steps=k`` runs k 
 interval: more steps narrow the band. Select one as any msign method: ``msign(G, method="cans")``,
 ``Muon(params, method="aol")``, ``param_groups(model, msign={"method": "cubic"})``.
 
-========  ======  =======  ===============  ==========================================
-method    steps   matmuls  normalisation    interval ``[l, 1]`` for the band 1 ± 0.153
-========  ======  =======  ===============  ==========================================
-PE        5       15       ``‖G‖_F``        ``l = 1e-3``
-cubic     5       10       ``‖G‖_F``        ``l ≈ 0.0118``
-cans      4       12       ``(Σσ⁸)^{1/8}``  ``l ≈ 0.0041``
-aol       4       12       ``D^{-1/2}``     ``l ≈ 0.0041``
-========  ======  =======  ===============  ==========================================
+| method | steps | matmuls | normalisation | interval ``[l, 1]`` for the band 1 ± 0.153 |
+|---|---:|---:|---|---|
+| polar_express | 5 | 15 | ``‖G‖_F`` | ``l = 1e-3`` |
+| cubic | 5 | 10 | ``‖G‖_F`` | ``l ≈ 0.0118`` |
+| cans | 4 | 12 | ``(Σσ⁸)^{1/8}`` | ``l ≈ 0.0041`` |
+| aol | 4 | 12 | ``D^{-1/2}`` | ``l ≈ 0.0041`` |
 
 (cans and aol share their coefficients and differ only in the normalisation; on Polar Express's own interval the
 cubic needs 8 steps, 16 matmuls.)
