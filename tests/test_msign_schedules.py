@@ -256,3 +256,8 @@ def test_documented_intervals_and_matmuls_are_the_schedules():
         sched = schedule(method)
         assert (int(row[1]), int(row[2])) == (len(sched.coefficients), sched.matmuls)
         assert float(row[3]) == pytest.approx(sched.l, abs=5e-5)
+
+
+def test_unknown_normalization_is_named():
+    with pytest.raises(ValueError, match="unknown normalization 'schatten'"):
+        type(schedule("cans"))(((1.5, -0.5),), 1.0, 1e-7, normalization="schatten")

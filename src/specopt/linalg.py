@@ -163,6 +163,10 @@ class PolynomialSchedule:
     normalization: str = "frobenius"
     l: float = 1e-3  # noqa: E741
 
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+
     def scalar_map(self, sigma: np.ndarray, fro: float = 1.0) -> np.ndarray:
         """What the iteration does to one singular value σ of a matrix whose normalising scale is ``fro`` (its
         Frobenius norm for ``"frobenius"``, its Schatten-8 norm for ``"gelfand"``; for ``"aol"`` pass the singular
