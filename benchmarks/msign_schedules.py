@@ -141,7 +141,7 @@ def timing_rows(shape, dtype, repeats: int, device) -> list[dict]:
                                                                           compute_dtype=dtype, gram=False))
     fns = {(label, gram): (lambda s=sched, gram=gram: run(G, s, dtype, gram))
            for label, sched in scheds.items() for gram in (False, True)}
-    t = median_times(fns, repeats, device)
+    t = median_times(fns, repeats, device, stat=min)
     out = []
     for label, _, steps, _ in ROWS:
         sched = scheds[label]
@@ -179,12 +179,13 @@ def markdown(timing, acc, acc_bf16, starts, args, dtype, shape, bf16_shape) -> s
     lines = [f"## msign schedules ({args.device.type})", "",
              f"Measured by {command('msign_schedules.py', args)} on {where(args)}, compute dtype {_name(dtype)} "
              f"(msign's default here{'' if dtype == torch.bfloat16 else ': this machine has no native bf16'}). "
-             f"One {m}×{n} matrix (σ/‖G‖_F spanning [1e-3, 0.98], as the msign table), median of {args.repeats} "
-             "interleaved calls of each schedule through msign's own code path. Band: the exact-arithmetic range of "
-             "the output singular values (`msign_band`) on the schedule's interval [l, 1] of normalised singular "
-             "values, and on Polar Express's [1e-3, 1]. Flops as written (FlopCounterMode, symmetric products in "
-             "row blocks). Trade-off rows: designed for one step fewer than the method's own, i.e. Polar "
-             "Express's band on a narrower interval.", "",
+             f"One {m}×{n} matrix (σ/‖G‖_F spanning [1e-3, 0.98], as the msign table), the fastest of "
+             f"{args.repeats} interleaved calls of each schedule through msign's own code path (the machine is "
+             "shared: the fastest call is the least disturbed; medians drifted by ±30 % between runs). Band: the "
+             "exact-arithmetic range of the output singular values (`msign_band`) on the schedule's interval "
+             "[l, 1] of normalised singular values, and on Polar Express's [1e-3, 1]. Flops as written "
+             "(FlopCounterMode, symmetric products in row blocks). Trade-off rows: designed for one step fewer "
+             "than the method's own, i.e. Polar Express's band on a narrower interval.", "",
              "| method | iterations | matmuls | interval l | band max\\|σ−1\\| on [l, 1] | on [1e-3, 1] "
              "| plain: ms | ÷ PE | flops ÷ PE | Gram form: ms | ÷ PE | flops ÷ PE |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -237,7 +238,7 @@ def verdicts(timing: list[dict], dtype: torch.dtype) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small shape; print only, write nothing")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto")
     args = parse_machine_args(parser)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype) or (
