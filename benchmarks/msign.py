@@ -36,9 +36,10 @@ SHAPES = [(512, 512), (1024, 1024), (768, 3072), (1024, 4096)]
 QUICK_SHAPES = [(128, 128), (128, 512)]
 
 
-def median_times(fns: dict, repeats: int, device: torch.device) -> dict:
+def median_times(fns: dict, repeats: int, device: torch.device, stat=statistics.median) -> dict:
     """Median wall time of each callable, timed in interleaved rounds (a fresh random order every round) so
-    that drift and what ran just before hit all alike. On CUDA each call is timed to its last kernel's end."""
+    that drift and what ran just before hit all alike. On CUDA each call is timed to its last kernel's end.
+    ``stat=min`` gives the fastest round instead (the least disturbed, on a machine shared with other jobs)."""
     sync = synchronizer(device)
     for fn in fns.values():
         fn()
@@ -54,7 +55,7 @@ def median_times(fns: dict, repeats: int, device: torch.device) -> dict:
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: stat(ts) for name, ts in times.items()}
 
 
 def test_matrix(m: int, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
