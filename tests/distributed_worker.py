@@ -116,7 +116,7 @@ def collectives_per_step(model, opt, x, y, steps: int) -> list[dict[str, int]]:
         calls: dict[str, int] = {}
         originals = {name: getattr(dist, name) for name in COUNTED if hasattr(dist, name)}
 
-        def counting(name, fn):
+        def counting(name, fn, calls=calls):
             def call(*args, **kwargs):
                 calls[name] = calls.get(name, 0) + 1
                 return fn(*args, **kwargs)
