@@ -5,7 +5,8 @@ char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η
     python benchmarks/muonbp.py structure [--seeds 0]                          # appends to results/muonbp.csv
 
 ``step``: step.py's parameters and gradients (``--blocks`` transformer blocks; the embeddings and gains on Muon's
-AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8) stepped in interleaved rounds; the mean over ``--steps`` steps, a
+AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
+interleaved rounds; the mean over ``--steps`` steps, a
 multiple of P, so that full and block steps count in their proportion (1 in P is full).
 
 ``structure``: `specopt train --task char-gpt --optimizer muonbp` (600 steps, linear decay, MuonBP's default lr)
@@ -36,17 +37,19 @@ from specopt import registry  # noqa: E402
 from specopt.training import RunConfig, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "muonbp.csv"
-FIELDS = ("period", "blocks", "block_lr_ratio", "lr", "seed", "final_val", "seconds")
-GRID = [{"period": p, "blocks": b, "block_lr_ratio": 1.0} for p in (2, 5, 10) for b in (2, 4, 8)] + [
-    {"period": 5, "blocks": b, "block_lr_ratio": r} for b in (2, 4) for r in (0.5, 2.0)]
-"""P × B at r = 1 (P = 5 is the paper's), then r = ½ and 2 at P = 5."""
+FIELDS = ("split", "period", "blocks", "block_lr_ratio", "lr", "seed", "final_val", "seconds")
+GRID = [{"split": "rows", "period": p, "blocks": b, "block_lr_ratio": 1.0} for p in (2, 5, 10) for b in (2, 4, 8)] + [
+    {"split": "rows", "period": 5, "blocks": b, "block_lr_ratio": r} for b in (2, 4) for r in (0.5, 2.0)] + [
+    {"split": "short", "period": p, "blocks": b, "block_lr_ratio": 1.0} for p in (2, 5) for b in (2, 4, 8)]
+"""Row blocks: P × B at r = 1 (P = 5 is the paper's), r = ½ and 2 at P = 5; blocks across the shorter side."""
 
 
 def step_times(blocks: int, steps: int, threads: int) -> None:
     torch.set_num_threads(threads)
     groups = muon_groups(roles(gpt2_small_params(blocks=blocks)))
     opts = {"Muon": specopt.Muon(groups, lr=0.02)}
-    opts.update({f"MuonBP B={b}": specopt.MuonBP(groups, lr=0.02, period=5, blocks=b) for b in (2, 4, 8)})
+    opts.update({f"MuonBP {split} B={b}": specopt.MuonBP(groups, lr=0.02, period=5, blocks=b, split=split)
+                 for split in ("rows", "short") for b in (2, 4, 8)})
     for opt in opts.values():  # state allocated, first (full) step done: the timed steps start at a block step
         opt.step()
     times = {name: [] for name in opts}
@@ -71,11 +74,11 @@ def read_rows() -> list[dict]:
 def structure(seeds: list[int]) -> None:
     torch.set_num_threads(1)
     lr = registry.DEFAULTS["muonbp"]["lr"]
-    done = {(float(r["period"]), float(r["blocks"]), float(r["block_lr_ratio"]), float(r["lr"]), int(r["seed"]))
-            for r in read_rows()}
+    done = {(r["split"], float(r["period"]), float(r["blocks"]), float(r["block_lr_ratio"]), float(r["lr"]),
+             int(r["seed"])) for r in read_rows()}
     for seed in seeds:
         for setting in GRID:
-            key = (setting["period"], setting["blocks"], setting["block_lr_ratio"], lr, seed)
+            key = (setting["split"], setting["period"], setting["blocks"], setting["block_lr_ratio"], lr, seed)
             if key in done:
                 continue
             tick = time.time()
@@ -91,8 +94,8 @@ def structure(seeds: list[int]) -> None:
                 if new:
                     w.writeheader()
                 w.writerow(row)
-            print(f"P {setting['period']}, B {setting['blocks']}, r {setting['block_lr_ratio']}, lr {lr}, seed {seed}: "
-                  f"{final:.4f} ({row['seconds']} s)", flush=True)
+            print(f"{setting['split']}, P {setting['period']}, B {setting['blocks']}, r {setting['block_lr_ratio']}, "
+                  f"lr {lr}, seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
 
 
 def main() -> None:

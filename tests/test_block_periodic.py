@@ -23,6 +23,11 @@ def msign(g: torch.Tensor) -> torch.Tensor:
     return specopt.msign(g, method="svd")
 
 
+def scaled_msign(g: torch.Tensor) -> torch.Tensor:
+    """Muon's (lr 1) step on one block: ``−max(1, d_out/d_in)^½·msign``."""
+    return -math.sqrt(max(1, g.shape[0] / g.shape[1])) * msign(g)
+
+
 def stepped(opt, params, grads):
     """The update ``W_{k+1} − W_k`` of every tensor, one step per gradient list of ``grads``."""
     out = []
@@ -62,6 +67,25 @@ def test_block_steps_are_the_msign_of_each_row_block_and_every_pth_step_is_muons
                               for m in nesterov.split(sizes)])
         torch.testing.assert_close(ours[0], expected, atol=1e-6, rtol=1e-5)
         assert not torch.allclose(ours[0], ratio * full[0], atol=1e-4)  # a block step is not Muon's
+
+
+@pytest.mark.parametrize("shape", [(12, 6), (6, 12)])
+def test_split_short_cuts_a_matrix_across_its_shorter_side(shape):
+    """``split="short"``: a tall matrix's blocks are column blocks (a smaller msign each), a wide one's row blocks;
+    in a fused q/k/v weight the column blocks are cut inside each of q, k, v."""
+    qkv = specopt.Blocked(specopt.Spectral(**EXACT), 3)
+    w = nn.Parameter(torch.randn(shape))
+    opt = specopt.MuonBP([{"params": [w], "norm": qkv}], lr=1.0, period=2, blocks=2, split="short", momentum=0.0,
+                         nesterov=False)
+    g = gradients([shape], 2)[1][0]
+    second = stepped(opt, [w], gradients([shape], 2))[1][0]
+    rows, cols = shape
+    if rows > cols:  # q, k, v (4 rows each), each cut into 2 column blocks of 3
+        pieces = [torch.cat([scaled_msign(b) for b in q.split(cols // 2, dim=1)], dim=1) for q in g.split(4)]
+    else:  # the row cuts 0, 3, 6 and q, k, v's 0, 2, 4, 6
+        pieces = [scaled_msign(b) for b in g.split((2, 1, 1, 2))]
+    expected = torch.cat(pieces)
+    torch.testing.assert_close(second, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_blocks_are_chunked_as_fsdp2_shards_them():
@@ -127,6 +151,7 @@ def test_muonbp_trains():
 
 @pytest.mark.parametrize("kwargs, message", [({"period": 0}, "period"), ({"blocks": 1.5}, "blocks"),
                                              ({"block_lr_ratio": 0.0}, "block_lr_ratio"),
+                                             ({"split": "columns"}, "split must be one of"),
                                              ({"rule": "uscg"}, "sets rule itself")])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -134,8 +159,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 def test_the_rule_saves_its_structure():
-    assert BlockPeriodic(4, 2, 0.5).config() == {"name": "block_periodic", "period": 4, "blocks": 2,
-                                                 "block_lr_ratio": 0.5}
+    assert BlockPeriodic(4, 2, 0.5, "short").config() == {"name": "block_periodic", "period": 4, "blocks": 2,
+                                                          "block_lr_ratio": 0.5, "split": "short"}
 
 
 @pytest.mark.parametrize("sizes, rows, local", [

@@ -56,6 +56,11 @@ def row_blocks(norm: Norm, sizes: tuple[int, ...]) -> Norm:
     return Blocked(norm, sizes)
 
 
+def column_blocks(norm: Norm, sizes: tuple[int, ...]) -> Norm:
+    """``norm`` on every block of columns of ``sizes`` (dim 1 of a matrix): the row blocks of its transpose."""
+    return Transposed(row_blocks(Transposed(norm), sizes))
+
+
 def scaled_leaves(norm: Norm, scale: str) -> Norm:
     """``norm`` with Muon's ``scale`` inside every spectral leaf (:class:`~specopt.views.MuonScaled`), so that each
     block, whatever its shape, gets the scale of its own shape at radius 1."""
@@ -70,26 +75,33 @@ def scaled_leaves(norm: Norm, scale: str) -> Norm:
     raise ValueError(f"a Muon scale ({scale!r}) needs a spectral norm, got {norm!r}")
 
 
+SPLITS = ("rows", "short")
+
+
 class BlockPeriodic(USCG):
     """uSCG whose tensors take the lmo of their row blocks on all but every ``period``-th update (see the module
     docstring): ``W ← (1−γλ)W + γρ·lmo(d)`` on full steps, ``W_b ← (1−γλ)W_b + r·γρ_b·lmo_b(d_b)`` on block steps.
 
     Args:
         period: P; a tensor's k-th update (k = 0, 1, …, its own count) is full where ``k mod P = 0``. 1 is Muon.
-        blocks: row blocks of a tensor that is not sharded (``torch.chunk`` of its rows); a sharded tensor's
-            blocks are its shards.
+        blocks: blocks of a tensor that is not sharded (``torch.chunk`` of its rows, or columns); a sharded
+            tensor's blocks are its shards.
         block_lr_ratio: r = η_block/η_full.
+        split: how a tensor that is not sharded is cut: ``"rows"`` (FSDP2's shards) or ``"short"`` (a matrix across
+            its shorter side: its columns where it is taller than wide, the cheaper msign on one device).
     """
 
     name = "block_periodic"
     traceable = False  # the full/block choice reads the step counts on the host
 
-    def __init__(self, period: int = 5, blocks: int = 4, block_lr_ratio: float = 1.0):
+    def __init__(self, period: int = 5, blocks: int = 4, block_lr_ratio: float = 1.0, split: str = "rows"):
         for key, value in (("period", period), ("blocks", blocks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive int, got {value!r}")
         check_number(block_lr_ratio, "block_lr_ratio", low_open=True)
-        self.period, self.blocks, self.block_lr_ratio = period, blocks, float(block_lr_ratio)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.period, self.blocks, self.block_lr_ratio, self.split = period, blocks, float(block_lr_ratio), split
         self._block_step: set[int] = set()
         self._geometry: dict = {}  # (norm, radius spec, radius, blocks) → the block step's (norm, radius)
 
@@ -107,9 +119,11 @@ class BlockPeriodic(USCG):
         for rec, count in zip(records, counts, strict=True):
             if self.is_full(int(count)) or not (rec.norm.item_ndim or 0) >= 2:  # vectors: no blocks
                 continue
-            sizes = tuple(r for r in rec.layout.rows if r) if rec.layout.sharded else chunk_rows(
-                rec.layout.shape[0], self.blocks)
-            key = (rec.norm, rec.group["radius"], rec.radius, sizes)
+            shape = rec.layout.shape
+            columns = not rec.layout.sharded and self.split == "short" and len(shape) == 2 and shape[1] < shape[0]
+            sizes = (tuple(r for r in rec.layout.rows if r) if rec.layout.sharded else
+                     chunk_rows(shape[1] if columns else shape[0], self.blocks))
+            key = (rec.norm, rec.group["radius"], rec.radius, sizes, columns)
             if key not in self._geometry:
                 self._geometry[key] = self.block_geometry(*key)
             rec.norm, rec.radius = self._geometry[key]
@@ -117,12 +131,14 @@ class BlockPeriodic(USCG):
         return records
 
     @staticmethod
-    def block_geometry(norm: Norm, radius_spec, radius: float, sizes: tuple[int, ...]) -> tuple[Norm, float]:
-        """(norm, radius) of a block step: the row blocks of ``sizes``; a Muon scale (``radius_spec`` one of
-        :data:`~specopt.views.MUON_SCALES`) moves inside every block at radius 1, a number stays the radius."""
+    def block_geometry(norm: Norm, radius_spec, radius: float, sizes: tuple[int, ...],
+                       columns: bool = False) -> tuple[Norm, float]:
+        """(norm, radius) of a block step: the row (or column) blocks of ``sizes``; a Muon scale (``radius_spec``
+        one of :data:`~specopt.views.MUON_SCALES`) moves inside every block at radius 1, a number stays the radius."""
+        cut = column_blocks if columns else row_blocks
         if isinstance(radius_spec, str) and radius_spec in MUON_SCALES:
-            return row_blocks(scaled_leaves(norm, radius_spec), sizes), 1.0
-        return row_blocks(norm, sizes), radius
+            return cut(scaled_leaves(norm, radius_spec), sizes), 1.0
+        return cut(norm, sizes), radius
 
     def scale(self, records, ctx) -> None:
         super().scale(records, ctx)
@@ -132,17 +148,17 @@ class BlockPeriodic(USCG):
 
     def config(self) -> dict:
         return {"name": self.name, "period": self.period, "blocks": self.blocks,
-                "block_lr_ratio": self.block_lr_ratio}
+                "block_lr_ratio": self.block_lr_ratio, "split": self.split}
 
 
 class MuonBP(Muon):
     """MuonBP: Muon with block-periodic orthogonalization (see the module docstring). Takes every
     :class:`~specopt.Muon` argument but ``rule``, plus ``period`` (P: a full step every P updates), ``blocks``
-    (row blocks of a tensor that is not sharded; under FSDP2 the shards are the blocks) and ``block_lr_ratio``
-    (η_block/η_full)."""
+    (blocks of a tensor that is not sharded; under FSDP2 the shards are the blocks), ``block_lr_ratio``
+    (η_block/η_full) and ``split`` (``"rows"`` or ``"short"``, see :class:`BlockPeriodic`)."""
 
     def __init__(self, params, lr: float = 0.02, period: int = 5, blocks: int = 4, block_lr_ratio: float = 1.0,
-                 **muon):
+                 split: str = "rows", **muon):
         if "rule" in muon:
             raise ValueError("MuonBP sets rule itself; use specopt.Muon(rule=...) for another rule")
-        super().__init__(params, lr=lr, rule=BlockPeriodic(period, blocks, block_lr_ratio), **muon)
+        super().__init__(params, lr=lr, rule=BlockPeriodic(period, blocks, block_lr_ratio, split), **muon)
