@@ -71,7 +71,7 @@ CHEAP = {  # tiny and cnn: a few seconds a run; `radius` 30 is Scion's best on b
     "almond": grid(lr=octaves(-10, -6), radius=[30.0]),
     "prox-spectral": grid(lr=[0.02, 0.04, 0.08]),
     "gluon": [{"lr": 1.0}],
-    "muonbp": grid(lr=[0.01, 0.02, 0.04], adamw_lr=[3e-2]),  # at P = 5, B = 4, r = 1 (benchmarks/muonbp.py)
+    "muonbp": grid(lr=[0.01, 0.02, 0.04], adamw_lr=[3e-2]),  # at P = 5, B = 8, r = 1 (benchmarks/muonbp.py)
     "gluon-mvr": grid(lr=octaves(0, 6)),  # γ multiplies t_l·(k+1)^{-2/3}: 1 is Gluon's γ
 }
 SMALL = {  # 4-5 min a run: the candidates the cheap tasks leave, and AdamW's reference

@@ -94,7 +94,7 @@ class BlockPeriodic(USCG):
     name = "block_periodic"
     traceable = False  # the full/block choice reads the step counts on the host
 
-    def __init__(self, period: int = 5, blocks: int = 4, block_lr_ratio: float = 1.0, split: str = "rows"):
+    def __init__(self, period: int = 5, blocks: int = 8, block_lr_ratio: float = 1.0, split: str = "rows"):
         for key, value in (("period", period), ("blocks", blocks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive int, got {value!r}")
@@ -157,7 +157,7 @@ class MuonBP(Muon):
     (blocks of a tensor that is not sharded; under FSDP2 the shards are the blocks), ``block_lr_ratio``
     (η_block/η_full) and ``split`` (``"rows"`` or ``"short"``, see :class:`BlockPeriodic`)."""
 
-    def __init__(self, params, lr: float = 0.02, period: int = 5, blocks: int = 4, block_lr_ratio: float = 1.0,
+    def __init__(self, params, lr: float = 0.02, period: int = 5, blocks: int = 8, block_lr_ratio: float = 1.0,
                  split: str = "rows", **muon):
         if "rule" in muon:
             raise ValueError("MuonBP sets rule itself; use specopt.Muon(rule=...) for another rule")
