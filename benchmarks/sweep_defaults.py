@@ -73,6 +73,8 @@ CHEAP = {  # tiny and cnn: a few seconds a run; `radius` 30 is Scion's best on b
     "gluon": [{"lr": 1.0}],
     "adago": grid(lr=[0.05, 0.1, 0.2, 0.4, 0.8], adamw_lr=[3e-2]),  # AdaGO's η at Muon's AdamW lr (tiny only)
     "dog": grid(lr=[0.5, 1.0, 2.0]),  # DoG's multiplier: 1 is the rule as published (tiny only)
+    "muonbp": grid(lr=[0.01, 0.02, 0.04], adamw_lr=[3e-2]),  # at P = 5, B = 8, r = 1 (benchmarks/muonbp.py)
+    "gluon-mvr": grid(lr=octaves(0, 6)),  # γ multiplies t_l·(k+1)^{-2/3}: 1 is Gluon's γ
 }
 SMALL = {  # 4-5 min a run: the candidates the cheap tasks leave, and AdamW's reference
     "adamw": grid(lr=[5e-4, 1e-3, 2e-3, 4e-3]),

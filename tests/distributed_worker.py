@@ -29,7 +29,12 @@ PRESETS = {
     "steepest": lambda p: specopt.SteepestDescent(p, lr=0.01, momentum=0.9),
     "prox": lambda p: specopt.ProxSpectral(p, lr=0.05, constraint=None),
     "prox-storm": lambda p: specopt.ProxSpectral(p, lr=0.05, estimator="storm", momentum="storm"),
+    "muonbp": lambda p: specopt.MuonBP(p, lr=0.02, adamw_lr=1e-2, period=2, blocks=WORLD),  # blocks = the shards
+    "gluon-mvr": lambda p: specopt.GluonMVR(p),
 }
+COUNTED = ("all_to_all_single", "all_gather_into_tensor", "all_gather", "all_gather_single", "all_reduce",
+           "broadcast", "reduce_scatter_tensor")
+"""The collectives :func:`collectives_per_step` counts."""
 
 
 def fp32_compute() -> None:
@@ -102,6 +107,32 @@ def resume_single(out_dir: str) -> None:
     torch.save(results, os.path.join(out_dir, "resumed.pt"))
 
 
+def collectives_per_step(model, opt, x, y, steps: int) -> list[dict[str, int]]:
+    """The torch.distributed collectives each ``opt.step()`` calls (the backward pass's, FSDP2's own, not counted)."""
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        calls: dict[str, int] = {}
+        originals = {name: getattr(dist, name) for name in COUNTED if hasattr(dist, name)}
+
+        def counting(name, fn, calls=calls):
+            def call(*args, **kwargs):
+                calls[name] = calls.get(name, 0) + 1
+                return fn(*args, **kwargs)
+            return call
+
+        for name, fn in originals.items():
+            setattr(dist, name, counting(name, fn))
+        try:
+            opt.step()
+        finally:
+            for name, fn in originals.items():
+                setattr(dist, name, fn)
+        counts.append(calls)
+    return counts
+
+
 def distributed(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     fp32_compute()
@@ -134,6 +165,12 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
             results[f"{kind}/{name}"] = full_params(model)
             if kind == "ddp":  # the replicas themselves, not a gathered copy
                 results[f"replica/{name}"] = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    model = make_model()  # FSDP2: MuonBP's block steps post no collective for the lmo (each rank its own rows)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    results["muonbp_collectives"] = collectives_per_step(model, specopt.MuonBP(model.parameters(), period=3), xs, ys, 6)
     torch.manual_seed(rank)  # replicas that differ (no DDP): the split lmo must refuse them
     model = nn.Linear(6, 10)
     opt = specopt.Scion(model.parameters())

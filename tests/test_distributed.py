@@ -67,6 +67,18 @@ def test_checkpoint_saved_at_world_size_2_resumes_at_1_identically(runs, kind, n
     assert _max_diff(runs["resumed"][f"{kind}/{name}"], runs["single"][name]) <= 1e-6
 
 
+def test_muonbp_block_steps_under_fsdp2_post_no_collective_for_the_lmo(runs):
+    """Updates 0 and 3 (P = 3) are full: each matrix travels to its owner and back (all_to_all). The others are
+    block steps on each rank's own rows: the only collective is the engine's one-scalar non-finite check."""
+    for rank in ("rank0", "rank1"):
+        counts = runs[rank]["muonbp_collectives"]
+        for k, calls in enumerate(counts):
+            if k % 3 == 0:
+                assert calls.get("all_to_all_single", 0) > 0
+            else:
+                assert calls == {"all_reduce": 1}
+
+
 def test_replicas_that_differ_are_refused(runs):
     for rank in ("rank0", "rank1"):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]

@@ -264,7 +264,8 @@ def test_almond_averages_lmo_directions():
 
 ONE_SET = [("muon", Muon), ("scion", Scion), ("uscion", UScion), ("clipped-scion", ClippedScion),
            ("gluon", Gluon), ("almond", ALMOND), ("normuon", specopt.NorMuon), ("adamuon", specopt.AdaMuon),
-           ("drop-muon", specopt.DropMuon), ("adago", specopt.AdaGO), ("dog", specopt.DoG)]
+           ("drop-muon", specopt.DropMuon), ("adago", specopt.AdaGO), ("dog", specopt.DoG),
+           ("muonbp", specopt.MuonBP), ("gluon-mvr", specopt.GluonMVR)]
 
 
 @pytest.mark.parametrize("task_name", ["char-gpt", "cnn"])

@@ -1,4 +1,5 @@
-"""specopt.scaling and `specopt scale`: the batch-size / step-size transfer rule (Silveti-Falls et al., *Spectral optimizers for deep learning*, lectures 2026)."""
+"""specopt.scaling and `specopt scale`: the batch-size / step-size transfer rule (Silveti-Falls et al.,
+*Spectral optimizers for deep learning*, lectures 2026)."""
 
 import pytest
 from typer.testing import CliRunner

@@ -10,11 +10,13 @@ roles).
 from specopt import checkpoint, constraints, estimators, layouts, linalg, norms, schedules, steps, views
 from specopt.adago import AdaGO
 from specopt.adaptive import AdaMuon, NorMuon
+from specopt.block_periodic import MuonBP
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
 from specopt.dog import DoG
 from specopt.drop import DropMuon
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator
+from specopt.gluon_mvr import GluonMVR
 from specopt.linalg import msign, msign_band, polar_express_coefficients
 from specopt.lmo import Record, StepContext
 from specopt.norms import (
@@ -42,6 +44,7 @@ __all__ = [
     "AdaMuon",
     "DoG",
     "DropMuon",
+    "MuonBP",
     "NorMuon",
     "BiasRMS",
     "Box",
@@ -67,6 +70,7 @@ __all__ = [
     "ClippedScion",
     "GeometryOptimizer",
     "Gluon",
+    "GluonMVR",
     "Muon",
     "Scion",
     "SteepestDescent",

@@ -117,13 +117,17 @@ ITEMS_PER_RANK = 2
 piece's transfer overlaps the next piece's matmuls and only the last small piece's transfer is left exposed."""
 
 
+GATHER, OWN, WHOLE = "gather", "own", "whole"
+"""The kinds of an lmo bucket (:meth:`specopt.lmo.LmoRunner.buckets`): sharded tensors gathered to their owner,
+sharded tensors whose lmo is local to each shard, and tensors every rank holds whole (split over the replicas)."""
+
+
 def split_buckets(buckets: dict, replicas) -> dict:
-    """Cut every distributed bucket (key ``(norm, shape, dtype, device, sharded, index)``) into pieces of at most
+    """Cut every distributed bucket (key ``(norm, shape, dtype, device, kind, index)``) into pieces of at most
     ``ITEMS_PER_RANK·W`` items; local buckets are kept as they are. Keys gain the piece number."""
     out = {}
     for key, bucket in buckets.items():
-        sharded = key[4]
-        group = bucket[0].layout.group if sharded else replicas
+        group = {GATHER: bucket[0].layout.group, OWN: None, WHOLE: replicas}[key[4]]
         if group is None:
             out[key + (0,)] = bucket
             continue

@@ -5,6 +5,7 @@ Per layer i, under (L0, L1)-smoothness in the layer's norm, the step ``W_i ← W
 
     t_i = ‖d_i‖_* / (L0_i + L1_i·‖d_i‖_*)                       (deterministic, ``schedule="constant"``)
     t_i^k = t_i·(k+1)^{-3/4},  β_k = 1 − (k+1)^{-1/2}          (``schedule="stochastic"``)
+    t_i^k = t_i·(k+1)^{-2/3},  a_k = (k+1)^{-2/3}               (``schedule="mvr"``, on STORM: ``GluonMVR``)
 
 ``L0``/``L1`` are given per group, or ``"online"``: the optimizer measures the local smoothness of each layer
 along its own trajectory,
@@ -50,7 +51,8 @@ import torch
 from specopt._checks import check_number
 from specopt.steps import StepRule, weight_decay
 
-SCHEDULES = ("constant", "stochastic")
+SCHEDULES = {"constant": 0.0, "stochastic": 0.75, "mvr": 2.0 / 3.0}
+"""Schedule name → p of ``t_i^k = t_i·(k+1)^{-p}``: constant, the momentum analysis's, the MVR (STORM) analysis's."""
 DEFAULTS = {"L0": "online", "L1": "online", "schedule": "constant", "warmup_radius": 1e-3, "probe_every": 1}
 """Gluon's group keys, for an engine built with ``rule="gluon"`` (:class:`specopt.Gluon` sets them itself)."""
 
@@ -93,7 +95,7 @@ def validate(group: dict) -> None:
         if group["L0"] == 0 and group["L1"] == 0:
             raise ValueError("L0 and L1 cannot both be 0 (the radius t = ‖d‖_*/(L0 + L1‖d‖_*) is undefined)")
     if group["schedule"] not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {group['schedule']!r}")
+        raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {group['schedule']!r}")
     check_number(group["warmup_radius"], "warmup_radius", low_open=True)
     p = group["probe_every"]
     if isinstance(p, bool) or not isinstance(p, int) or p < 1:
@@ -160,8 +162,8 @@ def layer_radii(items: list) -> list[float]:
             it.state["gluon_t"] = t
         else:
             t = dual / denom if denom > 0 else g["warmup_radius"]
-        if g["schedule"] == "stochastic":
-            t *= float(it.state["step"]) ** -0.75
+        if SCHEDULES[g["schedule"]]:
+            t *= float(it.state["step"]) ** -SCHEDULES[g["schedule"]]
         radii.append(t)
     return radii
 

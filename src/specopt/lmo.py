@@ -3,7 +3,9 @@
 The runner computes ``rec.s·rec.factor = norm.lmo(rec.d)`` for a list of records: it buckets tensors of one norm,
 shape, dtype, device and layout into one call, and runs each bucket locally, split across the ranks of a
 replicated (DDP) group, or gathered from and scattered back to the ranks of an FSDP2 shard
-(:mod:`specopt.distributed`): by the runner's process group and each parameter's layout (sharded or not).
+(:mod:`specopt.distributed`): by the runner's process group and each parameter's layout (sharded or not). A sharded
+tensor whose norm's lmo acts on each shard alone (:meth:`~specopt.norms.Norm.shard_local`, e.g. blocks that are the
+shards, as MuonBP's block steps) is computed on each rank's shard, with no communication.
 Estimators and rules see only records and the runner's calls.
 """
 
@@ -95,15 +97,24 @@ class LmoRunner:
         rec.p.copy_(whole[start:start + rec.p.shape[0]])
 
     def buckets(self, records: list[Record]) -> dict:
-        """Records whose lmo is one call: same norm, shape, dtype, device and layout (a bucket per record where
-        ``batch_lmo`` is off, unless the bucket is shared out across ranks)."""
+        """Records whose lmo is one call: same norm, shape, dtype, device and kind (a bucket per record where
+        ``batch_lmo`` is off, unless the bucket is shared out across ranks). The kind (key[4]) is
+        :data:`~specopt.distributed.GATHER` for a sharded tensor whose lmo needs the whole tensor,
+        :data:`~specopt.distributed.OWN` for one whose norm's lmo is local to each shard
+        (:meth:`~specopt.norms.Norm.shard_local`: the key then holds the local norm and the shard's shape), and
+        :data:`~specopt.distributed.WHOLE` for a tensor every rank holds whole."""
         split_all = self.replicas is not None
         buckets: dict = defaultdict(list)
         for i, rec in enumerate(records):
-            batch = split_all or rec.layout.sharded or (
+            norm, shape, kind = rec.norm, rec.layout.shape, distributed.WHOLE
+            if rec.layout.sharded:
+                rank = torch.distributed.get_rank(rec.layout.group)
+                local = rec.norm.shard_local(shape, rec.layout.rows, rank)
+                norm, shape, kind = ((local, tuple(rec.p.shape), distributed.OWN) if local is not None else
+                                     (norm, shape, distributed.GATHER))
+            batch = (split_all and kind == distributed.WHOLE) or kind == distributed.GATHER or (
                 self.batch_lmo if self.batch_lmo is not None else rec.g.device.type != "cpu")
-            buckets[(rec.norm, rec.layout.shape, rec.g.dtype, rec.g.device, rec.layout.sharded,
-                     None if batch else i)].append(rec)
+            buckets[(norm, shape, rec.g.dtype, rec.g.device, kind, None if batch else i)].append(rec)
         return buckets
 
     def __call__(self, records: list[Record], need_dual: bool = False) -> None:
@@ -111,10 +122,10 @@ class LmoRunner:
         ``need_dual``): one call per bucket, stacked straight into the norm's compute dtype."""
         replicas = self.replicas
         buckets = self.buckets(records)
-        if replicas is not None or any(key[4] for key in buckets):  # smaller collectives: finer overlap
+        if replicas is not None or any(key[4] == distributed.GATHER for key in buckets):  # finer overlap
             buckets = distributed.split_buckets(buckets, replicas)
         sharded = {key: distributed.ShardedLmo(key[0], [rec.d for rec in bucket], bucket[0].layout)
-                   for key, bucket in buckets.items() if key[4]}
+                   for key, bucket in buckets.items() if key[4] == distributed.GATHER}
         for job in sharded.values():  # every bucket's shards travel to their owners before any matmul
             job.send()
         pending = []
@@ -122,7 +133,7 @@ class LmoRunner:
             norm, shape, _, device = key[:4]
             if key in sharded:
                 pending.append((bucket, norm.lmo_factor(shape), sharded[key].compute()))
-            elif replicas is not None:
+            elif replicas is not None and key[4] == distributed.WHOLE:
                 pending.append((bucket, norm.lmo_factor(shape),
                                 distributed.lmo_replicated(norm, [rec.d for rec in bucket], replicas)))
             else:
@@ -141,6 +152,10 @@ class LmoRunner:
     def _local(bucket: list[Record], norm, shape, device) -> None:
         first = bucket[0].d
         work = norm.work_dtype(first)
+        if 0 in shape:  # an empty shard: nothing to compute
+            for rec in bucket:
+                rec.s, rec.factor = rec.d.to(work), 1.0
+            return
         if len(bucket) == 1:
             private = work != first.dtype
             D = first.to(work).unsqueeze(0)

@@ -19,6 +19,7 @@ band (:func:`specopt.linalg.msign_band`) of the true scaled nuclear norm otherwi
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 from abc import ABC, abstractmethod
 
@@ -95,6 +96,13 @@ class Norm(ABC):
     def project(self, x: torch.Tensor, radius: float = 1.0, batch_dims: int | None = None) -> torch.Tensor:
         """Euclidean projection of each item onto the ball ``{‖x‖ ≤ radius}``."""
         raise NotImplementedError(f"{type(self).__name__} has no cheap projection")
+
+    def shard_local(self, shape, rows: tuple[int, ...], rank: int) -> Norm | None:
+        """A norm whose lmo of rank ``rank``'s rows of a tensor of ``shape``, row-sharded as ``rows`` (the rows of
+        dim 0 per rank: FSDP2's ``Shard(0)``), is those rows of this norm's lmo of the whole tensor; None (the
+        default) where the lmo needs the whole tensor. Where it is not None the optimizer computes the lmo of a
+        sharded tensor on each rank's own rows, with no communication (:class:`~specopt.lmo.LmoRunner`)."""
+        return None
 
     def config(self) -> dict:
         """A plain-data description (for state dicts and config files); :func:`norm_from_config` inverts it."""
@@ -515,6 +523,20 @@ class Blocked(Norm):
     def project(self, x, radius=1.0, batch_dims=None):
         self._dims(x, batch_dims, "project")
         return self._map(x, lambda b: self.inner.project(b, radius))
+
+    def shard_local(self, shape, rows, rank):
+        """The blocks inside rank ``rank``'s rows (the inner norm for one block, or for an empty shard) where every
+        shard boundary is a block boundary: each block's lmo is its own, so a shard's blocks need no other rows."""
+        shape = tuple(shape)
+        if len(shape) != self.item_ndim or self.interleaved:  # dim 0 is not the blocks' row axis
+            return None
+        sizes = self.sizes(shape[0])
+        starts = list(itertools.accumulate(sizes, initial=0))
+        cuts = list(itertools.accumulate(rows, initial=0))
+        if not set(cuts) <= set(starts):
+            return None
+        mine = tuple(size for size, start in zip(sizes, starts, strict=False) if cuts[rank] <= start < cuts[rank + 1])
+        return Blocked(self.inner, mine) if len(mine) > 1 else self.inner
 
 
 CATALOGUE: dict[str, type[Norm]] = {

@@ -88,9 +88,9 @@ class ClippedScion(GeometryOptimizer):
     """Clipped Scion: the uSCG step scaled by ``min{1, ‖d‖_*/ρ_c}`` with the global dual norm
     ``‖d‖_* = Σ_l ρ_l‖d_l‖_(l)*`` (one scalar for all tensors). ``constrained=True``: ``s = ρ·lmo(d)``,
     gap ``Ψ = ⟨d, W − s⟩``, ``η = min{1, Ψ/ρ_c}``, ``W ← (1−γη)W + γη·s``. ρ_c is in the units of the radii
-    (it scales with them); 600 at the default radii (Pethick et al. 2025, arXiv:2502.07529, use 600 for a GPT and 1600 for a CNN). Where the
-    first steps' ``Σρ‖d‖_*`` is above ρ_c nothing is clipped and the step is the full ``γρ`` (0.23 for hidden
-    matrices at the defaults): measure it and set ρ_c a few times above it.
+    (it scales with them); 600 at the default radii (Pethick et al. 2025, arXiv:2502.07529, use 600 for a GPT and
+    1600 for a CNN). Where the first steps' ``Σρ‖d‖_*`` is above ρ_c nothing is clipped and the step is the full
+    ``γρ`` (0.23 for hidden matrices at the defaults): measure it and set ρ_c a few times above it.
     """
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=RADIUS,

@@ -33,11 +33,13 @@ DEFAULTS: dict[str, dict] = {
     "adamuon": {**class_defaults(specopt.AdaMuon, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
     "drop-muon": {**class_defaults(specopt.DropMuon, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
     "adago": {**class_defaults(specopt.AdaGO, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
+    "muonbp": {**class_defaults(specopt.MuonBP, "lr"), **class_defaults(specopt.Muon, "adamw_lr", "weight_decay")},
     "scion": class_defaults(specopt.Scion, "lr", "radius", "momentum"),
     "uscion": class_defaults(specopt.UScion, "lr", "radius", "momentum"),
     "clipped-scion": class_defaults(specopt.ClippedScion, "lr", "radius", "momentum", "clip_radius"),
     "gluon": class_defaults(specopt.Gluon, "lr", "momentum"),
     "dog": class_defaults(specopt.DoG, "lr", "momentum"),
+    "gluon-mvr": class_defaults(specopt.GluonMVR, "lr", "momentum"),
     "almond": class_defaults(specopt.ALMOND, "lr", "radius", "momentum"),
     "sgd": {"lr": 0.1, "momentum": 0.9},
     "prox-spectral": {**class_defaults(specopt.ProxSpectral, "lr", "momentum"), "adamw_lr": 1e-2},
@@ -102,9 +104,9 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
         return opts
-    if name in ("muon", "normuon", "adamuon", "drop-muon", "adago"):
+    if name in ("muon", "normuon", "adamuon", "drop-muon", "adago", "muonbp"):
         cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
-               "drop-muon": specopt.DropMuon, "adago": specopt.AdaGO}[name]
+               "drop-muon": specopt.DropMuon, "adago": specopt.AdaGO, "muonbp": specopt.MuonBP}[name]
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
         return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **options})]
@@ -128,8 +130,8 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         return [specopt.UScion(groups, **{**common, **options})]
     if name == "clipped-scion":
         return [specopt.ClippedScion(groups, **{**common, "clip_radius": hp["clip_radius"], **options})]
-    if name == "gluon":
-        return [specopt.Gluon(groups, **{**common, **options})]  # the radii are unused: t_l comes from L0, L1
+    if name in ("gluon", "gluon-mvr"):  # the radii are unused: t_l comes from L0, L1
+        return [{"gluon": specopt.Gluon, "gluon-mvr": specopt.GluonMVR}[name](groups, **{**common, **options})]
     if name == "almond":
         return [specopt.ALMOND(groups, **{**common, **options})]
     if name == "dog":

@@ -1,0 +1,118 @@
+"""MuonBP against Muon: the optimizer step on the GPT-2-small parameter set, and the final loss of the default
+char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η_block/η_full).
+
+    python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1]   # step times, prints the ratios
+    python benchmarks/muonbp.py structure [--seeds 0]                          # appends to results/muonbp.csv
+
+``step``: step.py's parameters and gradients (``--blocks`` transformer blocks; the embeddings and gains on Muon's
+AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
+interleaved rounds; the mean over ``--steps`` steps, a
+multiple of P, so that full and block steps count in their proportion (1 in P is full).
+
+``structure``: `specopt train --task char-gpt --optimizer muonbp` (600 steps, linear decay, MuonBP's default lr)
+for every setting of :data:`GRID`, one thread; MuonBP's other constructor arguments are fixed with
+``functools.partial`` (the registry passes lr, weight decay and AdamW's lr only). Rows are appended to
+``benchmarks/results/muonbp.csv`` as runs end; settings already there are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step import gpt2_small_params, muon_groups, roles  # noqa: E402
+
+import specopt  # noqa: E402
+from specopt import registry  # noqa: E402
+from specopt.training import RunConfig, train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "muonbp.csv"
+FIELDS = ("split", "period", "blocks", "block_lr_ratio", "lr", "seed", "final_val", "seconds")
+GRID = [{"split": "rows", "period": p, "blocks": b, "block_lr_ratio": 1.0} for p in (2, 5, 10) for b in (2, 4, 8)] + [
+    {"split": "rows", "period": 5, "blocks": b, "block_lr_ratio": r} for b in (2, 4) for r in (0.5, 2.0)] + [
+    {"split": "short", "period": p, "blocks": b, "block_lr_ratio": 1.0} for p in (2, 5) for b in (2, 4, 8)]
+"""Row blocks: P × B at r = 1 (P = 5 is the paper's), r = ½ and 2 at P = 5; blocks across the shorter side."""
+
+
+def step_times(blocks: int, steps: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    groups = muon_groups(roles(gpt2_small_params(blocks=blocks)))
+    opts = {"Muon": specopt.Muon(groups, lr=0.02)}
+    opts.update({f"MuonBP {split} B={b}": specopt.MuonBP(groups, lr=0.02, period=5, blocks=b, split=split)
+                 for split in ("rows", "short") for b in (2, 4, 8)})
+    for opt in opts.values():  # state allocated, first (full) step done: the timed steps start at a block step
+        opt.step()
+    times = {name: [] for name in opts}
+    for _ in range(steps):
+        for name, opt in opts.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    mean = {name: statistics.mean(t) for name, t in times.items()}
+    print(f"{blocks} GPT-2-small blocks, {threads} thread(s), mean of {steps} steps (P = 5):")
+    for name, t in mean.items():
+        print(f"  {name}: {t * 1e3:.0f} ms, {t / mean['Muon']:.2f}x Muon")
+
+
+def read_rows() -> list[dict]:
+    if not RESULTS.is_file():
+        return []
+    with open(RESULTS) as f:
+        return list(csv.DictReader(f))
+
+
+def structure(seeds: list[int]) -> None:
+    torch.set_num_threads(1)
+    lr = registry.DEFAULTS["muonbp"]["lr"]
+    done = {(r["split"], float(r["period"]), float(r["blocks"]), float(r["block_lr_ratio"]), float(r["lr"]),
+             int(r["seed"])) for r in read_rows()}
+    for seed in seeds:
+        for setting in GRID:
+            key = (setting["split"], setting["period"], setting["blocks"], setting["block_lr_ratio"], lr, seed)
+            if key in done:
+                continue
+            tick = time.time()
+            cfg = RunConfig(task="char-gpt", optimizer="muonbp", steps=600, seed=seed, task_options={"size": "tiny"},
+                            val_every=100, checkpoint_every=600)
+            with mock.patch.object(specopt, "MuonBP", functools.partial(specopt.MuonBP, **setting)), \
+                    TemporaryDirectory() as d:
+                final = train(cfg, d, progress=False).val_rows()[-1]["val_loss"]
+            row = {**setting, "lr": lr, "seed": seed, "final_val": final, "seconds": round(time.time() - tick, 1)}
+            new = not RESULTS.is_file()
+            with open(RESULTS, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=FIELDS)
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+            print(f"{setting['split']}, P {setting['period']}, B {setting['blocks']}, r {setting['block_lr_ratio']}, "
+                  f"lr {lr}, seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("step")
+    s.add_argument("--blocks", type=int, default=4)
+    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("structure")
+    t.add_argument("--seeds", default="0")
+    args = parser.parse_args()
+    if args.what == "step":
+        step_times(args.blocks, args.steps, args.threads)
+    else:
+        structure([int(x) for x in args.seeds.split(",")])
+
+
+if __name__ == "__main__":
+    main()
