@@ -177,7 +177,8 @@ def _name(dtype: torch.dtype) -> str:
 def markdown(timing, acc, acc_bf16, starts, args, dtype, shape, bf16_shape) -> str:
     m, n = shape
     lines = [f"## msign schedules ({args.device.type})", "",
-             f"Measured by {command('msign_schedules.py', args)} on {where(args)}, compute dtype {_name(dtype)} "
+             f"Measured by {command('msign_schedules.py', args)[:-1]} --threads {args.threads}` on {where(args)}, "
+             f"compute dtype {_name(dtype)} "
              f"(msign's default here{'' if dtype == torch.bfloat16 else ': this machine has no native bf16'}). "
              f"One {m}×{n} matrix (σ/‖G‖_F spanning [1e-3, 0.98], as the msign table), the fastest of "
              f"{args.repeats} interleaved calls of each schedule through msign's own code path (the machine is "
@@ -214,7 +215,7 @@ def markdown(timing, acc, acc_bf16, starts, args, dtype, shape, bf16_shape) -> s
                   "| method | iterations | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
         for r in acc_bf16:
             lines.append(f"| {r['method']} | {r['steps']} | " + " | ".join(f"{r[k][0]:.3f}" for k in names) + " |")
-    lines += ["", verdicts(timing, dtype), DRIFT_NOTE[args.device.type]]
+    lines += ["", verdicts(timing, dtype), accuracy_verdicts(acc, _name(dtype)), DRIFT_NOTE[args.device.type]]
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +234,22 @@ def verdicts(timing: list[dict], dtype: torch.dtype) -> str:
                  "third, A², is m×m×m, a quarter of the other two at aspect 4, so 12 of 15 matmuls are 0.80 of the "
                  "flops and a cubic step (2 products) 0.89 of a quintic one")
     return "\n".join(lines)
+
+
+def accuracy_verdicts(acc: list[dict], dtype: str) -> str:
+    """Where each schedule matches Polar Express's measured max |σ − 1| (within 0.01), and how far it lands from
+    the exact polar factor."""
+    pe = next(r for r in acc if r["method"] == "polar_express")
+    names = [k for k in pe if k not in ("method", "steps")]
+    lines = []
+    for r in acc[1:]:
+        same = [k for k in names if r[k][0] <= pe[k][0] + 0.01]
+        far = f"; there ‖O − UVᵀ‖₂ ≤ {max(r[k][1] for k in same):.3f}" if same else ""
+        lines.append(f"  - {r['method']} ({r['steps']} iterations): {len(same)}/{len(names)} "
+                     f"({', '.join(same) or 'none'}){far}")
+    worst_pe = max(pe[k][1] for k in names)
+    return "\n".join([f"- Polar Express's measured max |σ − 1| ({dtype}, within 0.01) reached on the five inputs "
+                      f"(Polar Express's own ‖O − UVᵀ‖₂ ≤ {worst_pe:.3f}):", *lines])
 
 
 def main() -> None:
