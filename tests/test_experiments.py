@@ -41,14 +41,27 @@ def test_nonlinear_preconditioner_confirms_the_quoted_fit(tmp_path):
     assert "confirmed" in report
 
 
-def test_constraints_experiment_projected_runs_stay_feasible(tmp_path):
-    rows, _ = run_quick("constraints", tmp_path)
+def test_constraints_experiment_tunes_every_arm_alike_and_projected_runs_stay_feasible(tmp_path):
+    rows, report = run_quick("constraints", tmp_path)
     by = {r["run"]: r for r in rows}
     for run in ("spectral-ball (svd)", "spectral-ball (svd-free)"):
         assert int(by[run]["infeasible_steps"]) == 0
         assert float(by[run]["max_norm_over_radius"]) <= 1 + 1e-4
-    assert float(by["unconstrained"]["max_norm_over_radius"]) == pytest.approx(2.0)  # radii = half its norms
+    assert float(by["unconstrained"]["max_norm_over_radius"]) > 1.5  # radii = half its tuned run's norms: they bind
     assert int(by["weight clipping (loose)"]["infeasible_steps"]) > 0
+    with open(tmp_path / "constraints" / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    tune = [r for r in runs if r["phase"] == "tune"]
+    grids = {arm: sorted(float(r["lr"]) for r in tune if r["run"] == arm) for arm in by}
+    assert len({tuple(g) for g in grids.values()}) == 1 and len(grids["unconstrained"]) >= 2  # one grid for all
+    for arm, row in by.items():  # each arm evaluated at its own best step size, on seeds it was not tuned on
+        best = min((r for r in tune if r["run"] == arm), key=lambda r: float(r["tune_loss"]))
+        assert float(row["lr"]) == float(best["lr"])
+        evaluated = [r for r in runs if r["phase"] == "evaluate" and r["run"] == arm]
+        assert len(evaluated) == int(row["seeds"]) >= 2
+        assert all(float(r["lr"]) == float(row["lr"]) and r["seed"] != best["seed"] for r in evaluated)
+    best = min(rows, key=lambda r: float(r["test_loss"]))
+    assert f"By test loss: **{best['run']}**" in report
 
 
 def test_heavy_tails_experiment_runs_every_method_and_the_proximal_ones_never_diverge(tmp_path):
