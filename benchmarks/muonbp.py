@@ -2,7 +2,8 @@
 char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η_block/η_full).
 
     python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1]   # step times, prints the ratios
-    python benchmarks/muonbp.py structure [--seeds 0]                          # appends to results/muonbp.csv
+    python benchmarks/muonbp.py structure [--seeds 0] [--split rows --period 5 --blocks 2 --ratio 1]
+                                                  # appends to results/muonbp.csv (the GRID points that match)
 
 ``step``: step.py's parameters and gradients (``--blocks`` transformer blocks; the embeddings and gains on Muon's
 AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
@@ -71,13 +72,14 @@ def read_rows() -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def structure(seeds: list[int]) -> None:
+def structure(seeds: list[int], only: dict) -> None:
+    """Every setting of :data:`GRID` that agrees with ``only`` (e.g. ``{"blocks": 2}``), for every seed."""
     torch.set_num_threads(1)
     lr = registry.DEFAULTS["muonbp"]["lr"]
     done = {(r["split"], float(r["period"]), float(r["blocks"]), float(r["block_lr_ratio"]), float(r["lr"]),
              int(r["seed"])) for r in read_rows()}
     for seed in seeds:
-        for setting in GRID:
+        for setting in (g for g in GRID if all(g[k] == v for k, v in only.items())):
             key = (setting["split"], setting["period"], setting["blocks"], setting["block_lr_ratio"], lr, seed)
             if key in done:
                 continue
@@ -107,11 +109,17 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=1)
     t = sub.add_parser("structure")
     t.add_argument("--seeds", default="0")
+    t.add_argument("--split", choices=("rows", "short"))
+    t.add_argument("--period", type=int)
+    t.add_argument("--blocks", type=int)
+    t.add_argument("--ratio", type=float, dest="block_lr_ratio")
     args = parser.parse_args()
     if args.what == "step":
         step_times(args.blocks, args.steps, args.threads)
     else:
-        structure([int(x) for x in args.seeds.split(",")])
+        only = {k: getattr(args, k) for k in ("split", "period", "blocks", "block_lr_ratio")
+                if getattr(args, k) is not None}
+        structure([int(x) for x in args.seeds.split(",")], only)
 
 
 if __name__ == "__main__":

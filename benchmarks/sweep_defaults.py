@@ -139,8 +139,12 @@ def run_sweep(key: str, names: list[str], seeds: list[int], force: bool) -> None
                         hparams=hp, val_every=steps // 6, checkpoint_every=steps)
         tick = time.time()
         with TemporaryDirectory() as d:
-            result = train(cfg, d, progress=False)
-        val = result.val_rows()
+            try:
+                val = train(cfg, d, progress=False).val_rows()
+            except ValueError as e:  # a gradient went non-finite inside step() (before the loss did): diverged
+                if "non-finite gradient" not in str(e):
+                    raise
+                val = []
         final = val[-1]["val_loss"] if val else float("nan")
         row = {"optimizer": name, **{k: hp.get(k, "") for k in HPARAMS}, "seed": seed, "steps": steps,
                "final_val": final if math.isfinite(final) else float("nan"), "seconds": round(time.time() - tick, 1)}

@@ -30,14 +30,15 @@ class GluonMVR(Gluon):
 
     Args:
         L0, L1: per-group smoothness constants, or ``"online"`` (default).
-        lr: γ, multiplying every ``t_i^k``.
+        lr: γ, multiplying every ``t_i^k`` (8: the best of the char-GPT tiny sweep 1 … 64,
+            ``benchmarks/results/sweep_defaults-char-gpt-tiny.csv``; from 16 on the runs diverge).
         momentum: ``"storm"`` (default: ``a_k = (k+1)^{-2/3}``) or a fixed β = 1 − a.
         schedule: ``"mvr"`` (default: ``t_i^k = t_i·(k+1)^{-2/3}``) or Gluon's ``"constant"``.
         warmup_radius: the step before the first smoothness measurement.
         weight_decay: decoupled, ``(1 − γλ)``.
     """
 
-    def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
+    def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 8.0,
                  momentum: float | str = "storm", norm="auto", schedule: str = "mvr", warmup_radius: float = 1e-3,
                  weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
