@@ -125,7 +125,7 @@ def train(data: Data, mode: str, lr: float, radii: list[float] | None, steps: in
     tune, test = ((math.inf, 0.0), (math.inf, 0.0)) if diverged else (_evaluate(model, data.tune),
                                                                        _evaluate(model, data.test))
     tail = max(steps // 10, 1)
-    return {"losses": losses, "ratios": ratios, "diverged": diverged, "seconds": elapsed,
+    return {"lr": lr, "losses": losses, "ratios": ratios, "diverged": diverged, "seconds": elapsed,
             "tune_loss": tune[0], "test_loss": test[0], "test_accuracy": test[1],
             "train_loss": float(np.mean(losses[-tail:])) if not diverged else math.inf,
             "op_norms": None if diverged else _op_norms(model)}
@@ -149,10 +149,10 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
                 evaluation[(label, seed)] = train(data[seed], mode, best, radii, steps, True, bar)
     best_lr = {label: min(grid, key=lambda lr, label=label: tuning[(label, lr)]["tune_loss"]) for label in ARMS}
     rows = [_summary(label, best_lr[label], grid, [evaluation[(label, s)] for s in seeds]) for label in ARMS]
-    write_csv(out / "runs.csv", [{"phase": "tune", "run": label, "lr": lr, "seed": TUNE_SEED,
+    write_csv(out / "runs.csv", [{"phase": "tune", "run": label, "lr": r["lr"], "seed": TUNE_SEED,
                                   **{k: r[k] for k in ("diverged", "tune_loss", "test_loss", "test_accuracy")}}
                                  for (label, lr), r in tuning.items()]
-              + [{"phase": "evaluate", "run": label, "lr": best_lr[label], "seed": seed,
+              + [{"phase": "evaluate", "run": label, "lr": r["lr"], "seed": seed,
                   **{k: r[k] for k in ("diverged", "tune_loss", "test_loss", "test_accuracy")},
                   "train_loss": r["train_loss"], "max_norm_over_radius": max(r["ratios"], default=math.nan)}
                  for (label, seed), r in evaluation.items()])
