@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from helpers import classification_data, mlp, train
+from helpers import assert_resumes_exactly, classification_data, mlp, train
 
 import specopt
 from specopt.adaptive import SecondMomentNormalized
@@ -57,13 +55,7 @@ def test_trains_and_resumes_exactly(cls, lr):
     opt = cls(specopt.param_groups(model), lr=lr)
     losses = train(model, opt, X, y, 60)
     assert losses[-1] < 0.5 * losses[0]
-    twin_model = copy.deepcopy(model)
-    twin = cls(specopt.param_groups(twin_model), lr=lr)
-    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
-    train(model, opt, X, y, 3)
-    train(twin_model, twin, X, y, 3)
-    for a, b in zip(model.parameters(), twin_model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    twin_model, _ = assert_resumes_exactly(model, opt, lambda m: cls(specopt.param_groups(m), lr=lr), X, y)
     with pytest.raises(ValueError, match="rule"):
         specopt.Muon(specopt.param_groups(twin_model)).load_state_dict(opt.state_dict())
 
