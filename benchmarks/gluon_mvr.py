@@ -24,6 +24,7 @@ from tempfile import TemporaryDirectory
 from unittest import mock
 
 import torch
+from sweep_defaults import append_row
 
 import specopt
 from specopt.training import RunConfig, train
@@ -70,12 +71,7 @@ def main() -> None:
             final = final_loss(name, cls, options, lr, seed)
             row = {"optimizer": name, "options": label, "lr": lr, "seed": seed, "final_val": final,
                    "seconds": round(time.time() - tick, 1)}
-            new = not RESULTS.is_file()
-            with open(RESULTS, "a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=FIELDS)
-                if new:
-                    w.writeheader()
-                w.writerow(row)
+            append_row(RESULTS, FIELDS, row)
             print(f"{name} {label} lr {lr} seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
 
 

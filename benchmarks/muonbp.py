@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step import gpt2_small_params, muon_groups, roles  # noqa: E402
+from sweep_defaults import append_row  # noqa: E402
 
 import specopt  # noqa: E402
 from specopt import registry  # noqa: E402
@@ -90,12 +91,7 @@ def structure(seeds: list[int], only: dict) -> None:
                     TemporaryDirectory() as d:
                 final = train(cfg, d, progress=False).val_rows()[-1]["val_loss"]
             row = {**setting, "lr": lr, "seed": seed, "final_val": final, "seconds": round(time.time() - tick, 1)}
-            new = not RESULTS.is_file()
-            with open(RESULTS, "a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=FIELDS)
-                if new:
-                    w.writeheader()
-                w.writerow(row)
+            append_row(RESULTS, FIELDS, row)
             print(f"{setting['split']}, P {setting['period']}, B {setting['blocks']}, r {setting['block_lr_ratio']}, "
                   f"lr {lr}, seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
 

@@ -155,6 +155,17 @@ def run_sweep(key: str, names: list[str], seeds: list[int], force: bool) -> None
               f"({row['seconds']:.0f} s, ~{left / 60:.0f} min left)", flush=True)
 
 
+def append_row(path: Path, fields: list[str], row: dict) -> None:
+    """Append ``row`` to the CSV at ``path`` (its header first if the file is new), so an interrupted run keeps
+    every finished point."""
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
 def write_rows(key: str, rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     with open(csv_path(key), "w", newline="") as f:
