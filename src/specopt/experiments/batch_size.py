@@ -415,19 +415,31 @@ def _plot_critical(results: dict, path: Path) -> None:
             bound = [_largest_run(table, est, t) for t in np.flatnonzero(~ok)]
             ax.scatter(T[~ok], bound, marker="^", facecolors="none", edgecolors=colour, s=60,
                        label=f"{key}: censored (B* ≥ largest batch run)")
-        if not math.isnan(est["batch_exponent"]):
-            a = est["batch_exponent"]
-            c = np.exp(np.nanmean(np.log(crit) - a * np.log(T)))
-            lo_a, hi_a = est["batch_exponent_ci"]
-            ax.plot(T, c * T**a, color=colour, lw=1.5, label=f"{key}: fit T^{a:.2f} [{lo_a:.2f}, {hi_a:.2f}]")
-            ref = np.exp(np.nanmean(np.log(crit) - THEORY_BATCH * np.log(T)))
-            ax.plot(T, ref * T**THEORY_BATCH, color=colour, lw=1, ls="--", alpha=0.6,
-                    label=f"{key}: T^(2/3) reference")
+        _plot_power_law(ax, T, crit, est, "batch_exponent", THEORY_BATCH, "T^(2/3)", colour, key)
+    _finish(fig, ax, f"critical batch B* (loss ≤ {FACTOR}× best)",
+            "The critical batch grows with the budget (theory: T^(2/3))", path)
+
+
+def _plot_power_law(ax, T, values, est: dict, exponent: str, theory: float, reference: str, colour, key: str) -> None:
+    """The fitted power law ``c·T^a`` (a = ``est[exponent]``, with its interval) and the theory's exponent through the
+    same points, dashed."""
+    if math.isnan(est[exponent]):
+        return
+    a = est[exponent]
+    lo_a, hi_a = est[f"{exponent}_ci"]
+    fit = np.exp(np.nanmean(np.log(values) - a * np.log(T)))
+    ax.plot(T, fit * T**a, color=colour, lw=1.5, label=f"{key}: fit T^{a:.2f} [{lo_a:.2f}, {hi_a:.2f}]")
+    ref = np.exp(np.nanmean(np.log(values) - theory * np.log(T)))
+    ax.plot(T, ref * T**theory, color=colour, lw=1, ls="--", alpha=0.6, label=f"{key}: {reference} reference")
+
+
+def _finish(fig, ax, ylabel: str, title: str, path: Path) -> None:
+    """Log-log axes against the budget, labels, grid, legend; written to ``path``."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("token budget T (samples)")
-    ax.set_ylabel(f"critical batch B* (loss ≤ {FACTOR}× best)")
-    ax.set_title("The critical batch grows with the budget (theory: T^(2/3))")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -481,18 +493,6 @@ def _plot_step_size(results: dict, path: Path) -> None:
         lo, hi = est["lr_ci"]
         ax.errorbar(T[ok], lr[ok], yerr=[lr[ok] - lo[ok], hi[ok] - lr[ok]], fmt=marker, color=colour, capsize=3,
                     label=f"{key}: γ* at B*")
-        if not math.isnan(est["step_exponent"]):
-            a = est["step_exponent"]
-            fit = np.exp(np.nanmean(np.log(lr) - a * np.log(T)))
-            lo_a, hi_a = est["step_exponent_ci"]
-            ax.plot(T, fit * T**a, color=colour, label=f"{key}: fit T^{a:.2f} [{lo_a:.2f}, {hi_a:.2f}]")
-            ref = np.exp(np.nanmean(np.log(lr) - THEORY_STEP * np.log(T)))
-            ax.plot(T, ref * T**THEORY_STEP, color=colour, ls="--", lw=1, alpha=0.6, label=f"{key}: T^(-1/3) reference")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel("token budget T (samples)")
-    ax.set_ylabel("tuned step size γ* at the critical batch")
-    ax.set_title("The tuned step size falls with the budget (theory: T^(-1/3))")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+        _plot_power_law(ax, T, lr, est, "step_exponent", THEORY_STEP, "T^(-1/3)", colour, key)
+    _finish(fig, ax, "tuned step size γ* at the critical batch",
+            "The tuned step size falls with the budget (theory: T^(-1/3))", path)
