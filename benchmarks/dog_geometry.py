@@ -23,7 +23,7 @@ import torch
 import specopt
 from specopt.dog import DistanceOverGradients
 from specopt.tasks import get_task
-from specopt.training import RunConfig, lr_factor
+from specopt.training import RunConfig, lr_factor, task_closure
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dog_geometry.csv"
 
@@ -48,16 +48,8 @@ def run(name: str, seed: int, steps: int) -> float:
     opt = VARIANTS[name](specopt.param_groups(model))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     for step in range(steps):
-        batch = task.batch(step)
-
-        def closure(batch=batch):
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model, batch)
-            loss.backward()
-            return loss
-
         try:
-            loss = opt.step(closure)
+            loss = opt.step(task_closure(task, model, [opt], task.batch(step)))
         except ValueError:  # a non-finite gradient: the engine refuses the step
             return math.nan
         sched.step()

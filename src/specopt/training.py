@@ -126,6 +126,20 @@ class RunResult:
         return [r for r in self.rows if r.get("val_loss") is not None]
 
 
+def task_closure(task, model: torch.nn.Module, optimizers: list, batch):
+    """The closure of one step on ``batch``: zero every optimizer's gradients, evaluate the task's loss, backward;
+    returns the loss (what ``Optimizer.step(closure)`` calls)."""
+
+    def closure():
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        value = task.loss(model, batch)
+        value.backward()
+        return value
+
+    return closure
+
+
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
           callback=None, overwrite: bool = True, updates: dict | None = None, log=None) -> RunResult:
     """Run ``cfg`` into directory ``out`` (created); ``resume=True`` continues the run recorded in ``out``.
@@ -199,13 +213,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         batch = _shard_batch(batch, rank, world)
         units = task.units_per_step() if sizes is None else sizes[step] * task.units_per_example
 
-        def closure(batch=batch):
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            value = task.loss(model, batch)
-            value.backward()
-            return value
-
+        closure = task_closure(task, model, opts, batch)
         if len(opts) == 1 and cfg.closure:  # a closure lets Gluon's online L compare gradients of one batch
             loss = opts[0].step(closure)
         else:

@@ -50,7 +50,7 @@ from specopt.experiments.common import progress_bar, pyplot, save_figure, write_
 from specopt.steps import USCG, Clipped
 from specopt.tasks import get_task
 from specopt.tasks.base import Task, init_model
-from specopt.training import RunConfig, lr_factor
+from specopt.training import RunConfig, lr_factor, task_closure
 
 ARMS = ("uscion", "clipped")
 SCHEDULES = ("constant", "linear-decay")
@@ -202,16 +202,8 @@ def train_run(task: Task, lr: float, schedule: str, steps: int, evals: int, clip
     every = max(steps // evals, 1)
     curve, diverged = [], False
     for step in range(steps):
-        batch = task.batch(step)
-
-        def closure(batch=batch):
-            opt.zero_grad(set_to_none=True)
-            value = task.loss(model, batch)
-            value.backward()
-            return value
-
         try:
-            opt.step(closure)
+            opt.step(task_closure(task, model, [opt], task.batch(step)))
         except ValueError:  # a non-finite gradient
             diverged = True
         sched.step()
