@@ -19,7 +19,9 @@ point: Muon's full step gathers every matrix to one rank and scatters the result
 a matrix is cut into ``blocks`` row blocks the way FSDP2 would shard it over ``blocks`` ranks (``torch.chunk``), so one
 process with ``blocks=W`` computes the update W FSDP2 ranks compute. Blocks of a norm that is already blocked (a
 fused q/k/v) are cut at both sets of boundaries. One process saves flops too: a row block of a wide or square
-matrix is a smaller msign (B blocks of a square matrix cost 1/B of its msign).
+matrix is a smaller msign (B blocks of a square matrix cost 1/B of its msign), while row blocks of a tall matrix
+cost as much as the matrix until they are shorter than wide; ``split="short"`` cuts a tall matrix across its
+columns instead (on one process only: under FSDP2 the shards decide).
 
 Written on the engine's public protocol: the rule :class:`BlockPeriodic` swaps a record's norm for its row-blocked
 form in :meth:`~specopt.steps.StepRule.active` on block steps; the blocked norm's
