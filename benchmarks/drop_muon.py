@@ -1,7 +1,7 @@
 """Drop-Muon's optimizer step against Muon's on the GPT-2-small parameter set of step.py (same parameters and
 gradients, interleaved steps, mean over steps: the cutoff changes every step).
 
-    python benchmarks/drop_muon.py [--blocks 4] [--steps 12] [--threads 1]
+    python benchmarks/drop_muon.py [--blocks 4] [--steps 12] [--threads 1] [--device cuda]
 
 Prints the mean step times and their ratio (target of the family issue: Drop-Muon ≤ 0.6× Muon).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from msign import synchronizer  # noqa: E402
 from step import gpt2_small_params, muon_groups, roles  # noqa: E402
 
 import specopt  # noqa: E402
@@ -27,21 +28,27 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    by_role = roles(gpt2_small_params(blocks=args.blocks))
+    device = torch.device(args.device)
+    sync = synchronizer(device)
+    by_role = roles(gpt2_small_params(blocks=args.blocks, device=device))
     groups = muon_groups(by_role)
     opts = {"Muon": specopt.Muon(groups, lr=0.02), "Drop-Muon": specopt.DropMuon(groups, lr=0.02)}
     for opt in opts.values():
         opt.step()
+    sync()
     times = {name: [] for name in opts}
     for _ in range(args.steps):
         for name, opt in opts.items():
             start = time.perf_counter()
             opt.step()
+            sync()
             times[name].append(time.perf_counter() - start)
     mean = {name: statistics.mean(t) for name, t in times.items()}
-    print(f"{args.blocks} blocks, {args.threads} thread(s), mean of {args.steps} steps: "
+    on = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} thread(s)"
+    print(f"{args.blocks} blocks, {on}, mean of {args.steps} steps: "
           f"Muon {mean['Muon'] * 1e3:.0f} ms, Drop-Muon {mean['Drop-Muon'] * 1e3:.0f} ms, "
           f"ratio {mean['Drop-Muon'] / mean['Muon']:.2f}")
 

@@ -132,8 +132,11 @@ def band_worst(sched: PolynomialSchedule, l: float) -> float:  # noqa: E741
     return max(1 - float(y.min()), float(y.max()) - 1)
 
 
-def timing_rows(shape, dtype, repeats: int, device) -> list[dict]:
+def timing_rows(shape, dtype, repeats: int, device, stack: int = 0) -> list[dict]:
+    """Each schedule's time on one matrix (plain and Gram form) and, with ``stack`` > 0, on ``stack`` copies of it in
+    one batched call: the shape a step hands msign when it stacks a model's same-shape matrices."""
     G = test_matrix(*shape, device=device)
+    stacked = G.expand(stack, *shape).clone() if stack else None
     scheds = {label: row_schedule(method, steps, design) for label, method, steps, design in ROWS}
     for label, method, steps, design in ROWS:  # the helper is msign's own path
         if design is None:
@@ -141,6 +144,9 @@ def timing_rows(shape, dtype, repeats: int, device) -> list[dict]:
                                                                           compute_dtype=dtype, gram=False))
     fns = {(label, gram): (lambda s=sched, gram=gram: run(G, s, dtype, gram))
            for label, sched in scheds.items() for gram in (False, True)}
+    if stack:
+        fns.update({(label, "stack"): (lambda s=sched: run(stacked, s, dtype, False))
+                    for label, sched in scheds.items()})
     t = median_times(fns, repeats, device, stat=min)
     out = []
     for label, _, steps, _ in ROWS:
@@ -153,7 +159,9 @@ def timing_rows(shape, dtype, repeats: int, device) -> list[dict]:
                        for form, gram in (("plain", False), ("gram", True))},
                     **{f"{form}_flops_vs_pe": flops(G, sched, dtype, gram) / flops(G, scheds["polar_express"], dtype,
                                                                                      gram)
-                       for form, gram in (("plain", False), ("gram", True))}})
+                       for form, gram in (("plain", False), ("gram", True))},
+                    **({"stack": stack, "stack_ms": 1e3 * t[(label, "stack")],
+                        "stack_vs_pe": t[(label, "stack")] / t[("polar_express", "stack")]} if stack else {})})
     return out
 
 
@@ -188,13 +196,15 @@ def markdown(timing, acc, acc_bf16, starts, args, dtype, shape, bf16_shape) -> s
              "(FlopCounterMode, symmetric products in row blocks). Trade-off rows: designed for one step fewer "
              "than the method's own, i.e. Polar Express's band on a narrower interval.", "",
              "| method | iterations | matmuls | interval l | band max\\|σ−1\\| on [l, 1] | on [1e-3, 1] "
-             "| plain: ms | ÷ PE | flops ÷ PE | Gram form: ms | ÷ PE | flops ÷ PE |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| plain: ms | ÷ PE | flops ÷ PE | Gram form: ms | ÷ PE | flops ÷ PE |"
+             + (f" stack of {stack}, plain: ms | ÷ PE |" if (stack := timing[0].get("stack")) else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if stack else "")]
     for r in timing:
         lines.append(f"| {r['method']} | {r['steps']} | {r['matmuls']} | {r['interval_l']:.4f} | "
                      f"{r['band_max_abs_sigma_minus_1']:.3f} | {r['band_on_pe_interval']:.3f} | {r['plain_ms']:.1f} | "
                      f"{r['plain_vs_pe']:.2f} | {r['plain_flops_vs_pe']:.2f} | {r['gram_ms']:.1f} | "
-                     f"{r['gram_vs_pe']:.2f} | {r['gram_flops_vs_pe']:.2f} |")
+                     f"{r['gram_vs_pe']:.2f} | {r['gram_flops_vs_pe']:.2f} |"
+                     + (f" {r['stack_ms']:.1f} | {r['stack_vs_pe']:.2f} |" if stack else ""))
     names = list(starts)
     lines += ["", f"Measured on five {m}×{n} inputs, plain iteration in {_name(dtype)}: max |σ − 1| of the result and, "
               "in brackets, its distance ‖O − UVᵀ‖₂ to the exact polar factor (equal to max |σ − 1| when the "
@@ -229,7 +239,8 @@ def verdicts(timing: list[dict], dtype: torch.dtype) -> str:
         lines.append(f"  - {r['method']}, {r['steps']} iterations, {r['matmuls']} matmuls, on [{r['interval_l']:.4f}, "
                      f"1]: {r['plain_vs_pe']:.2f}× in the plain form (bf16's default) — "
                      f"{'met' if r['plain_vs_pe'] <= TARGET else 'not met'}; Gram form {r['gram_vs_pe']:.2f}× "
-                     "Polar Express's Gram form")
+                     "Polar Express's Gram form"
+                     + (f"; a stack of {r['stack']} in one call {r['stack_vs_pe']:.2f}×" if "stack" in r else ""))
     lines.append("- the matmul count overstates the saving on wide matrices: of a quintic step's three products the "
                  "third, A², is m×m×m, a quarter of the other two at aspect 4, so 12 of 15 matmuls are 0.80 of the "
                  "flops and a cubic step (2 products) 0.89 of a quintic one")
@@ -257,12 +268,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small shape; print only, write nothing")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--stack", type=int, default=None,
+                        help="also time a stack of N copies in one call (default: 24 on cuda, GPT-2 small's 768×3072 "
+                             "MLP matrices, which a step batches; 0 on cpu)")
     args = parse_machine_args(parser)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype) or (
         default_compute_dtype(args.device) or torch.float32)
     shape = QUICK_SHAPE if args.quick else SHAPE
     print(f"timing {shape} in {_name(dtype)} …", flush=True)
-    timing = timing_rows(shape, dtype, 2 if args.quick else args.repeats, args.device)
+    stack = args.stack if args.stack is not None else (24 if args.device.type == "cuda" else 0)
+    timing = timing_rows(shape, dtype, 2 if args.quick else args.repeats, args.device, stack)
     print("accuracy …", flush=True)
     acc, starts = accuracy_rows(shape, dtype, args.device)
     acc_bf16, bf16_shape = None, shape

@@ -1,7 +1,7 @@
 """MuonBP against Muon: the optimizer step on the GPT-2-small parameter set, and the final loss of the default
 char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η_block/η_full).
 
-    python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1]   # step times, prints the ratios
+    python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1] [--device cuda]   # step times, ratios
     python benchmarks/muonbp.py structure [--seeds 0] [--split rows --period 5 --blocks 2 --ratio 1]
                                                   # appends to results/muonbp.csv (the GRID points that match)
 
@@ -31,6 +31,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from msign import synchronizer  # noqa: E402
 from step import gpt2_small_params, muon_groups, roles  # noqa: E402
 from sweep_defaults import append_row  # noqa: E402
 
@@ -46,22 +47,27 @@ GRID = [{"split": "rows", "period": p, "blocks": b, "block_lr_ratio": 1.0} for p
 """Row blocks: P × B at r = 1 (P = 5 is the paper's), r = ½ and 2 at P = 5; blocks across the shorter side."""
 
 
-def step_times(blocks: int, steps: int, threads: int) -> None:
+def step_times(blocks: int, steps: int, threads: int, device: str = "cpu") -> None:
     torch.set_num_threads(threads)
-    groups = muon_groups(roles(gpt2_small_params(blocks=blocks)))
+    device = torch.device(device)
+    sync = synchronizer(device)
+    groups = muon_groups(roles(gpt2_small_params(blocks=blocks, device=device)))
     opts = {"Muon": specopt.Muon(groups, lr=0.02)}
     opts.update({f"MuonBP {split} B={b}": specopt.MuonBP(groups, lr=0.02, period=5, blocks=b, split=split)
                  for split in ("rows", "short") for b in (2, 4, 8)})
     for opt in opts.values():  # state allocated, first (full) step done: the timed steps start at a block step
         opt.step()
+    sync()
     times = {name: [] for name in opts}
     for _ in range(steps):
         for name, opt in opts.items():
             start = time.perf_counter()
             opt.step()
+            sync()
             times[name].append(time.perf_counter() - start)
     mean = {name: statistics.mean(t) for name, t in times.items()}
-    print(f"{blocks} GPT-2-small blocks, {threads} thread(s), mean of {steps} steps (P = 5):")
+    on = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{threads} thread(s)"
+    print(f"{blocks} GPT-2-small blocks, {on}, mean of {steps} steps (P = 5):")
     for name, t in mean.items():
         print(f"  {name}: {t * 1e3:.0f} ms, {t / mean['Muon']:.2f}x Muon")
 
@@ -103,6 +109,7 @@ def main() -> None:
     s.add_argument("--blocks", type=int, default=4)
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     t = sub.add_parser("structure")
     t.add_argument("--seeds", default="0")
     t.add_argument("--split", choices=("rows", "short"))
@@ -111,7 +118,7 @@ def main() -> None:
     t.add_argument("--ratio", type=float, dest="block_lr_ratio")
     args = parser.parse_args()
     if args.what == "step":
-        step_times(args.blocks, args.steps, args.threads)
+        step_times(args.blocks, args.steps, args.threads, args.device)
     else:
         only = {k: getattr(args, k) for k in ("split", "period", "blocks", "block_lr_ratio")
                 if getattr(args, k) is not None}

@@ -1,0 +1,50 @@
+"""The family on a GPU: every member's CUDA step equals its CPU step, and each msign schedule keeps its band in
+bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with ``benchmarks/gpu_checks.sh``."""
+
+import pytest
+import torch
+
+from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, MuonBP, NorMuon, ProxSpectral, msign, msign_band
+from tests.helpers import classification_data, mlp, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+MEMBERS = [
+    (NorMuon, {}, False),
+    (AdaMuon, {}, False),
+    (AdaGO, {}, False),
+    (DoG, {}, False),
+    (MuonBP, {"blocks": 2, "period": 2}, False),
+    (DropMuon, {}, False),
+    (GluonMVR, {}, True),
+    (ProxSpectral, {}, False),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs, closure", MEMBERS, ids=[m[0].__name__ for m in MEMBERS])
+def test_member_cuda_step_matches_cpu(cls, kwargs, closure):
+    X, y = classification_data()
+    cpu, gpu = mlp(3), mlp(3).cuda()
+    opt_c, opt_g = cls(cpu.parameters(), **kwargs), cls(gpu.parameters(), **kwargs)
+    train(cpu, opt_c, X, y, 4, closure=closure)
+    train(gpu, opt_g, X.cuda(), y.cuda(), 4, closure=closure)
+    moved = False
+    for a, b, w0 in zip(cpu.parameters(), gpu.parameters(), mlp(3).parameters(), strict=True):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(a, b.cpu(), atol=5e-2, rtol=0)
+        moved |= not torch.equal(a, w0)
+    assert moved
+
+
+@pytest.mark.parametrize("method", ["polar_express", "cubic", "cans", "aol"])
+def test_schedule_band_holds_in_bf16_on_cuda(method):
+    """A schedule's output singular values stay in the band ``msign_band`` states (bf16 adds its rounding)."""
+    low, high = msign_band(method=method)
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(256, 256, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(512, 256, generator=g, dtype=torch.float64))
+    sigma = torch.logspace(-1, 0, 256, dtype=torch.float64)  # inside every schedule's design interval
+    G = (U * sigma) @ V.T
+    out = msign(G.float().cuda(), method=method, compute_dtype=torch.bfloat16)
+    s = torch.linalg.svdvals(out.double().cpu())
+    assert s.min() >= low - 0.02 and s.max() <= high + 0.02
