@@ -1,7 +1,8 @@
 """torch.compile: every preset trains a compiled model and runs a compiled step; the compiled step of Muon and
-Scion is one graph (fullgraph=True) that equals the eager step, never recompiles as the step counts grow, and
-writes nothing, bit for bit, when a gradient is not finite. Tiny models keep the compile times small; the module
-skips where torch.compile cannot build code (no C++ compiler, unsupported platform)."""
+Scion is one graph (fullgraph=True, from torch 2.13; before, one graph break at its start) that equals the eager
+step, never recompiles as the step counts grow, and writes nothing, bit for bit, when a gradient is not finite.
+Tiny models keep the compile times small; the module skips where torch.compile cannot build code (no C++
+compiler, unsupported platform)."""
 
 import copy
 
@@ -11,6 +12,7 @@ from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_
 from torch import nn
 
 from specopt import AdaGO, DoG, Muon, ProxSpectral, Scion, UScion, linalg
+from specopt.engine import ONE_GRAPH_STEP
 from specopt.norms import Spectral
 
 PRESETS = GEOMETRY_PRESETS + [(ProxSpectral, {}), (AdaGO, {}), (DoG, {})]
@@ -81,7 +83,7 @@ def test_compiled_step_is_one_graph_equal_to_eager_and_skips_nonfinite_exactly(c
     eager = cls(eager_model.parameters(), nonfinite="skip")
     compiled = cls(compiled_model.parameters(), nonfinite="skip")
     backend, graphs = inductor_counting()
-    step = torch.compile(compiled.step, backend=backend, fullgraph=True)
+    step = torch.compile(compiled.step, backend=backend, fullgraph=ONE_GRAPH_STEP)
     for k in range(6):
         nan = k == 3
         set_gradients(eager_model, X, y, nan)
@@ -103,7 +105,7 @@ def test_compiled_raise_stops_on_a_nonfinite_gradient_and_writes_nothing():
     torch.manual_seed(0)
     model = nn.Linear(8, 4, bias=False)
     opt = UScion(model.parameters())  # nonfinite="raise"
-    step = torch.compile(opt.step, fullgraph=True)
+    step = torch.compile(opt.step, fullgraph=ONE_GRAPH_STEP)
     model.weight.grad = torch.randn(4, 8)
     step()
     before = [t.clone() for t in tensors(opt)]
@@ -119,7 +121,7 @@ def test_compiled_skip_keeps_the_nan_out_of_an_svd():
     torch.manual_seed(0)
     model = nn.Linear(8, 4, bias=False)
     opt = UScion(model.parameters(), norm=Spectral(method="svd"), nonfinite="skip")
-    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    step = torch.compile(opt.step, backend="eager", fullgraph=ONE_GRAPH_STEP)
     model.weight.grad = torch.randn(4, 8)
     step()
     before = [t.clone() for t in tensors(opt)]

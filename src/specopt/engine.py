@@ -61,13 +61,20 @@ def _step_count(state: dict, p: torch.Tensor) -> None:
         state["step"] = count.to(device=p.device, dtype=torch.float32).reshape(())
 
 
-@torch.compiler.assume_constant_result
 def _has_int_step_counts(optimizer) -> bool:
     """Whether some state holds a Python-int step count (a checkpoint saved before the counts were tensors and
     loaded without :meth:`GeometryOptimizer.load_state_dict`, e.g. by :func:`specopt.checkpoint.load`).
     Under torch.compile this runs in Python: the trace must not read the state before dynamo's
-    ``_init_group`` support has filled it in (a dict read earlier would be traced stale)."""
+    ``_init_group`` support has filled it in (a dict read earlier would be traced stale). From torch 2.13 it is a
+    constant of the trace (one graph); before, dynamo cannot take the optimizer as a constant's argument
+    (``OptimizerVariable ... is not a constant``, seen on 2.11), so it runs as a graph break instead."""
     return any(isinstance(state.get("step"), int) for state in optimizer.state.values())
+
+
+ONE_GRAPH_STEP = torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
+"""Whether a compiled step is one graph (torch ≥ 2.13); before, it has one graph break at its start."""
+_has_int_step_counts = (torch.compiler.assume_constant_result if ONE_GRAPH_STEP
+                        else torch.compiler.disable)(_has_int_step_counts)
 
 
 class GeometryOptimizer(Optimizer):
