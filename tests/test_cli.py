@@ -2,6 +2,7 @@
 
 import csv
 import json
+import statistics
 
 import pytest
 import torch
@@ -99,6 +100,35 @@ def test_compare_sweep_picks_the_best_lr(tmp_path):
     summary = json.loads((out / "summary.json").read_text())["adamw"]
     assert len(summary["sweep"]) == 5
     assert summary["final_val"] == min(s["final_val"] for s in summary["sweep"])
+
+
+def test_compare_over_seeds_reports_each_seed_and_the_spread(tmp_path):
+    out = tmp_path / "seeds"
+    result = invoke("compare", *TINY, "--optimizers", "adamw,muon", "--steps", 6, "--val-every", 3,
+                    "--seeds", "0,1,2", "--out", out)
+    assert result.exit_code == 0, result.output
+    finals = {}
+    for seed in (0, 1, 2):
+        summary = json.loads((out / f"seed{seed}" / "summary.json").read_text())
+        finals[seed] = {name: summary[name]["final_val"] for name in ("adamw", "muon")}
+    assert finals[0] != finals[1]  # the seeds are different runs
+    with open(out / "summary.csv") as f:
+        rows = {r["optimizer"]: r for r in csv.DictReader(f)}
+    for name in ("adamw", "muon"):
+        values = [finals[s][name] for s in (0, 1, 2)]
+        assert float(rows[name]["final_val_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-4)
+        assert float(rows[name]["final_val_sd"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
+    assert float(rows["adamw"]["ratio_mean"]) == 1.0
+    report = (out / "report.md").read_text()
+    assert "mean ± sd" in report and "| muon |" in report
+    assert (out / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("seeds", ["0", "1,1", "0,x", "-1,2"])
+def test_compare_seeds_needs_two_different_seeds(tmp_path, seeds):
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--seeds", seeds,
+                    "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "--seeds" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(

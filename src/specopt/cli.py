@@ -338,9 +338,13 @@ def compare_command(
     sweep: Annotated[bool, typer.Option(help="sweep each optimizer's lr over ×1/4…×4 its default")] = False,
     seed: Seed = 0, size: Size = None, data: Data = None, width: Width = None, val_every: ValEvery = 50,
     schedule: Schedule = "linear-decay", gram: Gram = None, closure: Closure = True, progress: Progress = True,
+    seeds: Annotated[str | None, typer.Option(
+        help="comma-separated seeds (e.g. 0,1,2): the comparison once per seed in OUT/seed<S>, and the mean ± sd "
+             "of each optimizer's final loss and step ratio in OUT/report.md, summary.csv, spread.png")] = None,
 ) -> None:
     """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv."""
     from specopt.compare import compare, summary_table
+    from specopt.compare_seeds import compare_seeds, table
 
     names = [n.strip() for n in optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry.optimizer_names()]
@@ -349,14 +353,35 @@ def compare_command(
     base = RunConfig(task=task, steps=steps, seed=seed, task_options=_task_options(task, size, data, width),
                      hparams={} if gram is None else {"gram": gram}, val_every=min(val_every, steps),
                      checkpoint_every=steps, schedule=schedule, closure=closure)
+    seed_list = _seed_list(seeds) if seeds is not None else None
+    if seed_list is not None and sweep:
+        _fail("--seeds and --sweep do not go together: sweep with one seed, then compare the best over seeds")
     try:
         base.validate()
         check_new_run_dir(out, overwrite=True, what="report directory")
-        runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
+        if seed_list is not None:
+            rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo)
+        else:
+            runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
         _fail(str(e))
+    if seed_list is not None:
+        typer.echo("\n" + table(rows))
+        typer.echo(f"\nreport: {out / 'report.md'}\nplot:   {out / 'spread.png'}\ndata:   {out / 'summary.csv'}")
+        return
     typer.echo("\n" + summary_table(runs))
     typer.echo(f"\nreport: {out / 'report.md'}\nplot:   {out / 'loss.png'}\ndata:   {out / 'metrics.csv'}")
+
+
+def _seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; at least two different non-negative seeds."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds takes comma-separated non-negative integers, got {text!r}")
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        _fail(f"--seeds needs at least two different non-negative seeds, got {text!r}")
+    return seeds
 
 
 def _experiment_summaries() -> list[tuple]:
