@@ -43,7 +43,15 @@ import numpy as np
 import torch
 
 from specopt.experiments.batch_problems import LinearRegression, TeacherStudent, train
-from specopt.experiments.common import markdown_table, progress_bar, pyplot, save_figure, write_csv, write_report
+from specopt.experiments.common import (
+    finish_log_log,
+    markdown_table,
+    progress_bar,
+    pyplot,
+    save_figure,
+    write_csv,
+    write_report,
+)
 
 FACTOR = 1.5
 """A batch is on the plateau while its tuned excess loss is at most this factor × the best batch's."""
@@ -416,7 +424,7 @@ def _plot_critical(results: dict, path: Path) -> None:
             ax.scatter(T[~ok], bound, marker="^", facecolors="none", edgecolors=colour, s=60,
                        label=f"{key}: censored (B* ≥ largest batch run)")
         _plot_power_law(ax, T, crit, est, "batch_exponent", THEORY_BATCH, "T^(2/3)", colour, key)
-    _finish(fig, ax, f"critical batch B* (loss ≤ {FACTOR}× best)",
+    finish_log_log(fig, ax, "token budget T (samples)", f"critical batch B* (loss ≤ {FACTOR}× best)",
             "The critical batch grows with the budget (theory: T^(2/3))", path)
 
 
@@ -431,18 +439,6 @@ def _plot_power_law(ax, T, values, est: dict, exponent: str, theory: float, refe
     ax.plot(T, fit * T**a, color=colour, lw=1.5, label=f"{key}: fit T^{a:.2f} [{lo_a:.2f}, {hi_a:.2f}]")
     ref = np.exp(np.nanmean(np.log(values) - theory * np.log(T)))
     ax.plot(T, ref * T**theory, color=colour, lw=1, ls="--", alpha=0.6, label=f"{key}: {reference} reference")
-
-
-def _finish(fig, ax, ylabel: str, title: str, path: Path) -> None:
-    """Log-log axes against the budget, labels, grid, legend; written to ``path``."""
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel("token budget T (samples)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
 
 
 def _largest_run(table: Table, est: dict, t: int) -> float:
@@ -494,5 +490,5 @@ def _plot_step_size(results: dict, path: Path) -> None:
         ax.errorbar(T[ok], lr[ok], yerr=[lr[ok] - lo[ok], hi[ok] - lr[ok]], fmt=marker, color=colour, capsize=3,
                     label=f"{key}: γ* at B*")
         _plot_power_law(ax, T, lr, est, "step_exponent", THEORY_STEP, "T^(-1/3)", colour, key)
-    _finish(fig, ax, "tuned step size γ* at the critical batch",
+    finish_log_log(fig, ax, "token budget T (samples)", "tuned step size γ* at the critical batch",
             "The tuned step size falls with the budget (theory: T^(-1/3))", path)

@@ -50,6 +50,21 @@ def save_figure(fig, path: Path) -> None:
     pyplot().close(fig)
 
 
+def finish_log_log(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, xticks=None) -> None:
+    """Base-2 log axes (ticks at ``xticks`` if given), labels, title, grid, legend; the figure written to ``path``
+    (:func:`save_figure`)."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    if xticks is not None:
+        ax.set_xticks(xticks, [f"{x:g}" for x in xticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 

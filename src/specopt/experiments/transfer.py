@@ -37,7 +37,15 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 
-from specopt.experiments.common import markdown_table, progress_bar, pyplot, save_figure, write_csv, write_report
+from specopt.experiments.common import (
+    finish_log_log,
+    markdown_table,
+    progress_bar,
+    pyplot,
+    save_figure,
+    write_csv,
+    write_report,
+)
 from specopt.registry import DEFAULTS
 from specopt.training import RunConfig, train
 
@@ -293,15 +301,8 @@ def _plot_optima(optima: list[dict], slopes: dict[str, Slope], design: Design, p
             ys = [r["log2_lr_star"] - s.value * math.log2(r["width"]) for r in ok]
             ax.plot(x, 2 ** (float(np.mean(ys)) + s.value * np.log2(x)), color=color, linestyle="--",
                     label=f"{labels[name]}: fit, slope {s.text()}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xticks(design.widths, [str(w) for w in design.widths])
-    ax.set_xlabel("width (n_embd; head dimension fixed at 16)")
-    ax.set_ylabel("fitted best step size γ*")
-    ax.set_title("Best step size against width: flat = transfers")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+    finish_log_log(fig, ax, "width (n_embd; head dimension fixed at 16)", "fitted best step size γ*",
+                   "Best step size against width: flat = transfers", path, xticks=design.widths)
 
 
 def _plot_curves(curves: dict, design: Design, path: Path) -> None:
