@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from specopt import linalg
+
 
 def matrix_with_singular_values(m: int, n: int, sigma, *, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """``U diag(sigma) Vᵀ`` with Haar-random orthonormal U (m×k) and V (n×k), k = len(sigma)."""
@@ -34,3 +36,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fp32_msign_on_cpu(request, monkeypatch):
+    """The tests' tolerances are those of an fp32 msign on the CPU, but on a CPU with native bf16 (AVX512-BF16, AMX)
+    msign computes in bf16 by default (``linalg.default_compute_dtype``): pin fp32 for CPU tensors there, keep every
+    other device's default. A test marked ``native_bf16_default`` sees the real default."""
+    if request.node.get_closest_marker("native_bf16_default"):
+        return
+    default = linalg.default_compute_dtype
+    monkeypatch.setattr(linalg, "default_compute_dtype",
+                        lambda device: None if device.type == "cpu" else default(device))

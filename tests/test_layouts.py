@@ -255,11 +255,14 @@ def test_param_groups_after_fully_shard_leaves_fsdp_working(tmp_path):
     fsdp = pytest.importorskip("torch.distributed.fsdp")
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
     try:
         model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10))
-        fsdp.fully_shard(model[1])
-        fsdp.fully_shard(model)
+        mesh = init_device_mesh("cpu", (1,))  # without a mesh FSDP2 moves the model to a GPU where there is one
+        fsdp.fully_shard(model[1], mesh=mesh)
+        fsdp.fully_shard(model, mesh=mesh)
         groups = specopt.param_groups(model, msign={"method": "svd"})  # traced with FSDP's hooks off
         assert roles(groups)["2.weight"]["role"] == "head"  # as for the unsharded model (runs resume across both)
         opt = specopt.Muon(groups)

@@ -143,6 +143,7 @@ def _cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_tile" in flags
 
 
+@pytest.mark.native_bf16_default
 def test_default_compute_dtype_is_bf16_where_native_and_can_be_turned_off():
     G = matrix_with_singular_values(64, 64, normalized_spectrum(64, 1.02), seed=6, dtype=torch.float32)
     exact = msign(G.double(), compute_dtype=torch.float64)
