@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (CI has no GPU, so these skip or are not run there):
+# Every GPU check in one run (CI has no GPU: the CUDA tests skip there, the GPU benchmarks are not run):
 #   bash benchmarks/gpu_checks.sh [LOGDIR]
-# the CUDA tests, then the GPU benchmarks; each benchmark writes its "(cuda)" section of BENCHMARKS.md and its
-# benchmarks/results/*-cuda.json. Runs from a source checkout (PYTHONPATH=src); LOGDIR (default .) gets one log each.
+# the CUDA tests, then the GPU benchmarks. msign_schedules.py and step.py write their "(cuda)" sections of
+# BENCHMARKS.md and benchmarks/results/*-cuda.json; muonbp.py and drop_muon.py print their ratios. Runs from a
+# source checkout (PYTHONPATH=src); LOGDIR (default .) gets one log per check.
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 log=${1:-.}
+mkdir -p "$log"
 py=${PYTHON:-python3}
-run() { name=$1; limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" >"$log/$name.log" 2>&1; echo "rc=$?"; tail -n 25 "$log/$name.log"; }
+run() {
+    name=$1; limit=$2; shift 2
+    echo "== $name"
+    timeout "$limit" "$@" >"$log/$name.log" 2>&1
+    echo "rc=$?"
+    tail -n 25 "$log/$name.log"
+}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-run tests 150 $py -m pytest -p no:cacheprovider -q -o addopts= tests/test_cuda.py tests/test_msign.py tests/test_engine.py -k cuda
+run tests 150 $py -m pytest -p no:cacheprovider -q -o addopts= tests/test_cuda.py tests/test_msign.py \
+    tests/test_engine.py -k cuda
 run msign_schedules 100 $py benchmarks/msign_schedules.py --device cuda
 run step 120 $py benchmarks/step.py --device cuda
 run muonbp_step 60 $py benchmarks/muonbp.py step --device cuda --blocks 12 --steps 20

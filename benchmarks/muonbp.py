@@ -117,6 +117,8 @@ def main() -> None:
     t.add_argument("--blocks", type=int)
     t.add_argument("--ratio", type=float, dest="block_lr_ratio")
     args = parser.parse_args()
+    if args.what == "step" and args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
     if args.what == "step":
         step_times(args.blocks, args.steps, args.threads, args.device)
     else:

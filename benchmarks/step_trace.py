@@ -5,13 +5,14 @@ step" count), for Muon, Scion and Gluon and for torch.optim.Muon beside them.
 
 One eager, single-process step of a 3-layer MLP (biases included: Muon's AdamW, Scion's BiasRMS, Gluon with a
 closure), after a first step that created the state; ``sys.setprofile`` records every Python function called from a
-file of the package (torch.optim.Muon: from ``torch/optim/_muon.py``). Each file is listed with the functions the
-step ran in it.
+file of the package (torch.optim.Muon: from ``torch/optim/``: its ``_muon.py`` and the base class's step wrapper).
+Each file is listed with the functions the step ran in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,14 +33,16 @@ def torch_muon(params):
     return torch.optim.Muon([p for p in params if p.ndim == 2], lr=0.02)
 
 
-OPTIMIZERS = {"specopt Muon": (specopt.Muon, False, "/specopt/"),
-              "specopt Scion": (specopt.Scion, False, "/specopt/"),
-              "specopt Gluon": (specopt.Gluon, True, "/specopt/"),
-              "torch.optim.Muon": (torch_muon, False, "/torch/optim/")}
+SPECOPT = str(Path(specopt.__file__).parent) + os.sep
+TORCH_OPTIM = str(Path(torch.optim.__file__).parent) + os.sep
+OPTIMIZERS = {"specopt Muon": (specopt.Muon, False, SPECOPT),
+              "specopt Scion": (specopt.Scion, False, SPECOPT),
+              "specopt Gluon": (specopt.Gluon, True, SPECOPT),
+              "torch.optim.Muon": (torch_muon, False, TORCH_OPTIM)}
 
 
-def trace(make, closure: bool, marker: str) -> dict[str, set[str]]:
-    """``file → functions`` that one step of ``make``'s optimizer calls, for files whose path holds ``marker``."""
+def trace(make, closure: bool, package: str) -> dict[str, set[str]]:
+    """``file → functions`` that one step of ``make``'s optimizer calls, for the files under ``package``."""
     X, y = classification_data()
     model = mlp()
     opt = make(model.parameters())
@@ -61,8 +64,8 @@ def trace(make, closure: bool, marker: str) -> dict[str, set[str]]:
     calls: dict[str, set[str]] = {}
 
     def profile(frame, event, arg):
-        if event == "call" and marker in frame.f_code.co_filename:
-            name = frame.f_code.co_filename.split(marker)[-1]
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            name = frame.f_code.co_filename.removeprefix(package)
             calls.setdefault(name, set()).add(frame.f_code.co_name)
 
     if not closure:

@@ -119,16 +119,34 @@ def test_compare_over_seeds_reports_each_seed_and_the_spread(tmp_path):
         assert float(rows[name]["final_val_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-4)
         assert float(rows[name]["final_val_sd"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
     assert float(rows["adamw"]["ratio_mean"]) == 1.0
+    muon_ratios = [json.loads((out / f"seed{s}" / "summary.json").read_text())["muon"]["steps_ratio"]
+                   for s in (0, 1, 2)]
+    reached = [r for r in muon_ratios if r]
+    if len(reached) > 1:
+        assert float(rows["muon"]["ratio_mean"]) == pytest.approx(statistics.fmean(reached), abs=1e-3)
     report = (out / "report.md").read_text()
     assert "mean ± sd" in report and "| muon |" in report
     assert (out / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("seeds", ["0", "1,1", "0,x", "-1,2"])
-def test_compare_seeds_needs_two_different_seeds(tmp_path, seeds):
-    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--seeds", seeds,
-                    "--out", tmp_path / "bad")
+@pytest.mark.parametrize("extra", [["--seeds", "0"], ["--seeds", "1,1"], ["--seeds", "0,x"], ["--seeds", "-1,2"],
+                                   ["--seeds", "0,1", "--seed", "3"], ["--seeds", "0,1", "--sweep"]])
+def test_compare_seeds_refuses_what_it_cannot_run(tmp_path, extra):
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, *extra, "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "--seeds" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_compare_seeds_and_a_one_seed_comparison_keep_to_their_own_directories(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "summary.json").write_text("{}")
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--seeds", "0,1", "--out",
+                    tmp_path / "one")
+    assert result.exit_code == 2 and "one-seed comparison" in result.output
+    (tmp_path / "many").mkdir()
+    (tmp_path / "many" / "summary.csv").write_text("")
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", tmp_path / "many")
+    assert result.exit_code == 2 and "comparison over seeds" in result.output
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@ bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU w
 
 import pytest
 import torch
+from helpers import classification_data, mlp, train
 
 from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, MuonBP, NorMuon, ProxSpectral, msign, msign_band
-from tests.helpers import classification_data, mlp, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -28,12 +28,12 @@ def test_member_cuda_step_matches_cpu(cls, kwargs, closure):
     opt_c, opt_g = cls(cpu.parameters(), **kwargs), cls(gpu.parameters(), **kwargs)
     train(cpu, opt_c, X, y, 4, closure=closure)
     train(gpu, opt_g, X.cuda(), y.cuda(), 4, closure=closure)
-    moved = False
     for a, b, w0 in zip(cpu.parameters(), gpu.parameters(), mlp(3).parameters(), strict=True):
         assert b.device.type == "cuda"
-        torch.testing.assert_close(a, b.cpu(), atol=5e-2, rtol=0)
-        moved |= not torch.equal(a, w0)
-    assert moved
+        moved_cpu, moved_gpu = a.detach() - w0, b.detach().cpu() - w0
+        assert moved_cpu.abs().max() > 0 and moved_gpu.abs().max() > 0
+        # the same displacement up to the GPU's bf16 msign: each entry within a quarter of the largest move
+        torch.testing.assert_close(moved_gpu, moved_cpu, atol=0.25 * float(moved_cpu.abs().max()), rtol=0)
 
 
 @pytest.mark.parametrize("method", ["polar_express", "cubic", "cans", "aol"])
@@ -43,7 +43,8 @@ def test_schedule_band_holds_in_bf16_on_cuda(method):
     g = torch.Generator().manual_seed(0)
     U, _ = torch.linalg.qr(torch.randn(256, 256, generator=g, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(512, 256, generator=g, dtype=torch.float64))
-    sigma = torch.logspace(-1, 0, 256, dtype=torch.float64)  # inside every schedule's design interval
+    sigma = torch.logspace(-1, 0, 256, dtype=torch.float64)  # σ/‖G‖_F in [0.0135, 0.135]: inside every schedule's
+    # design interval (cubic's starts at 0.0118, the narrowest)
     G = (U * sigma) @ V.T
     out = msign(G.float().cuda(), method=method, compute_dtype=torch.bfloat16)
     s = torch.linalg.svdvals(out.double().cpu())

@@ -332,6 +332,7 @@ def _same(name: str, value, recorded) -> bool:
     ("Optimizers (--optimizers a,b,c)", registry.optimizer_names(), OPTIMIZER_SUMMARY),
     ("Tasks (--task)", list(TASKS), TASK_SUMMARY)]))
 def compare_command(
+    ctx: typer.Context,
     task: Task = "char-gpt",
     optimizers: Annotated[str, typer.Option(help="comma-separated optimizer names")] = DEFAULT_OPTIMIZERS,
     steps: Steps = 600, out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/compare"),
@@ -342,9 +343,10 @@ def compare_command(
         help="comma-separated seeds (e.g. 0,1,2): the comparison once per seed in OUT/seed<S>, and the mean ± sd "
              "of each optimizer's final loss and step ratio in OUT/report.md, summary.csv, spread.png")] = None,
 ) -> None:
-    """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv."""
+    """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv; with --seeds,
+    once per seed and the spread: report.md, summary.csv, spread.png."""
     from specopt.compare import compare, summary_table
-    from specopt.compare_seeds import compare_seeds, table
+    from specopt.compare_seeds import check_seeds, compare_seeds, table
 
     names = [n.strip() for n in optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry.optimizer_names()]
@@ -353,14 +355,23 @@ def compare_command(
     base = RunConfig(task=task, steps=steps, seed=seed, task_options=_task_options(task, size, data, width),
                      hparams={} if gram is None else {"gram": gram}, val_every=min(val_every, steps),
                      checkpoint_every=steps, schedule=schedule, closure=closure)
-    seed_list = _seed_list(seeds) if seeds is not None else None
-    if seed_list is not None and sweep:
-        _fail("--seeds and --sweep do not go together: sweep with one seed, then compare the best over seeds")
+    seed_list = None
+    if seeds is not None:
+        if sweep or _given(ctx, "seed"):
+            _fail(f"--seeds does not go with {'--sweep (a sweep picks each lr on one seed)' if sweep else '--seed'}; "
+                  "run them apart")
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            check_seeds(seed_list)
+        except ValueError:
+            _fail(f"--seeds takes at least two different non-negative integers, comma-separated, got {seeds!r}")
     try:
         base.validate()
         check_new_run_dir(out, overwrite=True, what="report directory")
         if seed_list is not None:
             rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo)
+        elif (out / "summary.csv").exists() or (out / "spread.png").exists():
+            _fail(f"{out} holds a comparison over seeds (summary.csv, spread.png); choose another --out")
         else:
             runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
@@ -371,17 +382,6 @@ def compare_command(
         return
     typer.echo("\n" + summary_table(runs))
     typer.echo(f"\nreport: {out / 'report.md'}\nplot:   {out / 'loss.png'}\ndata:   {out / 'metrics.csv'}")
-
-
-def _seed_list(text: str) -> list[int]:
-    """``"0,1,2"`` → ``[0, 1, 2]``; at least two different non-negative seeds."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        _fail(f"--seeds takes comma-separated non-negative integers, got {text!r}")
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        _fail(f"--seeds needs at least two different non-negative seeds, got {text!r}")
-    return seeds
 
 
 def _experiment_summaries() -> list[tuple]:

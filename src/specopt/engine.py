@@ -71,7 +71,7 @@ def _has_int_step_counts(optimizer) -> bool:
     return any(isinstance(state.get("step"), int) for state in optimizer.state.values())
 
 
-ONE_GRAPH_STEP = torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
+ONE_GRAPH_STEP = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)  # 2.13.0a0 too
 """Whether a compiled step is one graph (torch ≥ 2.13); before, it has one graph break at its start."""
 _has_int_step_counts = (torch.compiler.assume_constant_result if ONE_GRAPH_STEP
                         else torch.compiler.disable)(_has_int_step_counts)

@@ -425,7 +425,7 @@ def _plot_critical(results: dict, path: Path) -> None:
                        label=f"{key}: censored (B* ≥ largest batch run)")
         _plot_power_law(ax, T, crit, est, "batch_exponent", THEORY_BATCH, "T^(2/3)", colour, key)
     finish_log_log(fig, ax, "token budget T (samples)", f"critical batch B* (loss ≤ {FACTOR}× best)",
-            "The critical batch grows with the budget (theory: T^(2/3))", path)
+                   "The critical batch grows with the budget (theory: T^(2/3))", path)
 
 
 def _plot_power_law(ax, T, values, est: dict, exponent: str, theory: float, reference: str, colour, key: str) -> None:
@@ -491,4 +491,4 @@ def _plot_step_size(results: dict, path: Path) -> None:
                     label=f"{key}: γ* at B*")
         _plot_power_law(ax, T, lr, est, "step_exponent", THEORY_STEP, "T^(-1/3)", colour, key)
     finish_log_log(fig, ax, "token budget T (samples)", "tuned step size γ* at the critical batch",
-            "The tuned step size falls with the budget (theory: T^(-1/3))", path)
+                   "The tuned step size falls with the budget (theory: T^(-1/3))", path)

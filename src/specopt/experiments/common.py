@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import statistics
 from pathlib import Path
 
 
@@ -12,6 +14,14 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite ``values`` (a diverged run's NaN or inf is left out; NaN
+    where fewer than one, respectively two, finite values remain)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    return mean, statistics.stdev(finite) if len(finite) > 1 else math.nan
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
