@@ -37,6 +37,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "drop_variants.csv"
 FIELDS = ("variant", "decay", "rescale", "accumulate", "lr", "seed", "lmo_fraction", "final_val", "seconds")
 VARIANTS = {
     "uniform": {},
+    "uniform lr 0.01": {"lr": 0.01},
+    "uniform lr 0.04": {"lr": 0.04},
     "accumulate": {"accumulate": True},
     "decay 0.8": {"decay": 0.8},
     "decay 0.5": {"decay": 0.5},
