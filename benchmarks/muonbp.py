@@ -4,6 +4,8 @@ char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η
     python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1] [--device cuda]   # step times, ratios
     python benchmarks/muonbp.py structure [--seeds 0] [--split rows --period 5 --blocks 2 --ratio 1]
                                                   # appends to results/muonbp.csv (the GRID points that match)
+    python benchmarks/muonbp.py width [--sizes tiny,small] [--steps 400] [--seeds 0,1,2]
+                                                  # appends to results/muonbp_width.csv
 
 ``step``: step.py's parameters and gradients (``--blocks`` transformer blocks; the embeddings and gains on Muon's
 AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
@@ -14,6 +16,11 @@ multiple of P, so that full and block steps count in their proportion (1 in P is
 for every setting of :data:`GRID`, one thread; MuonBP's other constructor arguments are fixed with
 ``functools.partial`` (the registry passes lr, weight decay and AdamW's lr only). Rows are appended to
 ``benchmarks/results/muonbp.csv`` as runs end; settings already there are skipped.
+
+``width``: Muon and MuonBP (P = 5, r = 1, 2 and 8 row blocks) on the char-GPT of each size, the same number of steps
+for all, default lr's. A size is a preset (tiny: 2 layers of width 64; small: 4 layers of width 128, twice the
+context and the batch) or a preset with another width, ``tiny-w128`` (tiny's depth, context and batch at width 128:
+width alone). Rows appended to ``benchmarks/results/muonbp_width.csv`` as runs end, runs already there skipped.
 """
 
 from __future__ import annotations
@@ -102,6 +109,43 @@ def structure(seeds: list[int], only: dict) -> None:
                   f"lr {lr}, seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
 
 
+WIDTH_FIELDS = ("size", "steps", "optimizer", "blocks", "seed", "final_val", "seconds")
+
+
+def size_options(size: str) -> dict:
+    """``"tiny"`` → ``{"size": "tiny"}``; ``"tiny-w128"`` → ``{"size": "tiny", "n_embd": 128}``."""
+    preset, _, width = size.partition("-w")
+    return {"size": preset, **({"n_embd": int(width)} if width else {})}
+
+
+def width(sizes: list[str], steps: int, seeds: list[int]) -> None:
+    """Muon against MuonBP (P = 5, r = 1; 2 and 8 row blocks) at each char-GPT size, ``steps`` steps each."""
+    torch.set_num_threads(1)
+    path = RESULTS.with_name("muonbp_width.csv")
+    done = set()
+    if path.is_file():
+        with open(path) as f:
+            done = {(r["size"], int(r["steps"]), r["optimizer"], r["blocks"], int(r["seed"]))
+                    for r in csv.DictReader(f)}
+    for seed in seeds:
+        for size in sizes:
+            for name, blocks in (("muon", ""), ("muonbp", "2"), ("muonbp", "8")):
+                if (size, steps, name, blocks, seed) in done:
+                    continue
+                tick = time.time()
+                cfg = RunConfig(task="char-gpt", optimizer=name, steps=steps, seed=seed,
+                                task_options=size_options(size), val_every=steps // 4, checkpoint_every=steps)
+                setting = {"period": 5, "blocks": int(blocks), "block_lr_ratio": 1.0, "split": "rows"} if blocks else {}
+                with mock.patch.object(specopt, "MuonBP", functools.partial(specopt.MuonBP, **setting)), \
+                        TemporaryDirectory() as d:
+                    final = train(cfg, d, progress=False).val_rows()[-1]["val_loss"]
+                row = {"size": size, "steps": steps, "optimizer": name, "blocks": blocks, "seed": seed,
+                       "final_val": final, "seconds": round(time.time() - tick, 1)}
+                append_row(path, WIDTH_FIELDS, row)
+                print(f"{size}, {steps} steps, {name} {blocks}, seed {seed}: {final:.4f} ({row['seconds']} s)",
+                      flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -116,11 +160,17 @@ def main() -> None:
     t.add_argument("--period", type=int)
     t.add_argument("--blocks", type=int)
     t.add_argument("--ratio", type=float, dest="block_lr_ratio")
+    w = sub.add_parser("width")
+    w.add_argument("--sizes", default="tiny,small")
+    w.add_argument("--steps", type=int, default=400)
+    w.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
     if args.what == "step" and args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     if args.what == "step":
         step_times(args.blocks, args.steps, args.threads, args.device)
+    elif args.what == "width":
+        width(args.sizes.split(","), args.steps, [int(x) for x in args.seeds.split(",")])
     else:
         only = {k: getattr(args, k) for k in ("split", "period", "blocks", "block_lr_ratio")
                 if getattr(args, k) is not None}

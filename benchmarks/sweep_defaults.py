@@ -11,6 +11,9 @@ Each task's grid is :data:`GRIDS` (a coarse grid and the refinement points added
 appends its row to ``benchmarks/results/sweep_defaults-<task>-<size>.csv`` as soon as it ends, and points
 already in the file are skipped, so an interrupted sweep continues where it stopped (``--force`` reruns them).
 ``radius`` is the hidden-layer radius; the other roles keep their ratio to it (``registry.role_groups``).
+AdaGO's ``gamma`` and ``v0`` are constructor arguments the registry does not pass (:data:`CONSTRUCTOR`).
+``--where lr=0.2,v0=1 --seeds 0,1,2 --out NAME`` reruns the matching grid points on more seeds into
+``sweep_defaults-NAME.csv``, apart from the seed-0 grids that ``--summary`` ranks.
 Run it with one thread (``OMP_NUM_THREADS=1``): the recorded seconds are single-thread CPU times.
 
 The older tiny-only sweep (before the q/k/v split and the three-task defaults) is kept as
@@ -20,25 +23,32 @@ The older tiny-only sweep (before the q/k/v split and the three-task defaults) i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import itertools
 import math
 import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from msign import write_section  # noqa: E402
 
+import specopt  # noqa: E402
 from specopt import registry  # noqa: E402
 from specopt.training import RunConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-HPARAMS = ("lr", "radius", "clip_radius", "adamw_lr")
+HPARAMS = ("lr", "radius", "clip_radius", "adamw_lr", "gamma", "v0")
+CONSTRUCTOR = {"gamma": "AdaGO", "v0": "AdaGO"}
+"""Hyperparameters the registry does not pass (constructor arguments of one class): a run fixes them with
+``functools.partial`` on that class, as ``benchmarks/muonbp.py`` does."""
 FIELDS = ("optimizer", *HPARAMS, "seed", "steps", "final_val", "seconds")
 TASKS = {"char-gpt-tiny": ("char-gpt", {"size": "tiny"}, 600),
          "char-gpt-small": ("char-gpt", {"size": "small"}, 600),
@@ -71,7 +81,12 @@ CHEAP = {  # tiny and cnn: a few seconds a run; `radius` 30 is Scion's best on b
     "almond": grid(lr=octaves(-10, -6), radius=[30.0]),
     "prox-spectral": grid(lr=[0.02, 0.04, 0.08]),
     "gluon": [{"lr": 1.0}],
-    "adago": grid(lr=[0.05, 0.1, 0.2, 0.4, 0.8], adamw_lr=[3e-2]),  # AdaGO's η at Muon's AdamW lr (tiny only)
+    "adago": grid(lr=[0.05, 0.1, 0.2, 0.4, 0.8], adamw_lr=[3e-2], gamma=[1.0], v0=[1.0])  # η at Muon's AdamW lr
+    + [p for p in grid(lr=[0.2], adamw_lr=[3e-2], gamma=[0.2, 1.0, 5.0], v0=[0.01, 1.0])  # AdaGO's γ × v₀ (tiny)
+       if (p["gamma"], p["v0"]) != (1.0, 1.0)]
+    + grid(lr=[0.1, 0.4], adamw_lr=[3e-2], gamma=[0.2], v0=[1.0])  # η around the best γ, v₀ at η 0.2
+    + [{"lr": 0.2, "adamw_lr": 3e-2, "gamma": 0.05, "v0": 1.0},  # past the γ, v₀ grid's edges at its best
+       {"lr": 0.2, "adamw_lr": 3e-2, "gamma": 0.2, "v0": 3.0}],
     "dog": grid(lr=[0.5, 1.0, 2.0]),  # DoG's multiplier: 1 is the rule as published (tiny only)
     "muonbp": grid(lr=[0.01, 0.02, 0.04], adamw_lr=[3e-2]),  # at P = 5, B = 8, r = 1 (benchmarks/muonbp.py)
     "gluon-mvr": grid(lr=octaves(0, 6)),  # γ multiplies t_l·(k+1)^{-2/3}: 1 is Gluon's γ
@@ -98,6 +113,12 @@ def task_key(task: str, size: str | None) -> str:
 
 def csv_path(key: str) -> Path:
     return RESULTS / f"sweep_defaults-{key}.csv"
+
+
+def where(points: list[dict], spec: str | None) -> list[dict]:
+    """The grid points whose hyperparameters match ``spec`` ("lr=0.2,gamma=0.2"; None: all of them)."""
+    wanted = dict(kv.split("=") for kv in spec.split(",")) if spec else {}
+    return [p for p in points if all(_close(p.get(k, ""), float(v)) for k, v in wanted.items())]
 
 
 def read_rows(key: str) -> list[dict]:
@@ -127,18 +148,24 @@ def _close(a, b) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9)
 
 
-def run_sweep(key: str, names: list[str], seeds: list[int], force: bool) -> None:
+def run_sweep(key: str, names: list[str], seeds: list[int], force: bool, spec: str | None = None,
+              out: str | None = None) -> None:
+    """Run the grid points of ``names`` (those matching ``spec``) for ``seeds``; rows go to ``key``'s CSV, or to
+    ``out``'s (a seed check kept apart from the seed-0 grids that :func:`summary` ranks)."""
     task, options, steps = TASKS[key]
+    grids = GRIDS[key]
+    key = out or key
     rows = read_rows(key)
-    todo = [(name, hp, seed) for name in names for hp in GRIDS[key].get(name, []) for seed in seeds
+    todo = [(name, hp, seed) for name in names for hp in where(grids.get(name, []), spec) for seed in seeds
             if force or not any(_same_point(r, name, hp, seed, steps) for r in rows)]
     print(f"{key}: {len(todo)} runs of {steps} steps to do ({len(rows)} rows in {csv_path(key).name})", flush=True)
     started = time.time()
     for i, (name, hp, seed) in enumerate(todo, 1):
         cfg = RunConfig(task=task, optimizer=name, steps=steps, seed=seed, task_options=options,
-                        hparams=hp, val_every=steps // 6, checkpoint_every=steps)
+                        hparams={k: v for k, v in hp.items() if k not in CONSTRUCTOR}, val_every=steps // 6,
+                        checkpoint_every=steps)
         tick = time.time()
-        with TemporaryDirectory() as d:
+        with TemporaryDirectory() as d, _constructor_args(hp):
             try:
                 val = train(cfg, d, progress=False).val_rows()
             except ValueError as e:  # a gradient went non-finite inside step() (before the loss did): diverged
@@ -153,6 +180,15 @@ def run_sweep(key: str, names: list[str], seeds: list[int], force: bool) -> None
         left = (time.time() - started) / i * (len(todo) - i)
         print(f"[{i}/{len(todo)}] {key} {name} {_label(hp)} seed {seed}: final val {final:.4f} "
               f"({row['seconds']:.0f} s, ~{left / 60:.0f} min left)", flush=True)
+
+
+def _constructor_args(hp: dict):
+    """A context fixing the :data:`CONSTRUCTOR` arguments in ``hp`` on their class (no-op without any)."""
+    args = {k: v for k, v in hp.items() if k in CONSTRUCTOR}
+    if not args:
+        return contextlib.nullcontext()
+    (cls,) = {CONSTRUCTOR[k] for k in args}
+    return mock.patch.object(specopt, cls, functools.partial(getattr(specopt, cls), **args))
 
 
 def append_row(path: Path, fields: list[str], row: dict) -> None:
@@ -212,13 +248,19 @@ def choose(per_task: dict[str, dict[tuple, float]]) -> tuple[tuple, dict[str, fl
 
 
 ORDER = ("adamw", "muon", "scion", "uscion", "clipped-scion", "almond", "prox-spectral", "gluon", "adago", "dog")
-OVERRIDES = {"clipped-scion": ((2**-7, 30.0, 600.0, ""),
+OVERRIDES = {"clipped-scion": ((2**-7, 30.0, 600.0, "", "", ""),
                               "(2⁻⁶, 30, 600) has the smaller worst regret (+0.017 on small against +0.030 on the CNN) "
                               "but diverges on the 2-layer width-32 GPT-2 of tests/test_models.py: its first dual norm "
                               "(660) is above ρ_c, so nothing is clipped and the step is γρ = 0.47; 2⁻⁷ trains every "
-                              "model there, and is the better of the two on the 4-layer char-GPT")}
+                              "model there, and is the better of the two on the 4-layer char-GPT"),
+             "adago": ((0.2, "", "", 3e-2, 1.0, 1.0),
+                       "γ 0.2 (v₀ 1) ends 0.008 lower on seed 0, but over seeds 0, 1, 2 "
+                       "(`--where lr=0.2,v0=1 --seeds 0,1,2 --out char-gpt-tiny-adago-seeds`) it is a tie: 1.9375 ± "
+                       "0.0030 against 1.9442 ± 0.0106, paired −0.008, −0.019, +0.008, inside the seed spread; "
+                       "optax's γ 1, v₀ 1 stay")}
 """Defaults that are not the smallest worst regret, with the reason."""
-BEFORE = {"muon": (0.02, "", "", 3e-4), "scion": (2**-7, 3.0, "", "")}
+MARKS = "¹²³⁴⁵"
+BEFORE = {"muon": (0.02, "", "", 3e-4, "", ""), "scion": (2**-7, 3.0, "", "", "", "")}
 """The class defaults before this sweep, where the grids ran them: Muon's AdamW lr 3e-4 and Scion's radius 3."""
 
 
@@ -263,15 +305,16 @@ def summary() -> str:
         c, regrets = picked
         note = ""
         if name in OVERRIDES:
-            c, note = OVERRIDES[name]
+            c, _ = OVERRIDES[name]
             regrets = {k: per_task[k][c] - min(per_task[k].values()) for k in per_task}
-            note = " ¹"
+            note = " " + MARKS[list(OVERRIDES).index(name)]
         cells = [f"{per_task[k][c]:.4f} ({min(per_task[k].values()):.4f}, +{regrets[k]:.4f})" if k in per_task
                  else "not run" for k in data]
         lines.append(f"| {name} | {_setting(c)}{note} | " + " | ".join(cells) + " |")
     adamw = {k: min(settings(rows, "adamw").values(), default=math.nan) for k, rows in data.items()}
     lines.append("| AdamW's best | | " + " | ".join(f"{adamw[k]:.4f}" for k in data) + " |")
-    lines += ["", *(f"¹ Not the smallest worst regret: {reason}." for _, reason in OVERRIDES.values())]
+    for i, (_, reason) in enumerate(OVERRIDES.values()):
+        lines += ["", f"{MARKS[i]} Not the smallest worst regret: {reason}."]
     lines += ["", "The class defaults before this sweep, where the grids ran them:", "",
               "| optimizer | setting | " + " | ".join(data) + " |", "|---|---|" + "---:|" * len(data)]
     for name, c in BEFORE.items():
@@ -295,6 +338,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--only", default=None, help="comma-separated optimizers")
     parser.add_argument("--force", action="store_true", help="rerun points already in the CSV")
+    parser.add_argument("--where", default=None, help="only the grid points with these values, e.g. lr=0.2,v0=1")
+    parser.add_argument("--out", default=None, help="write to sweep_defaults-OUT.csv instead (a seed check)")
     parser.add_argument("--summary", action="store_true", help="write the EXPERIMENTS.md section from the CSVs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -312,7 +357,7 @@ def main() -> None:
     unknown = [n for n in names if n not in registry.optimizer_names()]
     if unknown:
         parser.error(f"unknown optimizer(s) {unknown}")
-    run_sweep(key, names, [int(s) for s in args.seeds.split(",")], args.force)
+    run_sweep(key, names, [int(s) for s in args.seeds.split(",")], args.force, args.where, args.out)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from helpers import classification_data, mlp, train
 
 import specopt
+from specopt.drop import cutoff_probabilities, expected_lmo_fraction
 
 
 def deep_mlp():
@@ -63,3 +65,17 @@ def test_drop_muon_trains():
     opt = specopt.DropMuon(specopt.param_groups(model))
     losses = train(model, opt, X, y, 120)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_cutoff_follows_its_decay():
+    """p(c) ∝ decay^c: with decay 0.3 the first layer is updated in 70 % of the steps (uniform: 20 %)."""
+    X, y = classification_data()
+    model = deep_mlp()
+    opt = specopt.DropMuon(model.parameters(), seed=2, decay=0.3)
+    history = updated_layers(opt, model, X, y, 300)
+    frequency = torch.tensor(history, dtype=torch.float64).mean(0)
+    expected = cutoff_probabilities(5, 0.3).cumsum(0)  # layer l moves when c ≤ l
+    assert (frequency - expected).abs().max() < 0.08
+    assert expected_lmo_fraction(5, 1.0) == pytest.approx(0.6)  # (L+1)/(2L)
+    assert expected_lmo_fraction(5, 0.3) == pytest.approx(float(expected.mean()))
+

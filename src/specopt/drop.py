@@ -2,50 +2,78 @@
 updates a random subset of the layers, so the dropped layers cost no orthogonalization (and, in a training loop that
 stops the backward pass early, no gradient).
 
-Randomized progressive training, the paper's sampling: at step k a cutoff ``c_k`` is drawn uniformly from
-``{0, …, L−1}`` over the L geometry tensors in parameter order (input side first) and the tensors ``l ≥ c_k`` are
-updated, ``W_l ← (1−γλ)W_l − γ·scale·msign(d̃_l)``; the others keep their weights and momentum. Deeper layers are
-updated more often (layer l with probability (l+1)/L), ``(L+1)/2`` lmo's per step on average. Muon's AdamW tensors
+Randomized progressive training, the paper's sampling: at step k a cutoff ``c_k ∈ {0, …, L−1}`` is drawn over the L
+geometry tensors in parameter order (input side first) and the tensors ``l ≥ c_k`` are updated,
+``W_l ← (1−γλ)W_l − γ·scale·msign(d̃_l)``; the others keep their weights and momentum (the paper's
+``M_l^k = M_l^{k−1}`` for a dropped layer). Muon's AdamW tensors
 (embeddings, head, gains) step every time. The draw is a function of the seed and the step count, so a resumed run
 draws the same layers.
+
+The cutoff's distribution is the paper's free choice of sampling (any distribution over the starting index); here
+``p(c) ∝ decay^c``: ``decay = 1`` is the uniform index sampling of the paper's experiments (layer l updated with
+probability ``P_l = (l+1)/L``, ``(L+1)/2`` lmo's per step on average), ``decay < 1`` favours small cutoffs: layer l
+is updated with probability ``P_l = Σ_{c ≤ l} p(c)`` and ``Σ_c p(c)·(L−c)`` lmo's are taken per step on average
+(:func:`expected_lmo_fraction`), trading cheaper steps for progress per step.
 """
 
 from __future__ import annotations
 
 import torch
 
+from specopt._checks import check_number
 from specopt.optimizers import Muon
 from specopt.steps import USCG
 
 
+def cutoff_probabilities(n: int, decay: float) -> torch.Tensor:
+    """``p(c) ∝ decay^c`` for ``c = 0 … n−1`` (float64)."""
+    weights = torch.full((n,), float(decay), dtype=torch.float64).pow(torch.arange(n, dtype=torch.float64))
+    return weights / weights.sum()
+
+
+def expected_lmo_fraction(n: int, decay: float = 1.0) -> float:
+    """The expected share of the n tensors updated per step, ``Σ_c p(c)·(n−c)/n`` (the step-cost proxy)."""
+    probs = cutoff_probabilities(n, decay)
+    return float((probs * (n - torch.arange(n, dtype=torch.float64))).sum() / n)
+
+
 class ProgressiveDrop(USCG):
-    """uSCG on the tensors at or above a random cutoff (randomized progressive training)."""
+    """uSCG on the tensors at or above a random cutoff ``c ~ p(c) ∝ decay^c`` (randomized progressive training).
+
+    Args:
+        seed: seed of the cutoff draws (with the step count).
+        decay: ``p(c) ∝ decay^c`` (0 < decay ≤ 1; 1 is uniform).
+    """
 
     name = "progressive_drop"
     traceable = False  # the draw reads the step count on the host
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, decay: float = 1.0):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed = seed
+        self.decay = check_number(decay, "decay", low_open=True, high=1.0)
 
     def active(self, records: list, ctx) -> list:
         if not records:
             return records
         step = int(records[0].state["step"])
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        cutoff = int(torch.randint(len(records), (), generator=generator))
+        if self.decay == 1.0:  # the uniform draw as first written: the same layers as earlier runs
+            cutoff = int(torch.randint(len(records), (), generator=generator))
+        else:
+            cutoff = int(torch.multinomial(cutoff_probabilities(len(records), self.decay), 1, generator=generator))
         return records[cutoff:]
 
     def config(self) -> dict:
-        return {"name": self.name, "seed": self.seed}
+        return {"name": self.name, "seed": self.seed, "decay": self.decay}
 
 
 class DropMuon(Muon):
     """Drop-Muon: Muon on a random top part of the network each step (see the module docstring). Takes every
-    :class:`~specopt.Muon` argument but ``rule``, plus ``seed`` of the layer draws."""
+    :class:`~specopt.Muon` argument but ``rule``, plus ``seed`` and ``decay`` of :class:`ProgressiveDrop`."""
 
-    def __init__(self, params, lr: float = 0.02, seed: int = 0, **muon):
+    def __init__(self, params, lr: float = 0.02, seed: int = 0, decay: float = 1.0, **muon):
         if "rule" in muon:
             raise ValueError("DropMuon sets rule itself; use specopt.Muon(rule=...) for another rule")
-        super().__init__(params, lr=lr, rule=ProgressiveDrop(seed), **muon)
+        super().__init__(params, lr=lr, rule=ProgressiveDrop(seed, decay), **muon)
