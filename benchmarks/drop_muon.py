@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import synchronizer  # noqa: E402
+from msign import median_times  # noqa: E402
 from step import gpt2_small_params, muon_groups, roles  # noqa: E402
 
 import specopt  # noqa: E402
@@ -34,21 +33,10 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device is available here")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = synchronizer(device)
     by_role = roles(gpt2_small_params(blocks=args.blocks, device=device))
     groups = muon_groups(by_role)
     opts = {"Muon": specopt.Muon(groups, lr=0.02), "Drop-Muon": specopt.DropMuon(groups, lr=0.02)}
-    for opt in opts.values():
-        opt.step()
-    sync()
-    times = {name: [] for name in opts}
-    for _ in range(args.steps):
-        for name, opt in opts.items():
-            start = time.perf_counter()
-            opt.step()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    mean = {name: statistics.mean(t) for name, t in times.items()}
+    mean = median_times({name: opt.step for name, opt in opts.items()}, args.steps, device, stat=statistics.mean)
     on = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} thread(s)"
     print(f"{args.blocks} blocks, {on}, mean of {args.steps} steps: "
           f"Muon {mean['Muon'] * 1e3:.0f} ms, Drop-Muon {mean['Drop-Muon'] * 1e3:.0f} ms, "

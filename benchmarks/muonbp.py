@@ -38,7 +38,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import synchronizer  # noqa: E402
+from msign import median_times  # noqa: E402
 from step import gpt2_small_params, muon_groups, roles  # noqa: E402
 from sweep_defaults import append_row  # noqa: E402
 
@@ -57,22 +57,13 @@ GRID = [{"split": "rows", "period": p, "blocks": b, "block_lr_ratio": 1.0} for p
 def step_times(blocks: int, steps: int, threads: int, device: str = "cpu") -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
-    sync = synchronizer(device)
     groups = muon_groups(roles(gpt2_small_params(blocks=blocks, device=device)))
     opts = {"Muon": specopt.Muon(groups, lr=0.02)}
     opts.update({f"MuonBP {split} B={b}": specopt.MuonBP(groups, lr=0.02, period=5, blocks=b, split=split)
                  for split in ("rows", "short") for b in (2, 4, 8)})
-    for opt in opts.values():  # state allocated, first (full) step done: the timed steps start at a block step
-        opt.step()
-    sync()
-    times = {name: [] for name in opts}
-    for _ in range(steps):
-        for name, opt in opts.items():
-            start = time.perf_counter()
-            opt.step()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    mean = {name: statistics.mean(t) for name, t in times.items()}
+    # median_times' first call of each allocates the state and takes the full step: the timed steps start at a block
+    # step, and `steps`, a multiple of P, holds full and block steps in their proportion
+    mean = median_times({name: opt.step for name, opt in opts.items()}, steps, device, stat=statistics.mean)
     on = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{threads} thread(s)"
     print(f"{blocks} GPT-2-small blocks, {on}, mean of {steps} steps (P = 5):")
     for name, t in mean.items():

@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from specopt import registry
-from specopt.experiments.common import save_figure
+from specopt.experiments.common import pyplot, save_figure
 from specopt.training import CSV_FIELDS, RunConfig, read_metrics, train
 
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -157,11 +157,7 @@ def _write_csv(runs: dict, out: Path) -> None:
 
 
 def _plot(runs: dict, base: RunConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for i, run in enumerate(runs.values()):
         color = f"C{i % 10}"

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from specopt.compare import compare
-from specopt.experiments.common import mean_sd, save_figure, write_csv
+from specopt.experiments.common import mean_sd, pyplot, save_figure, write_csv
 from specopt.training import RunConfig
 
 SINGLE_SEED_OUTPUTS = ("summary.json", "metrics.csv", "loss.png")
@@ -108,11 +108,7 @@ def write(rows: list[dict], base: RunConfig, seeds: list[int], out: Path) -> Non
 
 
 def _plot(rows: list[dict], base: RunConfig, seeds: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 4.5))
     for i, r in enumerate(rows):
         finite = [v for v in r["final_val_seeds"] if math.isfinite(v)]
