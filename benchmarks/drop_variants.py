@@ -19,19 +19,15 @@ import argparse
 import csv
 import functools
 import sys
-import time
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_defaults import append_row  # noqa: E402
+from sweep_defaults import append_row, final_val  # noqa: E402
 
-import specopt  # noqa: E402
 from specopt.drop import DropMuon, ProgressiveDrop, cutoff_probabilities, expected_lmo_fraction  # noqa: E402
-from specopt.training import RunConfig, train  # noqa: E402
+from specopt.training import RunConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "drop_variants.csv"
 FIELDS = ("variant", "decay", "rescale", "accumulate", "lr", "seed", "lmo_fraction", "final_val", "seconds")
@@ -108,17 +104,14 @@ def run(seeds: list[int], names: list[str]) -> None:
                 continue
             args = dict(VARIANTS[name])
             lr = args.pop("lr", 0.02)
-            tick = time.time()
             cfg = RunConfig(task="char-gpt", optimizer="drop-muon", steps=600, seed=seed,
                             task_options={"size": "tiny"}, hparams={"lr": lr}, val_every=100, checkpoint_every=600)
-            with mock.patch.object(specopt, "DropMuon", functools.partial(drop_muon, **args)), \
-                    TemporaryDirectory() as d:
-                final = train(cfg, d, progress=False).val_rows()[-1]["val_loss"]
+            final, seconds = final_val(cfg, {"DropMuon": functools.partial(drop_muon, **args)})
             decay = args.get("decay", 1.0)
             row = {"variant": name, "decay": decay, "rescale": args.get("rescale", False),
                    "accumulate": args.get("accumulate", False), "lr": lr, "seed": seed,
                    "lmo_fraction": round(expected_lmo_fraction(n, decay), 4), "final_val": final,
-                   "seconds": round(time.time() - tick, 1)}
+                   "seconds": seconds}
             append_row(RESULTS, list(FIELDS), row)
             print(f"{name}, seed {seed}: lmo fraction {row['lmo_fraction']}, final val {final:.4f} "
                   f"({row['seconds']} s)", flush=True)

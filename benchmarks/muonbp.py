@@ -30,21 +30,18 @@ import csv
 import functools
 import statistics
 import sys
-import time
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from msign import median_times  # noqa: E402
 from step import gpt2_small_params, muon_groups, roles  # noqa: E402
-from sweep_defaults import append_row  # noqa: E402
+from sweep_defaults import append_row, final_val  # noqa: E402
 
 import specopt  # noqa: E402
 from specopt import registry  # noqa: E402
-from specopt.training import RunConfig, train  # noqa: E402
+from specopt.training import RunConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "muonbp.csv"
 FIELDS = ("split", "period", "blocks", "block_lr_ratio", "lr", "seed", "final_val", "seconds")
@@ -88,13 +85,10 @@ def structure(seeds: list[int], only: dict) -> None:
             key = (setting["split"], setting["period"], setting["blocks"], setting["block_lr_ratio"], lr, seed)
             if key in done:
                 continue
-            tick = time.time()
             cfg = RunConfig(task="char-gpt", optimizer="muonbp", steps=600, seed=seed, task_options={"size": "tiny"},
                             val_every=100, checkpoint_every=600)
-            with mock.patch.object(specopt, "MuonBP", functools.partial(specopt.MuonBP, **setting)), \
-                    TemporaryDirectory() as d:
-                final = train(cfg, d, progress=False).val_rows()[-1]["val_loss"]
-            row = {**setting, "lr": lr, "seed": seed, "final_val": final, "seconds": round(time.time() - tick, 1)}
+            final, seconds = final_val(cfg, {"MuonBP": functools.partial(specopt.MuonBP, **setting)})
+            row = {**setting, "lr": lr, "seed": seed, "final_val": final, "seconds": seconds}
             append_row(RESULTS, FIELDS, row)
             print(f"{setting['split']}, P {setting['period']}, B {setting['blocks']}, r {setting['block_lr_ratio']}, "
                   f"lr {lr}, seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
@@ -123,15 +117,12 @@ def width(sizes: list[str], steps: int, seeds: list[int]) -> None:
             for name, blocks in (("muon", ""), ("muonbp", "2"), ("muonbp", "8")):
                 if (size, steps, name, blocks, seed) in done:
                     continue
-                tick = time.time()
                 cfg = RunConfig(task="char-gpt", optimizer=name, steps=steps, seed=seed,
                                 task_options=size_options(size), val_every=steps // 4, checkpoint_every=steps)
                 setting = {"period": 5, "blocks": int(blocks), "block_lr_ratio": 1.0, "split": "rows"} if blocks else {}
-                with mock.patch.object(specopt, "MuonBP", functools.partial(specopt.MuonBP, **setting)), \
-                        TemporaryDirectory() as d:
-                    final = train(cfg, d, progress=False).val_rows()[-1]["val_loss"]
+                final, seconds = final_val(cfg, {"MuonBP": functools.partial(specopt.MuonBP, **setting)})
                 row = {"size": size, "steps": steps, "optimizer": name, "blocks": blocks, "seed": seed,
-                       "final_val": final, "seconds": round(time.time() - tick, 1)}
+                       "final_val": final, "seconds": seconds}
                 append_row(path, WIDTH_FIELDS, row)
                 print(f"{size}, {steps} steps, {name} {blocks}, seed {seed}: {final:.4f} ({row['seconds']} s)",
                       flush=True)

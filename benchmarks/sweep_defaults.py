@@ -164,17 +164,9 @@ def run_sweep(key: str, names: list[str], seeds: list[int], force: bool, spec: s
         cfg = RunConfig(task=task, optimizer=name, steps=steps, seed=seed, task_options=options,
                         hparams={k: v for k, v in hp.items() if k not in CONSTRUCTOR}, val_every=steps // 6,
                         checkpoint_every=steps)
-        tick = time.time()
-        with TemporaryDirectory() as d, _constructor_args(hp):
-            try:
-                val = train(cfg, d, progress=False).val_rows()
-            except ValueError as e:  # a gradient went non-finite inside step() (before the loss did): diverged
-                if "non-finite gradient" not in str(e):
-                    raise
-                val = []
-        final = val[-1]["val_loss"] if val else float("nan")
+        final, seconds = final_val(cfg, _constructor_patch(hp))
         row = {"optimizer": name, **{k: hp.get(k, "") for k in HPARAMS}, "seed": seed, "steps": steps,
-               "final_val": final if math.isfinite(final) else float("nan"), "seconds": round(time.time() - tick, 1)}
+               "final_val": final, "seconds": seconds}
         rows = [r for r in rows if not _same_point(r, name, hp, seed, steps)] + [row]
         write_rows(key, rows)
         left = (time.time() - started) / i * (len(todo) - i)
@@ -182,13 +174,33 @@ def run_sweep(key: str, names: list[str], seeds: list[int], force: bool, spec: s
               f"({row['seconds']:.0f} s, ~{left / 60:.0f} min left)", flush=True)
 
 
-def _constructor_args(hp: dict):
-    """A context fixing the :data:`CONSTRUCTOR` arguments in ``hp`` on their class (no-op without any)."""
+def _constructor_patch(hp: dict) -> dict:
+    """``{class name: constructor}`` fixing the :data:`CONSTRUCTOR` arguments in ``hp`` on their class (empty
+    without any)."""
     args = {k: v for k, v in hp.items() if k in CONSTRUCTOR}
     if not args:
-        return contextlib.nullcontext()
+        return {}
     (cls,) = {CONSTRUCTOR[k] for k in args}
-    return mock.patch.object(specopt, cls, functools.partial(getattr(specopt, cls), **args))
+    return {cls: functools.partial(getattr(specopt, cls), **args)}
+
+
+def final_val(cfg: RunConfig, patch: dict | None = None) -> tuple[float, float]:
+    """Train ``cfg`` with the specopt classes named in ``patch`` replaced by the given constructors (how the
+    registry's optimizers get constructor arguments it does not pass); returns the final validation loss (NaN when
+    the run diverged: a non-finite loss, or a gradient that turned non-finite inside ``step()``) and the seconds it
+    took."""
+    tick = time.time()
+    with TemporaryDirectory() as d, contextlib.ExitStack() as patches:
+        for name, constructor in (patch or {}).items():
+            patches.enter_context(mock.patch.object(specopt, name, constructor))
+        try:
+            val = train(cfg, d, progress=False).val_rows()
+        except ValueError as e:
+            if "non-finite gradient" not in str(e):
+                raise
+            val = []
+    final = val[-1]["val_loss"] if val else math.nan
+    return (final if math.isfinite(final) else math.nan), round(time.time() - tick, 1)
 
 
 def append_row(path: Path, fields: list[str], row: dict) -> None:
