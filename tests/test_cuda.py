@@ -1,15 +1,15 @@
-"""The family on a GPU: every member's CUDA step equals its CPU step, and each msign schedule keeps its band in
-bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with ``benchmarks/gpu_checks.sh``."""
+"""The family on a GPU: every preset's and member's CUDA step equals its CPU step, and each msign schedule keeps its
+band in bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with ``benchmarks/gpu_checks.sh``."""
 
 import pytest
 import torch
-from helpers import classification_data, mlp, train
+from helpers import GEOMETRY_PRESETS, classification_data, mlp, preset_ids, train
 
 from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, MuonBP, NorMuon, ProxSpectral, msign, msign_band
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-MEMBERS = [
+MEMBERS = [(cls, kwargs, False) for cls, kwargs in GEOMETRY_PRESETS] + [
     (NorMuon, {}, False),
     (AdaMuon, {}, False),
     (AdaGO, {}, False),
@@ -21,7 +21,7 @@ MEMBERS = [
 ]
 
 
-@pytest.mark.parametrize("cls, kwargs, closure", MEMBERS, ids=[m[0].__name__ for m in MEMBERS])
+@pytest.mark.parametrize("cls, kwargs, closure", MEMBERS, ids=preset_ids([m[:2] for m in MEMBERS]))
 def test_member_cuda_step_matches_cpu(cls, kwargs, closure):
     X, y = classification_data()
     cpu, gpu = mlp(3), mlp(3).cuda()
