@@ -1,5 +1,6 @@
 """The family on a GPU: every preset's and member's CUDA step equals its CPU step, and each msign schedule keeps its
-band in bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with ``benchmarks/gpu_checks.sh``."""
+band in bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with
+``benchmarks/gpu_checks.sh``."""
 
 import pytest
 import torch
