@@ -198,3 +198,30 @@ def test_int_step_counts_of_old_checkpoints_work_under_compile():
         step()
     assert_same_run(eager, compiled, atol=1e-5)
     assert all(isinstance(s["step"], torch.Tensor) and float(s["step"]) == 4.0 for s in compiled.state.values())
+
+
+@pytest.mark.parametrize("cls", [Muon, Scion])
+def test_a_tensor_lr_follows_its_scheduler_without_recompiling(cls, monkeypatch):
+    """torch.optim's convention for compiled steps under an LR scheduler: with ``lr`` a tensor the scheduler writes
+    in place, the step is compiled once and follows the schedule as the eager step does (a float lr that changes
+    is a new constant of the trace: a recompilation every step). test_tensor_lr.py: the eager step with a tensor lr
+    is the step with the float."""
+    monkeypatch.setattr(linalg, "SYMMETRIC_MIN_ROWS", 8)  # the eager twin's symmetric products as the compiled one's
+    X, y = classification_data()
+    eager_model, compiled_model = mlp(widths=SMALL), mlp(widths=SMALL)
+    lr = cls(mlp(widths=SMALL).parameters()).defaults["lr"]
+    eager = cls(eager_model.parameters(), lr=torch.tensor(lr))
+    compiled = cls(compiled_model.parameters(), lr=torch.tensor(lr))
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k)) for opt in (eager, compiled)]
+    backend, graphs = inductor_counting()
+    step = torch.compile(compiled.step, backend=backend)  # the scheduler's wrapper of step (skipped by dynamo)
+    for _ in range(4):
+        set_gradients(eager_model, X, y)
+        set_gradients(compiled_model, X, y)
+        eager.step()
+        step()
+        for schedule in schedules:
+            schedule.step()
+        assert_same_run(eager, compiled, atol=1e-5)
+    assert float(compiled.param_groups[0]["lr"]) == pytest.approx(lr / 5)
+    assert len(graphs) == 1

@@ -43,3 +43,14 @@ def check_number(value, name: str, low: float = 0.0, high: float = float("inf"),
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
     return float(value)
+
+
+def check_lr(value, name: str = "lr") -> None:
+    """A learning rate: a finite number ≥ 0, or (as torch.optim takes one, so that a compiled step is not recompiled
+    when an LR scheduler changes it) a 1-element real floating tensor holding one, not requiring grad."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point() or value.requires_grad:
+            raise ValueError(f"{name} as a tensor must hold one real floating value and not require grad, got "
+                             f"shape {tuple(value.shape)}, dtype {value.dtype}, requires_grad={value.requires_grad}")
+        value = float(value)
+    check_number(value, name)

@@ -52,7 +52,11 @@ class AdaGradNormStep(StepRule):
                 v2 = rec.state["adago_v2"] = torch.full((), self.v0**2, dtype=torch.float32, device=rec.g.device)
             v2.add_(clipped.square())  # a skipped step (ctx.ok false) has zeroed gradients: it adds 0
             lr = rec.group["lr"]
-            alpha = (lr * clipped / v2.sqrt()).clamp(min=self.eps) if lr > 0 else torch.zeros_like(clipped)
+            alpha = (lr * clipped / v2.sqrt()).clamp(min=self.eps)
+            if isinstance(lr, torch.Tensor):  # a tensor lr (torch.compile): no branch on its value
+                alpha = torch.where(lr.to(alpha.device) > 0, alpha, 0.0)
+            elif not lr > 0:
+                alpha = torch.zeros_like(clipped)
             rec.shrink = weight_decay(rec)
             rec.scale = alpha * rec.radius
 

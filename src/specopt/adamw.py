@@ -57,9 +57,12 @@ def step(items: list, ok: torch.Tensor | None = None) -> None:
     for bucket in fused.values():
         group = bucket[0].group
         beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):  # the kernel's tensor-lr overload takes it on the parameters' device
+            lr = lr.to(bucket[0].p.device)
         torch._fused_adamw_([it.p for it in bucket], [it.g for it in bucket], [it.state["exp_avg"] for it in bucket],
                             [it.state["exp_avg_sq"] for it in bucket], [], [it.state["step"] for it in bucket],
-                            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                            lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                             eps=group["eps"], amsgrad=False, maximize=False)
 
 
@@ -74,7 +77,10 @@ def _single(it) -> None:
     m.lerp_(g, 1 - beta1)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+    if isinstance(lr, torch.Tensor):  # addcdiv_ takes a Python number only
+        p.sub_((m / denom).mul_(lr.to(m.device) / (1 - beta1**t)).to(p.dtype))
+    else:
+        p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
 def _compiled(it, ok: torch.Tensor) -> None:
@@ -85,7 +91,11 @@ def _compiled(it, ok: torch.Tensor) -> None:
     lr = group["lr"]
     m, v = state["exp_avg"], state["exp_avg_sq"]
     t = commit(state["step"], state["step"] + 1, ok)
-    step_size, root = bias_corrections(t, lr, beta1, beta2).unbind()
+    if isinstance(lr, torch.Tensor):  # a graph input: the value a scheduler wrote, no recompilation
+        step_size, root = bias_corrections(t, 1.0, beta1, beta2).unbind()
+        step_size = step_size * lr.to(step_size.device)
+    else:
+        step_size, root = bias_corrections(t, lr, beta1, beta2).unbind()
     m = commit(m, m.lerp(g.to(m.dtype), 1 - beta1), ok)
     v = commit(v, v * beta2 + (1 - beta2) * g.to(v.dtype).square(), ok)
     new = p.to(m.dtype) * (1 - lr * group["weight_decay"]) - step_size * m / (v.sqrt() / root + group["eps"])

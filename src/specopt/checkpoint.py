@@ -7,7 +7,8 @@ Works single-process (no process group), under DDP (pass the DDP wrapper or its 
 (``fully_shard``: DTensor parameters and optimizer state are saved as their shards and resharded on load).
 Layout of the checkpoint: ``model.<fqn>`` (the module's state dict), ``optim.<i>.<fqn>.<key>`` for every
 state tensor of optimizer ``i`` shaped like its parameter (momentum, STORM's previous iterate, AdamW's moments:
-saved sharded like the parameter), and ``meta``: a JSON string with the param groups' hyperparameters, the small
+saved sharded like the parameter), and ``meta``: a JSON string with the param groups' hyperparameters (a tensor
+``lr`` as its value, written back into the group's tensor on load), the small
 per-parameter state (step counts, Gluon's measurements, AdamW's step) and ``extra``, identical on every rank.
 
 Saving is atomic: DCP writes into ``<path>.tmp``, which replaces ``<path>`` once every rank has finished.
@@ -50,18 +51,24 @@ def _like_param(value, param) -> bool:
 
 
 def _encode(value):
+    """``value`` as JSON: tensors as ``{"__tensor__": values, "dtype": …}``, inside lists, tuples and dicts too."""
     if isinstance(value, torch.Tensor):
         return {"__tensor__": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, (list, tuple)):
         return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
     return value
 
 
 def _decode(value, device):
+    """The inverse of :func:`_encode`, tensors made on ``device``."""
     if isinstance(value, dict) and "__tensor__" in value:
         return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]), device=device)
     if isinstance(value, list):
         return [_decode(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _decode(v, device) for k, v in value.items()}
     return value
 
 
@@ -79,7 +86,8 @@ def _as_list(optimizers) -> list:
 
 
 def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None) -> Path:
-    """Write model, optimizer(s) and ``extra`` (JSON-able) to the DCP directory ``path`` atomically."""
+    """Write model, optimizer(s) and ``extra`` (JSON-able but for tensors, which come back as tensors: a scheduler's
+    state dict with tensor learning rates) to the DCP directory ``path`` atomically."""
     path = Path(path)
     module = _module(model)
     fqn = {p: n for n, p in module.named_parameters()}
@@ -98,11 +106,11 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
                     flat[f"optim.{i}.{fqn[param]}.{key}"] = value
                 else:
                     small.setdefault(fqn[param], {})[key] = _encode(value)
-        groups = [{k: v for k, v in g.items() if k not in ("params", "param_names")}
+        groups = [{k: _encode(v) for k, v in g.items() if k not in ("params", "param_names")}
                   for g in optimizer.state_dict()["param_groups"]]
         metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0),
                       "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"})
-    flat["meta"] = json.dumps({"optimizers": metas, "extra": extra or {}})
+    flat["meta"] = json.dumps({"optimizers": metas, "extra": _encode(extra or {})})
     tmp = path.with_name(path.name + ".tmp")
     if _rank0() and tmp.exists():
         shutil.rmtree(tmp)
@@ -149,7 +157,11 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
     for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
         for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
             for k, v in saved_group.items():
-                group[k] = _restore_group_value(k, v)
+                value, current = _restore_group_value(k, _decode(v, "cpu")), group.get(k)
+                if isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor):
+                    current.copy_(value)  # a tensor lr in place: what a scheduler and a compiled step hold
+                else:
+                    group[k] = value
         optimizer.state.clear()
         for key, value in template.items():
             if key.startswith(f"optim.{i}."):
@@ -160,7 +172,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
                 optimizer.state[params[name]][k] = _decode(v, local(params[name]).device)
         if hasattr(optimizer, "skipped_steps"):
             optimizer.skipped_steps = saved["skipped_steps"]
-    return meta["extra"]
+    return _decode(meta["extra"], "cpu")
 
 
 def read_extra(path: str | os.PathLike) -> dict:
@@ -169,7 +181,7 @@ def read_extra(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not (path / ".metadata").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
-    return _read_meta(path)["extra"]
+    return _decode(_read_meta(path)["extra"], "cpu")
 
 
 def _read_meta(path: Path) -> dict:

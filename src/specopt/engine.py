@@ -20,9 +20,10 @@ fails, and writes every parameter and state tensor through ``torch.where(ok, new
 (:func:`specopt.steps.commit`), so a non-finite step writes nothing, bit for bit. Eager steps keep the host-side
 check (one sync) and its early return. Gluon, STORM and distributed runs compile with graph breaks: they read
 tensors on the host anyway (Gluon's fit, STORM's second closure call, the cross-rank checks). Hyperparameters are
-Python numbers, which dynamo specialises on: an LR scheduler that changes ``lr`` every step recompiles every step
-until torch's recompile limit (8), after which the step runs eagerly (torch.optim's answer, a tensor ``lr``, is
-not supported here yet). Each optimizer instance is a compilation of its own, under the same limit.
+Python numbers, which dynamo specialises on: an LR scheduler that changes a float ``lr`` every step recompiles every
+step until torch's recompile limit (8), after which the step runs eagerly. As in torch.optim, pass ``lr`` as a
+tensor (``lr=torch.tensor(0.02)``; torch's schedulers write it in place) and the step is compiled once. Each
+optimizer instance is a compilation of its own, under the same limit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from torch.optim import Optimizer
 
 from specopt import adamw, distributed
-from specopt._checks import check_number
+from specopt._checks import check_lr, check_number
 from specopt.constraints import Constraint, constraint_from_config
 from specopt.estimators import Estimator, get_estimator, validate_momentum
 from specopt.layouts import MUON_SCALES, auto_norm, radius_for
@@ -150,11 +151,14 @@ class GeometryOptimizer(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, on a copy of ``param_group``: torch writes the defaults (and the listed params) into the dict
         it is given, so one list of group dicts, e.g. from :func:`specopt.param_groups`, passed to a second
-        optimizer would hand it the first one's hyperparameters."""
+        optimizer would hand it the first one's hyperparameters. A tensor ``lr`` taken from the defaults is
+        copied per group (torch would share one tensor, which a scheduler with per-group values overwrites)."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         super().add_param_group(dict(param_group))
         group = self.param_groups[-1]
+        if isinstance(group["lr"], torch.Tensor) and group["lr"] is self.defaults.get("lr"):
+            group["lr"] = group["lr"].clone()  # each group its own: LR schedulers write every group's lr in place
         seen = set()
         for i, p in enumerate(group["params"]):
             if id(p) in seen:
@@ -166,7 +170,7 @@ class GeometryOptimizer(Optimizer):
         self._validate_group(group)
 
     def _validate_group(self, group: dict) -> None:
-        check_number(group["lr"], "lr")
+        check_lr(group["lr"])
         validate_momentum(group["momentum"])
         check_number(group["weight_decay"], "weight_decay")
         if group.setdefault("weight_decay_mode", "coupled") not in DECAY_MODES:
@@ -362,7 +366,7 @@ class GeometryOptimizer(Optimizer):
             kappa = rec.norm.projection_kappa() if isinstance(rec.norm, Preconditioner) else None
 
             def project(w, constraint=constraint, rec=rec, kappa=kappa):
-                return constraint.project(w, gamma=rec.group["lr"], kappa=kappa)
+                return constraint.project(w, gamma=float(rec.group["lr"]), kappa=kappa)
 
             if rec.layout.sharded:  # the set is defined on the whole tensor: project it whole, keep our rows
                 self.lmo.whole(rec, project)

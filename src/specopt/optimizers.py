@@ -200,7 +200,8 @@ class Muon(GeometryOptimizer):
     each matrix as the module computes with it, experts one by one, fused blocks each with their own scale), or
     else every tensor with ≥ 2 dims (2-D in ``nn.Linear``'s layout, 4-D/5-D conv kernels; a 3-D tensor's layout
     is unknown, an error). The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
-    ``adamw_weight_decay`` (separate param groups, so LR schedulers scale both).
+    ``adamw_weight_decay`` (separate param groups, so LR schedulers scale both; with a tensor ``lr`` a float
+    ``adamw_lr`` becomes a tensor too, so that a compiled step follows a scheduler without recompiling).
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
     ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
@@ -225,6 +226,8 @@ class Muon(GeometryOptimizer):
         norm = Spectral(**msign_kwargs)
         defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
                              weight_decay=weight_decay)
+        if isinstance(lr, torch.Tensor) and not isinstance(adamw_lr, torch.Tensor):  # one form: compiled, neither
+            adamw_lr = torch.tensor(float(adamw_lr), dtype=lr.dtype, device=lr.device)  # recompiles per LR change
         aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
         super().__init__(_split_for_muon(params, aux, msign_kwargs, scale), defaults, rule=rule, estimator=estimator,

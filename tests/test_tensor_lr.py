@@ -1,0 +1,158 @@
+"""A tensor learning rate, as torch.optim takes one (``lr=torch.tensor(0.02)``, written in place by torch's LR
+schedulers so that a compiled step is not recompiled when it changes): every preset and family member steps with it
+as with the float, groups do not share it, it round-trips through state dicts, and a bad one is a clear error."""
+
+import io
+
+import pytest
+import torch
+from helpers import GEOMETRY_PRESETS, classification_data, mlp, preset_ids, train
+from torch.optim.lr_scheduler import LambdaLR
+
+import specopt
+from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, Muon, MuonBP, NorMuon, ProxSpectral, UScion
+from specopt.constraints import FrobeniusBall
+
+MEMBERS = GEOMETRY_PRESETS + [(NorMuon, {}), (AdaMuon, {}), (AdaGO, {}), (DoG, {}), (DropMuon, {}),
+                              (MuonBP, {"blocks": 2, "period": 2}), (GluonMVR, {}), (ProxSpectral, {})]
+CLOSURE = {GluonMVR}
+
+
+def scheduled_run(cls, kwargs, tensor: bool, steps: int = 4, bias: bool = True):
+    """``steps`` steps under a LambdaLR (γ_k = γ_0/(1+k)), with the preset's default lr as a float or a tensor."""
+    X, y = classification_data()
+    model = mlp(3, bias=bias)
+    lr = cls(mlp(3, bias=bias).parameters(), **kwargs).defaults["lr"]
+    opt = cls(model.parameters(), lr=torch.tensor(lr) if tensor else lr, **kwargs)
+    scheduler = LambdaLR(opt, lambda k: 1 / (1 + k))
+    for _ in range(steps):
+        train(model, opt, X, y, 1, closure=cls in CLOSURE)
+        scheduler.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("cls, kwargs", MEMBERS, ids=preset_ids(MEMBERS))
+def test_a_tensor_lr_under_a_scheduler_steps_as_the_float(cls, kwargs):
+    floats, float_opt = scheduled_run(cls, kwargs, tensor=False)
+    tensors, tensor_opt = scheduled_run(cls, kwargs, tensor=True)
+    for a, b in zip(floats.parameters(), tensors.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)  # a float32 γ·ρ against Python's float64 one
+    for f, t in zip(float_opt.param_groups, tensor_opt.param_groups, strict=True):
+        assert isinstance(t["lr"], torch.Tensor) and float(t["lr"]) == pytest.approx(f["lr"])
+
+
+def test_a_tensor_lr_reaches_the_projection_of_a_constraint():
+    """ProxSpectral's projection in the smooth preconditioner's geometry depends on γ (it is computed on the host)."""
+    kwargs = {"preconditioner": "smooth", "constraint": FrobeniusBall(2.0)}
+    floats, _ = scheduled_run(ProxSpectral, kwargs, tensor=False, bias=False)
+    tensors, _ = scheduled_run(ProxSpectral, kwargs, tensor=True, bias=False)
+    for a, b in zip(floats.parameters(), tensors.parameters(), strict=True):
+        assert float(torch.linalg.vector_norm(b)) <= 2.0 * (1 + 1e-5)
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_a_tensor_lr_steps_bf16_parameters_as_the_float():
+    """Low-precision parameters take AdamW's single-tensor formulas (fp32 state) beside Muon's step."""
+    X, y = classification_data()
+    runs = []
+    for lr in (0.02, torch.tensor(0.02)):
+        model = mlp(3).bfloat16()
+        opt = Muon(model.parameters(), lr=lr)
+        scheduler = LambdaLR(opt, lambda k: 1 / (1 + k))
+        for _ in range(3):
+            train(model, opt, X.bfloat16(), y, 1)
+            scheduler.step()
+        runs.append(model)
+    for a, b in zip(*(m.parameters() for m in runs), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=3e-3)  # a bf16 rounding or two apart (steps of ~0.05)
+        assert b.dtype == torch.bfloat16
+
+
+def test_groups_own_their_tensor_lr():
+    """torch would hand every group the one default tensor; a scheduler with per-group values then overwrites it."""
+    model = mlp()
+    lr = torch.tensor(0.1)
+    opt = UScion([{"params": [model[0].weight]}, {"params": [model[2].weight], "lr": torch.tensor(0.3)},
+                  {"params": [model[4].weight]}], lr=lr)
+    LambdaLR(opt, [lambda k: 1.0, lambda k: 1.0, lambda k: 0.5])
+    values = [float(g["lr"]) for g in opt.param_groups]
+    assert values == pytest.approx([0.1, 0.3, 0.05])
+    assert len({id(g["lr"]) for g in opt.param_groups}) == 3 and float(lr) == pytest.approx(0.1)
+
+
+def test_muon_gives_its_adamw_a_tensor_lr_too():
+    opt = Muon(mlp().parameters(), lr=torch.tensor(0.02), adamw_lr=0.03)
+    adamw = [g for g in opt.param_groups if g["norm"] == "adamw"]
+    assert adamw and all(isinstance(g["lr"], torch.Tensor) and float(g["lr"]) == pytest.approx(0.03) for g in adamw)
+
+
+def test_a_tensor_lr_resumes_bit_for_bit():
+    X, y = classification_data()
+
+    def make(model):
+        opt = Muon(model.parameters(), lr=torch.tensor(0.02))
+        return opt, LambdaLR(opt, lambda k: 0.9**k)
+
+    straight = mlp(1)
+    opt, scheduler = make(straight)
+    for _ in range(6):
+        train(straight, opt, X, y, 1)
+        scheduler.step()
+    first = mlp(1)
+    opt1, scheduler1 = make(first)
+    for _ in range(3):
+        train(first, opt1, X, y, 1)
+        scheduler1.step()
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict(), "sched": scheduler1.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = mlp(99)
+    resumed.load_state_dict(saved["model"])
+    opt2, scheduler2 = make(resumed)
+    opt2.load_state_dict(saved["opt"])
+    scheduler2.load_state_dict(saved["sched"])
+    for _ in range(3):
+        train(resumed, opt2, X, y, 1)
+        scheduler2.step()
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_tensor_lr_survives_a_dcp_checkpoint_in_place(tmp_path):
+    """specopt.checkpoint writes the value into the group's own tensor: the one its scheduler and a compiled step
+    hold."""
+    X, y = classification_data()
+
+    def build():
+        model = mlp(1)
+        opt = Muon(model.parameters(), lr=torch.tensor(0.02))
+        return model, opt, LambdaLR(opt, lambda k: 0.9**k)
+
+    model, opt, scheduler = build()
+    for _ in range(3):
+        train(model, opt, X, y, 1)
+        scheduler.step()
+    specopt.checkpoint.save(tmp_path / "ckpt", model, opt, extra={"scheduler": scheduler.state_dict()})
+    resumed_model, resumed, resumed_scheduler = build()
+    held = [g["lr"] for g in resumed.param_groups]
+    extra = specopt.checkpoint.load(tmp_path / "ckpt", resumed_model, resumed)
+    resumed_scheduler.load_state_dict(extra["scheduler"])
+    assert all(g["lr"] is h for g, h in zip(resumed.param_groups, held, strict=True))
+    assert [float(g["lr"]) for g in resumed.param_groups] == [float(g["lr"]) for g in opt.param_groups]
+    for _ in range(3):
+        for m, o, sch in ((model, opt, scheduler), (resumed_model, resumed, resumed_scheduler)):
+            train(m, o, X, y, 1)
+            sch.step()
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("lr, problem", [(torch.tensor([0.1, 0.2]), "one real floating value"),
+                                         (torch.tensor(1), "one real floating value"),
+                                         (torch.tensor(0.1, requires_grad=True), "not require grad"),
+                                         (torch.tensor(-0.1), "finite number"),
+                                         (torch.tensor(float("nan")), "finite number")])
+def test_a_bad_tensor_lr_is_a_clear_error(lr, problem):
+    with pytest.raises(ValueError, match=problem):
+        UScion(mlp().parameters(), lr=lr)
