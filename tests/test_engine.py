@@ -95,6 +95,39 @@ def test_lr_scheduler_drives_the_step_length():
         assert length == pytest.approx(0.1 * 0.5**k, rel=1e-5)
 
 
+@pytest.mark.parametrize("cls, kwargs", ALL, ids=IDS)
+def test_schedulers_that_cycle_momentum_cycle_the_estimators(cls, kwargs):
+    """torch's OneCycleLR and CyclicLR cycle ``momentum``, or ``betas[0]`` where the optimizer's defaults have
+    ``betas``: the presets' have none (AdamW groups carry their own), so β of the estimator cycles, as it does for
+    torch.optim.SGD and torch.optim.Muon, and the steps follow it."""
+    X, y = classification_data()
+    runs = []
+    for cycle in (True, False):
+        model = mlp()
+        opt = cls(model.parameters(), **kwargs)
+        assert "betas" not in opt.defaults
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                        total_steps=6, cycle_momentum=cycle, base_momentum=0.5,
+                                                        max_momentum=0.9)
+        momenta = []
+        for _ in range(4):
+            momenta.append(opt.param_groups[0]["momentum"])
+            train(model, opt, X, y, 1)
+            scheduler.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+        if cycle:
+            assert momenta[0] == pytest.approx(0.9) and min(momenta) < 0.6
+    assert not all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_adamw_groups_of_the_bare_engine_get_adamw_defaults():
+    model = mlp()
+    opt = specopt.GeometryOptimizer([{"params": [model[0].bias], "norm": "adamw"},
+                                     {"params": [model[0].weight]}], {"lr": 0.01})
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95) and opt.param_groups[0]["eps"] == 1e-8
+    assert "betas" not in opt.param_groups[1]
+
+
 def test_parameters_without_grad_are_skipped():
     model = mlp()
     frozen = model[0].weight

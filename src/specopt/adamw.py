@@ -22,6 +22,9 @@ import torch
 from specopt._checks import check_number
 from specopt.steps import commit
 
+GROUP_DEFAULTS = {"betas": (0.9, 0.95), "eps": 1e-8}
+"""What a ``norm="adamw"`` param group gets where neither it nor the optimizer's defaults say."""
+
 
 def validate(group: dict) -> None:
     betas = group["betas"]

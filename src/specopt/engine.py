@@ -46,9 +46,10 @@ from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
 
 NONFINITE = ("raise", "skip")
 ENGINE_DEFAULTS = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": 1.0, "weight_decay": 0.0,
-                   "weight_decay_mode": "coupled",
-                   "betas": (0.9, 0.95), "eps": 1e-8}
-"""What a group of the bare engine gets where neither it nor the optimizer's ``defaults`` say (``lr`` is required)."""
+                   "weight_decay_mode": "coupled"}
+"""What a group of the bare engine gets where neither it nor the optimizer's ``defaults`` say (``lr`` is required;
+a ``norm="adamw"`` group also gets :data:`specopt.adamw.GROUP_DEFAULTS`). No ``betas`` here: torch's schedulers that
+cycle momentum (OneCycleLR, CyclicLR) cycle ``betas[0]`` instead of ``momentum`` where the defaults have ``betas``."""
 
 
 def _step_count(state: dict, p: torch.Tensor) -> None:
@@ -185,6 +186,8 @@ class GeometryOptimizer(Optimizer):
         else:
             check_number(radius, "radius", low_open=True)
         if norm == "adamw":
+            for key, value in adamw.GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
             adamw.validate(group)
         self.estimator.validate_group(group)
         self.rule.validate_group(group)

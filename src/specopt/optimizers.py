@@ -39,7 +39,6 @@ from specopt.roles import DEFAULT_RADII
 from specopt.steps import StepRule
 from specopt.views import MuonScaled, Stacked, Transposed
 
-_ADAMW_KEYS = {"betas": (0.9, 0.95), "eps": 1e-8}
 RADIUS = DEFAULT_RADII["hidden"]
 """The presets' default radius: the hidden radius of :func:`specopt.param_groups`."""
 MUON_ROLES = ("hidden", "expert", "conv")
@@ -48,7 +47,7 @@ go to its AdamW."""
 
 
 def _defaults(**kwargs) -> dict:
-    out = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": RADIUS, "weight_decay": 0.0, **_ADAMW_KEYS}
+    out = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": RADIUS, "weight_decay": 0.0}
     out.update(kwargs)
     return out
 
