@@ -68,6 +68,26 @@ def test_a_tensor_lr_steps_bf16_parameters_as_the_float():
         assert b.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_tensor_lr_decays_low_precision_weights_as_the_float(dtype, compiled):
+    """γλ = 0.002 with zero gradients: the weights shrink as with the float lr, bit for bit (1 − γλ rounded to bf16
+    first is 1 − 2⁻⁸, twice the decay; in fp16 it is off by a few percent)."""
+    start, runs = torch.randn(16, 16, generator=torch.Generator().manual_seed(0)).to(dtype), []
+    for lr in (0.02, torch.tensor(0.02)):
+        torch._dynamo.reset()
+        p = torch.nn.Parameter(start.clone())
+        opt = UScion([p], lr=lr, weight_decay=0.1)
+        step = torch.compile(opt.step, backend="eager") if compiled else opt.step  # the branch-free update
+        for _ in range(5):
+            p.grad = torch.zeros_like(p)
+            step()
+        runs.append(p.detach())
+    torch._dynamo.reset()
+    assert torch.equal(runs[1], runs[0])
+    assert torch.linalg.vector_norm(runs[0].float()) < torch.linalg.vector_norm(start.float())  # it decayed
+
+
 def test_groups_own_their_tensor_lr():
     """torch would hand every group the one default tensor; a scheduler with per-group values then overwrites it."""
     model = mlp()

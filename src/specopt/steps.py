@@ -223,7 +223,9 @@ def commit(dst: torch.Tensor, new: torch.Tensor, ok: torch.Tensor | None) -> tor
 
 def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tensor | None = None,
                  cautious: bool = False) -> None:
-    """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors. With ``ok`` (see
+    """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors, which step as the float
+    does (``1 − shrink`` is not rounded to a low-precision ``p``'s dtype first: in bf16 that would turn a decay
+    γλ = 0.002 into 2⁻⁸ and one under 2⁻⁹ into none). With ``ok`` (see
     :func:`commit`) the new value is formed out of place and written where ``ok`` holds (torch.compile fuses
     the product, the sum and the select into one pass over ``p``). ``cautious``: the shrink only where the update
     ``Δ = scale·s`` and ``p`` have opposite signs (or either is 0), ``p ← p − shrink·𝟙[Δ⊙p ≤ 0]⊙p + Δ``."""
@@ -235,13 +237,11 @@ def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tens
         return
     if ok is not None:  # in the wider of the two dtypes, as the in-place ops below compute
         work = torch.promote_types(p.dtype, s.dtype)
-        keep = (1 - shrink).to(p.dtype).to(work) if isinstance(shrink, torch.Tensor) else 1 - shrink
+        keep = 1 - shrink
         step = scale.to(s.dtype).to(work) if isinstance(scale, torch.Tensor) else scale
         commit(p, (p.to(work) * keep + s.to(work) * step).to(p.dtype), ok)
         return
-    if isinstance(shrink, torch.Tensor):
-        p.mul_((1 - shrink).to(p.dtype))
-    elif shrink != 0:
+    if isinstance(shrink, torch.Tensor) or shrink != 0:
         p.mul_(1 - shrink)
     if isinstance(scale, torch.Tensor):
         p.addcmul_(s, scale.to(s.dtype))
