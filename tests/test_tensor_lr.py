@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from helpers import GEOMETRY_PRESETS, classification_data, mlp, preset_ids, train
+from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_ids, train
 from torch.optim.lr_scheduler import LambdaLR
 
 import specopt
@@ -98,6 +98,26 @@ def test_groups_own_their_tensor_lr():
     values = [float(g["lr"]) for g in opt.param_groups]
     assert values == pytest.approx([0.1, 0.3, 0.05])
     assert len({id(g["lr"]) for g in opt.param_groups}) == 3 and float(lr) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1)])
+@pytest.mark.parametrize("cls", [Muon, UScion])
+def test_a_one_element_tensor_lr_of_any_shape_steps_as_the_float(cls, shape):
+    """torch.optim takes ``lr=torch.tensor([0.02])``; a (1, 1) γ would broadcast a bias's update to a row, a (1,)
+    one a 0-d parameter's."""
+    runs = []
+    for lr in (0.02, torch.full(shape, 0.02)):
+        model = mlp(3)
+        model.gain = torch.nn.Parameter(torch.tensor(1.0))
+        opt = cls(model.parameters(), lr=lr, weight_decay=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            (loss_fn(model, *classification_data()) * model.gain).backward()
+            opt.step()
+        runs.append(model)
+    for a, b in zip(*(m.parameters() for m in runs), strict=True):
+        assert b.shape == a.shape
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # float32 γ·λ, γ·ρ against Python's float64 ones
 
 
 def test_muon_gives_its_adamw_a_tensor_lr_too():
