@@ -10,7 +10,7 @@ from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_
 from torch.optim.lr_scheduler import LambdaLR
 
 import specopt
-from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, Muon, MuonBP, NorMuon, ProxSpectral, UScion
+from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, Muon, MuonBP, NorMuon, ProxSpectral, Scion, UScion
 from specopt.constraints import FrobeniusBall
 
 MEMBERS = GEOMETRY_PRESETS + [(NorMuon, {}), (AdaMuon, {}), (AdaGO, {}), (DoG, {}), (DropMuon, {}),
@@ -196,3 +196,8 @@ def test_a_tensor_lr_survives_a_dcp_checkpoint_in_place(tmp_path):
 def test_a_bad_tensor_lr_is_a_clear_error(lr, problem):
     with pytest.raises(ValueError, match=problem):
         UScion(mlp().parameters(), lr=lr)
+
+
+def test_scion_refuses_a_tensor_lr_over_1_as_the_float():
+    with pytest.raises(ValueError, match=r"lr must be in \[0, 1\] for Scion"):
+        Scion(mlp().parameters(), lr=torch.tensor(2.0))

@@ -63,7 +63,8 @@ class Scion(GeometryOptimizer):
                  nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
                  batch_lmo: bool | None = None,
                  process_group="auto"):
-        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 1:
+        value = float(lr) if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr  # a tensor lr as its value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1:
             raise ValueError(f"lr must be in [0, 1] for Scion (a convex combination), got {lr!r}")
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius, nesterov=nesterov),
                          rule="scg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
