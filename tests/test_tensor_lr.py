@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR
 import specopt
 from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, Muon, MuonBP, NorMuon, ProxSpectral, Scion, UScion
 from specopt.constraints import FrobeniusBall
+from specopt.integrations import create_optimizer
 
 MEMBERS = GEOMETRY_PRESETS + [(NorMuon, {}), (AdaMuon, {}), (AdaGO, {}), (DoG, {}), (DropMuon, {}),
                               (MuonBP, {"blocks": 2, "period": 2}), (GluonMVR, {}), (ProxSpectral, {})]
@@ -118,6 +119,16 @@ def test_a_one_element_tensor_lr_of_any_shape_steps_as_the_float(cls, shape):
     for a, b in zip(*(m.parameters() for m in runs), strict=True):
         assert b.shape == a.shape
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # float32 γ·λ, γ·ρ against Python's float64 ones
+
+
+def test_muons_adamw_groups_own_their_tensor_lr():
+    """One ``adamw_lr`` serves every AdamW group Muon makes (the head and the vectors of role-aware groups)."""
+    opt = create_optimizer(mlp(), "muon", lr=torch.tensor(0.02), adamw_lr=torch.tensor(0.03))
+    adamw = [g for g in opt.param_groups if g["norm"] == "adamw"]
+    assert len(adamw) >= 2 and len({id(g["lr"]) for g in opt.param_groups}) == len(opt.param_groups)
+    LambdaLR(opt, [lambda k, i=i: 1 / (1 + i) for i in range(len(opt.param_groups))])
+    lrs = [float(g["lr"]) for g in opt.param_groups]
+    assert lrs == pytest.approx([float(g["initial_lr"]) / (1 + i) for i, g in enumerate(opt.param_groups)])
 
 
 def test_muon_gives_its_adamw_a_tensor_lr_too():

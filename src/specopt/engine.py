@@ -152,15 +152,17 @@ class GeometryOptimizer(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, on a copy of ``param_group``: torch writes the defaults (and the listed params) into the dict
         it is given, so one list of group dicts, e.g. from :func:`specopt.param_groups`, passed to a second
-        optimizer would hand it the first one's hyperparameters. A tensor ``lr`` taken from the defaults is
-        copied per group (torch would share one tensor, which a scheduler with per-group values overwrites); one of
+        optimizer would hand it the first one's hyperparameters. A tensor ``lr`` taken from the defaults or held
+        by another group (Muon's ``adamw_lr`` in each of its AdamW groups) is copied per group (torch would share
+        one tensor, which a scheduler with per-group values overwrites); one of
         shape (1,) or (1, 1), which torch takes too, is held as a 0-d view of it (the shape every update broadcasts
         with)."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         super().add_param_group(dict(param_group))
         group = self.param_groups[-1]
-        if isinstance(group["lr"], torch.Tensor) and group["lr"] is self.defaults.get("lr"):
+        held = [self.defaults.get("lr")] + [g["lr"] for g in self.param_groups[:-1]]
+        if isinstance(group["lr"], torch.Tensor) and any(group["lr"] is lr for lr in held):
             group["lr"] = group["lr"].clone()  # each group its own: LR schedulers write every group's lr in place
         if isinstance(group["lr"], torch.Tensor) and group["lr"].dim() and group["lr"].numel() == 1:
             group["lr"] = group["lr"].view(())
