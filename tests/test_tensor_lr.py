@@ -10,7 +10,20 @@ from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_
 from torch.optim.lr_scheduler import LambdaLR
 
 import specopt
-from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, Muon, MuonBP, NorMuon, ProxSpectral, Scion, UScion
+from specopt import (
+    AdaGO,
+    AdaMuon,
+    DoG,
+    DropMuon,
+    GluonMVR,
+    Muon,
+    MuonBP,
+    NorMuon,
+    ProxSpectral,
+    Scion,
+    UScion,
+    registry,
+)
 from specopt.constraints import FrobeniusBall
 from specopt.integrations import create_optimizer
 
@@ -129,6 +142,15 @@ def test_muons_adamw_groups_own_their_tensor_lr():
     LambdaLR(opt, [lambda k, i=i: 1 / (1 + i) for i in range(len(opt.param_groups))])
     lrs = [float(g["lr"]) for g in opt.param_groups]
     assert lrs == pytest.approx([float(g["initial_lr"]) / (1 + i) for i, g in enumerate(opt.param_groups)])
+
+
+@pytest.mark.parametrize("name", [n for n in registry.DEFAULTS if n not in ("adamw", "sgd", "torch-muon")])
+def test_every_named_optimizer_takes_a_tensor_lr_into_every_group(name):
+    """``create_optimizer(model, name, lr=tensor)``: every group, AdamW's included, holds a tensor of its own."""
+    lr = float(registry.resolve(name)["lr"])
+    opt = create_optimizer(mlp(), name, lr=torch.tensor(lr))
+    assert all(isinstance(g["lr"], torch.Tensor) for g in opt.param_groups)
+    assert len({id(g["lr"]) for g in opt.param_groups}) == len(opt.param_groups)
 
 
 def test_muon_gives_its_adamw_a_tensor_lr_too():

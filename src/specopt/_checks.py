@@ -54,3 +54,12 @@ def check_lr(value, name: str = "lr") -> None:
                              f"shape {tuple(value.shape)}, dtype {value.dtype}, requires_grad={value.requires_grad}")
         value = float(value)
     check_number(value, name)
+
+
+def lr_like(value, lr):
+    """``value`` (a second learning rate, e.g. Muon's ``adamw_lr``) in ``lr``'s form: a tensor of ``lr``'s dtype and
+    device where ``lr`` is a tensor and ``value`` a number (so a compiled step follows a scheduler in every group
+    without recompiling), else as it is."""
+    if isinstance(lr, torch.Tensor) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=lr.dtype, device=lr.device)
+    return value

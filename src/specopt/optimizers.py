@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from specopt._checks import lr_like
 from specopt.constraints import Constraint
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator, get_estimator
@@ -226,9 +227,7 @@ class Muon(GeometryOptimizer):
         norm = Spectral(**msign_kwargs)
         defaults = _defaults(lr=lr, momentum=momentum, nesterov=nesterov, norm=norm, radius=scale,
                              weight_decay=weight_decay)
-        if isinstance(lr, torch.Tensor) and not isinstance(adamw_lr, torch.Tensor):  # one form: compiled, neither
-            adamw_lr = torch.tensor(float(adamw_lr), dtype=lr.dtype, device=lr.device)  # recompiles per LR change
-        aux = {"norm": "adamw", "lr": adamw_lr, "betas": adamw_betas, "eps": adamw_eps,
+        aux = {"norm": "adamw", "lr": lr_like(adamw_lr, lr), "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
         super().__init__(_split_for_muon(params, aux, msign_kwargs, scale), defaults, rule=rule, estimator=estimator,
                          nonfinite=nonfinite, batch_lmo=batch_lmo,

@@ -14,6 +14,7 @@ import inspect
 import torch
 
 import specopt
+from specopt._checks import lr_like
 from specopt.roles import DEFAULT_RADII, param_groups
 
 
@@ -112,7 +113,7 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
                                         "gram": hp.get("gram"), **options})]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
         groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
-                  {"params": g["params"], "norm": "adamw", "lr": hp["adamw_lr"], "betas": (0.9, 0.95)}
+                  {"params": g["params"], "norm": "adamw", "lr": lr_like(hp["adamw_lr"], lr), "betas": (0.9, 0.95)}
                   for g in param_groups(model, scheme=task.scheme)]
         return [specopt.ProxSpectral(groups, **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,
                                                 **options})]
