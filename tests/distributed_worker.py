@@ -20,6 +20,7 @@ WORLD = 2
 
 PRESETS = {
     "muon": lambda p: specopt.Muon(p, lr=0.02, adamw_lr=1e-2),
+    "muon-tensor-lr": lambda p: specopt.Muon(p, lr=torch.tensor(0.02), adamw_lr=1e-2),  # as torch.optim takes one
     "scion": lambda p: specopt.Scion(p, lr=0.05),
     "uscion": lambda p: specopt.UScion(p, lr=0.05),
     "clipped": lambda p: specopt.ClippedScion(p, lr=0.05, clip_radius=1.0),
