@@ -164,8 +164,8 @@ class ProxSpectral(GeometryOptimizer):
     ``constraint`` in the preconditioner's geometry (:mod:`specopt.constraints`).
 
     Args:
-        lr: γ (a float; pair it with :func:`specopt.schedules.power_decay` for the theory's ``γ_k ∝ k^{-3/4}``
-            with momentum or ``k^{-2/3}`` with STORM).
+        lr: γ (a float or a 0-d tensor; pair it with :func:`specopt.schedules.power_decay` for the theory's
+            ``γ_k ∝ k^{-3/4}`` with momentum or ``k^{-2/3}`` with STORM).
         momentum: β (a number, ``"theory"`` for ``1 − β_k = (k+1)^{-1/2}``, ``"storm"`` for
             ``a_k = (k+1)^{-2/3}``).
         preconditioner: ``"msign"`` (exact, SVD), ``"smooth"`` (``h'_κ`` with ``kappa``, ``eps``) or
