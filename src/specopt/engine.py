@@ -86,6 +86,9 @@ class GeometryOptimizer(Optimizer):
         params: anything ``torch.optim`` accepts: tensors, ``named_parameters()``, or group dicts with
             per-group ``lr``, ``momentum``, ``nesterov``, ``norm``, ``radius``, ``weight_decay`` (and
             ``betas``/``eps`` for ``norm="adamw"`` groups; ``L0``/``L1``/``schedule`` for Gluon).
+        defaults: every group's hyperparameters where the group does not set them (``lr`` required; the rest
+            from :data:`ENGINE_DEFAULTS`). ``lr`` is a number or a one-element tensor (each group holds a 0-d
+            copy of its own), which a compiled step follows without recompiling when a scheduler changes it.
         estimator: an :class:`~specopt.estimators.Estimator` or a built-in's name: ``"momentum"`` (EMA,
             optionally Nesterov), ``"almond"`` (averaged lmo) or ``"storm"`` (variance-reduced; needs
             ``step(closure)`` and evaluates the closure twice per step).
