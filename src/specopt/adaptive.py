@@ -71,7 +71,7 @@ class SignedMomentum(Momentum):
 
 class NorMuon(Muon):
     """NorMuon: Muon with its update's rows normalized by their running second moment (see the module docstring).
-    Takes every :class:`~specopt.Muon` argument, plus ``beta2`` and ``eps`` of the second moment."""
+    Takes every :class:`~specopt.Muon` argument but ``rule``, plus ``beta2`` and ``eps`` of the second moment."""
 
     def __init__(self, params, lr: float = 0.02, beta2: float = 0.95, eps: float = 1e-8, **muon):
         super().__init__(params, lr=lr, rule=SecondMomentNormalized("row", beta2, eps), **muon)
@@ -80,7 +80,8 @@ class NorMuon(Muon):
 class AdaMuon(Muon):
     """AdaMuon: Muon on the sign of the momentum, with an element-wise second moment and AdamW's RMS (see the
     module docstring). ``lr`` is on AdamW's scale (the update's RMS is 0.2·lr, as Moonlight's ``match_rms_adamw``).
-    Takes every :class:`~specopt.Muon` argument but ``estimator`` and ``scale``, plus ``beta2`` and ``eps``."""
+    Takes every :class:`~specopt.Muon` argument but ``estimator``, ``scale`` and ``rule``, plus ``beta2`` and
+    ``eps``."""
 
     def __init__(self, params, lr: float = 0.016, beta2: float = 0.95, eps: float = 1e-8, **muon):
         for key in ("estimator", "scale", "rule"):
