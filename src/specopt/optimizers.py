@@ -18,11 +18,13 @@ et al. 2025).
 that states none; :func:`specopt.param_groups` gives each role its radius from the same table (embedding 10,
 head 100, vectors 10). The lr defaults (and Muon's AdamW lr, Clipped Scion's ρ_c) are the settings with the
 smallest worst regret over the char-GPT tiny and small and the MNIST CNN (``benchmarks/sweep_defaults.py``,
-EXPERIMENTS.md "Defaults sweep"); the `specopt` command reads them from here (:data:`specopt.registry.DEFAULTS`).
-SteepestDescent's were not swept.
-Every preset also takes the engine's ``nonfinite``, ``batch_lmo`` and ``process_group`` (see
-:class:`GeometryOptimizer` and :mod:`specopt.distributed`), and all
-but ALMOND take ``estimator="storm"`` (variance-reduced momentum; ``step(closure)``, two gradients per step).
+EXPERIMENTS.md "Defaults sweep"), but for Clipped Scion's lr: 2⁻⁷, not the smallest-regret 2⁻⁶, which diverges on a
+2-layer GPT-2 whose first dual norm is above ρ_c. The `specopt` command reads them from here
+(:data:`specopt.registry.DEFAULTS`). SteepestDescent's were not swept.
+Every preset's ``lr`` may be a number or a one-element tensor (each group holds a 0-d copy, which torch's schedulers
+write in place and a compiled step follows without recompiling). Every preset also takes the engine's
+``nonfinite``, ``batch_lmo`` and ``process_group`` (see :class:`GeometryOptimizer` and :mod:`specopt.distributed`),
+and all but ALMOND take ``estimator="storm"`` (variance-reduced momentum; ``step(closure)``, two gradients per step).
 """
 
 from __future__ import annotations
