@@ -162,6 +162,7 @@ def test_compare_seeds_and_a_one_seed_comparison_keep_to_their_own_directories(t
      (["train", "--task", "mlp", "--size", "tiny"], "--size applies to the char-gpt task only"),
      (["train", "--task", "mlp", "--parallel", "zero"], "unknown parallel mode 'zero'"),
      (["train", "--nproc", "2", "--parallel", "fsdp", "--optimizer", "torch-muon"], "use --optimizer muon"),
+     (["train", "--nproc", "2", "--parallel", "fsdp", "--optimizer", "dog"], "use --parallel ddp"),
      (["train", "--nproc", "2", "--task", "imagenet"], "unknown task 'imagenet'")],
 )
 def test_bad_input_gets_a_clear_message(args, message):

@@ -297,3 +297,10 @@ def test_one_set_of_defaults(name, cls, task_name):
         assert {g["radius"] for g in direct.param_groups if g.get("role") in ("hidden", "conv")} == {hp["radius"]}
     if "adamw_lr" in hp:
         assert {g["lr"] for g in direct.param_groups if g["norm"] == "adamw"} == {hp["adamw_lr"]}
+
+
+@pytest.mark.parametrize("preset", ["NorMuon", "AdaMuon", "AdaGO", "MuonBP", "DropMuon"])
+def test_muon_family_presets_refuse_a_rule_of_their_own_by_name(preset):
+    """Each sets its own rule: another is a ValueError that says so, not Python's duplicate-keyword TypeError."""
+    with pytest.raises(ValueError, match=f"{preset} sets rule itself"):
+        getattr(specopt, preset)(nn.Linear(3, 3).parameters(), rule="uscg")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from specopt._checks import check_number
-from specopt.optimizers import Muon
+from specopt.optimizers import Muon, refuse_own
 from specopt.steps import StepRule, weight_decay
 
 
@@ -72,6 +72,5 @@ class AdaGO(Muon):
 
     def __init__(self, params, lr: float = 0.2, gamma: float = 1.0, v0: float = 1.0, eps: float = 1e-6,
                  nesterov: bool = False, **muon):
-        if "rule" in muon:
-            raise ValueError("AdaGO sets rule itself; use specopt.Muon(rule=...) for another rule")
+        refuse_own("AdaGO", muon, "rule")
         super().__init__(params, lr=lr, nesterov=nesterov, rule=AdaGradNormStep(gamma, v0, eps), **muon)

@@ -20,7 +20,7 @@ import torch
 
 from specopt._checks import check_number
 from specopt.estimators import Momentum
-from specopt.optimizers import Muon
+from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
 
 
@@ -74,6 +74,7 @@ class NorMuon(Muon):
     Takes every :class:`~specopt.Muon` argument but ``rule``, plus ``beta2`` and ``eps`` of the second moment."""
 
     def __init__(self, params, lr: float = 0.02, beta2: float = 0.95, eps: float = 1e-8, **muon):
+        refuse_own("NorMuon", muon, "rule")
         super().__init__(params, lr=lr, rule=SecondMomentNormalized("row", beta2, eps), **muon)
 
 
@@ -84,8 +85,6 @@ class AdaMuon(Muon):
     ``eps``."""
 
     def __init__(self, params, lr: float = 0.016, beta2: float = 0.95, eps: float = 1e-8, **muon):
-        for key in ("estimator", "scale", "rule"):
-            if key in muon:
-                raise ValueError(f"AdaMuon sets {key} itself; use specopt.Muon for another {key}")
+        refuse_own("AdaMuon", muon, "estimator", "scale", "rule")
         super().__init__(params, lr=lr, scale="match_rms_adamw", estimator=SignedMomentum(),
                          rule=SecondMomentNormalized("entry", beta2, eps), **muon)

@@ -36,7 +36,7 @@ import torch
 
 from specopt._checks import check_number
 from specopt.norms import Blocked, Norm, _SpectralBase
-from specopt.optimizers import Muon
+from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
 from specopt.views import MUON_SCALES, MuonScaled, Stacked, Transposed
 
@@ -161,6 +161,5 @@ class MuonBP(Muon):
 
     def __init__(self, params, lr: float = 0.02, period: int = 5, blocks: int = 8, block_lr_ratio: float = 1.0,
                  split: str = "rows", **muon):
-        if "rule" in muon:
-            raise ValueError("MuonBP sets rule itself; use specopt.Muon(rule=...) for another rule")
+        refuse_own("MuonBP", muon, "rule")
         super().__init__(params, lr=lr, rule=BlockPeriodic(period, blocks, block_lr_ratio, split), **muon)

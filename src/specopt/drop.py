@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from specopt._checks import check_number
-from specopt.optimizers import Muon
+from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
 
 
@@ -74,6 +74,5 @@ class DropMuon(Muon):
     :class:`~specopt.Muon` argument but ``rule``, plus ``seed`` and ``decay`` of :class:`ProgressiveDrop`."""
 
     def __init__(self, params, lr: float = 0.02, seed: int = 0, decay: float = 1.0, **muon):
-        if "rule" in muon:
-            raise ValueError("DropMuon sets rule itself; use specopt.Muon(rule=...) for another rule")
+        refuse_own("DropMuon", muon, "rule")
         super().__init__(params, lr=lr, rule=ProgressiveDrop(seed, decay), **muon)

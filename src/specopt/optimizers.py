@@ -236,6 +236,14 @@ class Muon(GeometryOptimizer):
                          process_group=process_group)
 
 
+def refuse_own(preset: str, kwargs: dict, *keys: str) -> None:
+    """A preset built on :class:`Muon` that sets ``keys`` itself refuses them from its caller with a clear
+    ``ValueError`` (not Python's "got multiple values for keyword argument")."""
+    for key in keys:
+        if key in kwargs:
+            raise ValueError(f"{preset} sets {key} itself; use specopt.Muon({key}=...) for another {key}")
+
+
 def _split_for_muon(params, aux: dict, msign_kwargs: dict, scale: str) -> list[dict]:
     """Split every group into its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and its
     AdamW tensors. A group that says ``norm="adamw"`` is AdamW as a whole, with its own ``lr``."""

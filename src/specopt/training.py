@@ -267,6 +267,9 @@ def check_parallel(optimizer: str, parallel: str) -> None:
     if parallel == "fsdp" and optimizer == "torch-muon":
         raise ValueError("torch.optim.Muon cannot step FSDP2-sharded (DTensor) parameters; use --optimizer muon, "
                          "or --parallel ddp")
+    if parallel == "fsdp" and optimizer == "dog":
+        raise ValueError("DoG measures ‖W − W_0‖ in the whole tensor's norm, which an FSDP2 shard does not give; "
+                         "use --parallel ddp")
 
 
 def _rank_world() -> tuple[int, int]:
