@@ -74,6 +74,7 @@ class GluonRule(StepRule):
         return state.get("gluon_anchor_w")
 
     def scale(self, records, ctx) -> None:
+        check_measurements(records)
         measure(records, ctx.aux, ctx.lmo, ctx.probed if ctx.closure else None)
         radii = layer_radii(records)
         for rec, t in zip(records, radii, strict=True):
@@ -104,6 +105,23 @@ def validate(group: dict) -> None:
 
 def _online(it) -> bool:
     return it.group["L0"] == "online"
+
+
+def check_measurements(items: list) -> None:
+    """Every online item holds the measurements its count ``gluon_measurements`` says it took. The count is a tensor
+    that exists from the first step, so a ``torch.distributed.checkpoint`` load into a new optimizer (whose template
+    has the state keys of one step: torch's ``get_state_dict`` makes them with a zero step) restores it, while the
+    measurements, which appear later, are dropped: a clear error then, not a silent restart of the fit."""
+    for it in items:
+        if not _online(it):
+            continue
+        count = it.state.setdefault("gluon_measurements", torch.zeros((), dtype=torch.int64))
+        if int(count) and "gluon_L" not in it.state:
+            raise ValueError(f"{it.name}: Gluon's online L0/L1 measurements were lost in a checkpoint load (its state "
+                             f"counts {int(count)} and holds none): torch.distributed.checkpoint loads only the keys "
+                             "of its template, and a new optimizer's has none of the measurements yet. Load with "
+                             "specopt.checkpoint.load (its template comes from the checkpoint) or from the "
+                             "optimizer's state_dict()")
 
 
 def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
@@ -137,6 +155,7 @@ def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
             st["gluon_x"] = (st.get("gluon_x", []) + [float(it.dual)])[-HISTORY:]
             st["gluon_y"] = (st.get("gluon_y", []) + [float(probe.dual) / joint_step])[-HISTORY:]
             st["gluon_L"] = fit_l0_l1(st["gluon_x"], st["gluon_y"])
+            st["gluon_measurements"] += 1
     for it in online:
         for key in ("gluon_anchor_g", "gluon_anchor_w", "gluon_anchor_step"):
             it.state.pop(key, None)
