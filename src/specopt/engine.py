@@ -164,11 +164,12 @@ class GeometryOptimizer(Optimizer):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         super().add_param_group(dict(param_group))
         group = self.param_groups[-1]
-        held = [self.defaults.get("lr")] + [g["lr"] for g in self.param_groups[:-1]]
-        if isinstance(group["lr"], torch.Tensor) and any(group["lr"] is lr for lr in held):
-            group["lr"] = group["lr"].clone()  # each group its own: LR schedulers write every group's lr in place
-        if isinstance(group["lr"], torch.Tensor) and group["lr"].dim() and group["lr"].numel() == 1:
-            group["lr"] = group["lr"].view(())
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            held = [self.defaults.get("lr")] + [g["lr"] for g in self.param_groups[:-1]]
+            if any(lr is other for other in held):
+                lr = lr.clone()  # each group its own: LR schedulers write every group's lr in place
+            group["lr"] = lr.view(()) if lr.dim() and lr.numel() == 1 else lr  # a 0-d one stays the object held
         seen = set()
         for i, p in enumerate(group["params"]):
             if id(p) in seen:
