@@ -134,9 +134,11 @@ def test_a_one_element_tensor_lr_of_any_shape_steps_as_the_float(cls, shape):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # float32 γ·λ, γ·ρ against Python's float64 ones
 
 
-def test_muons_adamw_groups_own_their_tensor_lr():
-    """One ``adamw_lr`` serves every AdamW group Muon makes (the head and the vectors of role-aware groups)."""
-    opt = create_optimizer(mlp(), "muon", lr=torch.tensor(0.02), adamw_lr=torch.tensor(0.03))
+@pytest.mark.parametrize("shape", [(), (1,)])
+def test_muons_adamw_groups_own_their_tensor_lr(shape):
+    """One ``adamw_lr`` serves every AdamW group Muon makes (the head and the vectors of role-aware groups); one of
+    shape (1,) is held as 0-d views, which must not share its storage either."""
+    opt = create_optimizer(mlp(), "muon", lr=torch.tensor(0.02), adamw_lr=torch.full(shape, 0.03))
     adamw = [g for g in opt.param_groups if g["norm"] == "adamw"]
     assert len(adamw) >= 2 and len({id(g["lr"]) for g in opt.param_groups}) == len(opt.param_groups)
     LambdaLR(opt, [lambda k, i=i: 1 / (1 + i) for i in range(len(opt.param_groups))])

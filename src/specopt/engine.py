@@ -167,7 +167,8 @@ class GeometryOptimizer(Optimizer):
         lr = group["lr"]
         if isinstance(lr, torch.Tensor):
             held = [self.defaults.get("lr")] + [g["lr"] for g in self.param_groups[:-1]]
-            if any(lr is other for other in held):
+            if any(isinstance(other, torch.Tensor) and other.untyped_storage().data_ptr() ==
+                   lr.untyped_storage().data_ptr() for other in held):  # the same tensor, or a 0-d view of it
                 lr = lr.clone()  # each group its own: LR schedulers write every group's lr in place
             group["lr"] = lr.view(()) if lr.dim() and lr.numel() == 1 else lr  # a 0-d one stays the object held
         seen = set()
