@@ -32,16 +32,20 @@ MEMBERS = GEOMETRY_PRESETS + [(NorMuon, {}), (AdaMuon, {}), (AdaGO, {}), (DoG, {
 CLOSURE = {GluonMVR}
 
 
+def train_scheduled(model, opt, scheduler, X, y, steps: int, closure: bool = False) -> None:
+    """``steps`` training steps, the scheduler stepped after each."""
+    for _ in range(steps):
+        train(model, opt, X, y, 1, closure=closure)
+        scheduler.step()
+
+
 def scheduled_run(cls, kwargs, tensor: bool, steps: int = 4, bias: bool = True):
     """``steps`` steps under a LambdaLR (γ_k = γ_0/(1+k)), with the preset's default lr as a float or a tensor."""
     X, y = classification_data()
     model = mlp(3, bias=bias)
     lr = cls(mlp(3, bias=bias).parameters(), **kwargs).defaults["lr"]
     opt = cls(model.parameters(), lr=torch.tensor(lr) if tensor else lr, **kwargs)
-    scheduler = LambdaLR(opt, lambda k: 1 / (1 + k))
-    for _ in range(steps):
-        train(model, opt, X, y, 1, closure=cls in CLOSURE)
-        scheduler.step()
+    train_scheduled(model, opt, LambdaLR(opt, lambda k: 1 / (1 + k)), X, y, steps, closure=cls in CLOSURE)
     return model, opt
 
 
@@ -72,10 +76,7 @@ def test_a_tensor_lr_steps_bf16_parameters_as_the_float():
     for lr in (0.02, torch.tensor(0.02)):
         model = mlp(3).bfloat16()
         opt = Muon(model.parameters(), lr=lr)
-        scheduler = LambdaLR(opt, lambda k: 1 / (1 + k))
-        for _ in range(3):
-            train(model, opt, X.bfloat16(), y, 1)
-            scheduler.step()
+        train_scheduled(model, opt, LambdaLR(opt, lambda k: 1 / (1 + k)), X.bfloat16(), y, 3)
         runs.append(model)
     for a, b in zip(*(m.parameters() for m in runs), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=3e-3)  # a bf16 rounding or two apart (steps of ~0.05)
@@ -169,15 +170,10 @@ def test_a_tensor_lr_resumes_bit_for_bit():
         return opt, LambdaLR(opt, lambda k: 0.9**k)
 
     straight = mlp(1)
-    opt, scheduler = make(straight)
-    for _ in range(6):
-        train(straight, opt, X, y, 1)
-        scheduler.step()
+    train_scheduled(straight, *make(straight), X, y, 6)
     first = mlp(1)
     opt1, scheduler1 = make(first)
-    for _ in range(3):
-        train(first, opt1, X, y, 1)
-        scheduler1.step()
+    train_scheduled(first, opt1, scheduler1, X, y, 3)
     buffer = io.BytesIO()
     torch.save({"model": first.state_dict(), "opt": opt1.state_dict(), "sched": scheduler1.state_dict()}, buffer)
     buffer.seek(0)
@@ -187,9 +183,7 @@ def test_a_tensor_lr_resumes_bit_for_bit():
     opt2, scheduler2 = make(resumed)
     opt2.load_state_dict(saved["opt"])
     scheduler2.load_state_dict(saved["sched"])
-    for _ in range(3):
-        train(resumed, opt2, X, y, 1)
-        scheduler2.step()
+    train_scheduled(resumed, opt2, scheduler2, X, y, 3)
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -205,9 +199,7 @@ def test_a_tensor_lr_survives_a_dcp_checkpoint_in_place(tmp_path):
         return model, opt, LambdaLR(opt, lambda k: 0.9**k)
 
     model, opt, scheduler = build()
-    for _ in range(3):
-        train(model, opt, X, y, 1)
-        scheduler.step()
+    train_scheduled(model, opt, scheduler, X, y, 3)
     specopt.checkpoint.save(tmp_path / "ckpt", model, opt, extra={"scheduler": scheduler.state_dict()})
     resumed_model, resumed, resumed_scheduler = build()
     held = [g["lr"] for g in resumed.param_groups]
@@ -215,10 +207,8 @@ def test_a_tensor_lr_survives_a_dcp_checkpoint_in_place(tmp_path):
     resumed_scheduler.load_state_dict(extra["scheduler"])
     assert all(g["lr"] is h for g, h in zip(resumed.param_groups, held, strict=True))
     assert [float(g["lr"]) for g in resumed.param_groups] == [float(g["lr"]) for g in opt.param_groups]
-    for _ in range(3):
-        for m, o, sch in ((model, opt, scheduler), (resumed_model, resumed, resumed_scheduler)):
-            train(m, o, X, y, 1)
-            sch.step()
+    train_scheduled(model, opt, scheduler, X, y, 3)
+    train_scheduled(resumed_model, resumed, resumed_scheduler, X, y, 3)
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
 
