@@ -1,5 +1,6 @@
 """The presets: the math each claims, on real small networks."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from helpers import classification_data, loss_fn, mlp, train
 from torch import nn
 
 import specopt
-from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion, gluon
 from specopt.gluon import fit_l0_l1
 from specopt.norms import BiasRMS, Euclidean, Sign, Spectral
 
@@ -234,6 +235,45 @@ def test_gluon_online_needs_no_step_size_and_learns():
     model = mlp()
     losses = train(model, Gluon(model.parameters()), X, y, 60)
     assert losses[-1] < 0.1 * losses[0]
+
+
+def gluon_state_before_the_fixed_layout(state_dict: dict) -> dict:
+    """The state as Gluon saved it before its keys were fixed at the first step: the anchor under ``gluon_anchor_w``
+    (weights, in the parameter's dtype) or ``gluon_anchor_g`` (a gradient), keys absent until first written, and a
+    measurement count."""
+    for st in state_dict["state"].values():
+        anchor, kind = st.pop("gluon_anchor"), st.pop("gluon_anchor_kind")
+        if kind:
+            st["gluon_anchor_w" if kind == gluon.WEIGHTS else "gluon_anchor_g"] = anchor
+        if not st.get("gluon_anchor_step", 1.0):
+            del st["gluon_anchor_step"]
+        if "gluon_x" in st:
+            st["gluon_measurements"] = torch.tensor(len(st["gluon_x"]))
+            if not st["gluon_x"]:
+                for key in ("gluon_x", "gluon_y", "gluon_L"):
+                    del st[key]
+            if st["gluon_t"] is None:
+                del st["gluon_t"]
+    return state_dict
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["gradient-anchor", "weights-anchor"])
+@pytest.mark.parametrize("before", [1, 4], ids=["before-the-first-fit", "after-three-fits"])
+def test_gluon_resumes_bit_for_bit_from_a_state_of_its_earlier_layout(closure, before):
+    X, y = classification_data()
+    model = mlp(1)
+    opt = Gluon(model.parameters())
+    train(model, opt, X, y, before, closure)
+    old = gluon_state_before_the_fixed_layout(copy.deepcopy(opt.state_dict()))
+    assert any("gluon_anchor_w" in st or "gluon_anchor_g" in st for st in old["state"].values())
+    twin = copy.deepcopy(model)
+    twin_opt = Gluon(twin.parameters())
+    twin_opt.load_state_dict(old)
+    train(model, opt, X, y, 3, closure)
+    train(twin, twin_opt, X, y, 3, closure)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [opt.state[p].keys() for p in model.parameters()] == [twin_opt.state[p].keys() for p in twin.parameters()]
 
 
 def test_steepest_descent_in_euclidean_norm_is_sgd():

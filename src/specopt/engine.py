@@ -263,14 +263,16 @@ class GeometryOptimizer(Optimizer):
     # ----------------------------------------------------------------- state
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
         """Create the state one step of ``p`` (the local tensor) needs and is missing: the step count (a 0-d
-        float32 tensor on ``p``'s device), AdamW's moments, and the estimator's zero state
-        (:meth:`~specopt.estimators.Estimator.init_state`). All zeros, so creating them ahead of the step is the
-        same as creating them in it."""
+        float32 tensor on ``p``'s device), AdamW's moments, the estimator's zero state
+        (:meth:`~specopt.estimators.Estimator.init_state`) and the rule's (:meth:`~specopt.steps.StepRule.init_state`).
+        All neutral, so creating them ahead of the step is the same as creating them in it."""
         _step_count(state, p)
+        rec = Record(p, None, group, state, None)
         if group["norm"] == "adamw":
             adamw.init_state(p, state)
         else:
-            self.estimator.init_state(Record(p, None, group, state, None))
+            self.estimator.init_state(rec)
+        self.rule.init_state(rec)
 
     def _init_group(self) -> None:
         """Create the missing state of every parameter that has a gradient. torch.compile's dynamo runs a method

@@ -55,11 +55,15 @@ SCHEDULES = {"constant": 0.0, "stochastic": 0.75, "mvr": 2.0 / 3.0}
 """Schedule name → p of ``t_i^k = t_i·(k+1)^{-p}``: constant, the momentum analysis's, the MVR (STORM) analysis's."""
 DEFAULTS = {"L0": "online", "L1": "online", "schedule": "constant", "warmup_radius": 1e-3, "probe_every": 1}
 """Gluon's group keys, for an engine built with ``rule="gluon"`` (:class:`specopt.Gluon` sets them itself)."""
+NONE, WEIGHTS, GRADIENT = 0, 1, 2
+"""What ``gluon_anchor`` holds: nothing, the weights before the last update, or the last gradient. Ints, not names:
+torch's ``Optimizer.load_state_dict`` turns a string in the state into the text of a generator."""
 
 
 class GluonRule(StepRule):
     """Gluon's step ``W ← (1−γλ)W + γ·t_l·lmo(d_l)``: each step measures the layers' smoothness (online L0/L1),
-    sets their radii ``t_l`` and anchors the next measurement; its state keys start with ``gluon_``."""
+    sets their radii ``t_l`` and anchors the next measurement; its state keys start with ``gluon_`` and all exist
+    from the first step (:func:`init_state`)."""
 
     name = "gluon"
     needs_dual = True
@@ -70,17 +74,23 @@ class GluonRule(StepRule):
     def validate_group(self, group: dict) -> None:
         validate(group)
 
+    def init_state(self, rec) -> None:
+        init_state(rec)
+
     def probe_weights(self, state: dict):
-        return state.get("gluon_anchor_w")
+        if "gluon_anchor_w" in state:  # a state saved before the fixed layout, first step after its load
+            return state["gluon_anchor_w"]
+        return state["gluon_anchor"] if state.get("gluon_anchor_kind") == WEIGHTS else None
 
     def scale(self, records, ctx) -> None:
-        check_measurements(records)
         measure(records, ctx.aux, ctx.lmo, ctx.probed if ctx.closure else None)
         radii = layer_radii(records)
         for rec, t in zip(records, radii, strict=True):
             rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * t
         anchor(records, ctx.aux, ctx.closure)
+
+
 HISTORY = 32
 UNDER_WEIGHT = 0.9
 """The descent lemma needs an upper bound on the smoothness, so the fit leans to an upper envelope of the
@@ -107,21 +117,33 @@ def _online(it) -> bool:
     return it.group["L0"] == "online"
 
 
-def check_measurements(items: list) -> None:
-    """Every online item holds the measurements its count ``gluon_measurements`` says it took. The count is a tensor
-    that exists from the first step, so a ``torch.distributed.checkpoint`` load into a new optimizer (whose template
-    has the state keys of one step: torch's ``get_state_dict`` makes them with a zero step) restores it, while the
-    measurements, which appear later, are dropped: a clear error then, not a silent restart of the fit."""
-    for it in items:
-        if not _online(it):
-            continue
-        count = it.state.setdefault("gluon_measurements", torch.zeros((), dtype=torch.int64))
-        if int(count) and "gluon_L" not in it.state:
-            raise ValueError(f"{it.name}: Gluon's online L0/L1 measurements were lost in a checkpoint load (its state "
-                             f"counts {int(count)} and holds none): torch.distributed.checkpoint loads only the keys "
-                             "of its template, and a new optimizer's has none of the measurements yet. Load with "
-                             "specopt.checkpoint.load (its template comes from the checkpoint) or from the "
-                             "optimizer's state_dict()")
+def init_state(rec) -> None:
+    """Every key of an online tensor's state, from its first step on: the measurements ``gluon_x``/``gluon_y`` (the
+    last :data:`HISTORY`, oldest first), the fit ``gluon_L`` (valid once ``gluon_x`` holds one), the radius
+    ``gluon_t`` (None before the first fit), and the anchor of the next measurement, ``gluon_anchor`` (a
+    float32-or-wider buffer of the tensor's shape holding the weights before the last update, with a closure, or
+    the last gradient, without one), its ``gluon_anchor_kind`` (:data:`WEIGHTS`, :data:`GRADIENT` or 0: none) and
+    the joint step it was taken at, ``gluon_anchor_step``. AdamW tensors (``norm="adamw"`` groups) keep only the
+    anchor: their weights move with the probe. A fixed set of keys, made at the first step, is what
+    ``torch.distributed.checkpoint``'s flow needs: it loads into a new optimizer's state after one zero step, and
+    only the keys that state has. A state saved before this layout (separate ``gluon_anchor_w``/``gluon_anchor_g``,
+    no ``gluon_L`` before the first fit) is brought to it here."""
+    if not _online(rec):
+        return
+    st = rec.state
+    if "gluon_anchor" not in st:
+        st["gluon_anchor"] = torch.zeros_like(rec.p, dtype=torch.promote_types(rec.p.dtype, torch.float32))
+        st["gluon_anchor_kind"] = NONE
+        for kind, key in ((WEIGHTS, "gluon_anchor_w"), (GRADIENT, "gluon_anchor_g")):
+            if key in st:
+                st["gluon_anchor"].copy_(st.pop(key))
+                st["gluon_anchor_kind"] = kind
+    st.pop("gluon_measurements", None)
+    if rec.group["norm"] == "adamw":
+        return
+    st.setdefault("gluon_anchor_step", 0.0)
+    for key, empty in (("gluon_x", []), ("gluon_y", []), ("gluon_L", (0.0, 0.0)), ("gluon_t", None)):
+        st.setdefault(key, empty)
 
 
 def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
@@ -131,17 +153,18 @@ def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
     from ``probed``, the gradients at the anchored weights on this step's batch (the engine evaluates them before
     its own closure call, :mod:`specopt.probe`); without one (``probed`` None) from the previous step's gradient,
     of another batch (see the module docstring)."""
-    online = [it for it in items if _online(it) and "gluon_anchor_step" in it.state]
+    online = [it for it in items if _online(it) and it.state["gluon_anchor_kind"]]
     for it in aux:  # their anchored weights served this step's probe, if any
-        it.state.pop("gluon_anchor_w", None)
+        if _online(it):
+            it.state["gluon_anchor_kind"] = NONE
     if not online:
         return
-    same_batch = probed is not None and all("gluon_anchor_w" in it.state and id(it.param) in probed
-                                            for it in online)
+    kinds = {it.state["gluon_anchor_kind"] for it in online}
+    same_batch = probed is not None and kinds == {WEIGHTS} and all(id(it.param) in probed for it in online)
     if same_batch:
         previous = [probed[id(it.param)] for it in online]
-    elif all("gluon_anchor_g" in it.state for it in online):
-        previous = [it.state["gluon_anchor_g"] for it in online]
+    elif kinds == {GRADIENT}:
+        previous = [it.state["gluon_anchor"] for it in online]
     else:  # the anchor was kept for the other kind of measurement (a closure passed on some steps only)
         previous = None
     if previous is not None:
@@ -152,13 +175,11 @@ def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
             st = it.state
             if not same_batch and float(probe.dual) > float(it.dual):
                 continue  # two batches' gradients differ by more than the averaged gradient: noise, not smoothness
-            st["gluon_x"] = (st.get("gluon_x", []) + [float(it.dual)])[-HISTORY:]
-            st["gluon_y"] = (st.get("gluon_y", []) + [float(probe.dual) / joint_step])[-HISTORY:]
+            st["gluon_x"] = (st["gluon_x"] + [float(it.dual)])[-HISTORY:]
+            st["gluon_y"] = (st["gluon_y"] + [float(probe.dual) / joint_step])[-HISTORY:]
             st["gluon_L"] = fit_l0_l1(st["gluon_x"], st["gluon_y"])
-            st["gluon_measurements"] += 1
     for it in online:
-        for key in ("gluon_anchor_g", "gluon_anchor_w", "gluon_anchor_step"):
-            it.state.pop(key, None)
+        it.state["gluon_anchor_kind"], it.state["gluon_anchor_step"] = NONE, 0.0
 
 
 def layer_radii(items: list) -> list[float]:
@@ -168,7 +189,7 @@ def layer_radii(items: list) -> list[float]:
         g = it.group
         dual = float(it.dual)
         if _online(it):
-            if "gluon_L" not in it.state:
+            if not it.state["gluon_x"]:
                 radii.append(g["warmup_radius"])
                 continue
             L0, L1 = it.state["gluon_L"]
@@ -177,7 +198,8 @@ def layer_radii(items: list) -> list[float]:
         denom = L0 + L1 * dual
         if _online(it):  # an estimate from a few noisy measurements: the radius grows by a bounded factor per step
             t = dual / denom if denom > 0 else float("inf")  # no smoothness measured yet: grow
-            t = min(t, GROWTH * it.state.get("gluon_t", g["warmup_radius"]))
+            previous = it.state["gluon_t"]
+            t = min(t, GROWTH * (g["warmup_radius"] if previous is None else previous))
             it.state["gluon_t"] = t
         else:
             t = dual / denom if denom > 0 else g["warmup_radius"]
@@ -205,13 +227,13 @@ def anchor(items: list, aux: list, closure: bool) -> None:
                       "step(closure), or fixed L0/L1, for full speed.", UserWarning, stacklevel=_callers_level())
     for it in online:
         it.state["gluon_anchor_step"] = joint
-        if not closure:
-            it.state["gluon_anchor_g"] = it.g.to(torch.promote_types(it.g.dtype, torch.float32), copy=True)
-        else:
-            it.state["gluon_anchor_w"] = it.p.detach().clone()
+        it.state["gluon_anchor"].copy_(it.p if closure else it.g)
+        it.state["gluon_anchor_kind"] = WEIGHTS if closure else GRADIENT
     if closure:
         for it in aux:
-            it.state["gluon_anchor_w"] = it.p.detach().clone()
+            if _online(it):
+                it.state["gluon_anchor"].copy_(it.p)
+                it.state["gluon_anchor_kind"] = WEIGHTS
 
 
 def _callers_level() -> int:

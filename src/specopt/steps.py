@@ -61,7 +61,7 @@ class StepRule:
     ``per_tensor`` (shrink and scale depend on the tensor alone, so the engine may update one lmo bucket at a
     time; False for rules with a sum over tensors); ``traceable`` (False where the rule reads tensors on the host);
     ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`).
-    :meth:`active` may leave tensors out of a step.
+    :meth:`init_state` creates its state before the first step; :meth:`active` may leave tensors out of a step.
     :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
     (``ctx.probed``); the context also carries ``ctx.lmo(records, need_dual)`` (the optimizer's lmo runner),
     ``ctx.complete(values, records)`` (per-tensor sums completed over shards), ``ctx.aux`` (the AdamW records),
@@ -77,6 +77,11 @@ class StepRule:
 
     def validate_group(self, group: dict) -> None:
         """Raise ``ValueError`` for a param group this rule cannot serve (called at construction)."""
+
+    def init_state(self, rec) -> None:
+        """Create the rule's state of ``rec`` (``rec.p``, ``rec.group``, ``rec.state``; also called for the AdamW
+        tensors) ahead of the step, every key it will ever hold: torch.compile traces a step whose state exists,
+        and torch.distributed.checkpoint loads only the keys a new optimizer's state has after one zero step."""
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
