@@ -31,7 +31,7 @@ def noisy_regression(steps: int, closure: bool, seed: int = 0):
         else:
             loss_fn()
             opt.step()
-        radii.append(opt.state[model.weight].get("gluon_t", 0.0))
+        radii.append(opt.state[model.weight]["gluon_t"] or 0.0)  # None before the first fit
         losses.append(float(((model.weight - teacher) ** 2).mean()))
     return radii, losses
 

@@ -1,8 +1,8 @@
 """torch's own checkpoint flow (``torch.distributed.checkpoint.state_dict.get_state_dict`` → ``dcp.save``; a new
 model and optimizer → ``get_state_dict`` as the template → ``dcp.load`` → ``set_state_dict``), as torchtitan-style
-training loops resume: every member whose state keys all exist after one step resumes bit for bit (Gluon's online
-measurements and anchors included, with and without a closure); specopt.checkpoint, which builds its template from
-the checkpoint, resumes Gluon exactly too."""
+training loops resume: every member resumes bit for bit, those stepped with a closure too (Gluon's online
+measurements and anchors, STORM's previous iterate: every key exists after the template's zero step);
+specopt.checkpoint, which builds its template from the checkpoint, resumes Gluon exactly too."""
 
 import warnings
 
@@ -17,6 +17,8 @@ from specopt import gluon
 
 EXACT = ["Muon", "Scion", "UScion", "ClippedScion", "Gluon", "ALMOND", "SteepestDescent", "ProxSpectral", "NorMuon",
          "AdaMuon", "AdaGO", "DoG", "MuonBP", "DropMuon"]
+WITH_CLOSURE = {"Gluon": specopt.Gluon, "GluonMVR": specopt.GluonMVR,
+                "UScion, STORM": lambda params: specopt.UScion(params, estimator="storm")}
 
 
 @pytest.fixture(autouse=True)
@@ -26,16 +28,18 @@ def quiet():
         yield
 
 
-def save_and_resume(name: str, path, before: int = 4, closure: bool = False) -> tuple:
-    """The straight run after ``before`` steps, and its resumption by torch's flow into a new model and optimizer."""
+def save_and_resume(make, path, before: int = 4, closure: bool = False) -> tuple:
+    """The straight run after ``before`` steps of ``make(params)`` (a name: specopt's class of that name), and its
+    resumption by torch's flow into a new model and optimizer."""
+    make = getattr(specopt, make) if isinstance(make, str) else make
     X, y = classification_data()
     model = mlp(1)
-    opt = getattr(specopt, name)(model.parameters())
+    opt = make(model.parameters())
     train(model, opt, X, y, before, closure)
     model_sd, optim_sd = get_state_dict(model, opt)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
     resumed = mlp(7)
-    resumed_opt = getattr(specopt, name)(resumed.parameters())
+    resumed_opt = make(resumed.parameters())
     model_sd, optim_sd = get_state_dict(resumed, resumed_opt)  # the template: a zero step made its state
     template = {"model": model_sd, "optim": optim_sd}
     dcp.load(template, checkpoint_id=str(path))
@@ -52,16 +56,33 @@ def test_torch_dcp_state_dict_flow_resumes_bit_for_bit(name, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_gluon_with_a_closure_resumes_its_fit_and_anchor_bit_for_bit_through_the_torch_flow(tmp_path):
-    (model, opt), (resumed, resumed_opt), (X, y) = save_and_resume("Gluon", tmp_path / "ckpt", closure=True)
-    saved = [opt.state[p] for p in model.parameters()]
-    assert all(len(s["gluon_x"]) == 3 and s["gluon_anchor_kind"] == gluon.WEIGHTS for s in saved if "gluon_x" in s)
-    for s, r in zip(saved, [resumed_opt.state[p] for p in resumed.parameters()], strict=True):
-        assert s.keys() == r.keys() and s.get("gluon_y") == r.get("gluon_y")
+@pytest.mark.parametrize("name", WITH_CLOSURE)
+def test_members_stepped_with_a_closure_resume_bit_for_bit_through_the_torch_flow(name, tmp_path):
+    """Gluon's fit and anchored weights, STORM's previous iterate: the template's zero step (lr 0, no closure: STORM
+    takes it, as it moves nothing and has no previous iterate yet) made every key they hold later."""
+    (model, opt), (resumed, resumed_opt), (X, y) = save_and_resume(WITH_CLOSURE[name], tmp_path / "ckpt", closure=True)
+    for saved, loaded in zip([opt.state[p] for p in model.parameters()],
+                             [resumed_opt.state[p] for p in resumed.parameters()], strict=True):
+        assert saved.keys() == loaded.keys() and saved.get("gluon_y") == loaded.get("gluon_y")
+        assert len(saved.get("gluon_x", [0])) and saved.get("gluon_anchor_kind", gluon.WEIGHTS) == gluon.WEIGHTS
     train(model, opt, X, y, 4, closure=True)
     train(resumed, resumed_opt, X, y, 4, closure=True)
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_closure_is_still_needed_for_any_other_step_without_one():
+    model = mlp(1)
+    opt = specopt.UScion(model.parameters(), estimator="storm")
+    model(classification_data()[0]).sum().backward()
+    with pytest.raises(ValueError, match="needs step\\(closure\\)"):
+        opt.step()
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    opt.step()  # the template step: first, and at lr 0
+    assert opt.state and all(torch.equal(p, q) for p, q in zip(model.parameters(), mlp(1).parameters(), strict=True))
+    with pytest.raises(ValueError, match="needs step\\(closure\\)"):
+        opt.step()
 
 
 def test_gluon_resumes_bit_for_bit_through_specopt_checkpoint(tmp_path):

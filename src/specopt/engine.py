@@ -291,7 +291,7 @@ class GeometryOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update. ``closure`` re-evaluates the model and returns the loss (as in torch.optim)."""
-        if self.estimator.needs_closure and closure is None:
+        if self.estimator.needs_closure and closure is None and not self._creates_state_only():
             raise ValueError(f"estimator={self.estimator.name!r} needs step(closure): it re-evaluates the gradient "
                              "at the previous iterate on the same batch (the closure must be deterministic for a "
                              "given batch)")
@@ -327,6 +327,12 @@ class GeometryOptimizer(Optimizer):
         adamw.step(aux)
         self._project(everything)
         return loss
+
+    def _creates_state_only(self) -> bool:
+        """Whether this is a first step at lr 0: it moves nothing and has no previous iterate to re-evaluate, so an
+        estimator that needs a closure takes it without one. torch.distributed.checkpoint's ``get_state_dict`` makes a
+        new optimizer's state so (zero gradients, every lr 0), as the template its ``dcp.load`` fills."""
+        return not self.state and all(float(group["lr"]) == 0 for group in self.param_groups)
 
     def _probe_weights(self) -> dict:
         """``param → weights`` at which this step re-evaluates its batch: those the estimator and the rule ask for
