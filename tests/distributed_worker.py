@@ -32,6 +32,10 @@ PRESETS = {
     "prox-storm": lambda p: specopt.ProxSpectral(p, lr=0.05, estimator="storm", momentum="storm"),
     "muonbp": lambda p: specopt.MuonBP(p, lr=0.02, adamw_lr=1e-2, period=2, blocks=WORLD),  # blocks = the shards
     "gluon-mvr": lambda p: specopt.GluonMVR(p),
+    "normuon": lambda p: specopt.NorMuon(p, lr=0.02, adamw_lr=1e-2),
+    "adamuon": lambda p: specopt.AdaMuon(p, lr=0.02, adamw_lr=1e-2),
+    "adago": lambda p: specopt.AdaGO(p, adamw_lr=1e-2),
+    "drop-muon": lambda p: specopt.DropMuon(p, lr=0.02, adamw_lr=1e-2),
 }
 COUNTED = ("all_to_all_single", "all_gather_into_tensor", "all_gather", "all_gather_single", "all_reduce",
            "broadcast", "reduce_scatter_tensor")

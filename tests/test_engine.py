@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-from helpers import GEOMETRY_PRESETS, classification_data, loss_fn, mlp, preset_ids, train
+from helpers import GEOMETRY_PRESETS, assert_resumes_exactly, classification_data, loss_fn, mlp, preset_ids, train
 from torch import nn
 
 import specopt
@@ -58,6 +58,22 @@ def test_state_dicts_with_int_step_counts_still_load():
     train(resumed, opt2, X, y, 2)
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL + [(specopt.NorMuon, {})], ids=IDS + ["NorMuon"])
+def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
+    """The state of low-precision weights is float32 (momentum, AdamW's moments, NorMuon's row moments); torch's
+    load_state_dict casts every floating state tensor to the parameter's dtype, which would resume them in bf16."""
+    X, y = classification_data()
+    model = mlp(1).bfloat16()
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, X.bfloat16(), y, 3)
+    twin_model, twin = assert_resumes_exactly(model, opt, lambda m: cls(m.parameters(), **kwargs), X.bfloat16(), y)
+    dtypes = {(i, k): v.dtype for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()
+              if torch.is_tensor(v)}
+    assert dtypes == {(i, k): v.dtype for i, p in enumerate(twin_model.parameters()) for k, v in twin.state[p].items()
+                      if torch.is_tensor(v)}
+    assert all(dtype == torch.float32 for dtype in dtypes.values())
 
 
 def test_state_dict_restores_norm_objects_and_hyperparameters():

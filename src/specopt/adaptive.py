@@ -16,6 +16,8 @@ Both keep their second moment in float32 under the state key ``second_moment``; 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from specopt._checks import check_number
@@ -44,15 +46,21 @@ class SecondMomentNormalized(USCG):
         self.name = "normuon" if per == "row" else "adamuon"
 
     def scale(self, records, ctx) -> None:
+        outs, normeds = [], []
         for rec in records:
-            out = (rec.s.float() * rec.factor).reshape(rec.s.shape[0], -1)
+            out = (rec.s.float() * rec.factor).reshape(rec.s.shape[0], math.prod(rec.s.shape[1:]))
             moment = out.square().mean(dim=1, keepdim=True) if self.per == "row" else out.square()
             v = rec.state.get("second_moment")
             if v is None:
                 v = rec.state["second_moment"] = torch.zeros_like(moment)
             v.lerp_(moment, 1 - self.beta2)
-            normed = out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps)
-            rescale = out.norm() / normed.norm().clamp_min(torch.finfo(torch.float32).tiny)
+            outs.append(out)
+            normeds.append(out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps))
+        # ‖O‖_F and ‖Ô‖_F of the whole tensor: under FSDP2 each rank holds some of its rows
+        squares = ctx.complete([torch.sum(x.square(), dtype=torch.float64) for x in outs + normeds], records + records)
+        for rec, normed, out_sq, normed_sq in zip(records, normeds, squares[:len(records)], squares[len(records):],
+                                                  strict=True):
+            rescale = (out_sq / normed_sq.clamp_min(torch.finfo(torch.float32).tiny)).sqrt().float()
             rec.s, rec.factor = (normed * rescale).reshape(rec.s.shape), 1.0
         super().scale(records, ctx)
 

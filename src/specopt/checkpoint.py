@@ -6,10 +6,11 @@
 Works single-process (no process group), under DDP (pass the DDP wrapper or its module) and under FSDP2
 (``fully_shard``: DTensor parameters and optimizer state are saved as their shards and resharded on load).
 Layout of the checkpoint: ``model.<fqn>`` (the module's state dict), ``optim.<i>.<fqn>.<key>`` for every
-state tensor of optimizer ``i`` shaped like its parameter (momentum, STORM's previous iterate, AdamW's moments:
-saved sharded like the parameter), and ``meta``: a JSON string with the param groups' hyperparameters (a tensor
-``lr`` as its value, written back into the group's tensor on load), the small
-per-parameter state (step counts, Gluon's measurements, AdamW's step) and ``extra``, identical on every rank.
+state tensor of optimizer ``i`` with at least one dimension (momentum, STORM's previous iterate, AdamW's moments,
+NorMuon's row moments: under FSDP2 each rank's rows of one whole tensor, :func:`specopt.distributed.sharded_state`),
+and ``meta``: a JSON string with the param groups' hyperparameters (a tensor ``lr`` as its value, written back into
+the group's tensor on load), the small per-parameter state (0-d step counts, Gluon's measurements) and ``extra``,
+identical on every rank.
 
 Saving is atomic: DCP writes into ``<path>.tmp``, which replaces ``<path>`` once every rank has finished.
 Loading builds its template from the checkpoint's own metadata, so optimizer state need not exist beforehand.
@@ -27,12 +28,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
-from specopt.distributed import is_dtensor, local
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover
-    DTensor = None
+from specopt.distributed import is_dtensor, local, sharded_state
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
@@ -44,10 +40,6 @@ def _module(model: torch.nn.Module) -> torch.nn.Module:
         if callable(reshard) and type(m).__name__.startswith("FSDP"):
             reshard()
     return module
-
-
-def _like_param(value, param) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim > 0 and tuple(value.shape) == tuple(local(param).shape)
 
 
 def _encode(value):
@@ -99,11 +91,8 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
             if param not in fqn:
                 raise ValueError("the optimizer holds a parameter the model does not have; save the model it trains")
             for key, value in state.items():
-                if _like_param(value, param):
-                    if is_dtensor(param):
-                        value = DTensor.from_local(value, param.device_mesh, param.placements, shape=param.shape,
-                                                   stride=param.stride())
-                    flat[f"optim.{i}.{fqn[param]}.{key}"] = value
+                if isinstance(value, torch.Tensor) and value.ndim:
+                    flat[f"optim.{i}.{fqn[param]}.{key}"] = sharded_state(value, param)
                 else:
                     small.setdefault(fqn[param], {})[key] = _encode(value)
         groups = [{k: _encode(v) for k, v in g.items() if k not in ("params", "param_names")}
@@ -149,9 +138,10 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
         elif key.startswith("optim."):
             name = key.split(".", 2)[2].rsplit(".", 1)[0]
             param = params[name]
-            buf = torch.empty_like(local(param), dtype=md.properties.dtype)
-            template[key] = (DTensor.from_local(buf, param.device_mesh, param.placements, shape=param.shape,
-                                                stride=param.stride()) if is_dtensor(param) else buf)
+            rows = md.size[0] == param.shape[0] and is_dtensor(param)  # the rank's rows of the whole tensor
+            shape = (local(param).shape[0], *md.size[1:]) if rows else md.size
+            template[key] = sharded_state(torch.empty(shape, dtype=md.properties.dtype, device=local(param).device),
+                                          param)
     dcp.load(template, checkpoint_id=str(path))  # in place: the model's own tensors are the template's
     meta = json.loads(template["meta"])
     for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):

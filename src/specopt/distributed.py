@@ -52,6 +52,20 @@ def local(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.to_local() if is_dtensor(t) else t
 
 
+def sharded_state(value, param):
+    """A state tensor of ``param`` as what it is a piece of. Under FSDP2 (``param`` a DTensor sharded on dim 0) the
+    state is each rank's local tensors; one with an entry per row of the rank's shard (its first dimension is the
+    shard's rows: momentum, AdamW's moments, NorMuon's row moments) is this rank's rows of a whole tensor, returned
+    as that DTensor (sharing ``value``'s storage), so that torch.distributed.checkpoint saves every rank's rows and
+    reshards them on load. Anything else (0-d counts, Python values, every state of a plain parameter) as it is."""
+    if not (is_dtensor(param) and isinstance(value, torch.Tensor) and value.ndim
+            and value.shape[0] == param.to_local().shape[0]):
+        return value
+    shape = torch.Size((param.shape[0], *value.shape[1:]))
+    stride = param.stride() if shape == param.shape else torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(value, param.device_mesh, param.placements, shape=shape, stride=stride)
+
+
 def layout_of(p: torch.Tensor, name: str) -> Layout:
     """The layout of a parameter; DTensors must be FSDP2's ``Shard(0)`` on a 1-D mesh."""
     if not is_dtensor(p):

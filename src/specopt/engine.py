@@ -220,10 +220,15 @@ class GeometryOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- state_dict with portable norms
     def state_dict(self):
-        """As torch's, with norms and constraints as plain configs, and what the state belongs to: the optimizer
-        class, estimator and rule (:meth:`load_state_dict` refuses another's)."""
+        """As torch's, with norms and constraints as plain configs, what the state belongs to: the optimizer
+        class, estimator and rule (:meth:`load_state_dict` refuses another's), and under FSDP2 the state tensors
+        with an entry per row as DTensors, the rank's rows of the whole (:func:`specopt.distributed.sharded_state`:
+        ``torch.distributed.checkpoint`` then saves every rank's rows and reshards them on load)."""
         sd = super().state_dict()
         sd["specopt"] = self._owner()
+        params = [p for group in self.param_groups for p in group["params"]]
+        sd["state"] = {i: {k: distributed.sharded_state(v, params[i]) for k, v in state.items()}
+                       for i, state in sd["state"].items()}
         for g in sd["param_groups"]:
             if isinstance(g["norm"], Norm):
                 g["norm"] = g["norm"].config()
@@ -232,8 +237,10 @@ class GeometryOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict) -> None:
-        """As torch's, with norms and constraints rebuilt from their configs, and step counts saved as Python ints
-        (before they became 0-d tensors) turned into tensors on their parameter's device. The state of another
+        """As torch's, with norms and constraints rebuilt from their configs, state tensors in the dtype they were
+        saved in (torch would cast them to the parameter's), FSDP2 state given as DTensors (torch's DCP flow) kept
+        as the rank's rows, and step counts saved as Python ints (before they became 0-d tensors) turned into
+        tensors on their parameter's device. The state of another
         optimizer class, estimator or rule is refused before anything is loaded (state dicts saved before these were
         recorded load as before)."""
         saved = state_dict.get("specopt")
@@ -254,6 +261,13 @@ class GeometryOptimizer(Optimizer):
                 g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        for i, param in zip(saved_ids, [p for g in self.param_groups for p in g["params"]], strict=True):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    # the saved dtype (torch casts every floating state tensor to the parameter's: float32 moments
+                    # of bf16 weights would come back in bf16); under FSDP2 the rank's rows (torch's DCP flow)
+                    self.state[param][key] = distributed.local(value).to(device=distributed.local(param).device)
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
 
