@@ -8,7 +8,9 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import specopt
 import specopt.linalg
@@ -138,6 +140,21 @@ def collectives_per_step(model, opt, x, y, steps: int) -> list[dict[str, int]]:
     return counts
 
 
+def torch_flow_save(path: str, model, opt) -> None:
+    """torch's own checkpoint flow (torchtitan-style): ``get_state_dict`` → ``dcp.save``."""
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+
+
+def torch_flow_load(path: str, model, opt) -> None:
+    """A new model and optimizer's ``get_state_dict`` (torch makes the optimizer's state with one zero step) as the
+    template of ``dcp.load``, then ``set_state_dict``."""
+    model_sd, optim_sd = get_state_dict(model, opt)
+    template = {"model": model_sd, "optim": optim_sd}
+    dcp.load(template, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=template["model"], optim_state_dict=template["optim"])
+
+
 def distributed(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     fp32_compute()
@@ -150,24 +167,33 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
     def fully_shard(module):
         return shard(module, mesh=mesh)
 
+    def sharded_model():
+        model = make_model()
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        return model
+
     x, y = global_batch()
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]  # each rank its half of the global batch
     results = {}
     for kind in ("ddp", "fsdp"):
         for name, make in PRESETS.items():
-            model = make_model()
-            if kind == "ddp":
-                model = nn.parallel.DistributedDataParallel(model)
-            else:
-                for layer in model:
-                    if isinstance(layer, nn.Linear):
-                        fully_shard(layer)
-                fully_shard(model)
+            model = nn.parallel.DistributedDataParallel(make_model()) if kind == "ddp" else sharded_model()
             opt = make(model.parameters())
             train(model, opt, xs, ys, SAVE_AT)
             checkpoint.save(os.path.join(out_dir, f"ckpt-{kind}-{name}"), model, opt, extra={"step": SAVE_AT})
+            if kind == "fsdp":
+                torch_flow_save(os.path.join(out_dir, f"torch-flow-{name}"), model, opt)
             train(model, opt, xs, ys, STEPS, start=SAVE_AT)
             results[f"{kind}/{name}"] = full_params(model)
+            if kind == "fsdp":  # resumed by torch's own flow into a new sharded model and optimizer
+                model = sharded_model()
+                opt = make(model.parameters())
+                torch_flow_load(os.path.join(out_dir, f"torch-flow-{name}"), model, opt)
+                train(model, opt, xs, ys, STEPS, start=SAVE_AT)
+                results[f"torch-flow/{name}"] = full_params(model)
             if kind == "ddp":  # the replicas themselves, not a gathered copy
                 results[f"replica/{name}"] = {n: p.detach().clone() for n, p in model.module.named_parameters()}
     model = make_model()  # FSDP2: MuonBP's block steps post no collective for the lmo (each rank its own rows)

@@ -67,6 +67,14 @@ def test_checkpoint_saved_at_world_size_2_resumes_at_1_identically(runs, kind, n
     assert _max_diff(runs["resumed"][f"{kind}/{name}"], runs["single"][name]) <= 1e-6
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_torch_dcp_flow_under_fsdp2_resumes_bit_for_bit(runs, name):
+    """get_state_dict → dcp.save at step 3 on 2 ranks, then a new sharded model and optimizer resumed by dcp.load and
+    set_state_dict: every rank's rows of every state tensor come back (plain local tensors would be saved once, as
+    if replicated, and every rank would resume from rank 0's rows)."""
+    assert _max_diff(runs["rank0"][f"torch-flow/{name}"], runs["rank0"][f"fsdp/{name}"]) == 0.0
+
+
 def test_muonbp_block_steps_under_fsdp2_post_no_collective_for_the_lmo(runs):
     """Updates 0 and 3 (P = 3) are full: each matrix travels to its owner and back (all_to_all). The others are
     block steps on each rank's own rows: the only collective is the engine's one-scalar non-finite check."""
