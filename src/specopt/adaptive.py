@@ -56,11 +56,13 @@ class SecondMomentNormalized(USCG):
             v.lerp_(moment, 1 - self.beta2)
             outs.append(out)
             normeds.append(out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps))
-        # ‖O‖_F and ‖Ô‖_F of the whole tensor: under FSDP2 each rank holds some of its rows
-        squares = ctx.complete([torch.sum(x.square(), dtype=torch.float64) for x in outs + normeds], records + records)
-        for rec, normed, out_sq, normed_sq in zip(records, normeds, squares[:len(records)], squares[len(records):],
-                                                  strict=True):
-            rescale = (out_sq / normed_sq.clamp_min(torch.finfo(torch.float32).tiny)).sqrt().float()
+        # ‖O‖_F and ‖Ô‖_F of the whole tensor: under FSDP2 each rank holds some of its rows, whose squares are summed
+        both, pieces = records + records, [x.norm() for x in outs + normeds]
+        wholes = ctx.complete([n.square() for n in pieces], both)
+        norms = [w.sqrt() if rec.layout.sharded else n for rec, n, w in zip(both, pieces, wholes, strict=True)]
+        for rec, normed, out_norm, normed_norm in zip(records, normeds, norms[:len(records)], norms[len(records):],
+                                                      strict=True):
+            rescale = out_norm / normed_norm.clamp_min(torch.finfo(torch.float32).tiny)
             rec.s, rec.factor = (normed * rescale).reshape(rec.s.shape), 1.0
         super().scale(records, ctx)
 

@@ -138,10 +138,12 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
         elif key.startswith("optim."):
             name = key.split(".", 2)[2].rsplit(".", 1)[0]
             param = params[name]
-            rows = md.size[0] == param.shape[0] and is_dtensor(param)  # the rank's rows of the whole tensor
-            shape = (local(param).shape[0], *md.size[1:]) if rows else md.size
-            template[key] = sharded_state(torch.empty(shape, dtype=md.properties.dtype, device=local(param).device),
-                                          param)
+            device = local(param).device
+            if is_dtensor(param) and md.size[0] == param.shape[0]:  # the rank's rows of the whole tensor
+                buf = torch.empty((local(param).shape[0], *md.size[1:]), dtype=md.properties.dtype, device=device)
+                template[key] = sharded_state(buf, param)
+            else:
+                template[key] = torch.empty(md.size, dtype=md.properties.dtype, device=device)
     dcp.load(template, checkpoint_id=str(path))  # in place: the model's own tensors are the template's
     meta = json.loads(template["meta"])
     for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
