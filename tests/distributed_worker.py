@@ -3,6 +3,7 @@ and under FSDP2 (2 gloo ranks, one thread each), plus save-at-2 / resume-at-1 ch
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
@@ -10,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 import specopt
 import specopt.linalg
@@ -155,6 +156,13 @@ def torch_flow_load(path: str, model, opt) -> None:
     set_state_dict(model, opt, model_state_dict=template["model"], optim_state_dict=template["optim"])
 
 
+def full_state_dicts(model, opt) -> dict:
+    """torch's full (unsharded) state dicts, every rank holding them, as Accelerate's FULL_STATE_DICT saves; a deep
+    copy, as if read back from a file (non-tensor values are the live state's)."""
+    model_sd, optim_sd = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    return copy.deepcopy({"model": model_sd, "optim": optim_sd})
+
+
 def distributed(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     fp32_compute()
@@ -186,14 +194,20 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
             checkpoint.save(os.path.join(out_dir, f"ckpt-{kind}-{name}"), model, opt, extra={"step": SAVE_AT})
             if kind == "fsdp":
                 torch_flow_save(os.path.join(out_dir, f"torch-flow-{name}"), model, opt)
+                full = full_state_dicts(model, opt)
             train(model, opt, xs, ys, STEPS, start=SAVE_AT)
             results[f"{kind}/{name}"] = full_params(model)
-            if kind == "fsdp":  # resumed by torch's own flow into a new sharded model and optimizer
-                model = sharded_model()
-                opt = make(model.parameters())
-                torch_flow_load(os.path.join(out_dir, f"torch-flow-{name}"), model, opt)
-                train(model, opt, xs, ys, STEPS, start=SAVE_AT)
-                results[f"torch-flow/{name}"] = full_params(model)
+            if kind == "fsdp":  # resumed by torch's own flows into a new sharded model and optimizer
+                for flow in ("torch-flow", "full-state-dict"):
+                    model = sharded_model()
+                    opt = make(model.parameters())
+                    if flow == "torch-flow":
+                        torch_flow_load(os.path.join(out_dir, f"torch-flow-{name}"), model, opt)
+                    else:
+                        set_state_dict(model, opt, model_state_dict=full["model"], optim_state_dict=full["optim"],
+                                       options=StateDictOptions(full_state_dict=True))
+                    train(model, opt, xs, ys, STEPS, start=SAVE_AT)
+                    results[f"{flow}/{name}"] = full_params(model)
             if kind == "ddp":  # the replicas themselves, not a gathered copy
                 results[f"replica/{name}"] = {n: p.detach().clone() for n, p in model.module.named_parameters()}
     model = make_model()  # FSDP2: MuonBP's block steps post no collective for the lmo (each rank its own rows)

@@ -68,11 +68,13 @@ def test_checkpoint_saved_at_world_size_2_resumes_at_1_identically(runs, kind, n
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_torch_dcp_flow_under_fsdp2_resumes_bit_for_bit(runs, name):
-    """get_state_dict → dcp.save at step 3 on 2 ranks, then a new sharded model and optimizer resumed by dcp.load and
-    set_state_dict: every rank's rows of every state tensor come back (plain local tensors would be saved once, as
-    if replicated, and every rank would resume from rank 0's rows)."""
-    assert _max_diff(runs["rank0"][f"torch-flow/{name}"], runs["rank0"][f"fsdp/{name}"]) == 0.0
+@pytest.mark.parametrize("flow", ["torch-flow", "full-state-dict"])
+def test_torchs_own_checkpoint_flows_under_fsdp2_resume_bit_for_bit(runs, flow, name):
+    """At step 3 on 2 ranks, get_state_dict → dcp.save (torchtitan's flow), or get_state_dict with
+    full_state_dict=True (Accelerate's FULL_STATE_DICT); then a new sharded model and optimizer resumed by dcp.load
+    and set_state_dict, or set_state_dict of the full dicts: every rank's rows of every state tensor come back (plain
+    local tensors would be saved once, as if replicated, and every rank would resume from rank 0's rows)."""
+    assert _max_diff(runs["rank0"][f"{flow}/{name}"], runs["rank0"][f"fsdp/{name}"]) == 0.0
 
 
 def test_muonbp_block_steps_under_fsdp2_post_no_collective_for_the_lmo(runs):

@@ -239,17 +239,20 @@ def test_gluon_online_needs_no_step_size_and_learns():
 
 def gluon_state_before_the_fixed_layout(state_dict: dict) -> dict:
     """The state as Gluon saved it before its keys were fixed at the first step: the anchor under ``gluon_anchor_w``
-    (weights, in the parameter's dtype) or ``gluon_anchor_g`` (a gradient), keys absent until first written, and a
-    measurement count."""
+    (weights, in the parameter's dtype) or ``gluon_anchor_g`` (a gradient), keys absent until first written, lists of
+    the measurements only, and a measurement count."""
     for st in state_dict["state"].values():
         anchor, kind = st.pop("gluon_anchor"), st.pop("gluon_anchor_kind")
         if kind:
             st["gluon_anchor_w" if kind == gluon.WEIGHTS else "gluon_anchor_g"] = anchor
         if not st.get("gluon_anchor_step", 1.0):
             del st["gluon_anchor_step"]
-        if "gluon_x" in st:
-            st["gluon_measurements"] = torch.tensor(len(st["gluon_x"]))
-            if not st["gluon_x"]:
+        if "gluon_n" in st:
+            n = st.pop("gluon_n")
+            st["gluon_measurements"] = torch.tensor(n)
+            for key in ("gluon_x", "gluon_y"):
+                st[key] = st[key][len(st[key]) - n:]
+            if not n:
                 for key in ("gluon_x", "gluon_y", "gluon_L"):
                     del st[key]
             if st["gluon_t"] is None:

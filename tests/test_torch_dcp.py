@@ -64,7 +64,7 @@ def test_members_stepped_with_a_closure_resume_bit_for_bit_through_the_torch_flo
     for saved, loaded in zip([opt.state[p] for p in model.parameters()],
                              [resumed_opt.state[p] for p in resumed.parameters()], strict=True):
         assert saved.keys() == loaded.keys() and saved.get("gluon_y") == loaded.get("gluon_y")
-        assert len(saved.get("gluon_x", [0])) and saved.get("gluon_anchor_kind", gluon.WEIGHTS) == gluon.WEIGHTS
+        assert saved.get("gluon_n", 1) and saved.get("gluon_anchor_kind", gluon.WEIGHTS) == gluon.WEIGHTS
     train(model, opt, X, y, 4, closure=True)
     train(resumed, resumed_opt, X, y, 4, closure=True)
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):

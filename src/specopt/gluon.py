@@ -118,9 +118,10 @@ def _online(it) -> bool:
 
 
 def init_state(rec) -> None:
-    """Every key of an online tensor's state, from its first step on: the measurements ``gluon_x``/``gluon_y`` (the
-    last :data:`HISTORY`, oldest first), the fit ``gluon_L`` (valid once ``gluon_x`` holds one), the radius
-    ``gluon_t`` (None before the first fit), and the anchor of the next measurement, ``gluon_anchor`` (a
+    """Every key of an online tensor's state, from its first step on: the measurements ``gluon_x``/``gluon_y``
+    (lists of :data:`HISTORY` floats, oldest first, whose last ``gluon_n`` are measured: a fixed length, as torch's
+    full-state-dict loading matches list entries one by one), the fit ``gluon_L`` (valid once ``gluon_n`` > 0), the
+    radius ``gluon_t`` (None before the first fit), and the anchor of the next measurement, ``gluon_anchor`` (a
     float32-or-wider buffer of the tensor's shape holding the weights before the last update, with a closure, or
     the last gradient, without one), its ``gluon_anchor_kind`` (:data:`WEIGHTS`, :data:`GRADIENT` or 0: none) and
     the joint step it was taken at, ``gluon_anchor_step``. AdamW tensors (``norm="adamw"`` groups) keep only the
@@ -142,7 +143,12 @@ def init_state(rec) -> None:
     if rec.group["norm"] == "adamw":
         return
     st.setdefault("gluon_anchor_step", 0.0)
-    for key, empty in (("gluon_x", []), ("gluon_y", []), ("gluon_L", (0.0, 0.0)), ("gluon_t", None)):
+    if "gluon_n" not in st:  # also a state of the earlier layout: its lists hold the measurements only
+        measured = st.get("gluon_x", [])
+        st["gluon_n"] = len(measured)
+        for key in ("gluon_x", "gluon_y"):
+            st[key] = [0.0] * (HISTORY - len(measured)) + list(st.get(key, []))
+    for key, empty in (("gluon_L", (0.0, 0.0)), ("gluon_t", None)):
         st.setdefault(key, empty)
 
 
@@ -175,9 +181,10 @@ def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
             st = it.state
             if not same_batch and float(probe.dual) > float(it.dual):
                 continue  # two batches' gradients differ by more than the averaged gradient: noise, not smoothness
-            st["gluon_x"] = (st["gluon_x"] + [float(it.dual)])[-HISTORY:]
-            st["gluon_y"] = (st["gluon_y"] + [float(probe.dual) / joint_step])[-HISTORY:]
-            st["gluon_L"] = fit_l0_l1(st["gluon_x"], st["gluon_y"])
+            st["gluon_x"] = st["gluon_x"][1:] + [float(it.dual)]
+            st["gluon_y"] = st["gluon_y"][1:] + [float(probe.dual) / joint_step]
+            st["gluon_n"] = n = min(st["gluon_n"] + 1, HISTORY)
+            st["gluon_L"] = fit_l0_l1(st["gluon_x"][-n:], st["gluon_y"][-n:])
     for it in online:
         it.state["gluon_anchor_kind"], it.state["gluon_anchor_step"] = NONE, 0.0
 
@@ -189,7 +196,7 @@ def layer_radii(items: list) -> list[float]:
         g = it.group
         dual = float(it.dual)
         if _online(it):
-            if not it.state["gluon_x"]:
+            if not it.state["gluon_n"]:
                 radii.append(g["warmup_radius"])
                 continue
             L0, L1 = it.state["gluon_L"]
