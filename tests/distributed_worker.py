@@ -4,6 +4,7 @@ and under FSDP2 (2 gloo ranks, one thread each), plus save-at-2 / resume-at-1 ch
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 
@@ -225,6 +226,15 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
         results["replica_error"] = ""
     except ValueError as e:
         results["replica_error"] = str(e)
+    from torch.distributed.optim import ZeroRedundancyOptimizer  # each rank's optimizer steps other parameters
+    for key, scion in (("zero_error", specopt.Scion), ("zero", functools.partial(specopt.Scion, process_group=None))):
+        model = nn.parallel.DistributedDataParallel(make_model())
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=scion, lr=0.05)
+        try:
+            train(model, opt, xs, ys, STEPS)
+            results[key] = full_params(model)
+        except ValueError as e:
+            results[key] = str(e)
     model = make_model()  # FSDP2: a NaN in one rank's gradient shard must stop the step on every rank
     for layer in model:
         if isinstance(layer, nn.Linear):

@@ -94,6 +94,15 @@ def test_replicas_that_differ_are_refused(runs):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]
 
 
+def test_zero_redundancy_optimizer_is_refused_clearly_and_runs_with_per_rank_optimizers(runs):
+    """ZeroRedundancyOptimizer gives each rank's optimizer other parameters (a share of the 10): the replica check
+    must refuse it on every rank, not hang in a collective the ranks call with different sizes; with
+    process_group=None each rank steps its share, and the run equals the single-process one."""
+    for rank in ("rank0", "rank1"):
+        assert "ZeroRedundancyOptimizer" in runs[rank]["zero_error"]
+    assert _max_diff(runs["rank0"]["zero"], runs["single"]["scion"]) <= 1e-6
+
+
 def test_a_nan_in_one_ranks_gradient_shard_skips_the_step_on_every_rank(runs):
     for rank in ("rank0", "rank1"):
         assert runs[rank]["nan_skipped"] == 1 and runs[rank]["nan_unchanged"]

@@ -1,5 +1,6 @@
 """PyTorch optimizer conventions and error handling of the engine (shared by every preset)."""
 
+import copy
 import io
 
 import pytest
@@ -74,6 +75,22 @@ def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
     assert dtypes == {(i, k): v.dtype for i, p in enumerate(twin_model.parameters()) for k, v in twin.state[p].items()
                       if torch.is_tensor(v)}
     assert all(dtype == torch.float32 for dtype in dtypes.values())
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL + [(specopt.NorMuon, {})], ids=IDS + ["NorMuon"])
+def test_float32_state_loads_into_float64_weights_in_their_dtype(cls, kwargs):
+    """As torch casts state to the parameter's dtype: a float32 run resumed in float64 keeps stepping (its moments
+    in float64, as a float64 run's)."""
+    X, y = classification_data()
+    model = mlp(1)
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, X, y, 2)
+    wide = copy.deepcopy(model).double()
+    wide_opt = cls(wide.parameters(), **kwargs)
+    wide_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    train(wide, wide_opt, X.double(), y, 2)
+    assert all(v.dtype == torch.float64 for p in wide.parameters() for k, v in wide_opt.state[p].items()
+               if torch.is_tensor(v) and k != "step")
 
 
 def test_state_dict_restores_norm_objects_and_hyperparameters():

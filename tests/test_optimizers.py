@@ -237,6 +237,30 @@ def test_gluon_online_needs_no_step_size_and_learns():
     assert losses[-1] < 0.1 * losses[0]
 
 
+@pytest.mark.parametrize("adamw_L", ["online", 50.0], ids=["adamw-group-online", "adamw-group-fixed-L"])
+def test_gluon_probe_moves_the_adamw_tensors_back_with_the_others(adamw_L):
+    """The probe re-evaluates the batch at the previous weights of the whole model: an AdamW tensor's too, whatever
+    its own group's L0/L1 (they serve no radius), or L̂ would see its step as smoothness."""
+    X, y = classification_data()
+    model = mlp(1)
+    biases = [m.bias for m in model if isinstance(m, nn.Linear)]
+    fixed = {} if adamw_L == "online" else {"L0": 0.0, "L1": adamw_L}
+    opt = Gluon([{"params": [m.weight for m in model if isinstance(m, nn.Linear)]},
+                 {"params": biases, "norm": "adamw", **fixed}])
+    seen = []
+
+    def closure():
+        seen.append(biases[0].detach().clone())
+        opt.zero_grad()
+        loss = loss_fn(model, X, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    opt.step(closure)  # the probe at the first step's weights, then this step's own evaluation
+    assert len(seen) == 3 and torch.equal(seen[1], seen[0]) and not torch.equal(seen[2], seen[0])
+
+
 def gluon_state_before_the_fixed_layout(state_dict: dict) -> dict:
     """The state as Gluon saved it before its keys were fixed at the first step: the anchor under ``gluon_anchor_w``
     (weights, in the parameter's dtype) or ``gluon_anchor_g`` (a gradient), keys absent until first written, lists of

@@ -11,7 +11,8 @@ rates and scales carry over.
   moment is element-wise, ``V ← β₂V + (1−β₂)·O⊙O``, ``Ô = O ⊘ (√V + ε)``, rescaled to AdamW's RMS:
   ``0.2·√(mn)/‖Ô‖_F`` (here: the ``match_rms_adamw`` scale, ``0.2·√max(m, n)``, times ``‖O‖_F = √min(m, n)``).
 
-Both keep their second moment in float32 under the state key ``second_moment``; Muon's AdamW part is unchanged.
+Both keep their second moment under the state key ``second_moment`` (float32, float64 for float64 weights); Muon's
+AdamW part is unchanged.
 """
 
 from __future__ import annotations
@@ -46,24 +47,24 @@ class SecondMomentNormalized(USCG):
         self.name = "normuon" if per == "row" else "adamuon"
 
     def scale(self, records, ctx) -> None:
-        outs, normeds = [], []
+        pieces = []  # ‖O‖_F and ‖Ô‖_F of each record's rows (all of them but under FSDP2)
         for rec in records:
-            out = (rec.s.float() * rec.factor).reshape(rec.s.shape[0], math.prod(rec.s.shape[1:]))
+            work = torch.promote_types(rec.p.dtype, torch.float32)  # the state's dtype, as the engine's
+            out = (rec.s.to(work) * rec.factor).reshape(rec.s.shape[0], math.prod(rec.s.shape[1:]))
             moment = out.square().mean(dim=1, keepdim=True) if self.per == "row" else out.square()
             v = rec.state.get("second_moment")
             if v is None:
                 v = rec.state["second_moment"] = torch.zeros_like(moment)
             v.lerp_(moment, 1 - self.beta2)
-            outs.append(out)
-            normeds.append(out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps))
-        # ‖O‖_F and ‖Ô‖_F of the whole tensor: under FSDP2 each rank holds some of its rows, whose squares are summed
-        both, pieces = records + records, [x.norm() for x in outs + normeds]
+            normed = out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps)
+            pieces += [out.norm(), normed.norm()]
+            rec.s, rec.factor = normed.reshape(rec.s.shape), 1.0
+        # under FSDP2 a rank holds some of a tensor's rows: the whole tensor's norms from the sums of their squares
+        both = [rec for rec in records for _ in range(2)]
         wholes = ctx.complete([n.square() for n in pieces], both)
         norms = [w.sqrt() if rec.layout.sharded else n for rec, n, w in zip(both, pieces, wholes, strict=True)]
-        for rec, normed, out_norm, normed_norm in zip(records, normeds, norms[:len(records)], norms[len(records):],
-                                                      strict=True):
-            rescale = out_norm / normed_norm.clamp_min(torch.finfo(torch.float32).tiny)
-            rec.s, rec.factor = (normed * rescale).reshape(rec.s.shape), 1.0
+        for rec, out_norm, normed_norm in zip(records, norms[::2], norms[1::2], strict=True):
+            rec.s.mul_(out_norm / normed_norm.clamp_min(torch.finfo(torch.float32).tiny))
         super().scale(records, ctx)
 
     def config(self) -> dict:

@@ -232,13 +232,23 @@ def any_rank(flag: bool, group, device) -> bool:
 
 
 def check_replicated(tensors: list[torch.Tensor], group) -> None:
-    """Raise if the replicated parameters differ across ranks (the split lmo assumes they are equal)."""
-    if not tensors:
-        return
-    sums = torch.stack([t.detach().double().sum() for t in tensors]).to(torch.float64)
-    out = torch.empty(dist.get_world_size(group) * sums.numel(), dtype=torch.float64, device=sums.device)
-    _all_gather(out, sums, group)
-    if not torch.equal(out.reshape(-1, sums.numel()).amin(0), out.reshape(-1, sums.numel()).amax(0)):
+    """Raise if the replicated parameters differ across ranks (the split lmo assumes they are equal): first their
+    number (every rank takes part, also one with none, so that no rank waits on a collective the others skip: e.g.
+    ZeroRedundancyOptimizer gives each rank's optimizer other parameters), then their sums."""
+    device = tensors[0].device if tensors else (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu"))
+    world = dist.get_world_size(group)
+    counts = torch.empty(world, dtype=torch.float64, device=device)
+    _all_gather(counts, torch.tensor([float(len(tensors))], dtype=torch.float64, device=device), group)
+    same = bool((counts == counts[0]).all())
+    if same and tensors:
+        sums = torch.stack([t.detach().double().sum() for t in tensors]).to(torch.float64)
+        out = torch.empty(world * sums.numel(), dtype=torch.float64, device=device)
+        _all_gather(out, sums, group)
+        same = torch.equal(out.reshape(-1, sums.numel()).amin(0), out.reshape(-1, sums.numel()).amax(0))
+    if not same:
         raise ValueError("parameters differ across ranks: specopt splits the orthogonalisation of replicated "
                          "parameters (DDP) across ranks, which needs identical replicas; wrap the model in "
-                         "DistributedDataParallel, or pass process_group=None for independent per-rank optimizers")
+                         "DistributedDataParallel, or pass process_group=None for independent per-rank optimizers "
+                         "(ZeroRedundancyOptimizer gives each rank other parameters: pass it "
+                         "optimizer_class=functools.partial(specopt.Muon, process_group=None))")

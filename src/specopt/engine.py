@@ -63,6 +63,18 @@ def _step_count(state: dict, p: torch.Tensor) -> None:
         state["step"] = count.to(device=p.device, dtype=torch.float32).reshape(())
 
 
+def _state_tensor(saved: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A loaded state tensor of ``param``: on its device, the rank's rows of a DTensor (torch's DCP flow under
+    FSDP2), and in the dtype the engine works in, ``promote_types(param.dtype, float32)`` where it was saved so
+    (float32 moments of bf16 weights; torch would cast them to bf16), the parameter's dtype otherwise (as torch:
+    float32 state loaded into float64 weights)."""
+    p = distributed.local(param)
+    value = distributed.local(saved)
+    if value.is_floating_point() and value.dtype != torch.promote_types(p.dtype, torch.float32):
+        return value.to(device=p.device, dtype=p.dtype)
+    return value.to(device=p.device)
+
+
 def _has_int_step_counts(optimizer) -> bool:
     """Whether some state holds a Python-int step count (a checkpoint saved before the counts were tensors and
     loaded without :meth:`GeometryOptimizer.load_state_dict`, e.g. by :func:`specopt.checkpoint.load`).
@@ -227,8 +239,9 @@ class GeometryOptimizer(Optimizer):
         sd = super().state_dict()
         sd["specopt"] = self._owner()
         params = [p for group in self.param_groups for p in group["params"]]
-        sd["state"] = {i: {k: distributed.sharded_state(v, params[i]) for k, v in state.items()}
-                       for i, state in sd["state"].items()}
+        if any(distributed.is_dtensor(p) for p in params):
+            sd["state"] = {i: {k: distributed.sharded_state(v, params[i]) for k, v in state.items()}
+                           if isinstance(i, int) else state for i, state in sd["state"].items()}
         for g in sd["param_groups"]:
             if isinstance(g["norm"], Norm):
                 g["norm"] = g["norm"].config()
@@ -263,11 +276,10 @@ class GeometryOptimizer(Optimizer):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for i, param in zip(saved_ids, [p for g in self.param_groups for p in g["params"]], strict=True):
+            state = self.state.get(param, {})
             for key, value in state_dict["state"].get(i, {}).items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    # the saved dtype (torch casts every floating state tensor to the parameter's: float32 moments
-                    # of bf16 weights would come back in bf16); under FSDP2 the rank's rows (torch's DCP flow)
-                    self.state[param][key] = distributed.local(value).to(device=distributed.local(param).device)
+                if isinstance(value, torch.Tensor) and key != "step" and key in state:
+                    state[key] = _state_tensor(value, param)
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
 

@@ -124,23 +124,26 @@ def init_state(rec) -> None:
     radius ``gluon_t`` (None before the first fit), and the anchor of the next measurement, ``gluon_anchor`` (a
     float32-or-wider buffer of the tensor's shape holding the weights before the last update, with a closure, or
     the last gradient, without one), its ``gluon_anchor_kind`` (:data:`WEIGHTS`, :data:`GRADIENT` or 0: none) and
-    the joint step it was taken at, ``gluon_anchor_step``. AdamW tensors (``norm="adamw"`` groups) keep only the
-    anchor: their weights move with the probe. A fixed set of keys, made at the first step, is what
+    the joint step it was taken at, ``gluon_anchor_step``. AdamW tensors (``norm="adamw"`` groups, whatever their
+    own L0/L1) keep only an anchor, in their dtype: their weights move with the probe (a copy of them, also where no
+    probe uses it: the keys cannot wait for the first closure). A fixed set of keys, made at the first step, is what
     ``torch.distributed.checkpoint``'s flow needs: it loads into a new optimizer's state after one zero step, and
     only the keys that state has. A state saved before this layout (separate ``gluon_anchor_w``/``gluon_anchor_g``,
     no ``gluon_L`` before the first fit) is brought to it here."""
-    if not _online(rec):
+    adamw = rec.group["norm"] == "adamw"
+    if not (adamw or _online(rec)):
         return
     st = rec.state
     if "gluon_anchor" not in st:
-        st["gluon_anchor"] = torch.zeros_like(rec.p, dtype=torch.promote_types(rec.p.dtype, torch.float32))
+        dtype = rec.p.dtype if adamw else torch.promote_types(rec.p.dtype, torch.float32)  # weights or gradients
+        st["gluon_anchor"] = torch.zeros_like(rec.p, dtype=dtype)
         st["gluon_anchor_kind"] = NONE
         for kind, key in ((WEIGHTS, "gluon_anchor_w"), (GRADIENT, "gluon_anchor_g")):
             if key in st:
                 st["gluon_anchor"].copy_(st.pop(key))
                 st["gluon_anchor_kind"] = kind
     st.pop("gluon_measurements", None)
-    if rec.group["norm"] == "adamw":
+    if adamw:
         return
     st.setdefault("gluon_anchor_step", 0.0)
     if "gluon_n" not in st:  # also a state of the earlier layout: its lists hold the measurements only
@@ -161,8 +164,7 @@ def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
     of another batch (see the module docstring)."""
     online = [it for it in items if _online(it) and it.state["gluon_anchor_kind"]]
     for it in aux:  # their anchored weights served this step's probe, if any
-        if _online(it):
-            it.state["gluon_anchor_kind"] = NONE
+        it.state["gluon_anchor_kind"] = NONE
     if not online:
         return
     kinds = {it.state["gluon_anchor_kind"] for it in online}
@@ -238,9 +240,8 @@ def anchor(items: list, aux: list, closure: bool) -> None:
         it.state["gluon_anchor_kind"] = WEIGHTS if closure else GRADIENT
     if closure:
         for it in aux:
-            if _online(it):
-                it.state["gluon_anchor"].copy_(it.p)
-                it.state["gluon_anchor_kind"] = WEIGHTS
+            it.state["gluon_anchor"].copy_(it.p)
+            it.state["gluon_anchor_kind"] = WEIGHTS
 
 
 def _callers_level() -> int:
