@@ -113,6 +113,12 @@ def resume_single(out_dir: str) -> None:
             extra = checkpoint.load(os.path.join(out_dir, f"ckpt-{kind}-{name}"), model, opt)
             train(model, opt, x, y, STEPS, start=extra["step"], parts=WORLD)
             results[f"{kind}/{name}"] = full_params(model)
+    for name, make in PRESETS.items():  # torch's own flow, saved sharded at world size 2
+        model = make_model()
+        opt = make(model.parameters())
+        torch_flow_load(os.path.join(out_dir, f"torch-flow-{name}"), model, opt)
+        train(model, opt, x, y, STEPS, start=SAVE_AT, parts=WORLD)
+        results[f"torch-flow/{name}"] = full_params(model)
     torch.save(results, os.path.join(out_dir, "resumed.pt"))
 
 

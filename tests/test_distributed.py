@@ -68,6 +68,13 @@ def test_checkpoint_saved_at_world_size_2_resumes_at_1_identically(runs, kind, n
 
 
 @pytest.mark.parametrize("name", PRESETS)
+def test_torchs_dcp_flow_saved_sharded_at_world_size_2_resumes_at_1(runs, name):
+    """torch's get_state_dict → dcp.save under FSDP2 on 2 ranks, dcp.load → set_state_dict into one process's plain
+    model and optimizer: the ranks' rows assembled into whole tensors."""
+    assert _max_diff(runs["resumed"][f"torch-flow/{name}"], runs["single"][name]) <= 1e-6
+
+
+@pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("flow", ["torch-flow", "full-state-dict"])
 def test_torchs_own_checkpoint_flows_under_fsdp2_resume_bit_for_bit(runs, flow, name):
     """At step 3 on 2 ranks, get_state_dict → dcp.save (torchtitan's flow), or get_state_dict with

@@ -80,8 +80,9 @@ class StepRule:
 
     def init_state(self, rec) -> None:
         """Create the rule's state of ``rec`` (``rec.p``, ``rec.group``, ``rec.state``; also called for the AdamW
-        tensors) ahead of the step, every key it will ever hold: torch.compile traces a step whose state exists,
-        and torch.distributed.checkpoint loads only the keys a new optimizer's state has after one zero step."""
+        tensors) ahead of the step: every key the rule's first step does not make (state made lazily in that step is
+        fine). torch.compile traces a step whose state exists, and torch.distributed.checkpoint loads only the keys a
+        new optimizer's state has after one zero step."""
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
