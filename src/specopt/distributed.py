@@ -56,8 +56,9 @@ def sharded_state(value, param):
     """A state tensor of ``param`` as what it is a piece of. Under FSDP2 (``param`` a DTensor sharded on dim 0) the
     state is each rank's local tensors; one with an entry per row of the rank's shard (its first dimension is the
     shard's rows: momentum, AdamW's moments, NorMuon's row moments) is this rank's rows of a whole tensor, returned
-    as that DTensor (a view of ``value`` where it is on the mesh's device type, a copy there otherwise), so that torch.distributed.checkpoint saves every rank's rows and
-    reshards them on load. Anything else (0-d counts, Python values, every state of a plain parameter) as it is."""
+    as that DTensor (a view of ``value`` where it is on the mesh's device type, a copy there otherwise), so that
+    torch.distributed.checkpoint saves every rank's rows and reshards them on load. Anything else (0-d counts,
+    Python values, every state of a plain parameter) as it is."""
     if not (is_dtensor(param) and isinstance(value, torch.Tensor) and value.ndim
             and value.shape[0] == param.to_local().shape[0]):
         return value
