@@ -41,6 +41,15 @@ PRESETS = {
     "adago": lambda p: specopt.AdaGO(p, adamw_lr=1e-2),
     "drop-muon": lambda p: specopt.DropMuon(p, lr=0.02, adamw_lr=1e-2),
 }
+DDP_ONLY = {"dog": lambda p: specopt.DoG(p)}
+"""Presets that refuse FSDP2's sharded tensors (DoG: each tensor's distance from its start in the whole tensor's norm,
+which a shard does not give)."""
+
+
+def presets(kind: str) -> dict:
+    return PRESETS | DDP_ONLY if kind == "ddp" else PRESETS
+
+
 COUNTED = ("all_to_all_single", "all_gather_into_tensor", "all_gather", "all_gather_single", "all_reduce",
            "broadcast", "reduce_scatter_tensor")
 """The collectives :func:`collectives_per_step` counts."""
@@ -93,7 +102,7 @@ def single(out_dir: str) -> None:
     fp32_compute()
     x, y = global_batch()
     results = {}
-    for name, make in PRESETS.items():
+    for name, make in presets("ddp").items():
         model = make_model()
         opt = make(model.parameters())
         train(model, opt, x, y, STEPS, parts=WORLD)
@@ -107,7 +116,7 @@ def resume_single(out_dir: str) -> None:
     x, y = global_batch()
     results = {}
     for kind in ("ddp", "fsdp"):
-        for name, make in PRESETS.items():
+        for name, make in presets(kind).items():
             model = make_model()
             opt = make(model.parameters())
             extra = checkpoint.load(os.path.join(out_dir, f"ckpt-{kind}-{name}"), model, opt)
@@ -194,7 +203,7 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]  # each rank its half of the global batch
     results = {}
     for kind in ("ddp", "fsdp"):
-        for name, make in PRESETS.items():
+        for name, make in presets(kind).items():
             model = nn.parallel.DistributedDataParallel(make_model()) if kind == "ddp" else sharded_model()
             opt = make(model.parameters())
             train(model, opt, xs, ys, SAVE_AT)
@@ -232,6 +241,13 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
         results["replica_error"] = ""
     except ValueError as e:
         results["replica_error"] = str(e)
+    model = sharded_model()  # DoG refuses sharded tensors, on every rank (also one whose shard is empty)
+    ((model(xs) - ys) ** 2).mean().backward()
+    try:
+        specopt.DoG(model.parameters()).step()
+        results["dog_fsdp_error"] = ""
+    except ValueError as e:
+        results["dog_fsdp_error"] = str(e)
     from torch.distributed.optim import ZeroRedundancyOptimizer  # each rank's optimizer steps other parameters
     for key, scion in (("zero_error", specopt.Scion), ("zero", functools.partial(specopt.Scion, process_group=None))):
         model = nn.parallel.DistributedDataParallel(make_model())

@@ -42,15 +42,15 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 PRESETS = list(distributed_worker.PRESETS)
+KIND_AND_NAME = [(kind, name) for kind in ("ddp", "fsdp") for name in distributed_worker.presets(kind)]
 
 
-@pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+@pytest.mark.parametrize("kind, name", KIND_AND_NAME)
 def test_five_distributed_steps_equal_five_single_process_steps(runs, kind, name):
     assert _max_diff(runs["rank0"][f"{kind}/{name}"], runs["single"][name]) <= 1e-6
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", distributed_worker.presets("ddp"))
 def test_ddp_replicas_hold_identical_parameters(runs, name):
     assert _max_diff(runs["rank0"][f"replica/{name}"], runs["rank1"][f"replica/{name}"]) == 0.0
 
@@ -60,8 +60,7 @@ def test_fsdp2_equals_ddp(runs, name):
     assert _max_diff(runs["rank0"][f"fsdp/{name}"], runs["rank0"][f"ddp/{name}"]) <= 1e-6
 
 
-@pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+@pytest.mark.parametrize("kind, name", KIND_AND_NAME)
 def test_checkpoint_saved_at_world_size_2_resumes_at_1_identically(runs, kind, name):
     assert (runs["out"] / f"ckpt-{kind}-{name}" / ".metadata").exists()
     assert _max_diff(runs["resumed"][f"{kind}/{name}"], runs["single"][name]) <= 1e-6
@@ -99,6 +98,11 @@ def test_muonbp_block_steps_under_fsdp2_post_no_collective_for_the_lmo(runs):
 def test_replicas_that_differ_are_refused(runs):
     for rank in ("rank0", "rank1"):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]
+
+
+def test_dog_refuses_fsdp2_sharded_tensors_clearly_on_every_rank(runs):
+    for rank in ("rank0", "rank1"):
+        assert "DoG" in runs[rank]["dog_fsdp_error"] and "DDP" in runs[rank]["dog_fsdp_error"]
 
 
 def test_zero_redundancy_optimizer_is_refused_clearly_and_runs_with_per_rank_optimizers(runs):
