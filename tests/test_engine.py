@@ -61,7 +61,21 @@ def test_state_dicts_with_int_step_counts_still_load():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cls, kwargs", ALL + [(specopt.NorMuon, {})], ids=IDS + ["NorMuon"])
+WITH_OWN_STATE = [(specopt.NorMuon, {}), (specopt.DoG, {}), (specopt.AdaGO, {})]
+"""Members with state of their own kinds: row moments, a copy of the weights, 0-d float32 running sums."""
+WITH_OWN_STATE_IDS = ["NorMuon", "DoG", "AdaGO"]
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
+def test_float64_weights_resume_bit_for_bit(cls, kwargs):
+    X, y = classification_data()
+    model = mlp(1).double()
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, X.double(), y, 3)
+    assert_resumes_exactly(model, opt, lambda m: cls(m.parameters(), **kwargs), X.double(), y)
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
 def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
     """The state of low-precision weights is float32 (momentum, AdamW's moments, NorMuon's row moments); torch's
     load_state_dict casts every floating state tensor to the parameter's dtype, which would resume them in bf16."""
@@ -74,10 +88,10 @@ def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
               if torch.is_tensor(v)}
     assert dtypes == {(i, k): v.dtype for i, p in enumerate(twin_model.parameters()) for k, v in twin.state[p].items()
                       if torch.is_tensor(v)}
-    assert all(dtype == torch.float32 for dtype in dtypes.values())
+    assert all(dtype == (torch.bfloat16 if key == "dog_w0" else torch.float32) for (_, key), dtype in dtypes.items())
 
 
-@pytest.mark.parametrize("cls, kwargs", ALL + [(specopt.NorMuon, {})], ids=IDS + ["NorMuon"])
+@pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
 def test_float32_state_loads_into_float64_weights_in_their_dtype(cls, kwargs):
     """As torch casts state to the parameter's dtype: a float32 run resumed in float64 keeps stepping (its moments
     in float64, as a float64 run's)."""
@@ -89,8 +103,12 @@ def test_float32_state_loads_into_float64_weights_in_their_dtype(cls, kwargs):
     wide_opt = cls(wide.parameters(), **kwargs)
     wide_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
     train(wide, wide_opt, X.double(), y, 2)
-    assert all(v.dtype == torch.float64 for p in wide.parameters() for k, v in wide_opt.state[p].items()
-               if torch.is_tensor(v) and k != "step")
+    fresh = copy.deepcopy(model).double()  # the dtypes a float64 run's own state has
+    fresh_opt = cls(fresh.parameters(), **kwargs)
+    train(fresh, fresh_opt, X.double(), y, 1)
+    assert {(i, k): v.dtype for i, p in enumerate(wide.parameters()) for k, v in wide_opt.state[p].items()
+            if torch.is_tensor(v)} == {(i, k): v.dtype for i, p in enumerate(fresh.parameters())
+                                       for k, v in fresh_opt.state[p].items() if torch.is_tensor(v)}
 
 
 def test_state_dict_restores_norm_objects_and_hyperparameters():

@@ -261,6 +261,16 @@ def test_gluon_probe_moves_the_adamw_tensors_back_with_the_others(adamw_L):
     assert len(seen) == 3 and torch.equal(seen[1], seen[0]) and not torch.equal(seen[2], seen[0])
 
 
+def test_gluon_with_fixed_l0_l1_keeps_no_anchors():
+    """Nothing online, nothing measured: no copy of any tensor, AdamW ones included."""
+    X, y = classification_data()
+    model = mlp(1)
+    opt = Gluon([{"params": [m.weight for m in model if isinstance(m, nn.Linear)]},
+                 {"params": [m.bias for m in model if isinstance(m, nn.Linear)], "norm": "adamw"}], L0=0.0, L1=50.0)
+    train(model, opt, X, y, 2, closure=True)
+    assert opt.state and not any(key.startswith("gluon_") for st in opt.state.values() for key in st)
+
+
 def gluon_state_before_the_fixed_layout(state_dict: dict) -> dict:
     """The state as Gluon saved it before its keys were fixed at the first step: the anchor under ``gluon_anchor_w``
     (weights, in the parameter's dtype) or ``gluon_anchor_g`` (a gradient), keys absent until first written, lists of

@@ -29,6 +29,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
 from specopt.distributed import is_dtensor, local, sharded_state
+from specopt.engine import loaded_state
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
@@ -158,7 +159,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
         for key, value in template.items():
             if key.startswith(f"optim.{i}."):
                 name, state_key = key.split(".", 2)[2].rsplit(".", 1)
-                optimizer.state[params[name]][state_key] = local(value)
+                optimizer.state[params[name]][state_key] = loaded_state(value, params[name])
         for name, state in saved["state"].items():
             for k, v in state.items():
                 optimizer.state[params[name]][k] = _decode(v, local(params[name]).device)

@@ -232,24 +232,23 @@ def any_rank(flag: bool, group, device) -> bool:
     return bool(t.item() > 0)
 
 
-def check_replicated(tensors: list[torch.Tensor], group) -> None:
+def check_replicated(tensors: list[torch.Tensor], group, device: torch.device) -> None:
     """Raise if the replicated parameters differ across ranks (the split lmo assumes they are equal): first their
     number (every rank takes part, also one with none, so that no rank waits on a collective the others skip: e.g.
-    ZeroRedundancyOptimizer gives each rank's optimizer other parameters), then their sums."""
-    device = tensors[0].device if tensors else (
-        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu"))
+    ZeroRedundancyOptimizer gives each rank's optimizer other parameters), then each one's size and sum."""
     world = dist.get_world_size(group)
     counts = torch.empty(world, dtype=torch.float64, device=device)
     _all_gather(counts, torch.tensor([float(len(tensors))], dtype=torch.float64, device=device), group)
     same = bool((counts == counts[0]).all())
     if same and tensors:
-        sums = torch.stack([t.detach().double().sum() for t in tensors]).to(torch.float64)
-        out = torch.empty(world * sums.numel(), dtype=torch.float64, device=device)
-        _all_gather(out, sums, group)
-        same = torch.equal(out.reshape(-1, sums.numel()).amin(0), out.reshape(-1, sums.numel()).amax(0))
+        mine = torch.stack([torch.stack([torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
+                                         t.detach().double().sum()]) for t in tensors]).reshape(-1).to(device)
+        out = torch.empty(world * mine.numel(), dtype=torch.float64, device=device)
+        _all_gather(out, mine, group)
+        same = torch.equal(out.reshape(world, -1).amin(0), out.reshape(world, -1).amax(0))
     if not same:
         raise ValueError("parameters differ across ranks: specopt splits the orthogonalisation of replicated "
                          "parameters (DDP) across ranks, which needs identical replicas; wrap the model in "
                          "DistributedDataParallel, or pass process_group=None for independent per-rank optimizers "
-                         "(ZeroRedundancyOptimizer gives each rank other parameters: pass it "
-                         "optimizer_class=functools.partial(specopt.Muon, process_group=None))")
+                         "(ZeroRedundancyOptimizer gives each rank other parameters: pass it e.g. "
+                         "optimizer_class=functools.partial(specopt.Scion, process_group=None))")

@@ -63,15 +63,17 @@ def _step_count(state: dict, p: torch.Tensor) -> None:
         state["step"] = count.to(device=p.device, dtype=torch.float32).reshape(())
 
 
-def _state_tensor(saved: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+def loaded_state(saved: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """A loaded state tensor of ``param``: on its device, the rank's rows of a DTensor (torch's DCP flow under
-    FSDP2), and in the dtype the engine works in, ``promote_types(param.dtype, float32)`` where it was saved so
-    (float32 moments of bf16 weights; torch would cast them to bf16), the parameter's dtype otherwise (as torch:
-    float32 state loaded into float64 weights)."""
+    FSDP2), and in a dtype a fresh state of ``param`` would have: a 0-d tensor (a count, a running sum) and one saved
+    in the parameter's dtype or in the engine's working dtype ``promote_types(param.dtype, float32)`` keep theirs
+    (float32 moments of bf16 weights: torch would cast them to bf16); any other floating dtype becomes the working
+    one (float32 moments loaded into float64 weights, float64 ones into bf16 weights)."""
     p = distributed.local(param)
     value = distributed.local(saved)
-    if value.is_floating_point() and value.dtype != torch.promote_types(p.dtype, torch.float32):
-        return value.to(device=p.device, dtype=p.dtype)
+    work = torch.promote_types(p.dtype, torch.float32)
+    if value.is_floating_point() and value.ndim and value.dtype not in (p.dtype, work):
+        return value.to(device=p.device, dtype=work)
     return value.to(device=p.device)
 
 
@@ -279,7 +281,7 @@ class GeometryOptimizer(Optimizer):
             state = self.state.get(param, {})
             for key, value in state_dict["state"].get(i, {}).items():
                 if isinstance(value, torch.Tensor) and key != "step" and key in state:
-                    state[key] = _state_tensor(value, param)
+                    state[key] = loaded_state(value, param)
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
 
@@ -337,7 +339,7 @@ class GeometryOptimizer(Optimizer):
             self._init_group()
         records, aux = self._gather()
         everything = records + aux
-        self.lmo.check_replicas(everything)
+        self.lmo.check_replicas(everything, distributed.local(self.param_groups[0]["params"][0]).device)
         ctx = StepContext(self.lmo, aux, probed, closure is not None)
         if traced and not self.lmo.distributed(everything) and everything:
             self._traced_step(records, ctx)

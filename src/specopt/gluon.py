@@ -71,11 +71,16 @@ class GluonRule(StepRule):
     traceable = False
     group_defaults = DEFAULTS
 
+    any_online = False
+    """Whether a param group measures online (set as groups are validated): only then do the AdamW tensors, whose
+    weights the probe moves back, need an anchor."""
+
     def validate_group(self, group: dict) -> None:
         validate(group)
+        self.any_online = self.any_online or group["L0"] == "online"
 
     def init_state(self, rec) -> None:
-        init_state(rec)
+        init_state(rec, self.any_online)
 
     def probe_weights(self, state: dict):
         if "gluon_anchor_w" in state:  # a state saved before the fixed layout, first step after its load
@@ -117,7 +122,7 @@ def _online(it) -> bool:
     return it.group["L0"] == "online"
 
 
-def init_state(rec) -> None:
+def init_state(rec, any_online: bool) -> None:
     """Every key of an online tensor's state, from its first step on: the measurements ``gluon_x``/``gluon_y``
     (lists of :data:`HISTORY` floats, oldest first, whose last ``gluon_n`` are measured: a fixed length, as torch's
     full-state-dict loading matches list entries one by one), the fit ``gluon_L`` (valid once ``gluon_n`` > 0), the
@@ -125,24 +130,26 @@ def init_state(rec) -> None:
     float32-or-wider buffer of the tensor's shape holding the weights before the last update, with a closure, or
     the last gradient, without one), its ``gluon_anchor_kind`` (:data:`WEIGHTS`, :data:`GRADIENT` or 0: none) and
     the joint step it was taken at, ``gluon_anchor_step``. AdamW tensors (``norm="adamw"`` groups, whatever their
-    own L0/L1) keep only an anchor, in their dtype: their weights move with the probe (a copy of them, also where no
-    probe uses it: the keys cannot wait for the first closure). A fixed set of keys, made at the first step, is what
+    own L0/L1) keep only an anchor, in their dtype, where some group is online (``any_online``): their weights move
+    with the probe (a copy of them, also where no probe uses it: the keys cannot wait for the first closure). A
+    fixed set of keys, made at the first step, is what
     ``torch.distributed.checkpoint``'s flow needs: it loads into a new optimizer's state after one zero step, and
     only the keys that state has. A state saved before this layout (separate ``gluon_anchor_w``/``gluon_anchor_g``,
     no ``gluon_L`` before the first fit) is brought to it here."""
-    adamw = rec.group["norm"] == "adamw"
-    if not (adamw or _online(rec)):
-        return
     st = rec.state
+    earlier = {kind: st.pop(key) for kind, key in ((WEIGHTS, "gluon_anchor_w"), (GRADIENT, "gluon_anchor_g"))
+               if key in st}
+    st.pop("gluon_measurements", None)
+    adamw = rec.group["norm"] == "adamw"
+    if not (_online(rec) or adamw and any_online):
+        return
     if "gluon_anchor" not in st:
         dtype = rec.p.dtype if adamw else torch.promote_types(rec.p.dtype, torch.float32)  # weights or gradients
         st["gluon_anchor"] = torch.zeros_like(rec.p, dtype=dtype)
         st["gluon_anchor_kind"] = NONE
-        for kind, key in ((WEIGHTS, "gluon_anchor_w"), (GRADIENT, "gluon_anchor_g")):
-            if key in st:
-                st["gluon_anchor"].copy_(st.pop(key))
-                st["gluon_anchor_kind"] = kind
-    st.pop("gluon_measurements", None)
+        for kind, anchor_value in earlier.items():
+            st["gluon_anchor"].copy_(anchor_value)
+            st["gluon_anchor_kind"] = kind
     if adamw:
         return
     st.setdefault("gluon_anchor_step", 0.0)
@@ -163,10 +170,10 @@ def measure(items: list, aux: list, lmo, probed: dict | None) -> None:
     its own closure call, :mod:`specopt.probe`); without one (``probed`` None) from the previous step's gradient,
     of another batch (see the module docstring)."""
     online = [it for it in items if _online(it) and it.state["gluon_anchor_kind"]]
-    for it in aux:  # their anchored weights served this step's probe, if any
-        it.state["gluon_anchor_kind"] = NONE
     if not online:
         return
+    for it in aux:  # their anchored weights served this step's probe
+        it.state["gluon_anchor_kind"] = NONE
     kinds = {it.state["gluon_anchor_kind"] for it in online}
     same_batch = probed is not None and kinds == {WEIGHTS} and all(id(it.param) in probed for it in online)
     if same_batch:

@@ -71,11 +71,12 @@ class LmoRunner:
     def distributed(self, records: list[Record]) -> bool:
         return self.replicas is not None or any(rec.layout.sharded for rec in records)
 
-    def check_replicas(self, records: list[Record]) -> None:
-        """Once: the replicated parameters must be equal on every rank for the split lmo to be right."""
+    def check_replicas(self, records: list[Record], device: torch.device) -> None:
+        """Once: the replicated parameters must be equal on every rank for the split lmo to be right (``device``:
+        where the check's collectives run, the same kind on every rank, also one with no records)."""
         if self._replicas_checked or self.replicas is None:
             return
-        distributed.check_replicated([rec.p for rec in records if not rec.layout.sharded], self.replicas)
+        distributed.check_replicated([rec.p for rec in records if not rec.layout.sharded], self.replicas, device)
         self._replicas_checked = True
 
     def complete(self, values: list, records: list[Record]) -> list:
