@@ -10,7 +10,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
+from helpers import torch_flow_load, torch_flow_save
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
@@ -155,21 +155,6 @@ def collectives_per_step(model, opt, x, y, steps: int) -> list[dict[str, int]]:
                 setattr(dist, name, fn)
         counts.append(calls)
     return counts
-
-
-def torch_flow_save(path: str, model, opt) -> None:
-    """torch's own checkpoint flow (torchtitan-style): ``get_state_dict`` → ``dcp.save``."""
-    model_sd, optim_sd = get_state_dict(model, opt)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
-
-
-def torch_flow_load(path: str, model, opt) -> None:
-    """A new model and optimizer's ``get_state_dict`` (torch makes the optimizer's state with one zero step) as the
-    template of ``dcp.load``, then ``set_state_dict``."""
-    model_sd, optim_sd = get_state_dict(model, opt)
-    template = {"model": model_sd, "optim": optim_sd}
-    dcp.load(template, checkpoint_id=path)
-    set_state_dict(model, opt, model_state_dict=template["model"], optim_state_dict=template["optim"])
 
 
 def full_state_dicts(model, opt) -> dict:

@@ -3,7 +3,9 @@
 import copy
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
 
@@ -73,3 +75,18 @@ def assert_resumes_exactly(model, opt, make_opt, X, y, steps: int = 3):
     for a, b in zip(model.parameters(), twin_model.parameters(), strict=True):
         assert torch.equal(a, b)
     return twin_model, twin
+
+
+def torch_flow_save(path: str, model, opt) -> None:
+    """torch's own checkpoint flow (torchtitan-style): ``get_state_dict`` → ``dcp.save``."""
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+
+
+def torch_flow_load(path: str, model, opt) -> None:
+    """A new model and optimizer's ``get_state_dict`` (torch makes the optimizer's state with one zero step) as the
+    template of ``dcp.load``, then ``set_state_dict``."""
+    model_sd, optim_sd = get_state_dict(model, opt)
+    template = {"model": model_sd, "optim": optim_sd}
+    dcp.load(template, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=template["model"], optim_state_dict=template["optim"])

@@ -8,9 +8,7 @@ import warnings
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
-from helpers import classification_data, mlp, train
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from helpers import classification_data, mlp, torch_flow_load, torch_flow_save, train
 
 import specopt
 from specopt import gluon
@@ -36,14 +34,10 @@ def save_and_resume(make, path, before: int = 4, closure: bool = False) -> tuple
     model = mlp(1)
     opt = make(model.parameters())
     train(model, opt, X, y, before, closure)
-    model_sd, optim_sd = get_state_dict(model, opt)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+    torch_flow_save(str(path), model, opt)
     resumed = mlp(7)
     resumed_opt = make(resumed.parameters())
-    model_sd, optim_sd = get_state_dict(resumed, resumed_opt)  # the template: a zero step made its state
-    template = {"model": model_sd, "optim": optim_sd}
-    dcp.load(template, checkpoint_id=str(path))
-    set_state_dict(resumed, resumed_opt, model_state_dict=template["model"], optim_state_dict=template["optim"])
+    torch_flow_load(str(path), resumed, resumed_opt)  # the template: a zero step made its state
     return (model, opt), (resumed, resumed_opt), (X, y)
 
 
