@@ -241,8 +241,8 @@ def check_replicated(tensors: list[torch.Tensor], group, device: torch.device) -
     _all_gather(counts, torch.tensor([float(len(tensors))], dtype=torch.float64, device=device), group)
     same = bool((counts == counts[0]).all())
     if same and tensors:
-        mine = torch.stack([torch.stack([torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
-                                         t.detach().double().sum()]) for t in tensors]).reshape(-1).to(device)
+        sizes = torch.tensor([float(t.numel()) for t in tensors], dtype=torch.float64, device=device)
+        mine = torch.cat([sizes, torch.stack([t.detach().double().sum() for t in tensors]).to(device)])
         out = torch.empty(world * mine.numel(), dtype=torch.float64, device=device)
         _all_gather(out, mine, group)
         same = torch.equal(out.reshape(world, -1).amin(0), out.reshape(world, -1).amax(0))

@@ -252,12 +252,12 @@ class GeometryOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict) -> None:
-        """As torch's, with norms and constraints rebuilt from their configs, state tensors in the dtype they were
-        saved in (torch would cast them to the parameter's), FSDP2 state given as DTensors (torch's DCP flow) kept
-        as the rank's rows, and step counts saved as Python ints (before they became 0-d tensors) turned into
-        tensors on their parameter's device. The state of another
-        optimizer class, estimator or rule is refused before anything is loaded (state dicts saved before these were
-        recorded load as before)."""
+        """As torch's, with norms and constraints rebuilt from their configs, state tensors in the dtype a fresh
+        state would have and FSDP2 state given as DTensors (torch's DCP flow) kept as the rank's rows
+        (:func:`loaded_state`; torch would cast every floating one to the parameter's dtype), and step counts saved
+        as Python ints (before they became 0-d tensors) turned into tensors on their parameter's device. The state of
+        another optimizer class, estimator or rule is refused before anything is loaded (state dicts saved before
+        these were recorded load as before)."""
         saved = state_dict.get("specopt")
         mine = self._owner()
         if saved is not None and saved != mine:
