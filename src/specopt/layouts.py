@@ -35,9 +35,12 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, replace
 
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm
 
 from specopt.heads import find_heads, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
@@ -51,8 +54,17 @@ a conv kernel ``(d_out, c_in, *k)``, an embedding table, learned tokens/position
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb|"
-                          r"(cls|class|reg|register|dist|mask|query|prompt)_?tokens?$|^bias_[kv]$)")
+_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb|tokens?(_\d+)?$|"
+                          r"^bias_[kv]$|(^|_)(emb|embed|embedding|embeddings|latents?|quer(y|ies)|probe|prompts?)(_[0-9a-z]{1,3})?$)")
+"""Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
+``relative_position_bias_table``, ``latents``, ``class_embedding``, a pooling head's ``probe``…)."""
+_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|gain|alpha|beta|gamma|temperature|A_log)(_[uv])?$")
+"""Entry-wise parameters of more than one axis, by name: per-head biases (``pos_bias_u``, ``attention_biases``),
+scales and gains (``layer_scale``), Mamba's ``A_log``: added or multiplied entry by entry, not a linear map."""
+_KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
+                   ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)")}
+"""Raw matrices of transformers models by owner class and name: Gemma 3's vision projector (``torch.matmul(x,
+W)``), DeepSeek-V4's hyper-connection mixing weights (``F.linear``)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
@@ -123,17 +135,65 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     if isinstance(module, _CONV_T) and local == "weight" and module.groups == 1:
         return Layout("conv", f"{type(module).__name__} (stored c_in × d_out)", transposed=True,
                       kernel_dims=p.ndim - 2)
+    if isinstance(module, nn.RNNBase) and local.startswith(("weight_ih", "weight_hh", "weight_hr")):
+        gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1) if not local.startswith("weight_hr") else 1
+        return Layout("hidden", f"nn.{type(module).__name__} {local}" + (f", {gates} gates" if gates > 1 else ""),
+                      blocks=(module.hidden_size,) * gates if gates > 1 else None)
     if isinstance(module, nn.MultiheadAttention) and local.endswith("proj_weight"):
         blocks = (module.embed_dim,) * 3 if local == "in_proj_weight" else None
         return Layout("hidden", "nn.MultiheadAttention", blocks=blocks)
     experts = _hf_experts(module, local, p)
+    if experts is None:
+        experts = _expert_stack(module, local, p)
     if experts is not None:
         return experts
     if _TOKEN_NAMES.search(local):
         return Layout("token", f"learned tokens/positions ({local})")
+    if sum(size > 1 for size in p.shape) <= 1 or _VECTOR_NAMES.search(local):
+        why = "one axis longer than 1" if sum(size > 1 for size in p.shape) <= 1 else local
+        return Layout("vector", f"entry-wise ({why})")
+    if p.ndim >= 3 and p.shape[0] == 1:
+        return Layout("token", "learned tokens (first axis 1: broadcast over the batch)")
+    for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
+        if p.ndim == 2 and local in names and re.search(owner, type(module).__name__):
+            return Layout("hidden", f"{type(module).__name__}.{local} ({what})", transposed=transposed)
     if p.ndim == 2:
-        return Layout("hidden", "2-D parameter: F.linear's (d_out, d_in)")
+        return Layout("hidden", "2-D parameter: F.linear's (d_out, d_in)" if local == "weight"
+                      else LINEAR_DEFAULT.format(local=local))
     return None
+
+
+LINEAR_DEFAULT = "2-D parameter {local!r}: read as F.linear's (d_out, d_in)"
+"""The source of a 2-D parameter no rule knows and not named ``weight``: read as a linear map, with a warning
+(:func:`classify`), since only the module's code says whether it is one."""
+
+
+def _parametrized(module, local: str, p, parents: dict) -> Layout | None:
+    """The layout of a parametrized weight's stored tensors (``torch.nn.utils.parametrize``, e.g. wav2vec2's
+    ``weight_norm`` conv): the layout of the weight itself, read off the module that owns it; ``weight_norm``'s
+    magnitude g (``original0``; ``weight_g`` in the deprecated hook) is entry-wise."""
+    if local in ("weight_g", "weight_v") and hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+        return Layout("vector", "weight_norm magnitude (weight_g)") if local == "weight_g" else \
+            _as_weight(module, "weight", p, "weight_norm direction (weight_v)")
+    if not isinstance(module, parametrize.ParametrizationList):
+        return None
+    holder = parents.get(id(module))  # (the ``parametrizations`` ModuleDict, the tensor's name)
+    owner = parents.get(id(holder[0])) if holder else None
+    if owner is None:
+        return None
+    owner, tensor = owner[0], holder[1]
+    if local == "original0" and isinstance(module[0], _WeightNorm):
+        return Layout("vector", f"weight_norm magnitude of {tensor}")
+    if local == "original1" and isinstance(module[0], _WeightNorm):
+        return _as_weight(owner, tensor, p, f"weight_norm direction of {tensor}")
+    if local == "original" and p.shape == getattr(owner, tensor).shape:
+        return _as_weight(owner, tensor, p, f"parametrized {tensor}")
+    return None
+
+
+def _as_weight(owner, tensor: str, p, what: str) -> Layout | None:
+    layout = known(owner, tensor, p)
+    return None if layout is None else replace(layout, source=f"{layout.source}, {what}")
 
 
 def _hf_experts(module, local: str, p) -> Layout | None:
@@ -156,6 +216,39 @@ def _hf_experts(module, local: str, p) -> Layout | None:
                   interleaved=blocks is not None and not getattr(module, "is_concatenated", True))
 
 
+_EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "num_routed_experts", "total_experts",
+                  "n_shared_experts", "num_shared_experts")
+_INPUT_SIDE = re.compile(r"gate|up|w1|w3|input|fc1|wi")
+_OUTPUT_SIDE = re.compile(r"down|w2|output|fc2|wo")
+
+
+def _expert_stack(module, local: str, p) -> Layout | None:
+    """An ``(E, ·, ·)`` expert stack in a module that states E (``num_experts``, ``n_routed_experts``, …), with the
+    orientation read from the module, not the shape alone: its ``input_size``/``output_size``, or its hidden size
+    (``hidden_size``, ``hidden_dim``) as d_in of an up/gate projection and d_out of a down projection. None where the
+    two axes cannot be told apart (a square expert, no hidden size): the layout is then the user's to declare."""
+    if p.ndim != 3 or not any(getattr(module, a, None) == p.shape[0] for a in _EXPERT_COUNTS):
+        return None
+    rows, cols = p.shape[1], p.shape[2]
+    d_in, d_out = getattr(module, "input_size", None), getattr(module, "output_size", None)
+    hidden = next((v for a in ("hidden_size", "hidden_dim", "model_dim") if isinstance(v := getattr(module, a, None),
+                                                                                      int)), None)
+    if isinstance(d_in, int) and isinstance(d_out, int) and d_in != d_out and {d_in, d_out} == {rows, cols}:
+        transposed, what = rows == d_in, "input_size/output_size"
+    elif hidden is not None and rows != cols and hidden in (rows, cols) and _INPUT_SIDE.search(local):
+        transposed, what = rows == hidden, f"hidden size {hidden} as d_in of {local}"
+    elif hidden is not None and rows != cols and hidden in (rows, cols) and _OUTPUT_SIDE.search(local):
+        transposed, what = cols == hidden, f"hidden size {hidden} as d_out of {local}"
+    else:
+        return None
+    layout = Layout("expert", f"{type(module).__name__} ({'E × d_in × d_out' if transposed else 'E × d_out × d_in'}"
+                    f", from its {what})", transposed=transposed, stack=1)
+    if local == "gate_up_proj":
+        half = (cols if transposed else rows) // 2
+        layout = _with(layout, (half, half), "fused gate/up")
+    return layout
+
+
 def head_counts(attention: nn.Module, config=None) -> tuple[int | None, int | None, int | None]:
     """``(heads, key/value heads, head dim)`` an attention module states (None where it does not)."""
     config = config if config is not None else getattr(attention, "config", None)
@@ -168,7 +261,7 @@ def head_counts(attention: nn.Module, config=None) -> tuple[int | None, int | No
                     return v
         return None
 
-    heads = attr("num_heads", "num_attention_heads", "n_head", "n_heads")
+    heads = attr("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")
     head_dim = attr("head_dim", "attention_head_size", "head_size")
     kv = attr("num_key_value_heads", "num_kv_heads", "n_kv_heads")
     groups = attr("num_key_value_groups")
@@ -185,7 +278,7 @@ def fused_qkv_blocks(name: str, attention: nn.Module, rows: int, config=None) ->
     if heads and head_dim and rows == 2 * kv * head_dim:  # cross-attention: k and v only
         return (kv * head_dim, kv * head_dim)
     stated_kv = kv != heads  # grouped-query attention, stated by the module
-    if rows % 3 == 0 and not stated_kv and (not head_dim or rows == 3 * heads * head_dim):
+    if rows % 3 == 0 and not stated_kv and (not head_dim or not heads or rows == 3 * heads * head_dim):
         return (rows // 3,) * 3
     raise ValueError(f"cannot tell the q, k, v blocks of the fused projection {name} ({rows} outputs; the attention "
                      f"module states heads={heads}, key/value heads={kv}, head dim={head_dim}); pass "
@@ -266,7 +359,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             parents.setdefault(id(child), (module, child_name))
         for local, p in module.named_parameters(recurse=False):
             occurrences.setdefault(id(p), []).append((mod_name, module, local))
-    out = {}
+    out, guessed = {}, []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -276,14 +369,24 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
         if layout is None:
+            layout = _parametrized(module, local, p, parents)
+        if layout is None:
             layout = known(module, local, p)
         if layout is None:
             raise undeclared_error(name, p, module)
+        if layout.source == LINEAR_DEFAULT.format(local=local):
+            guessed.append(name)
         if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
             layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.role == "hidden" and layout.blocks is None and not layout.source.startswith("declared"):
             layout = _fused(layout, name, module, parents.get(id(module)), p)
         out[name] = (layout, p, module, parents.get(id(module)))
+    if guessed:
+        warnings.warn(f"{len(guessed)} 2-D parameter(s) no rule knows are read as F.linear's (d_out, d_in) weights: "
+                      f"{', '.join(guessed[:5])}{', …' if len(guessed) > 5 else ''}. If that is not how the model uses "
+                      "them, declare them: param_groups(model, layouts={name regex: KIND}) with KIND 'token' (a table "
+                      "or learned queries), 'vector' (entry-wise), 'linear_transposed' (x @ W); 'linear' silences "
+                      "this warning", UserWarning, stacklevel=3)
     _apply_split_sizes(out, split_sizes or {})
     if num_heads is not None and num_heads is not False:
         _apply_heads(out, num_heads)
@@ -353,11 +456,39 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
         return layout
     attention, local = parent
     rows = _rows(layout, p)
-    if local in _FUSED_QKV:
+    if _is_mamba_mixer(attention):
+        return _mamba_blocks(layout, local, attention, rows)
+    if local in _FUSED_QKV and (local != "in_proj" or _is_attention(attention)):
         blocks = fused_qkv_blocks(name, attention, rows)
         return _with(layout, blocks, f"fused q/k/v {blocks}")
     if local == "gate_up_proj":
         return _with(layout, (rows // 2, rows // 2), "fused gate/up")
+    return layout
+
+
+def _is_attention(module) -> bool:
+    """``in_proj`` is q/k/v only in an attention module (in Mamba's mixers and some MLPs it is not)."""
+    return isinstance(module, nn.MultiheadAttention) or re.search("attention|attn", type(module).__name__, re.I)
+
+
+def _is_mamba_mixer(module) -> bool:
+    """A Mamba (selective state space) mixer: transformers' ``MambaMixer``, ``Mamba2Mixer`` and the hybrids'."""
+    return all(isinstance(getattr(module, a, None), int) for a in ("ssm_state_size", "intermediate_size"))
+
+
+def _mamba_blocks(layout: Layout, local: str, mixer, rows: int) -> Layout:
+    """The outputs Mamba's fused projections hold (Gu & Dao 2023; Dao & Gu 2024): ``in_proj`` gives x and the gate
+    z (Mamba), or z, x, B, C and Δt (Mamba-2, ``n_groups``·N rows for each of B and C, one Δt per head);
+    ``x_proj`` gives Δt (rank R), B and C (N rows each). A projection whose rows do not add up is one matrix."""
+    inner, state = mixer.intermediate_size, mixer.ssm_state_size
+    groups, heads, rank = (getattr(mixer, a, None) for a in ("n_groups", "num_heads", "time_step_rank"))
+    candidates = {"in_proj": [("x, z", (inner, inner))],
+                  "x_proj": [("Δt, B, C", (rank, state, state))] if isinstance(rank, int) else []}
+    if isinstance(groups, int) and isinstance(heads, int):
+        candidates["in_proj"].insert(0, ("z, x, B, C, Δt", (inner, inner, groups * state, groups * state, heads)))
+    for what, blocks in candidates.get(local, []):
+        if sum(blocks) == rows and all(b > 0 for b in blocks):
+            return _with(layout, blocks, f"Mamba {local}: {what} {blocks}")
     return layout
 
 
