@@ -35,7 +35,7 @@ def assert_roles(model, expected: dict[str, str], **kwargs) -> None:
         assert len(set(matches)) == 1, f"{name}: patterns give roles {matches}"
         assert role == matches[0], f"{name}: role {role}, expected {matches[0]}"
         p = dict(model.named_parameters())[name]
-        if p.ndim >= 3:
+        if sum(size > 1 for size in p.shape) >= 2 and p.ndim >= 3:
             assert role in ("expert", "conv", "token"), f"{name} ({p.ndim}-D) classified as {role}"
 
 
@@ -44,6 +44,8 @@ def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list
     reading of each module type (a grouped conv is one matrix per group)."""
     if type(module).__name__ == "Conv1D":  # transformers: y = x @ W, W is (d_in, d_out)
         return [(delta.T, 1)]
+    if type(module).__name__ == "Llama4TextExperts":  # torch.bmm(x, W): each expert (d_in, d_out)
+        return [(d.T, 1) for d in delta]
     if hasattr(module, "is_transposed") and delta.ndim == 3:  # transformers experts
         return [(d.T if module.is_transposed else d, 1) for d in delta]
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -69,6 +71,8 @@ def one_step_moves(model, loss_fn, blocks: dict[str, int | tuple] | None = None,
     out = {}
     for name in matrices:
         mod_name, _, local = name.rpartition(".")
+        if ".parametrizations." in name:  # a parametrized weight's stored tensor: read as its owner's weight
+            mod_name, local = mod_name.split(".parametrizations.")
         delta = dict(model.named_parameters())[name].detach() - before[name]
         ratios = []
         for m, taps in compute_matrices(modules[mod_name], local, delta):
@@ -114,11 +118,14 @@ def build_preset(name: str, model):
     return getattr(specopt, name)(groups, **kwargs)
 
 
-def assert_presets_train(make_model, loss_fn, steps: int = 30, presets=PRESETS) -> None:
-    """``steps`` steps of every preset on one fixed batch (no closure) lower the loss."""
+def assert_presets_train(make_model, loss_fn, steps: int = 30, presets=PRESETS, lr_scale=None) -> None:
+    """``steps`` steps of every preset on one fixed batch (no closure) lower the loss; ``lr_scale``: ``{preset:
+    factor}`` on a preset's default step where a model needs a smaller one."""
     for preset in presets:
         model = make_model()
         opt = build_preset(preset, model)
+        for group in opt.param_groups:
+            group["lr"] *= (lr_scale or {}).get(preset, 1.0)
         losses = []
         for _ in range(steps):
             opt.zero_grad()

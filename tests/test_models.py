@@ -126,6 +126,54 @@ def transformer_loss(model):
     return (model(src, tgt) - tgt.flip(1)).square().mean()
 
 
+def mamba():
+    return hf("MambaConfig", "MambaForCausalLM", hidden_size=32, state_size=4, num_hidden_layers=1, expand=2,
+              time_step_rank=4, conv_kernel=3, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def mamba2():
+    return hf("Mamba2Config", "Mamba2ForCausalLM", hidden_size=32, state_size=4, num_hidden_layers=1, expand=2,
+              num_heads=8, head_dim=8, n_groups=2, conv_kernel=3, chunk_size=8, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def llama4():
+    return hf("Llama4TextConfig", "Llama4ForCausalLM", hidden_size=32, intermediate_size=24, intermediate_size_mlp=64,
+              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+              num_experts_per_tok=1, interleave_moe_layer_step=1, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def wav2vec2():
+    return hf("Wav2Vec2Config", "Wav2Vec2ForSequenceClassification", hidden_size=32, num_hidden_layers=2,
+              num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+              num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, num_labels=3, classifier_proj_size=16,
+              mask_time_prob=0.0, hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
+              activation_dropout=0.0, final_dropout=0.0, layerdrop=0.0)
+
+
+def audio_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 400, generator=g), torch.randint(0, 3, (4,), generator=g)
+    return model(input_values=x, labels=y).loss
+
+
+class Tagger(nn.Module):
+    """A bidirectional 2-layer LSTM tagger: LSTM weights hold the 4 gates' rows."""
+
+    def __init__(self, vocab=VOCAB, d=32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.lstm = nn.LSTM(d, d, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * d, vocab)
+
+    def forward(self, x):
+        return self.out(self.lstm(self.embed(x))[0])
+
+
+def tagger_loss(model):
+    x = tokens()
+    return nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), x.flip(1).reshape(-1))
+
+
 NORM = r"(ln_\d|ln_f|norm|layernorm\w*)\.(weight|bias)$"
 CASES = {
     "gpt2": (gpt2, lm_loss, {r"wte\.weight$": "embedding", r"wpe\.weight$": "embedding", NORM: "vector",
@@ -149,12 +197,32 @@ CASES = {
                                                        r"(in_proj_weight|out_proj\.weight|linear\d\.weight)$":
                                                            "hidden"},
                        {r"in_proj_weight": 3}),
+    "mamba": (mamba, lm_loss, {r"embeddings": "embedding", r"norm\w*\.weight$|A_log$|\.D$|bias$": "vector",
+                               r"(in|x|dt|out)_proj\.weight$": "hidden", r"conv1d\.weight$": "conv"},
+              {r"in_proj": 2, r"x_proj": (4, 4, 4)}),
+    "mamba2": (mamba2, lm_loss, {r"embeddings": "embedding", r"lm_head": "head", r"norm\w*\.weight$|A_log$|\.D$|bias$": "vector",
+                                 r"(in|out)_proj\.weight$": "hidden", r"conv1d\.weight$": "conv"},
+               {r"in_proj": (64, 64, 8, 8, 8)}),
+    "llama4": (llama4, lm_loss, {r"embed_tokens": "embedding", r"norm\.weight$": "vector", r"lm_head": "head",
+                                 r"(q|k|v|o|gate|up|down)_proj\.weight$|router\.weight$": "hidden",
+                                 r"experts\.(gate_up|down)_proj$": "expert"}, {r"gate_up_proj": 2}),
+    "wav2vec2": (wav2vec2, audio_loss, {r"\.conv\.weight$|original1$": "conv", r"original0$|bias$|masked_spec": "vector",
+                                        r"(layer_norm|layernorm)\.weight$": "vector",
+                                        r"(projection|q_proj|k_proj|v_proj|out_proj|dense|projector)\.weight$": "hidden",
+                                        r"classifier\.weight$": "head"}, {}),
+    "lstm": (lambda: seeded(Tagger), tagger_loss, {r"embed": "embedding", r"bias": "vector", r"lstm\.weight": "hidden",
+                                           r"out\.weight": "head"}, {r"lstm\.weight_(ih|hh)": 4}),
     "seq2seq": (seq2seq, seq2seq_loss, {r"embed\.weight$": "embedding", r"^pos$": "token",
                                         r"^generator\.weight$": "head", r"norm\d?\.(weight|bias)$": "vector",
                                         r"bias$": "vector",
                                         r"(in_proj_weight|out_proj\.weight|linear\d\.weight)$": "hidden"},
                 {r"in_proj_weight": 3}),
 }
+
+
+LR_SCALE = {"wav2vec2": {"ClippedScion": 0.5}}
+"""ClippedScion's default step (tuned on the char-GPT) oscillates on the random-init wav2vec2 (1.10 → 1.33 after 30
+steps, with and without the weight-norm magnitude trained); half of it trains (→ 0.0)."""
 
 
 @pytest.mark.parametrize("arch", list(CASES))
@@ -172,7 +240,7 @@ def test_one_uscg_step_moves_every_matrix_block_by_gamma_rho(arch):
 @pytest.mark.parametrize("arch", list(CASES))
 def test_every_preset_lowers_the_loss_in_30_steps(arch):
     factory, loss, _, _ = CASES[arch]
-    assert_presets_train(factory(), loss)
+    assert_presets_train(factory(), loss, lr_scale=LR_SCALE.get(arch))
 
 
 @pytest.mark.parametrize("arch", list(CASES))

@@ -55,7 +55,7 @@ _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.R
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb|tokens?(_\d+)?$|"
-                          r"^bias_[kv]$|(^|_)(emb|embed|embedding|embeddings|latents?|quer(y|ies)|probe|prompts?)(_[0-9a-z]{1,3})?$)")
+                          r"(^|_)(emb|embed|embedding|embeddings|latents?|quer(y|ies)|probe|prompts?)(_[0-9a-z]{1,3})?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``latents``, ``class_embedding``, a pooling head's ``probe``…)."""
 _VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|gain|alpha|beta|gamma|temperature|A_log)(_[uv])?$")
@@ -139,6 +139,8 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1) if not local.startswith("weight_hr") else 1
         return Layout("hidden", f"nn.{type(module).__name__} {local}" + (f", {gates} gates" if gates > 1 else ""),
                       blocks=(module.hidden_size,) * gates if gates > 1 else None)
+    if isinstance(module, nn.MultiheadAttention) and local in ("bias_k", "bias_v"):
+        return Layout("token", f"nn.MultiheadAttention {local}: a key/value token appended to the sequence")
     if isinstance(module, nn.MultiheadAttention) and local.endswith("proj_weight"):
         blocks = (module.embed_dim,) * 3 if local == "in_proj_weight" else None
         return Layout("hidden", "nn.MultiheadAttention", blocks=blocks)
@@ -147,11 +149,12 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         experts = _expert_stack(module, local, p)
     if experts is not None:
         return experts
+    if _VECTOR_NAMES.search(local):
+        return Layout("vector", f"entry-wise ({local})")
     if _TOKEN_NAMES.search(local):
         return Layout("token", f"learned tokens/positions ({local})")
-    if sum(size > 1 for size in p.shape) <= 1 or _VECTOR_NAMES.search(local):
-        why = "one axis longer than 1" if sum(size > 1 for size in p.shape) <= 1 else local
-        return Layout("vector", f"entry-wise ({why})")
+    if sum(size > 1 for size in p.shape) <= 1:
+        return Layout("vector", "entry-wise (one axis longer than 1)")
     if p.ndim >= 3 and p.shape[0] == 1:
         return Layout("token", "learned tokens (first axis 1: broadcast over the batch)")
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():

@@ -1,0 +1,189 @@
+"""specopt.layouts on tensors stored outside nn.Linear/nn.Conv: parametrized weights, RNN gates, Mamba mixers,
+expert stacks that state their count, broadcast-shaped tokens and gains, raw matrices (warned when guessed)."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+from specopt.layouts import classify
+
+
+def layouts(model, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these models should need the F.linear guess
+        return {name: layout for name, (layout, _) in classify(model, **kwargs)[0].items()}
+
+
+class Box(nn.Module):
+    """A module holding raw parameters of the given shapes."""
+
+    def __init__(self, **shapes):
+        super().__init__()
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+
+
+def test_weight_norm_direction_has_the_conv_layout_and_its_magnitude_is_entry_wise():
+    """wav2vec2/HuBERT's positional conv: weight_norm over a grouped Conv1d (parametrizations.weight.original0/1)."""
+    model = nn.Sequential(weight_norm(nn.Conv1d(8, 8, 5, groups=2), dim=2))
+    got = layouts(model)
+    g, v = got["0.parametrizations.weight.original0"], got["0.parametrizations.weight.original1"]
+    assert g.role == "vector"
+    assert (v.role, v.blocks, v.kernel_dims) == ("conv", (4, 4), 1)
+
+
+def test_the_deprecated_weight_norm_hook_reads_the_same():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = nn.Sequential(nn.utils.weight_norm(nn.ConvTranspose1d(6, 4, 3)))
+    got = layouts(model)
+    assert got["0.weight_g"].role == "vector"
+    assert (got["0.weight_v"].role, got["0.weight_v"].transposed) == ("conv", True)
+
+
+def test_a_parametrized_linear_weight_keeps_the_linear_layout():
+    class Symmetric(nn.Module):
+        def forward(self, x):
+            return x.triu() + x.triu(1).T
+
+    model = nn.Sequential(nn.Linear(6, 6))
+    parametrize.register_parametrization(model[0], "weight", Symmetric())
+    got = layouts(model, head=False)
+    assert got["0.parametrizations.weight.original"].role == "hidden"
+
+
+def test_lstm_and_gru_weights_hold_one_block_per_gate():
+    model = nn.ModuleDict({"lstm": nn.LSTM(5, 8, num_layers=2, proj_size=3), "gru": nn.GRU(5, 8),
+                           "rnn": nn.RNN(5, 8)})
+    got = layouts(model, head=False)
+    assert got["lstm.weight_ih_l0"].blocks == (8,) * 4 and got["lstm.weight_hh_l1"].blocks == (8,) * 4
+    assert got["lstm.weight_hr_l0"].blocks is None  # the projection is one matrix
+    assert got["gru.weight_ih_l0"].blocks == (8,) * 3
+    assert got["rnn.weight_hh_l0"].blocks is None
+    assert got["lstm.bias_ih_l0"].role == "vector"
+
+
+class MambaMixer(nn.Module):
+    """The attributes and tensors of transformers' Mamba / Mamba-2 mixers."""
+
+    def __init__(self, d=8, inner=16, state=4, rank=2, groups=None, heads=None):
+        super().__init__()
+        self.intermediate_size, self.ssm_state_size, self.time_step_rank = inner, state, rank
+        rows = 2 * inner
+        if groups:
+            self.n_groups, self.num_heads = groups, heads
+            rows = 2 * inner + 2 * groups * state + heads
+        self.in_proj = nn.Linear(d, rows)
+        self.x_proj = nn.Linear(inner, rank + 2 * state)
+        self.A_log = nn.Parameter(torch.zeros(inner, state))
+
+
+def test_mamba_in_proj_is_not_qkv_and_its_blocks_are_the_mixers_outputs():
+    mamba = layouts(nn.ModuleDict({"mixer": MambaMixer()}), head=False)
+    assert mamba["mixer.in_proj.weight"].blocks == (16, 16)
+    assert mamba["mixer.x_proj.weight"].blocks == (2, 4, 4)
+    assert mamba["mixer.A_log"].role == "vector"
+    mamba2 = layouts(nn.ModuleDict({"mixer": MambaMixer(groups=2, heads=4)}), head=False)
+    assert mamba2["mixer.in_proj.weight"].blocks == (16, 16, 8, 8, 4)
+
+
+def test_in_proj_outside_attention_is_one_matrix_and_inside_is_qkv():
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_proj = nn.Linear(8, 20)
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_heads, self.head_dim = 2, 4
+            self.in_proj = nn.Linear(8, 24)
+
+    got = layouts(nn.ModuleDict({"mlp": MLP(), "attn": SelfAttention()}), head=False)
+    assert got["mlp.in_proj.weight"].blocks is None
+    assert got["attn.in_proj.weight"].blocks == (8, 8, 8)
+
+
+def test_fused_qkv_of_an_attention_that_states_a_head_dim_but_no_head_count():
+    """timm's Hiera: ``MaskUnitAttention`` has ``head_dim`` and ``heads``; a module with a head dim only split too."""
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head_dim = 4
+            self.qkv = nn.Linear(8, 24)
+
+    assert layouts(nn.ModuleDict({"attn": Attention()}), head=False)["attn.qkv.weight"].blocks == (8, 8, 8)
+
+
+class StatedExperts(nn.Module):
+    """Llama 4's experts: E stated, hidden size stated, stored (E, d_in, d_out) and used as torch.bmm(x, W)."""
+
+    def __init__(self, experts=3, hidden=8, inner=6, transposed=True):
+        super().__init__()
+        self.num_experts, self.hidden_size = experts, hidden
+        up, down = ((experts, hidden, 2 * inner), (experts, inner, hidden)) if transposed else \
+            ((experts, 2 * inner, hidden), (experts, hidden, inner))
+        self.gate_up_proj = nn.Parameter(torch.zeros(up))
+        self.down_proj = nn.Parameter(torch.zeros(down))
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_an_expert_stack_that_states_its_count_is_read_from_its_hidden_size(transposed):
+    got = layouts(nn.ModuleDict({"experts": StatedExperts(transposed=transposed)}), head=False)
+    up, down = got["experts.gate_up_proj"], got["experts.down_proj"]
+    assert (up.role, up.stack, up.transposed, up.blocks) == ("expert", 1, transposed, (6, 6))
+    assert (down.role, down.stack, down.transposed) == ("expert", 1, transposed)
+
+
+def test_square_experts_cannot_be_oriented_and_are_an_error_that_says_how_to_declare_them():
+    with pytest.raises(ValueError, match="experts.down_proj.*experts_transposed"):
+        classify(nn.ModuleDict({"experts": StatedExperts(hidden=6, inner=6)}), head=False)
+
+
+def test_broadcast_shaped_tensors_are_tokens_or_entry_wise():
+    model = Box(probe=(1, 1, 8), group_token=(1, 5, 8), queries=(1, 3, 8), layer_scale=(8, 1, 1),
+                alpha=(1, 8, 1), grn=(1, 1, 1, 8), latents=(16, 8), level_embed=(4, 8), pos_bias_u=(2, 4),
+                attention_biases=(2, 9), cls_token_0=(1, 1, 8))
+    got = layouts(model, head=False)
+    tokens = {"probe", "group_token", "queries", "latents", "level_embed", "cls_token_0"}
+    assert {n for n, layout in got.items() if layout.role == "token"} == tokens
+    assert all(layout.role == "vector" for n, layout in got.items() if n not in tokens)
+
+
+def test_an_unnamed_leading_singleton_tensor_is_a_token_table():
+    assert layouts(Box(stuff=(1, 10, 8)), head=False)["stuff"].role == "token"
+
+
+def test_a_raw_matrix_no_rule_knows_is_read_as_f_linear_with_a_warning_naming_it():
+    model = Box(mixing=(4, 8), weight=(4, 8))
+    with pytest.warns(UserWarning, match=r"1 2-D parameter\(s\).*: mixing\. .*layouts="):
+        got = {n: layout for n, (layout, _) in classify(model, head=False)[0].items()}
+    assert got["mixing"].role == "hidden" and not got["mixing"].transposed
+    declared = layouts(model, head=False, layouts={r"^mixing$": "linear"})  # declaring it silences the warning
+    assert declared["mixing"].role == "hidden"
+
+
+def test_gemma3_projector_matrix_is_read_as_x_at_w():
+    class Gemma3MultiModalProjector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mm_input_projection_weight = nn.Parameter(torch.zeros(12, 8))  # (vision d, text d): x @ W
+
+    got = layouts(nn.ModuleDict({"projector": Gemma3MultiModalProjector()}), head=False)
+    assert got["projector.mm_input_projection_weight"].transposed
+
+
+def test_multihead_attention_bias_k_and_v_are_tokens_and_conformer_per_head_biases_are_entry_wise():
+    class ConformerAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias_u, self.bias_v = nn.Parameter(torch.zeros(2, 4)), nn.Parameter(torch.zeros(2, 4))
+
+    got = layouts(nn.ModuleDict({"mha": nn.MultiheadAttention(8, 2, add_bias_kv=True), "rel": ConformerAttention()}),
+                  head=False)
+    assert got["mha.bias_k"].role == got["mha.bias_v"].role == "token"
+    assert got["rel.bias_u"].role == got["rel.bias_v"].role == "vector"
