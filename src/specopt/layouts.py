@@ -11,13 +11,17 @@ from the module type, never from the shape alone:
 | ``nn.ConvTranspose1d/2d/3d`` | ``(c_in, d_out, *k)`` | conv kernel, transposed | conv |
 | transformers MoE experts (``gate_up_proj``, ``down_proj``) | ``(E, d_out, d_in)`` | E matrices | expert |
 | ``nn.Embedding`` | ``(vocab, d)`` | table | embedding |
-| position embeddings, class/register/mask tokens, ``bias_k/bias_v`` | ``(…, n, d)`` | entries | token |
-| norm layers, biases, other 1-D | | entries | vector |
-| any other 2-D parameter | ``(d_out, d_in)`` (``F.linear``'s convention, e.g. an MoE router) | linear | hidden |
+| ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
+| parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
+| tokens, positions, latents, learned queries by name; ``(1, n, d)`` | ``(…, n, d)`` | entries | token |
+| norm layers, biases, 1-D, one axis longer than 1, per-head biases, scales, ``A_log`` | | entries | vector |
+| a 2-D module ``weight`` no rule knows (e.g. an MoE router) | ``(d_out, d_in)`` (``F.linear``'s) | linear | hidden |
+| any other 2-D parameter | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
 
-Expert stacks are stored ``(E, d_in, d_out)`` where the experts module says ``is_transposed`` (transformers'
-``use_experts_implementation``). Fused projections are split into the blocks they hold: GPT-2's ``c_attn``
-(q, k, v columns of the stored tensor), timm's ``qkv``, ``nn.MultiheadAttention.in_proj_weight``, Phi-3's
+An expert stack's orientation comes from its module: transformers' ``is_transposed`` (``use_experts_implementation``),
+or, in a module that states its expert count, its ``input_size``/``output_size`` or its hidden size (the d_in of a
+gate/up projection, the d_out of a down projection). Fused projections are split into the blocks they hold: GPT-2's
+``c_attn`` (q, k, v columns of the stored tensor), timm's ``qkv``, ``nn.MultiheadAttention.in_proj_weight``, Phi-3's
 ``qkv_proj`` (unequal under grouped-query attention: ``H·d_h, KV·d_h, KV·d_h`` read off the attention module),
 fused ``gate_up_proj`` (dense and expert stacks, concatenated or interleaved). ``num_heads`` splits q, k, v into
 heads, in fused and in separate (``q_proj``/``k_proj``/``v_proj``, ``query``/``key``/``value``) projections.
