@@ -145,11 +145,11 @@ def test_square_experts_cannot_be_oriented_and_are_an_error_that_says_how_to_dec
 
 
 def test_broadcast_shaped_tensors_are_tokens_or_entry_wise():
-    model = Box(probe=(1, 1, 8), group_token=(1, 5, 8), queries=(1, 3, 8), layer_scale=(8, 1, 1),
+    model = Box(probe=(1, 1, 8), group_token=(1, 5, 8), queries=(1, 3, 8), height_rel=(7, 4), layer_scale=(8, 1, 1),
                 alpha=(1, 8, 1), grn=(1, 1, 1, 8), latents=(16, 8), level_embed=(4, 8), pos_bias_u=(2, 4),
                 attention_biases=(2, 9), cls_token_0=(1, 1, 8))
     got = layouts(model, head=False)
-    tokens = {"probe", "group_token", "queries", "latents", "level_embed", "cls_token_0"}
+    tokens = {"probe", "group_token", "queries", "height_rel", "latents", "level_embed", "cls_token_0"}
     assert {n for n, layout in got.items() if layout.role == "token"} == tokens
     assert all(layout.role == "vector" for n, layout in got.items() if n not in tokens)
 

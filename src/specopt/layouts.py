@@ -58,7 +58,7 @@ a conv kernel ``(d_out, c_in, *k)``, an embedding table, learned tokens/position
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb|tokens?(_\d+)?$|"
+_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|tokens?(_\d+)?$|"
                           r"(^|_)(emb|embed|embedding|embeddings|latents?|quer(y|ies)|probe|prompts?)(_[0-9a-z]{1,3})?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``latents``, ``class_embedding``, a pooling head's ``probe``…)."""
