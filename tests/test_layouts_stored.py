@@ -187,3 +187,27 @@ def test_multihead_attention_bias_k_and_v_are_tokens_and_conformer_per_head_bias
                   head=False)
     assert got["mha.bias_k"].role == got["mha.bias_v"].role == "token"
     assert got["rel.bias_u"].role == got["rel.bias_v"].role == "vector"
+
+
+def test_a_weight_normed_output_layer_is_the_head_and_a_weight_normed_fused_qkv_keeps_its_blocks():
+    """DINO's projection head ends in ``weight_norm(nn.Linear)``; its direction is the head, its magnitude a vector."""
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_heads, self.head_dim = 2, 4
+            self.qkv = weight_norm(nn.Linear(8, 24))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = Attention()
+            self.last_layer = weight_norm(nn.Linear(24, 5))
+
+        def forward(self, x):
+            return self.last_layer(self.attn.qkv(x))
+
+    got = layouts(Net())
+    assert got["last_layer.parametrizations.weight.original1"].role == "head"
+    assert got["last_layer.parametrizations.weight.original0"].role == "vector"
+    assert got["attn.qkv.parametrizations.weight.original1"].blocks == (8, 8, 8)

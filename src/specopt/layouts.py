@@ -383,6 +383,9 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             raise undeclared_error(name, p, module)
         if layout.source == LINEAR_DEFAULT.format(local=local):
             guessed.append(name)
+        if isinstance(module, parametrize.ParametrizationList):  # the weight it stores, in the module that uses it
+            places = [(mod_name.rsplit(".parametrizations.", 1)[0], None, None)]
+            module, local = parents[id(parents[id(module)][0])][0], parents[id(module)][1]
         if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
             layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.role == "hidden" and layout.blocks is None and not layout.source.startswith("declared"):
