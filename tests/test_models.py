@@ -287,3 +287,28 @@ def test_gpt2_conv1d_step_equals_the_nn_linear_network():
 def test_head_is_found_by_what_it_is_not_by_registration_order():
     assert roles(seq2seq()())["generator.weight"] == "head"
     assert "head" not in set(roles(transformer()()).values())  # nn.Transformer alone has no output layer
+
+
+def lora_llama(init=True):
+    """A Llama with peft LoRA adapters on q/v and on the embedding, and a trainable copy of the output layer
+    (``modules_to_save``): only the adapters and the copy train. ``init=False``: both adapter factors random (peft
+    zeroes one of each pair, whose partner then has no gradient on the first step)."""
+    peft = pytest.importorskip("peft")
+    make = llama()
+
+    def build():
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens"],
+                                 modules_to_save=["lm_head"], init_lora_weights=init)
+        return peft.get_peft_model(make(), config)
+    return build
+
+
+def test_peft_lora_roles_the_trainable_head_copy_is_the_head():
+    assert_roles(lora_llama()(), {r"lora_[AB]\.default\.weight$": "hidden", r"lora_embedding_A": "embedding",
+                                  r"lora_embedding_B": "hidden", r"lm_head\.modules_to_save": "head"})
+
+
+def test_peft_lora_adapters_step_by_gamma_rho_and_every_preset_trains():
+    assert_one_step_geometry(lora_llama(init=False)(), lm_loss)  # lora_A (r × d_in), lora_B (d_out × r), embedding B
+    assert_presets_train(lora_llama(), lm_loss)
+    assert_state_dict_round_trip(lora_llama(), lm_loss)

@@ -28,7 +28,7 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
             except Exception:  # noqa: BLE001 — a getter that is not implemented for this model
                 out = None
             if isinstance(out, nn.Module) and id(out) in names and _has_weight(out):
-                return {names[id(out)]}, f"{getter}()"
+                return {_weight_owner(out, names)}, f"{getter}()"
     labels = getattr(getattr(model, "config", None), "num_labels", None)
     prefix = getattr(model, "base_model_prefix", None)
     if labels and prefix and hasattr(model, prefix):
@@ -44,6 +44,15 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
     if len(found) == 1:
         return found, "projects to the embedding's vocabulary"
     return set(), "none found"
+
+
+def _weight_owner(module: nn.Module, names: dict) -> str:
+    """The name of the module that holds ``module.weight`` itself: the module, or the trainable copy inside a wrapper
+    that forwards ``weight`` (peft's ``modules_to_save``)."""
+    if module._parameters.get("weight") is module.weight:
+        return names[id(module)]
+    return next((names[id(m)] for m in module.modules() if m._parameters.get("weight") is module.weight),
+                names[id(module)])
 
 
 def _has_weight(module) -> bool:

@@ -198,6 +198,20 @@ def _parametrized(module, local: str, p, parents: dict) -> Layout | None:
     return None
 
 
+def _peft_embedding(module, p, parents: dict) -> Layout | None:
+    """peft's LoRA on an embedding (adapters in ``nn.ParameterDict``s): ``F.embedding(x, A.T)`` then ``· Bᵀ``, so
+    ``lora_embedding_A`` (r, vocab) is a token table stored transposed and ``lora_embedding_B`` (d, r) is
+    ``F.linear``'s (d_out, d_in)."""
+    holder = parents.get(id(module))
+    if not isinstance(module, nn.ParameterDict) or holder is None or p.ndim != 2:
+        return None
+    if holder[1] == "lora_embedding_A":
+        return Layout("embedding", "peft LoRA lora_embedding_A (r × vocab: F.embedding(x, A.T))", transposed=True)
+    if holder[1] == "lora_embedding_B":
+        return Layout("hidden", "peft LoRA lora_embedding_B (d × r: F.linear's)")
+    return None
+
+
 def _as_weight(owner, tensor: str, p, what: str) -> Layout | None:
     layout = known(owner, tensor, p)
     return None if layout is None else replace(layout, source=f"{layout.source}, {what}")
@@ -376,7 +390,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
         if layout is None:
-            layout = _parametrized(module, local, p, parents)
+            layout = _parametrized(module, local, p, parents) or _peft_embedding(module, p, parents)
         if layout is None:
             layout = known(module, local, p)
         if layout is None:
