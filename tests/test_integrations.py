@@ -331,6 +331,8 @@ def test_docs_examples_run_as_written(index, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     pytest.importorskip("lightning")
+    if "import peft" in doc_blocks()[index]:
+        pytest.importorskip("peft")
     monkeypatch.chdir(tmp_path)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     with warnings.catch_warnings():
