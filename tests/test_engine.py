@@ -318,3 +318,38 @@ def test_nonfinite_skip_skips_the_whole_step():
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     train(model, opt, X, y, 2)  # and training goes on
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+
+@pytest.mark.parametrize("cls,kwargs", ALL + [(specopt.MuonBP, {}), (specopt.NorMuon, {}), (specopt.ProxSpectral, {})],
+                         ids=preset_ids(ALL) + ["MuonBP", "NorMuon", "ProxSpectral"])
+def test_channels_last_conv_weights_step_like_contiguous_ones(cls, kwargs):
+    """``model.to(memory_format=torch.channels_last)`` gives 4-D weights whose memory is not in (d_out, c_in, k, k)
+    order: the step must land in the parameter itself (not in a reshaped copy) and equal the contiguous run's."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
+    runs = []
+    for channels_last in (False, True):
+        model = small_cnn()
+        inputs = x
+        if channels_last:
+            model, inputs = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+            assert not model[0].weight.is_contiguous()
+        start = [p.detach().clone() for p in model.parameters()]
+        opt = cls(specopt.param_groups(model, msign={"compute_dtype": torch.float64}), **kwargs)
+        for _ in range(3):
+            def closure(model=model, opt=opt, inputs=inputs):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(inputs), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+        assert all(not torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
