@@ -41,7 +41,7 @@ def build(config_name: str):
 
 def main() -> None:
     names = sorted(n for n in dir(transformers) if n.endswith("Config") and not n.startswith("Pretrained"))
-    classified, refused, unbuilt, warned = 0, [], 0, []
+    classified, refused, crashed, unbuilt, warned = 0, [], [], 0, []
     for name in names:
         try:
             with warnings.catch_warnings():
@@ -60,13 +60,17 @@ def main() -> None:
                 refused.append((name, str(err).split(" has a layout")[0].split(";")[0]))
                 print(f"refused  {name}: {refused[-1][1]}")
                 continue
+            except Exception as err:  # noqa: BLE001 — anything but the ValueError that names the tensor is a bug
+                crashed.append(name)
+                print(f"CRASHED  {name}: {type(err).__name__}: {str(err)[:160]}")
+                continue
         classified += 1
         for w in caught:
             if "read as F.linear" in str(w.message):
                 warned.append(name)
                 print(f"warned   {name}: {str(w.message).split(': ', 1)[1].split('. If')[0]}")
-    print(f"\n{classified} classified ({len(warned)} with a warning), {len(refused)} refused, {unbuilt} configs that "
-          f"do not build at these sizes (transformers {transformers.__version__})")
+    print(f"\n{classified} classified ({len(warned)} with a warning), {len(refused)} refused, {len(crashed)} crashed, "
+          f"{unbuilt} configs that do not build at these sizes (transformers {transformers.__version__})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from specopt.layouts import classify
 
 
 def main() -> None:
-    families, classified, refused, warned = set(), 0, 0, 0
+    families, classified, refused, crashed, warned = set(), 0, 0, 0, 0
     for name in timm.list_models():
         family = name.split("_")[0]
         if family in families:
@@ -36,12 +36,17 @@ def main() -> None:
                 refused += 1
                 print(f"refused  {name}: {str(err)[:160]}")
                 continue
+            except Exception as err:  # noqa: BLE001 — anything but the ValueError that names the tensor is a bug
+                crashed += 1
+                print(f"CRASHED  {name}: {type(err).__name__}: {str(err)[:160]}")
+                continue
         classified += 1
         for w in caught:
             if "read as F.linear" in str(w.message):
                 warned += 1
                 print(f"warned   {name}: {str(w.message)[:160]}")
-    print(f"\n{classified} classified ({warned} with a warning), {refused} refused (timm {timm.__version__})")
+    print(f"\n{classified} classified ({warned} with a warning), {refused} refused, {crashed} crashed "
+          f"(timm {timm.__version__})")
 
 
 if __name__ == "__main__":
