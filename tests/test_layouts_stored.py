@@ -58,12 +58,13 @@ def test_a_parametrized_linear_weight_keeps_the_linear_layout():
 
 def test_lstm_and_gru_weights_hold_one_block_per_gate():
     model = nn.ModuleDict({"lstm": nn.LSTM(5, 8, num_layers=2, proj_size=3), "gru": nn.GRU(5, 8),
-                           "rnn": nn.RNN(5, 8)})
+                           "rnn": nn.RNN(5, 8), "cell": nn.LSTMCell(5, 8), "gru_cell": nn.GRUCell(5, 8)})
     got = layouts(model, head=False)
     assert got["lstm.weight_ih_l0"].blocks == (8,) * 4 and got["lstm.weight_hh_l1"].blocks == (8,) * 4
     assert got["lstm.weight_hr_l0"].blocks is None  # the projection is one matrix
     assert got["gru.weight_ih_l0"].blocks == (8,) * 3
     assert got["rnn.weight_hh_l0"].blocks is None
+    assert got["cell.weight_hh"].blocks == (8,) * 4 and got["gru_cell.weight_ih"].blocks == (8,) * 3
     assert got["lstm.bias_ih_l0"].role == "vector"
 
 
@@ -139,6 +140,19 @@ def test_an_expert_stack_that_states_its_count_is_read_from_its_hidden_size(tran
     assert (down.role, down.stack, down.transposed) == ("expert", 1, transposed)
 
 
+def test_torchtitan_hidden_dim_is_not_taken_for_the_model_width():
+    """torchtitan's ``GroupedExperts`` states ``hidden_dim``, its FFN width: refused, not read backwards."""
+
+    class GroupedExperts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_experts, self.hidden_dim = 4, 64
+            self.w1 = nn.Parameter(torch.zeros(4, 64, 32))
+
+    with pytest.raises(ValueError, match="w1.*experts_transposed"):
+        classify(nn.ModuleDict({"experts": GroupedExperts()}), head=False)
+
+
 def test_square_experts_cannot_be_oriented_and_are_an_error_that_says_how_to_declare_them():
     with pytest.raises(ValueError, match="experts.down_proj.*experts_transposed"):
         classify(nn.ModuleDict({"experts": StatedExperts(hidden=6, inner=6)}), head=False)
@@ -154,8 +168,28 @@ def test_broadcast_shaped_tensors_are_tokens_or_entry_wise():
     assert all(layout.role == "vector" for n, layout in got.items() if n not in tokens)
 
 
-def test_an_unnamed_leading_singleton_tensor_is_a_token_table():
-    assert layouts(Box(stuff=(1, 10, 8)), head=False)["stuff"].role == "token"
+def test_a_leading_one_is_not_taken_for_a_batch_axis():
+    """``(1, 10, 8)`` may be one expert, one head's projection or ``nn.Bilinear(10, 8, 1)``: refused unless named."""
+    with pytest.raises(ValueError, match=r"stuff of shape \(1, 10, 8\).*layouts="):
+        classify(Box(stuff=(1, 10, 8)), head=False)
+    with pytest.raises(ValueError, match="Bilinear"):
+        classify(nn.ModuleDict({"bilinear": nn.Bilinear(10, 8, 1)}), head=False)
+
+
+@pytest.mark.parametrize("name", ["W_query", "query_w", "embed_out", "linear_probe", "w_gamma", "w_beta", "w_g"])
+def test_matrices_whose_names_contain_a_token_or_gain_word_are_not_taken_for_one(name):
+    """Only whole names (``query``, ``probe``, ``latents``) or token/embedding suffixes make a 2-D tensor a table, and
+    2-D gains by name are not entry-wise: these are read as F.linear's, with the warning."""
+    shape = (64, 1) if name == "w_g" else (8, 16)  # SwiftFormer's w_g: query @ w_g
+    with pytest.warns(UserWarning, match=name):
+        got = classify(Box(**{name: shape}), head=False)[0]
+    assert got[name][0].role == "hidden"
+
+
+def test_raw_bias_k_and_v_tokens_outside_multihead_attention():
+    """fairseq-style attention keeps its own (1, 1, d) ``bias_k``/``bias_v``."""
+    got = layouts(Box(bias_k=(1, 1, 8), bias_v=(1, 1, 8)), head=False)
+    assert got["bias_k"].role == got["bias_v"].role == "token"
 
 
 def test_a_raw_matrix_no_rule_knows_is_read_as_f_linear_with_a_warning_naming_it():
@@ -211,3 +245,52 @@ def test_a_weight_normed_output_layer_is_the_head_and_a_weight_normed_fused_qkv_
     assert got["last_layer.parametrizations.weight.original1"].role == "head"
     assert got["last_layer.parametrizations.weight.original0"].role == "vector"
     assert got["attn.qkv.parametrizations.weight.original1"].blocks == (8, 8, 8)
+
+
+def test_deberta_in_proj_is_split_per_head_and_lfm2_short_conv_into_b_c_x():
+    """DeBERTa (v1) interleaves q, k, v per head (each head's rows: q, k, v); LFM2's short conv chunks B, C, x."""
+
+    class DisentangledSelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_attention_heads = 2
+            self.in_proj = nn.Linear(8, 24, bias=False)
+
+    class Lfm2ShortConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_proj = nn.Linear(8, 24, bias=False)
+
+    got = layouts(nn.ModuleDict({"attn": DisentangledSelfAttention(), "conv": Lfm2ShortConv()}), head=False)
+    assert got["attn.in_proj.weight"].blocks == (4,) * 6
+    assert got["conv.in_proj.weight"].blocks == (8, 8, 8)
+
+
+def test_a_weight_normed_head_through_the_deprecated_hook_is_the_head():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 8)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.lm_head = nn.utils.weight_norm(nn.Linear(8, 5))
+
+        def forward(self, x):
+            return self.lm_head(self.body(x))
+
+    got = layouts(Net())
+    assert got["lm_head.weight_v"].role == "head" and got["lm_head.weight_g"].role == "vector"
+
+
+def test_a_type_declaration_reaches_its_parametrized_weight_and_the_error_names_the_module():
+    class MyConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 4, 3))
+
+    model = nn.Sequential(weight_norm(MyConv(), dim=0))
+    with pytest.raises(ValueError, match=r"\(in MyConv\).*\{MyConv: KIND\}"):
+        classify(model)
+    got = layouts(model, layouts={MyConv: "conv"})
+    assert got["0.parametrizations.weight.original1"].role == "conv"
+    assert got["0.parametrizations.weight.original0"].role == "vector"  # the magnitude is not the kernel

@@ -58,13 +58,16 @@ a conv kernel ``(d_out, c_in, *k)``, an embedding table, learned tokens/position
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|tokens?(_\d+)?$|"
-                          r"(^|_)(emb|embed|embedding|embeddings|latents?|quer(y|ies)|probe|prompts?)(_[0-9a-z]{1,3})?$)")
+_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|"
+                          r"tokens?(_\d+)?$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|"
+                          r"^(latent_|learned_)?(latents?|quer(y|ies)|probe|prompts?)(_\d+|_[123]d)?$|(^|_)prompts?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
-``relative_position_bias_table``, ``latents``, ``class_embedding``, a pooling head's ``probe``…)."""
-_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|gain|alpha|beta|gamma|temperature|A_log)(_[uv])?$")
+``relative_position_bias_table``, ``class_embedding``; ``latents``, ``query``, a pooling head's ``probe`` as the
+whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
+_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$")
 """Entry-wise parameters of more than one axis, by name: per-head biases (``pos_bias_u``, ``attention_biases``),
-scales and gains (``layer_scale``), Mamba's ``A_log``: added or multiplied entry by entry, not a linear map."""
+scales (``logit_scale``), Mamba's ``A_log``: added or multiplied entry by entry, not a linear map. Gains of one
+axis (``gamma`` ``(C, 1, 1)``) are entry-wise by their shape; a 2-D ``w_gamma`` may be a matrix."""
 _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
                    ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)")}
 """Raw matrices of transformers models by owner class and name: Gemma 3's vision projector (``torch.matmul(x,
@@ -139,8 +142,10 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     if isinstance(module, _CONV_T) and local == "weight" and module.groups == 1:
         return Layout("conv", f"{type(module).__name__} (stored c_in × d_out)", transposed=True,
                       kernel_dims=p.ndim - 2)
-    if isinstance(module, nn.RNNBase) and local.startswith(("weight_ih", "weight_hh", "weight_hr")):
-        gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1) if not local.startswith("weight_hr") else 1
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and local.startswith(("weight_ih", "weight_hh", "weight_hr")):
+        gates = 4 if isinstance(module, (nn.LSTM, nn.LSTMCell)) else 3 if isinstance(module, (nn.GRU, nn.GRUCell)) \
+            else 1
+        gates = 1 if local.startswith("weight_hr") else gates
         return Layout("hidden", f"nn.{type(module).__name__} {local}" + (f", {gates} gates" if gates > 1 else ""),
                       blocks=(module.hidden_size,) * gates if gates > 1 else None)
     if isinstance(module, nn.MultiheadAttention) and local in ("bias_k", "bias_v"):
@@ -153,14 +158,14 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         experts = _expert_stack(module, local, p)
     if experts is not None:
         return experts
+    if re.fullmatch("bias_[kv]", local) and p.ndim >= 3:  # fairseq-style attention: (1, 1, d) tokens
+        return Layout("token", f"a key/value token appended to the sequence ({local})")
     if _VECTOR_NAMES.search(local):
         return Layout("vector", f"entry-wise ({local})")
     if _TOKEN_NAMES.search(local):
         return Layout("token", f"learned tokens/positions ({local})")
-    if sum(size > 1 for size in p.shape) <= 1:
+    if p.ndim >= 3 and sum(size > 1 for size in p.shape) <= 1:
         return Layout("vector", "entry-wise (one axis longer than 1)")
-    if p.ndim >= 3 and p.shape[0] == 1:
-        return Layout("token", "learned tokens (first axis 1: broadcast over the batch)")
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
         if p.ndim == 2 and local in names and re.search(owner, type(module).__name__):
             return Layout("hidden", f"{type(module).__name__}.{local} ({what})", transposed=transposed)
@@ -175,27 +180,25 @@ LINEAR_DEFAULT = "2-D parameter {local!r}: read as F.linear's (d_out, d_in)"
 (:func:`classify`), since only the module's code says whether it is one."""
 
 
-def _parametrized(module, local: str, p, parents: dict) -> Layout | None:
-    """The layout of a parametrized weight's stored tensors (``torch.nn.utils.parametrize``, e.g. wav2vec2's
-    ``weight_norm`` conv): the layout of the weight itself, read off the module that owns it; ``weight_norm``'s
-    magnitude g (``original0``; ``weight_g`` in the deprecated hook) is entry-wise."""
+def _stored_for(mod_name: str, module, local: str, p, parents: dict) -> tuple[str, nn.Module, str, str]:
+    """Where a stored tensor belongs: ``(module name, module, tensor name, part)``. A parametrized weight's stored
+    tensors (``torch.nn.utils.parametrize``, e.g. wav2vec2's ``weight_norm`` conv) belong to the module that uses the
+    weight: ``original`` and ``weight_norm``'s direction ``original1`` (``weight_v`` in the deprecated hook) are the
+    weight (part ``"weight"``), its magnitude ``original0`` (``weight_g``) is ``"magnitude"``, the tensors of another
+    parametrization with several ``original``s are ``"other"``; any other tensor is its own (``"self"``)."""
     if local in ("weight_g", "weight_v") and hasattr(module, "weight_g") and hasattr(module, "weight_v"):
-        return Layout("vector", "weight_norm magnitude (weight_g)") if local == "weight_g" else \
-            _as_weight(module, "weight", p, "weight_norm direction (weight_v)")
-    if not isinstance(module, parametrize.ParametrizationList):
-        return None
+        return mod_name, module, "weight", "magnitude" if local == "weight_g" else "weight"
     holder = parents.get(id(module))  # (the ``parametrizations`` ModuleDict, the tensor's name)
     owner = parents.get(id(holder[0])) if holder else None
-    if owner is None:
-        return None
+    if not isinstance(module, parametrize.ParametrizationList) or owner is None:
+        return mod_name, module, local, "self"
     owner, tensor = owner[0], holder[1]
-    if local == "original0" and isinstance(module[0], _WeightNorm):
-        return Layout("vector", f"weight_norm magnitude of {tensor}")
-    if local == "original1" and isinstance(module[0], _WeightNorm):
-        return _as_weight(owner, tensor, p, f"weight_norm direction of {tensor}")
+    owner_name = mod_name[: -len(f"parametrizations.{tensor}")].rstrip(".")
+    if isinstance(module[0], _WeightNorm) and local in ("original0", "original1"):
+        return owner_name, owner, tensor, "magnitude" if local == "original0" else "weight"
     if local == "original" and p.shape == getattr(owner, tensor).shape:
-        return _as_weight(owner, tensor, p, f"parametrized {tensor}")
-    return None
+        return owner_name, owner, tensor, "weight"
+    return mod_name, module, local, "other"
 
 
 def _peft_embedding(module, p, parents: dict) -> Layout | None:
@@ -246,14 +249,14 @@ _OUTPUT_SIDE = re.compile(r"down|w2|output|fc2|wo")
 def _expert_stack(module, local: str, p) -> Layout | None:
     """An ``(E, ·, ·)`` expert stack in a module that states E (``num_experts``, ``n_routed_experts``, …), with the
     orientation read from the module, not the shape alone: its ``input_size``/``output_size``, or its hidden size
-    (``hidden_size``, ``hidden_dim``) as d_in of an up/gate projection and d_out of a down projection. None where the
-    two axes cannot be told apart (a square expert, no hidden size): the layout is then the user's to declare."""
+    (``hidden_size``, ``model_dim``; not ``hidden_dim``, the FFN width in torchtitan's experts) as d_in of an up/gate
+    projection and d_out of a down projection. None where the two axes cannot be told apart (a square expert, no
+    hidden size): the layout is then the user's to declare."""
     if p.ndim != 3 or not any(getattr(module, a, None) == p.shape[0] for a in _EXPERT_COUNTS):
         return None
     rows, cols = p.shape[1], p.shape[2]
     d_in, d_out = getattr(module, "input_size", None), getattr(module, "output_size", None)
-    hidden = next((v for a in ("hidden_size", "hidden_dim", "model_dim") if isinstance(v := getattr(module, a, None),
-                                                                                      int)), None)
+    hidden = next((v for a in ("hidden_size", "model_dim") if isinstance(v := getattr(module, a, None), int)), None)
     if isinstance(d_in, int) and isinstance(d_out, int) and d_in != d_out and {d_in, d_out} == {rows, cols}:
         transposed, what = rows == d_in, "input_size/output_size"
     elif hidden is not None and rows != cols and hidden in (rows, cols) and _INPUT_SIDE.search(local):
@@ -314,10 +317,11 @@ def per_head(blocks: tuple[int, ...], head_dim: int, name: str) -> tuple[int, ..
 
 
 def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
+    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)  # not Parametrized…
     return ValueError(
-        f"{name} of shape {tuple(p.shape)} (in {type(module).__name__}) has a layout specopt cannot know: no rule "
+        f"{name} of shape {tuple(p.shape)} (in {cls.__name__}) has a layout specopt cannot know: no rule "
         f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack or learned tokens. Declare it in "
-        f"one line: param_groups(model, layouts={{{name!r}: KIND}}), or {{{type(module).__name__}: KIND}} for every "
+        f"one line: param_groups(model, layouts={{{name!r}: KIND}}), or {{{cls.__name__}: KIND}} for every "
         "such module, with KIND 'experts' (E, d_out, d_in), 'experts_transposed' (E, d_in, d_out), 'conv' "
         "(d_out, c_in, *kernel), 'token' (positions, learned tokens) or 'vector'")
 
@@ -386,20 +390,24 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             continue
         places = occurrences[id(p)]
         mod_name, module, local = next((o for o in places if _join(o[0], o[2]) == name), places[0])
-        layout = _declared_for(declarations, name, module, local, p)
+        owner_name, owner, tensor, part = _stored_for(mod_name, module, local, p, parents)
+        if part == "magnitude":
+            layout = Layout("vector", f"weight_norm magnitude of {tensor}")
+        else:
+            layout = _declared_for(declarations, name, owner, tensor, p)
         if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
+        if layout is None and part != "other":
+            layout = _peft_embedding(module, p, parents) or known(owner, tensor, p)
+            if layout is not None and part == "weight":
+                layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:
-            layout = _parametrized(module, local, p, parents) or _peft_embedding(module, p, parents)
-        if layout is None:
-            layout = known(module, local, p)
-        if layout is None:
-            raise undeclared_error(name, p, module)
-        if layout.source == LINEAR_DEFAULT.format(local=local):
+            raise undeclared_error(name, p, owner)
+        if layout.source == LINEAR_DEFAULT.format(local=tensor):
             guessed.append(name)
-        if isinstance(module, parametrize.ParametrizationList):  # the weight it stores, in the module that uses it
-            places = [(mod_name.rsplit(".parametrizations.", 1)[0], None, None)]
-            module, local = parents[id(parents[id(module)][0])][0], parents[id(module)][1]
+        module, local = owner, tensor
+        if part == "weight":
+            places = [(owner_name, owner, tensor)]
         if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
             layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.role == "hidden" and layout.blocks is None and not layout.source.startswith("declared"):
@@ -482,6 +490,12 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
     rows = _rows(layout, p)
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
+    if local == "in_proj" and type(attention).__name__ == "DisentangledSelfAttention":  # DeBERTa (v1)
+        heads = head_counts(attention)[0]
+        if heads and rows % (3 * heads) == 0:
+            return _with(layout, (rows // (3 * heads),) * (3 * heads), "q, k, v interleaved per head (DeBERTa)")
+    if local == "in_proj" and type(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
+        return _with(layout, (rows // 3,) * 3, "LFM2 short conv: B, C, x")
     if local in _FUSED_QKV and (local != "in_proj" or _is_attention(attention)):
         blocks = fused_qkv_blocks(name, attention, rows)
         return _with(layout, blocks, f"fused q/k/v {blocks}")
