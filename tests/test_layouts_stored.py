@@ -201,6 +201,16 @@ def test_a_raw_matrix_no_rule_knows_is_read_as_f_linear_with_a_warning_naming_it
     assert declared["mixing"].role == "hidden"
 
 
+def test_swiftformer_w_g_is_read_as_query_at_w_g():
+    class EfficientAdditiveAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w_g = nn.Parameter(torch.zeros(64, 1))
+
+    got = layouts(nn.ModuleDict({"attn": EfficientAdditiveAttention()}), head=False)["attn.w_g"]
+    assert (got.role, got.transposed) == ("hidden", True)
+
+
 def test_gemma3_projector_matrix_is_read_as_x_at_w():
     class Gemma3MultiModalProjector(nn.Module):
         def __init__(self):

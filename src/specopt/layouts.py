@@ -13,8 +13,8 @@ from the module type, never from the shape alone:
 | ``nn.Embedding`` | ``(vocab, d)`` | table | embedding |
 | ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
-| tokens, positions, latents, learned queries by name; ``(1, n, d)`` | ``(…, n, d)`` | entries | token |
-| norm layers, biases, 1-D, one axis longer than 1, per-head biases, scales, ``A_log`` | | entries | vector |
+| tokens, positions, tables, latents, learned queries (by name) | ``(…, n, d)`` | entries | token |
+| norms, biases, 1-D; ≥3-D with one axis > 1; per-head biases, scales, gains, ``A_log`` | | entries | vector |
 | a 2-D module ``weight`` no rule knows (e.g. an MoE router) | ``(d_out, d_in)`` (``F.linear``'s) | linear | hidden |
 | any other 2-D parameter | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
 
@@ -64,14 +64,16 @@ _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|p
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``class_embedding``; ``latents``, ``query``, a pooling head's ``probe`` as the
 whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
-_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$")
+_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$|"
+                           r"^(alpha|beta|gamma|gain|shift|offset|translate)s?(_\d+)?$")
 """Entry-wise parameters of more than one axis, by name: per-head biases (``pos_bias_u``, ``attention_biases``),
-scales (``logit_scale``), Mamba's ``A_log``: added or multiplied entry by entry, not a linear map. Gains of one
-axis (``gamma`` ``(C, 1, 1)``) are entry-wise by their shape; a 2-D ``w_gamma`` may be a matrix."""
+scales (``logit_scale``), Mamba's ``A_log``, gains and shifts named by themselves (``alpha``, ``gamma``,
+``translate``): added or multiplied entry by entry, not a linear map. A prefixed ``w_gamma`` may be a matrix (FiLM)."""
 _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
-                   ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)")}
-"""Raw matrices of transformers models by owner class and name: Gemma 3's vision projector (``torch.matmul(x,
-W)``), DeepSeek-V4's hyper-connection mixing weights (``F.linear``)."""
+                   ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)"),
+                   ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1")}
+"""Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
+hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
