@@ -161,9 +161,9 @@ def test_square_experts_cannot_be_oriented_and_are_an_error_that_says_how_to_dec
 def test_broadcast_shaped_tensors_are_tokens_or_entry_wise():
     model = Box(probe=(1, 1, 8), group_token=(1, 5, 8), queries=(1, 3, 8), height_rel=(7, 4), layer_scale=(8, 1, 1),
                 alpha=(1, 8, 1), grn=(1, 1, 1, 8), latents=(16, 8), level_embed=(4, 8), pos_bias_u=(2, 4),
-                attention_biases=(2, 9), cls_token_0=(1, 1, 8))
+                attention_biases=(2, 9), cls_token_0=(1, 1, 8), cls_token1=(1, 1, 8))
     got = layouts(model, head=False)
-    tokens = {"probe", "group_token", "queries", "height_rel", "latents", "level_embed", "cls_token_0"}
+    tokens = {"probe", "group_token", "queries", "height_rel", "latents", "level_embed", "cls_token_0", "cls_token1"}
     assert {n for n, layout in got.items() if layout.role == "token"} == tokens
     assert all(layout.role == "vector" for n, layout in got.items() if n not in tokens)
 
@@ -187,9 +187,10 @@ def test_matrices_whose_names_contain_a_token_or_gain_word_are_not_taken_for_one
 
 
 def test_raw_bias_k_and_v_tokens_outside_multihead_attention():
-    """fairseq-style attention keeps its own (1, 1, d) ``bias_k``/``bias_v``."""
-    got = layouts(Box(bias_k=(1, 1, 8), bias_v=(1, 1, 8)), head=False)
-    assert got["bias_k"].role == got["bias_v"].role == "token"
+    """fairseq-style attention keeps its own (1, 1, d) ``bias_k``/``bias_v``; 2-D ones are tokens too."""
+    got = layouts(nn.ModuleDict({"a": Box(bias_k=(1, 1, 8), bias_v=(1, 1, 8)), "b": Box(bias_k=(1, 8), bias_v=(1, 8))}),
+                  head=False)
+    assert {layout.role for layout in got.values()} == {"token"}
 
 
 def test_a_raw_matrix_no_rule_knows_is_read_as_f_linear_with_a_warning_naming_it():
@@ -304,3 +305,44 @@ def test_a_type_declaration_reaches_its_parametrized_weight_and_the_error_names_
     got = layouts(model, layouts={MyConv: "conv"})
     assert got["0.parametrizations.weight.original1"].role == "conv"
     assert got["0.parametrizations.weight.original0"].role == "vector"  # the magnitude is not the kernel
+
+
+def test_zamba_in_proj_alternates_x_and_z_rows():
+    """Zamba's mixer splits ``in_proj`` with ``view(b, -1, 2, L).chunk(2, dim=2)``: x and z rows alternate."""
+
+    class ZambaMambaMixer(MambaMixer):
+        pass
+
+    got = layouts(nn.ModuleDict({"mixer": ZambaMambaMixer()}), head=False)["mixer.in_proj.weight"]
+    assert (got.blocks, got.interleaved) == ((16, 16), True)
+
+
+def test_the_x_vector_am_softmax_weight_is_read_as_x_at_w():
+    class AMSoftmaxLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(16, 3))  # (input_dim, num_labels): torch.mm(x, W)
+
+    assert layouts(nn.ModuleDict({"objective": AMSoftmaxLoss()}), head=False)["objective.weight"].transposed
+
+
+def test_a_parametrized_raw_matrix_is_warned_about_like_a_plain_one():
+    class Identity(nn.Module):
+        def forward(self, x):
+            return x
+
+    model = Box(mixing=(4, 8))
+    parametrize.register_parametrization(model, "mixing", Identity())
+    with pytest.warns(UserWarning, match="parametrizations.mixing.original"):
+        classify(model, head=False)
+
+
+def test_the_deprecated_weight_norm_and_spectral_norm_hooks_on_any_tensor():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        lstm = nn.utils.weight_norm(nn.LSTM(4, 8), name="weight_hh_l0")
+        conv = nn.utils.spectral_norm(nn.Conv2d(3, 8, 3))
+    got = layouts(nn.ModuleDict({"lstm": lstm, "conv": conv}), head=False)
+    assert got["lstm.weight_hh_l0_g"].role == "vector"
+    assert got["lstm.weight_hh_l0_v"].blocks == (8,) * 4
+    assert got["conv.weight_orig"].role == "conv"

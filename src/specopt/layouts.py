@@ -14,7 +14,7 @@ from the module type, never from the shape alone:
 | ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
 | tokens, positions, tables, latents, learned queries (by name) | ``(…, n, d)`` | entries | token |
-| norms, biases, 1-D; ≥3-D with one axis > 1; per-head biases, scales, gains, ``A_log`` | | entries | vector |
+| norms, biases, 1-D; ≥3-D with at most one axis > 1; per-head biases, scales, gains, ``A_log`` | | entries | vector |
 | a 2-D module ``weight`` no rule knows (e.g. an MoE router) | ``(d_out, d_in)`` (``F.linear``'s) | linear | hidden |
 | any other 2-D parameter | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
 
@@ -59,7 +59,7 @@ _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.R
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|"
-                          r"tokens?(_\d+)?$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|"
+                          r"tokens?_?\d*$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|"
                           r"^(latent_|learned_)?(latents?|quer(y|ies)|probe|prompts?)(_\d+|_[123]d)?$|(^|_)prompts?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``class_embedding``; ``latents``, ``query``, a pooling head's ``probe`` as the
@@ -71,9 +71,11 @@ scales (``logit_scale``), Mamba's ``A_log``, gains and shifts named by themselve
 ``translate``): added or multiplied entry by entry, not a linear map. A prefixed ``w_gamma`` may be a matrix (FiLM)."""
 _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
                    ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)"),
-                   ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1")}
+                   ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1"),
+                   ("AMSoftmaxLoss$", ("weight",)): (True, "torch.mm(x, W), stored d_in × labels")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
-hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm)."""
+hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
+the x-vector heads' AM-softmax weight (wav2vec2 family)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
@@ -160,14 +162,14 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         experts = _expert_stack(module, local, p)
     if experts is not None:
         return experts
-    if re.fullmatch("bias_[kv]", local) and p.ndim >= 3:  # fairseq-style attention: (1, 1, d) tokens
+    if re.fullmatch("bias_[kv]", local) and not hasattr(module, "bias_u"):  # fairseq-style attention's k/v tokens
         return Layout("token", f"a key/value token appended to the sequence ({local})")
     if _VECTOR_NAMES.search(local):
         return Layout("vector", f"entry-wise ({local})")
     if _TOKEN_NAMES.search(local):
         return Layout("token", f"learned tokens/positions ({local})")
     if p.ndim >= 3 and sum(size > 1 for size in p.shape) <= 1:
-        return Layout("vector", "entry-wise (one axis longer than 1)")
+        return Layout("vector", "entry-wise (at most one axis longer than 1)")
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
         if p.ndim == 2 and local in names and re.search(owner, type(module).__name__):
             return Layout("hidden", f"{type(module).__name__}.{local} ({what})", transposed=transposed)
@@ -185,11 +187,15 @@ LINEAR_DEFAULT = "2-D parameter {local!r}: read as F.linear's (d_out, d_in)"
 def _stored_for(mod_name: str, module, local: str, p, parents: dict) -> tuple[str, nn.Module, str, str]:
     """Where a stored tensor belongs: ``(module name, module, tensor name, part)``. A parametrized weight's stored
     tensors (``torch.nn.utils.parametrize``, e.g. wav2vec2's ``weight_norm`` conv) belong to the module that uses the
-    weight: ``original`` and ``weight_norm``'s direction ``original1`` (``weight_v`` in the deprecated hook) are the
-    weight (part ``"weight"``), its magnitude ``original0`` (``weight_g``) is ``"magnitude"``, the tensors of another
+    weight: ``original``, ``weight_norm``'s direction ``original1`` (``weight_v`` in the deprecated hook) and the
+    deprecated ``spectral_norm``'s ``weight_orig`` are the weight (part ``"weight"``), weight_norm's magnitude
+    ``original0`` (``weight_g``) is ``"magnitude"``, the tensors of another
     parametrization with several ``original``s are ``"other"``; any other tensor is its own (``"self"``)."""
-    if local in ("weight_g", "weight_v") and hasattr(module, "weight_g") and hasattr(module, "weight_v"):
-        return mod_name, module, "weight", "magnitude" if local == "weight_g" else "weight"
+    base, _, suffix = local.rpartition("_")
+    if suffix in ("g", "v") and hasattr(module, f"{base}_g") and hasattr(module, f"{base}_v"):  # weight_norm's hook
+        return mod_name, module, base, "magnitude" if suffix == "g" else "weight"
+    if suffix == "orig" and hasattr(module, f"{base}_u"):  # the deprecated spectral_norm hook
+        return mod_name, module, base, "weight"
     holder = parents.get(id(module))  # (the ``parametrizations`` ModuleDict, the tensor's name)
     owner = parents.get(id(holder[0])) if holder else None
     if not isinstance(module, parametrize.ParametrizationList) or owner is None:
@@ -215,11 +221,6 @@ def _peft_embedding(module, p, parents: dict) -> Layout | None:
     if holder[1] == "lora_embedding_B":
         return Layout("hidden", "peft LoRA lora_embedding_B (d × r: F.linear's)")
     return None
-
-
-def _as_weight(owner, tensor: str, p, what: str) -> Layout | None:
-    layout = known(owner, tensor, p)
-    return None if layout is None else replace(layout, source=f"{layout.source}, {what}")
 
 
 def _hf_experts(module, local: str, p) -> Layout | None:
@@ -405,7 +406,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
                 layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:
             raise undeclared_error(name, p, owner)
-        if layout.source == LINEAR_DEFAULT.format(local=tensor):
+        if layout.source.startswith(LINEAR_DEFAULT.format(local=tensor)):
             guessed.append(name)
         module, local = owner, tensor
         if part == "weight":
@@ -528,6 +529,9 @@ def _mamba_blocks(layout: Layout, local: str, mixer, rows: int) -> Layout:
         candidates["in_proj"].insert(0, ("z, x, B, C, Δt", (inner, inner, groups * state, groups * state, heads)))
     for what, blocks in candidates.get(local, []):
         if sum(blocks) == rows and all(b > 0 for b in blocks):
+            if local == "in_proj" and type(mixer).__name__ == "ZambaMambaMixer":  # view(…, 2, L): x, z alternate
+                return replace(layout, source=f"{layout.source}, Zamba in_proj: x, z interleaved",
+                               blocks=blocks, interleaved=True)
             return _with(layout, blocks, f"Mamba {local}: {what} {blocks}")
     return layout
 
