@@ -2,6 +2,7 @@
 geometry by its defining property, every preset trains, exact state_dict round trip. Skips without transformers."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -312,3 +313,21 @@ def test_peft_lora_adapters_step_by_gamma_rho_and_every_preset_trains():
     assert_one_step_geometry(lora_llama(init=False)(), lm_loss)  # lora_A (r × d_in), lora_B (d_out × r), embedding B
     assert_presets_train(lora_llama(), lm_loss)
     assert_state_dict_round_trip(lora_llama(), lm_loss)
+
+
+@pytest.mark.parametrize("kind", ["adalora", "ia3", "oft"])
+def test_peft_adapters_kept_in_parameter_dicts_get_their_geometry_without_a_warning(kind):
+    """AdaLoRA's factors are F.linear's and its singular values entry-wise, IA³'s scalings and OFT's rotation
+    generators entry-wise: none of them is read as a linear map by default (which would warn)."""
+    peft = pytest.importorskip("peft")
+    configs = {"adalora": lambda: peft.AdaLoraConfig(r=4, target_modules=["q_proj", "v_proj"], total_step=10),
+               "ia3": lambda: peft.IA3Config(target_modules=["q_proj", "down_proj"], feedforward_modules=["down_proj"]),
+               "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=["q_proj"])}
+    model = peft.get_peft_model(llama()(), configs[kind]())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = roles(model)
+    expected = {"adalora": {r"lora_[AB]\.default$": "hidden", r"lora_E\.default$": "vector"},
+                "ia3": {r"ia3_l\.default$": "vector"}, "oft": {r"oft_R\.default\.weight$": "vector"}}[kind]
+    assert_roles(model, expected)
+    assert got

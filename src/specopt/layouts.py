@@ -209,18 +209,26 @@ def _stored_for(mod_name: str, module, local: str, p, parents: dict) -> tuple[st
     return mod_name, module, local, "other"
 
 
-def _peft_embedding(module, p, parents: dict) -> Layout | None:
-    """peft's LoRA on an embedding (adapters in ``nn.ParameterDict``s): ``F.embedding(x, A.T)`` then ``· Bᵀ``, so
-    ``lora_embedding_A`` (r, vocab) is a token table stored transposed and ``lora_embedding_B`` (d, r) is
-    ``F.linear``'s (d_out, d_in)."""
+_PEFT_ADAPTERS = {"lora_embedding_A": ("embedding", True, "r × vocab: F.embedding(x, A.T)"),
+                  "lora_embedding_B": ("hidden", False, "d × r: F.linear's"),
+                  "lora_A": ("hidden", False, "AdaLoRA, r × d_in: F.linear's"),
+                  "lora_B": ("hidden", False, "AdaLoRA, d_out × r: F.linear's"),
+                  "lora_E": ("vector", False, "AdaLoRA's singular values, r × 1: entry-wise"),
+                  "ia3_l": ("vector", False, "IA³ scaling, entry-wise")}
+"""peft's adapters kept in ``nn.ParameterDict``s keyed by the adapter's name, by the dict's own name: LoRA on an
+embedding (``F.embedding(x, A.T)`` then ``· Bᵀ``: A is a token table stored transposed), AdaLoRA's factors and
+singular values, IA³'s scalings. (LoHa's and LoKr's factors are read as ``F.linear``'s, with the warning.)"""
+
+
+def _peft(module, local: str, p, parents: dict) -> Layout | None:
+    """The layout of a peft adapter tensor (:data:`_PEFT_ADAPTERS`; OFT's rotation generators are entry-wise)."""
+    if type(module).__name__ == "OFTRotationModule" and local == "weight":
+        return Layout("vector", "peft OFT: skew-symmetric generators of the block rotations, entry-wise")
     holder = parents.get(id(module))
-    if not isinstance(module, nn.ParameterDict) or holder is None or p.ndim != 2:
+    if not isinstance(module, nn.ParameterDict) or holder is None or p.ndim != 2 or holder[1] not in _PEFT_ADAPTERS:
         return None
-    if holder[1] == "lora_embedding_A":
-        return Layout("embedding", "peft LoRA lora_embedding_A (r × vocab: F.embedding(x, A.T))", transposed=True)
-    if holder[1] == "lora_embedding_B":
-        return Layout("hidden", "peft LoRA lora_embedding_B (d × r: F.linear's)")
-    return None
+    role, transposed, what = _PEFT_ADAPTERS[holder[1]]
+    return Layout(role, f"peft {holder[1]} ({what})", transposed=transposed)
 
 
 def _hf_experts(module, local: str, p) -> Layout | None:
@@ -321,12 +329,14 @@ def per_head(blocks: tuple[int, ...], head_dim: int, name: str) -> tuple[int, ..
 
 def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
     cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)  # not Parametrized…
+    every = "" if isinstance(module, (nn.ParameterDict, nn.ParameterList)) else \
+        f", or {{{cls.__name__}: KIND}} for every such module"
     return ValueError(
         f"{name} of shape {tuple(p.shape)} (in {cls.__name__}) has a layout specopt cannot know: no rule "
         f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack or learned tokens. Declare it in "
-        f"one line: param_groups(model, layouts={{{name!r}: KIND}}), or {{{cls.__name__}: KIND}} for every "
-        "such module, with KIND 'experts' (E, d_out, d_in), 'experts_transposed' (E, d_in, d_out), 'conv' "
-        "(d_out, c_in, *kernel), 'token' (positions, learned tokens) or 'vector'")
+        f"one line: param_groups(model, layouts={{{name!r}: KIND}}){every}, with KIND 'experts' (E, d_out, d_in), "
+        "'experts_transposed' (E, d_in, d_out), 'conv' (d_out, c_in, *kernel), 'token' (positions, learned tokens) or "
+        "'vector'")
 
 
 def radius_for(radius, shape, norm: Norm) -> float:
@@ -401,7 +411,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
         if layout is None and part != "other":
-            layout = _peft_embedding(module, p, parents) or known(owner, tensor, p)
+            layout = _peft(module, local, p, parents) or known(owner, tensor, p)
             if layout is not None and part == "weight":
                 layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:
