@@ -153,6 +153,17 @@ def test_torchtitan_hidden_dim_is_not_taken_for_the_model_width():
         classify(nn.ModuleDict({"experts": GroupedExperts()}), head=False)
 
 
+def test_the_projection_side_is_read_from_whole_words_of_the_name():
+    """``group_mix`` holds "up" and ``two_mix`` holds "wo" inside words: neither is a gate/up or down projection."""
+    experts = StatedExperts()
+    experts.group_mix = nn.Parameter(torch.zeros(3, 8, 12))
+    experts.two_mix = nn.Parameter(torch.zeros(3, 12, 8))
+    for name in ("group_mix", "two_mix"):
+        with pytest.raises(ValueError, match=f"experts.{name} of shape"):
+            classify(nn.ModuleDict({"experts": experts}), head=False, layouts={
+                other: "experts" for other in ("group_mix", "two_mix") if other != name})
+
+
 def test_square_experts_cannot_be_oriented_and_are_an_error_that_says_how_to_declare_them():
     with pytest.raises(ValueError, match="experts.down_proj.*experts_transposed"):
         classify(nn.ModuleDict({"experts": StatedExperts(hidden=6, inner=6)}), head=False)

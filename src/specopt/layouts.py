@@ -253,8 +253,8 @@ def _hf_experts(module, local: str, p) -> Layout | None:
 
 _EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "num_routed_experts", "total_experts",
                   "n_shared_experts", "num_shared_experts")
-_INPUT_SIDE = re.compile(r"gate|up|w1|w3|input|fc1|wi")
-_OUTPUT_SIDE = re.compile(r"down|w2|output|fc2|wo")
+_INPUT_SIDE = re.compile(r"(^|_)(gate|up|w1|w3|input|fc1|wi)(_|$)")
+_OUTPUT_SIDE = re.compile(r"(^|_)(down|w2|output|fc2|wo)(_|$)")
 
 
 def _expert_stack(module, local: str, p) -> Layout | None:
