@@ -49,8 +49,6 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
 def _weight_owner(module: nn.Module, names: dict) -> str:
     """The name of the module that holds ``module.weight`` itself: the module, or the trainable copy inside a wrapper
     that forwards ``weight`` (peft's ``modules_to_save``)."""
-    if module._parameters.get("weight") is module.weight:
-        return names[id(module)]
     return next((names[id(m)] for m in module.modules() if m._parameters.get("weight") is module.weight),
                 names[id(module)])
 

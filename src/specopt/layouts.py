@@ -88,7 +88,9 @@ class Layout:
     ``role``: embedding, token, hidden, expert, conv, head or vector. ``transposed``: the matrix (or kernel) is
     stored ``(d_in, d_out, …)``. ``stack``: leading axes that index independent maps (experts). ``blocks``: row
     blocks of d_out (fused q/k/v, gate/up, heads, conv groups), ``interleaved`` if row r is in block r mod k.
-    ``kernel_dims``: spatial axes of a conv kernel. ``source``: the rule that decided.
+    ``kernel_dims``: spatial axes of a conv kernel. ``source``: the rule that decided. ``guessed``: a 2-D tensor no
+    rule knows, not a module's ``weight``, read as ``F.linear``'s: only the module's code says whether it is a linear
+    map, so :func:`classify` warns about it.
     """
 
     role: str
@@ -98,6 +100,7 @@ class Layout:
     blocks: tuple[int, ...] | None = None
     interleaved: bool = False
     kernel_dims: int = 0
+    guessed: bool = False
 
     def norm(self, base: Norm) -> Norm:
         """``base`` (a norm on one ``(d_out, d_in)`` matrix, kernel or entry set) on this layout."""
@@ -173,15 +176,11 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
         if p.ndim == 2 and local in names and re.search(owner, type(module).__name__):
             return Layout("hidden", f"{type(module).__name__}.{local} ({what})", transposed=transposed)
+    if p.ndim == 2 and local == "weight":
+        return Layout("hidden", "2-D parameter: F.linear's (d_out, d_in)")
     if p.ndim == 2:
-        return Layout("hidden", "2-D parameter: F.linear's (d_out, d_in)" if local == "weight"
-                      else LINEAR_DEFAULT.format(local=local))
+        return Layout("hidden", f"2-D parameter {local!r}: read as F.linear's (d_out, d_in)", guessed=True)
     return None
-
-
-LINEAR_DEFAULT = "2-D parameter {local!r}: read as F.linear's (d_out, d_in)"
-"""The source of a 2-D parameter no rule knows and not named ``weight``: read as a linear map, with a warning
-(:func:`classify`), since only the module's code says whether it is one."""
 
 
 def _stored_for(mod_name: str, module, local: str, p, parents: dict) -> tuple[str, nn.Module, str, str]:
@@ -416,7 +415,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
                 layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:
             raise undeclared_error(name, p, owner)
-        if layout.source.startswith(LINEAR_DEFAULT.format(local=tensor)):
+        if layout.guessed:
             guessed.append(name)
         module, local = owner, tensor
         if part == "weight":
