@@ -10,12 +10,11 @@ layer, 2 heads, 4 experts where the config has them). Configs that do not build 
 
 from __future__ import annotations
 
-import warnings
+import functools
 
 import torch
 import transformers
-
-from specopt.layouts import classify
+from layouts_sweep import summary, sweep
 
 transformers.logging.set_verbosity_error()
 
@@ -41,36 +40,9 @@ def build(config_name: str):
 
 def main() -> None:
     names = sorted(n for n in dir(transformers) if n.endswith("Config") and not n.startswith("Pretrained"))
-    classified, refused, crashed, unbuilt, warned = 0, [], [], 0, []
-    for name in names:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = build(name)
-        except Exception:  # a config whose sizes do not fit ours: not a specopt result
-            unbuilt += 1
-            continue
-        if model is None:
-            continue
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                classify(model)
-            except ValueError as err:
-                refused.append((name, str(err).split(" has a layout")[0].split(";")[0]))
-                print(f"refused  {name}: {refused[-1][1]}")
-                continue
-            except Exception as err:  # noqa: BLE001 — anything but the ValueError that names the tensor is a bug
-                crashed.append(name)
-                print(f"CRASHED  {name}: {type(err).__name__}: {str(err)[:160]}")
-                continue
-        classified += 1
-        for w in caught:
-            if "read as F.linear" in str(w.message):
-                warned.append(name)
-                print(f"warned   {name}: {str(w.message).split(': ', 1)[1].split('. If')[0]}")
-    print(f"\n{classified} classified ({len(warned)} with a warning), {len(refused)} refused, {len(crashed)} crashed, "
-          f"{unbuilt} configs that do not build at these sizes (transformers {transformers.__version__})")
+    counts = sweep((name, functools.partial(build, name)) for name in names)
+    print(f"\n{summary(counts)}, {counts['unbuilt']} configs that do not build at these sizes "
+          f"(transformers {transformers.__version__})")
 
 
 if __name__ == "__main__":
