@@ -66,6 +66,12 @@ WITH_OWN_STATE = [(specopt.NorMuon, {}), (specopt.DoG, {}), (specopt.AdaGO, {})]
 WITH_OWN_STATE_IDS = ["NorMuon", "DoG", "AdaGO"]
 
 
+def state_dtypes(model, opt) -> dict:
+    """``{(parameter index, state key): dtype}`` of every state tensor."""
+    return {(i, k): v.dtype for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()
+            if torch.is_tensor(v)}
+
+
 @pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
 def test_float64_weights_resume_bit_for_bit(cls, kwargs):
     X, y = classification_data()
@@ -84,10 +90,8 @@ def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
     opt = cls(model.parameters(), **kwargs)
     train(model, opt, X.bfloat16(), y, 3)
     twin_model, twin = assert_resumes_exactly(model, opt, lambda m: cls(m.parameters(), **kwargs), X.bfloat16(), y)
-    dtypes = {(i, k): v.dtype for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()
-              if torch.is_tensor(v)}
-    assert dtypes == {(i, k): v.dtype for i, p in enumerate(twin_model.parameters()) for k, v in twin.state[p].items()
-                      if torch.is_tensor(v)}
+    dtypes = state_dtypes(model, opt)
+    assert dtypes == state_dtypes(twin_model, twin)
     assert all(dtype == (torch.bfloat16 if key == "dog_w0" else torch.float32) for (_, key), dtype in dtypes.items())
 
 
@@ -106,9 +110,7 @@ def test_float32_state_loads_into_float64_weights_in_their_dtype(cls, kwargs):
     fresh = copy.deepcopy(model).double()  # the dtypes a float64 run's own state has
     fresh_opt = cls(fresh.parameters(), **kwargs)
     train(fresh, fresh_opt, X.double(), y, 1)
-    assert {(i, k): v.dtype for i, p in enumerate(wide.parameters()) for k, v in wide_opt.state[p].items()
-            if torch.is_tensor(v)} == {(i, k): v.dtype for i, p in enumerate(fresh.parameters())
-                                       for k, v in fresh_opt.state[p].items() if torch.is_tensor(v)}
+    assert state_dtypes(wide, wide_opt) == state_dtypes(fresh, fresh_opt)
 
 
 def test_state_dict_restores_norm_objects_and_hyperparameters():
@@ -327,7 +329,7 @@ def small_cnn():
 
 
 @pytest.mark.parametrize("cls,kwargs", ALL + [(specopt.MuonBP, {}), (specopt.NorMuon, {}), (specopt.ProxSpectral, {})],
-                         ids=preset_ids(ALL) + ["MuonBP", "NorMuon", "ProxSpectral"])
+                         ids=IDS + ["MuonBP", "NorMuon", "ProxSpectral"])
 def test_channels_last_conv_weights_step_like_contiguous_ones(cls, kwargs):
     """``model.to(memory_format=torch.channels_last)`` gives 4-D weights whose memory is not in (d_out, c_in, k, k)
     order: the step must land in the parameter itself (not in a reshaped copy) and equal the contiguous run's."""
