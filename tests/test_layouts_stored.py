@@ -357,3 +357,53 @@ def test_the_deprecated_weight_norm_and_spectral_norm_hooks_on_any_tensor():
     assert got["lstm.weight_hh_l0_g"].role == "vector"
     assert got["lstm.weight_hh_l0_v"].blocks == (8,) * 4
     assert got["conv.weight_orig"].role == "conv"
+
+
+def test_diffusion_transformers_adaln_tables_and_stored_statistics_are_entry_wise():
+    """The adaLN-single tables PixArt/Sana ((2, d), (6, d) per block), Wan ((1, 2, d), (1, 6, d) ``modulation``) and
+    LTX-2 (``audio_scale_shift_table``) add to the time embedding, and the prior's ``clip_mean``/``clip_std``: tables
+    of gains and shifts, not linear maps (read as F.linear's, or refused, before)."""
+    model = nn.ModuleDict({
+        "pixart": Box(scale_shift_table=(2, 16)), "block": Box(scale_shift_table=(6, 16)),
+        "wan": Box(scale_shift_table=(1, 2, 16), modulation=(1, 6, 16)), "ltx": Box(audio_scale_shift_table=(6, 16)),
+        "joy": Box(modulate_table=(1, 6, 16)), "prior": Box(clip_mean=(1, 16), clip_std=(1, 16))})
+    got = layouts(model)
+    assert {name: layout.role for name, layout in got.items()} == {name: "vector" for name in got}
+    assert len(got) == 8
+
+
+def test_a_matrix_named_like_a_mean_projection_is_not_a_statistic():
+    """``W_mean`` (a VAE's mean projection) stays a matrix: the F.linear guess, with its warning."""
+    with pytest.warns(UserWarning, match="W_mean"):
+        got = {name: layout for name, (layout, _) in classify(Box(W_mean=(8, 16)))[0].items()}
+    assert got["W_mean"].role == "hidden"
+
+
+class ShortConv(nn.Module):
+    """A depthwise causal conv on a raw (channels, 1, taps) weight (SANA-WM's, fla's short convolutions)."""
+
+    def __init__(self, channels=8, taps=4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, 1, taps, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return nn.functional.conv1d(x, self.weight, groups=self.weight.shape[0], padding=self.weight.shape[2] - 1)
+
+
+def test_a_declared_depthwise_conv_steps_exactly_like_nn_conv1d_with_one_group_per_channel():
+    import specopt
+
+    torch.manual_seed(0)
+    raw = nn.Sequential(nn.Conv1d(8, 8, 1), ShortConv())
+    ref = nn.Sequential(nn.Conv1d(8, 8, 1), nn.Conv1d(8, 8, 4, groups=8, padding=3, bias=False))
+    ref.load_state_dict(raw.state_dict())
+    with pytest.raises(ValueError, match="conv_depthwise"):  # undeclared: refused, and the error names the kind
+        specopt.param_groups(raw)
+    x = torch.randn(2, 8, 12)
+    for model, kwargs in ((raw, {"layouts": {ShortConv: "conv_depthwise"}}), (ref, {})):
+        opt = specopt.Scion(specopt.param_groups(model, **kwargs))
+        model(x).square().mean().backward()
+        opt.step()
+    assert torch.equal(raw[1].weight, ref[1].weight)
+    with pytest.raises(ValueError, match=r"'conv_depthwise' needs a \(channels, 1, \*kernel\).*\(8, 2, 4\)"):
+        specopt.param_groups(nn.Sequential(Box(weight=(8, 2, 4))), layouts={r"weight": "conv_depthwise"})

@@ -51,9 +51,11 @@ from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _Spect
 from specopt.views import MUON_SCALES as MUON_SCALES
 from specopt.views import Stacked, Transposed, muon_scale, unwrap
 
-KINDS = ("linear", "linear_transposed", "experts", "experts_transposed", "conv", "embedding", "token", "vector")
+KINDS = ("linear", "linear_transposed", "experts", "experts_transposed", "conv", "conv_depthwise", "embedding", "token",
+         "vector")
 """The layouts a user can declare: ``(d_out, d_in)``, ``(d_in, d_out)``, ``(E, d_out, d_in)``, ``(E, d_in, d_out)``,
-a conv kernel ``(d_out, c_in, *k)``, an embedding table, learned tokens/positions, a vector or gain."""
+a conv kernel ``(d_out, c_in, *k)``, a depthwise one ``(channels, 1, *k)`` (``groups=channels``), an embedding table,
+learned tokens/positions, a vector or gain."""
 
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -64,11 +66,15 @@ _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|p
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``class_embedding``; ``latents``, ``query``, a pooling head's ``probe`` as the
 whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
-_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$|"
-                           r"^(alpha|beta|gamma|gain|shift|offset|translate)s?(_\d+)?$")
+_VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$|^(?![wW]_)(\w+_)?(mean|std)$|"
+                           r"^(alpha|beta|gamma|gain|shift|offset|translate|modulation)s?(_\d+)?$|"
+                           r"(^|_)(scale_shift|shift_scale|modulate)_table$")
 """Entry-wise parameters of more than one axis, by name: per-head biases (``pos_bias_u``, ``attention_biases``),
 scales (``logit_scale``), Mamba's ``A_log``, gains and shifts named by themselves (``alpha``, ``gamma``,
-``translate``): added or multiplied entry by entry, not a linear map. A prefixed ``w_gamma`` may be a matrix (FiLM)."""
+``translate``), the adaLN-single tables of shifts, scales and gates that diffusion transformers add to the time
+embedding (PixArt's and Sana's ``scale_shift_table`` ``(2 or 6, d)``, Wan's ``(1, 6, d)`` ``modulation``), and
+stored statistics (``clip_mean``, ``clip_std``): added or multiplied entry by entry, not a linear map. A prefixed
+``w_gamma`` or ``W_mean`` may be a matrix (FiLM, a VAE's mean projection)."""
 _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
                    ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)"),
                    ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1"),
@@ -125,6 +131,11 @@ def declared(kind: str, p, source: str) -> Layout:
     if kind == "conv" and not 3 <= p.ndim <= 5:
         raise ValueError(f"layout 'conv' needs a (d_out, c_in, *kernel) tensor with 1-3 kernel dims, {source} has "
                          f"shape {tuple(p.shape)}")
+    if kind == "conv_depthwise":  # F.conv*d(x, w, groups=channels): one 1 × taps matrix per channel
+        if not (3 <= p.ndim <= 5 and p.shape[1] == 1):
+            raise ValueError(f"layout 'conv_depthwise' needs a (channels, 1, *kernel) tensor with 1-3 kernel dims, "
+                             f"{source} has shape {tuple(p.shape)}")
+        return Layout("conv", "declared 'conv_depthwise'", kernel_dims=p.ndim - 2, blocks=(1,) * p.shape[0])
     role = {"linear": "hidden", "linear_transposed": "hidden", "experts": "expert", "experts_transposed": "expert"}
     return Layout(role.get(kind, kind), f"declared {kind!r}", transposed=kind.endswith("transposed"),
                   stack=int(kind.startswith("experts")), kernel_dims=p.ndim - 2 if kind == "conv" else 0)
@@ -334,7 +345,8 @@ def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
         f"{name} of shape {tuple(p.shape)} (in {cls.__name__}) has a layout specopt cannot know: no rule "
         f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack or learned tokens. Declare it in "
         f"one line: param_groups(model, layouts={{{name!r}: KIND}}){every}, with KIND 'experts' (E, d_out, d_in), "
-        "'experts_transposed' (E, d_in, d_out), 'conv' (d_out, c_in, *kernel), 'token' (positions, learned tokens) or "
+        "'experts_transposed' (E, d_in, d_out), 'conv' (d_out, c_in, *kernel), 'conv_depthwise' (channels, 1, *kernel: "
+        "groups=channels), 'token' (positions, learned tokens) or "
         "'vector'")
 
 
