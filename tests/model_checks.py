@@ -36,7 +36,7 @@ def assert_roles(model, expected: dict[str, str], **kwargs) -> None:
         assert role == matches[0], f"{name}: role {role}, expected {matches[0]}"
         p = dict(model.named_parameters())[name]
         if sum(size > 1 for size in p.shape) >= 2 and p.ndim >= 3:
-            assert role in ("expert", "conv", "token"), f"{name} ({p.ndim}-D) classified as {role}"
+            assert role in ("expert", "conv", "token", "vector"), f"{name} ({p.ndim}-D) flattened into a {role} matrix"
 
 
 def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list[tuple[torch.Tensor, int]]:

@@ -1,5 +1,6 @@
-"""Real third-party architectures (transformers, torch.nn), random init from configs: roles tensor by tensor, the
-geometry by its defining property, every preset trains, exact state_dict round trip. Skips without transformers."""
+"""Real third-party architectures (transformers, diffusers, torch.nn), random init from configs: roles tensor by
+tensor, the geometry by its defining property, every preset trains, exact state_dict round trip. Skips without
+transformers or diffusers."""
 
 import copy
 import warnings
@@ -157,6 +158,25 @@ def audio_loss(model):
     return model(input_values=x, labels=y).loss
 
 
+def wan():
+    diffusers = pytest.importorskip("diffusers")
+
+    def make():
+        torch.manual_seed(0)
+        return diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                               in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64,
+                                               num_layers=1, rope_max_seq_len=64)
+    return make
+
+
+def video_loss(model):
+    """Flow matching's regression on random latents (2 frames of 8×8), 3 text tokens."""
+    g = torch.Generator().manual_seed(0)
+    x, target, text = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2, 4, 2, 8, 8, generator=g), \
+        torch.randn(2, 3, 32, generator=g)
+    return (model(x, torch.tensor([10, 500]), text).sample - target).square().mean()
+
+
 class Tagger(nn.Module):
     """A bidirectional 2-layer LSTM tagger: LSTM weights hold the 4 gates' rows."""
 
@@ -214,6 +234,9 @@ CASES = {
                                         r"classifier\.weight$": "head"}, {}),
     "lstm": (lambda: seeded(Tagger), tagger_loss, {r"embed": "embedding", r"bias": "vector", r"lstm\.weight": "hidden",
                                            r"out\.weight": "head"}, {r"lstm\.weight_(ih|hh)": 4}),
+    "wan": (wan, video_loss, {r"scale_shift_table$|bias$|norm\w*\.weight$": "vector", r"patch_embedding\.weight": "conv",
+                              r"(to_[qkv]|to_out\.0|linear_\d|time_proj|net\.0\.proj|net\.2|proj_out)\.weight$":
+                                  "hidden"}, {}),
     "seq2seq": (seq2seq, seq2seq_loss, {r"embed\.weight$": "embedding", r"^pos$": "token",
                                         r"^generator\.weight$": "head", r"norm\d?\.(weight|bias)$": "vector",
                                         r"bias$": "vector",
