@@ -234,7 +234,8 @@ CASES = {
                                         r"classifier\.weight$": "head"}, {}),
     "lstm": (lambda: seeded(Tagger), tagger_loss, {r"embed": "embedding", r"bias": "vector", r"lstm\.weight": "hidden",
                                            r"out\.weight": "head"}, {r"lstm\.weight_(ih|hh)": 4}),
-    "wan": (wan, video_loss, {r"scale_shift_table$|bias$|norm\w*\.weight$": "vector", r"patch_embedding\.weight": "conv",
+    "wan": (wan, video_loss, {r"scale_shift_table$|bias$|norm\w*\.weight$": "vector",
+                              r"patch_embedding\.weight": "conv",
                               r"(to_[qkv]|to_out\.0|linear_\d|time_proj|net\.0\.proj|net\.2|proj_out)\.weight$":
                                   "hidden"}, {}),
     "seq2seq": (seq2seq, seq2seq_loss, {r"embed\.weight$": "embedding", r"^pos$": "token",
