@@ -1,5 +1,5 @@
-"""timm architectures (ResNet, ConvNeXt, ViT), random init: roles tensor by tensor, the geometry by its defining
-property, every preset trains, exact state_dict round trip.
+"""timm architectures (ResNet, ConvNeXt, ViT) and torchvision's ViT and Swin-V2, random init: roles tensor by
+tensor, the geometry by its defining property, every preset trains, exact state_dict round trip.
 
 timm imports torchvision, and PyPI's torchvision only imports beside its own torch build: these tests skip
 where ``import timm`` fails. ``.ci/run`` runs them in a separate environment that has a matching pair
@@ -37,6 +37,26 @@ def image_loss(model):
     return nn.functional.cross_entropy(model(x), y)
 
 
+def _swin_v2(name):
+    import torchvision
+
+    return getattr(torchvision.models.swin_transformer, name)
+
+
+def torchvision_model(name, **kwargs):
+    """A torchvision model with a random head (torchvision's ViT zero-initialises it, so nothing below it would get
+    a gradient in the first step)."""
+    def build():
+        import torchvision
+
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)(num_classes=CLASSES, **kwargs)
+        head = model.heads.head if hasattr(model, "heads") else model.head
+        nn.init.normal_(head.weight, std=head.in_features**-0.5)
+        return model
+    return build
+
+
 CASES = {
     "resnet": (make("resnet10t", zero_init_last=False, channels=(16, 32, 48, 64), stem_width=16),
                {r"(conv\d(\.[036])?|downsample\.1)\.weight$": "conv", r"^fc\.weight$": "head",
@@ -49,6 +69,20 @@ CASES = {
             {r"^(cls_token|pos_embed)$": "token", r"patch_embed\.proj\.weight$": "conv",
              r"(qkv|attn\.proj|fc\d)\.weight$": "hidden", r"^head\.weight$": "head",
              r"\.bias$|norm\d?\.weight$": "vector"}, {r"qkv": 3}),
+    "torchvision-vit": (torchvision_model("VisionTransformer", image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                          hidden_dim=32, mlp_dim=64),
+                        {r"^class_token$|pos_embedding$": "token", r"conv_proj\.weight$": "conv",
+                         r"in_proj_weight$|out_proj\.weight$|mlp\.[03]\.weight$": "hidden",
+                         r"heads\.head\.weight$": "head", r"bias$|ln(_\d)?\.weight$": "vector"},
+                        {r"in_proj_weight": 3}),
+    "torchvision-swin-v2": (torchvision_model("SwinTransformer", patch_size=[4, 4], embed_dim=16, depths=[1, 1],
+                                              num_heads=[2, 4], window_size=[4, 4], stochastic_depth_prob=0.0,
+                                              block=_swin_v2("SwinTransformerBlockV2"),
+                                              downsample_layer=_swin_v2("PatchMergingV2")),
+                            {r"features\.0\.0\.weight$": "conv", r"^head\.weight$": "head",
+                             r"(qkv|proj|cpb_mlp\.[02]|mlp\.[03]|reduction)\.weight$": "hidden",
+                             r"bias$|logit_scale$|norm\d?\.weight$|features\.0\.2\.weight$": "vector"},
+                            {r"qkv": 3}),
 }
 
 
