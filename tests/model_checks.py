@@ -46,6 +46,8 @@ def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list
         return [(delta.T, 1)]
     if type(module).__name__ == "Llama4TextExperts":  # torch.bmm(x, W): each expert (d_in, d_out)
         return [(d.T, 1) for d in delta]
+    if type(module).__name__ == "JetMoeParallelExperts":  # F.linear(x, W[e]): each expert (d_out, d_in)
+        return [(d, 1) for d in delta]
     if hasattr(module, "is_transposed") and delta.ndim == 3:  # transformers experts
         return [(d.T if module.is_transposed else d, 1) for d in delta]
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):

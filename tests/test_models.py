@@ -3,6 +3,7 @@ tensor, the geometry by its defining property, every preset trains, exact state_
 transformers or diffusers."""
 
 import copy
+import re
 import warnings
 
 import pytest
@@ -307,6 +308,52 @@ def test_gpt2_conv1d_step_equals_the_nn_linear_network():
             if type(module).__name__ == "Conv1D":
                 w = f"{name}.weight"
                 torch.testing.assert_close((pa[w] - a0[w]).T, pb[w] - b0[w], atol=1e-6, rtol=0)
+
+
+def modernbert():
+    return hf("ModernBertConfig", "ModernBertForMaskedLM", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+              num_attention_heads=2, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+              sep_token_id=2)
+
+
+def jetmoe():
+    return hf("JetMoeConfig", "JetMoeForCausalLM", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+              num_attention_heads=2, num_key_value_heads=2, kv_channels=8, num_local_experts=4, vocab_size=VOCAB,
+              **TEXT_IDS)
+
+
+def sd_unet():
+    diffusers = pytest.importorskip("diffusers")
+
+    def make():
+        torch.manual_seed(0)
+        return diffusers.UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8)
+    return make
+
+
+def unet_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, noise, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), \
+        torch.randn(2, 3, 16, generator=g)
+    return (model(x, torch.tensor([10, 500]), text).sample - noise).square().mean()
+
+
+@pytest.mark.parametrize("factory, loss, blocks", [
+    (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}),
+    (jetmoe, lm_loss, {r"mlp\.input_linear": 2}),
+    (sd_unet, unet_loss, {r"ff\.net\.0\.proj": 2}),
+], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu"])
+def test_fused_value_and_gate_halves_each_step_by_gamma_rho(factory, loss, blocks):
+    """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
+    gate map, chunked in two halves: each half moves by γρ in its own operator norm (one matrix, before)."""
+    model = factory()()
+    assert_one_step_geometry(model, loss, blocks)
+    fused = [name for name, (layout, _) in specopt.layouts.classify(model)[0].items()
+             if "fused value/gate" in layout.source]
+    assert fused and all(any(re.search(pattern, name) for pattern in blocks) for name in fused)
 
 
 def test_head_is_found_by_what_it_is_not_by_registration_order():

@@ -85,6 +85,14 @@ the x-vector heads' AM-softmax weight (wav2vec2 family)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
+_FUSED_GATES = {"Wi": r"^ModernBert\w*MLP$", "fc1": r"^(Moonshine\w*DecoderMLP|GluMlp)$",
+                "proj": r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU|GLU)$", "linear_1": r"^AyaVisionMultiModalProjector$",
+                "input_linear": r"^(JetMoeMoE|Granite\w*SharedMLP)$"}
+"""Gated projections fused into one module, its output chunked in two halves (value and gate), by the module's name
+in its owner and the owner's class: ModernBERT's ``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers'
+``GEGLU``/``SwiGLU``/``GLU`` ``proj`` (Stable Diffusion's UNets), Aya Vision's projector, JetMoe's expert stack and
+Granite's shared MLP ``input_linear``, timm's ``GluMlp`` ``fc1`` (ViTamin, EVA's packed SwiGLU, gMLP). The halves are
+two maps, as Phi-3's ``gate_up_proj`` is."""
 
 
 @dataclass(frozen=True)
@@ -434,8 +442,11 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             places = [(owner_name, owner, tensor)]
         if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
             layout = replace(layout, role="head", source=layout.source + ", output layer")
-        if layout.role == "hidden" and layout.blocks is None and not layout.source.startswith("declared"):
-            layout = _fused(layout, name, module, parents.get(id(module)), p)
+        if layout.blocks is None and not layout.source.startswith("declared"):
+            if layout.role == "hidden":
+                layout = _fused(layout, name, module, parents.get(id(module)), p)
+            elif layout.role in ("expert", "conv"):
+                layout = _fused_gate(layout, parents.get(id(module)), p)
         out[name] = (layout, p, module, parents.get(id(module)))
     if guessed:
         warnings.warn(f"{len(guessed)} 2-D parameter(s) no rule knows are read as F.linear's (d_out, d_in) weights: "
@@ -525,7 +536,18 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
         return _with(layout, blocks, f"fused q/k/v {blocks}")
     if local == "gate_up_proj":
         return _with(layout, (rows // 2, rows // 2), "fused gate/up")
-    return layout
+    return _fused_gate(layout, parent, p)
+
+
+def _fused_gate(layout: Layout, parent, p) -> Layout:
+    """Two row blocks for a gated projection of :data:`_FUSED_GATES`."""
+    if parent is None or parent[1] not in _FUSED_GATES:
+        return layout
+    owner, local = type(parent[0]).__name__, parent[1]
+    rows = _rows(layout, p)
+    if not re.search(_FUSED_GATES[local], owner) or rows % 2:
+        return layout
+    return _with(layout, (rows // 2, rows // 2), f"fused value/gate ({owner}.{local})")
 
 
 def _is_attention(module) -> bool:
