@@ -342,18 +342,32 @@ def unet_loss(model):
     return (model(x, torch.tensor([10, 500]), text).sample - noise).square().mean()
 
 
-@pytest.mark.parametrize("factory, loss, blocks", [
-    (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}),
-    (jetmoe, lm_loss, {r"mlp\.input_linear": 2}),
-    (sd_unet, unet_loss, {r"ff\.net\.0\.proj": 2}),
-], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu"])
-def test_fused_value_and_gate_halves_each_step_by_gamma_rho(factory, loss, blocks):
+def sd_unet_fused():
+    """The UNet after diffusers' ``fuse_qkv_projections()``: self-attention through ``to_qkv``, cross-attention through
+    ``to_q`` and ``to_kv``; the projections it no longer uses are frozen."""
+    def make():
+        model = sd_unet()()
+        model.fuse_qkv_projections()
+        for name, p in model.named_parameters():
+            if re.search(r"attn1\.to_[qkv]\.|attn2\.to_[kv]\.", name):
+                p.requires_grad_(False)
+        return model
+    return make
+
+
+@pytest.mark.parametrize("factory, loss, blocks, rule", [
+    (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}, "fused value/gate"),
+    (jetmoe, lm_loss, {r"mlp\.input_linear": 2}, "fused value/gate"),
+    (sd_unet, unet_loss, {r"ff\.net\.0\.proj": 2}, "fused value/gate"),
+    (sd_unet_fused, unet_loss, {r"to_qkv": 3, r"to_kv": 2, r"ff\.net\.0\.proj": 2}, "fused k/v"),
+], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv"])
+def test_fused_projections_step_each_block_by_gamma_rho(factory, loss, blocks, rule):
     """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
-    gate map, chunked in two halves: each half moves by γρ in its own operator norm (one matrix, before)."""
+    gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v: each block moves by γρ
+    in its own operator norm (one matrix, before)."""
     model = factory()()
     assert_one_step_geometry(model, loss, blocks)
-    fused = [name for name, (layout, _) in specopt.layouts.classify(model)[0].items()
-             if "fused value/gate" in layout.source]
+    fused = [name for name, (layout, _) in specopt.layouts.classify(model)[0].items() if rule in layout.source]
     assert fused and all(any(re.search(pattern, name) for pattern in blocks) for name in fused)
 
 

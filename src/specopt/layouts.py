@@ -83,7 +83,11 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
 hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
 the x-vector heads' AM-softmax weight (wav2vec2 family)."""
-_FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
+_FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
+_FUSED_KV = ("kv", "to_kv")
+"""Fused key/value projections, k's rows then v's, inside an attention module (timm's PVT-v2, Twins, VOLO and
+attention pool, diffusers' fused cross-attention, Evolla and Granite Speech). Not ``kv_proj``: DeepSeek-V4's holds one
+key-value head shared by k and v."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
 _FUSED_GATES = {"Wi": r"^ModernBert\w*MLP$", "fc1": r"^(Moonshine\w*DecoderMLP|GluMlp)$",
@@ -532,6 +536,8 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
             return _with(layout, (rows // (3 * heads),) * (3 * heads), "q, k, v interleaved per head (DeBERTa)")
     if local == "in_proj" and type(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
         return _with(layout, (rows // 3,) * 3, "LFM2 short conv: B, C, x")
+    if local in _FUSED_KV and _is_attention(attention) and rows % 2 == 0:
+        return _with(layout, (rows // 2, rows // 2), "fused k/v")
     if local in _FUSED_QKV and (local != "in_proj" or _is_attention(attention)):
         blocks = fused_qkv_blocks(name, attention, rows)
         return _with(layout, blocks, f"fused q/k/v {blocks}")
