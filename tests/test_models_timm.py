@@ -113,3 +113,22 @@ def test_convnext_depthwise_conv_is_one_block_per_channel():
     groups = specopt.param_groups(model)
     norm = next(g["norm"] for g in groups for n, _ in g["params"] if n.endswith("conv_dw.weight"))
     assert isinstance(norm, specopt.Blocked) and norm.split_sizes == (1,) * 16
+
+
+def vit_swiglu_attention_pool():
+    """A ViT with packed SwiGLU MLPs (``GluMlp``: fc1 holds value and gate) and the attention-pool head (SigLIP's
+    ``map`` pooling: a fused ``kv``)."""
+    torch.manual_seed(0)
+    return timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                         mlp_layer=timm.layers.SwiGLUPacked, mlp_ratio=2, global_pool="map",
+                                         num_classes=CLASSES)
+
+
+@pytest.mark.parametrize("build, blocks", [
+    (make("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)), {r"\.kv\.": 2}),
+    (vit_swiglu_attention_pool, {r"attn_pool\.kv\.": 2, r"blocks\.\d+\.mlp\.fc1\.": 2, r"attn\.qkv": 3}),
+], ids=["pvt-v2-kv", "vit-swiglu-packed-attention-pool"])
+def test_fused_kv_and_value_gate_blocks_each_step_by_gamma_rho(build, blocks):
+    """PVT-v2's and the attention pool's fused ``kv`` hold k and v, a packed SwiGLU's ``fc1`` a value and a gate:
+    each block moves by γρ in its own operator norm (one matrix, before)."""
+    assert_one_step_geometry(build(), image_loss, blocks)
