@@ -407,3 +407,23 @@ def test_a_declared_depthwise_conv_steps_exactly_like_nn_conv1d_with_one_group_p
     assert torch.equal(raw[1].weight, ref[1].weight)
     with pytest.raises(ValueError, match=r"'conv_depthwise' needs a \(channels, 1, \*kernel\).*\(8, 2, 4\)"):
         specopt.param_groups(nn.Sequential(Box(weight=(8, 2, 4))), layouts={r"weight": "conv_depthwise"})
+
+
+class CrossAttention(nn.Module):
+    """A cross-attention with separate q and a fused ``to_kv`` of ``kv_blocks`` × d rows (2: k, v; 3: Stable Audio
+    3's differential k₁, k₂, v), optionally stating grouped-query head counts."""
+
+    def __init__(self, d=16, q_blocks=1, kv_blocks=2, heads=None, kv_heads=None):
+        super().__init__()
+        self.to_q = nn.Linear(d, q_blocks * d)
+        self.to_kv = nn.Linear(d, kv_blocks * d)
+        if heads:
+            self.num_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, d // heads
+
+
+def test_a_fused_kv_is_split_only_where_the_attention_module_confirms_k_then_v():
+    got = layouts(nn.ModuleDict({"plain": CrossAttention(), "differential": CrossAttention(q_blocks=2, kv_blocks=3),
+                                 "gqa": CrossAttention(d=16, kv_blocks=1, heads=4, kv_heads=2)}))
+    assert got["plain.to_kv.weight"].blocks == (16, 16)
+    assert got["differential.to_kv.weight"].blocks is None  # k₁, k₂, v: one matrix, not two halves
+    assert got["gqa.to_kv.weight"].blocks == (8, 8)  # 2 key/value heads of 4 rows each, for k and for v

@@ -86,8 +86,9 @@ the x-vector heads' AM-softmax weight (wav2vec2 family)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
 _FUSED_KV = ("kv", "to_kv")
 """Fused key/value projections, k's rows then v's, inside an attention module (timm's PVT-v2, Twins, VOLO and
-attention pool, diffusers' fused cross-attention, Evolla and Granite Speech). Not ``kv_proj``: DeepSeek-V4's holds one
-key-value head shared by k and v."""
+attention pool, diffusers' fused cross-attention, Mochi's pooling, Evolla and Granite Speech), where the module's head
+counts or its query projection confirm it (:func:`_holds_k_and_v`). Not ``kv_proj``: DeepSeek-V4's holds one key-value
+head shared by k and v."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
 _FUSED_GATES = {"Wi": r"^ModernBert\w*MLP$", "fc1": r"^(Moonshine\w*DecoderMLP|GluMlp)$",
@@ -536,7 +537,7 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
             return _with(layout, (rows // (3 * heads),) * (3 * heads), "q, k, v interleaved per head (DeBERTa)")
     if local == "in_proj" and type(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
         return _with(layout, (rows // 3,) * 3, "LFM2 short conv: B, C, x")
-    if local in _FUSED_KV and _is_attention(attention) and rows % 2 == 0:
+    if local in _FUSED_KV and _is_attention(attention) and _holds_k_and_v(attention, rows):
         return _with(layout, (rows // 2, rows // 2), "fused k/v")
     if local in _FUSED_QKV and (local != "in_proj" or _is_attention(attention)):
         blocks = fused_qkv_blocks(name, attention, rows)
@@ -555,6 +556,18 @@ def _fused_gate(layout: Layout, parent, p) -> Layout:
     if not re.search(_FUSED_GATES[local], owner) or rows % 2:
         return layout
     return _with(layout, (rows // 2, rows // 2), f"fused value/gate ({owner}.{local})")
+
+
+def _holds_k_and_v(attention: nn.Module, rows: int) -> bool:
+    """Whether a fused ``kv`` of ``rows`` outputs is k then v, by what the attention module states: 2·KV·d_h rows, or
+    twice its query projection's. Other fused layouts share the name (Stable Audio 3's differential attention holds
+    k₁, k₂, v), so a projection that matches neither stays one matrix."""
+    _, kv, head_dim = head_counts(attention)
+    if kv and head_dim and rows == 2 * kv * head_dim:
+        return True
+    query = next((m for n in ("q", "to_q", "q_proj", "query") if isinstance(m := getattr(attention, n, None),
+                                                                             nn.Linear)), None)
+    return query is not None and rows == 2 * query.out_features
 
 
 def _is_attention(module) -> bool:
