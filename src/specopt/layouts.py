@@ -92,12 +92,12 @@ head shared by k and v."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
 _FUSED_GATES = {"Wi": r"^ModernBert\w*MLP$", "fc1": r"^(Moonshine\w*DecoderMLP|GluMlp)$",
-                "proj": r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU|GLU)$", "linear_1": r"^AyaVisionMultiModalProjector$",
-                "input_linear": r"^(JetMoeMoE|Granite\w*SharedMLP)$"}
+                "proj": r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU)$", "linear_1": r"^AyaVisionMultiModalProjector$",
+                "input_linear": r"^(JetMoeMoE|Granite\w*MLP)$"}
 """Gated projections fused into one module, its output chunked in two halves (value and gate), by the module's name
 in its owner and the owner's class: ModernBERT's ``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers'
-``GEGLU``/``SwiGLU``/``GLU`` ``proj`` (Stable Diffusion's UNets), Aya Vision's projector, JetMoe's expert stack and
-Granite's shared MLP ``input_linear``, timm's ``GluMlp`` ``fc1`` (ViTamin, EVA's packed SwiGLU, gMLP). The halves are
+``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets), Aya Vision's projector, JetMoe's expert stack and
+Granite's dense MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2). The halves are
 two maps, as Phi-3's ``gate_up_proj`` is."""
 
 
