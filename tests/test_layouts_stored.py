@@ -427,3 +427,27 @@ def test_a_fused_kv_is_split_only_where_the_attention_module_confirms_k_then_v()
     assert got["plain.to_kv.weight"].blocks == (16, 16)
     assert got["differential.to_kv.weight"].blocks is None  # k₁, k₂, v: one matrix, not two halves
     assert got["gqa.to_kv.weight"].blocks == (8, 8)  # 2 key/value heads of 4 rows each, for k and for v
+
+
+def owned(cls_name: str, **shapes) -> nn.Module:
+    """A :class:`Box` whose class is named ``cls_name`` (the rules for raw tensors read their owner's class)."""
+    return type(cls_name, (Box,), {})(**shapes)
+
+
+def test_the_raw_tensors_transformers_models_hold_get_their_layout_without_a_warning():
+    """X-CLIP's prompt projection and Inkling-2's relative-position profiles are used as ``x @ W``; GLM-5-Next's
+    indexer gate is F.linear's and its ``*_ape`` a position table; SAM-2 video's ``no_object_pointer`` and
+    ``occlusion_spatial_embedding_parameter`` are learned vectors added to the features (all read as F.linear's,
+    with a warning, before)."""
+    got = layouts(nn.ModuleDict({
+        "xclip": owned("XCLIPModel", prompts_visual_projection=(32, 16)),
+        "rel": owned("Inkling2RelativePositionBias", proj=(8, 64)),
+        "indexer": owned("Glm5NextTextIndexer", index_kpool_compress_gate=(16, 32), index_kpool_compress_ape=(4, 16)),
+        "sam2": owned("Sam2VideoModel", no_object_pointer=(1, 32), occlusion_spatial_embedding_parameter=(1, 16))}))
+    assert (got["xclip.prompts_visual_projection"].role, got["xclip.prompts_visual_projection"].transposed) == \
+        ("hidden", True)
+    assert (got["rel.proj"].role, got["rel.proj"].transposed) == ("hidden", True)
+    gate = got["indexer.index_kpool_compress_gate"]
+    assert (gate.role, gate.transposed) == ("hidden", False)
+    assert {got[n].role for n in ("indexer.index_kpool_compress_ape", "sam2.no_object_pointer",
+                                  "sam2.occlusion_spatial_embedding_parameter")} == {"token"}

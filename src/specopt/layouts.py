@@ -62,11 +62,13 @@ _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.R
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|"
-                          r"tokens?_?\d*$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|"
+                          r"tokens?_?\d*$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|(^|_)(ape|pointer)$|"
+                          r"_embedding_parameter$|"
                           r"^(latent_|learned_)?(latents?|quer(y|ies)|probe|prompts?)(_\d+|_[123]d)?$|(^|_)prompts?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
-``relative_position_bias_table``, ``class_embedding``; ``latents``, ``query``, a pooling head's ``probe`` as the
-whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
+``relative_position_bias_table``, ``class_embedding``, an absolute position embedding ``*_ape``, SAM-2's learned
+``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``; ``latents``, ``query``, a pooling head's
+``probe`` as the whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
 _VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$|^(?![wW]_)(\w+_)?(mean|std)$|"
                            r"^(alpha|beta|gamma|gain|shift|offset|translate|modulation)s?(_\d+)?$|"
                            r"(^|_)(scale_shift|shift_scale|modulate)_table$")
@@ -79,10 +81,14 @@ stored statistics (``clip_mean``, ``clip_std``): added or multiplied entry by en
 _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
                    ("Hyper(Connection|Head)$", ("fn", "hc_fn")): (False, "F.linear's (d_out, d_in)"),
                    ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1"),
-                   ("AMSoftmaxLoss$", ("weight",)): (True, "torch.mm(x, W), stored d_in × labels")}
+                   ("AMSoftmaxLoss$", ("weight",)): (True, "torch.mm(x, W), stored d_in × labels"),
+                   ("^XCLIPModel$", ("prompts_visual_projection",)): (True, "x @ W, stored d_in × d_out"),
+                   ("^Inkling2RelativePositionBias$", ("proj",)): (True, "states @ proj, stored d_rel × distances"),
+                   ("Indexer$", ("index_kpool_compress_gate",)): (False, "F.linear's (d_out, d_in)")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
 hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
-the x-vector heads' AM-softmax weight (wav2vec2 family)."""
+the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
+position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
 _FUSED_KV = ("kv", "to_kv")
 """Fused key/value projections, k's rows then v's, inside an attention module (timm's PVT-v2, Twins, VOLO and
