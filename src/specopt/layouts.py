@@ -83,7 +83,7 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
                    ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1"),
                    ("AMSoftmaxLoss$", ("weight",)): (True, "torch.mm(x, W), stored d_in × labels"),
                    ("^XCLIPModel$", ("prompts_visual_projection",)): (True, "x @ W, stored d_in × d_out"),
-                   ("^Inkling2RelativePositionBias$", ("proj",)): (True, "states @ proj, stored d_rel × distances"),
+                   ("^Inkling2\\w*RelativePositionBias$", ("proj",)): (True, "states @ proj, stored d_rel × distances"),
                    ("Indexer$", ("index_kpool_compress_gate",)): (False, "F.linear's (d_out, d_in)")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
 hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
