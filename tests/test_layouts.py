@@ -1,10 +1,13 @@
 """specopt.layouts: declarations, fused and per-head blocks, errors that name the tensor, the view norms."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import specopt
+from specopt.layouts import classify
 from specopt.norms import Blocked, Spectral, norm_from_config
 from specopt.roles import DEFAULT_RADII
 from specopt.views import MuonScaled, Stacked, Transposed
@@ -271,5 +274,52 @@ def test_param_groups_after_fully_shard_leaves_fsdp_working(tmp_path):
         nn.functional.cross_entropy(model(tokens).reshape(-1, 10), tokens.reshape(-1)).backward()
         opt.step()
         assert not torch.equal(model[1].weight.full_tensor(), before)
+    finally:
+        dist.destroy_process_group()
+
+
+class GEGLU(nn.Module):
+    """diffusers' GEGLU: one projection holding the value and the gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 32)
+
+
+class XCLIPModel(nn.Module):
+    """A root model that owns a raw matrix used as ``x @ W`` (X-CLIP's prompt projection), known by its class."""
+
+    def __init__(self):
+        super().__init__()
+        self.geglu = GEGLU()
+        self.prompts_visual_projection = nn.Parameter(torch.randn(16, 12))
+
+
+def test_rules_that_know_a_module_by_its_class_still_apply_after_fully_shard(tmp_path):
+    """FSDP2 swaps each sharded module's class for an ``FSDP<Name>`` subclass: GPT-2's Conv1D (sharded on its own),
+    a GEGLU and a root model keep the layouts their class names give them."""
+    dist = pytest.importorskip("torch.distributed")
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    transformers = pytest.importorskip("transformers")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32,
+                                                                     n_positions=8))
+        model = XCLIPModel()
+        for module in (gpt2.transformer.h[0].attn.c_attn, gpt2, model.geglu, model):
+            fsdp.fully_shard(module, mesh=mesh)
+        assert type(model).__name__ == "FSDPXCLIPModel"
+        c_attn = classify(gpt2)[0]["transformer.h.0.attn.c_attn.weight"][0]
+        assert (c_attn.transposed, c_attn.blocks) == (True, (16, 16, 16))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the prompt projection is known, not guessed
+            got = classify(model)[0]
+        assert got["geglu.proj.weight"][0].blocks == (16, 16)
+        assert got["prompts_visual_projection"][0].transposed
     finally:
         dist.destroy_process_group()

@@ -97,9 +97,30 @@ def _nodes_in(args) -> list:
     return out
 
 
+try:
+    from torch.distributed.fsdp import FSDPModule as _FSDPModule
+except ImportError:  # a torch build without torch.distributed
+    _FSDPModule = None
+
+
+def authored_class(module: nn.Module) -> type:
+    """The class the model's author wrote, under the subclasses that FSDP2's ``fully_shard`` (``FSDP<Name>``) and
+    ``torch.nn.utils.parametrize`` (``Parametrized<Name>``) swap in: the rules that know a module by its class name
+    read this one, so that a sharded or parametrized module keeps its layout."""
+    cls = type(module)
+    while True:
+        bases = cls.__bases__
+        if _FSDPModule is not None and len(bases) == 2 and _FSDPModule in bases:
+            cls = bases[1] if bases[0] is _FSDPModule else bases[0]
+        elif len(bases) == 1 and cls.__name__ == "Parametrized" + bases[0].__name__:
+            cls = bases[0]
+        else:
+            return cls
+
+
 def is_hf_conv1d(module) -> bool:
     """transformers' ``Conv1D`` (GPT-2 family): ``y = x·W + b`` with ``W`` stored ``(d_in, d_out)``."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+    return authored_class(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
 class _LinearLeafTracer(torch.fx.Tracer):

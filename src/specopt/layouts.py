@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
-from specopt.heads import find_heads, is_hf_conv1d
+from specopt.heads import authored_class, find_heads, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
 from specopt.views import MUON_SCALES as MUON_SCALES
 from specopt.views import Stacked, Transposed, muon_scale, unwrap
@@ -205,8 +205,8 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     if p.ndim >= 3 and sum(size > 1 for size in p.shape) <= 1:
         return Layout("vector", "entry-wise (at most one axis longer than 1)")
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
-        if p.ndim == 2 and local in names and re.search(owner, type(module).__name__):
-            return Layout("hidden", f"{type(module).__name__}.{local} ({what})", transposed=transposed)
+        if p.ndim == 2 and local in names and re.search(owner, authored_class(module).__name__):
+            return Layout("hidden", f"{authored_class(module).__name__}.{local} ({what})", transposed=transposed)
     if p.ndim == 2 and local == "weight":
         return Layout("hidden", "2-D parameter: F.linear's (d_out, d_in)")
     if p.ndim == 2:
@@ -252,7 +252,7 @@ singular values, IA³'s scalings. (LoHa's and LoKr's factors are read as ``F.lin
 
 def _peft(module, local: str, p, parents: dict) -> Layout | None:
     """The layout of a peft adapter tensor (:data:`_PEFT_ADAPTERS`; OFT's rotation generators are entry-wise)."""
-    if type(module).__name__ == "OFTRotationModule" and local == "weight":
+    if authored_class(module).__name__ == "OFTRotationModule" and local == "weight":
         return Layout("vector", "peft OFT: skew-symmetric generators of the block rotations, entry-wise")
     holder = parents.get(id(module))
     if not isinstance(module, nn.ParameterDict) or holder is None or p.ndim != 2 or holder[1] not in _PEFT_ADAPTERS:
@@ -358,7 +358,7 @@ def per_head(blocks: tuple[int, ...], head_dim: int, name: str) -> tuple[int, ..
 
 
 def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
-    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)  # not Parametrized…
+    cls = authored_class(module)  # not Parametrized…/FSDP…
     every = "" if isinstance(module, (nn.ParameterDict, nn.ParameterList)) else \
         f", or {{{cls.__name__}: KIND}} for every such module"
     return ValueError(
@@ -537,11 +537,11 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
     rows = _rows(layout, p)
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
-    if local == "in_proj" and type(attention).__name__ == "DisentangledSelfAttention":  # DeBERTa (v1)
+    if local == "in_proj" and authored_class(attention).__name__ == "DisentangledSelfAttention":  # DeBERTa (v1)
         heads = head_counts(attention)[0]
         if heads and rows % (3 * heads) == 0:
             return _with(layout, (rows // (3 * heads),) * (3 * heads), "q, k, v interleaved per head (DeBERTa)")
-    if local == "in_proj" and type(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
+    if local == "in_proj" and authored_class(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
         return _with(layout, (rows // 3,) * 3, "LFM2 short conv: B, C, x")
     if local in _FUSED_KV and _is_attention(attention) and _holds_k_and_v(attention, rows):
         return _with(layout, (rows // 2, rows // 2), "fused k/v")
@@ -557,7 +557,7 @@ def _fused_gate(layout: Layout, parent, p) -> Layout:
     """Two row blocks for a gated projection of :data:`_FUSED_GATES`."""
     if parent is None or parent[1] not in _FUSED_GATES:
         return layout
-    owner, local = type(parent[0]).__name__, parent[1]
+    owner, local = authored_class(parent[0]).__name__, parent[1]
     rows = _rows(layout, p)
     if not re.search(_FUSED_GATES[local], owner) or rows % 2:
         return layout
@@ -578,7 +578,8 @@ def _holds_k_and_v(attention: nn.Module, rows: int) -> bool:
 
 def _is_attention(module) -> bool:
     """``in_proj`` is q/k/v only in an attention module (in Mamba's mixers and some MLPs it is not)."""
-    return isinstance(module, nn.MultiheadAttention) or re.search("attention|attn", type(module).__name__, re.I)
+    return isinstance(module, nn.MultiheadAttention) or \
+        re.search("attention|attn", authored_class(module).__name__, re.I) is not None
 
 
 def _is_mamba_mixer(module) -> bool:
@@ -598,7 +599,7 @@ def _mamba_blocks(layout: Layout, local: str, mixer, rows: int) -> Layout:
         candidates["in_proj"].insert(0, ("z, x, B, C, Δt", (inner, inner, groups * state, groups * state, heads)))
     for what, blocks in candidates.get(local, []):
         if sum(blocks) == rows and all(b > 0 for b in blocks):
-            if local == "in_proj" and type(mixer).__name__ == "ZambaMambaMixer":  # view(…, 2, L): x, z alternate
+            if local == "in_proj" and authored_class(mixer).__name__ == "ZambaMambaMixer":  # view(…, 2, L): x, z
                 return replace(layout, source=f"{layout.source}, Zamba in_proj: x, z interleaved",
                                blocks=blocks, interleaved=True)
             return _with(layout, blocks, f"Mamba {local}: {what} {blocks}")
