@@ -323,3 +323,13 @@ def test_rules_that_know_a_module_by_its_class_still_apply_after_fully_shard(tmp
         assert got["prompts_visual_projection"][0].transposed
     finally:
         dist.destroy_process_group()
+
+
+def test_a_compiled_model_has_the_roles_of_the_model_it_wraps():
+    """``torch.compile(model)`` before the optimizer is built: the output layer is still found (torch.fx cannot trace
+    the compiled wrapper; the head was read as a hidden matrix)."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    plain = {name: g["role"] for g in specopt.param_groups(model) for name, _ in g["params"]}
+    compiled = {name.removeprefix("_orig_mod."): g["role"]
+                for g in specopt.param_groups(torch.compile(model)) for name, _ in g["params"]}
+    assert compiled == plain and plain["2.weight"] == "head"

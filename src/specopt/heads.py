@@ -17,7 +17,12 @@ from torch import nn
 
 
 def find_heads(model: nn.Module) -> tuple[set[str], str]:
-    """Names of the modules that produce the model's output (logits), and the rule that found them."""
+    """Names of the modules that produce the model's output (logits), and the rule that found them. A
+    ``torch.compile``'d model is read through the module it wraps (whose forward torch.fx can trace)."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):  # no import of torch._dynamo
+        heads, rule = find_heads(inner)
+        return {f"_orig_mod.{name}" for name in heads}, rule
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
     for getter in ("get_output_embeddings", "get_classifier"):
