@@ -325,11 +325,24 @@ def test_rules_that_know_a_module_by_its_class_still_apply_after_fully_shard(tmp
         dist.destroy_process_group()
 
 
-def test_a_compiled_model_has_the_roles_of_the_model_it_wraps():
-    """``torch.compile(model)`` before the optimizer is built: the output layer is still found (torch.fx cannot trace
-    the compiled wrapper; the head was read as a hidden matrix)."""
+@pytest.mark.parametrize("wrap", ["compile", "DataParallel", "DDP"])
+def test_a_wrapped_model_has_the_roles_of_the_model_it_wraps(wrap, tmp_path):
+    """``torch.compile(model)``, ``DataParallel(model)`` or ``DDP(model)`` before the optimizer is built: the output
+    layer is still found (torch.fx cannot trace the wrapper; the head was read as a hidden matrix)."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     plain = {name: g["role"] for g in specopt.param_groups(model) for name, _ in g["params"]}
-    compiled = {name.removeprefix("_orig_mod."): g["role"]
-                for g in specopt.param_groups(torch.compile(model)) for name, _ in g["params"]}
-    assert compiled == plain and plain["2.weight"] == "head"
+    if wrap == "DDP":
+        dist = pytest.importorskip("torch.distributed")
+        if not dist.is_available():
+            pytest.skip("torch.distributed is not available")
+        dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
+    try:
+        wrapper = {"compile": torch.compile, "DataParallel": nn.DataParallel,
+                   "DDP": nn.parallel.DistributedDataParallel}[wrap](model)
+        prefix = "_orig_mod." if wrap == "compile" else "module."
+        wrapped = {name.removeprefix(prefix): g["role"] for g in specopt.param_groups(wrapper)
+                   for name, _ in g["params"]}
+    finally:
+        if wrap == "DDP":
+            dist.destroy_process_group()
+    assert wrapped == plain and plain["2.weight"] == "head"

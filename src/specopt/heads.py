@@ -17,12 +17,14 @@ from torch import nn
 
 
 def find_heads(model: nn.Module) -> tuple[set[str], str]:
-    """Names of the modules that produce the model's output (logits), and the rule that found them. A
-    ``torch.compile``'d model is read through the module it wraps (whose forward torch.fx can trace)."""
-    inner = getattr(model, "_orig_mod", None)
-    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):  # no import of torch._dynamo
+    """Names of the modules that produce the model's output (logits), and the rule that found them. A model wrapped
+    by ``torch.compile``, DDP or ``nn.DataParallel`` is read through the module it wraps (the wrapper forwards
+    neither transformers' nor timm's getters, and torch.fx cannot trace it)."""
+    wrapped = _wrapped(model)
+    if wrapped is not None:
+        attribute, inner = wrapped
         heads, rule = find_heads(inner)
-        return {f"_orig_mod.{name}" for name in heads}, rule
+        return {f"{attribute}.{name}" for name in heads}, rule
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
     for getter in ("get_output_embeddings", "get_classifier"):
@@ -49,6 +51,16 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
     if len(found) == 1:
         return found, "projects to the embedding's vocabulary"
     return set(), "none found"
+
+
+def _wrapped(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(attribute, module)`` a wrapper holds the model in: ``torch.compile``'s ``_orig_mod`` (known by its class
+    name, so that reading it does not import torch._dynamo), DDP's and DataParallel's ``module``."""
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return "_orig_mod", model._orig_mod
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return "module", model.module
+    return None
 
 
 def _weight_owner(module: nn.Module, names: dict) -> str:
