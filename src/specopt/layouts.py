@@ -30,7 +30,9 @@ heads, in fused and in separate (``q_proj``/``k_proj``/``v_proj``, ``query``/``k
 The output layer (role ``head``) is found by what it is: the module transformers' ``get_output_embeddings()`` or
 timm's ``get_classifier()`` returns, a classifier of ``config.num_labels`` outputs outside the base model, else the
 ``nn.Linear`` whose output is the model's output in a ``torch.fx`` trace, else the one projection back to the
-vocabulary of the model's ``nn.Embedding``; a head tied to an embedding is that embedding.
+vocabulary of the model's ``nn.Embedding``; a head tied to an embedding is that embedding. A model wrapped by
+``torch.compile``, DDP or ``nn.DataParallel`` is read through the module it wraps; the rules that know a module by
+its class read the class its author wrote (:func:`~specopt.heads.authored_class`), under FSDP2's and parametrize's.
 
 A ≥3-D parameter none of these rules knows is an error that names it; declare it in one line with
 ``layouts={name regex or module type: kind}`` (:data:`KINDS`).
