@@ -346,3 +346,28 @@ def test_a_wrapped_model_has_the_roles_of_the_model_it_wraps(wrap, tmp_path):
         if wrap == "DDP":
             dist.destroy_process_group()
     assert wrapped == plain and plain["2.weight"] == "head"
+
+
+def test_a_transformers_model_held_by_a_module_of_ones_own_states_its_head():
+    """A LightningModule's ``self.model`` (here a plain nn.Module wrapper): torch.fx cannot trace the transformers
+    model inside, so the head is the one the held model states (the vocabulary rule took BERT's intermediate layer,
+    whose width equals this vocabulary, for the head)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64, num_labels=3))
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=64))
+
+    class Holder(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).logits
+
+    for held, head in ((bert, "model.classifier.weight"), (llama, "model.lm_head.weight")):
+        heads = [name for g in specopt.param_groups(Holder(held)) if g["role"] == "head" for name, _ in g["params"]]
+        assert heads == [head]

@@ -19,13 +19,40 @@ from torch import nn
 def find_heads(model: nn.Module) -> tuple[set[str], str]:
     """Names of the modules that produce the model's output (logits), and the rule that found them. A model wrapped
     by ``torch.compile``, DDP or ``nn.DataParallel`` is read through the module it wraps (the wrapper forwards
-    neither transformers' nor timm's getters, and torch.fx cannot trace it)."""
+    neither transformers' nor timm's getters, and torch.fx cannot trace it); a model held by a module of one's own
+    (a LightningModule's ``self.model``) states its head as it would alone."""
     wrapped = _wrapped(model)
     if wrapped is not None:
         attribute, inner = wrapped
         heads, rule = find_heads(inner)
         return {f"{attribute}.{name}" for name in heads}, rule
     modules = dict(model.named_modules())
+    stated = _stated_heads(model, modules)
+    if stated is not None:
+        return stated
+    found = _fx_output_linears(model)
+    if found:
+        return found, "torch.fx: produces the output"
+    for name, sub in modules.items():  # outermost first: the transformers or timm model a wrapper holds
+        if sub is not model and _states_its_head(sub):
+            stated = _stated_heads(sub, dict(sub.named_modules()))
+            if stated is not None:
+                return {f"{name}.{n}" for n in stated[0]}, f"{stated[1]} of {name}"
+    vocab = {m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}
+    found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features in vocab}
+    if len(found) == 1:
+        return found, "projects to the embedding's vocabulary"
+    return set(), "none found"
+
+
+def _states_its_head(model: nn.Module) -> bool:
+    return any(callable(getattr(model, g, None)) for g in ("get_output_embeddings", "get_classifier")) or \
+        getattr(getattr(model, "config", None), "num_labels", None) is not None
+
+
+def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | None:
+    """The head a model states: what transformers' ``get_output_embeddings()`` or timm's ``get_classifier()``
+    returns, or a transformers classifier of ``config.num_labels`` outputs outside the base model; None if neither."""
     names = {id(m): n for n, m in modules.items()}
     for getter in ("get_output_embeddings", "get_classifier"):
         fn = getattr(model, getter, None)
@@ -43,14 +70,7 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
                  and not n.startswith(prefix + ".") and n != prefix}
         if found:
             return found, "config.num_labels classifier"
-    found = _fx_output_linears(model)
-    if found:
-        return found, "torch.fx: produces the output"
-    vocab = {m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}
-    found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features in vocab}
-    if len(found) == 1:
-        return found, "projects to the embedding's vocabulary"
-    return set(), "none found"
+    return None
 
 
 def _wrapped(model: nn.Module) -> tuple[str, nn.Module] | None:
