@@ -35,8 +35,9 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
         return found, "torch.fx: produces the output"
     for name, sub in modules.items():  # outermost first: the transformers or timm model a wrapper holds
         if sub is not model and _states_its_head(sub):
-            stated = _stated_heads(sub, dict(sub.named_modules()))
-            if stated is not None:
+            inner = dict(sub.named_modules())
+            stated = _stated_heads(sub, inner)  # an encoder stack that returns its input table states no head
+            if stated is not None and not any(isinstance(inner[n], nn.Embedding) for n in stated[0]):
                 return {f"{name}.{n}" for n in stated[0]}, f"{stated[1]} of {name}"
     vocab = {m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}
     found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features in vocab}
