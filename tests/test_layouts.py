@@ -371,3 +371,11 @@ def test_a_transformers_model_held_by_a_module_of_ones_own_states_its_head():
     for held, head in ((bert, "model.classifier.weight"), (llama, "model.lm_head.weight")):
         heads = [name for g in specopt.param_groups(Holder(held)) if g["role"] == "head" for name, _ in g["params"]]
         assert heads == [head]
+
+
+def test_a_lazy_module_before_its_first_forward_is_a_clear_error_and_works_after_it():
+    model = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.LazyLinear(4))
+    with pytest.raises(ValueError, match=r"0\.weight is an uninitialized parameter of a lazy module.*forward pass"):
+        specopt.param_groups(model)
+    model(torch.randn(2, 8))
+    assert {n: g["role"] for g in specopt.param_groups(model) for n, _ in g["params"]}["2.weight"] == "head"

@@ -432,6 +432,9 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             occurrences.setdefault(id(p), []).append((mod_name, module, local))
     out, guessed = {}, []
     for name, p in model.named_parameters():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            raise ValueError(f"{name} is an uninitialized parameter of a lazy module ({type(p).__name__}, shape not "
+                             "known yet): run one forward pass, e.g. model(example_input), before param_groups")
         if not p.requires_grad:
             continue
         places = occurrences[id(p)]
