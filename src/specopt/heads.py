@@ -2,9 +2,11 @@
 
 In order: the module transformers' ``get_output_embeddings()`` or timm's ``get_classifier()`` returns; a classifier
 with ``config.num_labels`` outputs outside a transformers base model; the ``nn.Linear`` (or ``Conv1D``) whose output
-reaches the model's output through parameter-free operations in a ``torch.fx`` trace; the one ``nn.Linear`` that
-projects back to the vocabulary of the model's ``nn.Embedding``. Otherwise the model has no head (``nn.Transformer``
-alone, a feature extractor).
+reaches the model's output through parameter-free operations in a ``torch.fx`` trace; the head the outermost
+transformers or timm model inside states by the first two rules (a LightningModule's ``self.model``); the one
+``nn.Linear`` that projects back to the vocabulary of the model's ``nn.Embedding``. Otherwise the model has no head
+(``nn.Transformer`` alone, a feature extractor). ``torch.compile``, DDP and ``nn.DataParallel`` wrappers are read
+through the module they wrap.
 """
 
 from __future__ import annotations
