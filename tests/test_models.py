@@ -355,16 +355,41 @@ def sd_unet_fused():
     return make
 
 
+def pythia():
+    return hf("GPTNeoXConfig", "GPTNeoXForCausalLM", hidden_size=32, num_attention_heads=4, intermediate_size=64,
+              num_hidden_layers=1, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def bloom():
+    return hf("BloomConfig", "BloomForCausalLM", hidden_size=32, n_head=4, n_layer=1, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def falcon():
+    return hf("FalconConfig", "FalconForCausalLM", hidden_size=32, num_attention_heads=4, num_kv_heads=2,
+              new_decoder_architecture=True, num_hidden_layers=1, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def codegen():
+    return hf("CodeGenConfig", "CodeGenForCausalLM", n_embd=32, n_head=4, n_layer=1, rotary_dim=4, n_positions=SEQ,
+              vocab_size=VOCAB, **TEXT_IDS)
+
+
 @pytest.mark.parametrize("factory, loss, blocks, rule", [
     (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}, "fused value/gate"),
     (jetmoe, lm_loss, {r"mlp\.input_linear": 2}, "fused value/gate"),
     (sd_unet, unet_loss, {r"ff\.net\.0\.proj": 2}, "fused value/gate"),
     (sd_unet_fused, unet_loss, {r"to_qkv": 3, r"to_kv": 2, r"ff\.net\.0\.proj": 2}, "fused k/v"),
-], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv"])
+    (pythia, lm_loss, {r"query_key_value": 12}, "stored by head"),  # 4 heads × (q, k, v) of 8 rows
+    (bloom, lm_loss, {r"query_key_value": 12}, "stored by head"),
+    (falcon, lm_loss, {r"query_key_value": 8}, "stored by head"),  # 2 groups × (2 q heads, k, v)
+    (codegen, lm_loss, {r"qkv_proj": 12}, "stored by head"),  # 4 chunks of (q, v, k) of one head each
+], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv", "pythia-qkv-by-head",
+        "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk"])
 def test_fused_projections_step_each_block_by_gamma_rho(factory, loss, blocks, rule):
     """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
-    gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v: each block moves by γρ
-    in its own operator norm (one matrix, before)."""
+    gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v, GPT-NeoX's, BLOOM's and
+    Falcon's ``query_key_value`` and CodeGen's ``qkv_proj`` the q, k, v of each head in turn: each block moves by γρ
+    in its own operator norm (one matrix before; CodeGen's split into thirds that mixed heads' rows)."""
     model = factory()()
     assert_one_step_geometry(model, loss, blocks)
     fused = [name for name, (layout, _) in specopt.layouts.classify(model)[0].items() if rule in layout.source]

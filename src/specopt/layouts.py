@@ -548,6 +548,11 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
             return _with(layout, (rows // (3 * heads),) * (3 * heads), "q, k, v interleaved per head (DeBERTa)")
     if local == "in_proj" and authored_class(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
         return _with(layout, (rows // 3,) * 3, "LFM2 short conv: B, C, x")
+    if _per_head_qkv(attention, local) and _is_attention(attention):
+        head_dim = head_counts(attention)[2]
+        if head_dim and rows % head_dim == 0 and rows // head_dim >= 3:
+            return _with(layout, (head_dim,) * (rows // head_dim), "fused q/k/v stored by head: one block per head's "
+                                                                   "q, k and v")
     if local in _FUSED_KV and _is_attention(attention) and _holds_k_and_v(attention, rows):
         return _with(layout, (rows // 2, rows // 2), "fused k/v")
     if local in _FUSED_QKV and (local != "in_proj" or _is_attention(attention)):
@@ -567,6 +572,14 @@ def _fused_gate(layout: Layout, parent, p) -> Layout:
     if not re.search(_FUSED_GATES[local], owner) or rows % 2:
         return layout
     return _with(layout, (rows // 2, rows // 2), f"fused value/gate ({owner}.{local})")
+
+
+def _per_head_qkv(attention: nn.Module, local: str) -> bool:
+    """A fused q/k/v whose rows are not q's, then k's, then v's, but grouped by head: GPT-NeoX/Pythia's, BLOOM's,
+    Falcon's and Persimmon's ``query_key_value`` (q, k, v of head 0, then of head 1, …; Falcon's new architecture by
+    key/value group), CodeGen's ``qkv_proj`` (``mp_num`` chunks of q, v, k). Every head_dim rows are one head's q, k or
+    v in all of them, so these are split into blocks of head_dim rows (a q/k/v split would mix heads' rows)."""
+    return local == "query_key_value" or (local == "qkv_proj" and hasattr(attention, "mp_num"))
 
 
 def _holds_k_and_v(attention: nn.Module, rows: int) -> bool:
