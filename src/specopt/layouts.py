@@ -23,8 +23,9 @@ or, in a module that states its expert count, its ``input_size``/``output_size``
 gate/up projection, the d_out of a down projection). Fused projections are split into the blocks they hold: GPT-2's
 ``c_attn`` (q, k, v columns of the stored tensor), timm's ``qkv``, ``nn.MultiheadAttention.in_proj_weight``, Phi-3's
 ``qkv_proj`` (unequal under grouped-query attention: ``H·d_h, KV·d_h, KV·d_h`` read off the attention module),
-fused ``gate_up_proj`` (dense and expert stacks, concatenated or interleaved) and the value/gate projections of
-:data:`_FUSED_GATES` (ModernBERT's ``Wi``, diffusers' GEGLU, timm's ``GluMlp``, …). ``num_heads`` splits q, k, v into
+fused ``gate_up_proj`` (dense and expert stacks, concatenated or interleaved), the value/gate projections of
+:data:`_FUSED_GATES` (ModernBERT's ``Wi``, diffusers' GEGLU, timm's ``GluMlp``, …), fused k/v, and a q/k/v stored by
+head (GPT-NeoX's ``query_key_value``: one block per head's q, k and v). ``num_heads`` splits q, k, v into
 heads, in fused and in separate (``q_proj``/``k_proj``/``v_proj``, ``query``/``key``/``value``) projections.
 
 The output layer (role ``head``) is found by what it is: the module transformers' ``get_output_embeddings()`` or
