@@ -374,6 +374,17 @@ def codegen():
               vocab_size=VOCAB, **TEXT_IDS)
 
 
+def bigcode():
+    return hf("GPTBigCodeConfig", "GPTBigCodeForCausalLM", n_embd=32, n_head=4, n_layer=1, n_positions=SEQ,
+              multi_query=False, vocab_size=VOCAB, **TEXT_IDS)
+
+
+def minimax():
+    return hf("MiniMaxConfig", "MiniMaxForCausalLM", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1,
+              layer_types=["linear_attention"], block_size=8, vocab_size=VOCAB, **TEXT_IDS)
+
+
 @pytest.mark.parametrize("factory, loss, blocks, rule", [
     (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}, "fused value/gate"),
     (jetmoe, lm_loss, {r"mlp\.input_linear": 2}, "fused value/gate"),
@@ -383,13 +394,17 @@ def codegen():
     (bloom, lm_loss, {r"query_key_value": 12}, "stored by head"),
     (falcon, lm_loss, {r"query_key_value": 8}, "stored by head"),  # 2 groups × (2 q heads, k, v)
     (codegen, lm_loss, {r"qkv_proj": 12}, "stored by head"),  # 4 chunks of (q, v, k) of one head each
+    (bigcode, lm_loss, {r"c_attn": 12}, "stored by head"),  # StarCoder's multi-head attention: view(…, heads, 3·d_h)
+    (minimax, lm_loss, {r"qkv_proj": 12, r"gate_up_proj": 2}, "stored by head"),  # its lightning attention's
 ], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv", "pythia-qkv-by-head",
-        "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk"])
+        "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk", "bigcode-qkv-by-head",
+        "minimax-lightning-qkv-by-head"])
 def test_fused_projections_step_each_block_by_gamma_rho(factory, loss, blocks, rule):
     """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
     gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v, GPT-NeoX's, BLOOM's and
-    Falcon's ``query_key_value`` and CodeGen's ``qkv_proj`` the q, k, v of each head in turn: each block moves by γρ
-    in its own operator norm (one matrix before; CodeGen's split into thirds that mixed heads' rows)."""
+    Falcon's ``query_key_value``, CodeGen's and MiniMax's ``qkv_proj`` and GPT-BigCode's ``c_attn`` the q, k, v of each
+    head in turn: each block moves by γρ in its own operator norm (one matrix before, or thirds that mixed heads' rows
+    for the last three)."""
     model = factory()()
     assert_one_step_geometry(model, loss, blocks)
     fused = [name for name, (layout, _) in specopt.layouts.classify(model)[0].items() if rule in layout.source]

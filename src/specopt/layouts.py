@@ -93,6 +93,12 @@ hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention
 the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
 position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
+_QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxLightningAttention)$",
+                "c_attn": r"^GPTBigCodeAttention$"}
+"""Fused q/k/v stored by head, by name and owner class: GPT-NeoX/Pythia's, BLOOM's, Falcon's and Persimmon's
+``query_key_value`` (q, k, v of head 0, then of head 1, …; Falcon's new architecture by key/value group), CodeGen's
+``qkv_proj`` (``mp_num`` chunks of q, v, k), MiniMax's lightning attention ``qkv_proj`` and GPT-BigCode's
+multi-head ``c_attn`` (``view(…, heads, 3·head_dim)``)."""
 _FUSED_KV = ("kv", "to_kv")
 """Fused key/value projections, k's rows then v's, inside an attention module (timm's PVT-v2, Twins, VOLO and
 attention pool, diffusers' fused cross-attention, Mochi's pooling, Evolla and Granite Speech), where the module's head
@@ -576,11 +582,12 @@ def _fused_gate(layout: Layout, parent, p) -> Layout:
 
 
 def _per_head_qkv(attention: nn.Module, local: str) -> bool:
-    """A fused q/k/v whose rows are not q's, then k's, then v's, but grouped by head: GPT-NeoX/Pythia's, BLOOM's,
-    Falcon's and Persimmon's ``query_key_value`` (q, k, v of head 0, then of head 1, …; Falcon's new architecture by
-    key/value group), CodeGen's ``qkv_proj`` (``mp_num`` chunks of q, v, k). Every head_dim rows are one head's q, k or
-    v in all of them, so these are split into blocks of head_dim rows (a q/k/v split would mix heads' rows)."""
-    return local == "query_key_value" or (local == "qkv_proj" and hasattr(attention, "mp_num"))
+    """A fused q/k/v whose rows are not q's, then k's, then v's, but grouped by head (:data:`_QKV_BY_HEAD`). Every
+    head_dim rows are one head's q, k or v in all of them, so these are split into blocks of head_dim rows (a q/k/v
+    split would mix heads' rows)."""
+    if local not in _QKV_BY_HEAD or (local == "c_attn" and getattr(attention, "multi_query", False)):
+        return False  # GPT-BigCode's multi-query c_attn is q, k, v in turn
+    return re.search(_QKV_BY_HEAD[local], authored_class(attention).__name__) is not None
 
 
 def _holds_k_and_v(attention: nn.Module, rows: int) -> bool:
