@@ -238,7 +238,7 @@ CASES = {
     "wan": (wan, video_loss, {r"scale_shift_table$|bias$|norm\w*\.weight$": "vector",
                               r"patch_embedding\.weight": "conv",
                               r"(to_[qkv]|to_out\.0|linear_\d|time_proj|net\.0\.proj|net\.2|proj_out)\.weight$":
-                                  "hidden"}, {}),
+                                  "hidden"}, {r"time_proj": 6}),
     "seq2seq": (seq2seq, seq2seq_loss, {r"embed\.weight$": "embedding", r"^pos$": "token",
                                         r"^generator\.weight$": "head", r"norm\d?\.(weight|bias)$": "vector",
                                         r"bias$": "vector",
@@ -385,6 +385,43 @@ def minimax():
               layer_types=["linear_attention"], block_size=8, vocab_size=VOCAB, **TEXT_IDS)
 
 
+def pixart():
+    diffusers = pytest.importorskip("diffusers")
+
+    def make():
+        torch.manual_seed(0)
+        return diffusers.PixArtTransformer2DModel(
+            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1,
+            cross_attention_dim=16, caption_channels=12, sample_size=8, patch_size=2, norm_type="ada_norm_single",
+            use_additional_conditions=False)
+    return make
+
+
+def pixart_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, target, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), \
+        torch.randn(2, 3, 12, generator=g)
+    return (model(x, encoder_hidden_states=text, timestep=torch.tensor([10, 500])).sample - target).square().mean()
+
+
+def dit():
+    diffusers = pytest.importorskip("diffusers")
+
+    def make():
+        torch.manual_seed(0)
+        return diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                               out_channels=4, num_layers=1, sample_size=8, patch_size=2,
+                                               num_embeds_ada_norm=10)
+    return make
+
+
+def dit_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    return (model(x, timestep=torch.tensor([10, 500]), class_labels=torch.tensor([1, 7])).sample
+            - target).square().mean()
+
+
 @pytest.mark.parametrize("factory, loss, blocks, rule", [
     (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}, "fused value/gate"),
     (jetmoe, lm_loss, {r"mlp\.input_linear": 2}, "fused value/gate"),
@@ -396,9 +433,11 @@ def minimax():
     (codegen, lm_loss, {r"qkv_proj": 12}, "stored by head"),  # 4 chunks of (q, v, k) of one head each
     (bigcode, lm_loss, {r"c_attn": 12}, "stored by head"),  # StarCoder's multi-head attention: view(…, heads, 3·d_h)
     (minimax, lm_loss, {r"qkv_proj": 12, r"gate_up_proj": 2}, "stored by head"),  # its lightning attention's
+    (pixart, pixart_loss, {r"adaln_single\.linear": 6}, "adaLN modulation"),  # 6 shifts, scales and gates
+    (dit, dit_loss, {r"norm1\.linear": 6, r"proj_out_1": 2, r"ff\.net\.0\.proj": 1}, "adaLN modulation"),
 ], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv", "pythia-qkv-by-head",
         "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk", "bigcode-qkv-by-head",
-        "minimax-lightning-qkv-by-head"])
+        "minimax-lightning-qkv-by-head", "pixart-adaln-single", "dit-adaln-zero"])
 def test_fused_projections_step_each_block_by_gamma_rho(factory, loss, blocks, rule):
     """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
     gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v, GPT-NeoX's, BLOOM's and

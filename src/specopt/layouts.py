@@ -93,6 +93,13 @@ hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention
 the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
 position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
+_ADALN_CHUNKS = {("AdaLayerNormZero", "linear"): 6, ("AdaLayerNormSingle", "linear"): 6,
+                 ("AdaLayerNormZeroSingle", "linear"): 3, ("SD35AdaLayerNormZeroX", "linear"): 9,
+                 ("AdaLayerNormContinuous", "linear"): 2, ("AdaLayerNorm", "linear"): 2, ("AdaGroupNorm", "linear"): 2,
+                 ("WanTimeTextImageEmbedding", "time_proj"): 6, ("DiTTransformer2DModel", "proj_out_1"): 2}
+"""adaLN modulation projections (diffusers' DiT, PixArt, SD3, Flux, Wan, …): one linear layer whose output is chunked
+into k shifts, scales and gates, each used on its own (``emb.chunk(6, dim=1)``): k row blocks, by owner class and
+name."""
 _QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxLightningAttention)$",
                 "c_attn": r"^GPTBigCodeAttention$"}
 """Fused q/k/v stored by head, by name and owner class: GPT-NeoX/Pythia's, BLOOM's, Falcon's and Persimmon's
@@ -573,12 +580,23 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
 def _fused_gate(layout: Layout, parent, p) -> Layout:
     """Two row blocks for a gated projection of :data:`_FUSED_GATES`."""
     if parent is None or parent[1] not in _FUSED_GATES:
-        return layout
+        return _adaln_chunks(layout, parent, p)
     owner, local = authored_class(parent[0]).__name__, parent[1]
     rows = _rows(layout, p)
     if not re.search(_FUSED_GATES[local], owner) or rows % 2:
         return layout
     return _with(layout, (rows // 2, rows // 2), f"fused value/gate ({owner}.{local})")
+
+
+def _adaln_chunks(layout: Layout, parent, p) -> Layout:
+    """k row blocks for an adaLN modulation projection of :data:`_ADALN_CHUNKS`."""
+    if parent is None:
+        return layout
+    owner, local = authored_class(parent[0]).__name__, parent[1]
+    k, rows = _ADALN_CHUNKS.get((owner, local)), _rows(layout, p)
+    if k is None or rows % k:
+        return layout
+    return _with(layout, (rows // k,) * k, f"adaLN modulation: {k} shifts, scales and gates ({owner}.{local})")
 
 
 def _per_head_qkv(attention: nn.Module, local: str) -> bool:
