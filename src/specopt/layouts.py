@@ -24,9 +24,10 @@ gate/up projection, the d_out of a down projection). Fused projections are split
 ``c_attn`` (q, k, v columns of the stored tensor), timm's ``qkv``, ``nn.MultiheadAttention.in_proj_weight``, Phi-3's
 ``qkv_proj`` (unequal under grouped-query attention: ``H·d_h, KV·d_h, KV·d_h`` read off the attention module),
 fused ``gate_up_proj`` (dense and expert stacks, concatenated or interleaved), the value/gate projections of
-:data:`_FUSED_GATES` (ModernBERT's ``Wi``, diffusers' GEGLU, timm's ``GluMlp``, …), fused k/v, and a q/k/v stored by
-head (GPT-NeoX's ``query_key_value``: one block per head's q, k and v). ``num_heads`` splits q, k, v into
-heads, in fused and in separate (``q_proj``/``k_proj``/``v_proj``, ``query``/``key``/``value``) projections.
+:data:`_CHUNKED_OUTPUTS` (ModernBERT's ``Wi``, diffusers' GEGLU, timm's ``GluMlp``, …) and adaLN modulation
+projections, fused k/v, and a q/k/v stored by head (GPT-NeoX's ``query_key_value``: one block per head's q, k and v).
+``num_heads`` splits q, k, v into heads, in fused and in separate (``q_proj``/``k_proj``/``v_proj``,
+``query``/``key``/``value``) projections.
 
 The output layer (role ``head``) is found by what it is: the module transformers' ``get_output_embeddings()`` or
 timm's ``get_classifier()`` returns, a classifier of ``config.num_labels`` outputs outside the base model, else the
@@ -93,13 +94,6 @@ hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention
 the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
 position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
-_ADALN_CHUNKS = {("AdaLayerNormZero", "linear"): 6, ("AdaLayerNormSingle", "linear"): 6,
-                 ("AdaLayerNormZeroSingle", "linear"): 3, ("SD35AdaLayerNormZeroX", "linear"): 9,
-                 ("AdaLayerNormContinuous", "linear"): 2, ("AdaLayerNorm", "linear"): 2, ("AdaGroupNorm", "linear"): 2,
-                 ("WanTimeTextImageEmbedding", "time_proj"): 6, ("DiTTransformer2DModel", "proj_out_1"): 2}
-"""adaLN modulation projections (diffusers' DiT, PixArt, SD3, Flux, Wan, …): one linear layer whose output is chunked
-into k shifts, scales and gates, each used on its own (``emb.chunk(6, dim=1)``): k row blocks, by owner class and
-name."""
 _QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxLightningAttention)$",
                 "c_attn": r"^GPTBigCodeAttention$"}
 """Fused q/k/v stored by head, by name and owner class: GPT-NeoX/Pythia's, BLOOM's, Falcon's and Persimmon's
@@ -113,14 +107,26 @@ counts or its query projection confirm it (:func:`_holds_k_and_v`). Not ``kv_pro
 head shared by k and v."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
-_FUSED_GATES = {"Wi": r"^ModernBert\w*MLP$", "fc1": r"^(Moonshine\w*DecoderMLP|GluMlp)$",
-                "proj": r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU)$", "linear_1": r"^AyaVisionMultiModalProjector$",
-                "input_linear": r"^(JetMoeMoE|Granite\w*MLP)$"}
-"""Gated projections fused into one module, its output chunked in two halves (value and gate), by the module's name
-in its owner and the owner's class: ModernBERT's ``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers'
-``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets), Aya Vision's projector, JetMoe's expert stack and
-Granite's dense MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2). The halves are
-two maps, as Phi-3's ``gate_up_proj`` is."""
+_ADALN = "adaLN modulation: {k} shifts, scales and gates"
+_CHUNKED_OUTPUTS = (
+    ("Wi", r"^ModernBert\w*MLP$", 2, "fused value/gate"),
+    ("fc1", r"^(Moonshine\w*DecoderMLP|GluMlp)$", 2, "fused value/gate"),
+    ("proj", r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU)$", 2, "fused value/gate"),
+    ("linear_1", r"^AyaVisionMultiModalProjector$", 2, "fused value/gate"),
+    ("input_linear", r"^(JetMoeMoE|Granite\w*MLP)$", 2, "fused value/gate"),
+    ("linear", r"^(AdaLayerNormZero|AdaLayerNormSingle)$", 6, _ADALN),
+    ("linear", r"^AdaLayerNormZeroSingle$", 3, _ADALN),
+    ("linear", r"^SD35AdaLayerNormZeroX$", 9, _ADALN),
+    ("linear", r"^(AdaLayerNormContinuous|AdaLayerNorm|AdaGroupNorm)$", 2, _ADALN),
+    ("time_proj", r"^WanTimeTextImageEmbedding$", 6, _ADALN),
+    ("proj_out_1", r"^DiTTransformer2DModel$", 2, _ADALN))
+"""Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and
+the owner's class: ``(name, owner class regex, k, what)``, each part a map of its own (k row blocks), as Phi-3's
+``gate_up_proj``. Value/gate halves: ModernBERT's ``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers'
+``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets), Aya Vision's projector, JetMoe's expert stack and Granite's
+dense MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2). adaLN modulation (DiT,
+PixArt, SD3, Flux, Wan, …): the k shifts, scales and gates of diffusers' ``AdaLayerNorm*`` ``linear``
+(``emb.chunk(6, dim=1)``), Wan's ``time_proj``, DiT's ``proj_out_1``."""
 
 
 @dataclass(frozen=True)
@@ -477,7 +483,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             if layout.role == "hidden":
                 layout = _fused(layout, name, module, parents.get(id(module)), p)
             elif layout.role in ("expert", "conv"):
-                layout = _fused_gate(layout, parents.get(id(module)), p)
+                layout = _chunked_output(layout, parents.get(id(module)), p)
         out[name] = (layout, p, module, parents.get(id(module)))
     if guessed:
         warnings.warn(f"{len(guessed)} 2-D parameter(s) no rule knows are read as F.linear's (d_out, d_in) weights: "
@@ -574,29 +580,19 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
         return _with(layout, blocks, f"fused q/k/v {blocks}")
     if local == "gate_up_proj":
         return _with(layout, (rows // 2, rows // 2), "fused gate/up")
-    return _fused_gate(layout, parent, p)
+    return _chunked_output(layout, parent, p)
 
 
-def _fused_gate(layout: Layout, parent, p) -> Layout:
-    """Two row blocks for a gated projection of :data:`_FUSED_GATES`."""
-    if parent is None or parent[1] not in _FUSED_GATES:
-        return _adaln_chunks(layout, parent, p)
-    owner, local = authored_class(parent[0]).__name__, parent[1]
-    rows = _rows(layout, p)
-    if not re.search(_FUSED_GATES[local], owner) or rows % 2:
-        return layout
-    return _with(layout, (rows // 2, rows // 2), f"fused value/gate ({owner}.{local})")
-
-
-def _adaln_chunks(layout: Layout, parent, p) -> Layout:
-    """k row blocks for an adaLN modulation projection of :data:`_ADALN_CHUNKS`."""
+def _chunked_output(layout: Layout, parent, p) -> Layout:
+    """k row blocks for a projection of :data:`_CHUNKED_OUTPUTS`."""
     if parent is None:
         return layout
     owner, local = authored_class(parent[0]).__name__, parent[1]
-    k, rows = _ADALN_CHUNKS.get((owner, local)), _rows(layout, p)
-    if k is None or rows % k:
-        return layout
-    return _with(layout, (rows // k,) * k, f"adaLN modulation: {k} shifts, scales and gates ({owner}.{local})")
+    rows = _rows(layout, p)
+    for name, pattern, k, what in _CHUNKED_OUTPUTS:
+        if local == name and re.search(pattern, owner) and rows % k == 0:
+            return _with(layout, (rows // k,) * k, f"{what.format(k=k)} ({owner}.{local})")
+    return layout
 
 
 def _per_head_qkv(attention: nn.Module, local: str) -> bool:
