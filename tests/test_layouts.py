@@ -253,29 +253,35 @@ def test_num_heads_leaves_split_sizes_of_non_attention_weights_alone():
     assert a["attn.q_proj.weight"]["norm"] == Blocked(Spectral(), (4,) * 4)
 
 
-def test_param_groups_after_fully_shard_leaves_fsdp_working(tmp_path):
+@pytest.fixture
+def one_rank_mesh(tmp_path):
+    """A one-process gloo group and its CPU mesh (without a mesh FSDP2 moves the model to a GPU where there is one),
+    destroyed after the test."""
     dist = pytest.importorskip("torch.distributed")
-    fsdp = pytest.importorskip("torch.distributed.fsdp")
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     from torch.distributed.device_mesh import init_device_mesh
 
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
     try:
-        model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10))
-        mesh = init_device_mesh("cpu", (1,))  # without a mesh FSDP2 moves the model to a GPU where there is one
-        fsdp.fully_shard(model[1], mesh=mesh)
-        fsdp.fully_shard(model, mesh=mesh)
-        groups = specopt.param_groups(model, msign={"method": "svd"})  # traced with FSDP's hooks off
-        assert roles(groups)["2.weight"]["role"] == "head"  # as for the unsharded model (runs resume across both)
-        opt = specopt.Muon(groups)
-        before = model[1].weight.full_tensor().clone()
-        tokens = torch.tensor([[1, 2, 3]])
-        nn.functional.cross_entropy(model(tokens).reshape(-1, 10), tokens.reshape(-1)).backward()
-        opt.step()
-        assert not torch.equal(model[1].weight.full_tensor(), before)
+        yield init_device_mesh("cpu", (1,))
     finally:
         dist.destroy_process_group()
+
+
+def test_param_groups_after_fully_shard_leaves_fsdp_working(one_rank_mesh):
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10))
+    fsdp.fully_shard(model[1], mesh=one_rank_mesh)
+    fsdp.fully_shard(model, mesh=one_rank_mesh)
+    groups = specopt.param_groups(model, msign={"method": "svd"})  # traced with FSDP's hooks off
+    assert roles(groups)["2.weight"]["role"] == "head"  # as for the unsharded model (runs resume across both)
+    opt = specopt.Muon(groups)
+    before = model[1].weight.full_tensor().clone()
+    tokens = torch.tensor([[1, 2, 3]])
+    nn.functional.cross_entropy(model(tokens).reshape(-1, 10), tokens.reshape(-1)).backward()
+    opt.step()
+    assert not torch.equal(model[1].weight.full_tensor(), before)
 
 
 class GEGLU(nn.Module):
@@ -295,56 +301,38 @@ class XCLIPModel(nn.Module):
         self.prompts_visual_projection = nn.Parameter(torch.randn(16, 12))
 
 
-def test_rules_that_know_a_module_by_its_class_still_apply_after_fully_shard(tmp_path):
+def test_rules_that_know_a_module_by_its_class_still_apply_after_fully_shard(one_rank_mesh):
     """FSDP2 swaps each sharded module's class for an ``FSDP<Name>`` subclass: GPT-2's Conv1D (sharded on its own),
     a GEGLU and a root model keep the layouts their class names give them."""
-    dist = pytest.importorskip("torch.distributed")
     fsdp = pytest.importorskip("torch.distributed.fsdp")
     transformers = pytest.importorskip("transformers")
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
-    try:
-        mesh = init_device_mesh("cpu", (1,))
-        gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32,
-                                                                     n_positions=8))
-        model = XCLIPModel()
-        for module in (gpt2.transformer.h[0].attn.c_attn, gpt2, model.geglu, model):
-            fsdp.fully_shard(module, mesh=mesh)
-        assert type(model).__name__ == "FSDPXCLIPModel"
-        c_attn = classify(gpt2)[0]["transformer.h.0.attn.c_attn.weight"][0]
-        assert (c_attn.transposed, c_attn.blocks) == (True, (16, 16, 16))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # the prompt projection is known, not guessed
-            got = classify(model)[0]
-        assert got["geglu.proj.weight"][0].blocks == (16, 16)
-        assert got["prompts_visual_projection"][0].transposed
-    finally:
-        dist.destroy_process_group()
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32,
+                                                                 n_positions=8))
+    model = XCLIPModel()
+    for module in (gpt2.transformer.h[0].attn.c_attn, gpt2, model.geglu, model):
+        fsdp.fully_shard(module, mesh=one_rank_mesh)
+    assert type(model).__name__ == "FSDPXCLIPModel"
+    c_attn = classify(gpt2)[0]["transformer.h.0.attn.c_attn.weight"][0]
+    assert (c_attn.transposed, c_attn.blocks) == (True, (16, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the prompt projection is known, not guessed
+        got = classify(model)[0]
+    assert got["geglu.proj.weight"][0].blocks == (16, 16)
+    assert got["prompts_visual_projection"][0].transposed
 
 
 @pytest.mark.parametrize("wrap", ["compile", "DataParallel", "DDP"])
-def test_a_wrapped_model_has_the_roles_of_the_model_it_wraps(wrap, tmp_path):
+def test_a_wrapped_model_has_the_roles_of_the_model_it_wraps(wrap, request):
     """``torch.compile(model)``, ``DataParallel(model)`` or ``DDP(model)`` before the optimizer is built: the output
     layer is still found (torch.fx cannot trace the wrapper; the head was read as a hidden matrix)."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     plain = {name: g["role"] for g in specopt.param_groups(model) for name, _ in g["params"]}
     if wrap == "DDP":
-        dist = pytest.importorskip("torch.distributed")
-        if not dist.is_available():
-            pytest.skip("torch.distributed is not available")
-        dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'store'}")
-    try:
-        wrapper = {"compile": torch.compile, "DataParallel": nn.DataParallel,
-                   "DDP": nn.parallel.DistributedDataParallel}[wrap](model)
-        prefix = "_orig_mod." if wrap == "compile" else "module."
-        wrapped = {name.removeprefix(prefix): g["role"] for g in specopt.param_groups(wrapper)
-                   for name, _ in g["params"]}
-    finally:
-        if wrap == "DDP":
-            dist.destroy_process_group()
+        request.getfixturevalue("one_rank_mesh")  # DDP needs a process group
+    wrapper = {"compile": torch.compile, "DataParallel": nn.DataParallel,
+               "DDP": nn.parallel.DistributedDataParallel}[wrap](model)
+    prefix = "_orig_mod." if wrap == "compile" else "module."
+    wrapped = {name.removeprefix(prefix): g["role"] for g in specopt.param_groups(wrapper) for name, _ in g["params"]}
     assert wrapped == plain and plain["2.weight"] == "head"
 
 

@@ -45,6 +45,27 @@ def hf(config_cls, model_cls, **kwargs):
     return make
 
 
+def diffusion(model_cls, **kwargs):
+    """A diffusers model from its constructor's arguments (skips without diffusers)."""
+    diffusers = pytest.importorskip("diffusers")
+
+    def make():
+        torch.manual_seed(0)
+        return getattr(diffusers, model_cls)(**kwargs)
+    return make
+
+
+def denoising_loss(latents: tuple, text_dim: int | None = None, **inputs):
+    """A diffusion model's regression of its output on a random target, from random latents of shape ``latents`` at
+    timesteps 10 and 500 (and 3 random text tokens of width ``text_dim`` where the model takes them)."""
+    def loss(model):
+        g = torch.Generator().manual_seed(0)
+        x, target = torch.randn(latents, generator=g), torch.randn(latents, generator=g)
+        text = {} if text_dim is None else {"encoder_hidden_states": torch.randn(2, 3, text_dim, generator=g)}
+        return (model(x, timestep=torch.tensor([10, 500]), **text, **inputs).sample - target).square().mean()
+    return loss
+
+
 def gpt2():
     return hf("GPT2Config", "GPT2LMHeadModel", n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQ,
               bos_token_id=1, eos_token_id=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -160,22 +181,12 @@ def audio_loss(model):
 
 
 def wan():
-    diffusers = pytest.importorskip("diffusers")
-
-    def make():
-        torch.manual_seed(0)
-        return diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
-                                               in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64,
-                                               num_layers=1, rope_max_seq_len=64)
-    return make
+    return diffusion("WanTransformer3DModel", patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                     in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=1,
+                     rope_max_seq_len=64)
 
 
-def video_loss(model):
-    """Flow matching's regression on random latents (2 frames of 8×8), 3 text tokens."""
-    g = torch.Generator().manual_seed(0)
-    x, target, text = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2, 4, 2, 8, 8, generator=g), \
-        torch.randn(2, 3, 32, generator=g)
-    return (model(x, torch.tensor([10, 500]), text).sample - target).square().mean()
+video_loss = denoising_loss((2, 4, 2, 8, 8), text_dim=32)  # flow matching on 2 frames of 8×8 latents
 
 
 class Tagger(nn.Module):
@@ -323,23 +334,13 @@ def jetmoe():
 
 
 def sd_unet():
-    diffusers = pytest.importorskip("diffusers")
-
-    def make():
-        torch.manual_seed(0)
-        return diffusers.UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=8,
-            norm_num_groups=8)
-    return make
+    return diffusion("UNet2DConditionModel", sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                     layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=8,
+                     norm_num_groups=8)
 
 
-def unet_loss(model):
-    g = torch.Generator().manual_seed(0)
-    x, noise, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), \
-        torch.randn(2, 3, 16, generator=g)
-    return (model(x, torch.tensor([10, 500]), text).sample - noise).square().mean()
+unet_loss = denoising_loss((2, 4, 8, 8), text_dim=16)
 
 
 def sd_unet_fused():
@@ -386,40 +387,20 @@ def minimax():
 
 
 def pixart():
-    diffusers = pytest.importorskip("diffusers")
-
-    def make():
-        torch.manual_seed(0)
-        return diffusers.PixArtTransformer2DModel(
-            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1,
-            cross_attention_dim=16, caption_channels=12, sample_size=8, patch_size=2, norm_type="ada_norm_single",
-            use_additional_conditions=False)
-    return make
+    return diffusion("PixArtTransformer2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                     out_channels=4, num_layers=1, cross_attention_dim=16, caption_channels=12, sample_size=8,
+                     patch_size=2, norm_type="ada_norm_single", use_additional_conditions=False)
 
 
-def pixart_loss(model):
-    g = torch.Generator().manual_seed(0)
-    x, target, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), \
-        torch.randn(2, 3, 12, generator=g)
-    return (model(x, encoder_hidden_states=text, timestep=torch.tensor([10, 500])).sample - target).square().mean()
+pixart_loss = denoising_loss((2, 4, 8, 8), text_dim=12)
 
 
 def dit():
-    diffusers = pytest.importorskip("diffusers")
-
-    def make():
-        torch.manual_seed(0)
-        return diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                               out_channels=4, num_layers=1, sample_size=8, patch_size=2,
-                                               num_embeds_ada_norm=10)
-    return make
+    return diffusion("DiTTransformer2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                     out_channels=4, num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=10)
 
 
-def dit_loss(model):
-    g = torch.Generator().manual_seed(0)
-    x, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
-    return (model(x, timestep=torch.tensor([10, 500]), class_labels=torch.tensor([1, 7])).sample
-            - target).square().mean()
+dit_loss = denoising_loss((2, 4, 8, 8), class_labels=torch.tensor([1, 7]))
 
 
 @pytest.mark.parametrize("factory, loss, blocks, rule", [
