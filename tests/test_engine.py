@@ -231,11 +231,38 @@ def test_same_shape_tensors_are_orthogonalised_in_one_msign_call(monkeypatch):
     model = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(4)], nn.Linear(16, 8, bias=False))
     X = torch.randn(32, 16)
     model(X).square().mean().backward()
-    Scion(model.parameters(), batch_lmo=True).step()
+    Scion(model.parameters()).step()  # the CPU default for small matrices: one call per shape
     assert sorted(calls) == [(1, 8, 16), (4, 16, 16)]
     calls.clear()
-    Scion(model.parameters()).step()  # the CPU default: one BLAS-friendly call per matrix
+    Scion(model.parameters(), batch_lmo=False).step()
     assert sorted(calls) == [(1, 8, 16)] + [(1, 16, 16)] * 4
+    calls.clear()
+    big = nn.Sequential(*[nn.Linear(200, 200, bias=False) for _ in range(2)])  # 40000 entries > CPU_BATCH_MAX_NUMEL
+    big(torch.randn(8, 200)).square().mean().backward()
+    Scion(big.parameters()).step()  # the CPU default for large ones: one BLAS-friendly call per matrix
+    assert calls == [(1, 200, 200)] * 2
+    calls.clear()
+    Scion(big.parameters(), batch_lmo=True).step()
+    assert calls == [(2, 200, 200)]
+
+
+def test_cpu_msign_batches_small_matrices_and_loops_over_large_ones(monkeypatch):
+    import specopt.linalg as linalg
+
+    shapes = []
+    real = linalg._polynomial_sign
+
+    def recording(X, sched):
+        shapes.append(tuple(X.shape))
+        return real(X, sched)
+
+    monkeypatch.setattr(linalg, "_polynomial_sign", recording)
+    small, large = torch.randn(3, 16, 16), torch.randn(2, 200, 200)
+    for X in (small, large):
+        batched = linalg.polar_factor(X.clone())
+        one_by_one = torch.stack([linalg.polar_factor(x.clone()) for x in X])
+        torch.testing.assert_close(batched, one_by_one, atol=1e-6, rtol=0)
+    assert shapes == [(3, 16, 16)] + [(16, 16)] * 3 + [(200, 200)] * 2 + [(200, 200)] * 2
 
 
 def test_batched_step_equals_one_tensor_at_a_time():

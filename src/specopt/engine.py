@@ -116,8 +116,9 @@ class GeometryOptimizer(Optimizer):
             not name the parameter on CPU, a device-side assert on CUDA (which ends the process); nothing is
             written in either case. Run the step eagerly to learn which parameter it was.
         batch_lmo: stack tensors of one norm, shape and dtype into one msign call. ``None`` (default): on
-            accelerators, where one batched call saves kernel launches; not on CPU, where per-matrix BLAS
-            calls were measured faster than batched ones and stacking costs a copy.
+            accelerators, where one batched call saves kernel launches, and on the CPU for tensors of at most
+            :data:`~specopt.linalg.CPU_BATCH_MAX_NUMEL` entries, whose per-call overhead outweighs their
+            matmuls; larger CPU tensors run one BLAS call each, measured faster than batched ones.
         process_group: the ranks that share the lmo work on replicated (DDP) parameters (see
             :mod:`specopt.distributed`). ``"auto"`` (default): the default group when torch.distributed is
             initialised with more than one rank; ``None``: every rank computes every lmo itself (for independent

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specopt import distributed
+from specopt.linalg import batch_pays
 
 
 class Record:
@@ -55,7 +56,8 @@ class LmoRunner:
         process_group: the ranks that share the lmo work on replicated (DDP) parameters: ``"auto"`` → the
             default group when torch.distributed is initialised with more than one rank (decided on the first
             step and kept); ``None`` → every rank computes every lmo itself.
-        batch_lmo: stack same-bucket tensors into one call; ``None``: on accelerators only.
+        batch_lmo: stack same-bucket tensors into one call; ``None``: on accelerators, and on the CPU for small
+            tensors (:func:`~specopt.linalg.batch_pays`).
     """
 
     def __init__(self, process_group="auto", batch_lmo: bool | None = None):
@@ -114,7 +116,7 @@ class LmoRunner:
                 norm, shape, kind = ((local, tuple(rec.p.shape), distributed.OWN) if local is not None else
                                      (norm, shape, distributed.GATHER))
             batch = (split_all and kind == distributed.WHOLE) or kind == distributed.GATHER or (
-                self.batch_lmo if self.batch_lmo is not None else rec.g.device.type != "cpu")
+                self.batch_lmo if self.batch_lmo is not None else batch_pays(rec.g.device, rec.g.numel()))
             buckets[(norm, shape, rec.g.dtype, rec.g.device, kind, None if batch else i)].append(rec)
         return buckets
 
