@@ -67,23 +67,26 @@ def with_gradients(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def orthogonalised(opt: specopt.Muon) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Muon's tensors split into those it orthogonalises and those its AdamW updates."""
+    matrices = [p for g in opt.param_groups if g["norm"] != "adamw" for p in g["params"]]
+    rest = [p for g in opt.param_groups if g["norm"] == "adamw" for p in g["params"]]
+    return matrices, rest
+
+
 def optimizers(model: torch.nn.Module) -> dict[str, list]:
     """name → the optimizers one step runs, all over the same tensors."""
-    def groups():
-        return specopt.param_groups(model)
-
-    split = groups()
-    matrices = [p for g in split if g["norm"] != "adamw" for p in g["params"]]
-    rest = [p for g in split if g["norm"] == "adamw" for p in g["params"]]
     opts = {}
-    if all(p.ndim == 2 for p in matrices):  # torch.optim.Muon takes 2-D parameters only
-        torch_muon = torch.optim.Muon(matrices, lr=0.02, weight_decay=0.0, adjust_lr_fn="original")
-        opts["torch.optim.Muon (bf16)"] = [torch_muon] + (
-            [torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0, fused=True)] if rest else [])
     for dtype, label in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         opts[f"specopt Muon ({label}), one call per matrix"] = [
-            specopt.Muon(groups(), lr=0.02, compute_dtype=dtype, batch_lmo=False)]
-        opts[f"specopt Muon ({label}), default"] = [specopt.Muon(groups(), lr=0.02, compute_dtype=dtype)]
+            specopt.Muon(specopt.param_groups(model), lr=0.02, compute_dtype=dtype, batch_lmo=False)]
+        opts[f"specopt Muon ({label}), default"] = [
+            specopt.Muon(specopt.param_groups(model), lr=0.02, compute_dtype=dtype)]
+    matrices, rest = orthogonalised(opts["specopt Muon (fp32), default"][0])
+    if all(p.ndim == 2 for p in matrices):  # torch.optim.Muon takes 2-D parameters only
+        torch_muon = torch.optim.Muon(matrices, lr=0.02, weight_decay=0.0, adjust_lr_fn="original")
+        opts = {"torch.optim.Muon (bf16)": [torch_muon] + (
+            [torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0, fused=True)] if rest else []), **opts}
     return opts
 
 
@@ -102,9 +105,9 @@ def time_steps(opts: dict[str, list], rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matrix_summary(model: torch.nn.Module) -> str:
-    """How many tensors specopt orthogonalises and how many distinct shapes they have."""
-    shapes = [tuple(p.shape) for g in specopt.param_groups(model) if g["norm"] != "adamw" for p in g["params"]]
+def matrix_summary(opts: dict[str, list]) -> str:
+    """How many tensors specopt orthogonalises and in how many distinct shapes."""
+    shapes = [tuple(p.shape) for p in orthogonalised(opts["specopt Muon (fp32), default"][0])[0]]
     return f"{len(shapes)} tensors in {len(set(shapes))} shapes"
 
 
@@ -121,12 +124,14 @@ def main() -> None:
         print(f"{set_name} …", flush=True)
         torch.manual_seed(0)
         model = with_gradients(build())
-        med = time_steps(optimizers(model), rounds)
+        opts = optimizers(model)
+        summary = matrix_summary(opts)
+        med = time_steps(opts, rounds)
         torch_ref = med.get("torch.optim.Muon (bf16)")
         for name, seconds in med.items():
             label = name.split(" (")[1].split(")")[0] if name.startswith("specopt") else None
             per_matrix = med.get(f"specopt Muon ({label}), one call per matrix") if label else None
-            rows.append({"set": set_name, "tensors": matrix_summary(model), "optimizer": name, "step_ms": seconds * 1e3,
+            rows.append({"set": set_name, "tensors": summary, "optimizer": name, "step_ms": seconds * 1e3,
                          "vs_torch": None if torch_ref is None else seconds / torch_ref,
                          "vs_one_call_per_matrix": None if per_matrix is None else seconds / per_matrix})
     lines = [
@@ -137,12 +142,14 @@ def main() -> None:
         "(5 steps) with the lmo's of one shape stacked into one call (the default on the CPU for tensors of at most "
         f"{linalg.CPU_BATCH_MAX_NUMEL} entries) or one call per matrix (`batch_lmo=False`, the CPU default before), "
         "in bf16 and in float32. Ratios within one run, like against like (the same dtype).", "",
-        "| parameter set | orthogonalised | optimizer | step (ms) | ÷ torch.optim.Muon (bf16) | ÷ one call per matrix |",
+        "| parameter set | orthogonalised | optimizer | step (ms) | ÷ torch.optim.Muon (bf16) "
+        "| ÷ one call per matrix |",
         "|---|---|---|---:|---:|---:|"]
     for r in rows:
         vs_torch = "—" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}"
         vs_loop = "—" if r["vs_one_call_per_matrix"] is None else f"{r['vs_one_call_per_matrix']:.2f}"
-        lines.append(f"| {r['set']} | {r['tensors']} | {r['optimizer']} | {r['step_ms']:.1f} | {vs_torch} | {vs_loop} |")
+        lines.append(f"| {r['set']} | {r['tensors']} | {r['optimizer']} | {r['step_ms']:.1f} | {vs_torch} "
+                     f"| {vs_loop} |")
     lines += ["", "- the CNN's conv kernels are 4-D, which torch.optim.Muon does not take: no torch row there",
               DRIFT_NOTE["cpu"]]
     table = "\n".join(lines) + "\n"

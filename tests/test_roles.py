@@ -1,5 +1,7 @@
 """specopt.param_groups: roles, norms and radii from module types and shapes."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -128,6 +130,47 @@ def test_muon_uses_roles_adamw_for_embedding_and_head():
     by_role = {g["role"]: g for g in opt.param_groups if len(g["params"])}
     assert by_role["embedding"]["norm"] == "adamw" and by_role["head"]["norm"] == "adamw"
     assert by_role["hidden"]["radius"] == "original"
+
+
+def innermost(norm):
+    while hasattr(norm, "inner"):
+        norm = norm.inner
+    return norm
+
+
+def test_muons_msign_options_reach_the_groups_of_param_groups():
+    """``Muon(param_groups(model), method=…)`` orthogonalises every tensor with that msign, the fused q/k/v blocks
+    included: the same step as ``param_groups(model, msign={…})``, and not the default Polar Express step."""
+    torch.manual_seed(0)
+    base = TinyGPT(tied=False)
+    chosen = {"method": "newton_schulz", "steps": 6, "compute_dtype": torch.float64}
+    after = {}
+    for label, make in {
+        "muon": lambda m: specopt.Muon(specopt.param_groups(m), **chosen),
+        "groups": lambda m: specopt.Muon(specopt.param_groups(m, msign=chosen)),
+        "default": lambda m: specopt.Muon(specopt.param_groups(m)),
+    }.items():
+        model = copy.deepcopy(base)
+        opt = make(model)
+        spectral = [innermost(g["norm"]) for g in opt.param_groups if g["norm"] != "adamw"]
+        assert spectral and all(n.method == ("polar_express" if label == "default" else "newton_schulz")
+                                for n in spectral)
+        gen = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+        after[label] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(after["muon"], after["groups"], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(after["muon"], after["default"], strict=True))
+
+
+def test_muon_refuses_msign_options_that_disagree_with_the_groups():
+    model = TinyGPT(tied=False)
+    with pytest.raises(ValueError, match=r"Muon\(steps=4\) disagrees with the hidden group's norm.*steps=6"):
+        specopt.Muon(specopt.param_groups(model, msign={"steps": 6}), steps=4)
+    opt = specopt.Muon(specopt.param_groups(model, msign={"steps": 6}), steps=6, method="cans")  # agreeing: fine
+    assert {(innermost(g["norm"]).steps, innermost(g["norm"]).method) for g in opt.param_groups
+            if g["norm"] != "adamw"} == {(6, "cans")}
 
 
 @pytest.mark.parametrize(

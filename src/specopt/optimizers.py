@@ -29,6 +29,8 @@ and all but ALMOND take ``estimator="storm"`` (variance-reduced momentum; ``step
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from specopt._checks import lr_like
@@ -208,9 +210,10 @@ class Muon(GeometryOptimizer):
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
     ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
-    ``compute_dtype``/``gram`` choose the msign (default: Polar Express, 5 steps, bf16 where native; ``gram=True``
-    takes the faster, slightly less accurate Gram form on wide matrices in bf16, see
-    :func:`specopt.linalg.use_gram`).
+    ``compute_dtype``/``gram`` choose the msign of every Muon tensor, the groups of :func:`specopt.param_groups`
+    included (default: Polar Express, 5 steps, bf16 where native; ``gram=True`` takes the faster, slightly less
+    accurate Gram form on wide matrices in bf16, see :func:`specopt.linalg.use_gram`); a group whose norm sets one
+    of them otherwise (``param_groups(model, msign={...})``) is a ``ValueError``.
     ``nesterov`` defaults to True, and to False with ``estimator="storm"`` (which has no Nesterov form).
     ``rule`` replaces the uSCG step on the Muon tensors (e.g. NorMuon's row normalisation, see the guide
     "Writing a new optimizer").
@@ -267,8 +270,10 @@ def _split_for_muon(params, aux: dict, msign_kwargs: dict, scale: str) -> list[d
             rest.pop("radius", None)
             if role not in MUON_ROLES or not _spectral(rest.get("norm")):
                 rest.pop("norm", None)
-            elif _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
-                rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
+            else:
+                rest["norm"] = with_msign(rest["norm"], msign_kwargs, role)
+                if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
+                    rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
         by_rank: dict[int, list] = {}
         other = []
         for member in members:
@@ -285,6 +290,34 @@ def _split_for_muon(params, aux: dict, msign_kwargs: dict, scale: str) -> list[d
             out.append(sub)
         if other:
             out.append({**aux, **({"role": role} if role else {}), "params": other})
+    return out
+
+
+MSIGN_DEFAULTS = {"method": "polar_express", "steps": None, "compute_dtype": None, "gram": None}
+"""Muon's msign settings when its caller gives none (those of :class:`~specopt.norms.Spectral`)."""
+
+
+def with_msign(norm, msign_kwargs: dict, role: str):
+    """``norm`` (a spectral geometry on some layout, from :func:`specopt.param_groups`) with the msign settings the
+    caller gave Muon: each one not at its default replaces the norm's where the norm has the default, so that
+    ``Muon(param_groups(model), method="newton_schulz")`` orthogonalises every tensor with Newton–Schulz; one the norm
+    sets otherwise (``param_groups(model, msign={...})``) is a ``ValueError``: the two disagree."""
+    if hasattr(norm, "inner"):
+        out = copy.copy(norm)
+        out.inner = with_msign(norm.inner, msign_kwargs, role)
+        return out
+    chosen = {k: v for k, v in msign_kwargs.items() if v != MSIGN_DEFAULTS[k]}
+    for key, value in chosen.items():
+        own = getattr(norm, key)
+        if own != MSIGN_DEFAULTS[key] and own != value:
+            raise ValueError(f"Muon({key}={value!r}) disagrees with the {role} group's norm, whose msign has "
+                             f"{key}={own!r} (set by param_groups(msign=...) or the group's own norm): give it in "
+                             "one place")
+    if not chosen:
+        return norm
+    out = copy.copy(norm)
+    for key, value in chosen.items():
+        setattr(out, key, value)
     return out
 
 
