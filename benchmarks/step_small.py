@@ -150,7 +150,13 @@ def main() -> None:
         vs_loop = "—" if r["vs_one_call_per_matrix"] is None else f"{r['vs_one_call_per_matrix']:.2f}"
         lines.append(f"| {r['set']} | {r['tensors']} | {r['optimizer']} | {r['step_ms']:.1f} | {vs_torch} "
                      f"| {vs_loop} |")
+    native = linalg.default_compute_dtype(torch.device("cpu")) == torch.bfloat16
     lines += ["", "- the CNN's conv kernels are 4-D, which torch.optim.Muon does not take: no torch row there",
+              "- the fp32 rows are specopt's default on this CPU: " + (
+                  "it multiplies bf16 natively, so the default there is bf16 (the bf16 rows)" if native else
+                  "it has no native bf16 (its bf16 matmuls are emulated, several times slower than float32's), so "
+                  "specopt computes msign in float32 here unless `compute_dtype` says otherwise; the bf16 rows are "
+                  "like against like with torch.optim.Muon, whose Newton–Schulz is bf16 only"),
               DRIFT_NOTE["cpu"]]
     table = "\n".join(lines) + "\n"
     print(table)
