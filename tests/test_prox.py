@@ -102,6 +102,16 @@ def test_constrained_iterates_stay_feasible_through_training():
     assert losses[-1] < losses[0]
 
 
+def test_groups_of_param_groups_are_refused_rather_than_replacing_the_preconditioner():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    groups = specopt.param_groups(model)
+    with pytest.raises(ValueError, match=r"ProxSpectral got the 'hidden' group of specopt.param_groups, whose norm "
+                                         r"Spectral\(.*\) would replace its preconditioner"):
+        specopt.ProxSpectral(groups)
+    opt = specopt.ProxSpectral([{"params": g["params"]} for g in groups])  # the way the message gives
+    assert all(isinstance(g["norm"], Preconditioner) for g in opt.param_groups)
+
+
 def test_constraint_that_does_not_fit_a_parameter_names_it():
     model = nn.Linear(4, 3)
     with pytest.raises(ValueError, match=r"SpectralBall.*needs a matrix.*but bias has shape"):

@@ -191,10 +191,26 @@ class ProxSpectral(GeometryOptimizer):
                  process_group="auto"):
         norm = Preconditioner(preconditioner, kappa=kappa, eps=eps, scale=scale, steps=steps,
                               compute_dtype=compute_dtype)
+        params = _without_role_norms(params, "ProxSpectral", "its preconditioner")
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, constraint=constraint,
                                            weight_decay=weight_decay),
                          rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
+
+
+def _without_role_norms(params, preset: str, geometry: str):
+    """``params``, refused where a group of :func:`specopt.param_groups` brings a norm that would silently replace
+    the preset's own geometry (a group's keys override the optimizer's defaults, as in torch.optim)."""
+    if isinstance(params, torch.nn.Module):
+        return params  # the engine names the mistake
+    params = list(params)
+    for group in params:
+        if isinstance(group, dict) and "role" in group and group.get("norm") not in (None, "adamw") \
+                and not isinstance(group["norm"], Preconditioner):
+            raise ValueError(f"{preset} got the {group['role']!r} group of specopt.param_groups, whose norm "
+                             f"{group['norm']!r} would replace {geometry}: pass model.parameters(), or the groups "
+                             "without their norms and radii, e.g. [{'params': g['params']} for g in groups]")
+    return params
 
 
 class Muon(GeometryOptimizer):
