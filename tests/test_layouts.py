@@ -221,6 +221,48 @@ def test_frozen_parameters_are_left_out_and_shared_ones_listed_once():
     assert roles(specopt.param_groups(model))["4.weight"]["role"] == "head"  # the projection to the vocabulary
 
 
+class UntraceableLM(nn.Module):
+    """x-transformers' layout: token and position tables, hidden layers as wide as the context (64), the logits
+    projection ``to_logits``, and a forward torch.fx cannot trace (it branches on the input's length)."""
+
+    def __init__(self, vocab=1000, d=32, ctx=64, heads=None):
+        super().__init__()
+        self.token_emb, self.pos_emb = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(d, ctx), nn.ReLU(), nn.Linear(ctx, d)) for _ in range(2))
+        self.to_logits = nn.Linear(d, vocab, bias=False)
+        if heads:
+            self.to_cls = nn.Linear(d, heads)
+            self.cls_emb = nn.Embedding(heads, d)
+
+    def forward(self, idx):
+        x = self.token_emb(idx) + self.pos_emb(torch.arange(idx.shape[1]))
+        for block in self.blocks if idx.shape[1] > 1 else self.blocks[:1]:
+            x = x + block(x)
+        return self.to_logits(x)
+
+
+def test_the_projection_to_the_token_table_is_the_head_when_the_position_table_matches_hidden_widths():
+    """Each table its own vocabulary: the position table's 64 rows match four hidden layers, which must not hide
+    the one projection to the token table's 1000 rows (x-transformers' ``to_logits`` was read as a hidden matrix)."""
+    model = UntraceableLM()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_name = roles(specopt.param_groups(model))
+    assert by_name["to_logits.weight"]["role"] == "head"
+    assert {by_name[f"blocks.{i}.{j}.weight"]["role"] for i in (0, 1) for j in (0, 2)} == {"hidden"}
+    opt = specopt.Muon(specopt.param_groups(model))
+    assert next(g for g in opt.param_groups if any(p is model.to_logits.weight for p in g["params"]))["norm"] == \
+        "adamw"
+
+
+def test_two_tables_with_one_projection_each_name_both_in_a_warning():
+    model = UntraceableLM(heads=3)  # to_cls projects to cls_emb's 3 rows, to_logits to the token table's
+    with pytest.warns(UserWarning, match=r"could not tell the output layer: to_cls, to_logits .*head="):
+        by_name = roles(specopt.param_groups(model))
+    assert by_name["to_logits.weight"]["role"] == "hidden"
+    assert roles(specopt.param_groups(model, head="to_logits"))["to_logits.weight"]["role"] == "head"
+
+
 @pytest.mark.parametrize("cls", [specopt.Muon, specopt.Scion, specopt.UScion, specopt.ClippedScion, specopt.ALMOND,
                                  specopt.SteepestDescent, specopt.ProxSpectral])
 def test_zero_size_and_scalar_parameters_step_without_a_crash(cls):

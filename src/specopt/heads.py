@@ -4,7 +4,8 @@ In order: the module transformers' ``get_output_embeddings()`` or timm's ``get_c
 with ``config.num_labels`` outputs outside a transformers base model; the ``nn.Linear`` (or ``Conv1D``) whose output
 reaches the model's output through parameter-free operations in a ``torch.fx`` trace; the head the outermost
 transformers or timm model inside states by the first two rules (a LightningModule's ``self.model``); the one
-``nn.Linear`` that projects back to the vocabulary of the model's ``nn.Embedding``. Otherwise the model has no head
+``nn.Linear`` that projects back to the rows of one of the model's ``nn.Embedding`` tables (x-transformers'
+``to_logits``: its position table's rows may equal hidden widths). Otherwise the model has no head
 (``nn.Transformer`` alone, a feature extractor). ``torch.compile``, DDP and ``nn.DataParallel`` wrappers are read
 through the module they wrap.
 """
@@ -41,10 +42,25 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
             stated = _stated_heads(sub, inner)  # an encoder stack that returns its input table states no head
             if stated is not None and not any(isinstance(inner[n], nn.Embedding) for n in stated[0]):
                 return {f"{name}.{n}" for n in stated[0]}, f"{stated[1]} of {name}"
-    vocab = {m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}
-    found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features in vocab}
-    if len(found) == 1:
-        return found, "projects to the embedding's vocabulary"
+    return _projects_to_vocabulary(modules)
+
+
+def _projects_to_vocabulary(modules: dict) -> tuple[set[str], str]:
+    """The one ``nn.Linear`` whose width is an ``nn.Embedding``'s number of rows, table by table: a position table's
+    rows (the context length) often equal the width of hidden layers, which must not hide the token table's one
+    projection. Two tables with one projection each: no head, with a warning naming both and the ``head=`` to pass."""
+    unique = []
+    for rows in sorted({m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}):
+        found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == rows}
+        if len(found) == 1:
+            unique.append(found)
+    if len(unique) == 1:
+        return unique[0], "projects to the embedding's vocabulary"
+    if unique:
+        named = ", ".join(sorted(set().union(*unique)))
+        warnings.warn(f"param_groups could not tell the output layer: {named} each project to the rows of an "
+                      "nn.Embedding; pass head='<regex of its name>' (or head=False for none). Until then each is "
+                      "read as a hidden matrix", stacklevel=2)
     return set(), "none found"
 
 
