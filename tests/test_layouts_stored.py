@@ -451,3 +451,30 @@ def test_the_raw_tensors_transformers_models_hold_get_their_layout_without_a_war
     assert (gate.role, gate.transposed) == ("hidden", False)
     assert {got[n].role for n in ("indexer.index_kpool_compress_ape", "sam2.no_object_pointer",
                                   "sam2.occlusion_spatial_embedding_parameter")} == {"token"}
+
+
+def test_the_raw_tensors_x_transformers_holds_get_their_layout_without_a_warning():
+    """Its bank of distance profiles (``weights @ bank``) and hyper-connections' dynamic mixing weights (``normed @
+    W``) are ``x @ W``, their static mixing weights entry-wise, its attention's memory keys and values
+    ``(kv heads, n, d_head)`` tokens (a warning, a warning and a refusal before)."""
+    got = layouts(nn.ModuleDict({
+        "bias": owned("RelativeProjPositionalBias", distance_bank=(16, 64)),
+        "hyper": owned("HyperConnection", dynamic_alpha_fn=(32, 5), static_alpha=(4, 5), static_beta=(4,)),
+        "attention": owned("Attention", mem_k=(2, 4, 8), mem_v=(2, 4, 8))}))
+    assert {(got[n].role, got[n].transposed) for n in ("bias.distance_bank", "hyper.dynamic_alpha_fn")} == \
+        {("hidden", True)}
+    assert {got[n].role for n in ("hyper.static_alpha", "hyper.static_beta")} == {"vector"}
+    assert {got[n].role for n in ("attention.mem_k", "attention.mem_v")} == {"token"}
+
+
+@pytest.mark.parametrize("layer, glu, halves", [
+    (lambda: nn.Linear(8, 32), nn.GLU(), True),
+    (lambda: nn.Linear(8, 32), nn.GLU(dim=1), False),  # the rows of a (batch, features) input, not the features
+    (lambda: nn.Conv1d(8, 32, 3), nn.GLU(dim=1), True),
+    (lambda: nn.Conv2d(8, 32, 3), nn.GLU(dim=-3), True),
+    (lambda: nn.Conv1d(8, 32, 3), nn.GLU(dim=-1), False),  # halves the time axis
+    (lambda: nn.Linear(8, 32), nn.ReLU(), False),
+])
+def test_a_projection_an_nn_glu_halves_in_a_sequential_holds_a_value_and_a_gate_block(layer, glu, halves):
+    got = layouts(nn.Sequential(layer(), glu, nn.Linear(16, 4)))["0.weight"]
+    assert got.blocks == ((16, 16) if halves else None)

@@ -403,6 +403,61 @@ def dit():
 dit_loss = denoising_loss((2, 4, 8, 8), class_labels=torch.tensor([1, 7]))
 
 
+def wav2vec2_conformer():
+    """A conformer for CTC with its adapter: the convolution module's ``pointwise_conv1`` and the adapter's ``conv``
+    are halved by a GLU (``nn.GLU(dim=1)`` and ``F.glu(dim=1)``). Its encoder never calls ``pos_conv_embed`` (it
+    has relative positions), which is frozen so that every trainable tensor has a gradient."""
+    make = hf("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerForCTC", hidden_size=32, num_hidden_layers=1,
+              num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+              num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, conv_depthwise_kernel_size=3, vocab_size=12,
+              pad_token_id=0, add_adapter=True, num_adapter_layers=1, adapter_kernel_size=3, adapter_stride=2,
+              output_hidden_size=32, position_embeddings_type="relative", mask_time_prob=0.0, hidden_dropout=0.0,
+              attention_dropout=0.0, feat_proj_dropout=0.0, activation_dropout=0.0, final_dropout=0.0, layerdrop=0.0)
+
+    def build():
+        model = make()
+        model.wav2vec2_conformer.encoder.pos_conv_embed.requires_grad_(False)
+        return model
+    return build
+
+
+def ctc_loss(model):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 800, generator=g), torch.randint(1, 12, (4, 5), generator=g)
+    return model(input_values=x, labels=y).loss / 100
+
+
+def x_transformer():
+    """x-transformers' decoder-only LM with a GLU feed-forward (``ff_glu``) and attention on attention (``on_attn``:
+    ``nn.Sequential(Linear(d, 2·d_out), nn.GLU())``); its forward does not trace, and its position table's 16 rows
+    equal the width of q, k and v (2 heads × 8), which made the old vocabulary rule read ``to_logits`` as hidden."""
+    x_transformers = pytest.importorskip("x_transformers")
+
+    def make():
+        torch.manual_seed(0)
+        return x_transformers.TransformerWrapper(
+            num_tokens=VOCAB, max_seq_len=SEQ, attn_layers=x_transformers.Decoder(
+                dim=24, depth=1, heads=2, attn_dim_head=8, ff_glu=True, attn_on_attn=True, ff_mult=2))
+    return make
+
+
+def x_transformer_loss(model):
+    x = tokens()
+    logits = model(x[:, :-1])
+    return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x[:, 1:].reshape(-1))
+
+
+def test_x_transformers_lm_roles_head_and_glu_blocks():
+    model = x_transformer()()
+    assert_roles(model, {r"^token_emb\.emb\.weight$": "embedding", r"^pos_emb\.emb\.weight$": "embedding",
+                         r"^to_logits\.weight$": "head", r"to_[qkv]\.weight$|proj\.weight$|\.2\.weight$|to_out": "hidden",
+                         r"gamma$|bias$": "vector"})
+    layouts = specopt.layouts.classify(model)[0]
+    assert {name: layout.blocks for name, (layout, _) in layouts.items() if layout.blocks} == {
+        "attn_layers.layers.0.1.to_out.0.weight": (24, 24), "attn_layers.layers.1.1.ff.0.proj.weight": (48, 48)}
+    assert_presets_train(x_transformer(), x_transformer_loss)
+
+
 @pytest.mark.parametrize("factory, loss, blocks, rule", [
     (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}, "fused value/gate"),
     (jetmoe, lm_loss, {r"mlp\.input_linear": 2}, "fused value/gate"),
@@ -416,9 +471,12 @@ dit_loss = denoising_loss((2, 4, 8, 8), class_labels=torch.tensor([1, 7]))
     (minimax, lm_loss, {r"qkv_proj": 12, r"gate_up_proj": 2}, "stored by head"),  # its lightning attention's
     (pixart, pixart_loss, {r"adaln_single\.linear": 6}, "adaLN modulation"),  # 6 shifts, scales and gates
     (dit, dit_loss, {r"norm1\.linear": 6, r"proj_out_1": 2, r"ff\.net\.0\.proj": 1}, "adaLN modulation"),
+    (wav2vec2_conformer, ctc_loss, {r"pointwise_conv1": 2, r"adapter\.layers\.0\.conv\.": 2}, "(GLU)"),
+    (x_transformer, x_transformer_loss, {r"ff\.0\.proj": 2, r"to_out\.0": 2}, "fused value/gate"),
 ], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv", "pythia-qkv-by-head",
         "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk", "bigcode-qkv-by-head",
-        "minimax-lightning-qkv-by-head", "pixart-adaln-single", "dit-adaln-zero"])
+        "minimax-lightning-qkv-by-head", "pixart-adaln-single", "dit-adaln-zero", "wav2vec2-conformer-glu",
+        "x-transformers-glu"])
 def test_fused_projections_step_each_block_by_gamma_rho(factory, loss, blocks, rule):
     """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
     gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v, GPT-NeoX's, BLOOM's and

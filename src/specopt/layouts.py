@@ -67,19 +67,21 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|"
                           r"tokens?_?\d*$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|(^|_)(ape|pointer)$|"
-                          r"_embedding_parameter$|"
+                          r"_embedding_parameter$|^mem_[kv]$|"
                           r"^(latent_|learned_)?(latents?|quer(y|ies)|probe|prompts?)(_\d+|_[123]d)?$|(^|_)prompts?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``class_embedding``, an absolute position embedding ``*_ape``, SAM-2's learned
-``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``; ``latents``, ``query``, a pooling head's
+``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``, x-transformers' memory keys and values
+``mem_k``/``mem_v``; ``latents``, ``query``, a pooling head's
 ``probe`` as the whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
 _VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$|^(?![wW]_)(\w+_)?(mean|std)$|"
                            r"^(alpha|beta|gamma|gain|shift|offset|translate|modulation)s?(_\d+)?$|"
-                           r"(^|_)(scale_shift|shift_scale|modulate)_table$")
+                           r"(^|_)(scale_shift|shift_scale|modulate)_table$|^static_(alpha|beta)$")
 """Entry-wise parameters of more than one axis, by name: per-head biases (``pos_bias_u``, ``attention_biases``),
 scales (``logit_scale``), Mamba's ``A_log``, gains and shifts named by themselves (``alpha``, ``gamma``,
 ``translate``), the adaLN-single tables of shifts, scales and gates that diffusion transformers add to the time
-embedding (PixArt's and Sana's ``scale_shift_table`` ``(2 or 6, d)``, Wan's ``(1, 6, d)`` ``modulation``), and
+embedding (PixArt's and Sana's ``scale_shift_table`` ``(2 or 6, d)``, Wan's ``(1, 6, d)`` ``modulation``),
+hyper-connections' ``static_alpha``/``static_beta`` (added to the input-dependent mixing weights), and
 stored statistics (``clip_mean``, ``clip_std``): added or multiplied entry by entry, not a linear map. A prefixed
 ``w_gamma`` or ``W_mean`` may be a matrix (FiLM, a VAE's mean projection)."""
 _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (True, "x @ W, stored d_in × d_out"),
@@ -88,11 +90,15 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
                    ("AMSoftmaxLoss$", ("weight",)): (True, "torch.mm(x, W), stored d_in × labels"),
                    ("^XCLIPModel$", ("prompts_visual_projection",)): (True, "x @ W, stored d_in × d_out"),
                    ("^Inkling2\\w*RelativePositionBias$", ("proj",)): (True, "states @ proj, stored d_rel × distances"),
-                   ("Indexer$", ("index_kpool_compress_gate",)): (False, "F.linear's (d_out, d_in)")}
+                   ("Indexer$", ("index_kpool_compress_gate",)): (False, "F.linear's (d_out, d_in)"),
+                   ("^RelativeProjPositionalBias$", ("distance_bank",)): (True, "weights @ bank, stored basis × "
+                                                                                "distances"),
+                   ("^HyperConnection$", ("dynamic_alpha_fn",)): (True, "x @ W, stored d × streams")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
 hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
 the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
-position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``)."""
+position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``), x-transformers' bank of
+distance profiles (``use_rel_proj_pos_bias``) and its hyper-connections' dynamic mixing weights (``normed @ W``)."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
 _QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxLightningAttention)$",
                 "c_attn": r"^GPTBigCodeAttention$"}
@@ -108,12 +114,22 @@ head shared by k and v."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
 _ADALN = "adaLN modulation: {k} shifts, scales and gates"
+_GLU = "fused value/gate (GLU)"
 _CHUNKED_OUTPUTS = (
     ("Wi", r"^ModernBert\w*MLP$", 2, "fused value/gate"),
     ("fc1", r"^(Moonshine\w*DecoderMLP|GluMlp)$", 2, "fused value/gate"),
-    ("proj", r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU)$", 2, "fused value/gate"),
+    ("proj", r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU|GLU)$", 2, "fused value/gate"),
     ("linear_1", r"^AyaVisionMultiModalProjector$", 2, "fused value/gate"),
     ("input_linear", r"^(JetMoeMoE|Granite\w*MLP)$", 2, "fused value/gate"),
+    ("pointwise_conv1", r"^(Wav2Vec2(Conformer|Bert)|SeamlessM4T(v2)?Conformer|FastSpeech2Conformer|"
+                        r"(Parakeet|Lasr|NemotronAsrStreaming)Encoder)ConvolutionModule$", 2, _GLU),
+    ("up_conv", r"^GraniteSpeech(Plus)?ConformerConvModule$", 2, _GLU),
+    ("pointwise_lin1", r"^GraniteSpeech5EncoderConvolutionModule$", 2, _GLU),
+    ("linear_start", r"^(Gemma4AudioLightConv1d|Gemma3nAudioConformerLightConv1d)$", 2, _GLU),
+    ("ext_pw_conv_1d", r"^Phi4MultimodalAudioGluPointWiseConv$", 2, _GLU),
+    ("conv", r"^(Wav2Vec2|Wav2Vec2Conformer|WavLM|Data2VecAudio)AdapterLayer$", 2, _GLU),
+    ("residual_conv", r"^(Wav2Vec2Bert|SeamlessM4T(v2)?Conformer)AdapterLayer$", 2, _GLU),
+    ("self_attn_conv", r"^(Wav2Vec2Bert|SeamlessM4T(v2)?Conformer)AdapterLayer$", 2, _GLU),
     ("linear", r"^(AdaLayerNormZero|AdaLayerNormSingle)$", 6, _ADALN),
     ("linear", r"^AdaLayerNormZeroSingle$", 3, _ADALN),
     ("linear", r"^SD35AdaLayerNormZeroX$", 9, _ADALN),
@@ -123,10 +139,13 @@ _CHUNKED_OUTPUTS = (
 """Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and
 the owner's class: ``(name, owner class regex, k, what)``, each part a map of its own (k row blocks), as Phi-3's
 ``gate_up_proj``. Value/gate halves: ModernBERT's ``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers'
-``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets), Aya Vision's projector, JetMoe's expert stack and Granite's
-dense MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2). adaLN modulation (DiT,
-PixArt, SD3, Flux, Wan, …): the k shifts, scales and gates of diffusers' ``AdaLayerNorm*`` ``linear``
-(``emb.chunk(6, dim=1)``), Wan's ``time_proj``, DiT's ``proj_out_1``."""
+``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets), x-transformers' ``GLU`` ``proj`` (``ff_glu``), Aya
+Vision's projector, JetMoe's expert stack and Granite's dense MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1``
+(gMixer, DeepSeek's ViT, Sapiens-2), and the projections a GLU halves in speech models (conformer blocks'
+``pointwise_conv1``, adapters' convs: wav2vec2, Wav2Vec2-BERT, SeamlessM4T, Parakeet, FastSpeech2, Gemma 3n/4 audio,
+Granite Speech, Phi-4 audio). adaLN modulation (DiT, PixArt, SD3, Flux, Wan, …): the k shifts, scales and
+gates of diffusers' ``AdaLayerNorm*`` ``linear`` (``emb.chunk(6, dim=1)``), Wan's ``time_proj``, DiT's
+``proj_out_1``."""
 
 
 @dataclass(frozen=True)
@@ -584,15 +603,31 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
 
 
 def _chunked_output(layout: Layout, parent, p) -> Layout:
-    """k row blocks for a projection of :data:`_CHUNKED_OUTPUTS`."""
+    """k row blocks for a projection of :data:`_CHUNKED_OUTPUTS`, or two for one an ``nn.GLU`` halves
+    (:func:`_glu_next`)."""
     if parent is None:
         return layout
     owner, local = authored_class(parent[0]).__name__, parent[1]
     rows = _rows(layout, p)
+    if _glu_next(layout, parent) and rows % 2 == 0:
+        return _with(layout, (rows // 2, rows // 2), f"fused value/gate (nn.GLU after it in {owner})")
     for name, pattern, k, what in _CHUNKED_OUTPUTS:
         if local == name and re.search(pattern, owner) and rows % k == 0:
             return _with(layout, (rows // k,) * k, f"{what.format(k=k)} ({owner}.{local})")
     return layout
+
+
+def _glu_next(layout: Layout, parent) -> bool:
+    """Whether the module is followed in an ``nn.Sequential`` by an ``nn.GLU`` that halves its outputs: along the
+    features (``dim=-1``) of a linear map, along the channels (``dim=1``) of a conv (x-transformers' ``on_attn``
+    output, conformer blocks written as Sequentials). Its two halves are the value and the gate maps."""
+    container, local = parent
+    if not isinstance(container, nn.Sequential) or not local.isdigit() or int(local) + 1 >= len(container):
+        return False
+    glu = container[int(local) + 1]
+    if type(glu) is not nn.GLU:
+        return False
+    return glu.dim in ((1, -layout.kernel_dims - 1) if layout.kernel_dims else (-1,))
 
 
 def _per_head_qkv(attention: nn.Module, local: str) -> bool:
