@@ -64,7 +64,8 @@ def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: b
         candidates = []
         for lr in lrs:
             tag = name if lr is None else f"{name}_lr{lr:.3g}"
-            cfg = replace(base, optimizer=name, hparams={**base.hparams, **({"lr": lr} if lr else {})})
+            shared = {k: v for k, v in base.hparams.items() if k in registry.TAKES[name]}  # --gram: not AdamW's
+            cfg = replace(base, optimizer=name, hparams={**shared, **({"lr": lr} if lr else {})})
             log(f"[{name}] {'lr ' + format(lr, '.3g') if lr else 'defaults'} → {out / tag}")
             info = run_isolated(cfg, out / tag, progress)
             candidates.append(_summarise(name, tag, out / tag, info))

@@ -101,14 +101,9 @@ class DoG(GeometryOptimizer):
                  nonfinite: str = "raise", batch_lmo: bool | None = None, process_group="auto"):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "norm": norm, "radius": 1.0,
                     "weight_decay": weight_decay}
-        super().__init__(_euclidean_outside_muon_roles(params), defaults, rule=DistanceOverGradients(r_rel),
-                         estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo, process_group=process_group)
+        super().__init__(params, defaults, rule=DistanceOverGradients(r_rel), estimator=estimator,
+                         nonfinite=nonfinite, batch_lmo=batch_lmo, process_group=process_group)
 
-
-def _euclidean_outside_muon_roles(params):
-    """Groups with a ``role`` outside Muon's (from :func:`specopt.param_groups`) get the Euclidean norm."""
-    if isinstance(params, torch.nn.Module):
-        return params  # the engine's error names the fix
-    params = list(params)
-    return [{**g, "norm": "euclidean"} if isinstance(g, dict) and g.get("role") not in (None, *MUON_ROLES) else g
-            for g in params]
+    def _preset_groups(self, group: dict) -> list[dict]:
+        """A group with a ``role`` outside Muon's (from :func:`specopt.param_groups`) gets the Euclidean norm."""
+        return [{**group, "norm": "euclidean"} if group.get("role") not in (None, *MUON_ROLES) else group]

@@ -177,8 +177,22 @@ class GeometryOptimizer(Optimizer):
         with)."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
-        super().add_param_group(dict(param_group))
-        group = self.param_groups[-1]
+        before = len(self.param_groups)
+        try:
+            for piece in self._preset_groups(dict(param_group)):
+                super().add_param_group(piece)
+                self._checked(self.param_groups[-1])
+        except Exception:
+            del self.param_groups[before:]  # a refused group leaves the optimizer as it was
+            raise
+
+    def _preset_groups(self, group: dict) -> list[dict]:
+        """The groups a preset makes of one group it is given, in the constructor and in :meth:`add_param_group`
+        alike (Muon: its matrices and its AdamW tensors apart). The bare engine keeps it as it is."""
+        return [group]
+
+    def _checked(self, group: dict) -> None:
+        """A group torch has just added: its own tensor ``lr``, no tensor twice, a norm object, valid values."""
         lr = group["lr"]
         if isinstance(lr, torch.Tensor):
             held = [self.defaults.get("lr")] + [g["lr"] for g in self.param_groups[:-1]]

@@ -112,7 +112,13 @@ def _hf_optimizer(model: torch.nn.Module, name: str, kwargs: dict) -> torch.opti
         raise ValueError("gluon's online L0/L1 estimate needs optimizer.step(closure) to compare two gradients of "
                          "one batch, and transformers.Trainer steps without one; pass numbers, e.g. L0=0.0, "
                          "L1=50.0, or train with Lightning")
-    return create_optimizer(model, key, **kwargs)
+    optimizer = create_optimizer(model, key, **kwargs)
+    estimator = getattr(optimizer, "estimator", None)
+    if estimator is not None and estimator.needs_closure:  # a preset built on STORM (gluon-mvr)
+        raise ValueError(f"{key} steps with estimator {estimator.name!r}, which needs optimizer.step(closure), and "
+                         "transformers.Trainer steps without one; use Lightning (which passes a closure) or a plain "
+                         "loop")
+    return optimizer
 
 
 def lightning_optimizers(model: torch.nn.Module, name: str = "muon", *, num_training_steps: int,

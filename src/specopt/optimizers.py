@@ -191,26 +191,20 @@ class ProxSpectral(GeometryOptimizer):
                  process_group="auto"):
         norm = Preconditioner(preconditioner, kappa=kappa, eps=eps, scale=scale, steps=steps,
                               compute_dtype=compute_dtype)
-        params = _without_role_norms(params, "ProxSpectral", "its preconditioner")
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, constraint=constraint,
                                            weight_decay=weight_decay),
                          rule="uscg", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
 
-
-def _without_role_norms(params, preset: str, geometry: str):
-    """``params``, refused where a group of :func:`specopt.param_groups` brings a norm that would silently replace
-    the preset's own geometry (a group's keys override the optimizer's defaults, as in torch.optim)."""
-    if isinstance(params, torch.nn.Module):
-        return params  # the engine names the mistake
-    params = list(params)
-    for group in params:
-        if isinstance(group, dict) and "role" in group and group.get("norm") not in (None, "adamw") \
-                and not isinstance(group["norm"], Preconditioner):
-            raise ValueError(f"{preset} got the {group['role']!r} group of specopt.param_groups, whose norm "
-                             f"{group['norm']!r} would replace {geometry}: pass model.parameters(), or the groups "
-                             "without their norms and radii, e.g. [{'params': g['params']} for g in groups]")
-    return params
+    def _preset_groups(self, group: dict) -> list[dict]:
+        """A group of :func:`specopt.param_groups` brings a norm that would replace the preconditioner: refused (a
+        group's keys override the optimizer's defaults, as in torch.optim)."""
+        if "role" in group and group.get("norm") not in (None, "adamw") and \
+                not isinstance(group["norm"], Preconditioner):
+            raise ValueError(f"ProxSpectral got the {group['role']!r} group of specopt.param_groups, whose norm "
+                             f"{group['norm']!r} would replace its preconditioner: pass model.parameters(), or the "
+                             "groups without their norms and radii, e.g. [{'params': g['params']} for g in groups]")
+        return [group]
 
 
 class Muon(GeometryOptimizer):
@@ -222,7 +216,10 @@ class Muon(GeometryOptimizer):
     else every tensor with ≥ 2 dims (2-D in ``nn.Linear``'s layout, 4-D/5-D conv kernels; a 3-D tensor's layout
     is unknown, an error). The rest go to AdamW with ``adamw_lr``, ``adamw_betas``, ``adamw_eps``,
     ``adamw_weight_decay`` (separate param groups, so LR schedulers scale both; with a tensor ``lr`` a float
-    ``adamw_lr`` becomes a tensor too, so that a compiled step follows a scheduler without recompiling).
+    ``adamw_lr`` becomes a tensor too, so that a compiled step follows a scheduler without recompiling). A group's
+    own keys (``lr``, ``weight_decay``, ``constraint``, ``betas``, …; not ``norm``, ``radius``, ``momentum``,
+    ``nesterov``) hold for its AdamW tensors too, as torch.optim applies a group's keys to every tensor in it;
+    :meth:`add_param_group` splits a group the same way.
 
     ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
     ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
@@ -250,9 +247,12 @@ class Muon(GeometryOptimizer):
                              weight_decay=weight_decay)
         aux = {"norm": "adamw", "lr": lr_like(adamw_lr, lr), "betas": adamw_betas, "eps": adamw_eps,
                "weight_decay": adamw_weight_decay, "momentum": 0.0, "nesterov": False, "radius": 1.0}
-        super().__init__(_split_for_muon(params, aux, msign_kwargs, scale), defaults, rule=rule, estimator=estimator,
-                         nonfinite=nonfinite, batch_lmo=batch_lmo,
+        self._muon_split = (aux, msign_kwargs, scale)
+        super().__init__(params, defaults, rule=rule, estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
+
+    def _preset_groups(self, group: dict) -> list[dict]:
+        return _split_for_muon(group, *self._muon_split)
 
 
 def refuse_own(preset: str, kwargs: dict, *keys: str) -> None:
@@ -263,49 +263,47 @@ def refuse_own(preset: str, kwargs: dict, *keys: str) -> None:
             raise ValueError(f"{preset} sets {key} itself; use specopt.Muon({key}=...) for another {key}")
 
 
-def _split_for_muon(params, aux: dict, msign_kwargs: dict, scale: str) -> list[dict]:
-    """Split every group into its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and its
-    AdamW tensors. A group that says ``norm="adamw"`` is AdamW as a whole, with its own ``lr``."""
-    if isinstance(params, torch.nn.Module):
-        raise ValueError(f"Muon got a module ({type(params).__name__}); pass model.parameters(), or "
-                         "specopt.param_groups(model) to send embeddings, head, gains and biases to its AdamW")
-    params = list(params)
-    if not params:
-        raise ValueError("optimizer got an empty parameter list")
-    groups = params if isinstance(params[0], dict) else [{"params": params}]
+MUON_ONLY = ("norm", "radius", "momentum", "nesterov")
+"""Keys of a group that are about Muon's step; its AdamW tensors keep every other key of their group (``lr``,
+``weight_decay``, ``constraint``, ``betas``, …)."""
+
+
+def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> list[dict]:
+    """One group as Muon's groups: its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and
+    its AdamW tensors, which keep the group's own keys but Muon's step's (:data:`MUON_ONLY`) and get ``adamw_lr``
+    and the other AdamW defaults where the group sets none. A group that says ``norm="adamw"`` is AdamW as a
+    whole."""
+    rest = {k: v for k, v in group.items() if k != "params"}
+    members = group["params"]
+    members = [members] if isinstance(members, torch.Tensor) else list(members)
+    if rest.get("norm") == "adamw":
+        return [{**aux, **rest, "params": members}]
+    role = rest.get("role")
+    if role is not None:  # a group of specopt.param_groups: Muon's step length is its scale, not a radius
+        rest.pop("radius", None)
+        if role not in MUON_ROLES or not _spectral(rest.get("norm")):
+            rest.pop("norm", None)
+        else:
+            rest["norm"] = with_msign(rest["norm"], msign_kwargs, role)
+            if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
+                rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
+    by_rank: dict[int, list] = {}
+    other = []
+    for member in members:
+        p = member[1] if _is_named(member) else member
+        if (role in MUON_ROLES) if role is not None else p.ndim >= 2:
+            by_rank.setdefault(p.ndim, []).append(member)
+        else:
+            other.append(member)
     out = []
-    for group in groups:
-        rest = {k: v for k, v in group.items() if k != "params"}
-        members = group["params"]
-        members = [members] if isinstance(members, torch.Tensor) else list(members)
-        if rest.get("norm") == "adamw":
-            out.append({**aux, **rest, "params": members})
-            continue
-        role = rest.get("role")
-        if role is not None:  # a group of specopt.param_groups: Muon's step length is its scale, not a radius
-            rest.pop("radius", None)
-            if role not in MUON_ROLES or not _spectral(rest.get("norm")):
-                rest.pop("norm", None)
-            else:
-                rest["norm"] = with_msign(rest["norm"], msign_kwargs, role)
-                if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
-                    rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
-        by_rank: dict[int, list] = {}
-        other = []
-        for member in members:
-            p = member[1] if _is_named(member) else member
-            if (role in MUON_ROLES) if role is not None else p.ndim >= 2:
-                by_rank.setdefault(p.ndim, []).append(member)
-            else:
-                other.append(member)
-        for rank, ms in sorted(by_rank.items()):
-            sub = {**rest, "params": ms}
-            if rank > 2 and "norm" not in rest:
-                name = ms[0][0] if _is_named(ms[0]) else f"a Muon tensor of shape {tuple(ms[0].shape)}"
-                sub["norm"] = auto_norm(tuple((ms[0][1] if _is_named(ms[0]) else ms[0]).shape), name, **msign_kwargs)
-            out.append(sub)
-        if other:
-            out.append({**aux, **({"role": role} if role else {}), "params": other})
+    for rank, ms in sorted(by_rank.items()):
+        sub = {**rest, "params": ms}
+        if rank > 2 and "norm" not in rest:
+            name = ms[0][0] if _is_named(ms[0]) else f"a Muon tensor of shape {tuple(ms[0].shape)}"
+            sub["norm"] = auto_norm(tuple((ms[0][1] if _is_named(ms[0]) else ms[0]).shape), name, **msign_kwargs)
+        out.append(sub)
+    if other:
+        out.append({**aux, **{k: v for k, v in rest.items() if k not in MUON_ONLY}, "params": other})
     return out
 
 

@@ -55,6 +55,18 @@ are torch's optimizers with their swept (AdamW) and conventional (SGD) step size
 """
 
 HPARAMS = ("lr", "momentum", "weight_decay", "radius", "clip_radius", "adamw_lr", "gram")
+_MUON = ("lr", "momentum", "weight_decay", "adamw_lr", "gram")
+_GEOMETRY = ("lr", "momentum", "weight_decay", "radius", "gram")
+TAKES: dict[str, tuple[str, ...]] = {
+    "adamw": ("lr", "weight_decay"), "sgd": ("lr", "momentum", "weight_decay"),
+    "torch-muon": ("lr", "momentum", "weight_decay", "adamw_lr"),
+    **dict.fromkeys(("muon", "normuon", "adamuon", "drop-muon", "adago", "muonbp"), _MUON),
+    "prox-spectral": ("lr", "momentum", "weight_decay", "adamw_lr"),
+    "scion": _GEOMETRY, "uscion": _GEOMETRY, "almond": _GEOMETRY, "clipped-scion": (*_GEOMETRY, "clip_radius"),
+    "gluon": ("lr", "momentum", "weight_decay", "gram"), "gluon-mvr": ("lr", "momentum", "weight_decay", "gram"),
+    "dog": _GEOMETRY}
+"""The hyperparameters each builder uses (Scion's ``weight_decay`` and DoG's ``radius`` are taken to refuse them
+with a reason); :func:`resolve` refuses any other, so that no flag is silently ignored."""
 
 
 def optimizer_names() -> list[str]:
@@ -71,6 +83,8 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
             continue
         if key not in HPARAMS:
             raise ValueError(f"unknown hyperparameter {key!r}; valid: {', '.join(HPARAMS)}")
+        if key not in TAKES[name]:
+            raise ValueError(f"{name} does not use {key} (it takes {', '.join(TAKES[name])}), got {key}={value!r}")
         hp[key] = value
     return hp
 
@@ -103,7 +117,8 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         groups = param_groups(model, scheme=task.scheme)
         hidden = [p for g in groups if g["role"] in ("hidden",) for _, p in g["params"]]
         rest = [p for g in groups if g["role"] not in ("hidden",) for _, p in g["params"]]
-        opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=wd, adjust_lr_fn="original")]
+        momentum = {"momentum": hp["momentum"]} if hp.get("momentum") is not None else {}
+        opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=wd, adjust_lr_fn="original", **momentum)]
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
         return opts
@@ -111,8 +126,9 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
                "drop-muon": specopt.DropMuon, "adago": specopt.AdaGO, "muonbp": specopt.MuonBP}[name]
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
+        momentum = {"momentum": hp["momentum"]} if hp.get("momentum") is not None else {}
         return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
-                                        "gram": hp.get("gram"), **options})]
+                                        "gram": hp.get("gram"), **momentum, **options})]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
         groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
                   {"params": g["params"], "norm": "adamw", "lr": lr_like(hp["adamw_lr"], lr), "betas": (0.9, 0.95)}

@@ -23,9 +23,9 @@ per param group by ``weight_decay_mode``:
 
 * ``"coupled"`` (default): ``shrink = γ_k·λ``: it follows the learning rate, and so the LR schedule;
 * ``"independent"``: ``shrink = λ·γ_k/γ_0`` with γ_0 the group's ``initial_lr`` (set by torch's LR schedulers;
-  γ_k without one): the schedule's shape, but a decay per step that does not change with the size of γ
-  (Wortsman et al. 2023, *Small-scale proxies for large-scale Transformer training instabilities*), so a
-  learning-rate sweep does not also sweep the decay;
+  γ_k without one or where it is 0, so λ per step, also at γ_k = 0): the schedule's shape, but a decay per step
+  that does not change with the size of γ (Wortsman et al. 2023, *Small-scale proxies for large-scale Transformer
+  training instabilities*), so a learning-rate sweep does not also sweep the decay;
 * ``"cautious"``: ``W ← W − γ_kλ·𝟙[Δ ⊙ W ≤ 0] ⊙ W + Δ`` with Δ the rule's update: only the entries the update
   already moves toward zero are decayed (Chen et al. 2025, *Cautious Weight Decay*, arXiv:2510.12402).
 
@@ -46,7 +46,12 @@ def weight_decay(rec) -> float:
     """The decay factor of one step, ``γ_k·λ`` or, for ``weight_decay_mode="independent"``, ``λ·γ_k/γ_0``."""
     group = rec.group
     if group.get("weight_decay_mode") == "independent":
-        return group["weight_decay"] * group["lr"] / group.get("initial_lr", group["lr"])
+        lr, initial = group["lr"], group.get("initial_lr")
+        if isinstance(initial, torch.Tensor):  # branch-free, as a compiled step needs
+            return group["weight_decay"] * torch.where(initial > 0, lr / initial.clamp_min(1e-30), 1.0)
+        if not initial:  # no scheduler (or one from a zero base lr): γ_0 = γ_k, a decay of λ per step, also at lr 0
+            return group["weight_decay"]
+        return group["weight_decay"] * lr / initial
     return group["lr"] * group["weight_decay"]
 
 
@@ -118,10 +123,22 @@ class Almond(USCG):
     accepts = ("averaged_lmo",)
 
 
-def _no_weight_decay(rule: StepRule, group: dict) -> None:
+def _convex_combination(rule: StepRule, group: dict) -> None:
+    """The groups of a rule whose shrink is the convex combination ``(1 − γ)W + γ·s``: no weight decay of any mode
+    (the shrink keeps W in the ρ-ball already) and γ ≤ 1, in every group (its AdamW tensors aside)."""
+    if group.get("norm") == "adamw":
+        return
     if group.get("weight_decay_mode", "coupled") != "coupled":
         raise ValueError(f"rule {rule.name!r} has no weight decay (its shrink keeps W in the ρ-ball), so "
                          f"weight_decay_mode={group['weight_decay_mode']!r} has no meaning")
+    decay = group.get("weight_decay", 0.0)
+    if float(decay) != 0.0:
+        raise ValueError(f"rule {rule.name!r} has no weight decay (its shrink (1 − γ)W keeps W in the ρ-ball), got "
+                         f"weight_decay={decay!r}; use UScion (rule 'uscg') for a decoupled decay")
+    lr = float(group["lr"]) if isinstance(group["lr"], torch.Tensor) else group["lr"]
+    if lr > 1:
+        raise ValueError(f"lr must be in [0, 1] for rule {rule.name!r} (W ← (1 − γ)W + γ·s is a convex combination "
+                         f"only then), got {lr!r}")
 
 
 class SCG(StepRule):
@@ -131,7 +148,7 @@ class SCG(StepRule):
     accepts = ("direction", "averaged_lmo")
 
     def validate_group(self, group: dict) -> None:
-        _no_weight_decay(self, group)
+        _convex_combination(self, group)
 
     def scale(self, records, ctx) -> None:
         for rec in records:
@@ -178,7 +195,7 @@ class ClippedConstrained(Clipped):
     name = "clipped_constrained"
 
     def validate_group(self, group: dict) -> None:
-        _no_weight_decay(self, group)
+        _convex_combination(self, group)
 
     def scale(self, records, ctx) -> None:
         dots = ctx.complete([torch.sum(rec.d * rec.p, dtype=torch.float64) for rec in records], records)
