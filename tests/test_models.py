@@ -450,8 +450,8 @@ def x_transformer_loss(model):
 def test_x_transformers_lm_roles_head_and_glu_blocks():
     model = x_transformer()()
     assert_roles(model, {r"^token_emb\.emb\.weight$": "embedding", r"^pos_emb\.emb\.weight$": "embedding",
-                         r"^to_logits\.weight$": "head", r"to_[qkv]\.weight$|proj\.weight$|\.2\.weight$|to_out": "hidden",
-                         r"gamma$|bias$": "vector"})
+                         r"^to_logits\.weight$": "head", r"gamma$|bias$": "vector",
+                         r"to_[qkv]\.weight$|proj\.weight$|\.2\.weight$|to_out": "hidden"})
     layouts = specopt.layouts.classify(model)[0]
     assert {name: layout.blocks for name, (layout, _) in layouts.items() if layout.blocks} == {
         "attn_layers.layers.0.1.to_out.0.weight": (24, 24), "attn_layers.layers.1.1.ff.0.proj.weight": (48, 48)}
