@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specopt import integrations
+from specopt import integrations, registry
 
 VOCAB, SEQ, BATCH, STEPS = 64, 32, 8, 20
 PRESETS = ("muon", "scion", "uscion", "clipped-scion", "almond", "prox-spectral")
@@ -84,11 +84,24 @@ def test_create_optimizer_resolves_names_defaults_and_options():
     ("adam", {}, "unknown optimizer 'adam'; valid optimizers: adamw"),
     ("torch-muon", {}, "is two optimizers"),
     ("scion", {"weight_decay": 0.1}, "scion has no weight_decay"),
+    ("adamw", {"momentum": 0.5}, "adamw does not use momentum (it takes lr, weight_decay)"),
+    ("gluon", {"radius": 3.0}, "gluon does not use radius"),
+    ("scion", {"adamw_lr": 1e-3}, "scion does not use adamw_lr"),
+    ("clipped-scion", {"constrained": True, "weight_decay": 0.5}, "rule 'clipped_constrained' has no weight decay"),
 ])
 def test_create_optimizer_refuses_with_a_reason(name, kwargs, message):
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     with pytest.raises(ValueError, match=re.escape(message)):
         integrations.create_optimizer(model, name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["muon", "normuon", "torch-muon"])
+def test_the_muon_familys_momentum_is_the_one_given(name):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    hp = registry.resolve(name, {"momentum": 0.5})
+    task = type("Task", (), {"scheme": "image"})()
+    opt = registry.build(name, model, task, hp)[0]
+    assert {g["momentum"] for g in opt.param_groups if g.get("norm", "muon") != "adamw"} == {0.5}
 
 
 def test_hf_builders_name_a_missing_transformers(monkeypatch):
@@ -175,7 +188,8 @@ def test_hf_trainer_builds_the_optimizer_through_the_factory(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"name": "muon", "estimator": "storm"}, "needs optimizer.step(closure)"),
-                                             ({"name": "gluon"}, "online L0/L1 estimate needs")])
+                                             ({"name": "gluon"}, "online L0/L1 estimate needs"),
+                                             ({"name": "gluon-mvr"}, "estimator 'storm', which needs")])
 def test_hf_routes_refuse_what_needs_a_closure(kwargs, message):
     pytest.importorskip("transformers")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))

@@ -56,7 +56,10 @@ def test_every_preset_with_a_weight_decay_trains_with_each_form(cls, kwargs, mod
     X, y = classification_data()
     model = mlp()
     # independent: λ is the decay per step at the schedule's peak (γλ's size for γ ≈ 0.01)
-    opt = cls(specopt.param_groups(model), weight_decay=1e-3 if mode == "independent" else 0.1, **kwargs)
+    groups = specopt.param_groups(model)
+    if cls is specopt.ProxSpectral:  # its preconditioner is every tensor's geometry: the split without the norms
+        groups = [{"params": g["params"]} for g in groups]
+    opt = cls(groups, weight_decay=1e-3 if mode == "independent" else 0.1, **kwargs)
     for group in opt.param_groups:
         group["weight_decay_mode"] = mode
     losses = train(model, opt, X, y, 40, closure=cls is specopt.Gluon)
@@ -69,3 +72,18 @@ def test_a_mode_without_meaning_is_a_clear_error():
         specopt.UScion([{"params": [w], "weight_decay_mode": "l2"}])
     with pytest.raises(ValueError, match="has no weight decay"):
         specopt.Scion([{"params": [w], "weight_decay_mode": "cautious"}])
+
+
+@pytest.mark.parametrize("lr", [0.0, torch.tensor(0.0), 0.1])
+def test_independent_decay_without_a_scheduler_is_lambda_per_step_also_at_lr_zero(lr):
+    """No ``initial_lr`` (no scheduler): γ_0 = γ_k, so the shrink is λ, also where γ_k = 0 (it was 0/0: NaN weights
+    with a tensor lr, ZeroDivisionError with a float one)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = specopt.UScion([{"params": [w], "weight_decay": 0.1, "weight_decay_mode": "independent"}], lr=lr)
+    w.grad = torch.randn(4, 3)
+    before = w.detach().clone()
+    opt.step()
+    step = w.detach() - 0.9 * before
+    assert torch.isfinite(w).all()
+    assert (step.abs().max() < 1e-7) if float(lr) == 0 else step.abs().max() > 1e-3

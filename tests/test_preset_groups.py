@@ -1,0 +1,99 @@
+"""What a preset does with the groups it is given: Muon's split into its matrices and its AdamW tensors keeps each
+group's own keys, and :meth:`add_param_group` handles a group exactly as the constructor does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import specopt
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def steps(model, opt, n=5):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    for _ in range(n):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def group_of(opt, p):
+    return next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+
+
+def test_muons_adamw_tensors_keep_their_groups_constraint_lr_and_weight_decay():
+    model = mlp()
+    opt = specopt.Muon([{"params": list(model.parameters()), "constraint": specopt.Box(0.01)}])
+    steps(model, opt)
+    assert group_of(opt, model[0].bias)["norm"] == "adamw"
+    assert all(p.detach().abs().max() <= 0.01 + 1e-7 for p in model.parameters())  # the biases too
+    model = mlp()
+    groups = specopt.param_groups(model, overrides={r"^2\.weight$": {"lr": 1e-3, "weight_decay": 0.5},
+                                                    r"^0\.bias$": {"lr": 0.0}})
+    opt = specopt.Muon(groups)
+    head, bias = group_of(opt, model[2].weight), group_of(opt, model[0].bias)
+    assert (head["norm"], head["lr"], head["weight_decay"]) == ("adamw", 1e-3, 0.5)
+    frozen = model[0].bias.detach().clone()
+    steps(model, opt)
+    assert bias["norm"] == "adamw" and torch.equal(model[0].bias.detach(), frozen)
+
+
+def test_muons_msign_and_step_keys_stay_with_its_matrices():
+    model = mlp()
+    opt = specopt.Muon([{"params": list(model.parameters()), "momentum": 0.5, "radius": "spectral"}])
+    matrices, vectors = group_of(opt, model[0].weight), group_of(opt, model[0].bias)
+    assert (matrices["momentum"], matrices["radius"]) == (0.5, "spectral")
+    assert (vectors["momentum"], vectors["radius"], vectors["betas"]) == (0.0, 1.0, (0.9, 0.95))
+
+
+def test_add_param_group_splits_like_the_constructor():
+    model = mlp()
+    built = specopt.Muon(specopt.param_groups(model))
+    first, *rest = specopt.param_groups(model)
+    added = specopt.Muon([first])
+    for group in rest:  # embedding, head, gains and biases: AdamW's, as in the constructor (were Sign/BiasRMS)
+        added.add_param_group(group)
+    for p in model.parameters():
+        a, b = group_of(built, p), group_of(added, p)
+        assert (a["norm"], a["lr"], a["radius"]) == (b["norm"], b["lr"], b["radius"]), p.shape
+    lone = specopt.Muon([model[0].weight])
+    lone.add_param_group({"params": [model[0].bias]})  # a 1-D tensor: AdamW's (was a Spectral norm, then IndexError)
+    assert group_of(lone, model[0].bias)["norm"] == "adamw"
+    model[0].weight.grad, model[0].bias.grad = torch.ones(16, 6), torch.ones(16)
+    lone.step()
+
+
+def test_add_param_group_refuses_for_prox_spectral_as_the_constructor_and_leaves_the_optimizer_as_it_was():
+    model = mlp()
+    hidden, *rest = specopt.param_groups(model)
+    opt = specopt.ProxSpectral([{"params": hidden["params"]}])
+    with pytest.raises(ValueError, match="would replace its preconditioner"):
+        opt.add_param_group(rest[0])
+    assert len(opt.param_groups) == 1
+
+
+def test_add_param_group_gives_dog_the_euclidean_norm_outside_muons_roles():
+    model = mlp()
+    hidden, *rest = specopt.param_groups(model)
+    opt = specopt.DoG([hidden])
+    for group in rest:
+        opt.add_param_group(group)
+    assert [type(g["norm"]).__name__ for g in opt.param_groups] == ["Spectral"] + ["Euclidean"] * len(rest)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: specopt.Scion([{"params": p, "weight_decay": 0.5}]), "rule 'scg' has no weight decay"),
+    (lambda p: specopt.Scion([{"params": p, "lr": 1.9}]), r"lr must be in \[0, 1\] for rule 'scg'"),
+    (lambda p: specopt.ClippedScion([{"params": p, "weight_decay": 0.5}], constrained=True),
+     "rule 'clipped_constrained' has no weight decay"),
+])
+def test_a_convex_combination_step_refuses_a_group_weight_decay_and_an_lr_above_one(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(list(mlp().parameters()))
