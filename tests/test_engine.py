@@ -370,7 +370,10 @@ def test_channels_last_conv_weights_step_like_contiguous_ones(cls, kwargs):
             model, inputs = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
             assert not model[0].weight.is_contiguous()
         start = [p.detach().clone() for p in model.parameters()]
-        opt = cls(specopt.param_groups(model, msign={"compute_dtype": torch.float64}), **kwargs)
+        groups = specopt.param_groups(model, msign={"compute_dtype": torch.float64})
+        if cls is specopt.ProxSpectral:  # its preconditioner is every tensor's geometry: the split without the norms
+            groups, kwargs = [{"params": g["params"]} for g in groups], {**kwargs, "compute_dtype": torch.float64}
+        opt = cls(groups, **kwargs)
         for _ in range(3):
             def closure(model=model, opt=opt, inputs=inputs):
                 opt.zero_grad()
