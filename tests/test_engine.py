@@ -349,6 +349,13 @@ def test_nonfinite_skip_skips_the_whole_step():
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
+def test_a_step_on_meta_parameters_names_them_and_what_to_do():
+    w = nn.Parameter(torch.empty(4, 4, device="meta"))
+    w.grad = torch.empty(4, 4, device="meta")
+    with pytest.raises(ValueError, match=r"of shape \(4, 4\) is on the meta device .* materialize the model"):
+        specopt.Muon([w]).step()
+
+
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2, padding=1), nn.ReLU(),

@@ -53,7 +53,7 @@ def check_lr(value, name: str = "lr") -> None:
             raise ValueError(f"{name} as a tensor must hold one real floating value and not require grad, got "
                              f"shape {tuple(value.shape)}, dtype {value.dtype}, requires_grad={value.requires_grad}")
         value = float(value)
-    check_number(value, name)
+    check_number(value, name, high=torch.finfo(torch.float32).max)  # the update multiplies float32 tensors by it
 
 
 def lr_like(value, lr):

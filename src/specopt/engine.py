@@ -449,6 +449,9 @@ class GeometryOptimizer(Optimizer):
                 name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}] of shape {tuple(param.shape)}"
                 layout = distributed.layout_of(param, name)
                 p, g = distributed.local(param), distributed.local(param.grad)
+                if p.device.type == "meta":
+                    raise ValueError(f"{name} is on the meta device and has no values to update: materialize the "
+                                     "model (e.g. model.to_empty(device=...) and initialize it) before stepping")
                 if g.is_sparse or g.layout != torch.strided:
                     raise ValueError(f"sparse gradient for {name}: specopt needs dense gradients")
                 if g.is_complex():
