@@ -478,3 +478,15 @@ def test_the_raw_tensors_x_transformers_holds_get_their_layout_without_a_warning
 def test_a_projection_an_nn_glu_halves_in_a_sequential_holds_a_value_and_a_gate_block(layer, glu, halves):
     got = layouts(nn.Sequential(layer(), glu, nn.Linear(16, 4)))["0.weight"]
     assert got.blocks == ((16, 16) if halves else None)
+
+
+def test_every_conv_of_speech2texts_subsampler_list_holds_a_value_and_a_gate_block():
+    """Speech2Text's ``Conv1dSubsampler`` runs each conv of its ``conv_layers`` list into ``F.glu(dim=1)``: the table
+    entry names the list, for every module in it; the same list in another owner stays one map per conv."""
+    def subsampler(cls_name):
+        module = type(cls_name, (nn.Module,), {})()
+        module.conv_layers = nn.ModuleList([nn.Conv1d(8, 16, 5), nn.Conv1d(8, 32, 5)])
+        return module
+    got = layouts(nn.ModuleDict({"s2t": subsampler("Conv1dSubsampler"), "other": subsampler("Subsampler")}))
+    assert (got["s2t.conv_layers.0.weight"].blocks, got["s2t.conv_layers.1.weight"].blocks) == ((8, 8), (16, 16))
+    assert got["other.conv_layers.0.weight"].blocks is None

@@ -128,6 +128,7 @@ _CHUNKED_OUTPUTS = (
     ("linear_start", r"^(Gemma4AudioLightConv1d|Gemma3nAudioConformerLightConv1d)$", 2, _GLU),
     ("ext_pw_conv_1d", r"^Phi4MultimodalAudioGluPointWiseConv$", 2, _GLU),
     ("conv", r"^(Wav2Vec2|Wav2Vec2Conformer|WavLM|Data2VecAudio)AdapterLayer$", 2, _GLU),
+    ("conv_layers", r"^Conv1dSubsampler$", 2, _GLU),  # each conv of the list, then F.glu (Speech2Text)
     ("residual_conv", r"^(Wav2Vec2Bert|SeamlessM4T(v2)?Conformer)AdapterLayer$", 2, _GLU),
     ("self_attn_conv", r"^(Wav2Vec2Bert|SeamlessM4T(v2)?Conformer)AdapterLayer$", 2, _GLU),
     ("linear", r"^(AdaLayerNormZero|AdaLayerNormSingle)$", 6, _ADALN),
@@ -138,14 +139,14 @@ _CHUNKED_OUTPUTS = (
     ("proj_out_1", r"^DiTTransformer2DModel$", 2, _ADALN))
 """Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and
 the owner's class: ``(name, owner class regex, k, what)``, each part a map of its own (k row blocks), as Phi-3's
-``gate_up_proj``. Value/gate halves: ModernBERT's ``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers'
-``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets), x-transformers' ``GLU`` ``proj`` (``ff_glu``), Aya
-Vision's projector, JetMoe's expert stack and Granite's dense MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1``
-(gMixer, DeepSeek's ViT, Sapiens-2), and the projections a GLU halves in speech models (conformer blocks'
-``pointwise_conv1``, adapters' convs: wav2vec2, Wav2Vec2-BERT, SeamlessM4T, Parakeet, FastSpeech2, Gemma 3n/4 audio,
-Granite Speech, Phi-4 audio). adaLN modulation (DiT, PixArt, SD3, Flux, Wan, …): the k shifts, scales and
-gates of diffusers' ``AdaLayerNorm*`` ``linear`` (``emb.chunk(6, dim=1)``), Wan's ``time_proj``, DiT's
-``proj_out_1``."""
+``gate_up_proj``; a name of an ``nn.ModuleList`` holds for every module in it. Value/gate halves: ModernBERT's ``Wi``,
+Moonshine's decoder ``fc1``, CLVP's, diffusers' ``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets),
+x-transformers' ``GLU`` ``proj`` (``ff_glu``), Aya Vision's projector, JetMoe's expert stack and Granite's dense
+MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2), and the projections a GLU
+halves in speech models (conformer blocks' ``pointwise_conv1``, adapters' convs: wav2vec2, Wav2Vec2-BERT,
+SeamlessM4T, Parakeet, FastSpeech2, Gemma 3n/4 audio, Granite Speech, Phi-4 audio; Speech2Text's subsampler convs).
+adaLN modulation (DiT, PixArt, SD3, Flux, Wan, …): the k shifts, scales and gates of diffusers' ``AdaLayerNorm*``
+``linear`` (``emb.chunk(6, dim=1)``), Wan's ``time_proj``, DiT's ``proj_out_1``."""
 
 
 @dataclass(frozen=True)
@@ -500,9 +501,9 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.blocks is None and not layout.source.startswith("declared"):
             if layout.role == "hidden":
-                layout = _fused(layout, name, module, parents.get(id(module)), p)
+                layout = _fused(layout, name, module, parents.get(id(module)), p, parents)
             elif layout.role in ("expert", "conv"):
-                layout = _chunked_output(layout, parents.get(id(module)), p)
+                layout = _chunked_output(layout, parents.get(id(module)), p, parents)
         out[name] = (layout, p, module, parents.get(id(module)))
     if guessed:
         warnings.warn(f"{len(guessed)} 2-D parameter(s) no rule knows are read as F.linear's (d_out, d_in) weights: "
@@ -573,7 +574,7 @@ def _rows(layout: Layout, p) -> int:
     return p.shape[layout.stack + (1 if layout.transposed else 0)]
 
 
-def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
+def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layout:
     """Blocks of a fused projection known by its place: q/k/v in an attention module, gate/up in an MLP."""
     if parent is None:
         return layout
@@ -599,10 +600,10 @@ def _fused(layout: Layout, name: str, module, parent, p) -> Layout:
         return _with(layout, blocks, f"fused q/k/v {blocks}")
     if local == "gate_up_proj":
         return _with(layout, (rows // 2, rows // 2), "fused gate/up")
-    return _chunked_output(layout, parent, p)
+    return _chunked_output(layout, parent, p, parents)
 
 
-def _chunked_output(layout: Layout, parent, p) -> Layout:
+def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
     """k row blocks for a projection of :data:`_CHUNKED_OUTPUTS`, or two for one an ``nn.GLU`` halves
     (:func:`_glu_next`)."""
     if parent is None:
@@ -611,6 +612,9 @@ def _chunked_output(layout: Layout, parent, p) -> Layout:
     rows = _rows(layout, p)
     if _glu_next(layout, parent) and rows % 2 == 0:
         return _with(layout, (rows // 2, rows // 2), f"fused value/gate (nn.GLU after it in {owner})")
+    if isinstance(parent[0], (nn.ModuleList, nn.ModuleDict)) and id(parent[0]) in parents:  # the list's owner
+        holder, listed = parents[id(parent[0])]
+        owner, local = authored_class(holder).__name__, listed
     for name, pattern, k, what in _CHUNKED_OUTPUTS:
         if local == name and re.search(pattern, owner) and rows % k == 0:
             return _with(layout, (rows // k,) * k, f"{what.format(k=k)} ({owner}.{local})")
