@@ -217,6 +217,16 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
             fully_shard(layer)
     fully_shard(model)
     results["muonbp_collectives"] = collectives_per_step(model, specopt.MuonBP(model.parameters(), period=3), xs, ys, 6)
+    for name in ("gluon", "prox-storm", "gluon-mvr"):  # a root-only shard, evaluated after every step: the probe
+        model = make_model()                           # must not reuse the weights the evaluation left unsharded
+        fully_shard(model)
+        opt = PRESETS[name](model.parameters())
+        for step in range(STEPS):
+            train(model, opt, xs, ys, step + 1, start=step)
+            with torch.no_grad():
+                model(xs)
+        model.reshard()
+        results[f"root-eval/{name}"] = full_params(model)
     torch.manual_seed(rank)  # replicas that differ (no DDP): the split lmo must refuse them
     model = nn.Linear(6, 10)
     opt = specopt.Scion(model.parameters())

@@ -55,6 +55,13 @@ def test_ddp_replicas_hold_identical_parameters(runs, name):
     assert _max_diff(runs["rank0"][f"replica/{name}"], runs["rank1"][f"replica/{name}"]) == 0.0
 
 
+@pytest.mark.parametrize("name", ["gluon", "prox-storm", "gluon-mvr"])
+def test_an_evaluation_between_steps_does_not_change_a_probing_presets_fsdp2_run(runs, name):
+    """Gluon and STORM evaluate the batch again at other weights; after an evaluation forward a root-only FSDP2 shard
+    keeps its unsharded weights, which the probe's forward reused (the current weights, not the probe's: 7e-3 off)."""
+    assert _max_diff(runs["rank0"][f"root-eval/{name}"], runs["single"][name]) <= 1e-6
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_fsdp2_equals_ddp(runs, name):
     assert _max_diff(runs["rank0"][f"fsdp/{name}"], runs["rank0"][f"ddp/{name}"]) <= 1e-6

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from specopt.distributed import local
+from specopt.distributed import is_dtensor, local
 
 
 @torch.no_grad()
@@ -24,6 +24,7 @@ def gradients_at(params: list, weights: dict, closure) -> dict:
     the closure raises."""
     grads = [(p, p.grad) for p in params]
     current = [(p, local(p).detach().clone()) for p in weights]
+    _reshard_fsdp(weights)
     try:
         for p, w in weights.items():
             local(p).copy_(w)
@@ -41,3 +42,20 @@ def gradients_at(params: list, weights: dict, closure) -> dict:
         for p, grad in grads:
             p.grad = grad
     return out
+
+
+def _reshard_fsdp(params) -> None:
+    """Reshard every FSDP2 module when ``params`` are sharded (DTensors), so that the closure's forward gathers the
+    shards the probe writes: a forward without backward (an evaluation between steps) leaves a root module's
+    unsharded parameters registered, and the next forward would reuse them, the current weights, not the probe's.
+    The modules are found through torch's registry of composable-API states, where ``fully_shard`` registers; all of
+    them, as a module holding unsharded copies no longer lists the sharded parameters (a module that does not hold
+    the probed ones only gathers again at its next forward)."""
+    if not any(is_dtensor(p) for p in params):
+        return
+    from torch.distributed._composable_state import _module_state_mapping
+
+    for module in list(_module_state_mapping.keys()):
+        reshard = getattr(module, "reshard", None)
+        if callable(reshard) and type(module).__name__.startswith("FSDP"):
+            reshard()
