@@ -34,7 +34,7 @@ def test_train_writes_metrics_and_checkpoint(tmp_path):
     assert "final validation loss" in result.output
 
 
-@pytest.mark.parametrize("optimizer", ["scion", "muon", "torch-muon", "gluon", "adamw", "prox-spectral"])
+@pytest.mark.parametrize("optimizer", ["scion", "muon", "torch-muon", "gluon", "adamw", "prox-spectral", "gluon-mvr"])
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, optimizer):
     cfg = RunConfig(task="char-gpt", optimizer=optimizer, steps=10, task_options={"size": "tiny"}, val_every=5,
                     checkpoint_every=4)

@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from specopt import checkpoint, registry
+from specopt.estimators import MOMENTUM_SCHEDULES
 from specopt.scaling import batch_size_schedule
 from specopt.tasks import DataError, get_task
 
@@ -488,7 +489,8 @@ def read_config(out: str | Path) -> dict:
         if key in data and not _has_type(data[key], kind):
             raise RunError(f"{path}: {key} must be {_json_kind(kind())}, got {json.dumps(data[key])}")
     for key, value in data["hparams"].items():
-        if not (_has_type(value, float) or (key == "gram" and (value is None or isinstance(value, bool)))):
+        if not (_has_type(value, float) or (key == "gram" and (value is None or isinstance(value, bool)))
+                or (key == "momentum" and value in MOMENTUM_SCHEDULES)):  # gluon-mvr's default is "storm"
             raise RunError(f"{path}: hyperparameter {key} must be a number, got {json.dumps(value)}")
     return data
 
