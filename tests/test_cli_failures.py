@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import specopt
 from specopt import cli
 from specopt.cli import app
 from specopt.tasks.synthetic import HeavyTailedRegression
@@ -145,6 +146,48 @@ def test_a_distributed_checkpoint_refuses_another_optimizer_class_before_loading
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # the model was not touched
     checkpoint.load(tmp_path / "ckpt", fresh, torch.optim.AdamW(fresh.parameters()))
     assert torch.equal(fresh.weight, model.weight)
+
+
+def saved_muon(tmp_path, groups):
+    """A Muon checkpoint of a 2-layer MLP whose groups are ``groups(model)``; returns the model and the path."""
+    from specopt import checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = specopt.Muon(groups(model))
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    return model, checkpoint.save(tmp_path / "ckpt", model, opt)
+
+
+def test_a_distributed_checkpoint_refuses_groups_of_other_tensors_and_another_estimator(tmp_path):
+    """Group hyperparameters load by position: groups listed in another order, or regrouped, would take each other's
+    lr and norm silently; another estimator's state would change the momentum schedule."""
+    from specopt import checkpoint
+
+    model, path = saved_muon(tmp_path, lambda m: [{"params": [m[0].weight], "lr": 0.05},
+                                                  {"params": [m[2].weight], "lr": 0.001}])
+    swapped = specopt.Muon([{"params": [model[2].weight], "lr": 0.001}, {"params": [model[0].weight], "lr": 0.05}])
+    with pytest.raises(ValueError, match=r"param group 0 of the checkpoint's optimizer 0 holds \['0.weight'\], this "
+                                         r"optimizer's \['2.weight'\]"):
+        checkpoint.load(path, model, swapped)
+    storm = specopt.Muon([{"params": [model[0].weight], "lr": 0.05}, {"params": [model[2].weight], "lr": 0.001}],
+                         estimator="storm")
+    with pytest.raises(ValueError, match="steps with estimator 'momentum', this one with 'storm'"):
+        checkpoint.load(path, model, storm)
+    same = specopt.Muon([{"params": [model[0].weight], "lr": 0.05}, {"params": [model[2].weight], "lr": 0.001}])
+    checkpoint.load(path, model, same)
+    assert [g["lr"] for g in same.param_groups[:2]] == [0.05, 0.001]
+
+
+def test_a_damaged_distributed_checkpoint_is_a_value_error_naming_it(tmp_path):
+    """torch.distributed.checkpoint raises CheckpointException, a BaseException (past every ``except Exception``)."""
+    from specopt import checkpoint
+
+    model, path = saved_muon(tmp_path, lambda m: m.parameters())
+    (next(path.glob("*.distcp"))).unlink()
+    with pytest.raises(ValueError, match=r"cannot be read as a checkpoint \(FileNotFoundError: .*\.distcp"):
+        checkpoint.load(path, model, specopt.Muon(model.parameters()))
 
 
 def test_a_checkpoint_of_another_task_is_not_resumed(runs, run):

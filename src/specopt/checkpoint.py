@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from specopt.distributed import is_dtensor, local, sharded_state
 from specopt.engine import loaded_state
@@ -98,8 +99,11 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
                     small.setdefault(fqn[param], {})[key] = _encode(value)
         groups = [{k: _encode(v) for k, v in g.items() if k not in ("params", "param_names")}
                   for g in optimizer.state_dict()["param_groups"]]
+        members = [[fqn.get(p) for p in g["params"]] for g in optimizer.param_groups]
         metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0),
-                      "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"})
+                      "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", "members": members,
+                      **{part: getattr(optimizer, part).name for part in ("estimator", "rule")
+                         if hasattr(optimizer, part)}})
     flat["meta"] = json.dumps({"optimizers": metas, "extra": _encode(extra or {})})
     tmp = path.with_name(path.name + ".tmp")
     if _rank0() and tmp.exists():
@@ -121,11 +125,11 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
     path = Path(path)
     if not (path / ".metadata").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
-    metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    metadata = _readable(path, lambda: FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     optimizers = _as_list(optimizers)
-    _check_optimizers(_read_meta(path)["optimizers"], optimizers)  # before anything is loaded in place
     module = _module(model)
     params = dict(module.named_parameters())
+    _check_optimizers(_read_meta(path)["optimizers"], optimizers, params)  # before anything is loaded in place
     model_sd = module.state_dict()
     missing = [k for k in model_sd if f"model.{k}" not in metadata]
     if missing:
@@ -145,7 +149,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
                 template[key] = sharded_state(buf, param)
             else:
                 template[key] = torch.empty(md.size, dtype=md.properties.dtype, device=device)
-    dcp.load(template, checkpoint_id=str(path))  # in place: the model's own tensors are the template's
+    _readable(path, lambda: dcp.load(template, checkpoint_id=str(path)))  # in place: the model's own tensors
     meta = json.loads(template["meta"])
     for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
         for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
@@ -179,11 +183,26 @@ def read_extra(path: str | os.PathLike) -> dict:
 
 def _read_meta(path: Path) -> dict:
     template: dict = {"meta": ""}
-    dcp.load(template, checkpoint_id=str(path))
+    _readable(path, lambda: dcp.load(template, checkpoint_id=str(path)))
     return json.loads(template["meta"])
 
 
-def _check_optimizers(saved: list, optimizers: list) -> None:
+def _readable(path: Path, read):
+    """``read()``, with a damaged checkpoint (a missing or truncated shard, unreadable metadata) a ``ValueError``
+    naming the directory: torch.distributed.checkpoint raises ``CheckpointException``, a ``BaseException`` that an
+    ``except Exception`` does not catch."""
+    try:
+        return read()
+    except (Exception, CheckpointException) as e:
+        cause = e
+        if isinstance(e, CheckpointException) and getattr(e, "failures", None):  # the first rank's own failure
+            failure = next(iter(e.failures.values()))
+            cause = failure[0] if isinstance(failure, tuple) else getattr(failure, "exception", failure)  # wrapped
+        first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(cause).__name__}: {first[:300]})") from e
+
+
+def _check_optimizers(saved: list, optimizers: list, names: dict) -> None:
     """As many optimizers as the checkpoint holds, each of the class that saved its state (compared by class
     name, so that a class moved to another module still loads; checkpoints from before classes were recorded
     are not checked)."""
@@ -197,6 +216,18 @@ def _check_optimizers(saved: list, optimizers: list) -> None:
         if len(optimizer.param_groups) != len(meta["param_groups"]):
             raise ValueError(f"the checkpoint's optimizer {i} has {len(meta['param_groups'])} param groups, the "
                              f"optimizer {len(optimizer.param_groups)}")
+        for part in ("estimator", "rule"):
+            if part in meta and hasattr(optimizer, part) and meta[part] != getattr(optimizer, part).name:
+                raise ValueError(f"the checkpoint's optimizer {i} steps with {part} {meta[part]!r}, this one with "
+                                 f"{getattr(optimizer, part).name!r}: its state cannot be loaded here")
+        if "members" in meta:  # each group's hyperparameters are loaded by position: the same tensors in each
+            fqn = {p: n for n, p in names.items()}
+            for j, (group, saved) in enumerate(zip(optimizer.param_groups, meta["members"], strict=True)):
+                mine = [fqn.get(p) for p in group["params"]]
+                if mine != saved:
+                    raise ValueError(f"param group {j} of the checkpoint's optimizer {i} holds {saved[:3]}"
+                                     f"{' …' if len(saved) > 3 else ''}, this optimizer's {mine[:3]}"
+                                     f"{' …' if len(mine) > 3 else ''}: build the groups as the saved run did")
 
 
 def _restore_group_value(key: str, value):

@@ -710,9 +710,14 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, 
             for s, state in zip(scheds, extra["schedulers"], strict=True):
                 s.load_state_dict(state)
         except Exception as e:
+            if "cannot be read as a checkpoint" in str(e):
+                raise RunError(str(e)) from None
             raise RunError(f"{directory} does not fit this run's model and optimizer: {_first_line(e)}") from None
         start, elapsed = extra["step"], extra["elapsed_s"]
     else:
+        if directory.is_dir() and any(directory.iterdir()):
+            raise RunError(f"{directory} holds no .metadata: this distributed checkpoint is incomplete or damaged "
+                           "and cannot be resumed from")
         if world > 1 and cfg.parallel == "fsdp":
             raise ValueError("this run was saved by a single process (checkpoint.pt); resume it with --parallel ddp "
                              "or on one process")
