@@ -374,6 +374,19 @@ def _truncated(b):
     return b[:len(b) // 2]
 
 
+def _flipped_record(b):
+    """One byte inside a stored tensor record flipped: the archive still opens, only the record's CRC tells."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(b)) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size >= 8)
+    at = info.header_offset
+    start = at + 30 + int.from_bytes(b[at + 26:at + 28], "little") + int.from_bytes(b[at + 28:at + 30], "little")
+    mid = start + info.file_size // 2
+    return b[:mid] + bytes([b[mid] ^ 0xFF]) + b[mid + 1:]
+
+
 def _foreign_torch_file(tmp_path):
     torch.save({"weights": torch.ones(3)}, tmp_path / "foreign.pt")
     return (tmp_path / "foreign.pt").read_bytes()
@@ -381,6 +394,7 @@ def _foreign_torch_file(tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (_truncated, "truncated or corrupt"),
+    (_flipped_record, "fails its CRC check"),
     (lambda b: b"", "is empty (0 bytes)"),
     (lambda b: bytes(range(256)) * 4, "unrecognised bytes"),
     (lambda b: pickle.dumps({"model": {}, "step": 4}), "plain pickle"),

@@ -589,6 +589,14 @@ def _load_checkpoint(out: Path) -> dict:
         raise RunError(f"{path} is {what}: specopt's checkpoints are torch.save zip archives")
     if not zipfile.is_zipfile(path):
         raise RunError(f"{path} is truncated or corrupt: its zip archive cannot be read ({size} bytes)")
+    try:  # torch.load reads the records without their checksums: a flipped byte would load as a changed weight
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise RunError(f"{path} is truncated or corrupt: its zip archive cannot be read ({_reason(e)})") from None
+    if bad is not None:
+        raise RunError(f"{path} is corrupt: the record {bad} fails its CRC check (the weights or state it holds are "
+                       "not the ones saved)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
