@@ -136,3 +136,40 @@ def test_each_member_trains(guide, member):
                             lr=0.02)
     losses = train(model, opt, X, y, 150)
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_a_part_missing_its_method_is_named_at_construction():
+    w = [torch.nn.Parameter(torch.zeros(4, 4))]
+
+    class NoDirection(specopt.estimators.Estimator):
+        name = "no-direction"
+
+    class NoScale(specopt.steps.StepRule):
+        name = "no-scale"
+
+    with pytest.raises(ValueError, match=r"NoDirection defines no direction\(rec, ctx\)"):
+        specopt.UScion(w, estimator=NoDirection())
+    with pytest.raises(ValueError, match=r"NoScale defines no scale\(records, ctx\)"):
+        specopt.GeometryOptimizer(w, {"lr": 0.1}, rule=NoScale())
+
+
+def test_a_user_norm_may_hold_lists_and_an_lmo_of_another_shape_is_refused():
+    class Ranked(specopt.Spectral):  # a list attribute: unhashable before, which failed in the step's bucketing
+        def __init__(self, ranks):
+            super().__init__(compute_dtype=torch.float64)
+            self.ranks = list(ranks)
+
+    class Squashed(specopt.Spectral):
+        def lmo_factored(self, g, batch_dims=None, *, private=False):
+            S, factor = super().lmo_factored(g, batch_dims, private=private)
+            return S[..., :1], factor  # would broadcast over every column of the weights
+
+    X, y = classification_data()
+    model = mlp()
+    opt = specopt.UScion([{"params": [p for p in model.parameters() if p.ndim == 2], "norm": Ranked([2, 3])}])
+    assert len(train(model, opt, X, y, 2)) == 2
+    W = torch.nn.Parameter(torch.randn(6, 4))
+    W.grad = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"Squashed.lmo_factored returned shape \(1, 6, 1\) for a direction of shape "
+                                         r"\(1, 6, 4\)"):
+        specopt.UScion([{"params": [W], "norm": Squashed()}]).step()

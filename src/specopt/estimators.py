@@ -192,6 +192,9 @@ ESTIMATORS = {"momentum": Momentum, "storm": Storm, "almond": AveragedLmo}
 def get_estimator(spec) -> Estimator:
     """An :class:`Estimator` from an instance or a built-in name."""
     if isinstance(spec, Estimator):
+        if type(spec).direction is Estimator.direction:
+            raise ValueError(f"{type(spec).__name__} defines no direction(rec, ctx): an Estimator returns the "
+                             "direction the lmo is taken of (see the guide 'Writing a new optimizer')")
         return spec
     if isinstance(spec, str) and spec in ESTIMATORS:
         return ESTIMATORS[spec]()

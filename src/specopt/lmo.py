@@ -168,6 +168,9 @@ class LmoRunner:
             for i, rec in enumerate(bucket):
                 D[i].copy_(rec.d)
         S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
+        if S.shape != D.shape:  # broadcast into the weights, it would be a silently wrong update
+            raise ValueError(f"{type(norm).__name__}.lmo_factored returned shape {tuple(S.shape)} for a direction of "
+                             f"shape {tuple(D.shape)} ({bucket[0].name}): an lmo has its input's shape")
         for i, rec in enumerate(bucket):
             rec.s, rec.factor = S[i], factor
 

@@ -124,7 +124,18 @@ class Norm(ABC):
         return type(self) is type(other) and vars(self) == vars(other)
 
     def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(vars(self).items(), key=lambda kv: kv[0]))))
+        return hash((type(self), _frozen(vars(self))))
+
+
+def _frozen(value):
+    """``value`` hashable: lists and tuples as tuples, dicts as sorted item tuples (a user's norm may hold them)."""
+    if isinstance(value, dict):
+        return tuple(sorted(((k, _frozen(v)) for k, v in value.items()), key=lambda kv: repr(kv[0])))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, set):
+        return frozenset(_frozen(v) for v in value)
+    return value
 
 
 def _gaussian(shape, generator, dtype, device) -> torch.Tensor:

@@ -221,6 +221,9 @@ def rules() -> dict:
 def get_rule(spec, clip_radius: float | None = None) -> StepRule:
     """A :class:`StepRule` from an instance or a built-in name (``clip_radius`` for the clipped ones)."""
     if isinstance(spec, StepRule):
+        if type(spec).scale is StepRule.scale:
+            raise ValueError(f"{type(spec).__name__} defines no scale(records, ctx): a StepRule sets rec.shrink and "
+                             "rec.scale of every record (see the guide 'Writing a new optimizer')")
         if clip_radius is not None:
             raise ValueError("clip_radius goes to the rule object itself, e.g. Clipped(clip_radius=...)")
         return spec
