@@ -55,7 +55,7 @@ def test_scale_command_prints_the_worked_example():
     assert "B =   1024, S =   1024" in result.output and "0.000179" in result.output
     bad = CliRunner().invoke(app, ["scale", "--tokens", "1e9", "--batch", "256", "--seq", "1024", "--lr", "3e-4",
                                    "--target-tokens", "1e8"])
-    assert bad.exit_code == 2 and "smaller than the base" in bad.output
+    assert bad.exit_code == 2 and "smaller than the base" in bad.output and "pass --allow-smaller" in bad.output
 
 
 def test_batch_size_schedule_keeps_tokens_per_step_at_two_thirds_power():

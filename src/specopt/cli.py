@@ -433,7 +433,7 @@ def scale_command(
     try:
         result = transfer(tokens, batch, seq, lr, target_tokens, allow_smaller=allow_smaller)
     except ValueError as e:
-        _fail(str(e))
+        _fail(str(e).replace("pass allow_smaller=True", "pass --allow-smaller"))
     typer.echo(format_transfer(result, batch, seq, lr))
 
 
