@@ -199,17 +199,18 @@ def test_gram_flag_reaches_the_spectral_norms(tmp_path, flag, expected):
 
 
 def test_launch_passes_boolean_flags_to_the_workers(monkeypatch):
-    import subprocess
+    import torch.distributed.launcher.api as launcher
 
     from specopt import cli
 
     seen = {}
 
-    def fake_run(cmd, env):
-        seen["cmd"] = cmd
-        return subprocess.CompletedProcess(cmd, 0)
+    def fake_launch(config, entrypoint):
+        seen["nproc"] = config.nproc_per_node
+        return lambda *args: seen.setdefault("args", list(args))
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(launcher, "elastic_launch", fake_launch)
     assert cli.launch(2, {"optimizer": "muon", "gram": False, "lr": None, "steps": 3}, progress=False) == 0
-    args = seen["cmd"][seen["cmd"].index("specopt.cli") + 1:]
+    args = seen["args"][seen["args"].index("specopt.cli") + 1:]
+    assert seen["nproc"] == 2
     assert args == ["train", "--optimizer", "muon", "--no-gram", "--steps", "3", "--no-progress"]

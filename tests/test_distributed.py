@@ -140,6 +140,17 @@ def _specopt(*args, cwd):
     return done.stdout
 
 
+def test_bad_input_found_by_the_workers_exits_2_without_the_launchers_traceback(tmp_path):
+    """A batch that does not split over 3 ranks is refused by every worker: exit 2 (bad input, as with one process),
+    one line per rank, not torchrun's exit 1 ("diverged") and its ChildFailedError traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "specopt.cli", "train", "--nproc", "3", "--task", "mlp", "--steps",
+                           "2", "--out", str(tmp_path / "run"), "--no-progress"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "does not split evenly over 3 ranks" in done.stderr and "Traceback" not in done.stderr
+
+
 def _rows(path: Path) -> list[dict]:
     import csv
 

@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -144,10 +144,25 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
         elif value is not None:
             args += [flag, str(value)]
     args.append("--progress" if progress else "--no-progress")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
-           "specopt.cli", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
-    return subprocess.run(cmd, env=env).returncode
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun --standalone, as a call: a worker's failure comes back as an exception, not the launcher's traceback
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"specopt-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))  # the workers' share
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its report of the failed worker
+    try:
+        elastic_launch(config, sys.executable)("-m", "specopt.cli", *args)
+    except ChildFailedError as e:  # each rank has printed its one-line error; 2: bad input, 1: a failed run
+        return max((f.exitcode for f in e.failures.values() if f.exitcode and f.exitcode > 0), default=1)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    return 0
 
 
 def _init_distributed() -> None:
