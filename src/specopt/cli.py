@@ -135,7 +135,8 @@ Gram = Annotated[bool | None, typer.Option("--gram/--no-gram", help="msign's Gra
 
 
 def launch(nproc: int, options: dict, progress: bool) -> int:
-    """Run ``specopt train`` with these options in ``nproc`` processes through torchrun; returns its exit code."""
+    """Run ``specopt train`` with these options in ``nproc`` processes (torchrun's launcher, called); returns the exit
+    code: 0, or a failed worker's own (2: bad input, 1: a failed run)."""
     args = ["train"]
     for key, value in options.items():
         flag = f"--{key.replace('_', '-')}"
