@@ -56,6 +56,9 @@ def test_scale_command_prints_the_worked_example():
     bad = CliRunner().invoke(app, ["scale", "--tokens", "1e9", "--batch", "256", "--seq", "1024", "--lr", "3e-4",
                                    "--target-tokens", "1e8"])
     assert bad.exit_code == 2 and "smaller than the base" in bad.output and "pass --allow-smaller" in bad.output
+    tiny = CliRunner().invoke(app, ["scale", "--tokens", "1e3", "--batch", "256", "--seq", "1024", "--lr", "3e-4",
+                                    "--target-tokens", "1e9"])
+    assert tiny.exit_code == 2 and "less than one step of the base batch (256 × 1024 = 262144 tokens)" in tiny.output
 
 
 def test_batch_size_schedule_keeps_tokens_per_step_at_two_thirds_power():

@@ -55,6 +55,9 @@ def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: floa
     check_number(target_tokens, "target_tokens", low_open=True)
     check_number(lr, "lr", low_open=True)
     batch, seq = _positive_int(batch, "batch"), _positive_int(seq, "seq")
+    if tokens < batch * seq:
+        raise ValueError(f"the base budget of {tokens:g} tokens is less than one step of the base batch ({batch} × "
+                         f"{seq} = {batch * seq} tokens): give the tokens the tuned run trained on")
     if target_tokens < tokens and not allow_smaller:
         raise ValueError(f"target_tokens ({target_tokens:g}) is smaller than the base budget ({tokens:g}); "
                          "pass allow_smaller=True to scale down")
