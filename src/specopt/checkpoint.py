@@ -187,10 +187,15 @@ def _read_meta(path: Path) -> dict:
     return json.loads(template["meta"])
 
 
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint directory torch.distributed.checkpoint cannot read: a shard missing or truncated, its metadata
+    unreadable (as opposed to a readable checkpoint of another model or optimizer)."""
+
+
 def _readable(path: Path, read):
-    """``read()``, with a damaged checkpoint (a missing or truncated shard, unreadable metadata) a ``ValueError``
-    naming the directory: torch.distributed.checkpoint raises ``CheckpointException``, a ``BaseException`` that an
-    ``except Exception`` does not catch."""
+    """``read()``, with a damaged checkpoint (a missing or truncated shard, unreadable metadata) an
+    :class:`UnreadableCheckpoint` naming the directory: torch.distributed.checkpoint raises ``CheckpointException``,
+    a ``BaseException`` that an ``except Exception`` does not catch."""
     try:
         return read()
     except (Exception, CheckpointException) as e:
@@ -199,7 +204,8 @@ def _readable(path: Path, read):
             failure = next(iter(e.failures.values()))
             cause = failure[0] if isinstance(failure, tuple) else getattr(failure, "exception", failure)  # wrapped
         first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
-        raise ValueError(f"{path} cannot be read as a checkpoint ({type(cause).__name__}: {first[:300]})") from e
+        raise UnreadableCheckpoint(f"{path} cannot be read as a checkpoint ({type(cause).__name__}: "
+                                   f"{first[:300]})") from e
 
 
 def _check_optimizers(saved: list, optimizers: list, names: dict) -> None:

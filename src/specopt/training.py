@@ -717,9 +717,9 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, 
             checkpoint.load(directory, model, opts)
             for s, state in zip(scheds, extra["schedulers"], strict=True):
                 s.load_state_dict(state)
+        except checkpoint.UnreadableCheckpoint as e:
+            raise RunError(str(e)) from None
         except Exception as e:
-            if "cannot be read as a checkpoint" in str(e):
-                raise RunError(str(e)) from None
             raise RunError(f"{directory} does not fit this run's model and optimizer: {_first_line(e)}") from None
         start, elapsed = extra["step"], extra["elapsed_s"]
     else:
