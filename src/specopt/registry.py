@@ -111,13 +111,13 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
     if name == "sgd":
         return [torch.optim.SGD(model.parameters(), **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,
                                                        **options})]
+    momentum = {"momentum": hp["momentum"]} if hp.get("momentum") is not None else {}  # the Muon family: if given
     if name == "torch-muon":
         if options:
             raise ValueError(f"torch-muon builds two torch optimizers and takes no options, got {sorted(options)}")
         groups = param_groups(model, scheme=task.scheme)
         hidden = [p for g in groups if g["role"] in ("hidden",) for _, p in g["params"]]
         rest = [p for g in groups if g["role"] not in ("hidden",) for _, p in g["params"]]
-        momentum = {"momentum": hp["momentum"]} if hp.get("momentum") is not None else {}
         opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=wd, adjust_lr_fn="original", **momentum)]
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))
@@ -126,7 +126,6 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
                "drop-muon": specopt.DropMuon, "adago": specopt.AdaGO, "muonbp": specopt.MuonBP}[name]
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
-        momentum = {"momentum": hp["momentum"]} if hp.get("momentum") is not None else {}
         return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **momentum, **options})]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
