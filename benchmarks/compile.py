@@ -23,7 +23,6 @@ computes the same update.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -39,14 +38,12 @@ from msign import (  # noqa: E402
     DRIFT_NOTE,
     command,
     parse_machine_args,
-    section,
+    publish,
     synchronizer,
     where,
-    write_section,
 )
 from step import gpt2_small_params, optimizers  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMES = {"Muon": "specopt Muon", "Scion": "specopt Scion"}
 
 
@@ -136,11 +133,8 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick:
-        write_section(ROOT / "BENCHMARKS.md", section("compile", args), table)
-        out = ROOT / "benchmarks" / "results"
-        out.mkdir(exist_ok=True)
-        result = {"device": where(args), "threads": args.threads, "compute_dtype": str(work), "rows": rows}
-        (out / f"{section('compile', args)}.json").write_text(json.dumps(result, indent=2))
+        publish("compile", args, table,
+                {"device": where(args), "threads": args.threads, "compute_dtype": str(work), "rows": rows})
 
 
 if __name__ == "__main__":

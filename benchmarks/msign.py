@@ -196,6 +196,15 @@ def write_section(path: Path, name: str, body: str, title: str = "# Benchmarks")
     path.write_text(text)
 
 
+def publish(name: str, args: argparse.Namespace, table: str, result) -> None:
+    """Write ``table`` as the ``name`` section of BENCHMARKS.md (``name-cuda`` on a GPU, :func:`section`) and
+    ``result`` as ``benchmarks/results/<section>.json``."""
+    write_section(ROOT / "BENCHMARKS.md", section(name, args), table)
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{section(name, args)}.json").write_text(json.dumps(result, indent=2))
+
+
 def parse_machine_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Add ``--threads`` and ``--device`` to a benchmark's flags, parse them, set the threads and check that the
     device exists (``args.device`` becomes a ``torch.device``)."""

@@ -17,7 +17,6 @@ and UScion.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,13 +32,10 @@ from msign import (  # noqa: E402
     DRIFT_NOTE,
     command,
     parse_machine_args,
-    section,
+    publish,
     synchronizer,
     where,
-    write_section,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def gpt2_small_params(blocks: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024, seed: int = 0,
@@ -243,11 +239,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick:
-        write_section(ROOT / "BENCHMARKS.md", section("step", args), table)
-        out = ROOT / "benchmarks" / "results"
-        out.mkdir(exist_ok=True)
-        result = {"device": where(args), "threads": args.threads, "rows": rows}
-        (out / f"{section('step', args)}.json").write_text(json.dumps(result, indent=2))
+        publish("step", args, table, {"device": where(args), "threads": args.threads, "rows": rows})
 
 
 if __name__ == "__main__":

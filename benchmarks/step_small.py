@@ -20,7 +20,6 @@ like: same threads, same gradients, same dtype where a ratio is taken.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,9 +32,7 @@ from specopt import linalg
 from specopt.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import DRIFT_NOTE, command, parse_machine_args, section, where, write_section  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from msign import DRIFT_NOTE, command, parse_machine_args, publish, where  # noqa: E402
 
 
 def lora_gpt2() -> torch.nn.Module:
@@ -161,10 +158,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick:
-        write_section(ROOT / "BENCHMARKS.md", section("step-small", args), table)
-        out = ROOT / "benchmarks" / "results"
-        out.mkdir(exist_ok=True)
-        (out / "step-small.json").write_text(json.dumps({"device": where(args), "rows": rows}, indent=2))
+        publish("step-small", args, table, {"device": where(args), "rows": rows})
 
 
 if __name__ == "__main__":
