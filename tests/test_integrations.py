@@ -225,6 +225,38 @@ def test_hf_max_grad_norm_scales_clipped_scion_and_gluon_steps_not_muon(tmp_path
     assert ratios["muon"][0] == pytest.approx(torch.ones_like(ratios["muon"][0]), rel=0.03)
 
 
+@pytest.mark.parametrize("name, route", [("muon", "optimizers"), ("drop-muon", "factory"), ("muonbp", "optimizers")])
+def test_hf_trainer_resumes_exactly_from_its_checkpoint(tmp_path, name, route):
+    """resume_from_checkpoint: Trainer saves optimizer.pt (torch.save of state_dict()) and reloads it into a fresh
+    optimizer; 6 steps straight and 3 + 3 from checkpoint-3 end on the same weights, bit for bit."""
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    rows = [{"input_ids": s, "labels": s} for s in chain()]
+
+    def train(out, resume=None):
+        model = gpt2()
+        args = transformers.TrainingArguments(output_dir=str(out), max_steps=6, per_device_train_batch_size=BATCH,
+                                              report_to="none", use_cpu=True, save_strategy="steps", save_steps=3,
+                                              disable_tqdm=True, seed=0, lr_scheduler_type="cosine", warmup_steps=2)
+        if route == "optimizers":
+            kwargs = {"optimizers": integrations.trainer_optimizers(model, name, num_training_steps=6,
+                                                                    num_warmup_steps=2, lr_scheduler_type="cosine")}
+        else:
+            kwargs = {"optimizer_cls_and_kwargs": (integrations.OptimizerFactory, {"name": name})}
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, **kwargs)
+        trainer.train(resume_from_checkpoint=resume)
+        return model, trainer.optimizer.optimizer
+
+    if route == "factory" and not hasattr(pytest.importorskip("transformers.trainer_optimizer"),
+                                          "is_optimizer_factory"):
+        pytest.skip("this transformers calls optimizer_cls(param_groups, **kwargs), not factories")
+    straight, opt = train(tmp_path / "straight")
+    resumed, _ = train(tmp_path / "resumed", resume=tmp_path / "straight" / "checkpoint-3")
+    assert type(opt).__name__ == {"muon": "Muon", "drop-muon": "DropMuon", "muonbp": "MuonBP"}[name]
+    for (n, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b), n
+
+
 # ---------------------------------------------------------------------------------------------- Lightning
 def lightning_fit(name: str, precision: str = "32-true", dropout: float = 0.0, **kwargs):
     """Fit a LightningModule whose configure_optimizers returns lightning_optimizers(...); record every
@@ -295,6 +327,45 @@ def test_lightning_bf16(precision, name, kwargs):
     assert_trained(module.net, before, trainer.optimizers[0], firsts)
     expected = torch.bfloat16 if precision == "bf16-true" else torch.float32
     assert {p.dtype for p in module.net.parameters()} == {expected}
+
+
+@pytest.mark.parametrize("name, kwargs", [("gluon", {}), ("muon", {"estimator": "storm"})])
+def test_lightning_resumes_exactly_from_its_checkpoint(tmp_path, name, kwargs):
+    """Trainer.fit(ckpt_path=…) from a ModelCheckpoint at step 4 of 8 ends where the straight run ends, bit for
+    bit: the probing presets' state (Gluon's online L0/L1, STORM's previous gradient) and the schedule survive
+    Lightning's checkpoint."""
+    L = pytest.importorskip("lightning")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = gpt2()
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            return self.net(input_ids=x, labels=x).loss
+
+        def configure_optimizers(self):
+            return integrations.lightning_optimizers(self.net, name, num_training_steps=8, num_warmup_steps=2,
+                                                     **kwargs)
+
+    def fit(ckpt_path=None):
+        module = Module()
+        saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
+        trainer = L.Trainer(accelerator="cpu", max_steps=8, logger=False, callbacks=[saver],
+                            enable_progress_bar=False, enable_model_summary=False)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(chain(32)), batch_size=BATCH)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return module.net
+
+    straight = fit()
+    (step4,) = tmp_path.glob("*step=4.ckpt")
+    resumed = fit(step4)
+    for (n, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b), n
 
 
 # ---------------------------------------------------------------------------------------------- plain loop, bf16
