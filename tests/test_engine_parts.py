@@ -125,3 +125,82 @@ def test_a_user_rule_sees_the_records_and_the_engine_applies_its_scale():
                 rec.scale = rec.scale / 2
 
     assert one_step_length("momentum", HalfStep()) == pytest.approx(0.1, rel=1e-6)
+
+
+class Bf16Momentum(specopt.Estimator):
+    """An estimator that keeps its momentum in bf16 (half the memory) under the key ``low.m``."""
+    name = "bf16_momentum"
+
+    def init_state(self, rec):
+        rec.state.setdefault("low.m", torch.zeros_like(rec.p, dtype=torch.bfloat16))
+
+    def direction(self, rec, ctx):
+        buf = rec.state["low.m"]
+        buf.copy_(buf.float().lerp(rec.g, 0.1))
+        return buf.float()
+
+
+class Float64RowMoment(USCG):
+    """A rule that creates, in its first step, a float64 second moment of the update's rows."""
+    name = "row_moment64"
+
+    def scale(self, records, ctx):
+        for rec in records:
+            v = rec.state.setdefault("rows.v", torch.zeros(rec.p.shape[0], 1, dtype=torch.float64))
+            v.lerp_(rec.s.double().square().mean(1, keepdim=True), 0.05)
+            rec.s = (rec.s.double() / (v + 1e-8).sqrt()).float()
+        super().scale(records, ctx)
+
+
+@pytest.mark.parametrize("through", ["state_dict", "checkpoint"])
+def test_a_user_parts_state_keeps_its_dtype_and_dotted_keys_through_a_resume(through, tmp_path):
+    """State in a dtype of the part's own choosing (bf16 made ahead of the step, float64 made in it) comes back in
+    that dtype, and keys holding dots load from a DCP checkpoint: the resumed run continues bit for bit."""
+    import io
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 8, bias=False)
+        return model, specopt.GeometryOptimizer(model.parameters(), {"lr": 0.01}, estimator=Bf16Momentum(),
+                                                rule=Float64RowMoment())
+
+    def step(model, opt, seed):
+        torch.manual_seed(seed)
+        opt.zero_grad()
+        model(torch.randn(16, 4)).square().mean().backward()
+        opt.step()
+
+    model, opt = make()
+    for k in range(3):
+        step(model, opt, k)
+    twin, twin_opt = make()
+    if through == "state_dict":
+        twin.load_state_dict(model.state_dict())
+        buffer = io.BytesIO()
+        torch.save(opt.state_dict(), buffer)
+        buffer.seek(0)
+        twin_opt.load_state_dict(torch.load(buffer, weights_only=True))
+    else:
+        specopt.checkpoint.save(tmp_path / "ckpt", model, opt)
+        specopt.checkpoint.load(tmp_path / "ckpt", twin, twin_opt)
+    state = twin_opt.state[twin.weight]
+    assert (state["low.m"].dtype, state["rows.v"].dtype) == (torch.bfloat16, torch.float64)
+    for k in range(3, 6):
+        step(model, opt, k)
+        step(twin, twin_opt, k)
+    assert torch.equal(model.weight, twin.weight)
+
+
+def test_loaded_moments_take_the_dtype_a_fresh_state_of_the_weights_has():
+    """float32 moments loaded into float64 weights become float64, as a fresh state there would be; float32
+    moments of bf16 weights stay float32 (torch would cast them to bf16)."""
+    for dtype, expected in ((torch.float64, torch.float64), (torch.bfloat16, torch.float32)):
+        w = torch.nn.Parameter(torch.randn(8, 4))
+        opt = specopt.Muon([w])
+        w.grad = torch.randn(8, 4)
+        opt.step()
+        saved = copy.deepcopy(opt.state_dict())
+        w2 = torch.nn.Parameter(torch.randn(8, 4, dtype=dtype))
+        opt2 = specopt.Muon([w2])
+        opt2.load_state_dict(saved)
+        assert opt2.state[w2]["momentum_buffer"].dtype == expected

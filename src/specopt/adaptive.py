@@ -46,15 +46,20 @@ class SecondMomentNormalized(USCG):
         self.per, self.beta2, self.eps = per, float(beta2), float(eps)
         self.name = "normuon" if per == "row" else "adamuon"
 
+    def init_state(self, rec) -> None:
+        """The second moment, zero: one entry per row of the (local) tensor, or per entry, in the engine's working
+        dtype ``promote_types(p.dtype, float32)``."""
+        if "second_moment" not in rec.state:
+            rows, rest = rec.p.shape[0], math.prod(rec.p.shape[1:])
+            rec.state["second_moment"] = torch.zeros(rows, 1 if self.per == "row" else rest, device=rec.p.device,
+                                                     dtype=torch.promote_types(rec.p.dtype, torch.float32))
+
     def scale(self, records, ctx) -> None:
         pieces = []  # ‖O‖_F and ‖Ô‖_F of each record's rows (all of them but under FSDP2)
         for rec in records:
-            work = torch.promote_types(rec.p.dtype, torch.float32)  # the state's dtype, as the engine's
-            out = (rec.s.to(work) * rec.factor).reshape(rec.s.shape[0], math.prod(rec.s.shape[1:]))
+            v = rec.state["second_moment"]
+            out = (rec.s.to(v.dtype) * rec.factor).reshape(rec.s.shape[0], math.prod(rec.s.shape[1:]))
             moment = out.square().mean(dim=1, keepdim=True) if self.per == "row" else out.square()
-            v = rec.state.get("second_moment")
-            if v is None:
-                v = rec.state["second_moment"] = torch.zeros_like(moment)
             v.lerp_(moment, 1 - self.beta2)
             normed = out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps)
             pieces += [out.norm(), normed.norm()]

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
 from specopt.distributed import is_dtensor, local, sharded_state
-from specopt.engine import loaded_state
+from specopt.engine import fresh_state_dtypes, loaded_state
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
@@ -141,7 +141,7 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
                 raise ValueError(f"the checkpoint holds {key[6:]!r}, which the model does not have")
             template[key] = model_sd[key[6:]]
         elif key.startswith("optim."):
-            name = key.split(".", 2)[2].rsplit(".", 1)[0]
+            name, _ = _state_key(key, params)
             param = params[name]
             device = local(param).device
             if is_dtensor(param) and md.size[0] == param.shape[0]:  # the rank's rows of the whole tensor
@@ -160,16 +160,30 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
                 else:
                     group[k] = value
         optimizer.state.clear()
+        fresh: dict = {}
         for key, value in template.items():
             if key.startswith(f"optim.{i}."):
-                name, state_key = key.split(".", 2)[2].rsplit(".", 1)
-                optimizer.state[params[name]][state_key] = loaded_state(value, params[name])
+                name, state_key = _state_key(key, params)
+                if name not in fresh:
+                    fresh[name] = fresh_state_dtypes(optimizer, params[name])
+                optimizer.state[params[name]][state_key] = loaded_state(value, params[name],
+                                                                        fresh[name].get(state_key))
         for name, state in saved["state"].items():
             for k, v in state.items():
                 optimizer.state[params[name]][k] = _decode(v, local(params[name]).device)
         if hasattr(optimizer, "skipped_steps"):
             optimizer.skipped_steps = saved["skipped_steps"]
     return _decode(meta["extra"], "cpu")
+
+
+def _state_key(key: str, params: dict) -> tuple[str, str]:
+    """``(parameter name, state key)`` of a checkpoint key ``optim.<i>.<fqn>.<key>``: both may hold dots, and the
+    name is the prefix that names a parameter (one at most: a name that is a parameter has nothing below it)."""
+    rest = key.split(".", 2)[2]
+    for cut in (j for j, c in enumerate(rest) if c == "."):
+        if rest[:cut] in params:
+            return rest[:cut], rest[cut + 1:]
+    raise ValueError(f"the checkpoint holds optimizer state {key!r} of a parameter the model does not have")
 
 
 def read_extra(path: str | os.PathLike) -> dict:

@@ -63,14 +63,18 @@ class DistanceOverGradients(StepRule):
     def __init__(self, r_rel: float = 1e-6):
         self.r_rel = check_number(r_rel, "r_rel", low_open=True)
 
+    def init_state(self, rec) -> None:
+        """The initial weights ``W_0``, copied as the first step begins (before anything has moved them)."""
+        if "dog_w0" not in rec.state:
+            rec.state["dog_w0"] = rec.p.detach().clone()
+
     def scale(self, records, ctx) -> None:
         for rec in records:
             if rec.layout.sharded:
                 raise ValueError(f"{rec.name}: DoG measures ‖W − W_0‖ in the whole tensor's norm, which a FSDP2 "
                                  "shard does not give; run it replicated (DDP) or on one device")
             state = rec.state
-            if "dog_w0" not in state:
-                state["dog_w0"] = rec.p.detach().clone()
+            if "dog_rbar" not in state:
                 start = self.r_rel * (1 + rec.norm.norm(rec.p.float()).float())
                 state["dog_rbar"] = start.reshape(()).to(rec.p.device)
                 state["dog_g2"] = torch.zeros((), dtype=torch.float32, device=rec.p.device)

@@ -63,18 +63,29 @@ def _step_count(state: dict, p: torch.Tensor) -> None:
         state["step"] = count.to(device=p.device, dtype=torch.float32).reshape(())
 
 
-def loaded_state(saved: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+def loaded_state(saved: torch.Tensor, param: torch.Tensor, fresh: torch.dtype | None = None) -> torch.Tensor:
     """A loaded state tensor of ``param``: on its device, the rank's rows of a DTensor (torch's DCP flow under
-    FSDP2), and in a dtype a fresh state of ``param`` would have: a 0-d tensor (a count, a running sum) and one saved
-    in the parameter's dtype or in the engine's working dtype ``promote_types(param.dtype, float32)`` keep theirs
-    (float32 moments of bf16 weights: torch would cast them to bf16); any other floating dtype becomes the working
-    one (float32 moments loaded into float64 weights, float64 ones into bf16 weights)."""
+    FSDP2), and in ``fresh``, the dtype a fresh state of ``param`` gives this key (:func:`fresh_state_dtypes`;
+    float32 moments of bf16 weights stay float32, where torch would cast them to bf16, and float32 moments loaded
+    into float64 weights become float64). A key a fresh state does not make (state an estimator or rule creates
+    lazily, in a dtype of its own choosing) and a 0-d tensor (a count, a running sum) keep the saved dtype."""
     p = distributed.local(param)
     value = distributed.local(saved)
-    work = torch.promote_types(p.dtype, torch.float32)
-    if value.is_floating_point() and value.ndim and value.dtype not in (p.dtype, work):
-        return value.to(device=p.device, dtype=work)
+    if fresh is not None and value.is_floating_point() and value.ndim:
+        return value.to(device=p.device, dtype=fresh)
     return value.to(device=p.device)
+
+
+def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+    """``{key: dtype}`` of the floating state tensors (with at least one dimension) that ``optimizer`` creates for
+    ``param`` before its first step, made on the meta device (no memory); empty for an optimizer that is not a
+    :class:`GeometryOptimizer` (its saved dtypes are kept)."""
+    if not isinstance(optimizer, GeometryOptimizer):
+        return {}
+    group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
+    state: dict = {}
+    optimizer._init_state(torch.empty_like(distributed.local(param), device="meta"), state, group)
+    return {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim}
 
 
 def _has_int_step_counts(optimizer) -> bool:
@@ -293,10 +304,11 @@ class GeometryOptimizer(Optimizer):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for i, param in zip(saved_ids, [p for g in self.param_groups for p in g["params"]], strict=True):
-            state = self.state.get(param, {})
-            for key, value in state_dict["state"].get(i, {}).items():
+            state, saved_state = self.state.get(param, {}), state_dict["state"].get(i, {})
+            fresh = fresh_state_dtypes(self, param) if saved_state else {}
+            for key, value in saved_state.items():
                 if isinstance(value, torch.Tensor) and key != "step" and key in state:
-                    state[key] = loaded_state(value, param)
+                    state[key] = loaded_state(value, param, fresh.get(key))
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
 
