@@ -204,3 +204,146 @@ def test_loaded_moments_take_the_dtype_a_fresh_state_of_the_weights_has():
         opt2 = specopt.Muon([w2])
         opt2.load_state_dict(saved)
         assert opt2.state[w2]["momentum_buffer"].dtype == expected
+
+
+class ColumnL2(specopt.Norm):
+    """A user norm written for one matrix (``dim=0`` is its rows): each column on its unit ℓ2 sphere."""
+    item_ndim = 2
+
+    def lmo(self, g, batch_dims=None):
+        return -g / g.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+    def dual(self, g, batch_dims=None):
+        return g.norm(dim=0).sum()
+
+    def norm(self, x, batch_dims=None):
+        return x.norm(dim=0).max()
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        return self.lmo(-torch.randn(shape, generator=generator)).to(dtype=dtype, device=device) * radius
+
+
+class Frobenius(specopt.Norm):
+    """An entry-wise user norm that knows nothing of stacks: the whole tensor is one item."""
+
+    def lmo(self, g, batch_dims=None):
+        return -g / g.norm()
+
+    def dual(self, g, batch_dims=None):
+        return g.norm()
+
+    def norm(self, x, batch_dims=None):
+        return x.norm()
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        x = torch.randn(shape, generator=generator)
+        return (radius * x / x.norm()).to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("norm", [ColumnL2(), Frobenius()], ids=["column-l2", "frobenius"])
+def test_a_user_norm_written_for_one_tensor_gets_one_tensor_at_a_time(norm):
+    """Same-shape tensors share an lmo call (stacked) only where the norm says it takes stacks (``batched``): a
+    norm written for one tensor steps each by its own lmo, whatever the other gradients in the step."""
+    ws = [torch.nn.Parameter(torch.zeros(6, 4)) for _ in range(3)]
+    grads = [torch.randn(6, 4) * scale for scale in (1.0, 100.0, 0.01)]
+    opt = specopt.GeometryOptimizer([{"params": ws, "norm": norm, "radius": 1.0}], {"lr": 1.0, "momentum": 0.0},
+                                    rule="uscg")
+    for w, g in zip(ws, grads, strict=True):
+        w.grad = g
+    opt.step()
+    for w, g in zip(ws, grads, strict=True):
+        torch.testing.assert_close(w.detach(), norm.lmo(g), rtol=1e-6, atol=1e-7)
+
+
+def test_a_matrix_norm_on_a_vector_is_refused_when_the_optimizer_is_built():
+    bias = torch.nn.Parameter(torch.zeros(32))
+    for norm in (specopt.norms.Spectral(), ColumnL2()):
+        with pytest.raises(ValueError, match=r"bias of shape \(32,\) cannot take .*one of its items has 2 dims"):
+            specopt.Scion([{"params": [bias], "param_names": ["bias"], "norm": norm}])
+
+
+def test_a_rule_that_needs_the_dual_norm_is_refused_with_the_averaged_lmo():
+    class DualScaled(USCG):  # accepts the averaged lmo from USCG, but asks for the dual norm of a direction
+        name = "dual_scaled"
+        needs_dual = True
+
+    w = torch.nn.Parameter(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="rule 'dual_scaled' needs the dual norm.*averaged lmo"):
+        specopt.GeometryOptimizer([w], {"lr": 0.1}, estimator="almond", rule=DualScaled())
+
+
+def test_parts_with_a_sum_over_tensors_see_every_tensor_of_the_step_at_once():
+    """The engine runs a step bucket by bucket (three shapes: three lmo buckets) only where the rule and the
+    estimator both say per_tensor; by the protocol's default, a rule's scale gets every record in one call, and an
+    estimator's direction runs for every tensor before any weight moves."""
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in ((8, 4), (16, 8), (8,))]
+    seen = []
+
+    class GlobalScale(specopt.StepRule):
+        name = "global_scale"
+
+        def scale(self, records, ctx):
+            seen.append(len(records))
+            for rec in records:
+                rec.shrink, rec.scale = 0.0, rec.group["lr"] * rec.radius
+
+    class GlobalNormalized(specopt.Estimator):
+        name = "global_normalized"
+
+        def direction(self, rec, ctx):
+            seen.append(all(bool((p == 0).all()) for p in params))  # nothing has moved yet
+            return rec.g
+
+    for estimator, rule, expected in ((Momentum(), GlobalScale(), [3]),
+                                      (GlobalNormalized(), USCG(), [True, True, True])):
+        with torch.no_grad():
+            for p in params:
+                p.zero_()
+        seen.clear()
+        opt = specopt.GeometryOptimizer(params, {"lr": 0.1}, estimator=estimator, rule=rule)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        assert seen == expected, type(rule).__name__
+
+
+def test_unnamed_parts_are_named_by_their_class_and_their_states_do_not_mix():
+    class A(USCG):
+        pass
+
+    class B(USCG):
+        pass
+
+    assert (A.name, Momentum.name, USCG.name) == (A.__qualname__, "momentum", "uscg")
+    w = torch.nn.Parameter(torch.zeros(3, 3))
+    opt = specopt.GeometryOptimizer([w], {"lr": 0.1}, rule=A())
+    w.grad = torch.ones(3, 3)
+    opt.step()
+    other = specopt.GeometryOptimizer([w], {"lr": 0.1}, rule=B())
+    with pytest.raises(ValueError, match="rule '.*A'.* cannot be loaded into .*rule '.*B'"):
+        other.load_state_dict(opt.state_dict())
+
+
+class CountingFrobenius(Frobenius):
+    """A user norm with a constructor argument and private working data (a call counter)."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale, self._calls = scale, 0
+
+    def lmo(self, g, batch_dims=None):
+        self._calls += 1
+        return super().lmo(g) * self.scale
+
+
+def test_a_user_norms_private_attributes_are_not_part_of_its_config_equality_or_hash():
+    norm = CountingFrobenius(0.5)
+    key = hash(norm)
+    w = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = specopt.GeometryOptimizer([{"params": [w], "norm": norm}], {"lr": 0.1})
+    w.grad = torch.ones(4, 4)
+    opt.step()
+    assert norm._calls == 1 and hash(norm) == key and norm == CountingFrobenius(0.5) != CountingFrobenius(2.0)
+    assert opt.state_dict()["param_groups"][0]["norm"] == {"name": f"{__name__}:CountingFrobenius", "scale": 0.5}
+    twin = specopt.GeometryOptimizer([{"params": [w], "norm": CountingFrobenius(0.5)}], {"lr": 0.1})
+    twin.load_state_dict(opt.state_dict())
+    assert twin.param_groups[0]["norm"] == norm

@@ -53,6 +53,19 @@ def test_muons_msign_and_step_keys_stay_with_its_matrices():
     assert (vectors["momentum"], vectors["radius"], vectors["betas"]) == (0.0, 1.0, (0.9, 0.95))
 
 
+def test_muon_keeps_a_users_own_norm_on_a_role_group_as_on_a_plain_group():
+    """param_groups gives Muon's roles spectral norms; a norm the user puts there instead is theirs, kept."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    groups = specopt.param_groups(model)
+    for group in groups:
+        if group["role"] == "hidden":
+            group["norm"] = specopt.norms.ColNorm()
+    opt = specopt.Muon(groups)
+    assert isinstance(group_of(opt, model[2].weight)["norm"], specopt.norms.ColNorm)
+    plain = specopt.Muon([{"params": [model[2].weight], "norm": specopt.norms.ColNorm()}])
+    assert isinstance(plain.param_groups[0]["norm"], specopt.norms.ColNorm)
+
+
 def test_add_param_group_splits_like_the_constructor():
     model = mlp()
     built = specopt.Muon(specopt.param_groups(model))

@@ -37,6 +37,7 @@ class AdaGradNormStep(StepRule):
     """
 
     name = "adago"
+    per_tensor = True
 
     def __init__(self, gamma: float = 1.0, v0: float = 1.0, eps: float = 1e-6):
         self.gamma = check_number(gamma, "gamma", low_open=True)

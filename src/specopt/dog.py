@@ -58,6 +58,7 @@ class DistanceOverGradients(StepRule):
     """
 
     name = "dog"
+    per_tensor = True
     needs_dual = True
 
     def __init__(self, r_rel: float = 1e-6):

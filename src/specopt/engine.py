@@ -152,6 +152,10 @@ class GeometryOptimizer(Optimizer):
                     "use estimator='almond'" if rule.accepts == ("averaged_lmo",) else "")
             raise ValueError(f"rule {rule.name!r} takes {' or '.join(rule.accepts)}, but estimator {estimator.name!r} "
                              f"produces {estimator.produces}" + (f": {hint}" if hint else ""))
+        if rule.needs_dual and estimator.produces == "averaged_lmo":
+            raise ValueError(f"rule {rule.name!r} needs the dual norm of a direction (needs_dual), but estimator "
+                             f"{estimator.name!r} hands it an averaged lmo, a point of the ρ-ball with no dual "
+                             "direction; use rule 'uscg', 'scg' or 'almond'")
         defaults = {**ENGINE_DEFAULTS, **rule.group_defaults, **(defaults or {})}
         if "lr" not in defaults:
             raise ValueError("GeometryOptimizer needs a learning rate: pass defaults={'lr': ...} (the other "
@@ -248,10 +252,14 @@ class GeometryOptimizer(Optimizer):
         if constraint is not None:
             if not isinstance(constraint, Constraint):
                 raise ValueError(f"constraint must be a specopt.constraints.Constraint or None, got {constraint!r}")
-            names = group.get("param_names")
             for i, p in enumerate(group["params"]):
-                constraint.check(p.shape, names[i] if names else "a parameter")
-        for p in group["params"]:
+                constraint.check(p.shape, group["param_names"][i] if "param_names" in group else "a parameter")
+        names = group.get("param_names")
+        for i, p in enumerate(group["params"]):
+            if isinstance(norm, Norm) and norm.item_ndim and p.ndim < norm.item_ndim:
+                raise ValueError(f"{names[i] if names else 'a parameter'} of shape {tuple(p.shape)} cannot take "
+                                 f"{norm!r}: one of its items has {norm.item_ndim} dims; put it in a group with a "
+                                 "norm for its shape (e.g. 'bias_rms' or 'sign' for a vector)")
             if p.is_complex():
                 raise ValueError(f"complex parameter of shape {tuple(p.shape)} is not supported")
             if not p.is_floating_point():
@@ -508,7 +516,7 @@ class GeometryOptimizer(Optimizer):
         records = self.rule.active(records, ctx)
         if not records:
             return
-        if self.rule.per_tensor and not self.lmo.distributed(records):
+        if self.rule.per_tensor and self.estimator.per_tensor and not self.lmo.distributed(records):
             # No rule-wide sum: update one lmo bucket at a time, so that only one bucket's directions and lmo
             # outputs are alive at once. Fresh memory for all of them would be page-faulted in every step
             # (measured: ~0.9 s of a 2.4 s GPT-2-small Muon step on CPU); reused memory is not.

@@ -82,9 +82,12 @@ class Estimator:
     3. the lmo (``rec.s·rec.factor = lmo(rec.d)``), then :meth:`after_lmo` (estimators that act on the lmo's
        output set ``rec.s``/``rec.factor``/``rec.radius`` there).
 
-    Class attributes: ``name`` (recorded in state dicts), ``produces`` (``"direction"``, or ``"averaged_lmo"``
+    Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name), ``produces`` (``"direction"``, or ``"averaged_lmo"``
     when the rule receives a ball point instead of a unit lmo: rules list what they accept), ``needs_closure``
-    and ``traceable`` (False where the estimator reads tensors on the host: no single compiled graph).
+    and ``traceable`` (False where the estimator reads tensors on the host: no single compiled graph),
+    ``per_tensor`` (True where a tensor's direction depends on that tensor alone, so that the engine may run the step
+    one lmo bucket at a time; the default False hands :meth:`direction` and :meth:`after_lmo` every tensor of the
+    step before the lmo, as an estimator with a sum over tensors needs).
     :meth:`probe_weights` names weights at which the engine re-evaluates the step's batch before the step; the
     gradients come back in ``ctx.probed``. State keys are the estimator's own.
     """
@@ -93,6 +96,14 @@ class Estimator:
     produces: str = "direction"
     needs_closure: bool = False
     traceable: bool = True
+    per_tensor: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
+        loading refuses another's): two unnamed classes never pass for each other."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__qualname__
 
     def validate_group(self, group: dict) -> None:
         """Raise ``ValueError`` for a param group this estimator cannot serve (called at construction)."""
@@ -120,6 +131,7 @@ class Momentum(Estimator):
     """EMA momentum, Nesterov where the group says ``nesterov=True``; β = 0 feeds the gradient itself."""
 
     name = "momentum"
+    per_tensor = True
 
     def init_state(self, rec) -> None:
         if rec.group["momentum"] != 0:
@@ -139,6 +151,7 @@ class Storm(Estimator):
     """STORM: ``d_k = g_k + β(d_{k−1} − g(x_{k−1}; ξ_k))``; the first step of a tensor gives ``d = g``."""
 
     name = "storm"
+    per_tensor = True
     needs_closure = True
     traceable = False
 
@@ -172,6 +185,7 @@ class AveragedLmo(Estimator):
     SCG ``W ← (1−γ)W + γ·d_k``. Rules that need ``‖d‖_*`` of a dual direction do not apply."""
 
     name = "almond"
+    per_tensor = True
     produces = "averaged_lmo"
 
     def init_state(self, rec) -> None:

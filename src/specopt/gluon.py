@@ -67,7 +67,6 @@ class GluonRule(StepRule):
 
     name = "gluon"
     needs_dual = True
-    per_tensor = False
     traceable = False
     group_defaults = DEFAULTS
 

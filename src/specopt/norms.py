@@ -34,11 +34,25 @@ def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return x / torch.where(d > 0, d, torch.ones_like(d))
 
 
+def lmo_each(norm: Norm, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
+    """``norm.lmo`` of every item of ``g`` (the items after ``batch_dims`` leading dims, or of ``item_ndim`` dims):
+    one call where the norm is :attr:`~Norm.batched`, one call per item otherwise."""
+    lead = batch_dims if batch_dims is not None else g.ndim - (norm.item_ndim or g.ndim)
+    if lead > 0 and not norm.batched:
+        items = g.reshape((-1,) + tuple(g.shape[lead:])).unbind(0)
+        return torch.stack([norm.lmo(item) for item in items]).reshape(g.shape)
+    return norm.lmo(g, batch_dims)
+
+
 class Norm(ABC):
     """A norm on tensors of one role. Subclasses define the geometry; see the module docstring."""
 
     #: rank of one item (None: the entrywise norms, whose item is the whole tensor).
     item_ndim: int | None = None
+    #: whether :meth:`lmo` computes a stack of items in one call (its ``batch_dims``, or the dims before an item of
+    #: ``item_ndim``), as every specopt norm does. A norm that leaves it False is handed one item at a time by
+    #: :meth:`lmo_factored`, which the optimizers call: its ``lmo`` may be written for a single tensor.
+    batched: bool = False
 
     def _dims(self, x: torch.Tensor, batch_dims: int | None, what: str) -> tuple[int, ...]:
         """Validate ``x`` and return the dims one item spans (the reduction dims)."""
@@ -86,8 +100,9 @@ class Norm(ABC):
                      private: bool = False) -> tuple[torch.Tensor, float]:
         """``lmo(g) = factor · tensor``, the tensor possibly in :meth:`work_dtype` (the spectral norms return
         msign(ĝ) in bf16 and −scale, so an optimizer adds it to the weights without a conversion pass).
-        With ``private=True`` the caller hands over ``g`` and it may be overwritten."""
-        return self.lmo(g, batch_dims), 1.0
+        With ``private=True`` the caller hands over ``g`` and it may be overwritten. A norm that is not
+        :attr:`batched` gets each item of a stack on its own."""
+        return lmo_each(self, g, batch_dims), 1.0
 
     def lmo_factor(self, shape) -> float:
         """The ``factor`` :meth:`lmo_factored` returns for items of ``shape`` (it depends on the shape only)."""
@@ -108,7 +123,7 @@ class Norm(ABC):
         """A plain-data description (for state dicts and config files); :func:`norm_from_config` inverts it."""
         cls = type(self)
         out = {"name": _NAMES.get(cls) or f"{cls.__module__}:{cls.__qualname__}"}  # a user's norm: by import path
-        for key, value in vars(self).items():
+        for key, value in self._fields().items():
             if isinstance(value, Norm):
                 value = value.config()
             elif isinstance(value, torch.dtype):
@@ -116,15 +131,20 @@ class Norm(ABC):
             out[key] = value
         return out
 
+    def _fields(self) -> dict:
+        """The attributes that define the norm: its public ones, the constructor's keywords (a private attribute,
+        ``self._cache``, is working data: not saved, compared or hashed)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._fields().items())
         return f"{type(self).__name__}({fields})"
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)
+        return type(self) is type(other) and self._fields() == other._fields()
 
     def __hash__(self) -> int:
-        return hash((type(self), _frozen(vars(self))))
+        return hash((type(self), _frozen(self._fields())))
 
 
 def _frozen(value):
@@ -144,6 +164,8 @@ def _gaussian(shape, generator, dtype, device) -> torch.Tensor:
 
 class Euclidean(Norm):
     """ℓ2 norm: ``lmo(g) = −g/‖g‖₂``, ``‖g‖_* = ‖g‖₂``. SGD geometry."""
+
+    batched = True
 
     def norm(self, x, batch_dims=None):
         return torch.linalg.vector_norm(x, dim=self._dims(x, batch_dims, "norm"))
@@ -170,6 +192,8 @@ class Sign(Norm):
     ``lmo(g) = −sign(g)/s``, ``‖g‖_* = ‖g‖₁/s`` with ``s = d_in`` if scaled else 1; ``‖x‖ = s·max|x|``.
     Sign descent; one-hot embeddings; the output head of text models (scaled).
     """
+
+    batched = True
 
     def __init__(self, fan_in_scaled: bool = False):
         self.fan_in_scaled = bool(fan_in_scaled)
@@ -204,6 +228,8 @@ class Sign(Norm):
 
 class BiasRMS(Norm):
     """RMS norm of a vector or gain: ``‖b‖ = ‖b‖₂/√n``; ``lmo(g) = −g/RMS(g)``, ``‖g‖_* = √n·‖g‖₂``."""
+
+    batched = True
 
     def _numel(self, x, dims) -> int:
         return math.prod([x.shape[d] for d in dims])  # a list: dynamo cannot trace math.prod over a generator
@@ -241,6 +267,7 @@ class ColNorm(Norm):
     """
 
     item_ndim = 2
+    batched = True
 
     def __init__(self, transpose: bool = False):
         self.transpose = bool(transpose)
@@ -283,6 +310,7 @@ class RowNorm(Norm):
     ``‖g‖_* = Σ_i ‖g_i‖₂/√d_in``. An alternative geometry for output heads."""
 
     item_ndim = 2
+    batched = True
 
     def norm(self, x, batch_dims=None):
         self._dims(x, batch_dims, "norm")
@@ -312,6 +340,8 @@ class RowNorm(Norm):
 class _SpectralBase(Norm):
     """Shared machinery of the spectral norms: ``‖W‖ = ‖Ŵ‖_op / s``, ``lmo(g) = −s·msign(ĝ)``, where
     ``Ŵ`` is the matrix view of the tensor and ``s`` the scale of the subclass."""
+
+    batched = True
 
     def __init__(self, method: str = "polar_express", steps: int | None = None,
                  compute_dtype: torch.dtype | None = None, gram: bool | None = None):
@@ -429,6 +459,8 @@ class Blocked(Norm):
     handled as one batch (one msign call).
     """
 
+    batched = True
+
     def __init__(self, inner: Norm, split_sizes: int | tuple[int, ...], interleaved: bool = False):
         if not isinstance(inner, Norm) or not inner.item_ndim or inner.item_ndim < 2:
             raise ValueError(f"Blocked needs a matrix or kernel norm inside, got {inner!r}")
@@ -496,7 +528,7 @@ class Blocked(Norm):
 
     def lmo(self, g, batch_dims=None):
         self._dims(g, batch_dims, "lmo")
-        return self._map(g, self.inner.lmo)
+        return self._map(g, lambda block: lmo_each(self.inner, block))
 
     def work_dtype(self, like):
         return self.inner.work_dtype(like)
@@ -576,8 +608,8 @@ def get_norm(name: str, **kwargs) -> Norm:
 
 def norm_from_config(config: dict) -> Norm:
     """Rebuild a norm from :meth:`Norm.config`: a catalogue name, or ``module:QualName`` for a user's ``Norm``
-    subclass (imported; its constructor must take the instance's attributes as keywords, as every catalogue norm's
-    does)."""
+    subclass (imported; its constructor must take the instance's public attributes as keywords, as every
+    catalogue norm's does)."""
     kwargs = {k: v for k, v in config.items() if k != "name"}
     for key, value in kwargs.items():
         if isinstance(value, dict) and "name" in value:

@@ -272,7 +272,8 @@ def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> l
     """One group as Muon's groups: its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and
     its AdamW tensors, which keep the group's own keys but Muon's step's (:data:`MUON_ONLY`) and get ``adamw_lr``
     and the other AdamW defaults where the group sets none. A group that says ``norm="adamw"`` is AdamW as a
-    whole."""
+    whole. A Muon role's norm that is not spectral is the user's (param_groups gives these roles spectral ones) and
+    is kept, as in a plain group."""
     rest = {k: v for k, v in group.items() if k != "params"}
     members = group["params"]
     members = [members] if isinstance(members, torch.Tensor) else list(members)
@@ -281,9 +282,9 @@ def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> l
     role = rest.get("role")
     if role is not None:  # a group of specopt.param_groups: Muon's step length is its scale, not a radius
         rest.pop("radius", None)
-        if role not in MUON_ROLES or not _spectral(rest.get("norm")):
+        if role not in MUON_ROLES:
             rest.pop("norm", None)
-        else:
+        elif _spectral(rest.get("norm")):
             rest["norm"] = with_msign(rest["norm"], msign_kwargs, role)
             if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
                 rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
@@ -351,7 +352,7 @@ def _scale_blocks(norm, scale: str):
 
 
 def _spectral(norm) -> bool:
-    """A spectral geometry on some layout (a view, blocks): Muon keeps it; it replaces any other by its own."""
+    """A spectral geometry on some layout (a view, blocks): the norms Muon's msign settings reach."""
     while isinstance(norm, (Blocked, Stacked, Transposed)):
         norm = norm.inner
     return isinstance(norm, _SpectralBase)

@@ -55,6 +55,8 @@ class Preconditioner(Norm):
     (max |entry| for vectors), the norm whose unit ball holds every ``P``.
     """
 
+    batched = True
+
     def __init__(self, kind: str = "polar_express", kappa: float = 4.0, eps: float = 1e-3, scale: float = 1.0,
                  steps: int | None = None, compute_dtype: torch.dtype | None = None):
         if kind not in KINDS:

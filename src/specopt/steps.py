@@ -60,11 +60,13 @@ class StepRule:
     (it may also replace ``rec.s``/``rec.factor``: a rule that reshapes the lmo's output, as NorMuon does); the
     engine then writes ``W ← (1 − shrink)·W + scale·factor·s``.
 
-    Class attributes: ``name`` (recorded in state dicts); ``accepts``, the estimator outputs it composes with
+    Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name); ``accepts``, the estimator outputs it composes with
     (``"direction"``: a unit lmo of a dual direction; ``"averaged_lmo"``: a ball point, see
     :class:`~specopt.estimators.AveragedLmo`); ``needs_dual`` (``rec.dual = ‖d‖_*`` is computed with the lmo);
-    ``per_tensor`` (shrink and scale depend on the tensor alone, so the engine may update one lmo bucket at a
-    time; False for rules with a sum over tensors); ``traceable`` (False where the rule reads tensors on the host);
+    ``per_tensor`` (True where shrink and scale of a tensor depend on that tensor alone, so that the engine may
+    update one lmo bucket at a time, with less memory; the default False hands :meth:`scale` every tensor of the
+    step at once, as a rule with a sum over tensors needs; a rule derived from :class:`USCG` or :class:`SCG`
+    inherits True); ``traceable`` (False where the rule reads tensors on the host);
     ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`).
     :meth:`init_state` creates its state before the first step; :meth:`active` may leave tensors out of a step.
     :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
@@ -76,7 +78,14 @@ class StepRule:
     name: str = "rule"
     accepts: tuple[str, ...] = ("direction",)
     needs_dual: bool = False
-    per_tensor: bool = True
+    per_tensor: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
+        loading refuses another's): two unnamed classes never pass for each other."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__qualname__
     traceable: bool = True
     group_defaults: dict = {}
 
@@ -108,6 +117,7 @@ class USCG(StepRule):
     """Unconstrained SCG: ``W ← (1−γλ)W + γρ·lmo(d)``."""
 
     name = "uscg"
+    per_tensor = True
     accepts = ("direction", "averaged_lmo")
 
     def scale(self, records, ctx) -> None:
@@ -145,6 +155,7 @@ class SCG(StepRule):
     """SCG: ``W ← (1−γ)W + γρ·lmo(d)``, a convex combination that keeps W in the ρ-ball."""
 
     name = "scg"
+    per_tensor = True
     accepts = ("direction", "averaged_lmo")
 
     def validate_group(self, group: dict) -> None:
@@ -159,6 +170,7 @@ class Steepest(StepRule):
     """Steepest descent in the norm: ``W ← (1−γλ)W + γ‖d‖_*·lmo(d)``."""
 
     name = "steepest"
+    per_tensor = True
     needs_dual = True
 
     def scale(self, records, ctx) -> None:
@@ -172,7 +184,6 @@ class Clipped(StepRule):
 
     name = "clipped"
     needs_dual = True
-    per_tensor = False
 
     def __init__(self, clip_radius: float):
         check_number(clip_radius, "clip_radius", low_open=True)

@@ -25,6 +25,8 @@ from specopt.norms import _NAMES, CATALOGUE, Norm
 class _View(Norm):
     """A norm applied to a rearranged view of the tensor; ``_to_view``/``_from_view`` are inverse maps."""
 
+    batched = True
+
     def __init__(self, inner: Norm):
         if not isinstance(inner, Norm):
             raise ValueError(f"{type(self).__name__} needs a specopt Norm inside, got {inner!r}")
