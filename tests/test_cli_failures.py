@@ -99,10 +99,10 @@ def test_overwrite_starts_afresh_so_a_crash_before_the_first_checkpoint_leaves_n
     def killed(self, step):
         raise KeyboardInterrupt  # the new run is stopped in its first step
 
-    monkeypatch.setattr(HeavyTailedRegression, "batch", killed)
-    result = invoke("train", *HT, "--optimizer", "scion", "--out", run, "--overwrite")
+    with monkeypatch.context() as patch:  # undoes this patch alone (undo() would undo the fixtures' too)
+        patch.setattr(HeavyTailedRegression, "batch", killed)
+        result = invoke("train", *HT, "--optimizer", "scion", "--out", run, "--overwrite")
     assert result.exit_code != 0
-    monkeypatch.undo()
     assert not (run / "checkpoint.pt").exists()  # the muon run's checkpoint went with the muon run
     assert json.loads((run / "config.json").read_text())["optimizer"] == "scion"
     assert (run / "notes.txt").read_text() == "mine"  # --overwrite removes run files only
@@ -294,9 +294,9 @@ def test_extending_an_interrupted_run_equals_a_run_planned_that_long(tmp_path, m
             raise KeyboardInterrupt
         return real(self, step)
 
-    monkeypatch.setattr(HeavyTailedRegression, "batch", stopped_at_step_6)
-    assert invoke("train", *flags, "--steps", 10, "--out", tmp_path / "run").exit_code != 0
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # not monkeypatch.undo(): it would lift conftest's fp32 msign pin too
+        patch.setattr(HeavyTailedRegression, "batch", stopped_at_step_6)
+        assert invoke("train", *flags, "--steps", 10, "--out", tmp_path / "run").exit_code != 0
     result = invoke("train", "--resume", tmp_path / "run", "--steps", 20, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "steps 10 → 20" in result.output and "those of a 20-step run" in result.output
