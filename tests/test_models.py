@@ -258,9 +258,10 @@ CASES = {
 }
 
 
-LR_SCALE = {"wav2vec2": {"ClippedScion": 0.5}}
+LR_SCALE = {"wav2vec2": {"ClippedScion": 0.5}, "wan": {"ClippedScion": 0.5}}
 """ClippedScion's default step (tuned on the char-GPT) oscillates on the random-init wav2vec2 (1.10 → 1.33 after 30
-steps, with and without the weight-norm magnitude trained); half of it trains (→ 0.0)."""
+steps, with and without the weight-norm magnitude trained) and, on some CPUs' float rounding, on Wan (1.55 → between
+1.58 and 1.94 on an AMD EPYC); half of it trains both."""
 
 
 @pytest.mark.parametrize("arch", list(CASES))

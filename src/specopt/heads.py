@@ -66,12 +66,23 @@ def _projects_to_vocabulary(modules: dict) -> tuple[set[str], str]:
 
 def _states_its_head(model: nn.Module) -> bool:
     return any(callable(getattr(model, g, None)) for g in ("get_output_embeddings", "get_classifier")) or \
-        getattr(getattr(model, "config", None), "num_labels", None) is not None
+        getattr(getattr(model, "config", None), "num_labels", None) is not None or _litgpt_head(model) is not None
+
+
+def _litgpt_head(model: nn.Module) -> nn.Module | None:
+    """litgpt's GPT (and its LoRA and adapter variants) names its output layer ``lm_head``: the Linear there, or the
+    one its adapter wraps (``lm_head.linear``)."""
+    head = getattr(model, "lm_head", None)
+    if not type(model).__module__.startswith("litgpt.") or not isinstance(head, nn.Module):
+        return None
+    head = head if _has_weight(head) else getattr(head, "linear", None)
+    return head if isinstance(head, nn.Module) and _has_weight(head) else None
 
 
 def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | None:
     """The head a model states: what transformers' ``get_output_embeddings()`` or timm's ``get_classifier()``
-    returns, or a transformers classifier of ``config.num_labels`` outputs outside the base model; None if neither."""
+    returns, litgpt's ``lm_head``, or a transformers classifier of ``config.num_labels`` outputs outside the base
+    model; None if none."""
     names = {id(m): n for n, m in modules.items()}
     for getter in ("get_output_embeddings", "get_classifier"):
         fn = getattr(model, getter, None)
@@ -82,6 +93,9 @@ def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | Non
                 out = None
             if isinstance(out, nn.Module) and id(out) in names and _has_weight(out):
                 return {_weight_owner(out, names)}, f"{getter}()"
+    head = _litgpt_head(model)
+    if head is not None and id(head) in names:
+        return {names[id(head)]}, "litgpt's lm_head"
     labels = getattr(getattr(model, "config", None), "num_labels", None)
     prefix = getattr(model, "base_model_prefix", None)
     if labels and prefix and hasattr(model, prefix):

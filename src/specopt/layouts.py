@@ -42,6 +42,7 @@ A ≥3-D parameter none of these rules knows is an error that names it; declare 
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import re
 import warnings
@@ -303,6 +304,21 @@ def _peft(module, local: str, p, parents: dict) -> Layout | None:
     return Layout(role, f"peft {holder[1]} ({what})", transposed=transposed)
 
 
+def _litgpt_lora(module, local: str, p) -> Layout | None:
+    """litgpt's LoRA factors, raw tensors of its ``LoRALinear`` (``x @ Aᵀ @ Bᵀ``: A is r × d_in, B d_out × r) and
+    ``LoRAQKVLinear``, whose factors serve q, k and v at once (a grouped conv: A's rows are r per enabled projection,
+    B's rows each projection's outputs, each block its own map)."""
+    cls = authored_class(module)
+    if local not in ("lora_A", "lora_B") or p.ndim != 2 or not cls.__module__.startswith("litgpt.") or \
+            not any(c.__name__ == "LoRALinear" for c in cls.__mro__):
+        return None
+    if not hasattr(module, "qkv_shapes"):
+        return Layout("hidden", f"litgpt {cls.__name__}.{local} (F.linear's)")
+    blocks = (module.r,) * sum(module.enable_lora) if local == "lora_A" else tuple(module.qkv_shapes)
+    return Layout("hidden", f"litgpt {cls.__name__}.{local}, one block per enabled q/k/v {blocks}",
+                  blocks=blocks if len(blocks) > 1 else None)
+
+
 def _hf_experts(module, local: str, p) -> Layout | None:
     """transformers' MoE expert stacks: the module says how its weights are stored (``is_transposed``,
     ``is_concatenated``, ``has_gate``, set by ``use_experts_implementation``)."""
@@ -487,7 +503,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
         if layout is None and part != "other":
-            layout = _peft(module, local, p, parents) or known(owner, tensor, p)
+            layout = _peft(module, local, p, parents) or _litgpt_lora(module, local, p) or known(owner, tensor, p)
             if layout is not None and part == "weight":
                 layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:
@@ -579,6 +595,8 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     if parent is None:
         return layout
     attention, local = parent
+    if local == "linear" and authored_class(attention).__module__.startswith("litgpt.") and id(attention) in parents:
+        attention, local = parents[id(attention)]  # the Linear a litgpt adapter (LoRA, adapter v2) wraps: its place
     rows = _rows(layout, p)
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
@@ -593,6 +611,8 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
         if head_dim and rows % head_dim == 0 and rows // head_dim >= 3:
             return _with(layout, (head_dim,) * (rows // head_dim), "fused q/k/v stored by head: one block per head's "
                                                                    "q, k and v")
+    if local == "qkv" and authored_class(attention).__module__.startswith("litgpt."):
+        return _litgpt_qkv(layout, name, attention, rows)
     if local in _FUSED_KV and _is_attention(attention) and _holds_k_and_v(attention, rows):
         return _with(layout, (rows // 2, rows // 2), "fused k/v")
     if local in _FUSED_QKV and (local != "in_proj" or _is_attention(attention)):
@@ -641,6 +661,29 @@ def _per_head_qkv(attention: nn.Module, local: str) -> bool:
     if local not in _QKV_BY_HEAD or (local == "c_attn" and getattr(attention, "multi_query", False)):
         return False  # GPT-BigCode's multi-query c_attn is q, k, v in turn
     return re.search(_QKV_BY_HEAD[local], authored_class(attention).__name__) is not None
+
+
+def _litgpt_qkv(layout: Layout, name: str, attention: nn.Module, rows: int) -> Layout:
+    """litgpt's fused ``qkv`` (its ``config`` states ``n_head``, ``n_query_groups`` and ``head_size``): from
+    litgpt 0.5.7 q's rows, then k's, then v's; before (PR #1013 dropped the interleaving), grouped by query group, each
+    group's q heads, then its k head, then its v head: one block per head there."""
+    config = getattr(attention, "config", None)
+    heads, groups, head_dim = (getattr(config, k, None) for k in ("n_head", "n_query_groups", "head_size"))
+    if not all(isinstance(v, int) and v > 0 for v in (heads, groups, head_dim)) or \
+            rows != (heads + 2 * groups) * head_dim:
+        raise ValueError(f"cannot tell the q, k, v blocks of litgpt's fused projection {name} ({rows} outputs; its "
+                         f"config states n_head={heads}, n_query_groups={groups}, head_size={head_dim}); pass "
+                         f"split_sizes={{{name!r}: (q_rows, k_rows, v_rows)}}")
+    if _version("litgpt") >= (0, 5, 7):
+        blocks = (heads * head_dim, groups * head_dim, groups * head_dim)
+        return _with(layout, blocks, f"litgpt fused q/k/v {blocks}")
+    return _with(layout, (head_dim,) * (rows // head_dim), "litgpt < 0.5.7 fused q/k/v, grouped by query group: one "
+                                                           "block per head's q, k and v")
+
+
+def _version(package: str) -> tuple[int, ...]:
+    """The installed version of ``package`` as numbers, ``(0, 5, 13)``."""
+    return tuple(int(part) for part in re.findall(r"\d+", importlib.metadata.version(package))[:3])
 
 
 def _holds_k_and_v(attention: nn.Module, rows: int) -> bool:
