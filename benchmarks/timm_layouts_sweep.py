@@ -1,7 +1,8 @@
 """specopt.layouts over timm: one model per architecture family of ``timm.list_models()`` (the first name of each
 family), built on the meta device; prints each refusal and warning, then the counts.
 
-    .venv-timm/bin/python benchmarks/timm_layouts_sweep.py     # timm needs torchvision: README, "Testing with timm"
+    .venv-timm-litgpt/bin/python benchmarks/timm_layouts_sweep.py   # timm needs torchvision: README, "Testing with
+                                                                    # timm and litgpt"
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """specopt.layouts over every torchvision model (classification, detection, segmentation, video, optical flow),
 built without weights on the meta device; prints each refusal and warning, then the counts.
 
-    .venv-timm/bin/python benchmarks/torchvision_layouts_sweep.py   # torchvision: README, "Testing with timm"
+    .venv-timm-litgpt/bin/python benchmarks/torchvision_layouts_sweep.py   # README, "Testing with timm and litgpt"
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ tensor, the geometry by its defining property, every preset trains, exact state_
 
 timm imports torchvision, and PyPI's torchvision only imports beside its own torch build: these tests skip
 where ``import timm`` fails. ``.ci/run`` runs them in a separate environment that has a matching pair
-(see the README's "Testing with timm").
+(see the README's "Testing with timm and litgpt").
 """
 
 import pytest

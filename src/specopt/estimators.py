@@ -82,8 +82,9 @@ class Estimator:
     3. the lmo (``rec.s·rec.factor = lmo(rec.d)``), then :meth:`after_lmo` (estimators that act on the lmo's
        output set ``rec.s``/``rec.factor``/``rec.radius`` there).
 
-    Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name), ``produces`` (``"direction"``, or ``"averaged_lmo"``
-    when the rule receives a ball point instead of a unit lmo: rules list what they accept), ``needs_closure``
+    Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name), ``produces``
+    (``"direction"``, or ``"averaged_lmo"`` when the rule receives a ball point instead of a unit lmo: rules list
+    what they accept), ``needs_closure``
     and ``traceable`` (False where the estimator reads tensors on the host: no single compiled graph),
     ``per_tensor`` (True where a tensor's direction depends on that tensor alone, so that the engine may run the step
     one lmo bucket at a time; the default False hands :meth:`direction` and :meth:`after_lmo` every tensor of the
