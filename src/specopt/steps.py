@@ -62,7 +62,8 @@ class StepRule:
 
     Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name); ``accepts``, the
     estimator outputs it composes with (``"direction"``: a unit lmo of a dual direction; ``"averaged_lmo"``: a ball
-    point, see :class:`~specopt.estimators.AveragedLmo`); ``needs_dual`` (``rec.dual = ‖d‖_*`` is computed with the lmo);
+    point, see :class:`~specopt.estimators.AveragedLmo`); ``needs_dual`` (``rec.dual = ‖d‖_*`` is computed with
+    the lmo);
     ``per_tensor`` (True where shrink and scale of a tensor depend on that tensor alone, so that the engine may
     update one lmo bucket at a time, with less memory; the default False hands :meth:`scale` every tensor of the
     step at once, as a rule with a sum over tensors needs; a rule derived from :class:`USCG` or :class:`SCG`
