@@ -160,12 +160,13 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
                 else:
                     group[k] = value
         optimizer.state.clear()
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         fresh: dict = {}
         for key, value in template.items():
             if key.startswith(f"optim.{i}."):
                 name, state_key = _state_key(key, params)
                 if name not in fresh:
-                    fresh[name] = fresh_state_dtypes(optimizer, params[name])
+                    fresh[name] = fresh_state_dtypes(optimizer, params[name], group_of[id(params[name])])
                 optimizer.state[params[name]][state_key] = loaded_state(value, params[name],
                                                                         fresh[name].get(state_key))
         for name, state in saved["state"].items():

@@ -76,13 +76,12 @@ def loaded_state(saved: torch.Tensor, param: torch.Tensor, fresh: torch.dtype | 
     return value.to(device=p.device)
 
 
-def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict) -> dict:
     """``{key: dtype}`` of the floating state tensors (with at least one dimension) that ``optimizer`` creates for
-    ``param`` before its first step, made on the meta device (no memory); empty for an optimizer that is not a
-    :class:`GeometryOptimizer` (its saved dtypes are kept)."""
+    ``param`` of ``group`` before its first step, made on the meta device (no memory); empty for an optimizer that is
+    not a :class:`GeometryOptimizer` (its saved dtypes are kept)."""
     if not isinstance(optimizer, GeometryOptimizer):
         return {}
-    group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
     state: dict = {}
     optimizer._init_state(torch.empty_like(distributed.local(param), device="meta"), state, group)
     return {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim}
@@ -311,9 +310,10 @@ class GeometryOptimizer(Optimizer):
             groups.append(g)
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        for i, param in zip(saved_ids, [p for g in self.param_groups for p in g["params"]], strict=True):
+        members = [(p, g) for g in self.param_groups for p in g["params"]]
+        for i, (param, group) in zip(saved_ids, members, strict=True):
             state, saved_state = self.state.get(param, {}), state_dict["state"].get(i, {})
-            fresh = fresh_state_dtypes(self, param) if saved_state else {}
+            fresh = fresh_state_dtypes(self, param, group) if saved_state else {}
             for key, value in saved_state.items():
                 if isinstance(value, torch.Tensor) and key != "step" and key in state:
                     state[key] = loaded_state(value, param, fresh.get(key))
