@@ -28,7 +28,7 @@ CLIPPING = {
     "muon": {"name": "muon"},
     "scion": {"name": "scion"},
     "uscion": {"name": "uscion"},
-    "clipped-scion (ρ_c 60)": {"name": "clipped-scion"},
+    "clipped-scion (ρ_c 60)": {"name": "clipped-scion", "clip_radius": 60.0},
     "clipped-scion (ρ_c 600)": {"name": "clipped-scion", "clip_radius": 600.0},
     "gluon L0=0 L1=50": {"name": "gluon", "L0": 0.0, "L1": 50.0},
     "gluon L0=1 L1=20": {"name": "gluon", "L0": 1.0, "L1": 20.0},

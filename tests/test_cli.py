@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from specopt.cli import app
-from specopt.training import RunConfig, read_metrics, train
+from specopt.training import RunConfig, lr_factor, read_metrics, train
 
 runner = CliRunner()
 TINY = ["--task", "char-gpt", "--size", "tiny", "--no-progress"]
@@ -32,6 +32,18 @@ def test_train_writes_metrics_and_checkpoint(tmp_path):
     assert (out / "checkpoint.pt").is_file() and not (out / "checkpoint.pt.tmp").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 12
     assert "final validation loss" in result.output
+
+
+def test_the_metrics_lr_is_the_lr_each_step_ran_at_as_the_run_states_it(tmp_path):
+    """Row k holds the lr of step k (read before the schedule moves on: the last step of a decaying run is not at
+    0), and for Muon the lr of its matrices, config.json's, not its AdamW tensors' adamw_lr."""
+    out = tmp_path / "run"
+    result = invoke("train", *TINY, "--optimizer", "muon", "--steps", 8, "--schedule", "linear-decay", "--out", out)
+    assert result.exit_code == 0, result.output
+    cfg = RunConfig(task="char-gpt", optimizer="muon", steps=8, schedule="linear-decay")
+    base = json.loads((out / "config.json").read_text())["hparams"]["lr"]
+    assert [r["lr"] for r in read_metrics(out)] == pytest.approx([base * lr_factor(k, cfg) for k in range(8)])
+    assert read_metrics(out)[-1]["lr"] > 0
 
 
 @pytest.mark.parametrize("optimizer", ["scion", "muon", "torch-muon", "gluon", "adamw", "prox-spectral", "gluon-mvr"])

@@ -2,11 +2,14 @@
 exit code 2, no traceback, and nothing in the run directory changed; a run is never resumed from files that are
 not its own; a diverged run exits non-zero; `python -m specopt` and the listings in --help."""
 
+import functools
 import json
+import multiprocessing
 import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -15,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import specopt
-from specopt import cli
+from specopt import cli, compare
 from specopt.cli import app
 from specopt.tasks.synthetic import HeavyTailedRegression
 from specopt.training import read_metrics
@@ -312,14 +315,15 @@ def test_extending_an_interrupted_run_equals_a_run_planned_that_long(tmp_path, m
 
 def test_extending_a_finished_run_recomputes_the_lr_schedule(runs, run, tmp_path):
     """The finished run's lr had decayed to 0; extended to 8 steps, steps 5–8 follow the 8-step schedule."""
+    own = read_metrics(run)
     result = invoke("train", "--resume", run, "--steps", 8, "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "the lr at step 4 is 1× its base (the 4-step schedule had it at 0×)" in result.output
+    assert "step 5 runs at 1× the base lr (the 4-step schedule had reached 0×)" in result.output
     assert invoke("train", *HT, "--optimizer", "scion", "--steps", 8, "--out", tmp_path / "eight").exit_code == 0
     eight, extended = read_metrics(tmp_path / "eight"), read_metrics(run)
     assert [r["step"] for r in extended] == list(range(1, 9))
     assert [r["lr"] for r in extended[4:]] == [r["lr"] for r in eight[4:]]
-    assert extended[3]["lr"] == 0.0  # the 4-step run's own record is kept
+    assert extended[:4] == own  # the 4-step run's own records are kept
     assert json.loads((run / "config.json").read_text())["steps"] == 8
     # step 5 itself takes the recomputed lr (the 4-step schedule's 0 would leave the weights where they were)
     five = shutil.copytree(runs / "scion", tmp_path / "five")
@@ -533,3 +537,19 @@ def test_compare_help_lists_the_optimizers_and_tasks():
     tasks = _entries(result.output, "Tasks (--task)")
     assert list(optimizers) == registry.optimizer_names() and list(tasks) == list(TASKS)
     assert all(text for text in [*optimizers.values(), *tasks.values()])
+
+
+def _killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("target, how", [(_killed, "was killed by signal SIGKILL"),
+                                         (functools.partial(os._exit, 3), "exited with code 3")])
+def test_a_compare_run_whose_process_ends_without_a_result_is_an_error_not_a_hang(target, how):
+    """An OOM-killed or crashed run process never reports: compare waited on its queue forever."""
+    ctx = multiprocessing.get_context("fork")
+    queue, proc = ctx.Queue(), ctx.Process(target=target)
+    proc.start()
+    with pytest.raises(RuntimeError, match=f"run adamw {how} without a result"):
+        compare._result(queue, proc, "adamw")
+    proc.join()

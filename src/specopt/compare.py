@@ -12,9 +12,11 @@ import csv
 import json
 import multiprocessing as mp
 import resource
+import signal
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from queue import Empty
 
 from specopt import registry
 from specopt.experiments.common import pyplot, save_figure
@@ -30,6 +32,8 @@ def _child(cfg_dict: dict, out: str, progress: bool, queue) -> None:
         queue.put({"ok": True, "elapsed_s": result.elapsed_s, "diverged": result.diverged, "peak_MiB": peak})
     except Exception as e:  # reported by the parent with the run's name
         queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
+        pass
 
 
 def run_isolated(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
@@ -44,11 +48,35 @@ def run_isolated(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(asdict(cfg), str(out), progress, queue))
     proc.start()
-    info = queue.get()
-    proc.join()
+    try:
+        info = _result(queue, proc, cfg.optimizer)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
     if not info["ok"]:
         raise RuntimeError(f"run {cfg.optimizer} failed: {info['error']}")
     return info
+
+
+def _result(queue, proc, name: str) -> dict:
+    """The child's report, or an error once it has ended without one (killed: by the out-of-memory killer, a
+    signal, a crash in native code)."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except Empty:
+            if proc.is_alive():
+                continue
+            try:  # it may have reported just before it ended
+                return queue.get(timeout=1.0)
+            except Empty:
+                code = proc.exitcode
+                how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else
+                       f"exited with code {code}")
+                raise RuntimeError(f"run {name} {how} without a result (out of memory? a crash in native code?); "
+                                   "its run directory holds what it wrote") from None
 
 
 def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: bool = False,

@@ -112,6 +112,14 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     return 1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.steps - start, 1))
 
 
+def _step_lr(opts) -> float:
+    """The lr a step runs at, as the run states it (``config.json``'s ``lr``, scheduled): that of its first
+    optimizer's first group that is not AdamW's (the Muon family's AdamW tensors take ``adamw_lr``), read before the
+    schedulers step."""
+    groups = opts[0].param_groups
+    return float(next((g for g in groups if g.get("norm") != "adamw"), groups[0])["lr"])
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -215,6 +223,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         units = task.units_per_step() if sizes is None else sizes[step] * task.units_per_example
 
         closure = task_closure(task, model, opts, batch)
+        lr = _step_lr(opts)
         if len(opts) == 1 and cfg.closure:  # a closure lets Gluon's online L compare gradients of one batch
             loss = opts[0].step(closure)
         else:
@@ -228,7 +237,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             callback(step + 1, model, opts)
         elapsed += dt
         value = _mean_over_ranks(loss.detach(), world)
-        row = {"step": step + 1, "loss": value, "lr": opts[0].param_groups[0]["lr"], "elapsed_s": elapsed,
+        row = {"step": step + 1, "loss": value, "lr": lr, "elapsed_s": elapsed,
                "throughput": units / dt if dt > 0 else float("nan")}
         if sizes is not None:
             row["batch_size"] = sizes[step]
@@ -530,8 +539,8 @@ def _schedule_notice(cfg: RunConfig, old_steps: int, start: int) -> str:
         if all(lr_factor(i, old) == lr_factor(i, cfg) for i in range(start + 1)):
             text += f"the steps so far are those of a {cfg.steps}-step run"
         else:
-            text += (f"the lr at step {start} is {lr_factor(start, cfg):.3g}× its base "
-                     f"(the {old_steps}-step schedule had it at {lr_factor(start, old):.3g}×)")
+            text += (f"step {start + 1} runs at {lr_factor(start, cfg):.3g}× the base lr "
+                     f"(the {old_steps}-step schedule had reached {lr_factor(start, old):.3g}×)")
     if cfg.batch_schedule != "constant":
         text += f"; the {cfg.batch_schedule} batch schedule is recomputed for {cfg.steps} steps too"
     return text
