@@ -553,3 +553,23 @@ def test_a_compare_run_whose_process_ends_without_a_result_is_an_error_not_a_han
     with pytest.raises(RuntimeError, match=f"run adamw {how} without a result"):
         compare._result(queue, proc, "adamw")
     proc.join()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--task", "heavy-tailed", "--batch-schedule", "bst"], "task 'heavy-tailed' has a fixed batch"),
+    (["--task", "heavy-tailed", "--optimizer", "gluon-mvr", "--no-closure"], "gluon-mvr needs step(closure)"),
+])
+def test_a_run_refused_before_its_first_step_writes_nothing(tmp_path, flags, message):
+    """Found after the run directory was written, these left config.json behind: the same command was then refused
+    as "not empty" and --resume found no checkpoint."""
+    refused(invoke("train", *flags, "--steps", 3, "--no-progress", "--out", tmp_path / "run"), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_checks_every_run_before_the_first_starts(tmp_path):
+    out = tmp_path / "cmp"
+    refused(invoke("compare", "--task", "heavy-tailed", "--optimizers", "adamw,gluon-mvr", "--no-closure",
+                   "--steps", 3, "--no-progress", "--out", out), "gluon-mvr needs step(closure)")
+    assert not (out / "adamw").exists()
+    refused(invoke("compare", "--task", "heavy-tailed", "--optimizers", "adamw,muon,adamw", "--steps", 3,
+                   "--no-progress", "--out", out), "adamw listed more than once")

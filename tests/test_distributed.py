@@ -170,7 +170,7 @@ def test_train_nproc_2_then_resume_with_one_process_continues_the_run(tmp_path, 
     config = tmp_path / "resumed" / "config.json"
     config.write_text(config.read_text().replace('"steps": 3', '"steps": 6'))
     out = _specopt("train", "--resume", "resumed", cwd=tmp_path)
-    assert "done: 6 steps" in out
+    assert "done: steps 3 → 6" in out
     straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [str(i) for i in range(1, 7)]  # rank 0 alone wrote the metrics
     for a, b in zip(straight, resumed, strict=True):

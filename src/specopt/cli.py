@@ -282,8 +282,9 @@ def train_command(
         return
     val = result.val_rows()
     final = f"; final validation loss {val[-1]['val_loss']:.4f}" if val else ""
-    typer.echo(f"done: {len(result.rows)} steps in {result.elapsed_s:.1f}s{final}; metrics and checkpoint in "
-               f"{result.out}")
+    trained = (f"steps {result.start} → {result.config.steps}" if result.start else
+               f"{result.config.steps} steps")
+    typer.echo(f"done: {trained} in {result.elapsed_s:.1f}s{final}; metrics and checkpoint in {result.out}")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -20,7 +20,7 @@ from queue import Empty
 
 from specopt import registry
 from specopt.experiments.common import pyplot, save_figure
-from specopt.training import CSV_FIELDS, RunConfig, read_metrics, train
+from specopt.training import CSV_FIELDS, RunConfig, preflight, read_metrics, train
 
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -60,6 +60,12 @@ def run_isolated(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
     return info
 
 
+def _run_config(base: RunConfig, name: str, lr: float | None = None) -> RunConfig:
+    """``base`` for optimizer ``name``: the shared hyperparameters it takes (``--gram`` is not AdamW's), and ``lr``."""
+    shared = {k: v for k, v in base.hparams.items() if k in registry.TAKES[name]}
+    return replace(base, optimizer=name, hparams={**shared, **({"lr": lr} if lr else {})})
+
+
 def _result(queue, proc, name: str) -> dict:
     """The child's report, or an error once it has ended without one (killed: by the out-of-memory killer, a
     signal, a crash in native code)."""
@@ -81,9 +87,13 @@ def _result(queue, proc, name: str) -> dict:
 
 def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: bool = False,
             progress: bool = True, log=print) -> dict:
-    """Run every optimizer (with a learning-rate sweep if asked) and write the report into ``out``."""
+    """Run every optimizer (with a learning-rate sweep if asked) and write the report into ``out``. Every run is
+    checked (:func:`~specopt.training.preflight`) before the first starts."""
+    twice = sorted({name for name in optimizers if optimizers.count(name) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} listed more than once: each optimizer is one row of the report")
     for name in optimizers:
-        registry.resolve(name)
+        preflight(_run_config(base, name))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
@@ -92,8 +102,7 @@ def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: b
         candidates = []
         for lr in lrs:
             tag = name if lr is None else f"{name}_lr{lr:.3g}"
-            shared = {k: v for k, v in base.hparams.items() if k in registry.TAKES[name]}  # --gram: not AdamW's
-            cfg = replace(base, optimizer=name, hparams={**shared, **({"lr": lr} if lr else {})})
+            cfg = _run_config(base, name, lr)
             log(f"[{name}] {'lr ' + format(lr, '.3g') if lr else 'defaults'} → {out / tag}")
             info = run_isolated(cfg, out / tag, progress)
             candidates.append(_summarise(name, tag, out / tag, info))
@@ -147,7 +156,7 @@ def write_report(runs: dict, base: RunConfig, out: Path, sweep: bool) -> None:
     _plot(runs, base, out / "loss.png")
     table = summary_table(runs)
     lines = [f"# specopt compare: {base.task}", "",
-             f"Task `{base.task}` {json.dumps(base.task_options) if base.task_options else ''}, {base.steps} steps, "
+             f"Task `{base.task}`{' ' + json.dumps(base.task_options) if base.task_options else ''}, {base.steps} steps, "
              f"seed {base.seed}, schedule {base.schedule}, validation every {base.val_every} steps; every "
              f"optimizer sees the same batches in the same order. "
              + ("Each optimizer's learning rate was swept over ×" + ", ×".join(f"{f:g}" for f in SWEEP_FACTORS)
@@ -177,7 +186,7 @@ def summary_table(runs: dict) -> str:
         ratio = "—" if not r.get("steps_ratio") else f"{r['steps_ratio']:.2f}"
         flag = " (diverged)" if r["diverged"] else ""
         lines.append(f"| {r['optimizer']}{flag} | {r['lr']:.3g} | {r['final_train']:.4f} | {r['final_val']:.4f} | "
-                     f"{r['best_val']:.4f} | {steps} | {ratio} | {r['wall_s']:.1f} | {r['throughput']:.0f} | "
+                     f"{r['best_val']:.4f} | {steps} | {ratio} | {r['wall_s']:.3g} | {r['throughput']:.0f} | "
                      f"{r['peak_MiB']:.0f} |")
     return "\n".join(lines)
 

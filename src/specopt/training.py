@@ -181,6 +181,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         hp = registry.resolve(cfg.optimizer, cfg.hparams)
         opts = registry.build(cfg.optimizer, inner, task, hp)
+        sizes = _batch_sizes(cfg, task)
+        _check_closure(cfg, opts)
     except (TypeError, ValueError) as e:
         if not resume or isinstance(e, DataError):  # a data file's error names that file
             raise
@@ -215,7 +217,6 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     writer = _MetricsWriter(out, rows) if rank == 0 else None
     bar = _progress(cfg, start, progress and rank == 0)
     diverged = False
-    sizes = _batch_sizes(cfg, task)
     for step in range(start, cfg.steps):
         tick = time.perf_counter()
         batch = task.batch(step) if sizes is None else task.batch_of(step, sizes[step])
@@ -317,6 +318,29 @@ def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
         dist.all_reduce(loss)
         loss /= world
     return float(loss)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Raise the ``ValueError`` that :func:`train` would raise for ``cfg`` before its first step (the task, the
+    optimizer and its hyperparameters, the batch schedule, the closure), without writing anything: a comparison
+    checks every run before it starts the first."""
+    cfg.validate()
+    task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+    opts = registry.build(cfg.optimizer, task.build_model(), task, registry.resolve(cfg.optimizer, cfg.hparams))
+    _batch_sizes(cfg, task)
+    _check_closure(cfg, opts)
+
+
+def _check_closure(cfg: RunConfig, opts: list) -> None:
+    """An estimator that re-evaluates the batch (STORM) needs ``step(closure)``: refuse a run that gives it none
+    before the run directory is written."""
+    if len(opts) == 1 and cfg.closure:
+        return
+    for opt in opts:
+        estimator = getattr(opt, "estimator", None)
+        if getattr(estimator, "needs_closure", False):
+            raise ValueError(f"{cfg.optimizer} needs step(closure): its estimator {estimator.name!r} re-evaluates the "
+                             "batch at the previous weights; run it without --no-closure")
 
 
 def _batch_sizes(cfg: RunConfig, task) -> list[int] | None:
