@@ -155,8 +155,9 @@ def write_report(runs: dict, base: RunConfig, out: Path, sweep: bool) -> None:
     _write_csv(runs, out)
     _plot(runs, base, out / "loss.png")
     table = summary_table(runs)
+    options = f" {json.dumps(base.task_options)}" if base.task_options else ""
     lines = [f"# specopt compare: {base.task}", "",
-             f"Task `{base.task}`{' ' + json.dumps(base.task_options) if base.task_options else ''}, {base.steps} steps, "
+             f"Task `{base.task}`{options}, {base.steps} steps, "
              f"seed {base.seed}, schedule {base.schedule}, validation every {base.val_every} steps; every "
              f"optimizer sees the same batches in the same order. "
              + ("Each optimizer's learning rate was swept over ×" + ", ×".join(f"{f:g}" for f in SWEEP_FACTORS)
