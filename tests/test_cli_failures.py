@@ -299,7 +299,8 @@ def test_extending_an_interrupted_run_equals_a_run_planned_that_long(tmp_path, m
 
     with monkeypatch.context() as patch:  # not monkeypatch.undo(): it would lift conftest's fp32 msign pin too
         patch.setattr(HeavyTailedRegression, "batch", stopped_at_step_6)
-        assert invoke("train", *flags, "--steps", 10, "--out", tmp_path / "run").exit_code != 0
+        stopped = invoke("train", *flags, "--steps", 10, "--out", tmp_path / "run")
+    assert stopped.exit_code == 130 and f"specopt train --resume {tmp_path / 'run'}` continues" in stopped.output
     result = invoke("train", "--resume", tmp_path / "run", "--steps", 20, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "steps 10 → 20" in result.output and "those of a 20-step run" in result.output

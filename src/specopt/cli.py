@@ -269,6 +269,12 @@ def train_command(
             result = train(cfg, out, progress=progress, overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError) as e:  # DataError and RunError are ValueErrors
         _fail(str(e))
+    except KeyboardInterrupt:
+        run = Path(resume if resume is not None else out)
+        saved = (run / "checkpoint.pt").exists() or (run / "checkpoint" / ".metadata").exists()
+        typer.echo(f"interrupted: `specopt train --resume {run}` continues the run from its last checkpoint" if saved
+                   else f"interrupted before the first checkpoint: {run} holds no run to resume", err=True)
+        raise typer.Exit(130) from None
     if result.diverged:  # every rank: torchrun then reports the failure too
         if result.rows:
             typer.secho(f"error: diverged: the training loss became NaN or Inf at step {result.rows[-1]['step']}; "
