@@ -172,6 +172,7 @@ def test_compare_seeds_and_a_one_seed_comparison_keep_to_their_own_directories(t
      (["train", *TINY, "--optimizer", "adamw", "--momentum", "0.5"], "adamw does not use momentum"),
      (["train", *TINY, "--optimizer", "gluon", "--radius", "3"], "gluon does not use radius"),
      (["train", *TINY, "--optimizer", "muon", "--lr", "1e300"], "lr must be a finite number in [0.0, 3.4"),
+     (["train", *TINY, "--optimizer", "adamw", "--lr", "inf"], "lr must be a finite number, got inf"),
      (["train", "--resume", "/nonexistent/run"], "/nonexistent/run"),
      (["experiment", "nope"], "unknown experiment 'nope'"),
      (["train", "--task", "mlp", "--size", "tiny"], "--size applies to the char-gpt task only"),

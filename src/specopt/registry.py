@@ -10,6 +10,7 @@ the hidden matrices and AdamW on the rest). Defaults come from the sweeps record
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
@@ -85,6 +86,8 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"unknown hyperparameter {key!r}; valid: {', '.join(HPARAMS)}")
         if key not in TAKES[name]:
             raise ValueError(f"{name} does not use {key} (it takes {', '.join(TAKES[name])}), got {key}={value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         hp[key] = value
     return hp
 
