@@ -347,3 +347,23 @@ def test_a_user_norms_private_attributes_are_not_part_of_its_config_equality_or_
     twin = specopt.GeometryOptimizer([{"params": [w], "norm": CountingFrobenius(0.5)}], {"lr": 0.1})
     twin.load_state_dict(opt.state_dict())
     assert twin.param_groups[0]["norm"] == norm
+
+
+def test_an_estimator_adds_its_own_group_keys_as_a_rule_does():
+    class Damped(Momentum):
+        name = "damped"
+        group_defaults = {"damping": 0.5}
+
+        def validate_group(self, group):
+            if not 0 <= group["damping"] <= 1:
+                raise ValueError(f"damping must be in [0, 1], got {group['damping']}")
+
+        def direction(self, rec, ctx):
+            return super().direction(rec, ctx) * rec.group["damping"]
+
+    w, v = torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3, 3))
+    opt = specopt.GeometryOptimizer([{"params": [w]}, {"params": [v], "damping": 0.25}], {"lr": 0.1},
+                                    estimator=Damped())
+    assert [g["damping"] for g in opt.param_groups] == [0.5, 0.25]
+    with pytest.raises(ValueError, match="damping must be in"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, 2))], "damping": 2.0})

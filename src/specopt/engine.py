@@ -155,7 +155,7 @@ class GeometryOptimizer(Optimizer):
             raise ValueError(f"rule {rule.name!r} needs the dual norm of a direction (needs_dual), but estimator "
                              f"{estimator.name!r} hands it an averaged lmo, a point of the ρ-ball with no dual "
                              "direction; use rule 'uscg', 'scg' or 'almond'")
-        defaults = {**ENGINE_DEFAULTS, **rule.group_defaults, **(defaults or {})}
+        defaults = {**ENGINE_DEFAULTS, **estimator.group_defaults, **rule.group_defaults, **(defaults or {})}
         if "lr" not in defaults:
             raise ValueError("GeometryOptimizer needs a learning rate: pass defaults={'lr': ...} (the other "
                              f"hyperparameters default to {ENGINE_DEFAULTS})")

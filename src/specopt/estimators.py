@@ -88,7 +88,8 @@ class Estimator:
     and ``traceable`` (False where the estimator reads tensors on the host: no single compiled graph),
     ``per_tensor`` (True where a tensor's direction depends on that tensor alone, so that the engine may run the step
     one lmo bucket at a time; the default False hands :meth:`direction` and :meth:`after_lmo` every tensor of the
-    step before the lmo, as an estimator with a sum over tensors needs).
+    step before the lmo, as an estimator with a sum over tensors needs), ``group_defaults`` (param-group keys the
+    estimator adds, validated by :meth:`validate_group`; as a rule's).
     :meth:`probe_weights` names weights at which the engine re-evaluates the step's batch before the step; the
     gradients come back in ``ctx.probed``. State keys are the estimator's own.
     """
@@ -98,6 +99,7 @@ class Estimator:
     needs_closure: bool = False
     traceable: bool = True
     per_tensor: bool = False
+    group_defaults: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
