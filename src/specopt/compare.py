@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import resource
 import signal
+import statistics
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -207,8 +208,8 @@ def _plot(runs: dict, base: RunConfig, path: Path) -> None:
     for i, run in enumerate(runs.values()):
         color = f"C{i % 10}"
         steps, times, losses = zip(*run["train"], strict=True) if run["train"] else ((), (), ())
-        axes[0].plot(steps, _smooth(losses), color=color, alpha=0.25, lw=0.8)
-        axes[1].plot(times, _smooth(losses), color=color, alpha=0.25, lw=0.8)
+        axes[0].plot(steps, smooth(losses), color=color, alpha=0.25, lw=0.8)
+        axes[1].plot(times, smooth(losses), color=color, alpha=0.25, lw=0.8)
         if run["val"]:
             vs, vt, vl = zip(*run["val"], strict=True)
             axes[0].plot(vs, vl, color=color, marker="o", ms=3, label=run["optimizer"])
@@ -223,9 +224,8 @@ def _plot(runs: dict, base: RunConfig, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _smooth(values, k: int = 10):
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc = v if i == 0 else acc + (v - acc) / min(i + 1, k)
-        out.append(acc)
-    return out
+def smooth(values: list[float], k: int = 11) -> list[float]:
+    """The centred mean of ``k`` neighbouring values (fewer at the ends): the training loss's trend, without the lag
+    a trailing mean has while the loss falls fast."""
+    half = k // 2
+    return [statistics.fmean(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
