@@ -92,3 +92,15 @@ def test_gluon_resumes_bit_for_bit_through_specopt_checkpoint(tmp_path):
     train(resumed, resumed_opt, X, y, 4)
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_single_process_checkpoint_round_trip_warns_nothing(tmp_path):
+    """torch.distributed.checkpoint warns at each call without a process group; one process is a supported use."""
+    model = torch.nn.Linear(4, 4)
+    opt = specopt.Muon(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        specopt.checkpoint.save(tmp_path / "ckpt", model, opt, extra={"step": 1})
+        assert specopt.checkpoint.load(tmp_path / "ckpt", model, opt) == {"step": 1}

@@ -18,9 +18,11 @@ Loading builds its template from the checkpoint's own metadata, so optimizer sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -109,7 +111,8 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
     if _rank0() and tmp.exists():
         shutil.rmtree(tmp)
     _barrier()
-    dcp.save(flat, checkpoint_id=str(tmp))
+    with _single_process_is_intended():
+        dcp.save(flat, checkpoint_id=str(tmp))
     _barrier()
     if _rank0():
         if path.exists():
@@ -202,6 +205,15 @@ def _read_meta(path: Path) -> dict:
     return json.loads(template["meta"])
 
 
+@contextlib.contextmanager
+def _single_process_is_intended():
+    """torch.distributed.checkpoint warns at every save and load without a process group that it assumes one
+    process: here that is a supported use, not a mistake to warn about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 class UnreadableCheckpoint(ValueError):
     """A checkpoint directory torch.distributed.checkpoint cannot read: a shard missing or truncated, its metadata
     unreadable (as opposed to a readable checkpoint of another model or optimizer)."""
@@ -212,7 +224,8 @@ def _readable(path: Path, read):
     :class:`UnreadableCheckpoint` naming the directory: torch.distributed.checkpoint raises ``CheckpointException``,
     a ``BaseException`` that an ``except Exception`` does not catch."""
     try:
-        return read()
+        with _single_process_is_intended():
+            return read()
     except (Exception, CheckpointException) as e:
         cause = e
         if isinstance(e, CheckpointException) and getattr(e, "failures", None):  # the first rank's own failure
