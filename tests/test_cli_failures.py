@@ -493,6 +493,18 @@ def test_an_unforeseen_failure_is_one_line_too(monkeypatch, capsys):
                            "SPECOPT_TRACEBACK=1 shows where)")
 
 
+def test_running_out_of_memory_is_named_as_such(monkeypatch, capsys):
+    def huge(*args, **kwargs):
+        torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator refuses: "can't allocate memory"
+
+    monkeypatch.setattr(cli, "app", huge)
+    monkeypatch.delenv("SPECOPT_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and err.startswith("error: out of memory (") and "a smaller model" in err
+
+
 # --- 2. python -m specopt, and the listings in --help -------------------------------------------------------------
 
 

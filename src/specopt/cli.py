@@ -468,9 +468,20 @@ def main() -> None:
     except Exception as e:
         if os.environ.get("SPECOPT_TRACEBACK"):
             raise
-        typer.secho(f"error: {type(e).__name__}: {_first_line(e)} (an unexpected failure; SPECOPT_TRACEBACK=1 "
-                    "shows where)", fg="red", err=True)
+        if _out_of_memory(e):
+            typer.secho(f"error: out of memory ({_first_line(e)}); a smaller model (--size, --width), batch or "
+                        "--nproc fits", fg="red", err=True)
+        else:
+            typer.secho(f"error: {type(e).__name__}: {_first_line(e)} (an unexpected failure; SPECOPT_TRACEBACK=1 "
+                        "shows where)", fg="red", err=True)
         sys.exit(1)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's CPU allocator failing, or CUDA out of memory."""
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def _first_line(e: BaseException) -> str:
