@@ -53,17 +53,24 @@ def test_muons_msign_and_step_keys_stay_with_its_matrices():
     assert (vectors["momentum"], vectors["radius"], vectors["betas"]) == (0.0, 1.0, (0.9, 0.95))
 
 
-def test_muon_keeps_a_users_own_norm_on_a_role_group_as_on_a_plain_group():
-    """param_groups gives Muon's roles spectral norms; a norm the user puts there instead is theirs, kept."""
+def test_muon_refuses_a_non_spectral_norm_when_built_not_at_its_first_step():
+    """param_groups gives Muon's roles spectral norms; a user's other norm there was replaced by Spectral, silently.
+    Muon's step is a Muon scale, which needs a spectral norm: refused at construction, on a role group and on a plain
+    one (where the first step used to fail); a plain group with a number radius steps."""
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
     groups = specopt.param_groups(model)
     for group in groups:
         if group["role"] == "hidden":
             group["norm"] = specopt.norms.ColNorm()
-    opt = specopt.Muon(groups)
-    assert isinstance(group_of(opt, model[2].weight)["norm"], specopt.norms.ColNorm)
-    plain = specopt.Muon([{"params": [model[2].weight], "norm": specopt.norms.ColNorm()}])
-    assert isinstance(plain.param_groups[0]["norm"], specopt.norms.ColNorm)
+    with pytest.raises(ValueError, match="'hidden' group's norm ColNorm.* is not spectral.*Scion or UScion"):
+        specopt.Muon(groups)
+    with pytest.raises(ValueError, match=r"shape \(16, 16\): radius='original' \(a Muon scale\) needs a spectral "
+                                         "norm.*give its group a number 'radius'"):
+        specopt.Muon([{"params": [model[2].weight], "norm": specopt.norms.ColNorm()}])
+    opt = specopt.Muon([{"params": [model[2].weight], "norm": specopt.norms.ColNorm(), "radius": 1.0}])
+    before = model[2].weight.detach().clone()
+    steps(model, opt, 1)
+    assert isinstance(opt.param_groups[0]["norm"], specopt.norms.ColNorm) and not torch.equal(before, model[2].weight)
 
 
 def test_add_param_group_splits_like_the_constructor():

@@ -255,10 +255,17 @@ class GeometryOptimizer(Optimizer):
                 constraint.check(p.shape, group["param_names"][i] if "param_names" in group else "a parameter")
         names = group.get("param_names")
         for i, p in enumerate(group["params"]):
+            name = names[i] if names else "a parameter"
             if isinstance(norm, Norm) and norm.item_ndim and p.ndim < norm.item_ndim:
-                raise ValueError(f"{names[i] if names else 'a parameter'} of shape {tuple(p.shape)} cannot take "
-                                 f"{norm!r}: one of its items has {norm.item_ndim} dims; put it in a group with a "
-                                 "norm for its shape (e.g. 'bias_rms' or 'sign' for a vector)")
+                raise ValueError(f"{name} of shape {tuple(p.shape)} cannot take {norm!r}: one of its items has "
+                                 f"{norm.item_ndim} dims; put it in a group with a norm for its shape (e.g. "
+                                 "'bias_rms' or 'sign' for a vector)")
+            if isinstance(norm, Norm) and isinstance(radius, str):
+                try:
+                    radius_for(radius, tuple(p.shape), norm)
+                except ValueError as e:
+                    raise ValueError(f"{name} of shape {tuple(p.shape)}: {e}; give its group a number "
+                                     "'radius'") from None
             if p.is_complex():
                 raise ValueError(f"complex parameter of shape {tuple(p.shape)} is not supported")
             if not p.is_floating_point():

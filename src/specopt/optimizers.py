@@ -38,7 +38,7 @@ from specopt.constraints import Constraint
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator, get_estimator
 from specopt.layouts import auto_norm
-from specopt.norms import Blocked, Spectral, _SpectralBase
+from specopt.norms import Blocked, Norm, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
 from specopt.roles import DEFAULT_RADII
 from specopt.steps import StepRule
@@ -273,7 +273,8 @@ def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> l
     its AdamW tensors, which keep the group's own keys but Muon's step's (:data:`MUON_ONLY`) and get ``adamw_lr``
     and the other AdamW defaults where the group sets none. A group that says ``norm="adamw"`` is AdamW as a
     whole. A Muon role's norm that is not spectral is the user's (param_groups gives these roles spectral ones) and
-    is kept, as in a plain group."""
+    is refused: Muon's step is a Muon scale, which needs a spectral norm (it used to be replaced by Spectral,
+    silently)."""
     rest = {k: v for k, v in group.items() if k != "params"}
     members = group["params"]
     members = [members] if isinstance(members, torch.Tensor) else list(members)
@@ -286,6 +287,10 @@ def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> l
             rest.pop("norm", None)
         elif _spectral(rest.get("norm")):
             rest["norm"] = with_msign(rest["norm"], msign_kwargs, role)
+        elif isinstance(rest.get("norm"), Norm):
+            raise ValueError(f"the {role!r} group's norm {rest['norm']!r} is not spectral, and Muon steps each "
+                             "matrix by its Muon scale, which needs one; train that geometry with Scion or UScion "
+                             "(param_groups' radii), or give Muon a plain group with a number 'radius'")
             if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
                 rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
     by_rank: dict[int, list] = {}
