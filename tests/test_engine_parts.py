@@ -367,3 +367,15 @@ def test_an_estimator_adds_its_own_group_keys_as_a_rule_does():
     assert [g["damping"] for g in opt.param_groups] == [0.5, 0.25]
     with pytest.raises(ValueError, match="damping must be in"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, 2))], "damping": 2.0})
+
+
+def test_a_user_norm_whose_lmo_returns_another_shape_is_named():
+    class OneRow(ColumnL2):
+        def lmo(self, g, batch_dims=None):
+            return -torch.sign(g.sum(dim=0, keepdim=True))
+
+    w = torch.nn.Parameter(torch.zeros(8, 4))
+    opt = specopt.GeometryOptimizer([{"params": [w], "norm": OneRow(), "radius": 1.0}], {"lr": 0.1})
+    w.grad = torch.randn(8, 4)
+    with pytest.raises(ValueError, match=r"OneRow.lmo returned shape \(1, 4\) for an input of shape \(8, 4\)"):
+        opt.step()

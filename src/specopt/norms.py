@@ -40,8 +40,17 @@ def lmo_each(norm: Norm, g: torch.Tensor, batch_dims: int | None = None) -> torc
     lead = batch_dims if batch_dims is not None else g.ndim - (norm.item_ndim or g.ndim)
     if lead > 0 and not norm.batched:
         items = g.reshape((-1,) + tuple(g.shape[lead:])).unbind(0)
-        return torch.stack([norm.lmo(item) for item in items]).reshape(g.shape)
-    return norm.lmo(g, batch_dims)
+        return torch.stack([_same_shape(norm, norm.lmo(item), item) for item in items]).reshape(g.shape)
+    return _same_shape(norm, norm.lmo(g, batch_dims), g)
+
+
+def _same_shape(norm: Norm, out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``out``, an lmo's output for ``g``, if it has ``g``'s shape (broadcast into the weights, another shape would
+    be a silently wrong update, or a reshape error from deep inside)."""
+    if out.shape != g.shape:
+        raise ValueError(f"{type(norm).__name__}.lmo returned shape {tuple(out.shape)} for an input of shape "
+                         f"{tuple(g.shape)}: an lmo has its input's shape")
+    return out
 
 
 class Norm(ABC):
