@@ -97,6 +97,10 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and value.ndim:
                     flat[f"optim.{i}.{fqn[param]}.{key}"] = sharded_state(value, param)
+                elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) and v.ndim for v in value):
+                    raise ValueError(f"the state {key!r} of {fqn[param]} is a {type(value).__name__} of tensors, "
+                                     "which a checkpoint stores as JSON, whole, on every rank (not resharded): keep "
+                                     "such data in one tensor (its first dimension the rows, under FSDP2)")
                 else:
                     small.setdefault(fqn[param], {})[key] = _encode(value)
         groups = [{k: _encode(v) for k, v in g.items() if k not in ("params", "param_names")}

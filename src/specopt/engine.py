@@ -78,12 +78,18 @@ def loaded_state(saved: torch.Tensor, param: torch.Tensor, fresh: torch.dtype | 
 
 def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict) -> dict:
     """``{key: dtype}`` of the floating state tensors (with at least one dimension) that ``optimizer`` creates for
-    ``param`` of ``group`` before its first step, made on the meta device (no memory); empty for an optimizer that is
-    not a :class:`GeometryOptimizer` (its saved dtypes are kept)."""
+    ``param`` of ``group`` before its first step, made on the meta device (no memory; on a zero copy of the tensor
+    where an ``init_state`` reads values); empty for an optimizer that is not a :class:`GeometryOptimizer` (its saved
+    dtypes are kept)."""
     if not isinstance(optimizer, GeometryOptimizer):
         return {}
+    local = distributed.local(param)
     state: dict = {}
-    optimizer._init_state(torch.empty_like(distributed.local(param), device="meta"), state, group)
+    try:
+        optimizer._init_state(torch.empty_like(local, device="meta"), state, group)
+    except (NotImplementedError, RuntimeError):  # an init_state that reads the weights' values: on a real copy
+        state = {}
+        optimizer._init_state(torch.zeros_like(local), state, group)
     return {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim}
 
 

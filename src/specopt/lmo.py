@@ -171,6 +171,9 @@ class LmoRunner:
         if S.shape != D.shape:  # broadcast into the weights, it would be a silently wrong update
             raise ValueError(f"{type(norm).__name__}.lmo_factored returned shape {tuple(S.shape)} for a direction of "
                              f"shape {tuple(D.shape)} ({bucket[0].name}): an lmo has its input's shape")
+        # msign hands a tall matrix back transposed; the update adds it contiguous, as the DDP and FSDP2 paths do
+        # (torch's bf16 add_ rounds a strided operand differently: bf16 weights then left one process's run)
+        S = S.contiguous()
         for i, rec in enumerate(bucket):
             rec.s, rec.factor = S[i], factor
 

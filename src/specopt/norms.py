@@ -34,9 +34,20 @@ def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return x / torch.where(d > 0, d, torch.ones_like(d))
 
 
+def per_item(norm: Norm, method: str, x: torch.Tensor, *args, batch_dims: int | None = None) -> torch.Tensor:
+    """``norm.<method>(x, *args)`` (``lmo``, ``dual``, ``norm``, ``project``) of every item of ``x`` (the items after
+    ``batch_dims`` leading dims, or of ``item_ndim`` dims): one call where the norm is :attr:`~Norm.batched`, one
+    call per item otherwise, the results stacked in the batch's shape."""
+    fn = getattr(norm, method)
+    lead = batch_dims if batch_dims is not None else x.ndim - (norm.item_ndim or x.ndim)
+    if lead > 0 and not norm.batched:
+        outs = torch.stack([fn(item, *args) for item in x.reshape((-1,) + tuple(x.shape[lead:])).unbind(0)])
+        return outs.reshape(tuple(x.shape[:lead]) + tuple(outs.shape[1:]))
+    return fn(x, *args, batch_dims=batch_dims)
+
+
 def lmo_each(norm: Norm, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
-    """``norm.lmo`` of every item of ``g`` (the items after ``batch_dims`` leading dims, or of ``item_ndim`` dims):
-    one call where the norm is :attr:`~Norm.batched`, one call per item otherwise."""
+    """``norm.lmo`` of every item of ``g`` (:func:`per_item`), checked to have ``g``'s shape."""
     lead = batch_dims if batch_dims is not None else g.ndim - (norm.item_ndim or g.ndim)
     if lead > 0 and not norm.batched:
         items = g.reshape((-1,) + tuple(g.shape[lead:])).unbind(0)
@@ -557,11 +568,11 @@ class Blocked(Norm):
 
     def dual(self, g, batch_dims=None):
         self._dims(g, batch_dims, "dual")
-        return self._map(g, self.inner.dual, torch.sum)
+        return self._map(g, lambda block: per_item(self.inner, "dual", block), torch.sum)
 
     def norm(self, x, batch_dims=None):
         self._dims(x, batch_dims, "norm")
-        return self._map(x, self.inner.norm, torch.amax)
+        return self._map(x, lambda block: per_item(self.inner, "norm", block), torch.amax)
 
     def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
         shape = tuple(shape)
@@ -574,7 +585,7 @@ class Blocked(Norm):
 
     def project(self, x, radius=1.0, batch_dims=None):
         self._dims(x, batch_dims, "project")
-        return self._map(x, lambda b: self.inner.project(b, radius))
+        return self._map(x, lambda block: per_item(self.inner, "project", block, radius))
 
     def shard_local(self, shape, rows, rank):
         """The blocks inside rank ``rank``'s rows (the inner norm for one block, or for an empty shard) where every

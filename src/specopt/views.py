@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from specopt.norms import _NAMES, CATALOGUE, Norm
+from specopt.norms import _NAMES, CATALOGUE, Norm, lmo_each, per_item
 
 
 class _View(Norm):
@@ -49,7 +49,7 @@ class _View(Norm):
         return self.inner, self._view_shape(tuple(shape))
 
     def lmo(self, g, batch_dims=None):
-        return self._from_view(self.inner.lmo(self._to_view(g), self._inner_batch(batch_dims)))
+        return self._from_view(lmo_each(self.inner, self._to_view(g), self._inner_batch(batch_dims)))
 
     def lmo_factored(self, g, batch_dims=None, *, private=False):
         S, factor = self.inner.lmo_factored(self._to_view(g), self._inner_batch(batch_dims), private=private)
@@ -62,10 +62,12 @@ class _View(Norm):
         return self.inner.work_dtype(like)
 
     def dual(self, g, batch_dims=None):
-        return self._reduce(self.inner.dual(self._to_view(g), self._inner_batch(batch_dims)), torch.sum)
+        return self._reduce(per_item(self.inner, "dual", self._to_view(g), batch_dims=self._inner_batch(batch_dims)),
+                            torch.sum)
 
     def norm(self, x, batch_dims=None):
-        return self._reduce(self.inner.norm(self._to_view(x), self._inner_batch(batch_dims)), torch.amax)
+        return self._reduce(per_item(self.inner, "norm", self._to_view(x), batch_dims=self._inner_batch(batch_dims)),
+                            torch.amax)
 
     def _reduce(self, values: torch.Tensor, how) -> torch.Tensor:
         return values
@@ -79,7 +81,8 @@ class _View(Norm):
         return self._view_shape(shape)
 
     def project(self, x, radius=1.0, batch_dims=None):
-        return self._from_view(self.inner.project(self._to_view(x), radius, self._inner_batch(batch_dims)))
+        return self._from_view(per_item(self.inner, "project", self._to_view(x), radius,
+                                        batch_dims=self._inner_batch(batch_dims)))
 
     @property
     def item_ndim(self):  # type: ignore[override]
