@@ -37,7 +37,7 @@ from specopt import adamw, distributed
 from specopt._checks import check_lr, check_number
 from specopt.constraints import Constraint, constraint_from_config
 from specopt.estimators import Estimator, get_estimator, validate_momentum
-from specopt.layouts import MUON_SCALES, auto_norm, radius_for
+from specopt.layouts import MUON_SCALES, auto_norm, radius_for, spectral_inside
 from specopt.lmo import LmoRunner, Record, StepContext
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
@@ -266,12 +266,9 @@ class GeometryOptimizer(Optimizer):
                 raise ValueError(f"{name} of shape {tuple(p.shape)} cannot take {norm!r}: one of its items has "
                                  f"{norm.item_ndim} dims; put it in a group with a norm for its shape (e.g. "
                                  "'bias_rms' or 'sign' for a vector)")
-            if isinstance(norm, Norm) and isinstance(radius, str):
-                try:
-                    radius_for(radius, tuple(p.shape), norm)
-                except ValueError as e:
-                    raise ValueError(f"{name} of shape {tuple(p.shape)}: {e}; give its group a number "
-                                     "'radius'") from None
+            if isinstance(norm, Norm) and isinstance(radius, str) and not spectral_inside(norm):
+                raise ValueError(f"{name} of shape {tuple(p.shape)}: radius={radius!r} (a Muon scale) needs a "
+                                 f"spectral norm, got {norm!r}; give its group a number 'radius'")
             if p.is_complex():
                 raise ValueError(f"complex parameter of shape {tuple(p.shape)} is not supported")
             if not p.is_floating_point():

@@ -55,7 +55,7 @@ from torch.nn.utils.parametrizations import _WeightNorm
 from specopt.heads import authored_class, find_heads, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
 from specopt.views import MUON_SCALES as MUON_SCALES
-from specopt.views import Stacked, Transposed, muon_scale, unwrap
+from specopt.views import Stacked, Transposed, _View, muon_scale, unwrap
 
 KINDS = ("linear", "linear_transposed", "experts", "experts_transposed", "conv", "conv_depthwise", "embedding", "token",
          "vector")
@@ -426,6 +426,13 @@ def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
         "'experts_transposed' (E, d_in, d_out), 'conv' (d_out, c_in, *kernel), 'conv_depthwise' (channels, 1, *kernel: "
         "groups=channels), 'token' (positions, learned tokens) or "
         "'vector'")
+
+
+def spectral_inside(norm: Norm) -> bool:
+    """Whether ``norm`` is spectral under its views and blocks: what a Muon scale needs (:func:`radius_for`)."""
+    while isinstance(norm, (Blocked, _View)):
+        norm = norm.inner
+    return isinstance(norm, _SpectralBase)
 
 
 def radius_for(radius, shape, norm: Norm) -> float:

@@ -287,12 +287,12 @@ def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> l
             rest.pop("norm", None)
         elif _spectral(rest.get("norm")):
             rest["norm"] = with_msign(rest["norm"], msign_kwargs, role)
+            if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
+                rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
         elif isinstance(rest.get("norm"), Norm):
             raise ValueError(f"the {role!r} group's norm {rest['norm']!r} is not spectral, and Muon steps each "
                              "matrix by its Muon scale, which needs one; train that geometry with Scion or UScion "
                              "(param_groups' radii), or give Muon a plain group with a number 'radius'")
-            if _unequal_blocks(rest["norm"]):  # each block its own scale: the scale moves into the norm
-                rest["norm"], rest["radius"] = _scale_blocks(rest["norm"], scale), 1.0
     by_rank: dict[int, list] = {}
     other = []
     for member in members:
