@@ -294,7 +294,15 @@ def test_parts_with_a_sum_over_tensors_see_every_tensor_of_the_step_at_once():
             seen.append(all(bool((p == 0).all()) for p in params))  # nothing has moved yet
             return rec.g
 
-    for estimator, rule, expected in ((Momentum(), GlobalScale(), [3]),
+    class GlobalUSCG(USCG):  # overrides scale without saying per_tensor: not USCG's True
+        name = "global_uscg"
+
+        def scale(self, records, ctx):
+            seen.append(len(records))
+            super().scale(records, ctx)
+
+    assert (GlobalUSCG.per_tensor, USCG.per_tensor) == (False, True)
+    for estimator, rule, expected in ((Momentum(), GlobalScale(), [3]), (Momentum(), GlobalUSCG(), [3]),
                                       (GlobalNormalized(), USCG(), [True, True, True])):
         with torch.no_grad():
             for p in params:

@@ -38,6 +38,8 @@ class SecondMomentNormalized(USCG):
         eps: added to the second moment (``"row"``) or to its root (``"entry"``, as AdaMuon writes it).
     """
 
+    per_tensor = True  # each tensor's update is its own
+
     def __init__(self, per: str = "row", beta2: float = 0.95, eps: float = 1e-8):
         if per not in ("row", "entry"):
             raise ValueError(f"per must be 'row' or 'entry', got {per!r}")
@@ -78,6 +80,8 @@ class SecondMomentNormalized(USCG):
 
 class SignedMomentum(Momentum):
     """AdaMuon's sign-stabilized direction: the (Nesterov) momentum's sign, ``d = sign(M)``, fed to msign."""
+
+    per_tensor = True  # each tensor's update is its own
 
     name = "signed_momentum"
 

@@ -93,6 +93,8 @@ class BlockPeriodic(USCG):
             its shorter side: its columns where it is taller than wide, the cheaper msign on one device).
     """
 
+    per_tensor = True  # each tensor's update is its own
+
     name = "block_periodic"
     traceable = False  # the full/block choice reads the step counts on the host
 

@@ -103,10 +103,14 @@ class Estimator:
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
-        loading refuses another's): two unnamed classes never pass for each other."""
+        loading refuses another's): two unnamed classes never pass for each other. One that overrides ``begin``,
+        ``direction`` or ``after_lmo`` without saying ``per_tensor`` is taken to need every tensor of the step at
+        once (a per-tensor base's True would hand a sum over tensors one bucket at a time)."""
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = cls.__qualname__
+        if "per_tensor" not in cls.__dict__ and any(h in cls.__dict__ for h in ("begin", "direction", "after_lmo")):
+            cls.per_tensor = False
 
     def validate_group(self, group: dict) -> None:
         """Raise ``ValueError`` for a param group this estimator cannot serve (called at construction)."""

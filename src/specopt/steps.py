@@ -66,8 +66,8 @@ class StepRule:
     the lmo);
     ``per_tensor`` (True where shrink and scale of a tensor depend on that tensor alone, so that the engine may
     update one lmo bucket at a time, with less memory; the default False hands :meth:`scale` every tensor of the
-    step at once, as a rule with a sum over tensors needs; a rule derived from :class:`USCG` or :class:`SCG`
-    inherits True); ``traceable`` (False where the rule reads tensors on the host);
+    step at once, as a rule with a sum over tensors needs; a subclass that overrides :meth:`scale` and says
+    nothing is False too); ``traceable`` (False where the rule reads tensors on the host);
     ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`).
     :meth:`init_state` creates its state before the first step; :meth:`active` may leave tensors out of a step.
     :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
@@ -83,10 +83,14 @@ class StepRule:
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
-        loading refuses another's): two unnamed classes never pass for each other."""
+        loading refuses another's): two unnamed classes never pass for each other. One that overrides ``scale``
+        without saying ``per_tensor`` is taken to need every tensor of the step at once (a per-tensor base's True
+        would hand a sum over tensors one bucket at a time)."""
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = cls.__qualname__
+        if "per_tensor" not in cls.__dict__ and "scale" in cls.__dict__:
+            cls.per_tensor = False
     traceable: bool = True
     group_defaults: dict = {}
 
