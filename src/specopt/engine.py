@@ -254,14 +254,13 @@ class GeometryOptimizer(Optimizer):
         constraint = group.get("constraint")
         if isinstance(constraint, dict):
             constraint = group["constraint"] = constraint_from_config(constraint)
+        names = group.get("param_names") or ["a parameter"] * len(group["params"])
         if constraint is not None:
             if not isinstance(constraint, Constraint):
                 raise ValueError(f"constraint must be a specopt.constraints.Constraint or None, got {constraint!r}")
-            for i, p in enumerate(group["params"]):
-                constraint.check(p.shape, group["param_names"][i] if "param_names" in group else "a parameter")
-        names = group.get("param_names")
-        for i, p in enumerate(group["params"]):
-            name = names[i] if names else "a parameter"
+            for name, p in zip(names, group["params"], strict=True):
+                constraint.check(p.shape, name)
+        for name, p in zip(names, group["params"], strict=True):
             if isinstance(norm, Norm) and norm.item_ndim and p.ndim < norm.item_ndim:
                 raise ValueError(f"{name} of shape {tuple(p.shape)} cannot take {norm!r}: one of its items has "
                                  f"{norm.item_ndim} dims; put it in a group with a norm for its shape (e.g. "

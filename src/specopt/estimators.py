@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from specopt.steps import commit
+from specopt.steps import commit, settle_part
 
 MOMENTUM_SCHEDULES = {"theory": 0.5, "storm": 2.0 / 3.0}
 """Named schedules: ``β_k = 1 − (k+1)^{-power}``."""
@@ -84,11 +84,11 @@ class Estimator:
 
     Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name), ``produces``
     (``"direction"``, or ``"averaged_lmo"`` when the rule receives a ball point instead of a unit lmo: rules list
-    what they accept), ``needs_closure``
-    and ``traceable`` (False where the estimator reads tensors on the host: no single compiled graph),
-    ``per_tensor`` (True where a tensor's direction depends on that tensor alone, so that the engine may run the step
-    one lmo bucket at a time; the default False hands :meth:`direction` and :meth:`after_lmo` every tensor of the
-    step before the lmo, as an estimator with a sum over tensors needs), ``group_defaults`` (param-group keys the
+    what they accept), ``needs_closure`` and ``traceable`` (False where the estimator reads tensors on the host: no
+    single compiled graph), ``per_tensor`` (True where a tensor's direction depends on that tensor alone, so that the
+    engine may run the step one lmo bucket at a time; the default False, also of a subclass that overrides
+    :meth:`begin`, :meth:`direction` or :meth:`after_lmo` and says nothing, hands them every tensor of the step
+    before the lmo, as an estimator with a sum over tensors needs), ``group_defaults`` (param-group keys the
     estimator adds, validated by :meth:`validate_group`; as a rule's).
     :meth:`probe_weights` names weights at which the engine re-evaluates the step's batch before the step; the
     gradients come back in ``ctx.probed``. State keys are the estimator's own.
@@ -102,15 +102,8 @@ class Estimator:
     group_defaults: dict = {}
 
     def __init_subclass__(cls, **kwargs):
-        """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
-        loading refuses another's): two unnamed classes never pass for each other. One that overrides ``begin``,
-        ``direction`` or ``after_lmo`` without saying ``per_tensor`` is taken to need every tensor of the step at
-        once (a per-tensor base's True would hand a sum over tensors one bucket at a time)."""
         super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
-            cls.name = cls.__qualname__
-        if "per_tensor" not in cls.__dict__ and any(h in cls.__dict__ for h in ("begin", "direction", "after_lmo")):
-            cls.per_tensor = False
+        settle_part(cls, ("begin", "direction", "after_lmo"))
 
     def validate_group(self, group: dict) -> None:
         """Raise ``ValueError`` for a param group this estimator cannot serve (called at construction)."""

@@ -34,25 +34,25 @@ def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return x / torch.where(d > 0, d, torch.ones_like(d))
 
 
-def per_item(norm: Norm, method: str, x: torch.Tensor, *args, batch_dims: int | None = None) -> torch.Tensor:
+def per_item(norm: Norm, method: str, x: torch.Tensor, *args, batch_dims: int | None = None,
+             check=None) -> torch.Tensor:
     """``norm.<method>(x, *args)`` (``lmo``, ``dual``, ``norm``, ``project``) of every item of ``x`` (the items after
     ``batch_dims`` leading dims, or of ``item_ndim`` dims): one call where the norm is :attr:`~Norm.batched`, one
-    call per item otherwise, the results stacked in the batch's shape."""
+    call per item otherwise, the results stacked in the batch's shape. ``check(out, given)``, if given, sees each
+    call's output and input and returns the output."""
     fn = getattr(norm, method)
+    check = check or (lambda out, given: out)
     lead = batch_dims if batch_dims is not None else x.ndim - (norm.item_ndim or x.ndim)
     if lead > 0 and not norm.batched:
-        outs = torch.stack([fn(item, *args) for item in x.reshape((-1,) + tuple(x.shape[lead:])).unbind(0)])
+        items = x.reshape((-1,) + tuple(x.shape[lead:])).unbind(0)
+        outs = torch.stack([check(fn(item, *args), item) for item in items])
         return outs.reshape(tuple(x.shape[:lead]) + tuple(outs.shape[1:]))
-    return fn(x, *args, batch_dims=batch_dims)
+    return check(fn(x, *args, batch_dims=batch_dims), x)
 
 
 def lmo_each(norm: Norm, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
-    """``norm.lmo`` of every item of ``g`` (:func:`per_item`), checked to have ``g``'s shape."""
-    lead = batch_dims if batch_dims is not None else g.ndim - (norm.item_ndim or g.ndim)
-    if lead > 0 and not norm.batched:
-        items = g.reshape((-1,) + tuple(g.shape[lead:])).unbind(0)
-        return torch.stack([_same_shape(norm, norm.lmo(item), item) for item in items]).reshape(g.shape)
-    return _same_shape(norm, norm.lmo(g, batch_dims), g)
+    """``norm.lmo`` of every item of ``g`` (:func:`per_item`), each output checked to have its input's shape."""
+    return per_item(norm, "lmo", g, batch_dims=batch_dims, check=lambda out, given: _same_shape(norm, out, given))
 
 
 def _same_shape(norm: Norm, out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,17 @@ def weight_decay(rec) -> float:
     return group["lr"] * group["weight_decay"]
 
 
+def settle_part(cls: type, hooks: tuple[str, ...]) -> None:
+    """What a new estimator or step rule class leaves unsaid: without a ``name`` it is named by its qualified name (a
+    state dict records the name, and loading refuses another's: two unnamed classes never pass for each other);
+    overriding one of ``hooks`` without saying ``per_tensor``, it is taken to need every tensor of the step at once
+    (a per-tensor base's True would hand a sum over tensors one bucket at a time)."""
+    if "name" not in cls.__dict__:
+        cls.name = cls.__qualname__
+    if "per_tensor" not in cls.__dict__ and any(hook in cls.__dict__ for hook in hooks):
+        cls.per_tensor = False
+
+
 class StepRule:
     """The protocol of a step rule. :meth:`scale` sets ``rec.shrink`` and ``rec.scale`` of every record it is given
     (it may also replace ``rec.s``/``rec.factor``: a rule that reshapes the lmo's output, as NorMuon does); the
@@ -82,15 +93,8 @@ class StepRule:
     per_tensor: bool = False
 
     def __init_subclass__(cls, **kwargs):
-        """A subclass that names itself nothing is named by its qualified name (a state dict records the name, and
-        loading refuses another's): two unnamed classes never pass for each other. One that overrides ``scale``
-        without saying ``per_tensor`` is taken to need every tensor of the step at once (a per-tensor base's True
-        would hand a sum over tensors one bucket at a time)."""
         super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
-            cls.name = cls.__qualname__
-        if "per_tensor" not in cls.__dict__ and "scale" in cls.__dict__:
-            cls.per_tensor = False
+        settle_part(cls, ("scale",))
     traceable: bool = True
     group_defaults: dict = {}
 

@@ -179,10 +179,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             check_parallel(cfg.optimizer, cfg.parallel)
             model = _parallelize(model, cfg.parallel)
             inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-        hp = registry.resolve(cfg.optimizer, cfg.hparams)
-        opts = registry.build(cfg.optimizer, inner, task, hp)
-        sizes = _batch_sizes(cfg, task)
-        _check_closure(cfg, opts)
+        hp, opts, sizes = _optimizers(cfg, task, inner)
     except (TypeError, ValueError) as e:
         if not resume or isinstance(e, DataError):  # a data file's error names that file
             raise
@@ -326,9 +323,17 @@ def preflight(cfg: RunConfig) -> None:
     checks every run before it starts the first."""
     cfg.validate()
     task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
-    opts = registry.build(cfg.optimizer, task.build_model(), task, registry.resolve(cfg.optimizer, cfg.hparams))
-    _batch_sizes(cfg, task)
+    _optimizers(cfg, task, task.build_model())
+
+
+def _optimizers(cfg: RunConfig, task, model: torch.nn.Module) -> tuple[dict, list, list[int] | None]:
+    """The run's hyperparameters, its optimizers of ``model`` and its batch sizes (None: the task's), with the
+    closure an estimator needs checked: everything :func:`train` refuses before it writes anything."""
+    hp = registry.resolve(cfg.optimizer, cfg.hparams)
+    opts = registry.build(cfg.optimizer, model, task, hp)
+    sizes = _batch_sizes(cfg, task)
     _check_closure(cfg, opts)
+    return hp, opts, sizes
 
 
 def _check_closure(cfg: RunConfig, opts: list) -> None:
