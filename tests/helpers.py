@@ -64,14 +64,14 @@ def train(model, opt, X, y, steps: int, closure: bool = False) -> list[float]:
     return losses
 
 
-def assert_resumes_exactly(model, opt, make_opt, X, y, steps: int = 3):
+def assert_resumes_exactly(model, opt, make_opt, X, y, steps: int = 3, closure: bool = False):
     """A twin built by ``make_opt(twin_model)`` from ``opt``'s state dict takes the same ``steps`` steps, bit for
     bit; returns the twin model and optimizer."""
     twin_model = copy.deepcopy(model)
     twin = make_opt(twin_model)
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))
-    train(model, opt, X, y, steps)
-    train(twin_model, twin, X, y, steps)
+    train(model, opt, X, y, steps, closure=closure)
+    train(twin_model, twin, X, y, steps, closure=closure)
     for a, b in zip(model.parameters(), twin_model.parameters(), strict=True):
         assert torch.equal(a, b)
     return twin_model, twin

@@ -2,11 +2,26 @@
 band in bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with
 ``benchmarks/gpu_checks.sh``."""
 
+import copy
+
 import pytest
 import torch
-from helpers import GEOMETRY_PRESETS, classification_data, mlp, preset_ids, train
+from helpers import GEOMETRY_PRESETS, assert_resumes_exactly, classification_data, mlp, preset_ids, train
 
-from specopt import AdaGO, AdaMuon, DoG, DropMuon, GluonMVR, MuonBP, NorMuon, ProxSpectral, msign, msign_band
+from specopt import (
+    AdaGO,
+    AdaMuon,
+    DoG,
+    DropMuon,
+    GeometryOptimizer,
+    GluonMVR,
+    MuonBP,
+    Norm,
+    NorMuon,
+    ProxSpectral,
+    msign,
+    msign_band,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -50,3 +65,75 @@ def test_schedule_band_holds_in_bf16_on_cuda(method):
     out = msign(G.float().cuda(), method=method, compute_dtype=torch.bfloat16)
     s = torch.linalg.svdvals(out.double().cpu())
     assert s.min() >= low - 0.02 and s.max() <= high + 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cls, kwargs, closure", MEMBERS, ids=preset_ids([m[:2] for m in MEMBERS]))
+def test_member_resumes_exactly_on_cuda(cls, kwargs, closure, dtype):
+    """A CUDA run (fp32 or bf16 weights) continued from its state dict takes the same steps bit for bit, its state
+    on the device in the dtype a fresh state has."""
+    X, y = classification_data()
+    X, y = X.cuda().to(dtype), y.cuda()
+    model = mlp(3).cuda().to(dtype)
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, X, y, 3, closure=closure)
+    twin_model, twin = assert_resumes_exactly(
+        model, opt, lambda m: cls(m.parameters(), **kwargs), X, y, closure=closure
+    )
+    for p in twin_model.parameters():
+        for key, value in twin.state[p].items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                assert value.device == p.device, key
+
+
+@pytest.mark.parametrize("cls, kwargs, closure", MEMBERS[:3], ids=preset_ids([m[:2] for m in MEMBERS[:3]]))
+def test_a_cpu_state_dict_loads_into_a_cuda_optimizer(cls, kwargs, closure):
+    """torch's convention: loaded state follows its parameter's device; the run then goes on as on the CPU."""
+    X, y = classification_data()
+    cpu = mlp(3)
+    opt_c = cls(cpu.parameters(), **kwargs)
+    train(cpu, opt_c, X, y, 3, closure=closure)
+    gpu = copy.deepcopy(cpu).cuda()
+    opt_g = cls(gpu.parameters(), **kwargs)
+    opt_g.load_state_dict(copy.deepcopy(opt_c.state_dict()))
+    for p in gpu.parameters():
+        assert all(v.device == p.device for v in opt_g.state[p].values() if torch.is_tensor(v) and v.dim() > 0)
+    w0 = [p.detach().clone() for p in cpu.parameters()]
+    train(cpu, opt_c, X, y, 2, closure=closure)
+    train(gpu, opt_g, X.cuda(), y.cuda(), 2, closure=closure)
+    for a, b, w in zip(cpu.parameters(), gpu.parameters(), w0, strict=True):
+        moved_cpu, moved_gpu = a.detach() - w, b.detach().cpu() - w
+        assert moved_cpu.abs().max() > 0
+        torch.testing.assert_close(moved_gpu, moved_cpu, atol=0.25 * float(moved_cpu.abs().max()), rtol=0)
+
+
+class Frobenius(Norm):
+    """A user norm written for one tensor (``batched`` left False): the whole tensor is one item."""
+
+    def lmo(self, g, batch_dims=None):
+        return -g / g.norm()
+
+    def dual(self, g, batch_dims=None):
+        return g.norm()
+
+    def norm(self, x, batch_dims=None):
+        return x.norm()
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        x = torch.randn(shape, generator=generator)
+        return (radius * x / x.norm()).to(dtype=dtype, device=device)
+
+
+def test_a_user_norm_gets_one_tensor_at_a_time_on_cuda():
+    """On a GPU the lmo runner stacks every same-shape group; a norm that does not take stacks still sees one
+    tensor per call, so each weight moves by exactly its own lmo."""
+    ws = [torch.nn.Parameter(torch.zeros(64, 32, device="cuda")) for _ in range(3)]
+    grads = [torch.randn(64, 32, device="cuda") * scale for scale in (1.0, 100.0, 0.01)]
+    opt = GeometryOptimizer(
+        [{"params": ws, "norm": Frobenius(), "radius": 1.0}], {"lr": 1.0, "momentum": 0.0}, rule="uscg"
+    )
+    for w, g in zip(ws, grads, strict=True):
+        w.grad = g
+    opt.step()
+    for w, g in zip(ws, grads, strict=True):
+        torch.testing.assert_close(w.detach(), -g / g.norm(), rtol=1e-5, atol=1e-6)
