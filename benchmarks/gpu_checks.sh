@@ -5,7 +5,7 @@
 # BENCHMARKS.md and benchmarks/results/*-cuda.json; muonbp.py and drop_muon.py print their ratios. Runs from a
 # source checkout (PYTHONPATH=src); LOGDIR (default .) gets one log per check.
 set -u
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1  # absolute: the CLI tests run python -m specopt.cli from other directories
 log=${1:-.}
 mkdir -p "$log"
 py=${PYTHON:-python3}

@@ -41,13 +41,18 @@ def per_item(norm: Norm, method: str, x: torch.Tensor, *args, batch_dims: int | 
     call per item otherwise, the results stacked in the batch's shape. ``check(out, given)``, if given, sees each
     call's output and input and returns the output."""
     fn = getattr(norm, method)
-    check = check or (lambda out, given: out)
+    if check is None:  # not ``check or …``: dynamo before 2.13 breaks the graph on the truth value of a function
+        check = _unchecked
     lead = batch_dims if batch_dims is not None else x.ndim - (norm.item_ndim or x.ndim)
     if lead > 0 and not norm.batched:
         items = x.reshape((-1,) + tuple(x.shape[lead:])).unbind(0)
         outs = torch.stack([check(fn(item, *args), item) for item in items])
         return outs.reshape(tuple(x.shape[:lead]) + tuple(outs.shape[1:]))
     return check(fn(x, *args, batch_dims=batch_dims), x)
+
+
+def _unchecked(out: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    return out
 
 
 def lmo_each(norm: Norm, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
