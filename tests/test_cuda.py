@@ -40,21 +40,29 @@ MEMBERS = [(cls, kwargs, False) for cls, kwargs in GEOMETRY_PRESETS] + [
 
 @pytest.fixture
 def fp32_msign(monkeypatch):
-    """Like against like: msign in fp32 on both devices. The GPU computes it in bf16 by default, whose rounding grows
-    over a few steps of a small model past any tolerance that would still catch a wrong step."""
+    """Like against like: msign in fp32 on both devices (the GPU's default is bf16)."""
     monkeypatch.setattr(linalg, "default_compute_dtype", lambda device: None)
+
+
+@pytest.fixture
+def bf16_msign(monkeypatch):
+    """msign in bf16 on both devices, the GPU's default (bf16's rounding of a gradient's small singular directions
+    moves a step by about half its size from the fp32 one: fp32 and bf16 runs are not comparable entry by entry)."""
+    monkeypatch.setattr(linalg, "default_compute_dtype", lambda device: torch.bfloat16)
 
 
 def assert_same_displacement(cpu_params, gpu_params, start, rel):
     """Each parameter moved from ``start`` by the same amount on both devices, entry by entry within ``rel`` of the
-    largest move; one that stayed (a layer Drop-Muon skipped) stayed on both."""
+    largest move (and the rounding of the weights themselves); one that stayed (a layer Drop-Muon skipped) stayed
+    on both."""
     moved_any = False
     for a, b, w0 in zip(cpu_params, gpu_params, start, strict=True):
         assert b.device.type == "cuda"
         moved_cpu, moved_gpu = a.detach() - w0, b.detach().cpu() - w0
         largest = float(moved_cpu.abs().max())
         moved_any |= largest > 0
-        torch.testing.assert_close(moved_gpu, moved_cpu, atol=rel * largest, rtol=0)
+        rounding = 2 * torch.finfo(w0.dtype).eps * float(w0.abs().max()) if largest > 0 else 0.0
+        torch.testing.assert_close(moved_gpu, moved_cpu, atol=rel * largest + rounding, rtol=0)
     assert moved_any
 
 
@@ -70,9 +78,9 @@ def test_member_cuda_step_matches_cpu(cls, kwargs, closure, fp32_msign):
 
 
 @pytest.mark.parametrize("cls, kwargs, closure", MEMBERS, ids=preset_ids([m[:2] for m in MEMBERS]))
-def test_member_bf16_cuda_step_stays_near_the_fp32_step(cls, kwargs, closure):
-    """The GPU's default (msign in bf16) takes the fp32 step up to bf16's rounding: one step, each entry within a
-    quarter of the largest move."""
+def test_member_bf16_cuda_step_matches_cpu(cls, kwargs, closure, bf16_msign):
+    """The GPU's default, msign in bf16, takes the CPU's bf16 step: one step, each entry within a quarter of the
+    largest move (the two devices' bf16 products round differently)."""
     X, y = classification_data()
     cpu, gpu = mlp(3), mlp(3).cuda()
     opt_c, opt_g = cls(cpu.parameters(), **kwargs), cls(gpu.parameters(), **kwargs)
