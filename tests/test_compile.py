@@ -15,6 +15,11 @@ from specopt import AdaGO, DoG, Muon, ProxSpectral, Scion, UScion, linalg
 from specopt.engine import ONE_GRAPH_STEP
 from specopt.norms import Spectral
 
+OLD_DYNAMO_SPLITS_THE_STEP = pytest.mark.xfail(
+    torch.__version__ < "2.10", strict=True,
+    reason="dynamo before 2.10 does not resume the trace after the step's graph break (its check of old step "
+           "counts): the step runs correctly, compiled function by function, recompiled per tensor")
+
 PRESETS = GEOMETRY_PRESETS + [(ProxSpectral, {}), (AdaGO, {}), (DoG, {})]
 IDS = preset_ids(PRESETS)
 SMALL = (20, 16, 4)  # two weight matrices: a short graph to compile
@@ -72,6 +77,7 @@ def assert_same_run(eager, compiled, atol):
         torch.testing.assert_close(b, a, atol=atol, rtol=0)
 
 
+@OLD_DYNAMO_SPLITS_THE_STEP
 @pytest.mark.parametrize("cls", [Muon, Scion])
 def test_compiled_step_is_one_graph_equal_to_eager_and_skips_nonfinite_exactly(cls, monkeypatch):
     # With biases: Muon's AdamW, Scion's BiasRMS. The eager twin takes the CPU's row-block symmetric products
@@ -200,6 +206,7 @@ def test_int_step_counts_of_old_checkpoints_work_under_compile():
     assert all(isinstance(s["step"], torch.Tensor) and float(s["step"]) == 4.0 for s in compiled.state.values())
 
 
+@OLD_DYNAMO_SPLITS_THE_STEP
 @pytest.mark.parametrize("cls", [Muon, Scion])
 def test_a_tensor_lr_follows_its_scheduler_without_recompiling(cls, monkeypatch):
     """torch.optim's convention for compiled steps under an LR scheduler: with ``lr`` a tensor the scheduler writes

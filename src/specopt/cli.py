@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -176,6 +177,9 @@ def _init_distributed() -> None:
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dist.init_process_group("gloo")
+    # A group still alive when the interpreter exits can abort the worker ("terminate called without an active
+    # exception"), which turned a refused run's exit 2 into the launcher's 1 now and then: end it first.
+    atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
 
 
 def _fail(message: str) -> None:
