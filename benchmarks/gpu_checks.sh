@@ -3,7 +3,9 @@
 #   bash benchmarks/gpu_checks.sh [LOGDIR]
 # the CUDA tests, then the GPU benchmarks. msign_schedules.py and step.py write their "(cuda)" sections of
 # BENCHMARKS.md and benchmarks/results/*-cuda.json; muonbp.py and drop_muon.py print their ratios. Runs from a
-# source checkout (PYTHONPATH=src); LOGDIR (default .) gets one log per check.
+# source checkout (PYTHONPATH=src); LOGDIR (default .) gets one log per check. With SUITE=SECONDS, the whole suite
+# runs last on the machine's cores (pytest-xdist, one torch thread per worker: 14 workers of 16 threads each ran 5×
+# slower) for at most SECONDS, naming each failure as it happens, so a run cut short still says what failed.
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1  # absolute: the CLI tests run python -m specopt.cli from other directories
 log=${1:-.}
@@ -24,3 +26,10 @@ run step 120 $py benchmarks/step.py --device cuda
 run muonbp_step 60 $py benchmarks/muonbp.py step --device cuda --blocks 12 --steps 20
 run drop_muon_step 60 $py benchmarks/drop_muon.py --device cuda --blocks 12 --steps 24
 run compile 240 $py benchmarks/compile.py --device cuda
+if [ -n "${SUITE:-}" ]; then
+    echo "== suite"
+    OMP_NUM_THREADS=1 timeout "$SUITE" $py -m pytest -p no:cacheprovider -o addopts= -v --tb=short -n "$(nproc)" tests \
+        >"$log/suite.log" 2>&1
+    echo "rc=$?"
+    grep -E "(FAILED|ERROR) tests/|[0-9]+ (passed|failed)" "$log/suite.log" | tail -n 40
+fi
