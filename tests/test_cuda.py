@@ -1,6 +1,7 @@
-"""The family on a GPU: every preset's and member's CUDA step equals its CPU step, and each msign schedule keeps its
-band in bf16 on the device. Skipped where no CUDA device is present (CI); run on a GPU with
-``benchmarks/gpu_checks.sh``."""
+"""The family on a GPU: every preset's and member's CUDA step equals its CPU step (fp32 and bf16 msign alike on both
+devices) and resumes exactly, a CPU state dict carries on on the GPU, a one-tensor user norm keeps one tensor per lmo
+where the GPU stacks, and each msign schedule keeps its band in bf16 on the device. Skipped where no CUDA device is
+present (CI); run on a GPU with ``benchmarks/gpu_checks.sh``."""
 
 import copy
 
@@ -108,7 +109,7 @@ def test_schedule_band_holds_in_bf16_on_cuda(method):
 @pytest.mark.parametrize("cls, kwargs, closure", MEMBERS, ids=preset_ids([m[:2] for m in MEMBERS]))
 def test_member_resumes_exactly_on_cuda(cls, kwargs, closure, dtype):
     """A CUDA run (fp32 or bf16 weights) continued from its state dict takes the same steps bit for bit, its state
-    on the device in the dtype a fresh state has."""
+    on the device."""
     X, y = classification_data()
     X, y = X.cuda().to(dtype), y.cuda()
     model = mlp(3).cuda().to(dtype)
