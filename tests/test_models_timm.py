@@ -98,9 +98,14 @@ def test_one_uscg_step_moves_every_matrix_block_by_gamma_rho(arch):
     assert_one_step_geometry(build(), image_loss, blocks)
 
 
+LR_SCALE = {"torchvision-swin-v2": {"ClippedScion": 0.5}}
+"""A preset's smaller step where a model needs one (as in test_models.py): ClippedScion's default step oscillated on
+the small Swin V2 under torch 2.11 and torchvision 0.26 (1.51 → 1.6–2.5 over the last 5 steps; it fell under 0.29)."""
+
+
 @pytest.mark.parametrize("arch", list(CASES))
 def test_every_preset_lowers_the_loss_in_30_steps(arch):
-    assert_presets_train(CASES[arch][0], image_loss)
+    assert_presets_train(CASES[arch][0], image_loss, lr_scale=LR_SCALE.get(arch))
 
 
 @pytest.mark.parametrize("arch", list(CASES))
