@@ -41,7 +41,7 @@ def per_item(norm: Norm, method: str, x: torch.Tensor, *args, batch_dims: int | 
     call per item otherwise, the results stacked in the batch's shape. ``check(out, given)``, if given, sees each
     call's output and input and returns the output."""
     fn = getattr(norm, method)
-    if check is None:  # not ``check or …``: dynamo before 2.13 breaks the graph on the truth value of a function
+    if check is None:  # not ``check or …``: dynamo 2.11 breaks the graph on the truth value of a function
         check = _unchecked
     lead = batch_dims if batch_dims is not None else x.ndim - (norm.item_ndim or x.ndim)
     if lead > 0 and not norm.batched:
