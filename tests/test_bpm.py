@@ -69,6 +69,21 @@ def test_quadratic_hard_case_and_indefinite():
     assert abs(float(z[0])) > 1.0  # the solution uses the negative-curvature direction
 
 
+@pytest.mark.parametrize("rank", [0, 4])
+def test_quadratic_brox_with_a_singular_hessian_meets_the_trust_region_conditions(rank):
+    """H ⪰ 0 of rank < n with a gradient in its null space (an underdetermined least-squares problem): the
+    minimiser is on the boundary. Moré–Sorensen: ‖p‖ = t, (H + μI)p = −g with μ ≥ 0 (H + μI ⪰ 0 then holds)."""
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(6, rank, generator=g, **F64)
+    H, b, x = A @ A.T, torch.randn(6, generator=g, **F64), torch.zeros(6, **F64)
+    z = brox_quadratic(H, b, x, 1.0)
+    p, grad = z - x, H @ x - b
+    assert float(p.norm()) == pytest.approx(1.0, rel=1e-9)
+    mu = -float(p @ (H @ p + grad)) / float(p @ p)
+    assert mu >= 0
+    torch.testing.assert_close(H @ p + mu * p, -grad, atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize("kappa", [1.0, 1e2, 1e4])
 def test_bpm_theorems_on_quadratics(kappa):
     H, b, x_star, f = quadratic(kappa)

@@ -44,15 +44,22 @@ def brox_quadratic(H: torch.Tensor, b: torch.Tensor, x: torch.Tensor, t: float, 
     lo = max(0.0, -float(lam[0]))
     scale = max(float(lam.abs().max()), 1.0)
 
-    def norm_p(mu: float) -> float:
+    g_scale = max(float(torch.linalg.vector_norm(g)), 1.0)
+
+    def coefficients(mu: float) -> torch.Tensor:
+        """``g_i/(λ_i + μ)``; a vanishing denominator gives 0 where ``g_i`` vanishes too (the hard case) and ∞ where
+        it does not (a gradient in H's null space at μ = 0: the minimiser is on the boundary, μ > 0)."""
         denom = lam + mu
-        safe = torch.where(denom.abs() > tol * scale, denom, torch.full_like(denom, math.inf))
-        return float(torch.linalg.vector_norm(g / safe))
+        vanishing = denom.abs() <= tol * scale
+        ratio = g / torch.where(vanishing, torch.ones_like(denom), denom)
+        unbounded = torch.full_like(g, math.inf)
+        return torch.where(vanishing, torch.where(g.abs() > tol * g_scale, unbounded, torch.zeros_like(g)), ratio)
+
+    def norm_p(mu: float) -> float:
+        return float(torch.linalg.vector_norm(coefficients(mu)))
 
     def p_of(mu: float) -> torch.Tensor:
-        denom = lam + mu
-        safe = torch.where(denom.abs() > tol * scale, denom, torch.full_like(denom, math.inf))
-        return -(Q @ (g / safe))
+        return -(Q @ coefficients(mu))
 
     if norm_p(lo) <= t:
         p = p_of(lo)
