@@ -75,6 +75,23 @@ def test_batch_size_schedule_keeps_tokens_per_step_at_two_thirds_power():
     assert max(capped) == 64 and capped[:10] == [8] * 10
 
 
+def test_the_scaling_helpers_refuse_bad_input_by_name():
+    import numpy as np
+
+    from specopt.scaling import batch_size_schedule, power_of_two, transfer
+
+    for factor in (0, -1, 0.5, float("nan")):  # a cap below the base batch
+        with pytest.raises(ValueError, match="max_factor must be a finite number in \\[1.0, ∞\\)"):
+            batch_size_schedule(5, 8, 16, 2, max_factor=factor)
+    for choices in ((0,), (1.5,)):
+        with pytest.raises(ValueError, match="each of seq_choices must be a positive integer"):
+            transfer(1e6, 8, 128, 1e-3, 1e8, seq_choices=choices)
+    with pytest.raises(ValueError, match="x must be a finite number"):
+        power_of_two(float("inf"))
+    assert [power_of_two(2**e) for e in (1.5, 2.5, 3.2, -2)] == [4, 8, 8, 0.25]  # ties go up
+    assert transfer(1e6, np.int64(8), 128, 1e-3, 1e8) == transfer(1e6, 8, 128, 1e-3, 1e8)
+
+
 def test_train_with_batch_schedule_grows_the_batch_and_resumes_exactly(tmp_path):
     from specopt.training import RunConfig, read_metrics, train
 

@@ -40,7 +40,8 @@ def check_number(value, name: str, low: float = 0.0, high: float = float("inf"),
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
         ok = ok and abs(value) != float("inf")
     if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        upper = "∞)" if high == float("inf") else f"{high}{')' if high_open else ']'}"
+        interval = f"{'(' if low_open else '['}{low}, {upper}"
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
     return float(value)
 

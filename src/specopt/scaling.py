@@ -12,6 +12,7 @@ T1 ≈ 10.6B give r ≈ 8.15, B1·S1 ≈ 4.05·B0·S0, β1 ≈ 1.8e-4, B ≈ 103
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from specopt._checks import check_number
@@ -32,16 +33,15 @@ class Transfer:
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:  # numpy's ints too
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
-def power_of_two(x: float) -> int:
-    """The power of two nearest to ``x`` in log scale (ties go up)."""
-    if not x > 0:
-        raise ValueError(f"cannot round {x!r} to a power of two")
-    return 2 ** round(math.log2(x))
+def power_of_two(x: float) -> float:
+    """The power of two nearest to ``x`` in log scale, ties going up (an int from 1 up, a float below 1)."""
+    check_number(x, "x", low_open=True)
+    return 2 ** math.floor(math.log2(x) + 0.5)
 
 
 def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: float, *,
@@ -64,6 +64,8 @@ def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: floa
     r = target_tokens / tokens
     factor = r**TOKENS_EXPONENT
     per_step = factor * batch * seq
+    if seq_choices is not None:
+        seq_choices = tuple(_positive_int(s, "each of seq_choices") for s in seq_choices)
     seqs = seq_choices or tuple(s for s in (seq // 2, seq, seq * 2) if s >= 1)
     choices = tuple((max(1, power_of_two(per_step / s)), s) for s in seqs)
     return Transfer(ratio=r, tokens_per_step=per_step, tokens_factor=factor, step_size=lr * r**STEP_EXPONENT,
@@ -100,6 +102,7 @@ def batch_size_schedule(steps: int, base_batch: int, units_per_example: int, bas
     _positive_int(base_batch, "base_batch")
     _positive_int(units_per_example, "units_per_example")
     _positive_int(base_steps, "base_steps")
+    check_number(max_factor, "max_factor", low=1.0)  # the cap is at least the base batch
     base_tokens = base_batch * units_per_example * base_steps
     seen, sizes = 0, []
     for _ in range(steps):
