@@ -40,6 +40,53 @@ def test_scion_keeps_every_tensor_in_its_ball():
             assert float(g["norm"].norm(g["params"][0].detach())) <= radius * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("build", [
+    lambda groups: Scion(groups, lr=0.5, momentum=0.5),
+    lambda groups: ClippedScion(groups, lr=0.5, momentum=0.5, clip_radius=1.0, constrained=True),
+], ids=["scion", "clipped-constrained"])
+def test_an_lr_scheduled_above_one_is_refused_before_the_step_leaves_the_ball(build):
+    """γ ≤ 1 is checked at every step, not only when the optimizer is built: a scheduler that raises lr past 1
+    (the convex combination's bound) gets a clear error before that step, and the weights stay as they were."""
+    model = mlp()
+    radius = 2.0
+    groups = exact_groups(model, radius)
+    with torch.no_grad():
+        for g in groups:
+            g["params"][0].copy_(g["norm"].init(g["params"][0].shape, radius * 0.9))
+    X, y = classification_data()
+    opt = build(groups)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 + k)  # 0.5, 1.0, then 1.5
+    for _ in range(2):
+        opt.zero_grad()
+        loss_fn(model, X, y).backward()
+        opt.step()
+        schedule.step()
+    before = copy.deepcopy(model.state_dict())
+    loss_fn(model, X, y).backward()
+    with pytest.raises(ValueError, match="lr = 1.5 in param group 0 is above 1.*LR scheduler"):
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for g in groups:
+        assert float(g["norm"].norm(g["params"][0].detach())) <= radius * (1 + 1e-5)
+
+
+def test_constrained_clipped_scion_refuses_weights_that_start_outside_their_balls():
+    """Outside its ball a weight makes the gap Ψ negative, so η = min{1, Ψ/ρ_c} = 0 and nothing moves: an error,
+    not a frozen run."""
+    w = nn.Parameter(torch.eye(4) * 10)
+    opt = ClippedScion([w], lr=0.5, norm=Spectral(**EXACT), radius=1.0, clip_radius=1.0, constrained=True,
+                       momentum=0.0)
+    w.grad = -torch.eye(4)
+    with pytest.raises(ValueError, match="outside their norm balls.*norm.project"):
+        opt.step()
+    inside = nn.Parameter(torch.eye(4) * 0.5)
+    opt = ClippedScion([inside], lr=0.5, norm=Spectral(**EXACT), radius=1.0, clip_radius=1.0, constrained=True,
+                       momentum=0.0)
+    inside.grad = -torch.eye(4)
+    opt.step()
+    torch.testing.assert_close(inside.detach(), torch.eye(4) * 0.75)  # (1 − γ)W + γ·I, η = 1
+
+
 def test_scion_with_polar_express_stays_within_the_band():
     model = mlp(bias=False)
     X, y = classification_data()

@@ -230,6 +230,19 @@ class GeometryOptimizer(Optimizer):
             group["norm"] = get_norm(group["norm"])
         self._validate_group(group)
 
+    def _check_lr_bound(self) -> None:
+        """Before anything of the step changes: every group's lr within the rule's ``max_lr`` (a tensor lr is read
+        on the host, as the eager step reads its finiteness check)."""
+        for i, group in enumerate(self.param_groups):
+            if group.get("norm") == "adamw":
+                continue
+            lr = float(group["lr"])
+            if lr > self.rule.max_lr:
+                raise ValueError(f"lr = {lr:g} in param group {i} is above {self.rule.max_lr:g}, the largest the rule "
+                                 f"{self.rule.name!r} keeps its guarantee for (W ← (1 − γ)W + γ·s stays in the ball "
+                                 "only as a convex combination); it was in range when the optimizer was built: an "
+                                 "LR scheduler's peak, or a write to param_groups, raised it")
+
     def _validate_group(self, group: dict) -> None:
         check_lr(group["lr"])
         validate_momentum(group["momentum"])
@@ -363,6 +376,8 @@ class GeometryOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update. ``closure`` re-evaluates the model and returns the loss (as in torch.optim)."""
+        if self.rule.max_lr is not None and not torch.compiler.is_compiling():
+            self._check_lr_bound()
         if self.estimator.needs_closure and closure is None and not self._creates_state_only():
             raise ValueError(f"estimator={self.estimator.name!r} needs step(closure): it re-evaluates the gradient "
                              "at the previous iterate on the same batch (the closure must be deterministic for a "

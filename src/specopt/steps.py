@@ -79,7 +79,9 @@ class StepRule:
     update one lmo bucket at a time, with less memory; the default False hands :meth:`scale` every tensor of the
     step at once, as a rule with a sum over tensors needs; a subclass that overrides :meth:`scale` and says
     nothing is False too); ``traceable`` (False where the rule reads tensors on the host);
-    ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`).
+    ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`); ``max_lr`` (the largest
+    γ the rule's guarantee holds for, e.g. SCG's convex combination 1: the engine checks it before every eager step,
+    as an LR scheduler or a write to ``param_groups`` may raise lr after construction; None: no bound).
     :meth:`init_state` creates its state before the first step; :meth:`active` may leave tensors out of a step.
     :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
     (``ctx.probed``); the context also carries ``ctx.lmo(records, need_dual)`` (the optimizer's lmo runner),
@@ -97,6 +99,7 @@ class StepRule:
         settle_part(cls, ("scale",))
     traceable: bool = True
     group_defaults: dict = {}
+    max_lr: float | None = None
 
     def validate_group(self, group: dict) -> None:
         """Raise ``ValueError`` for a param group this rule cannot serve (called at construction)."""
@@ -166,6 +169,7 @@ class SCG(StepRule):
     name = "scg"
     per_tensor = True
     accepts = ("direction", "averaged_lmo")
+    max_lr = 1.0
 
     def validate_group(self, group: dict) -> None:
         _convex_combination(self, group)
@@ -213,6 +217,7 @@ class ClippedConstrained(Clipped):
     ``W ← (1−γη)W + γηρ·s``."""
 
     name = "clipped_constrained"
+    max_lr = 1.0
 
     def validate_group(self, group: dict) -> None:
         _convex_combination(self, group)
@@ -220,9 +225,22 @@ class ClippedConstrained(Clipped):
     def scale(self, records, ctx) -> None:
         dots = ctx.complete([torch.sum(rec.d * rec.p, dtype=torch.float64) for rec in records], records)
         gap = _global_sum([dot + rec.radius * rec.dual for dot, rec in zip(dots, records, strict=True)])
+        if not torch.compiler.is_compiling():
+            _starts_inside_the_balls(gap, records)
         eta = torch.clamp(gap / self.clip_radius, min=0.0, max=1.0)
         for rec in records:
             rec.shrink, rec.scale = rec.group["lr"] * eta, rec.group["lr"] * rec.radius * eta
+
+
+def _starts_inside_the_balls(gap: torch.Tensor, records) -> None:
+    """Inside its ball a weight has ``⟨d, W⟩ ≥ −ρ‖d‖_*`` (duality), so the gap Ψ is ≥ 0 there, or a little below
+    with an inexact lmo (Polar Express's iterates reach 1.14ρ). A gap under −¼·Σρ‖d‖_* means weights well outside
+    their balls, where η = min{1, Ψ/ρ_c} is 0 and nothing would ever move: refused, not frozen."""
+    total = float(_global_sum([rec.radius * rec.dual for rec in records]))
+    if float(gap) < -0.25 * total:
+        raise ValueError(f"the weights are outside their norm balls (the gap Ψ = {float(gap):.4g} < 0, which no point "
+                         "of the balls has): constrained Clipped Scion steps only from inside, where it keeps them. "
+                         "Start from the balls: each norm's init(shape, radius), or project the weights (norm.project)")
 
 
 def _global_sum(values: list) -> torch.Tensor:
