@@ -84,6 +84,16 @@ def test_quadratic_brox_with_a_singular_hessian_meets_the_trust_region_condition
     torch.testing.assert_close(H @ p + mu * p, -grad, atol=1e-9, rtol=0)
 
 
+def test_quadratic_brox_refuses_bad_input_by_name():
+    H, b, x = torch.eye(3, **F64), torch.ones(3, **F64), torch.zeros(3, **F64)
+    for args, message in [((H, torch.ones(4, **F64), x), "n×n H and b, x of length n"),
+                          ((torch.ones(3, 4, **F64), b, x), "n×n H"),
+                          ((H * float("nan"), b, x), "must be finite"),
+                          ((torch.triu(torch.ones(3, 3, **F64)), b, x), "must be symmetric")]:
+        with pytest.raises(ValueError, match=message):
+            brox_quadratic(*args, 1.0)
+
+
 @pytest.mark.parametrize("kappa", [1.0, 1e2, 1e4])
 def test_bpm_theorems_on_quadratics(kappa):
     H, b, x_star, f = quadratic(kappa)

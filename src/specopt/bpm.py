@@ -39,6 +39,14 @@ def brox_quadratic(H: torch.Tensor, b: torch.Tensor, x: torch.Tensor, t: float, 
     is added to reach the boundary.
     """
     t = check_number(t, "t", low_open=True)
+    n = H.shape[0] if H.ndim == 2 else -1
+    if H.shape != (n, n) or b.shape != (n,) or x.shape != (n,):
+        raise ValueError(f"brox_quadratic needs an n×n H and b, x of length n; got H {tuple(H.shape)}, "
+                         f"b {tuple(b.shape)}, x {tuple(x.shape)}")
+    if not all(bool(torch.isfinite(v).all()) for v in (H, b, x)):
+        raise ValueError("brox_quadratic: H, b and x must be finite")
+    if not torch.allclose(H, H.mT, rtol=1e-10, atol=1e-12 * float(H.abs().max())):
+        raise ValueError("brox_quadratic: H must be symmetric (eigh would read one triangle of it)")
     lam, Q = torch.linalg.eigh(H)
     g = Q.T @ (H @ x - b)
     lo = max(0.0, -float(lam[0]))

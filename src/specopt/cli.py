@@ -51,7 +51,7 @@ OPTIMIZER_SUMMARY = {
     "muonbp": "MuonBP: msign of each row block, of the whole matrix every 5th step",
     "scion": "Scion (SCG), constrained: W ← (1−γ)W + γρ·lmo(d)",
     "uscion": "unconstrained Scion (uSCG): W ← (1−γλ)W + γρ·lmo(d)",
-    "clipped-scion": "the uSCG step scaled by min{1, ‖d‖_*/ρ_c}",
+    "clipped-scion": "the uSCG step scaled by min{1, Σ_l ρ_l‖d_l‖_*/ρ_c}",
     "gluon": "per-layer steps from layer-wise (L0, L1)-smoothness",
     "dog": "per-layer DoG: step from the distance travelled over the gradients seen, no lr",
     "gluon-mvr": "Gluon on STORM (momentum variance reduction), steps ∝ (k+1)^(-2/3)",
