@@ -59,6 +59,9 @@ def test_scale_command_prints_the_worked_example():
     tiny = CliRunner().invoke(app, ["scale", "--tokens", "1e3", "--batch", "256", "--seq", "1024", "--lr", "3e-4",
                                     "--target-tokens", "1e9"])
     assert tiny.exit_code == 2 and "less than one step of the base batch (256 × 1024 = 262144 tokens)" in tiny.output
+    negative = CliRunner().invoke(app, ["scale", "--tokens", "-5", "--batch", "8", "--seq", "128", "--lr", "1e-3",
+                                        "--target-tokens", "1e9"])
+    assert negative.exit_code == 2 and "error: --tokens must be a finite number" in negative.output  # the flag's name
 
 
 def test_batch_size_schedule_keeps_tokens_per_step_at_two_thirds_power():
@@ -78,7 +81,7 @@ def test_batch_size_schedule_keeps_tokens_per_step_at_two_thirds_power():
 def test_the_scaling_helpers_refuse_bad_input_by_name():
     import numpy as np
 
-    from specopt.scaling import batch_size_schedule, power_of_two, transfer
+    from specopt.scaling import batch_size_schedule, power_of_two, tokens_per_step_schedule, transfer
 
     for factor in (0, -1, 0.5, float("nan")):  # a cap below the base batch
         with pytest.raises(ValueError, match="max_factor must be a finite number in \\[1.0, ∞\\)"):
@@ -88,6 +91,9 @@ def test_the_scaling_helpers_refuse_bad_input_by_name():
             transfer(1e6, 8, 128, 1e-3, 1e8, seq_choices=choices)
     with pytest.raises(ValueError, match="x must be a finite number"):
         power_of_two(float("inf"))
+    for seen in (float("nan"), -1.0):  # returned the base value before
+        with pytest.raises(ValueError, match="tokens_seen must be a finite number in \\[0.0, ∞\\)"):
+            tokens_per_step_schedule(seen, 1e6, 1024)
     assert [power_of_two(2**e) for e in (1.5, 2.5, 3.2, -2)] == [4, 8, 8, 0.25]  # ties go up
     assert transfer(1e6, np.int64(8), 128, 1e-3, 1e8) == transfer(1e6, 8, 128, 1e-3, 1e8)
 

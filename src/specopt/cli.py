@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -460,7 +461,8 @@ def scale_command(
     try:
         result = transfer(tokens, batch, seq, lr, target_tokens, allow_smaller=allow_smaller)
     except ValueError as e:
-        _fail(str(e).replace("pass allow_smaller=True", "pass --allow-smaller"))
+        message = re.sub(r"^(tokens|target_tokens|batch|seq|lr)\b", lambda m: "--" + m[1].replace("_", "-"), str(e))
+        _fail(message.replace("pass allow_smaller=True", "pass --allow-smaller"))
     typer.echo(format_transfer(result, batch, seq, lr))
 
 

@@ -75,6 +75,7 @@ def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: floa
 def tokens_per_step_schedule(tokens_seen: float, base_tokens: float, base_tokens_per_step: int) -> float:
     """Tokens per step after ``tokens_seen`` tokens, growing as ``(tokens_seen/base_tokens)^{2/3}`` from
     ``base_tokens_per_step`` (never below it): the adaptive schedule of the lectures."""
+    check_number(tokens_seen, "tokens_seen")
     check_number(base_tokens, "base_tokens", low_open=True)
     _positive_int(base_tokens_per_step, "base_tokens_per_step")
     grow = max(1.0, tokens_seen / base_tokens) ** TOKENS_EXPONENT
