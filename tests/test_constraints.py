@@ -188,3 +188,14 @@ def test_bad_constraint_parameters_are_clear_errors(build, message):
                                RankAtMost(3), SparsityAtMost(4)], ids=repr)
 def test_config_round_trip(c):
     assert constraint_from_config(c.config()) == c
+
+
+@pytest.mark.parametrize("c", [SpectralBall(1.0), SpectralBall(1.0, method="polar"), FrobeniusBall(1.0)], ids=repr)
+def test_a_tensor_with_no_entries_projects_to_itself(c):
+    x = torch.zeros(0, 4)
+    assert c.project(x).shape == (0, 4)
+
+
+def test_a_diverged_tensor_is_a_clear_error_not_lapacks():
+    with pytest.raises(ValueError, match=r"non-finite entries \(shape \(3, 3\)\)"):
+        SpectralBall(1.0).project(torch.full((3, 3), float("nan")))

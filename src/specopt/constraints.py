@@ -53,11 +53,15 @@ interval)."""
 
 
 def _matrix(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: a tensor with no entries has no inferable dim
 
 
 def _svd(x: torch.Tensor):
-    return torch.linalg.svd(_matrix(x).to(torch.promote_types(x.dtype, torch.float32)), full_matrices=False)
+    matrix = _matrix(x).to(torch.promote_types(x.dtype, torch.float32))
+    if not bool(torch.isfinite(matrix).all()):  # the SVD syncs anyway; LAPACK's own message names no tensor
+        raise ValueError(f"cannot project a tensor with non-finite entries (shape {tuple(x.shape)}): the run has "
+                         "diverged before this step")
+    return torch.linalg.svd(matrix, full_matrices=False)
 
 
 def _from_svd(U, s, Vh, like: torch.Tensor) -> torch.Tensor:
@@ -168,6 +172,8 @@ class SpectralBall(Constraint):
 
     def project(self, x, gamma=1.0, kappa=None):
         self._checked(x)
+        if x.numel() == 0:
+            return x.clone()
         if self.method == "polar":
             return spectral_clip_polar(x, self.radius)
         U, s, Vh = _svd(x)
