@@ -7,7 +7,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from specopt import ALMOND, ClippedScion, Gluon, Muon, Scion, SteepestDescent, UScion
+from specopt import ALMOND, ClippedScion, Gluon, Muon, Norm, Scion, SteepestDescent, UScion
 
 GEOMETRY_PRESETS = [
     (Muon, {}),
@@ -20,6 +20,24 @@ GEOMETRY_PRESETS = [
     (SteepestDescent, {}),
 ]
 """Every preset of the engine's geometry step with the settings the engine-wide tests use."""
+
+
+class Frobenius(Norm):
+    """An entry-wise user norm that knows nothing of stacks (``batched`` left False): the whole tensor is one
+    item."""
+
+    def lmo(self, g, batch_dims=None):
+        return -g / g.norm()
+
+    def dual(self, g, batch_dims=None):
+        return g.norm()
+
+    def norm(self, x, batch_dims=None):
+        return x.norm()
+
+    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+        x = torch.randn(shape, generator=generator)
+        return (radius * x / x.norm()).to(dtype=dtype, device=device)
 
 
 def preset_ids(presets) -> list[str]:

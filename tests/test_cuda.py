@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from helpers import GEOMETRY_PRESETS, assert_resumes_exactly, classification_data, mlp, preset_ids, train
+from helpers import GEOMETRY_PRESETS, Frobenius, assert_resumes_exactly, classification_data, mlp, preset_ids, train
 
 from specopt import (
     AdaGO,
@@ -17,7 +17,6 @@ from specopt import (
     GeometryOptimizer,
     GluonMVR,
     MuonBP,
-    Norm,
     NorMuon,
     ProxSpectral,
     linalg,
@@ -140,23 +139,6 @@ def test_a_cpu_state_dict_loads_into_a_cuda_optimizer(cls, kwargs, closure, fp32
     train(cpu, opt_c, X, y, 2, closure=closure)
     train(gpu, opt_g, X.cuda(), y.cuda(), 2, closure=closure)
     assert_same_displacement(cpu.parameters(), gpu.parameters(), w0, rel=1e-3)
-
-
-class Frobenius(Norm):
-    """A user norm written for one tensor (``batched`` left False): the whole tensor is one item."""
-
-    def lmo(self, g, batch_dims=None):
-        return -g / g.norm()
-
-    def dual(self, g, batch_dims=None):
-        return g.norm()
-
-    def norm(self, x, batch_dims=None):
-        return x.norm()
-
-    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
-        x = torch.randn(shape, generator=generator)
-        return (radius * x / x.norm()).to(dtype=dtype, device=device)
 
 
 def test_a_user_norm_gets_one_tensor_at_a_time_on_cuda():

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from helpers import classification_data, mlp, train
+from helpers import Frobenius, classification_data, mlp, train
 
 import specopt
 from specopt.estimators import AveragedLmo, Momentum, Storm
@@ -221,23 +221,6 @@ class ColumnL2(specopt.Norm):
 
     def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
         return self.lmo(-torch.randn(shape, generator=generator)).to(dtype=dtype, device=device) * radius
-
-
-class Frobenius(specopt.Norm):
-    """An entry-wise user norm that knows nothing of stacks: the whole tensor is one item."""
-
-    def lmo(self, g, batch_dims=None):
-        return -g / g.norm()
-
-    def dual(self, g, batch_dims=None):
-        return g.norm()
-
-    def norm(self, x, batch_dims=None):
-        return x.norm()
-
-    def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
-        x = torch.randn(shape, generator=generator)
-        return (radius * x / x.norm()).to(dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize("norm", [ColumnL2(), Frobenius()], ids=["column-l2", "frobenius"])

@@ -158,9 +158,9 @@ def _convex_combination(rule: StepRule, group: dict) -> None:
         raise ValueError(f"rule {rule.name!r} has no weight decay (its shrink (1 − γ)W keeps W in the ρ-ball), got "
                          f"weight_decay={decay!r}; use UScion (rule 'uscg') for a decoupled decay")
     lr = float(group["lr"]) if isinstance(group["lr"], torch.Tensor) else group["lr"]
-    if lr > 1:
-        raise ValueError(f"lr must be in [0, 1] for rule {rule.name!r} (W ← (1 − γ)W + γ·s is a convex combination "
-                         f"only then), got {lr!r}")
+    if lr > rule.max_lr:
+        raise ValueError(f"lr must be in [0, {rule.max_lr:g}] for rule {rule.name!r} (W ← (1 − γ)W + γ·s is a convex "
+                         f"combination only then), got {lr!r}")
 
 
 class SCG(StepRule):
@@ -236,9 +236,9 @@ def _starts_inside_the_balls(gap: torch.Tensor, records) -> None:
     """Inside its ball a weight has ``⟨d, W⟩ ≥ −ρ‖d‖_*`` (duality), so the gap Ψ is ≥ 0 there, or a little below
     with an inexact lmo (Polar Express's iterates reach 1.14ρ). A gap under −¼·Σρ‖d‖_* means weights well outside
     their balls, where η = min{1, Ψ/ρ_c} is 0 and nothing would ever move: refused, not frozen."""
-    total = float(_global_sum([rec.radius * rec.dual for rec in records]))
-    if float(gap) < -0.25 * total:
-        raise ValueError(f"the weights are outside their norm balls (the gap Ψ = {float(gap):.4g} < 0, which no point "
+    gap, total = float(gap), float(_global_sum([rec.radius * rec.dual for rec in records]))
+    if gap < -0.25 * total:
+        raise ValueError(f"the weights are outside their norm balls (the gap Ψ = {gap:.4g} < 0, which no point "
                          "of the balls has): constrained Clipped Scion steps only from inside, where it keeps them. "
                          "Start from the balls: each norm's init(shape, radius), or project the weights (norm.project)")
 
