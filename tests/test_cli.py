@@ -150,15 +150,72 @@ def test_compare_seeds_refuses_what_it_cannot_run(tmp_path, extra):
 
 
 def test_compare_seeds_and_a_one_seed_comparison_keep_to_their_own_directories(tmp_path):
-    (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "summary.json").write_text("{}")
-    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--seeds", "0,1", "--out",
-                    tmp_path / "one")
-    assert result.exit_code == 2 and "one-seed comparison" in result.output
-    (tmp_path / "many").mkdir()
-    (tmp_path / "many" / "summary.csv").write_text("")
-    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", tmp_path / "many")
-    assert result.exit_code == 2 and "comparison over seeds" in result.output
+    one, many = tmp_path / "one", tmp_path / "many"
+    assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", one).exit_code == 0
+    assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--seeds", "0,1", "--out",
+                  many).exit_code == 0
+    before = {p: p.read_bytes() for d in (one, many) for p in d.rglob("*") if p.is_file()}
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--seeds", "0,1", "--out", one)
+    assert result.exit_code == 2 and "holds the output of `specopt compare`" in result.output
+    result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", many)
+    assert result.exit_code == 2 and "holds the output of `specopt compare --seeds`" in result.output
+    assert {p: p.read_bytes() for d in (one, many) for p in d.rglob("*") if p.is_file()} == before
+
+
+def test_compare_replaces_its_own_earlier_report_and_nothing_else(tmp_path):
+    """The same command into its own output replaces it (no file of the earlier report is left to mix in); a
+    directory holding a training run, files of one's own or an experiment is refused and left as it was."""
+    out = tmp_path / "report"
+    assert invoke("compare", *TINY, "--optimizers", "adamw,scion", "--steps", 2, "--out", out).exit_code == 0
+    assert invoke("compare", *TINY, "--optimizers", "muon", "--steps", 2, "--out", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["muon"]
+    assert set(json.loads((out / "summary.json").read_text())) == {"muon"}
+    run = tmp_path / "run"
+    assert invoke("train", *TINY, "--steps", 2, "--out", run).exit_code == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    experiment = tmp_path / "experiment"
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", experiment).exit_code == 0
+    for directory in (run, mine, experiment):
+        before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+        result = invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", directory)
+        assert result.exit_code == 2 and "choose another --out" in result.output, result.output
+        assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
+    result = invoke("experiment", "bpm", "--quick", "--no-progress", "--out", experiment)
+    assert result.exit_code == 2 and "holds the output of `specopt experiment msign`" in result.output
+    result = invoke("train", *TINY, "--steps", 2, "--overwrite", "--out", out)
+    assert result.exit_code == 2 and "holds the output of `specopt compare`, not a run" in result.output
+    assert (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_an_experiment_that_fails_or_is_interrupted_leaves_the_earlier_output_as_it_was(tmp_path, monkeypatch,
+                                                                                        stop):
+    from specopt.experiments import EXPERIMENTS
+
+    out = tmp_path / "msign"
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", out).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def stopped(out, quick, progress):
+        (out / "plot.png").write_bytes(b"half a plot")
+        raise stop
+
+    monkeypatch.setitem(EXPERIMENTS, "msign", stopped)
+    result = invoke("experiment", "msign", "--quick", "--no-progress", "--out", out)
+    assert result.exit_code == (130 if stop is KeyboardInterrupt else 2), result.output
+    assert f"the earlier output in {out} is kept" in result.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["msign"]  # nothing left beside it
+
+
+def test_a_report_is_kept_when_the_comparison_replacing_it_is_refused(tmp_path):
+    out = tmp_path / "report"
+    assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", out).exit_code == 0
+    result = invoke("compare", *TINY, "--optimizers", "adamw,gluon-mvr", "--no-closure", "--steps", 2, "--out", out)
+    assert result.exit_code == 2 and "needs step(closure)" in result.output
+    assert (out / "adamw" / "checkpoint.pt").exists() and (out / "report.md").exists()
 
 
 @pytest.mark.parametrize(
@@ -172,7 +229,15 @@ def test_compare_seeds_and_a_one_seed_comparison_keep_to_their_own_directories(t
      (["train", *TINY, "--optimizer", "adamw", "--momentum", "0.5"], "adamw does not use momentum"),
      (["train", *TINY, "--optimizer", "gluon", "--radius", "3"], "gluon does not use radius"),
      (["train", *TINY, "--optimizer", "muon", "--lr", "1e300"], "lr must be a finite number in [0.0, 3.4"),
-     (["train", *TINY, "--optimizer", "adamw", "--lr", "inf"], "lr must be a finite number, got inf"),
+     (["train", *TINY, "--optimizer", "adamw", "--lr", "inf"], "must be a positive finite number, got inf"),
+     (["train", *TINY, "--lr", "nan"], "must be a positive finite number, got nan"),
+     (["train", *TINY, "--lr", "0"], "must be a positive finite number, got 0.0"),
+     (["train", *TINY, "--seed", str(2**32)], "--seed"),
+     (["compare", *TINY, "--optimizers", ","], "has an empty name"),
+     (["compare", *TINY, "--seeds", "0,,1"], "--seeds takes comma-separated integers"),
+     (["compare", *TINY, "--seeds", "1,0,1"], "seed(s) 1 listed more than once"),
+     (["compare", *TINY, "--seeds", f"0,{2**32}"], "seed must be an integer in [0, 4294967295]"),
+     (["train", "--task", "mlp", "--data", __file__], "is a file, but not an MNIST CSV"),
      (["train", "--resume", "/nonexistent/run"], "/nonexistent/run"),
      (["experiment", "nope"], "unknown experiment 'nope'"),
      (["train", "--task", "mlp", "--size", "tiny"], "--size applies to the char-gpt task only"),

@@ -4,6 +4,7 @@ not its own; a diverged run exits non-zero; `python -m specopt` and the listings
 
 import functools
 import json
+import math
 import multiprocessing
 import os
 import pickle
@@ -88,10 +89,15 @@ def test_a_new_run_into_a_non_empty_folder_is_refused_and_leaves_it_intact(run, 
         run.mkdir()
         (run / "notes.txt").write_text("mine")
     before = snapshot(run)
-    line = refused(invoke("train", *HT, "--optimizer", "muon", "--out", run), run, "not empty", "--resume",
-                   "--overwrite")
-    assert ("checkpoint.pt" in line) == (content == "run")
+    line = refused(invoke("train", *HT, "--optimizer", "muon", "--out", run), run, "not empty", "--overwrite")
+    assert ("checkpoint.pt" in line) == ("--resume" in line) == (content == "run")  # only a run can be resumed
     assert snapshot(run) == before
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_for_resume(run):
+    (run / "checkpoint.pt").unlink()
+    line = refused(invoke("train", *HT, "--optimizer", "muon", "--out", run), "nothing to resume", "--overwrite")
+    assert "--resume" not in line
 
 
 def test_overwrite_starts_afresh_so_a_crash_before_the_first_checkpoint_leaves_nothing_to_resume(
@@ -341,6 +347,74 @@ def test_a_diverged_run_exits_non_zero(tmp_path):
     assert "Traceback" not in result.output
     assert "diverged" in result.stderr and "NaN or Inf at step" in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing saved past the last finite step
+    strict = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1],
+                        parse_constant=lambda name: pytest.fail(f"metrics.jsonl holds {name}, which JSON has not"))
+    assert strict["loss"] is None and math.isnan(read_metrics(tmp_path / "run")[-1]["loss"])  # null: NaN again
+
+
+# --- the run is its own: its data, its settings, its disk ---------------------------------------------------------
+
+
+def test_a_relative_data_path_resumes_from_anywhere_and_changed_data_is_refused(tmp_path, monkeypatch):
+    """config.json holds the data's absolute path and its SHA-256: resumed from another directory (where a file
+    of the same name held other text), the run read that file; now it reads its own, and refuses it once edited."""
+    text = "".join(chr(97 + (i * 7919) % 23) for i in range(3000))
+    (tmp_path / "corpus.txt").write_text(text)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "corpus.txt").write_text(text[::-1])
+    monkeypatch.chdir(tmp_path)
+    args = ["--task", "char-gpt", "--size", "tiny", "--data", "corpus.txt", "--val-every", 2, "--no-progress"]
+    assert invoke("train", *args, "--steps", 4, "--checkpoint-every", 2, "--out", "whole").exit_code == 0
+    assert invoke("train", *args, "--steps", 2, "--checkpoint-every", 2, "--out", "part").exit_code == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert invoke("train", "--resume", "../part", "--steps", 4, "--no-progress").exit_code == 0
+    rows = lambda name: [(r["step"], r["loss"]) for r in read_metrics(tmp_path / name)]  # noqa: E731
+    assert rows("part") == rows("whole")
+    (tmp_path / "corpus.txt").write_text(text.upper())
+    before = snapshot(tmp_path / "part")
+    refused(invoke("train", "--resume", "../part", "--steps", 6, "--no-progress"), tmp_path / "corpus.txt",
+            "is not the data this run started on")
+    assert snapshot(tmp_path / "part") == before
+
+
+@pytest.mark.parametrize("key, value", [("seed", 7), ("decay_fraction", 0.5), ("schedule", "constant")])
+def test_a_config_edited_after_its_checkpoint_is_refused_and_kept(run, key, value):
+    """The checkpoint records the settings it trained under; config.json edited by hand would resume under others
+    (another data order, another schedule) without a word."""
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, key: value}))
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), "was edited after", f"{key} ")
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(run, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError; the half-written file goes, the last checkpoint stays, and
+    the run resumes from it."""
+    from specopt import training
+
+    real_save = torch.save
+
+    def full(payload, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 599744 vs 599636")
+
+    last = (run / "checkpoint.pt").read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(training.torch, "save", full)
+        refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), run / "checkpoint.pt",
+                "unexpected pos", "its last checkpoint is kept")
+    assert torch.save is real_save
+    assert (run / "checkpoint.pt").read_bytes() == last and not (run / "checkpoint.pt.tmp").exists()
+    assert invoke("train", "--resume", run, "--steps", 6, "--no-progress").exit_code == 0
+    assert read_metrics(run)[-1]["step"] == 6
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_once_before_launching(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "launch", lambda *a: pytest.fail("launched"))
+    refused(invoke("train", "--task", "mlp", "--nproc", 3, "--steps", 2, "--no-progress", "--out", tmp_path / "r"),
+            "the batch of 128 examples does not split evenly over 3 ranks")
+    assert not (tmp_path / "r").exists()
 
 
 # --- 1. no traceback, ever ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from specopt.cli import app
-from specopt.experiments import EXPERIMENTS
+from specopt.experiments import EXPERIMENTS, QUICK_NOTE
 
 
 def run_quick(name, tmp_path):
@@ -16,6 +16,7 @@ def run_quick(name, tmp_path):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert report.startswith("# ") and "results.csv" in report and "plot.png" in report
+    assert report.splitlines()[2] == QUICK_NOTE  # a quick run's report says so at its top
     image = imread(out / "plot.png")
     assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.01
     with open(out / "results.csv") as f:
@@ -39,7 +40,15 @@ def test_nonlinear_preconditioner_confirms_the_quoted_fit(tmp_path):
     assert abs(float(row["eps"]) / 5.8e-4 - 1) < 0.05 and float(row["sup_error"]) < 0.025
     best6 = min((r for r in rows if r["steps"] == "6"), key=lambda r: float(r["sup_error"]))
     assert float(best6["kappa"]) == 4.0
-    assert "confirmed" in report
+    assert "is **confirmed** (to the precision quoted: ε within 5 %, the error within 0.005" in report
+
+
+def test_nonlinear_preconditioner_corrects_a_quote_its_fit_does_not_match(tmp_path, monkeypatch):
+    from specopt.experiments import nonlinear_preconditioner
+
+    monkeypatch.setitem(nonlinear_preconditioner.QUOTED, "eps", 6.2e-4)  # 7 % above the fit
+    report = EXPERIMENTS["nonlinear-preconditioner"](tmp_path, quick=True, progress=False).read_text()
+    assert "is **corrected**" in report
 
 
 def test_constraints_experiment_tunes_every_arm_alike_and_projected_runs_stay_feasible(tmp_path):
@@ -79,6 +88,12 @@ def test_heavy_tails_experiment_runs_every_method_and_the_proximal_ones_never_di
     wins = sum(final[(*c, "prox-storm")] + max(sd[(*c, "prox-storm")], sd[(*c, "prox-momentum")])
                < final[(*c, "prox-momentum")] for c in light)
     assert f"by more than the seed spread in {wins} of {len(light)} cells" in report
+    verdict = "holds" if 2 * wins >= len(light) else "not reproduced"
+    assert f"**STORM is faster when the variance is finite: {verdict}.**" in report
+    heavy = [c for c in cells if float(c[2]) < 2]
+    holds = all(final[(*c, "prox-momentum")] < final[(*c, "sgd")] for c in heavy) and all(
+        r["diverged"].startswith("0/") for r in rows if r["method"] == "prox-momentum" and float(r["alpha"]) < 2)
+    assert f"**Bounded preconditioner, no clipping: {'holds' if holds else 'not reproduced'}.**" in report
 
 
 def test_heavy_tails_gives_every_method_the_same_number_of_gradients(monkeypatch):
@@ -181,13 +196,23 @@ def test_norm_control_bounds_hold_where_they_bind_and_adamw_drifts(tmp_path):
 
 
 def test_msign_maps_match_the_documented_bands(tmp_path):
-    rows, _ = run_quick("msign", tmp_path)
+    rows, report = run_quick("msign", tmp_path)
+    assert "**Confirmed**" in report and "lie inside the scalar band (within 0.001) at 23 of 23 iterations" in report
     last = {r["method"]: r for r in rows if r["iteration"] == ("5" if r["method"] != "svd" else "1")}
     assert abs(float(last["polar_express"]["band_min"]) - 0.8466) < 1e-3
     assert abs(float(last["newton_schulz"]["band_min"]) - 0.4705) < 1e-3
     for r in rows:  # the matrix's singular values stay inside the scalar band
         assert float(r["band_min"]) - 1e-3 <= float(r["matrix_min"])
         assert float(r["matrix_max"]) <= float(r["band_max"]) + 1e-3
+
+
+def test_msign_experiment_can_refute_its_claim(tmp_path, monkeypatch):
+    """A negative tolerance puts every iteration outside the band: the verdict must turn."""
+    from specopt.experiments import msign_maps
+
+    monkeypatch.setattr(msign_maps, "TOLERANCE", -0.01)
+    report = EXPERIMENTS["msign"](tmp_path, quick=True, progress=False).read_text()
+    assert "**Refuted**" in report and "at 0 of 23 iterations (outside: newton_schulz iteration 1" in report
 
 
 def test_bpm_experiment_claim(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -35,7 +37,7 @@ def check_positive(value, name: str) -> float:
 def check_number(value, name: str, low: float = 0.0, high: float = float("inf"), *, low_open: bool = False,
                  high_open: bool = False) -> float:
     """A finite real in the interval [low, high] (ends open where asked), returned as float."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # numpy's reals too
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
         ok = ok and abs(value) != float("inf")

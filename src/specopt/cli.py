@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import re
 import sys
@@ -25,7 +26,9 @@ from typer.core import TyperCommand
 
 from specopt import registry
 from specopt.tasks import TASKS, DataError
+from specopt.tasks.base import MAX_SEED
 from specopt.training import (
+    OUTPUT_MARKER,
     RESUME_UPDATES,
     SCHEDULES,
     RunConfig,
@@ -33,6 +36,8 @@ from specopt.training import (
     check_new_run_dir,
     check_parallel,
     load_config,
+    output_dir,
+    preflight,
     train,
 )
 
@@ -114,7 +119,7 @@ def _with_listings(listings):
 
 Task = Annotated[str, typer.Option(help=f"task: {', '.join(TASKS)}")]
 Steps = Annotated[int, typer.Option(min=1, help="training steps")]
-Seed = Annotated[int, typer.Option(min=0, help="seed of data order and initialisation")]
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="seed of data order and initialisation")]
 Size = Annotated[str | None, typer.Option(help="char-gpt size: tiny, small, medium")]
 Data = Annotated[Path | None, typer.Option(help="your data: a text file (char-gpt), an MNIST CSV or a CIFAR-10 "
                                             "directory (cnn, mlp, logreg)")]
@@ -122,8 +127,22 @@ Width = Annotated[int | None, typer.Option(min=1, help="model width (char-gpt n_
 ValEvery = Annotated[int, typer.Option(min=1, help="validate every K steps")]
 CkptEvery = Annotated[int, typer.Option(min=1, help="checkpoint every K steps")]
 Schedule = Annotated[str, typer.Option(help=f"lr schedule: {', '.join(SCHEDULES)}")]
-Lr = Annotated[float | None, typer.Option(min=0.0, help="learning rate (default: the optimizer's)")]
-Momentum = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="momentum β")]
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a positive finite number, got {value}")
+    return value
+
+
+def _momentum(value: float | None) -> float | None:
+    if value is not None and not 0 <= value < 1:
+        raise typer.BadParameter(f"must be in [0, 1), got {value}")
+    return value
+
+
+Lr = Annotated[float | None, typer.Option(callback=_positive, help="learning rate, > 0 (default: the optimizer's)")]
+Momentum = Annotated[float | None, typer.Option(callback=_momentum, help="momentum β, in [0, 1)")]
 WeightDecay = Annotated[float | None, typer.Option(min=0.0, help="weight decay")]
 Radius = Annotated[float | None, typer.Option(min=0.0, help="hidden-layer radius ρ (other roles "
                                               "keep their ratio)")]
@@ -183,6 +202,12 @@ def _init_distributed() -> None:
     atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
 
 
+def _kept(out: Path, earlier: bool) -> str:
+    """What a failed or interrupted `compare` or `experiment` left in ``out``: its earlier output, if there was one
+    (:func:`~specopt.training.output_dir` puts it back)."""
+    return f"; the earlier output in {out} is kept" if earlier else ""
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(2)
@@ -199,7 +224,7 @@ def _task_options(task: str, size, data, width) -> dict:
     if data is not None:
         if task not in ("char-gpt", "cnn", "mlp", "logreg"):
             _fail(f"--data does not apply to the {task} task")
-        options["data"] = str(data)
+        options["data"] = os.path.abspath(data)  # a resumed run reads it again, from wherever it is resumed
     if width is not None:
         if task not in WIDTH_OPTION:
             _fail(f"--width applies to {', '.join(WIDTH_OPTION)}")
@@ -238,7 +263,8 @@ def train_command(
 
     --steps N with --resume makes N the run's total: the lr schedule is recomputed as if planned for N steps.
 
-    Exit codes: 0 done, 1 the loss diverged (NaN/Inf), 2 a bad input.
+    Exit codes: 0 done, 1 the loss diverged (NaN/Inf), 2 a bad input or a file that cannot be read or written (a
+    full disk), 130 interrupted.
     """
     given = [name for name in ctx.params if _given(ctx, name)]
     worker = "LOCAL_RANK" in os.environ  # a process started by torchrun
@@ -256,8 +282,9 @@ def train_command(
                             checkpoint_every=checkpoint_every, schedule=schedule, batch_schedule=batch_schedule,
                             parallel=parallel, closure=closure)
             cfg.validate()
-            if nproc > 1:
+            if nproc > 1 and not worker:  # refused once here, not by every rank
                 check_parallel(optimizer, parallel)
+                preflight(cfg, world=nproc)
             if not worker:  # torchrun's workers: rank 0 checks inside train(), the others must not race it
                 check_new_run_dir(out, overwrite)
     except (ValueError, FileNotFoundError) as e:
@@ -324,7 +351,7 @@ def _resume_updates(resume: Path, given: list[str], values: dict) -> dict:
         recorded[key] = cfg.hparams.get(key)
     if cfg.task == "char-gpt":
         recorded["size"] = cfg.task_options.get("size", "tiny")
-        recorded["width"] = cfg.task_options.get("n_embd") or SIZES[recorded["size"]].n_embd
+        recorded["width"] = cfg.task_options.get("n_embd") or getattr(SIZES.get(recorded["size"]), "n_embd", None)
     else:
         recorded["size"] = None
         recorded["width"] = cfg.task_options.get("width", {"mlp": 256, "cnn": 32}.get(cfg.task))
@@ -373,13 +400,15 @@ def compare_command(
 ) -> None:
     """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv; with --seeds,
     once per seed and the spread: report.md, summary.csv, spread.png."""
-    from specopt.compare import compare, summary_table
+    from specopt.compare import compare, run_config, summary_table
     from specopt.compare_seeds import check_seeds, compare_seeds, table
 
-    names = [n.strip() for n in optimizers.split(",") if n.strip()]
-    unknown = [n for n in names if n not in registry.optimizer_names()]
-    if not names or unknown:
-        _fail(f"unknown optimizer(s) {unknown}; valid optimizers: {', '.join(registry.optimizer_names())}")
+    names = [n.strip() for n in optimizers.split(",")]
+    unknown = [n for n in names if n and n not in registry.optimizer_names()]
+    if unknown or not all(names):
+        problem = (f"unknown optimizer(s) {', '.join(unknown)}" if unknown else
+                   f"--optimizers {optimizers!r} has an empty name")
+        _fail(f"{problem}; valid optimizers: {', '.join(registry.optimizer_names())}")
     base = RunConfig(task=task, steps=steps, seed=seed, task_options=_task_options(task, size, data, width),
                      hparams={} if gram is None else {"gram": gram}, val_every=min(val_every, steps),
                      checkpoint_every=steps, schedule=schedule, closure=closure)
@@ -389,21 +418,28 @@ def compare_command(
             _fail(f"--seeds does not go with {'--sweep (a sweep picks each lr on one seed)' if sweep else '--seed'}; "
                   "run them apart")
         try:
-            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-            check_seeds(seed_list)
+            seed_list = [int(s) for s in seeds.split(",")]
         except ValueError:
-            _fail(f"--seeds takes at least two different non-negative integers, comma-separated, got {seeds!r}")
+            _fail(f"--seeds takes comma-separated integers in [0, {MAX_SEED}], got {seeds!r}")
+        try:
+            check_seeds(seed_list)
+        except ValueError as e:
+            _fail(f"--seeds {seeds}: {e}")
+    earlier = (out / OUTPUT_MARKER).is_file()
     try:
         base.validate()
-        check_new_run_dir(out, overwrite=True, what="report directory")
-        if seed_list is not None:
-            rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo)
-        elif (out / "summary.csv").exists() or (out / "spread.png").exists():
-            _fail(f"{out} holds a comparison over seeds (summary.csv, spread.png); choose another --out")
-        else:
-            runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
+        for name in names:  # every run checked before the directory's earlier report is replaced
+            preflight(run_config(base, name))
+        with output_dir(out, "compare --seeds" if seed_list is not None else "compare", what="report directory"):
+            if seed_list is not None:
+                rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo)
+            else:
+                runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
-        _fail(str(e))
+        _fail(f"{e}{_kept(out, earlier)}")
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: no report written{_kept(out, earlier)}", err=True)
+        raise typer.Exit(130) from None
     if seed_list is not None:
         typer.echo("\n" + table(rows))
         typer.echo(f"\nreport: {out / 'report.md'}\nplot:   {out / 'spread.png'}\ndata:   {out / 'summary.csv'}")
@@ -438,11 +474,15 @@ def experiment_command(
     if name not in EXPERIMENTS:
         _fail(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
     out = out or Path("runs/experiments") / name
+    earlier = (Path(out) / OUTPUT_MARKER).is_file()
     try:
-        check_new_run_dir(out, overwrite=True, what="output directory")
-        report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
+        with output_dir(out, f"experiment {name}"):
+            report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
     except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
-        _fail(str(e))
+        _fail(f"{e}{_kept(out, earlier)}")
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: no report written{_kept(out, earlier)}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"report: {report}")
 
 
@@ -471,6 +511,10 @@ def main() -> None:
     (``SPECOPT_TRACEBACK=1`` shows it)."""
     try:
         app()
+    except SystemExit as e:
+        if "LOCAL_RANK" in os.environ:  # a torchrun worker
+            _exit_worker(e.code)
+        raise
     except Exception as e:
         if os.environ.get("SPECOPT_TRACEBACK"):
             raise
@@ -480,7 +524,24 @@ def main() -> None:
         else:
             typer.secho(f"error: {type(e).__name__}: {_first_line(e)} (an unexpected failure; SPECOPT_TRACEBACK=1 "
                         "shows where)", fg="red", err=True)
+        if "LOCAL_RANK" in os.environ:
+            _exit_worker(1)
         sys.exit(1)
+
+
+def _exit_worker(code) -> None:
+    """End a torchrun worker with its exit code and nothing after: its process group ended, its output flushed,
+    then ``os._exit``. An interpreter exit could abort in native teardown ("terminate called without an active
+    exception", now and then, after the run had finished) and turn the worker's code into the launcher's failure."""
+    import torch.distributed as dist
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def _out_of_memory(e: BaseException) -> bool:

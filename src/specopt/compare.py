@@ -26,11 +26,32 @@ from specopt.training import CSV_FIELDS, RunConfig, preflight, read_metrics, tra
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
+def _reset_peak_memory() -> None:
+    """Start the process's peak-RSS count afresh (Linux: ``clear_refs`` 5): a process forked from the forkserver
+    starts with the server's peak, the same for every run."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_memory_mib() -> float:
+    """Peak RSS since :func:`_reset_peak_memory` (``VmHWM``); where there is no /proc, the process's whole peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+
+
 def _child(cfg_dict: dict, out: str, progress: bool, queue) -> None:
     try:
+        _reset_peak_memory()
         result = train(RunConfig(**cfg_dict), out, progress=progress)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
-        queue.put({"ok": True, "elapsed_s": result.elapsed_s, "diverged": result.diverged, "peak_MiB": peak})
+        queue.put({"ok": True, "elapsed_s": result.elapsed_s, "diverged": result.diverged,
+                   "peak_MiB": _peak_memory_mib()})
     except Exception as e:  # reported by the parent with the run's name
         queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
@@ -61,7 +82,7 @@ def run_isolated(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
     return info
 
 
-def _run_config(base: RunConfig, name: str, lr: float | None = None) -> RunConfig:
+def run_config(base: RunConfig, name: str, lr: float | None = None) -> RunConfig:
     """``base`` for optimizer ``name``: the shared hyperparameters it takes (``--gram`` is not AdamW's), and ``lr``."""
     shared = {k: v for k, v in base.hparams.items() if k in registry.TAKES[name]}
     return replace(base, optimizer=name, hparams={**shared, **({"lr": lr} if lr else {})})
@@ -94,7 +115,7 @@ def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: b
     if twice:
         raise ValueError(f"{', '.join(twice)} listed more than once: each optimizer is one row of the report")
     for name in optimizers:
-        preflight(_run_config(base, name))
+        preflight(run_config(base, name))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
@@ -103,7 +124,7 @@ def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: b
         candidates = []
         for lr in lrs:
             tag = name if lr is None else f"{name}_lr{lr:.3g}"
-            cfg = _run_config(base, name, lr)
+            cfg = run_config(base, name, lr)
             log(f"[{name}] {'lr ' + format(lr, '.3g') if lr else 'defaults'} → {out / tag}")
             info = run_isolated(cfg, out / tag, progress)
             candidates.append(_summarise(name, tag, out / tag, info))

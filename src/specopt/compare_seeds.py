@@ -17,6 +17,7 @@ from pathlib import Path
 
 from specopt.compare import compare
 from specopt.experiments.common import mean_sd, pyplot, save_figure, write_csv
+from specopt.tasks.base import check_seed
 from specopt.training import RunConfig
 
 SINGLE_SEED_OUTPUTS = ("summary.json", "metrics.csv", "loss.png")
@@ -24,11 +25,14 @@ SINGLE_SEED_OUTPUTS = ("summary.json", "metrics.csv", "loss.png")
 
 
 def check_seeds(seeds: list[int]) -> None:
-    """At least two different non-negative integer seeds."""
-    if (len(seeds) < 2 or len(set(seeds)) != len(seeds)
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise ValueError(f"a comparison over seeds needs at least two different non-negative integer seeds, "
-                         f"got {seeds}")
+    """At least two seeds, each listed once, each a valid seed (:func:`specopt.tasks.base.check_seed`)."""
+    for seed in seeds:
+        check_seed(seed)
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"seed(s) {', '.join(map(str, twice))} listed more than once: each seed is one comparison")
+    if len(seeds) < 2:
+        raise ValueError(f"a comparison over seeds needs at least two seeds, got {seeds}")
 
 
 def compare_seeds(base: RunConfig, optimizers: list[str], out: str | Path, seeds: list[int], *,

@@ -29,6 +29,7 @@ optimizer instance is a compilation of its own, under the same limit.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch.optim import Optimizer
@@ -244,6 +245,9 @@ class GeometryOptimizer(Optimizer):
                                  "LR scheduler's peak, or a write to param_groups, raised it")
 
     def _validate_group(self, group: dict) -> None:
+        for key in ("lr", "weight_decay"):  # a numpy scalar as a float: state_dict() must load with weights_only
+            if isinstance(group[key], numbers.Real) and type(group[key]) not in (int, float, bool):
+                group[key] = float(group[key])
         check_lr(group["lr"])
         validate_momentum(group["momentum"])
         check_number(group["weight_decay"], "weight_decay")

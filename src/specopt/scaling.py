@@ -64,10 +64,17 @@ def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: floa
     r = target_tokens / tokens
     factor = r**TOKENS_EXPONENT
     per_step = factor * batch * seq
+    if per_step < 1:
+        raise ValueError(f"the transferred batch holds less than one token per step (B1·S1 = {per_step:.3g}): "
+                         f"target_tokens ({target_tokens:g}) is too far below the base budget ({tokens:g})")
     if seq_choices is not None:
         seq_choices = tuple(_positive_int(s, "each of seq_choices") for s in seq_choices)
     seqs = seq_choices or tuple(s for s in (seq // 2, seq, seq * 2) if s >= 1)
-    choices = tuple((max(1, power_of_two(per_step / s)), s) for s in seqs)
+    choices = tuple((power_of_two(per_step / s), s) for s in seqs if power_of_two(per_step / s) >= 1)
+    if not choices:
+        raise ValueError(f"the transferred {per_step:,.0f} tokens per step are less than one sequence of any length "
+                         f"offered ({', '.join(map(str, seqs))}): target_tokens ({target_tokens:g}) is too far below "
+                         f"the base budget ({tokens:g}) for batches of whole sequences")
     return Transfer(ratio=r, tokens_per_step=per_step, tokens_factor=factor, step_size=lr * r**STEP_EXPONENT,
                     choices=choices)
 

@@ -30,6 +30,7 @@ DistributedDataParallel, ``"fsdp"`` shards it with FSDP2's ``fully_shard``; rank
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -49,6 +50,8 @@ from specopt import checkpoint, registry
 from specopt.estimators import MOMENTUM_SCHEDULES
 from specopt.scaling import batch_size_schedule
 from specopt.tasks import DataError, get_task
+from specopt.tasks.base import check_seed
+from specopt.tasks.data import fingerprint
 
 SCHEDULES = ("constant", "linear-decay")
 BATCH_SCHEDULES = ("constant", "bst")
@@ -94,6 +97,7 @@ class RunConfig:
             raise ValueError(f"unknown batch schedule {self.batch_schedule!r}; valid: {', '.join(BATCH_SCHEDULES)}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"unknown parallel mode {self.parallel!r}; valid: {', '.join(PARALLEL)}")
+        check_seed(self.seed)
         if not 0 <= self.decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         registry.resolve(self.optimizer, self.hparams)
@@ -180,14 +184,29 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             model = _parallelize(model, cfg.parallel)
             inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         hp, opts, sizes = _optimizers(cfg, task, inner)
+        check_split(task, sizes, world)
     except (TypeError, ValueError) as e:
         if not resume or isinstance(e, DataError):  # a data file's error names that file
             raise
         raise RunError(f"{out / 'config.json'}: {e}") from None
+    data = cfg.task_options.get("data")
+    if resume:
+        fixed = _fixed(recorded)
+        if recorded.get("data_sha256") and fingerprint(data) != recorded["data_sha256"]:
+            raise RunError(f"{data} is not the data this run started on (its SHA-256 differs from the one "
+                           f"{out / 'config.json'} records): resuming would train on other data; restore it, or "
+                           "start a new run with another --out")
+    else:
+        config = {**asdict(cfg), "hparams": hp, "unit": task.unit, "units_per_step": task.units_per_step(),
+                  "run_id": run_id}
+        if data is not None:
+            config["data_sha256"] = fingerprint(data)
+        fixed = _fixed(config)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in opts]
     start, elapsed, rows = 0, 0.0, []
     if resume:
-        start, elapsed = _resume(out, cfg, run_id, inner, opts, scheds, world, cfg.steps != recorded["steps"])
+        start, elapsed = _resume(out, cfg, run_id, fixed, inner, opts, scheds, world,
+                                 cfg.steps != recorded["steps"])
         rows = [r for r in read_metrics(out) if r["step"] <= start]
         if start >= cfg.steps:  # nothing to train: leave every file as it is
             return RunResult(out, cfg, rows if rank == 0 else [], elapsed, model=inner, start=start)
@@ -204,12 +223,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
                 updated["changes"] = changes
             _on_rank0(lambda: _write_config(out, updated))
     else:
-        config = {**asdict(cfg), "hparams": hp, "unit": task.unit, "units_per_step": task.units_per_step(),
-                  "run_id": run_id}
         _on_rank0(lambda: _start_run_dir(out, config, overwrite))
     if world > 1:
         dist.barrier()
-    identity = _identity(cfg, run_id, opts)
+    identity = _identity(cfg, run_id, opts, fixed)
     distributed_checkpoint = world > 1 or (out / "checkpoint" / ".metadata").exists()
     writer = _MetricsWriter(out, rows) if rank == 0 else None
     bar = _progress(cfg, start, progress and rank == 0)
@@ -255,12 +272,18 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             rate = {f"{task.unit}/s": f"{row['throughput']:.0f}"}
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{row['lr']:.2e}", **rate)
         if (step + 1) % cfg.checkpoint_every == 0 or last:
-            if distributed_checkpoint:
-                checkpoint.save(out / "checkpoint", inner, opts, extra={
-                    "step": step + 1, "elapsed_s": elapsed, "schedulers": [s.state_dict() for s in scheds],
-                    "run": identity})
-            else:
-                save_checkpoint(out, model, opts, scheds, step + 1, elapsed, run=identity)
+            try:
+                if distributed_checkpoint:
+                    checkpoint.save(out / "checkpoint", inner, opts, extra={
+                        "step": step + 1, "elapsed_s": elapsed, "schedulers": [s.state_dict() for s in scheds],
+                        "run": identity})
+                else:
+                    save_checkpoint(out, model, opts, scheds, step + 1, elapsed, run=identity)
+            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+                path = out / ("checkpoint" if distributed_checkpoint else "checkpoint.pt")
+                kept = (f"; its last checkpoint is kept: --resume {out} continues from it once there is room"
+                        if path.exists() else "")
+                raise RunError(_cannot_write(path, e) + kept) from None
     if bar is not None:
         bar.close()
     if writer is not None:
@@ -309,6 +332,18 @@ def _shard_batch(batch, rank: int, world: int):
     return sliced if isinstance(batch, (tuple, list)) else sliced[0]
 
 
+def check_split(task, sizes: list[int] | None, world: int) -> None:
+    """Every batch of the run splits evenly over ``world`` ranks (checked before anything is written)."""
+    if world == 1:
+        return
+    batch = task.batch(0)
+    first = (batch if isinstance(batch, (tuple, list)) else (batch,))[0].shape[0]
+    for n in sorted({first, *(sizes or [])}):
+        if n % world:
+            raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; pick a batch size "
+                             "that is a multiple of --nproc")
+
+
 def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
     if world > 1:
         loss = loss.clone()
@@ -317,13 +352,15 @@ def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
     return float(loss)
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Raise the ``ValueError`` that :func:`train` would raise for ``cfg`` before its first step (the task, the
-    optimizer and its hyperparameters, the batch schedule, the closure), without writing anything: a comparison
-    checks every run before it starts the first."""
+def preflight(cfg: RunConfig, world: int = 1) -> None:
+    """Raise the ``ValueError`` that :func:`train` would raise for ``cfg`` on ``world`` ranks before its first step
+    (the task, the optimizer and its hyperparameters, the batch schedule and its split over the ranks, the closure),
+    without writing anything: a comparison checks every run before it starts the first, the command a distributed
+    run before it launches the ranks."""
     cfg.validate()
     task = get_task(cfg.task, seed=cfg.seed, **cfg.task_options)
-    _optimizers(cfg, task, task.build_model())
+    _, _, sizes = _optimizers(cfg, task, task.build_model())
+    check_split(task, sizes, world)
 
 
 def _optimizers(cfg: RunConfig, task, model: torch.nn.Module) -> tuple[dict, list, list[int] | None]:
@@ -371,12 +408,17 @@ def _progress(cfg: RunConfig, start: int, enabled: bool):
 # --- run directories -------------------------------------------------------------------------------------------
 
 
-def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directory") -> None:
+def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directory", *,
+                      output: bool = False) -> None:
     """Refuse a place a new run cannot be written into, before anything is built or written: ``out`` is a file,
-    lies under a file or in a directory that cannot be written, or (without ``overwrite``) is a directory that
-    is not empty. ``what`` names the directory in the messages."""
+    lies under a file or in a directory that cannot be written, holds the output of `specopt compare` or
+    `specopt experiment` (unless ``output``: the check of :func:`output_dir`), or (without ``overwrite``)
+    is a directory that is not empty. ``what`` names the directory in the messages."""
     out = Path(out)
     if out.is_dir():
+        if not output and (out / OUTPUT_MARKER).exists():
+            raise RunError(f"{what} {out} holds the output of `specopt {_marker(out)}`, not a run; choose "
+                           "another --out")
         if not overwrite:
             try:
                 names = sorted(p.name for p in out.iterdir())
@@ -384,8 +426,12 @@ def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directo
                 raise RunError(f"cannot read the {what} {out}: {_reason(e)}") from None
             if names:
                 shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-                raise RunError(f"{what} {out} is not empty (it holds {shown}); continue the run in it with "
-                               f"--resume {out}, choose another --out, or pass --overwrite to replace its run")
+                saved = (out / "checkpoint.pt").exists() or (out / "checkpoint" / ".metadata").exists()
+                resume = (f"continue the run in it with --resume {out}, " if saved else
+                          "its run stopped before its first checkpoint (nothing to resume); " if
+                          "config.json" in names else "")
+                raise RunError(f"{what} {out} is not empty (it holds {shown}); {resume}choose another --out, or "
+                               "pass --overwrite to replace its run")
         if not os.access(out, os.W_OK | os.X_OK):
             raise RunError(f"cannot write in the {what} {out}: permission denied")
         return
@@ -400,6 +446,53 @@ def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directo
             return
         if parent.is_symlink():
             raise RunError(f"cannot create the {what} {out}: {parent} is a broken link")
+
+
+OUTPUT_MARKER = ".specopt-output"
+"""The file that marks a directory as the output of `specopt compare` or `specopt experiment NAME` (it holds the
+command), so that the same command may replace it and nothing else is written into it."""
+
+
+def _marker(out: Path) -> str:
+    try:
+        return (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return "?"
+
+
+@contextlib.contextmanager
+def output_dir(out: str | Path, command: str, what: str = "output directory"):
+    """``out`` for the output of ``specopt COMMAND`` (``compare``, ``compare --seeds``, ``experiment NAME``), as a
+    context: new, empty, or the output of the same command, which is replaced — moved aside while the command runs,
+    removed when it succeeds, put back when it fails or is interrupted. A directory that holds anything else (a
+    run, another command's output, files of one's own) is refused, so that nothing is overwritten or mixed."""
+    check_new_run_dir(out, overwrite=True, what=what, output=True)
+    out = Path(out)
+    aside = None
+    try:
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if names:
+            held = _marker(out) if OUTPUT_MARKER in names else None
+            if held != command:
+                shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+                holds = (f"the output of `specopt {held}`" if held else
+                         f"files that `specopt {command}` did not write ({shown})")
+                raise RunError(f"{what} {out} holds {holds}; choose another --out, or empty it first")
+            aside = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
+            os.replace(out, aside)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / OUTPUT_MARKER).write_text(command + "\n", encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"cannot prepare the {what} {out}: {_reason(e, out)}") from None
+    try:
+        yield out
+    except BaseException:
+        if aside is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(aside, out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _start_run_dir(out: Path, config: dict, overwrite: bool) -> None:
@@ -472,6 +565,16 @@ def _reason(e: OSError, path: Path | None = None) -> str:
     return reason
 
 
+def _cannot_write(path: Path, e: BaseException) -> str:
+    """Why ``path`` could not be written, with the free space where its disk is (nearly) full."""
+    text = f"cannot write {path}: {_reason(e) if isinstance(e, OSError) else _first_line(e)}"
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return text
+    return text + (f" (only {free / 2**20:.1f} MiB free on its disk)" if free < 2**30 else "")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
@@ -482,7 +585,8 @@ def _first_line(e: BaseException) -> str:
 
 _REQUIRED = {"task": str, "optimizer": str, "steps": int, "seed": int, "task_options": dict, "hparams": dict}
 _OPTIONAL = {"val_every": int, "checkpoint_every": int, "schedule": str, "decay_fraction": float,
-             "batch_schedule": str, "parallel": str, "closure": bool, "run_id": str, "changes": list}
+             "batch_schedule": str, "parallel": str, "closure": bool, "run_id": str, "changes": list,
+             "data_sha256": str}
 
 
 def _json_kind(value) -> str:
@@ -584,11 +688,30 @@ def _class_name(optimizer) -> str:
     return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
-def _identity(cfg: RunConfig, run_id: str, opts) -> dict:
+def _identity(cfg: RunConfig, run_id: str, opts, fixed: dict) -> dict:
     """What a checkpoint records of its run: the run id of config.json, the task, the optimizer's name and
-    class(es)."""
+    class(es), and the settings a resumed run keeps (:func:`_fixed`)."""
     return {"id": run_id, "task": cfg.task, "optimizer": cfg.optimizer,
-            "optimizer_classes": [_class_name(o) for o in opts]}
+            "optimizer_classes": [_class_name(o) for o in opts], "config": fixed}
+
+
+def _fixed(config: dict) -> dict:
+    """The settings of ``config.json`` that a resumed run keeps (all but :data:`RESUME_UPDATES`), as recorded."""
+    keys = [k for k in RunConfig.__dataclass_fields__ if k not in RESUME_UPDATES] + ["data_sha256"]
+    return {k: config[k] for k in keys if k in config}
+
+
+def _check_config(path: Path, record, fixed: dict) -> None:
+    """config.json's settings against those the checkpoint was saved under (checkpoints that record them)."""
+    saved = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(saved, dict):
+        return
+    changed = [f"{k} {json.dumps(fixed.get(k))} (saved with {json.dumps(saved.get(k))})"
+               for k in sorted(set(saved) | set(fixed)) if saved.get(k) != fixed.get(k)]
+    if changed:
+        raise RunError(f"{path.parent / 'config.json'} was edited after {path} was saved: its {'; '.join(changed)}; "
+                       "resuming would continue the run under settings it did not train with. Restore them, or "
+                       "start a new run with another --out")
 
 
 def save_checkpoint(out: Path, model, opts, scheds, step: int, elapsed: float, run: dict | None = None) -> None:
@@ -599,11 +722,15 @@ def save_checkpoint(out: Path, model, opts, scheds, step: int, elapsed: float, r
                "schedulers": [s.state_dict() for s in scheds], "step": step, "elapsed_s": elapsed}
     if run is not None:
         payload["run"] = run
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _load_checkpoint(out: Path) -> dict:
@@ -736,7 +863,7 @@ def _check_step(path: Path, step, cfg: RunConfig) -> None:
                        "to continue it")
 
 
-def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, world: int,
+def _resume(out: Path, cfg: RunConfig, run_id: str | None, fixed: dict, model, opts, scheds, world: int,
             steps_changed: bool) -> tuple[int, float]:
     """Check the run's checkpoint (DCP directory, or checkpoint.pt of a single-process run) against the run,
     then load it; nothing is written."""
@@ -751,6 +878,7 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, 
         _check_identity(directory, extra.get("run"), cfg, run_id, opts)
         _check_schedulers(directory, extra["schedulers"], scheds, cfg)
         _check_step(directory, extra["step"], cfg)
+        _check_config(directory, extra.get("run"), fixed)
         try:
             checkpoint.load(directory, model, opts)
             for s, state in zip(scheds, extra["schedulers"], strict=True):
@@ -774,6 +902,7 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, 
         _check_optimizers(path, ckpt["optimizers"], opts)
         _check_schedulers(path, ckpt["schedulers"], scheds, cfg)
         _check_step(path, ckpt["step"], cfg)
+        _check_config(path, ckpt.get("run"), fixed)
         try:
             model.load_state_dict(ckpt["model"])
             for o, s, so, ss in zip(opts, scheds, ckpt["optimizers"], ckpt["schedulers"], strict=True):
@@ -790,8 +919,9 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, model, opts, scheds, 
 
 
 def read_metrics(out: str | Path) -> list[dict]:
-    """The rows of ``out/metrics.jsonl`` (none if it does not exist). A last line cut short (a process stopped
-    while writing it) is dropped; any other line that is not a row is a :class:`RunError`."""
+    """The rows of ``out/metrics.jsonl`` (none if it does not exist), a null metric read as NaN. A last line cut
+    short (a process stopped while writing it) is dropped; any other line that is not a row is a
+    :class:`RunError`."""
     path = Path(out) / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -811,8 +941,12 @@ def read_metrics(out: str | Path) -> list[dict]:
             if i == len(lines) - 1:
                 break
             raise RunError(f"{path}, line {i + 1}: not a metrics row (a JSON object with a step)")
-        rows.append(row)
+        rows.append({k: math.nan if v is None and k in _FLOAT_METRICS else v for k, v in row.items()})
     return rows
+
+
+_FLOAT_METRICS = ("loss", "lr", "elapsed_s", "throughput", "val_loss")
+"""The metrics written as null where they are not finite (a diverged step), read back as NaN."""
 
 
 class _MetricsWriter:
@@ -828,14 +962,19 @@ class _MetricsWriter:
             self._emit(row)
 
     def _emit(self, row: dict) -> None:
-        self.jsonl.write(json.dumps(row) + "\n")
+        # JSON has no NaN or Infinity: a diverged step's values are written as null (read back as NaN)
+        self.jsonl.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                     for k, v in row.items()}, allow_nan=False) + "\n")
         self.csv.writerow({k: row.get(k, "") for k in CSV_FIELDS})
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
-        self._emit(row)
-        self.jsonl.flush()
-        self.csv_file.flush()
+        try:
+            self._emit(row)
+            self.jsonl.flush()
+            self.csv_file.flush()
+        except OSError as e:
+            raise RunError(_cannot_write(Path(self.jsonl.name), e)) from None
 
     def close(self) -> None:
         self.jsonl.close()

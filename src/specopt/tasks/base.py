@@ -7,10 +7,27 @@ order and a run resumed from a checkpoint at step k continues exactly as the uni
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
+
+MAX_SEED = 2**32 - 1
+"""The largest seed: the batches' generators are seeded with ``(seed·1000003 + step)·8 + stream``, which must fit
+torch's 64-bit seed through any run's steps."""
+
+
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] (2³² − 1), got {seed!r}")
+
+
+def positive_int(name: str, value) -> int:
+    """``value``, checked to be a positive integer (a task's size option); a ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 class Task(ABC):
@@ -25,6 +42,7 @@ class Task(ABC):
     units_per_example: int | None = None
 
     def __init__(self, seed: int = 0):
+        check_seed(seed)
         self.seed = int(seed)
 
     def generator(self, step: int, stream: int = 0) -> torch.Generator:

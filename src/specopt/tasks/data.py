@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import warnings
 from importlib import resources
@@ -26,6 +27,23 @@ def shipped(name: str) -> Path:
     if not path.is_file():
         raise DataError(f"shipped data file {path} is missing: reinstall specopt")
     return path
+
+
+def fingerprint(path: str | Path) -> str:
+    """SHA-256 of a data file's bytes, or of a data directory's files (their relative names and bytes, in name
+    order): a resumed run checks that its data is still the data it started on."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    try:
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else "").encode() + b"\0")
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read the data {path}: {e.strerror or e}") from None
+    return digest.hexdigest()
 
 
 def read_text(path: str | Path | None = None) -> str:
@@ -80,6 +98,9 @@ def load_cifar10(directory: str | Path) -> tuple[tuple[torch.Tensor, torch.Tenso
     pickled dict with ``b"data"`` (N×3072 uint8, channel-major) and ``b"labels"``. Returns
     ``((train_x, train_y), (test_x, test_y))`` with images (N, 3, 32, 32) in [0, 1]."""
     directory = Path(directory)
+    if directory.is_file():
+        raise DataError(f"{directory} is a file, but not an MNIST CSV (.csv or .csv.gz): the image tasks' --data is "
+                        "an MNIST CSV or a CIFAR-10 directory")
     if not directory.is_dir():
         raise DataError(f"CIFAR-10 directory not found: {directory}")
     train = sorted(directory.glob("data_batch_*"))

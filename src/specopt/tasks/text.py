@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from specopt.roles import param_groups
-from specopt.tasks.base import Task, init_model
+from specopt.tasks.base import Task, init_model, positive_int
 from specopt.tasks.data import DataError, read_text
 
 
@@ -128,6 +128,10 @@ class CharGPT(Task):
         if init not in INITS:
             raise ValueError(f"unknown char-gpt init {init!r}; valid inits: {', '.join(INITS)}")
         self.init = init
+        for key, value in (("n_embd", n_embd), ("n_layer", n_layer), ("batch_size", batch_size),
+                           ("block_size", block_size)):
+            if value is not None:
+                positive_int(f"char-gpt {key}", value)
         base = SIZES[size]
         n_embd = n_embd or base.n_embd
         if head_dim is None:
