@@ -3,12 +3,15 @@ tensor, the geometry by its defining property, every preset trains, exact state_
 transformers or diffusers."""
 
 import copy
+import math
 import re
 import warnings
 
 import pytest
 import torch
 from model_checks import (
+    GAMMA,
+    RHO,
     assert_one_step_geometry,
     assert_presets_train,
     assert_roles,
@@ -520,17 +523,48 @@ def test_peft_lora_adapters_step_by_gamma_rho_and_every_preset_trains():
     assert_state_dict_round_trip(lora_llama(), lm_loss)
 
 
-@pytest.mark.parametrize("kind", ["adalora", "ia3", "oft"])
+def test_peft_lora_on_expert_stacks_steps_each_experts_factors_by_gamma_rho():
+    """peft's LoRA on an MoE expert stack (``target_parameters``) packs the E experts' factors into two matrices: A
+    ``(r·E, d_in)`` holds expert e's rows e·r…, B ``(d_out, r·E)`` its columns e, E + e, … (peft reads them as
+    ``(E, r, d_in)`` and ``(d_out, r, E)``). Each expert's A_e and B_e moves by γρ in its own operator norm (read
+    as one matrix each, the experts' updates were coupled and B's scale off by √E)."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(mixtral()(), peft.LoraConfig(
+        r=2, target_modules=[], target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+        init_lora_weights=False))
+    groups = specopt.param_groups(model, msign={"method": "svd"})
+    factors = {n: p for g in groups for n, p in g["params"] if "lora_" in n}
+    assert len(factors) == 2 * 2 * 2  # 2 layers × 2 wrapped stacks × (A, B)
+    before = {n: p.detach().clone() for n, p in factors.items()}
+    opt = specopt.UScion(groups, lr=GAMMA, momentum=0.0)
+    for g in opt.param_groups:
+        g["radius"] = RHO
+    lm_loss(model).backward()
+    opt.step()
+    for name, p in factors.items():
+        delta = (p.detach() - before[name]).double()
+        per_expert = (delta.reshape(4, 2, -1) if "lora_A" in name else
+                      delta.reshape(delta.shape[0], 2, 4).permute(2, 0, 1))
+        for d in per_expert:
+            move = math.sqrt(d.shape[1] / d.shape[0]) * float(torch.linalg.matrix_norm(d, ord=2)) / (GAMMA * RHO)
+            assert abs(move - 1) < 1e-4, f"{name}: an expert's factor moved {move:.4f}·γρ"
+
+
+@pytest.mark.parametrize("kind", ["adalora", "ia3", "oft", "tokens"])
 def test_peft_adapters_kept_in_parameter_dicts_get_their_geometry_without_a_warning(kind):
     """AdaLoRA's factors are F.linear's and its singular values entry-wise, IA³'s scalings and OFT's rotation
-    generators entry-wise: none of them is read as a linear map by default (which would warn)."""
+    generators entry-wise, the rows trainable_token_indices trains rows of the token table: none of them is read as
+    a linear map by default (which would warn; Muon orthogonalised the token rows)."""
     peft = pytest.importorskip("peft")
     configs = {"adalora": lambda: peft.AdaLoraConfig(r=4, target_modules=["q_proj", "v_proj"], total_step=10),
                "ia3": lambda: peft.IA3Config(target_modules=["q_proj", "down_proj"], feedforward_modules=["down_proj"]),
-               "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=["q_proj"])}
+               "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=["q_proj"]),
+               "tokens": lambda: peft.LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2, 3])}
     model = peft.get_peft_model(llama()(), configs[kind]())
     expected = {"adalora": {r"lora_[AB]\.default$": "hidden", r"lora_E\.default$": "vector"},
-                "ia3": {r"ia3_l\.default$": "vector"}, "oft": {r"oft_R\.default\.weight$": "vector"}}[kind]
+                "ia3": {r"ia3_l\.default$": "vector"}, "oft": {r"oft_R\.default\.weight$": "vector"},
+                "tokens": {r"trainable_tokens_delta\.default$": "embedding",
+                           r"lora_[AB]\.default\.weight$": "hidden"}}[kind]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert_roles(model, expected)

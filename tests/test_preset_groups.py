@@ -117,3 +117,32 @@ def test_add_param_group_gives_dog_the_euclidean_norm_outside_muons_roles():
 def test_a_convex_combination_step_refuses_a_group_weight_decay_and_an_lr_above_one(make, message):
     with pytest.raises(ValueError, match=message):
         make(list(mlp().parameters()))
+
+
+@pytest.mark.parametrize("preset", ["Muon", "Scion", "UScion"])
+def test_plain_tensors_added_to_an_optimizer_of_named_groups_get_names_and_train(preset):
+    """Lightning's BaseFinetuning (unfreeze_and_add_param_group) and torch's idiom add a group of plain tensors; an
+    optimizer built from param_groups names its tensors, and torch refuses a mix ("all optimizer param groups should
+    be with/without names"). The added tensors get names and the geometry of their shape; the state dict
+    round-trips into an optimizer built the same way."""
+    model, block = mlp(), nn.Sequential(nn.Linear(6, 6), nn.ReLU())
+    opt = getattr(specopt, preset)(specopt.param_groups(model))
+    opt.add_param_group({"params": block.parameters(), "lr": 0.01})
+    added = [g for g in opt.param_groups if any(p is block[0].weight or p is block[0].bias for p in g["params"])]
+    assert all(n.startswith(f"param_groups[{len(specopt.param_groups(model))}]") for g in added
+               for n in g["param_names"])
+    before = block[0].weight.detach().clone()
+    block[0].weight.grad, block[0].bias.grad = torch.ones(6, 6), torch.ones(6)
+    opt.step()
+    assert not torch.equal(block[0].weight, before)
+    again = getattr(specopt, preset)(specopt.param_groups(model))
+    again.add_param_group({"params": block.parameters(), "lr": 0.01})
+    again.load_state_dict(opt.state_dict())
+    assert [g["lr"] for g in again.param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+def test_named_tensors_added_to_an_optimizer_of_plain_tensors_drop_their_names():
+    model, block = mlp(), nn.Linear(6, 6)
+    opt = specopt.Muon(list(model.parameters()))
+    opt.add_param_group({"params": list(block.named_parameters())})
+    assert all("param_names" not in g for g in opt.param_groups)

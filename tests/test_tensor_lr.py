@@ -226,3 +226,20 @@ def test_a_bad_tensor_lr_is_a_clear_error(lr, problem):
 def test_scion_refuses_a_tensor_lr_over_1_as_the_float():
     with pytest.raises(ValueError, match=r"lr must be in \[0, 1\] for Scion"):
         Scion(mlp().parameters(), lr=torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_a_numpy_scalar_lr_and_weight_decay_are_floats_in_the_groups_and_the_state_dict(dtype):
+    """torch.optim takes numpy's scalars (an HPO library's sample); specopt refused np.float32 ("must be a finite
+    number …, got np.float32(0.02)"). Held as Python floats, the state dict loads with weights_only=True."""
+    import io
+
+    import numpy as np
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    opt = specopt.Muon(specopt.param_groups(model), lr=np.dtype(dtype).type(1), weight_decay=np.dtype(dtype).type(0))
+    assert all(type(g["lr"]) is float and type(g["weight_decay"]) is float for g in opt.param_groups)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    opt.load_state_dict(torch.load(buffer, weights_only=True))

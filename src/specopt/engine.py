@@ -200,12 +200,31 @@ class GeometryOptimizer(Optimizer):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         before = len(self.param_groups)
         try:
-            for piece in self._preset_groups(dict(param_group)):
+            for piece in self._preset_groups(self._named_as_the_others(dict(param_group))):
                 super().add_param_group(piece)
                 self._checked(self.param_groups[-1])
         except Exception:
             del self.param_groups[before:]  # a refused group leaves the optimizer as it was
             raise
+
+    def _named_as_the_others(self, group: dict) -> dict:
+        """A group of plain tensors added to an optimizer whose groups name their tensors (built from
+        :func:`specopt.param_groups`) gets names ``param_groups[k][i]``, and named tensors added to one whose groups
+        do not lose theirs: torch refuses a mix, and Lightning's ``BaseFinetuning`` adds plain tensors. (Plain
+        tensors take the geometry of their shape, as in a list of tensors: ``norm="auto"``.)"""
+        params = group.get("params")
+        if not self.param_groups or params is None:
+            return group
+        listed = [params] if isinstance(params, torch.Tensor) else list(params)
+        named = "param_names" in self.param_groups[0]
+        if named and listed and all(isinstance(p, torch.Tensor) for p in listed):
+            k = len(self.param_groups)
+            group["params"] = [(f"param_groups[{k}][{i}]", p) for i, p in enumerate(listed)]
+        elif not named and listed and all(isinstance(p, tuple) and len(p) == 2 for p in listed):
+            group["params"] = [p for _, p in listed]
+        else:
+            group["params"] = listed
+        return group
 
     def _preset_groups(self, group: dict) -> list[dict]:
         """The groups a preset makes of one group it is given, in the constructor and in :meth:`add_param_group`

@@ -156,7 +156,8 @@ class Layout:
 
     ``role``: embedding, token, hidden, expert, conv, head or vector. ``transposed``: the matrix (or kernel) is
     stored ``(d_in, d_out, …)``. ``stack``: leading axes that index independent maps (experts). ``blocks``: row
-    blocks of d_out (fused q/k/v, gate/up, heads, conv groups), ``interleaved`` if row r is in block r mod k.
+    blocks of d_out (fused q/k/v, gate/up, heads, conv groups), or of d_in where ``in_blocks`` (peft's LoRA B
+    factors of an expert stack), ``interleaved`` if row (column) r is in block r mod k.
     ``kernel_dims``: spatial axes of a conv kernel. ``source``: the rule that decided. ``guessed``: a 2-D tensor no
     rule knows, not a module's ``weight``, read as ``F.linear``'s: only the module's code says whether it is a linear
     map, so :func:`classify` warns about it.
@@ -168,6 +169,7 @@ class Layout:
     stack: int = 0
     blocks: tuple[int, ...] | None = None
     interleaved: bool = False
+    in_blocks: bool = False
     kernel_dims: int = 0
     guessed: bool = False
 
@@ -175,7 +177,8 @@ class Layout:
         """``base`` (a norm on one ``(d_out, d_in)`` matrix, kernel or entry set) on this layout."""
         norm = base
         if self.blocks and len(self.blocks) > 1:
-            norm = Blocked(norm, self.blocks, self.interleaved)
+            norm = (Transposed(Blocked(Transposed(norm), self.blocks, self.interleaved)) if self.in_blocks
+                    else Blocked(norm, self.blocks, self.interleaved))
         if self.transposed:
             norm = Transposed(norm)
         if self.stack:
@@ -287,10 +290,11 @@ _PEFT_ADAPTERS = {"lora_embedding_A": ("embedding", True, "r × vocab: F.embeddi
                   "lora_A": ("hidden", False, "AdaLoRA, r × d_in: F.linear's"),
                   "lora_B": ("hidden", False, "AdaLoRA, d_out × r: F.linear's"),
                   "lora_E": ("vector", False, "AdaLoRA's singular values, r × 1: entry-wise"),
-                  "ia3_l": ("vector", False, "IA³ scaling, entry-wise")}
+                  "ia3_l": ("vector", False, "IA³ scaling, entry-wise"),
+                  "trainable_tokens_delta": ("embedding", False, "trainable_token_indices: rows of the token table")}
 """peft's adapters kept in ``nn.ParameterDict``s keyed by the adapter's name, by the dict's own name: LoRA on an
 embedding (``F.embedding(x, A.T)`` then ``· Bᵀ``: A is a token table stored transposed), AdaLoRA's factors and
-singular values, IA³'s scalings. (LoHa's and LoKr's factors are read as ``F.linear``'s, with the warning.)"""
+singular values, IA³'s scalings, the rows of the token table ``trainable_token_indices`` trains. (LoHa's and LoKr's factors are read as ``F.linear``'s, with the warning.)"""
 
 
 def _peft(module, local: str, p, parents: dict) -> Layout | None:
@@ -302,6 +306,23 @@ def _peft(module, local: str, p, parents: dict) -> Layout | None:
         return None
     role, transposed, what = _PEFT_ADAPTERS[holder[1]]
     return Layout(role, f"peft {holder[1]} ({what})", transposed=transposed)
+
+
+def _peft_expert_lora(module, local: str, p, parents: dict) -> Layout | None:
+    """peft's LoRA on an MoE expert stack (``target_parameters``, its ``ParamWrapper``): one rank-r factor pair per
+    expert, packed into two ``nn.Linear``s. A is ``(r·E, d_in)``, read as ``(E, r, d_in)``: E row blocks. B is
+    ``(d_out, r·E)``, read as ``(d_out, r, E)``: column ``i·E + e`` is expert e's, E interleaved blocks of d_in."""
+    holder = parents.get(id(module))
+    wrapper = parents.get(id(holder[0])) if holder else None
+    if local != "weight" or p.ndim != 2 or wrapper is None or wrapper[1] not in ("lora_A", "lora_B") or \
+            authored_class(wrapper[0]).__name__ != "ParamWrapper" or getattr(wrapper[0], "num_experts", 1) < 2:
+        return None
+    experts, rank = wrapper[0].num_experts, wrapper[0].r[holder[1]]
+    if wrapper[1] == "lora_A":
+        return Layout("hidden", f"peft LoRA A of {experts} experts (ParamWrapper): {experts} row blocks of r = {rank}",
+                      blocks=(rank,) * experts)
+    return Layout("hidden", f"peft LoRA B of {experts} experts (ParamWrapper): {experts} interleaved column blocks of "
+                  f"r = {rank}", blocks=(rank,) * experts, interleaved=True, in_blocks=True)
 
 
 def _litgpt_lora(module, local: str, p) -> Layout | None:
@@ -510,7 +531,8 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
         if layout is None and part != "other":
-            layout = _peft(module, local, p, parents) or _litgpt_lora(module, local, p) or known(owner, tensor, p)
+            layout = (_peft(module, local, p, parents) or _peft_expert_lora(module, local, p, parents)
+                      or _litgpt_lora(module, local, p) or known(owner, tensor, p))
             if layout is not None and part == "weight":
                 layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:

@@ -143,7 +143,7 @@ def axes_of(norm, shape: tuple) -> str:
     """Which axes of a tensor of ``shape`` the norm reads as experts (E), d_out, d_in and kernel (k)."""
     if not isinstance(norm, Norm):
         return "-"
-    parts, start, transposed, blocks, view = [], 0, False, "", tuple(shape)
+    parts, start, transposed, blocks, view, blocks_parity = [], 0, False, "", tuple(shape), None
     while True:
         if isinstance(norm, Stacked):
             parts += [f"E={i}" for i in range(start, start + norm.dims)]
@@ -153,7 +153,7 @@ def axes_of(norm, shape: tuple) -> str:
             view = norm.item_shape(view)[1]
         elif isinstance(norm, Blocked):
             n = len(norm.sizes(view[len(view) - norm.item_ndim]))
-            blocks = f" {n}{' interleaved' if norm.interleaved else ''} blocks"
+            blocks, blocks_parity = f" {n}{' interleaved' if norm.interleaved else ''} blocks", transposed
         else:
             break
         norm = norm.inner
@@ -165,6 +165,8 @@ def axes_of(norm, shape: tuple) -> str:
     first = len(shape) - rank
     out, inp = (first + 1, first) if transposed else (first, first + 1)
     kernel = f" k={','.join(str(i) for i in range(first + 2, len(shape)))}" if rank > 2 else ""
+    if blocks and blocks_parity != transposed:  # blocks taken under a transpose undone inside them: of d_in
+        blocks += " of in"
     return " ".join(parts + [f"out={out}", f"in={inp}"]) + kernel + blocks
 
 
