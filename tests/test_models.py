@@ -550,7 +550,7 @@ def test_peft_lora_on_expert_stacks_steps_each_experts_factors_by_gamma_rho():
             assert abs(move - 1) < 1e-4, f"{name}: an expert's factor moved {move:.4f}·γρ"
 
 
-@pytest.mark.parametrize("kind", ["adalora", "ia3", "oft", "tokens"])
+@pytest.mark.parametrize("kind", ["adalora", "ia3", "oft", "tokens", "boft"])
 def test_peft_adapters_kept_in_parameter_dicts_get_their_geometry_without_a_warning(kind):
     """AdaLoRA's factors are F.linear's and its singular values entry-wise, IA³'s scalings and OFT's rotation
     generators entry-wise, the rows trainable_token_indices trains rows of the token table: none of them is read as
@@ -559,12 +559,14 @@ def test_peft_adapters_kept_in_parameter_dicts_get_their_geometry_without_a_warn
     configs = {"adalora": lambda: peft.AdaLoraConfig(r=4, target_modules=["q_proj", "v_proj"], total_step=10),
                "ia3": lambda: peft.IA3Config(target_modules=["q_proj", "down_proj"], feedforward_modules=["down_proj"]),
                "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=["q_proj"]),
-               "tokens": lambda: peft.LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2, 3])}
+               "tokens": lambda: peft.LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[1, 2, 3]),
+               "boft": lambda: peft.BOFTConfig(boft_block_size=4, target_modules=["q_proj"])}
     model = peft.get_peft_model(llama()(), configs[kind]())
     expected = {"adalora": {r"lora_[AB]\.default$": "hidden", r"lora_E\.default$": "vector"},
                 "ia3": {r"ia3_l\.default$": "vector"}, "oft": {r"oft_R\.default\.weight$": "vector"},
                 "tokens": {r"trainable_tokens_delta\.default$": "embedding",
-                           r"lora_[AB]\.default\.weight$": "hidden"}}[kind]
+                           r"lora_[AB]\.default\.weight$": "hidden"},
+                "boft": {r"boft_[Rs]\.default$": "vector"}}[kind]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert_roles(model, expected)

@@ -291,10 +291,14 @@ _PEFT_ADAPTERS = {"lora_embedding_A": ("embedding", True, "r × vocab: F.embeddi
                   "lora_B": ("hidden", False, "AdaLoRA, d_out × r: F.linear's"),
                   "lora_E": ("vector", False, "AdaLoRA's singular values, r × 1: entry-wise"),
                   "ia3_l": ("vector", False, "IA³ scaling, entry-wise"),
-                  "trainable_tokens_delta": ("embedding", False, "trainable_token_indices: rows of the token table")}
+                  "trainable_tokens_delta": ("embedding", False, "trainable_token_indices: rows of the token table"),
+                  "boft_R": ("vector", False, "BOFT: generators of the butterfly rotations (Cayley of their skew "
+                             "part), entry-wise"),
+                  "boft_s": ("vector", False, "BOFT scaling, entry-wise")}
 """peft's adapters kept in ``nn.ParameterDict``s keyed by the adapter's name, by the dict's own name: LoRA on an
 embedding (``F.embedding(x, A.T)`` then ``· Bᵀ``: A is a token table stored transposed), AdaLoRA's factors and
-singular values, IA³'s scalings, the rows of the token table ``trainable_token_indices`` trains. (LoHa's and LoKr's factors are read as ``F.linear``'s, with the warning.)"""
+singular values, IA³'s scalings, the rows of the token table ``trainable_token_indices`` trains, BOFT's rotation
+generators and scalings. (LoHa's and LoKr's factors are read as ``F.linear``'s, with the warning.)"""
 
 
 def _peft(module, local: str, p, parents: dict) -> Layout | None:
@@ -302,9 +306,11 @@ def _peft(module, local: str, p, parents: dict) -> Layout | None:
     if authored_class(module).__name__ == "OFTRotationModule" and local == "weight":
         return Layout("vector", "peft OFT: skew-symmetric generators of the block rotations, entry-wise")
     holder = parents.get(id(module))
-    if not isinstance(module, nn.ParameterDict) or holder is None or p.ndim != 2 or holder[1] not in _PEFT_ADAPTERS:
+    if not isinstance(module, nn.ParameterDict) or holder is None or holder[1] not in _PEFT_ADAPTERS:
         return None
     role, transposed, what = _PEFT_ADAPTERS[holder[1]]
+    if p.ndim != 2 and role != "vector":
+        return None
     return Layout(role, f"peft {holder[1]} ({what})", transposed=transposed)
 
 
