@@ -523,6 +523,22 @@ def test_peft_lora_adapters_step_by_gamma_rho_and_every_preset_trains():
     assert_state_dict_round_trip(lora_llama(), lm_loss)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "phi3"])
+def test_peft_lora_b_of_a_fused_projection_steps_each_block_by_gamma_rho(arch):
+    """B's rows are the adapted layer's outputs: on GPT-2's fused c_attn (a Conv1D) the q, k, v, on Phi-3's qkv_proj
+    the q (32 rows) and the grouped k, v (16 each), on its gate_up_proj the gate and the up half. Each block moves
+    by γρ in its own operator norm, as the base layer's blocks do (B was one matrix, mixing q, k and v)."""
+    peft = pytest.importorskip("peft")
+    targets, blocks = {"gpt2": (["c_attn", "c_fc"], {r"c_attn\.lora_B": 3}),
+                       "phi3": (["qkv_proj", "gate_up_proj"], {r"qkv_proj\.lora_B": (32, 16, 16),
+                                                               r"gate_up_proj\.lora_B": 2})}[arch]
+    model = peft.get_peft_model({"gpt2": gpt2, "phi3": phi3}[arch]()(), peft.LoraConfig(
+        r=4, target_modules=targets, init_lora_weights=False, fan_in_fan_out=arch == "gpt2"))
+    assert_one_step_geometry(model, lm_loss, blocks)
+    layouts = specopt.layouts.classify(model)[0]
+    assert all(layouts[name][0].blocks for name in layouts if any(re.search(b, name) for b in blocks))
+
+
 def test_peft_lora_on_expert_stacks_steps_each_experts_factors_by_gamma_rho():
     """peft's LoRA on an MoE expert stack (``target_parameters``) packs the E experts' factors into two matrices: A
     ``(r·E, d_in)`` holds expert e's rows e·r…, B ``(d_out, r·E)`` its columns e, E + e, … (peft reads them as

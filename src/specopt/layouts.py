@@ -314,6 +314,16 @@ def _peft(module, local: str, p, parents: dict) -> Layout | None:
     return Layout(role, f"peft {holder[1]} ({what})", transposed=transposed)
 
 
+def _lora_b_place(module, local: str, parents: dict):
+    """Where the layer a peft LoRA B factor adapts sits, ``(owner, name)``: B's rows are that layer's outputs, so
+    they take its row blocks (the q, k, v of a fused ``c_attn``, the gate and up of a ``gate_up_proj``)."""
+    holder = parents.get(id(module))
+    wrapper = parents.get(id(holder[0])) if holder and local == "weight" else None
+    if wrapper is None or wrapper[1] != "lora_B" or not hasattr(wrapper[0], "base_layer"):
+        return None
+    return parents.get(id(wrapper[0]))
+
+
 def _peft_expert_lora(module, local: str, p, parents: dict) -> Layout | None:
     """peft's LoRA on an MoE expert stack (``target_parameters``, its ``ParamWrapper``): one rank-r factor pair per
     expert, packed into two ``nn.Linear``s. A is ``(r·E, d_in)``, read as ``(E, r, d_in)``: E row blocks. B is
@@ -552,7 +562,8 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.blocks is None and not layout.source.startswith("declared"):
             if layout.role == "hidden":
-                layout = _fused(layout, name, module, parents.get(id(module)), p, parents)
+                layout = _fused(layout, name, module, _lora_b_place(module, local, parents)
+                                or parents.get(id(module)), p, parents)
             elif layout.role in ("expert", "conv"):
                 layout = _chunked_output(layout, parents.get(id(module)), p, parents)
         out[name] = (layout, p, module, parents.get(id(module)))
