@@ -210,6 +210,38 @@ def test_an_experiment_that_fails_or_is_interrupted_leaves_the_earlier_output_as
     assert [p.name for p in tmp_path.iterdir()] == ["msign"]  # nothing left beside it
 
 
+def test_an_interrupted_comparison_resumes_keeping_the_runs_it_finished(tmp_path, monkeypatch):
+    """A family comparison over seeds runs for half an hour: Ctrl-C in its last run must not cost the others. The
+    same command with --resume keeps every finished run of the same configuration, runs the rest, and writes the
+    report the uninterrupted command writes."""
+    from specopt import compare
+
+    args = ["compare", *TINY, "--optimizers", "adamw,scion,muon", "--steps", 3, "--val-every", 3]
+    assert invoke(*args, "--out", tmp_path / "straight").exit_code == 0
+    real, ran = compare.run_isolated, []
+
+    def interrupted_at_muon(cfg, out, progress=True):
+        ran.append(cfg.optimizer)
+        if cfg.optimizer == "muon" and len(ran) == 3:
+            raise KeyboardInterrupt
+        return real(cfg, out, progress)
+
+    monkeypatch.setattr(compare, "run_isolated", interrupted_at_muon)
+    result = invoke(*args, "--out", tmp_path / "cut")
+    assert result.exit_code == 130 and "the same command with --resume continues it" in result.output
+    result = invoke(*args, "--out", tmp_path / "cut", "--resume")
+    assert result.exit_code == 0, result.output
+    assert ran == ["adamw", "scion", "muon", "muon"] and "(finished before: kept)" in result.output
+    final = {name: json.loads((tmp_path / d / "summary.json").read_text())
+             for name, d in (("straight", "straight"), ("cut", "cut"))}
+    for optimizer in ("adamw", "scion", "muon"):
+        assert final["cut"][optimizer]["final_val"] == final["straight"][optimizer]["final_val"]
+    result = invoke(*args, "--steps", 4, "--out", tmp_path / "cut", "--resume")  # another configuration: all run
+    assert result.exit_code == 0 and "(finished before: kept)" not in result.output
+    result = invoke(*args, "--out", tmp_path / "nothing", "--resume")
+    assert result.exit_code == 2 and "holds none" in result.output
+
+
 def test_a_report_is_kept_when_the_comparison_replacing_it_is_refused(tmp_path):
     out = tmp_path / "report"
     assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", out).exit_code == 0

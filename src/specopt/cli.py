@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -202,10 +203,24 @@ def _init_distributed() -> None:
     atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
 
 
-def _kept(out: Path, earlier: bool) -> str:
+def _kept(out: Path, earlier: bool, resumable: bool = False) -> str:
     """What a failed or interrupted `compare` or `experiment` left in ``out``: its earlier output, if there was one
-    (:func:`~specopt.training.output_dir` puts it back)."""
-    return f"; the earlier output in {out} is kept" if earlier else ""
+    (:func:`~specopt.training.output_dir` puts it back), or (a comparison) the runs it finished."""
+    if earlier:
+        return f"; the earlier output in {out} is kept"
+    if resumable and (Path(out) / OUTPUT_MARKER).is_file():
+        return f"; the runs it finished are in {out}: the same command with --resume continues it"
+    return ""
+
+
+def _resumed_output(out: Path, command: str):
+    """``--resume``: ``out`` must hold the output of the same command; it is continued in place."""
+    held = (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip() if (out / OUTPUT_MARKER).is_file() else None
+    if held != command:
+        raise RunError(f"--resume continues the output of `specopt {command}` in --out, and {out} "
+                       + (f"holds that of `specopt {held}`" if held else "holds none") + "; leave out --resume to "
+                       "start one")
+    return contextlib.nullcontext(out)
 
 
 def _fail(message: str) -> None:
@@ -397,6 +412,8 @@ def compare_command(
     seeds: Annotated[str | None, typer.Option(
         help="comma-separated seeds (e.g. 0,1,2): the comparison once per seed in OUT/seed<S>, and the mean ± sd "
              "of each optimizer's final loss and step ratio in OUT/report.md, summary.csv, spread.png")] = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted comparison in --out (the same command): "
+                                         "the runs it finished are kept, the others run")] = False,
 ) -> None:
     """Compare optimizers on one task (same seed, same data order): report.md, loss.png, metrics.csv; with --seeds,
     once per seed and the spread: report.md, summary.csv, spread.png."""
@@ -425,20 +442,22 @@ def compare_command(
             check_seeds(seed_list)
         except ValueError as e:
             _fail(f"--seeds {seeds}: {e}")
-    earlier = (out / OUTPUT_MARKER).is_file()
+    command = "compare --seeds" if seed_list is not None else "compare"
+    earlier = (out / OUTPUT_MARKER).is_file() and not resume
     try:
         base.validate()
         for name in names:  # every run checked before the directory's earlier report is replaced
             preflight(run_config(base, name))
-        with output_dir(out, "compare --seeds" if seed_list is not None else "compare", what="report directory"):
+        place = _resumed_output(out, command) if resume else output_dir(out, command, what="report directory")
+        with place:
             if seed_list is not None:
-                rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo)
+                rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo, resume=resume)
             else:
-                runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo)
+                runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo, resume=resume)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
-        _fail(f"{e}{_kept(out, earlier)}")
+        _fail(f"{e}{_kept(out, earlier, resumable=True)}")
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: no report written{_kept(out, earlier)}", err=True)
+        typer.echo(f"interrupted: no report written{_kept(out, earlier, resumable=True)}", err=True)
         raise typer.Exit(130) from None
     if seed_list is not None:
         typer.echo("\n" + table(rows))

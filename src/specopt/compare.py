@@ -1,7 +1,8 @@
 """`specopt compare`: several optimizers on one task, same seed and data order, one report.
 
 Each run happens in a fresh process (so its peak memory is its own) and writes its own run directory
-(:mod:`specopt.training`). The comparison writes ``report.md`` (table), ``loss.png`` (validation loss
+(:mod:`specopt.training`), with its result (``compare-result.json``) once it has finished: ``resume=True`` keeps a
+finished run of the same configuration (``specopt compare --resume``, after an interruption). The comparison writes ``report.md`` (table), ``loss.png`` (validation loss
 against steps and against wall time, training loss faint), ``metrics.csv`` (every row of every run, with
 an ``optimizer`` column) and ``summary.json``.
 """
@@ -21,7 +22,8 @@ from queue import Empty
 
 from specopt import registry
 from specopt.experiments.common import pyplot, save_figure
-from specopt.training import CSV_FIELDS, RunConfig, preflight, read_metrics, train
+from specopt.tasks.data import fingerprint
+from specopt.training import CSV_FIELDS, RunConfig, preflight, read_config, read_metrics, train
 
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -108,9 +110,10 @@ def _result(queue, proc, name: str) -> dict:
 
 
 def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: bool = False,
-            progress: bool = True, log=print) -> dict:
+            progress: bool = True, log=print, resume: bool = False) -> dict:
     """Run every optimizer (with a learning-rate sweep if asked) and write the report into ``out``. Every run is
-    checked (:func:`~specopt.training.preflight`) before the first starts."""
+    checked (:func:`~specopt.training.preflight`) before the first starts. ``resume``: a run that ``out`` already
+    holds, finished and with exactly this configuration (an interrupted comparison), is kept, not run again."""
     twice = sorted({name for name in optimizers if optimizers.count(name) > 1})
     if twice:
         raise ValueError(f"{', '.join(twice)} listed more than once: each optimizer is one row of the report")
@@ -125,8 +128,12 @@ def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: b
         for lr in lrs:
             tag = name if lr is None else f"{name}_lr{lr:.3g}"
             cfg = run_config(base, name, lr)
-            log(f"[{name}] {'lr ' + format(lr, '.3g') if lr else 'defaults'} → {out / tag}")
-            info = run_isolated(cfg, out / tag, progress)
+            info = finished_run(out / tag, cfg) if resume else None
+            log(f"[{name}] {'lr ' + format(lr, '.3g') if lr else 'defaults'} → {out / tag}"
+                + (" (finished before: kept)" if info else ""))
+            if info is None:
+                info = run_isolated(cfg, out / tag, progress)
+                (out / tag / RUN_RESULT).write_text(json.dumps(info))
             candidates.append(_summarise(name, tag, out / tag, info))
         best = min(candidates, key=lambda c: c["final_val"] if c["final_val"] == c["final_val"] else float("inf"))
         best["sweep"] = [{"lr": c["lr"], "final_val": c["final_val"]} for c in candidates] if sweep else None
@@ -134,6 +141,31 @@ def compare(base: RunConfig, optimizers: list[str], out: str | Path, *, sweep: b
     _steps_to_reference(runs)
     write_report(runs, base, out, sweep)
     return runs
+
+
+RUN_RESULT = "compare-result.json"
+"""What a comparison records in each run directory once the run has finished (its time, divergence and peak
+memory), so that ``--resume`` can keep the run."""
+
+
+def finished_run(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """The recorded result of the run in ``run_dir`` if it is ``cfg`` (its config.json records every setting of
+    ``cfg``, with the same data) and it finished (its result recorded, its metrics at ``cfg.steps`` or where it
+    diverged); None otherwise, and the run is trained again."""
+    try:
+        recorded = read_config(run_dir)
+        info = json.loads((run_dir / RUN_RESULT).read_text())
+        rows = read_metrics(run_dir)
+        expected = {**asdict(cfg), "hparams": registry.resolve(cfg.optimizer, cfg.hparams)}
+        data = cfg.task_options.get("data")
+        if data is not None and recorded.get("data_sha256") != fingerprint(data):
+            return None
+    except (OSError, ValueError):  # RunError and DataError are ValueErrors; JSON's error too
+        return None
+    if any(json.loads(json.dumps(v)) != recorded.get(k) for k, v in expected.items()) or not rows:
+        return None
+    complete = rows[-1]["step"] == cfg.steps or info.get("diverged")
+    return info if complete and set(info) >= {"elapsed_s", "diverged", "peak_MiB"} else None
 
 
 def _summarise(name: str, tag: str, run_dir: Path, info: dict) -> dict:

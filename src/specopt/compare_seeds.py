@@ -36,7 +36,7 @@ def check_seeds(seeds: list[int]) -> None:
 
 
 def compare_seeds(base: RunConfig, optimizers: list[str], out: str | Path, seeds: list[int], *,
-                  progress: bool = True, log=print) -> list[dict]:
+                  progress: bool = True, log=print, resume: bool = False) -> list[dict]:
     """Run :func:`~specopt.compare.compare` for every seed into ``out/seed<S>``; returns one summary row per
     optimizer (see the module docstring) after writing the report."""
     check_seeds(seeds)
@@ -47,7 +47,8 @@ def compare_seeds(base: RunConfig, optimizers: list[str], out: str | Path, seeds
     per_seed = []
     for seed in seeds:
         log(f"== seed {seed}")
-        per_seed.append(compare(replace(base, seed=seed), optimizers, out / f"seed{seed}", progress=progress, log=log))
+        per_seed.append(compare(replace(base, seed=seed), optimizers, out / f"seed{seed}", progress=progress, log=log,
+                                resume=resume))
     rows = [summarise(name, [runs[name] for runs in per_seed]) for name in optimizers]
     write(rows, base, seeds, out)
     return rows
