@@ -4,6 +4,7 @@ combinations that mean something and the ones that are refused, and the bare eng
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -447,3 +448,121 @@ def test_a_tall_matrix_gets_its_lmo_output_contiguous_as_on_the_distributed_path
     w.grad = torch.randn(33, 16, dtype=torch.bfloat16)
     opt.step()
     assert seen == [True]
+
+
+# --- slips in user parts are errors, not silently wrong steps --------------------------------------------------
+
+
+class FirstRowOnly(Momentum):
+    """A direction of the wrong, broadcastable shape: every row would step by row 0's direction."""
+    name = "first_row"
+
+    def direction(self, rec, ctx):
+        return super().direction(rec, ctx)[:1]
+
+
+class ForgetsTheBase(USCG):
+    name = "forgets_the_base"
+
+    def scale(self, records, ctx):
+        for rec in records:
+            rec.s = rec.s * 2  # and no super().scale(records, ctx)
+
+
+class PerRowScale(USCG):
+    name = "per_row_scale"
+
+    def scale(self, records, ctx):
+        super().scale(records, ctx)
+        for rec in records:
+            rec.scale = torch.full((rec.p.shape[-1],), 0.1)
+
+
+@pytest.mark.parametrize("estimator, rule, message", [
+    (FirstRowOnly(), USCG(), "direction() returned shape (1, 4)"),
+    (Momentum(), ForgetsTheBase(), "scale() did not set it"),
+    (Momentum(), PerRowScale(), "scale() set it to a tensor of shape (4,)"),
+])
+def test_a_user_parts_slip_is_an_error_and_no_weight_moves(estimator, rule, message):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6, bias=False), torch.nn.Linear(6, 3, bias=False))
+    opt = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.1}, estimator=estimator, rule=rule)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_a_norm_with_lmo_factored_but_not_lmo_factor_is_refused_when_its_class_is_made():
+    """Under DDP the owner rank computes lmo_factored and the others take the factor from lmo_factor(shape): a
+    norm defining only the first stepped 16x too far, uphill, on every rank but the owner."""
+    with pytest.raises(TypeError, match="overrides lmo_factored but not lmo_factor"):
+        class ScaledSign(specopt.Sign):  # noqa: F841
+            def lmo_factored(self, g, batch_dims=None, *, private=False):
+                return -torch.sign(g), 1.0 / 16
+
+
+def test_classes_given_for_instances_are_named():
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=re.escape("rule=USCG is the class: pass an instance, USCG()")):
+        specopt.GeometryOptimizer(model.parameters(), {"lr": 0.1}, rule=USCG)
+    with pytest.raises(ValueError, match=re.escape("estimator=Momentum is the class")):
+        specopt.GeometryOptimizer(model.parameters(), {"lr": 0.1}, estimator=Momentum)
+    with pytest.raises(ValueError, match=re.escape("norm=Spectral is the class: pass an instance, Spectral()")):
+        specopt.GeometryOptimizer([{"params": [model.weight], "norm": specopt.Spectral}], {"lr": 0.1})
+
+
+class History(USCG):
+    """A rule that keeps a list of float32 tensors in its state."""
+    name = "history"
+
+    def scale(self, records, ctx):
+        for rec in records:
+            hist = rec.state.setdefault("hist", [torch.zeros(()), torch.zeros(rec.p.shape[0])])
+            hist[0].add_(1.0)
+            hist[1].lerp_(rec.s.float().abs().mean(-1), 0.3)
+            rec.s = rec.s * (1 + hist[1].mean()).to(rec.s.dtype)
+        super().scale(records, ctx)
+
+
+def test_tensors_in_a_list_in_state_keep_their_saved_dtype_through_a_resume_of_bf16_weights():
+    """torch's load_state_dict casts every floating tensor, inside lists too, to the parameter's dtype: a float32
+    history of bf16 weights came back in bf16 and the resumed run left the straight one (6e-5)."""
+    import io
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 8, bias=False).to(torch.bfloat16)
+        return model, specopt.GeometryOptimizer(model.parameters(), {"lr": 0.01}, rule=History())
+
+    def step(model, opt, seed):
+        torch.manual_seed(seed)
+        opt.zero_grad()
+        model(torch.randn(16, 4, dtype=torch.bfloat16)).float().square().mean().backward()
+        opt.step()
+
+    model, opt = make()
+    for k in range(3):
+        step(model, opt, k)
+    twin, twin_opt = make()
+    twin.load_state_dict(model.state_dict())
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    twin_opt.load_state_dict(torch.load(buffer, weights_only=True))
+    assert [t.dtype for t in twin_opt.state[twin.weight]["hist"]] == [torch.float32, torch.float32]
+    for k in range(3, 6):
+        step(model, opt, k)
+        step(twin, twin_opt, k)
+    assert torch.equal(model.weight, twin.weight)
+
+
+class DerivedAttribute(Frobenius):
+    def __init__(self, c: float = 2.0):
+        self.c, self.c_squared = c, c * c
+
+
+def test_a_norm_that_cannot_be_rebuilt_from_its_config_says_what_its_constructor_must_take():
+    with pytest.raises(ValueError, match="constructor must take each of them as a keyword"):
+        specopt.norms.norm_from_config(DerivedAttribute().config())

@@ -243,3 +243,19 @@ def test_a_numpy_scalar_lr_and_weight_decay_are_floats_in_the_groups_and_the_sta
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     opt.load_state_dict(torch.load(buffer, weights_only=True))
+
+
+def test_a_tensor_lr_steps_as_the_float_when_msign_computes_in_bf16():
+    """msign's output is bf16 where that is the compute dtype; the tensor step γ·ρ·factor was cast to it before the
+    multiply (0.0123 → 0.01233: 0.13 % of a Muon step off the float lr's), where a float alpha is never rounded."""
+    def one_step(lr):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(16, 8)
+        before = model.weight.detach().clone()
+        opt = specopt.Muon([model.weight], lr=lr, compute_dtype=torch.bfloat16)
+        model.weight.grad = torch.randn(8, 16)
+        opt.step()
+        return model.weight.detach() - before
+
+    tensor, number = one_step(torch.tensor(0.0123)), one_step(0.0123)
+    assert float((tensor - number).abs().max() / number.abs().max()) < 1e-5  # float32's γ·ρ, not bf16's (2e-3)

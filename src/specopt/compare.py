@@ -2,9 +2,9 @@
 
 Each run happens in a fresh process (so its peak memory is its own) and writes its own run directory
 (:mod:`specopt.training`), with its result (``compare-result.json``) once it has finished: ``resume=True`` keeps a
-finished run of the same configuration (``specopt compare --resume``, after an interruption). The comparison writes ``report.md`` (table), ``loss.png`` (validation loss
-against steps and against wall time, training loss faint), ``metrics.csv`` (every row of every run, with
-an ``optimizer`` column) and ``summary.json``.
+finished run of the same configuration (``specopt compare --resume``, after an interruption). The comparison
+writes ``report.md`` (table), ``loss.png`` (validation loss against steps and against wall time, training loss
+faint), ``metrics.csv`` (every row of every run, with an ``optimizer`` column) and ``summary.json``.
 """
 
 from __future__ import annotations

@@ -77,6 +77,18 @@ def loaded_state(saved: torch.Tensor, param: torch.Tensor, fresh: torch.dtype | 
     return value.to(device=p.device)
 
 
+def _in_saved_dtypes(value, param: torch.Tensor):
+    """A list, tuple or dict of a rule's or estimator's state as saved: its tensors in their saved dtypes, on
+    ``param``'s device (torch casts every floating tensor in them to the parameter's dtype)."""
+    if isinstance(value, torch.Tensor):
+        return loaded_state(value, param)
+    if type(value) in (list, tuple):
+        return type(value)(_in_saved_dtypes(v, param) for v in value)
+    if type(value) is dict:
+        return {k: _in_saved_dtypes(v, param) for k, v in value.items()}
+    return value
+
+
 def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict) -> dict:
     """``{key: dtype}`` of the floating state tensors (with at least one dimension) that ``optimizer`` creates for
     ``param`` of ``group`` before its first step, made on the meta device (no memory; on a zero copy of the tensor
@@ -92,6 +104,33 @@ def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, gr
         state = {}
         optimizer._init_state(torch.zeros_like(local), state, group)
     return {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim}
+
+
+def _check_direction(rec: Record, estimator) -> None:
+    """An estimator's direction is a tensor of its parameter's shape (one that broadcasts would step every row by
+    one row's direction)."""
+    d = rec.d
+    if not isinstance(d, torch.Tensor) or d.shape != rec.p.shape:
+        got = f"shape {tuple(d.shape)}" if isinstance(d, torch.Tensor) else type(d).__name__
+        name = rec.name or "a parameter"
+        shape = "" if "of shape" in name else f" of shape {tuple(rec.p.shape)}"
+        raise ValueError(f"estimator {estimator.name!r}: direction() returned {got} for {name}{shape}; it must "
+                         "return a tensor of the parameter's shape")
+
+
+def _check_scale(rec: Record, rule) -> None:
+    """The rule set this record's step: ``scale`` (and ``shrink``) a number or a 0-d tensor. A rule that sets none
+    (a subclass that forgot ``super().scale(...)``) would leave the weights where they are, without a word."""
+    for key in ("scale", "shrink"):
+        value = getattr(rec, key)
+        if value is None or isinstance(value, bool) or not (
+                isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.ndim == 0)):
+            what = "did not set it" if value is None else (
+                f"set it to a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                else f"set it to {type(value).__name__}")
+            raise ValueError(f"step rule {rule.name!r}: rec.{key} of {rec.name or 'a parameter'} must be a number "
+                             f"or a 0-d tensor, and scale() {what} (a subclass must call super().scale(records, "
+                             "ctx) or set rec.scale for every record it is given)")
 
 
 def _has_int_step_counts(optimizer) -> bool:
@@ -273,6 +312,8 @@ class GeometryOptimizer(Optimizer):
         if group.setdefault("weight_decay_mode", "coupled") not in DECAY_MODES:
             raise ValueError(f"weight_decay_mode must be one of {DECAY_MODES}, got {group['weight_decay_mode']!r}")
         norm = group["norm"]
+        if isinstance(norm, type) and issubclass(norm, Norm):
+            raise ValueError(f"norm={norm.__name__} is the class: pass an instance, {norm.__name__}()")
         if not (isinstance(norm, Norm) or norm in ("auto", "adamw")):
             raise ValueError(f"norm must be a specopt Norm, a catalogue name, 'auto' or 'adamw', got {norm!r}")
         radius = group["radius"]
@@ -362,6 +403,8 @@ class GeometryOptimizer(Optimizer):
             for key, value in saved_state.items():
                 if isinstance(value, torch.Tensor) and key != "step" and key in state:
                     state[key] = loaded_state(value, param, fresh.get(key))
+                elif type(value) in (list, tuple, dict) and key in state:  # torch cast the tensors inside too
+                    state[key] = _in_saved_dtypes(value, param)
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
 
@@ -578,10 +621,13 @@ class GeometryOptimizer(Optimizer):
         """The algorithm: estimator → lmo → rule → ``W ← (1 − shrink)·W + scale·factor·s``."""
         for rec in records:
             rec.d = self.estimator.direction(rec, ctx)
+            _check_direction(rec, self.estimator)
         self.lmo(records, need_dual=self.rule.needs_dual)
         for rec in records:
             self.estimator.after_lmo(rec, ctx)
         self.rule.scale(records, ctx)
+        for rec in records:  # all checked before any weight is written
+            _check_scale(rec, self.rule)
         for rec in records:
             apply_update(rec.p, rec.s, rec.shrink, rec.scale * rec.factor, ctx.ok,
                          cautious=rec.group.get("weight_decay_mode") == "cautious")

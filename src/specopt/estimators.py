@@ -109,7 +109,8 @@ class Estimator:
         """Raise ``ValueError`` for a param group this estimator cannot serve (called at construction)."""
 
     def init_state(self, rec) -> None:
-        """Create zero state ahead of the step (torch.compile traces a step whose state exists)."""
+        """Create the zero state that ``rec.state`` is missing, ahead of the step (torch.compile traces a step whose
+        state exists). Called before every step: add only absent keys (``rec.state.setdefault``), never overwrite."""
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
@@ -212,4 +213,6 @@ def get_estimator(spec) -> Estimator:
         return spec
     if isinstance(spec, str) and spec in ESTIMATORS:
         return ESTIMATORS[spec]()
+    if isinstance(spec, type) and issubclass(spec, Estimator):
+        raise ValueError(f"estimator={spec.__name__} is the class: pass an instance, {spec.__name__}()")
     raise ValueError(f"unknown estimator {spec!r}: pass an Estimator or one of {', '.join(ESTIMATORS)}")

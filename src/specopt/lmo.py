@@ -39,7 +39,7 @@ class Record:
         self.param = p if param is None else param
         self.layout = layout or distributed.Layout(tuple(p.shape))
         self.d = self.s = self.dual = None
-        self.shrink, self.scale, self.factor = 0.0, 0.0, 1.0
+        self.shrink, self.scale, self.factor = 0.0, None, 1.0  # scale: the rule must set it
 
     def derived(self, direction: torch.Tensor) -> Record:
         """A record of the same tensor and geometry whose direction is ``direction`` (for an extra lmo, e.g. of a
@@ -168,9 +168,10 @@ class LmoRunner:
             for i, rec in enumerate(bucket):
                 D[i].copy_(rec.d)
         S, factor = norm.lmo_factored(D, batch_dims=1, private=private)
-        if S.shape != D.shape:  # broadcast into the weights, it would be a silently wrong update
-            raise ValueError(f"{type(norm).__name__}.lmo_factored returned shape {tuple(S.shape)} for a direction of "
-                             f"shape {tuple(D.shape)} ({bucket[0].name}): an lmo has its input's shape")
+        if not isinstance(S, torch.Tensor) or S.shape != D.shape:  # broadcast, a silently wrong update
+            got = f"shape {tuple(S.shape)}" if isinstance(S, torch.Tensor) else f"a {type(S).__name__}"
+            raise ValueError(f"{type(norm).__name__}.lmo_factored returned {got} for a direction of shape "
+                             f"{tuple(D.shape)} ({bucket[0].name}): it returns (tensor of its input's shape, factor)")
         # msign hands a tall matrix back transposed; the update adds it contiguous, as the DDP and FSDP2 paths do
         # (torch's bf16 add_ rounds a strided operand differently: bf16 weights then left one process's run)
         S = S.contiguous()

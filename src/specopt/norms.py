@@ -63,9 +63,10 @@ def lmo_each(norm: Norm, g: torch.Tensor, batch_dims: int | None = None) -> torc
 def _same_shape(norm: Norm, out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``out``, an lmo's output for ``g``, if it has ``g``'s shape (broadcast into the weights, another shape would
     be a silently wrong update, or a reshape error from deep inside)."""
-    if out.shape != g.shape:
-        raise ValueError(f"{type(norm).__name__}.lmo returned shape {tuple(out.shape)} for an input of shape "
-                         f"{tuple(g.shape)}: an lmo has its input's shape")
+    if not isinstance(out, torch.Tensor) or out.shape != g.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ValueError(f"{type(norm).__name__}.lmo returned {got} for an input of shape {tuple(g.shape)}: an lmo "
+                         "returns one tensor of its input's shape")
     return out
 
 
@@ -78,6 +79,14 @@ class Norm(ABC):
     #: ``item_ndim``), as every specopt norm does. A norm that leaves it False is handed one item at a time by
     #: :meth:`lmo_factored`, which the optimizers call: its ``lmo`` may be written for a single tensor.
     batched: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.lmo_factored is not Norm.lmo_factored and cls.lmo_factor is Norm.lmo_factor:
+            raise TypeError(f"{cls.__qualname__} overrides lmo_factored but not lmo_factor: a distributed step "
+                            "computes the lmo on one rank and takes its factor from lmo_factor(shape) on the others, "
+                            "so the two must agree; define lmo_factor(shape) to return the factor lmo_factored "
+                            "returns (or override lmo only)")
 
     def _dims(self, x: torch.Tensor, batch_dims: int | None, what: str) -> tuple[int, ...]:
         """Validate ``x`` and return the dims one item spans (the reduction dims)."""
@@ -654,4 +663,9 @@ def norm_from_config(config: dict) -> Norm:
                          "defines it before loading") from None
     if not (isinstance(cls, type) and issubclass(cls, Norm)):
         raise ValueError(f"{name!r} is not a specopt Norm subclass")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{qualname} cannot be rebuilt from its saved config {sorted(kwargs)} ({err}): a Norm's "
+                         "config is its public attributes, so its constructor must take each of them as a keyword; "
+                         "keep values derived from them in attributes whose names start with '_'") from None

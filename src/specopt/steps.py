@@ -108,7 +108,8 @@ class StepRule:
         """Create the rule's state of ``rec`` (``rec.p``, ``rec.group``, ``rec.state``; also called for the AdamW
         tensors) ahead of the step: every key the rule's first step does not make (state made lazily in that step is
         fine). torch.compile traces a step whose state exists, and torch.distributed.checkpoint loads only the keys a
-        new optimizer's state has after one zero step."""
+        new optimizer's state has after one zero step. Called before every step: add only absent keys
+        (``rec.state.setdefault``), never overwrite."""
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
@@ -266,6 +267,8 @@ def get_rule(spec, clip_radius: float | None = None) -> StepRule:
             raise ValueError("clip_radius goes to the rule object itself, e.g. Clipped(clip_radius=...)")
         return spec
     known = rules()
+    if isinstance(spec, type) and issubclass(spec, StepRule):
+        raise ValueError(f"rule={spec.__name__} is the class: pass an instance, {spec.__name__}()")
     if not isinstance(spec, str) or spec not in known:
         raise ValueError(f"unknown step rule {spec!r}: pass a StepRule or one of {', '.join(known)}")
     if issubclass(known[spec], Clipped):
@@ -302,12 +305,12 @@ def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tens
     if ok is not None:  # in the wider of the two dtypes, as the in-place ops below compute
         work = torch.promote_types(p.dtype, s.dtype)
         keep = 1 - shrink
-        step = scale.to(s.dtype).to(work) if isinstance(scale, torch.Tensor) else scale
+        step = scale.to(work) if isinstance(scale, torch.Tensor) else scale
         commit(p, (p.to(work) * keep + s.to(work) * step).to(p.dtype), ok)
         return
     if isinstance(shrink, torch.Tensor) or shrink != 0:
         p.mul_(1 - shrink)
-    if isinstance(scale, torch.Tensor):
-        p.addcmul_(s, scale.to(s.dtype))
+    if isinstance(scale, torch.Tensor):  # a 0-d scale of its own dtype, as a float alpha is (never rounded to s's)
+        p.addcmul_(s, scale)
     else:
         p.add_(s, alpha=scale)
