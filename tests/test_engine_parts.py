@@ -566,3 +566,42 @@ class DerivedAttribute(Frobenius):
 def test_a_norm_that_cannot_be_rebuilt_from_its_config_says_what_its_constructor_must_take():
     with pytest.raises(ValueError, match="constructor must take each of them as a keyword"):
         specopt.norms.norm_from_config(DerivedAttribute().config())
+
+
+class PolyakLike(USCG):
+    """A rule that reads the loss the closure returned: γ_k = min(lr, loss / ‖d‖_*) (Polyak with f* = 0)."""
+    name = "polyak_like"
+    needs_dual = True
+
+    def __init__(self):
+        self.seen = []
+
+    def scale(self, records, ctx):
+        self.seen.append(ctx.loss)
+        super().scale(records, ctx)
+        if ctx.loss is not None:
+            total = sum(float(rec.dual) for rec in records)
+            for rec in records:
+                rec.scale = min(float(rec.group["lr"]), float(ctx.loss) / max(total, 1e-12)) * rec.radius
+
+
+def test_a_rule_reads_the_loss_the_closure_returned():
+    X, y = classification_data()
+    model = mlp()
+    rule = PolyakLike()
+    opt = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.1}, rule=rule)
+    returned = []
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(X), y)
+        loss.backward()
+        returned.append(loss.detach())
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    assert [float(x) for x in rule.seen] == [float(x) for x in returned]
+    closure()
+    opt.step()
+    assert rule.seen[-1] is None

@@ -465,7 +465,8 @@ class GeometryOptimizer(Optimizer):
         records, aux = self._gather()
         everything = records + aux
         self.lmo.check_replicas(everything, distributed.local(self.param_groups[0]["params"][0]).device)
-        ctx = StepContext(self.lmo, aux, probed, closure is not None)
+        ctx = StepContext(self.lmo, aux, probed, closure is not None,
+                          loss=loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if traced and not self.lmo.distributed(everything) and everything:
             self._traced_step(records, ctx)
             return loss

@@ -184,7 +184,8 @@ class StepContext:
     """What a step hands its estimator and rule besides the records: ``lmo`` (the optimizer's
     :class:`LmoRunner`: ``ctx.lmo(records, need_dual)``), ``complete`` (per-tensor sums completed over shards),
     ``aux`` (the records of the AdamW tensors), ``probed`` (``id(param) →`` gradient at the probe weights, on this
-    step's batch), ``closure`` (whether the step got one) and ``ok`` (under torch.compile, the 0-d flag every write
+    step's batch), ``closure`` (whether the step got one), ``loss`` (what the closure returned, at the current
+    weights; None without one: a Polyak-type rule reads it) and ``ok`` (under torch.compile, the 0-d flag every write
     goes through: :func:`specopt.steps.commit`; None eagerly)."""
 
     lmo: LmoRunner
@@ -192,6 +193,7 @@ class StepContext:
     probed: dict = field(default_factory=dict)
     closure: bool = False
     ok: torch.Tensor | None = None
+    loss: torch.Tensor | float | None = None
 
     def complete(self, values: list, records: list[Record]) -> list:
         return self.lmo.complete(values, records)
