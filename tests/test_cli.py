@@ -242,6 +242,16 @@ def test_an_interrupted_comparison_resumes_keeping_the_runs_it_finished(tmp_path
     assert result.exit_code == 2 and "holds none" in result.output
 
 
+def test_a_comparison_written_before_the_marker_is_still_replaced_by_the_same_command(tmp_path):
+    """README's main job writes runs/compare; one written by an earlier version (no .specopt-output) is known by its
+    report's title and summary, so running the main job again replaces it rather than refusing the directory."""
+    out = tmp_path / "compare"
+    assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", out).exit_code == 0
+    (out / ".specopt-output").unlink()
+    assert invoke("compare", *TINY, "--optimizers", "scion", "--steps", 2, "--out", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["scion"]
+
+
 def test_a_report_is_kept_when_the_comparison_replacing_it_is_refused(tmp_path):
     out = tmp_path / "report"
     assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", out).exit_code == 0

@@ -460,6 +460,20 @@ def _marker(out: Path) -> str:
         return "?"
 
 
+def _unmarked_comparison(out: Path) -> str | None:
+    """The command of a comparison written before the marker existed (``runs/compare`` of an earlier version): its
+    report's title says it, and its summary is beside it."""
+    try:
+        title = (out / "report.md").read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not title.startswith("# specopt compare: "):
+        return None
+    if ", seeds " in title and (out / "summary.csv").is_file():
+        return "compare --seeds"
+    return "compare" if (out / "summary.json").is_file() else None
+
+
 @contextlib.contextmanager
 def output_dir(out: str | Path, command: str, what: str = "output directory"):
     """``out`` for the output of ``specopt COMMAND`` (``compare``, ``compare --seeds``, ``experiment NAME``), as a
@@ -472,7 +486,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory"):
     try:
         names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if names:
-            held = _marker(out) if OUTPUT_MARKER in names else None
+            held = _marker(out) if OUTPUT_MARKER in names else _unmarked_comparison(out)
             if held != command:
                 shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
                 holds = (f"the output of `specopt {held}`" if held else
