@@ -244,12 +244,17 @@ def test_an_interrupted_comparison_resumes_keeping_the_runs_it_finished(tmp_path
 
 def test_a_comparison_written_before_the_marker_is_still_replaced_by_the_same_command(tmp_path):
     """README's main job writes runs/compare; one written by an earlier version (no .specopt-output) is known by its
-    report's title and summary, so running the main job again replaces it rather than refusing the directory."""
+    report's title and summary, so running the main job again replaces it rather than refusing the directory; an
+    experiment's in its default place by its report and table."""
     out = tmp_path / "compare"
     assert invoke("compare", *TINY, "--optimizers", "adamw", "--steps", 2, "--out", out).exit_code == 0
     (out / ".specopt-output").unlink()
     assert invoke("compare", *TINY, "--optimizers", "scion", "--steps", 2, "--out", out).exit_code == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["scion"]
+    experiment = tmp_path / "experiments" / "msign"  # an experiment in its default place, runs/experiments/NAME
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", experiment).exit_code == 0
+    (experiment / ".specopt-output").unlink()
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", experiment).exit_code == 0
 
 
 def test_a_report_is_kept_when_the_comparison_replacing_it_is_refused(tmp_path):

@@ -460,9 +460,12 @@ def _marker(out: Path) -> str:
         return "?"
 
 
-def _unmarked_comparison(out: Path) -> str | None:
-    """The command of a comparison written before the marker existed (``runs/compare`` of an earlier version): its
-    report's title says it, and its summary is beside it."""
+def _unmarked_output(out: Path, command: str) -> str | None:
+    """The command of an output written before the marker existed: a comparison (``runs/compare`` of an earlier
+    version) by its report's title and its summary; an experiment in its default place, ``…/NAME``, by its report
+    and its table."""
+    if command == f"experiment {out.name}" and (out / "report.md").is_file() and (out / "results.csv").is_file():
+        return command
     try:
         title = (out / "report.md").read_text(encoding="utf-8").split("\n", 1)[0]
     except (OSError, UnicodeDecodeError):
@@ -486,7 +489,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory"):
     try:
         names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if names:
-            held = _marker(out) if OUTPUT_MARKER in names else _unmarked_comparison(out)
+            held = _marker(out) if OUTPUT_MARKER in names else _unmarked_output(out, command)
             if held != command:
                 shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
                 holds = (f"the output of `specopt {held}`" if held else
