@@ -197,3 +197,29 @@ def test_lmo_factor_is_the_factor_lmo_factored_returns(shape):
     norms = [auto_norm(shape), specopt.Blocked(specopt.Spectral(), 2) if len(shape) == 2 else auto_norm(shape)]
     for norm in norms:
         assert norm.lmo_factored(g, batch_dims=1)[1] == norm.lmo_factor(shape)
+
+
+def test_a_step_whose_parameters_with_a_gradient_differ_across_ranks_is_refused_on_every_rank(monkeypatch):
+    """Checked at every step, not only the first: DDP's find_unused_parameters leaves a layer that one rank did not
+    use without a gradient on that rank, and the split lmo's collectives then mismatch (gloo: "Received data size
+    doesn't match expected size" on one rank, a hang or a reset on the other). Simulated here: the other rank
+    reports one parameter more."""
+    from specopt import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda group=None: 2)
+
+    def other_rank_has_one_more(out, inp, group, async_op=False):
+        out.copy_(torch.cat([inp, inp + torch.tensor([1.0, 10.0], dtype=inp.dtype)]))
+
+    monkeypatch.setattr(distributed, "_all_gather", other_rank_has_one_more)
+    tensors = [torch.ones(3, 2), torch.ones(2)]
+    with pytest.raises(ValueError, match=r"differ across ranks: 2 \(8 entries\), 3 \(18 entries\) per rank"):
+        distributed.check_replicated(tensors, None, torch.device("cpu"), values=False)
+
+
+def test_a_process_group_this_rank_is_not_in_is_a_clear_error(monkeypatch):
+    from specopt import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda group=None: -1 if group is not None else 1)
+    with pytest.raises(ValueError, match="rank 1 is not a member of the process_group"):
+        distributed.replica_group(object())

@@ -87,6 +87,10 @@ def replica_group(process_group):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return dist.group.WORLD
         return None
+    if process_group is not None and dist.get_rank(process_group) < 0:
+        raise ValueError(f"rank {dist.get_rank()} is not a member of the process_group given to the optimizer: every "
+                         "rank that steps it must belong to the group (or pass process_group=None for independent "
+                         "per-rank optimizers)")
     return process_group
 
 
@@ -232,15 +236,28 @@ def any_rank(flag: bool, group, device) -> bool:
     return bool(t.item() > 0)
 
 
-def check_replicated(tensors: list[torch.Tensor], group, device: torch.device) -> None:
-    """Raise if the replicated parameters differ across ranks (the split lmo assumes they are equal): first their
-    number (every rank takes part, also one with none, so that no rank waits on a collective the others skip: e.g.
-    ZeroRedundancyOptimizer gives each rank's optimizer other parameters), then each one's size and sum."""
+def check_replicated(tensors: list[torch.Tensor], group, device: torch.device, *, values: bool = True) -> None:
+    """Raise if the replicated parameters a step updates differ across ranks (the split lmo assumes they are equal):
+    first their number and sizes (every rank takes part, also one with none, so that no rank waits on a collective
+    the others skip: e.g. ZeroRedundancyOptimizer gives each rank's optimizer other parameters; DDP's
+    ``find_unused_parameters`` leaves a layer one rank did not use without a gradient), then, with ``values``, each
+    one's sum (the weights)."""
     world = dist.get_world_size(group)
-    counts = torch.empty(world, dtype=torch.float64, device=device)
-    _all_gather(counts, torch.tensor([float(len(tensors))], dtype=torch.float64, device=device), group)
-    same = bool((counts == counts[0]).all())
-    if same and tensors:
+    counts = torch.empty(2 * world, dtype=torch.float64, device=device)
+    mine = [float(len(tensors)), float(sum(t.numel() for t in tensors))]
+    _all_gather(counts, torch.tensor(mine, dtype=torch.float64, device=device), group)
+    pairs = counts.reshape(world, 2)
+    if not bool((pairs == pairs[0]).all()):
+        shown = ", ".join(f"{int(n)} ({int(size)} entries)" for n, size in pairs.tolist())
+        raise ValueError(f"the replicated parameters this step updates differ across ranks: {shown} per rank. Every "
+                         "rank must step the same parameters: a parameter with a gradient on one rank and none on "
+                         "another (a layer one rank did not use, which DDP's find_unused_parameters leaves at None) "
+                         "breaks the split orthogonalisation; zero such gradients instead "
+                         "(optimizer.zero_grad(set_to_none=False) before the backward), or pass process_group=None "
+                         "for independent per-rank optimizers (ZeroRedundancyOptimizer gives each rank other "
+                         "parameters: optimizer_class=functools.partial(specopt.Scion, process_group=None))")
+    same = True
+    if values and tensors:
         sizes = torch.tensor([float(t.numel()) for t in tensors], dtype=torch.float64, device=device)
         mine = torch.cat([sizes, torch.stack([t.detach().double().sum() for t in tensors]).to(device)])
         out = torch.empty(world * mine.numel(), dtype=torch.float64, device=device)

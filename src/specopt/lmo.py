@@ -74,12 +74,15 @@ class LmoRunner:
         return self.replicas is not None or any(rec.layout.sharded for rec in records)
 
     def check_replicas(self, records: list[Record], device: torch.device) -> None:
-        """Once: the replicated parameters must be equal on every rank for the split lmo to be right (``device``:
-        where the check's collectives run, the same kind on every rank, also one with no records)."""
-        if self._replicas_checked or self.replicas is None:
+        """The replicated parameters must be the same on every rank for the split lmo to be right (``device``:
+        where the check's collectives run, the same kind on every rank, also one with no records): at every step
+        the same number and sizes (one small all-gather; after a first step with none, a model all sharded by
+        FSDP2, none), at the first also the same values."""
+        if self.replicas is None or self._replicas_checked is None:
             return
-        distributed.check_replicated([rec.p for rec in records if not rec.layout.sharded], self.replicas, device)
-        self._replicas_checked = True
+        replicated = [rec.p for rec in records if not rec.layout.sharded]
+        distributed.check_replicated(replicated, self.replicas, device, values=not self._replicas_checked)
+        self._replicas_checked = True if replicated or self._replicas_checked else None
 
     def complete(self, values: list, records: list[Record]) -> list:
         """Per-tensor sums over local pieces made whole-tensor sums (all-reduced over the shards of sharded
