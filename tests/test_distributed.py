@@ -223,3 +223,18 @@ def test_a_process_group_this_rank_is_not_in_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(distributed.dist, "get_rank", lambda group=None: -1 if group is not None else 1)
     with pytest.raises(ValueError, match="rank 1 is not a member of the process_group"):
         distributed.replica_group(object())
+
+
+def test_replica_values_are_compared_at_the_first_step_and_every_hundredth(monkeypatch):
+    """A model left unwrapped (no DDP) whose replicas start equal drifts apart: compared only at the first step,
+    it trained on with matrices stepped by lmo's of other ranks' momenta. Sizes every step, values every 100."""
+    from specopt import distributed, lmo
+
+    calls = []
+    monkeypatch.setattr(distributed, "replica_group", lambda group: "a group")
+    monkeypatch.setattr(distributed, "check_replicated", lambda tensors, group, device, values: calls.append(values))
+    runner = lmo.LmoRunner()
+    record = lmo.Record(torch.zeros(3, 2), torch.zeros(3, 2), {}, {}, "w")
+    for _ in range(201):
+        runner.check_replicas([record], torch.device("cpu"))
+    assert [i for i, values in enumerate(calls) if values] == [0, 100, 200] and len(calls) == 201

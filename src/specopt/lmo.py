@@ -49,6 +49,11 @@ class Record:
         return out
 
 
+VALUE_CHECK_EVERY = 100
+"""Every how many steps the replicated parameters' values are compared across ranks (one sum per tensor): the
+first step's check finds replicas built apart, this one replicas that drifted apart (no DDP around the model)."""
+
+
 class LmoRunner:
     """Runs the lmo's of a step's records.
 
@@ -63,6 +68,7 @@ class LmoRunner:
     def __init__(self, process_group="auto", batch_lmo: bool | None = None):
         self.process_group, self.batch_lmo = process_group, batch_lmo
         self._replicas_checked = False
+        self._steps_checked = 0
 
     @property
     def replicas(self):
@@ -77,11 +83,14 @@ class LmoRunner:
         """The replicated parameters must be the same on every rank for the split lmo to be right (``device``:
         where the check's collectives run, the same kind on every rank, also one with no records): at every step
         the same number and sizes (one small all-gather; after a first step with none, a model all sharded by
-        FSDP2, none), at the first also the same values."""
+        FSDP2, none), at the first and every :data:`VALUE_CHECK_EVERY`-th also the same values (DDP keeps replicas
+        bit-identical; a model left unwrapped drifts apart)."""
         if self.replicas is None or self._replicas_checked is None:
             return
         replicated = [rec.p for rec in records if not rec.layout.sharded]
-        distributed.check_replicated(replicated, self.replicas, device, values=not self._replicas_checked)
+        values = self._steps_checked % VALUE_CHECK_EVERY == 0
+        distributed.check_replicated(replicated, self.replicas, device, values=values)
+        self._steps_checked += 1
         self._replicas_checked = True if replicated or self._replicas_checked else None
 
     def complete(self, values: list, records: list[Record]) -> list:
