@@ -34,6 +34,13 @@ def check_positive(value, name: str) -> float:
     return float(value)
 
 
+def check_positive_int(value, name: str) -> int:
+    """A positive integer (not a bool), returned as is."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def check_number(value, name: str, low: float = 0.0, high: float = float("inf"), *, low_open: bool = False,
                  high_open: bool = False) -> float:
     """A finite real in the interval [low, high] (ends open where asked), returned as float."""

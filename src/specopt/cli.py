@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from specopt.training import (
     RunError,
     check_new_run_dir,
     check_parallel,
+    held_output,
     load_config,
     output_dir,
     preflight,
@@ -208,19 +208,9 @@ def _kept(out: Path, earlier: bool, resumable: bool = False) -> str:
     (:func:`~specopt.training.output_dir` puts it back), or (a comparison) the runs it finished."""
     if earlier:
         return f"; the earlier output in {out} is kept"
-    if resumable and (Path(out) / OUTPUT_MARKER).is_file():
+    if resumable and (Path(out) / OUTPUT_MARKER).is_file():  # written by this command, which got that far
         return f"; the runs it finished are in {out}: the same command with --resume continues it"
     return ""
-
-
-def _resumed_output(out: Path, command: str):
-    """``--resume``: ``out`` must hold the output of the same command; it is continued in place."""
-    held = (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip() if (out / OUTPUT_MARKER).is_file() else None
-    if held != command:
-        raise RunError(f"--resume continues the output of `specopt {command}` in --out, and {out} "
-                       + (f"holds that of `specopt {held}`" if held else "holds none") + "; leave out --resume to "
-                       "start one")
-    return contextlib.nullcontext(out)
 
 
 def _fail(message: str) -> None:
@@ -443,13 +433,12 @@ def compare_command(
         except ValueError as e:
             _fail(f"--seeds {seeds}: {e}")
     command = "compare --seeds" if seed_list is not None else "compare"
-    earlier = (out / OUTPUT_MARKER).is_file() and not resume
+    earlier = held_output(out, command) is not None and not resume
     try:
         base.validate()
         for name in names:  # every run checked before the directory's earlier report is replaced
             preflight(run_config(base, name))
-        place = _resumed_output(out, command) if resume else output_dir(out, command, what="report directory")
-        with place:
+        with output_dir(out, command, what="report directory", resume=resume):
             if seed_list is not None:
                 rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo, resume=resume)
             else:
@@ -493,7 +482,7 @@ def experiment_command(
     if name not in EXPERIMENTS:
         _fail(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
     out = out or Path("runs/experiments") / name
-    earlier = (Path(out) / OUTPUT_MARKER).is_file()
+    earlier = held_output(out, f"experiment {name}") is not None
     try:
         with output_dir(out, f"experiment {name}"):
             report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)

@@ -42,7 +42,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from specopt._checks import check_positive, check_tensor
+from specopt._checks import check_positive, check_positive_int, check_tensor
 from specopt.linalg import PolynomialSchedule, _polynomial_sign, polar_express_coefficients
 
 SPECTRAL_METHODS = ("svd", "polar")
@@ -66,12 +66,6 @@ def _svd(x: torch.Tensor):
 
 def _from_svd(U, s, Vh, like: torch.Tensor) -> torch.Tensor:
     return ((U * s.unsqueeze(-2)) @ Vh).reshape(like.shape).to(like.dtype)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def anisotropic_ball(sigma: np.ndarray, radius: float, gamma: float, kappa: float | None) -> np.ndarray:
@@ -277,7 +271,7 @@ class RankAtMost(Constraint):
     fits = "matrix"
 
     def __init__(self, rank: int):
-        self.rank = _positive_int(rank, "rank")
+        self.rank = check_positive_int(rank, "rank")
 
     def check(self, shape, name="parameter"):
         super().check(shape, name)
@@ -305,7 +299,7 @@ class SparsityAtMost(Constraint):
     """At most ``nonzeros`` nonzero entries (any shape, nonconvex): keep the largest ``|x_i|``."""
 
     def __init__(self, nonzeros: int):
-        self.nonzeros = _positive_int(nonzeros, "nonzeros")
+        self.nonzeros = check_positive_int(nonzeros, "nonzeros")
 
     def check(self, shape, name="parameter"):
         numel = math.prod(tuple(shape))

@@ -67,8 +67,8 @@ class LmoRunner:
 
     def __init__(self, process_group="auto", batch_lmo: bool | None = None):
         self.process_group, self.batch_lmo = process_group, batch_lmo
-        self._replicas_checked = False
         self._steps_checked = 0
+        self._all_sharded = False  # a first step with no replicated parameter (FSDP2 shards them all): no check
 
     @property
     def replicas(self):
@@ -85,13 +85,13 @@ class LmoRunner:
         the same number and sizes (one small all-gather; after a first step with none, a model all sharded by
         FSDP2, none), at the first and every :data:`VALUE_CHECK_EVERY`-th also the same values (DDP keeps replicas
         bit-identical; a model left unwrapped drifts apart)."""
-        if self.replicas is None or self._replicas_checked is None:
+        if self.replicas is None or self._all_sharded:
             return
         replicated = [rec.p for rec in records if not rec.layout.sharded]
         values = self._steps_checked % VALUE_CHECK_EVERY == 0
         distributed.check_replicated(replicated, self.replicas, device, values=values)
+        self._all_sharded = self._steps_checked == 0 and not replicated
         self._steps_checked += 1
-        self._replicas_checked = True if replicated or self._replicas_checked else None
 
     def complete(self, values: list, records: list[Record]) -> list:
         """Per-tensor sums over local pieces made whole-tensor sums (all-reduced over the shards of sharded

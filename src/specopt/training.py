@@ -324,10 +324,7 @@ def _shard_batch(batch, rank: int, world: int):
     if world == 1:
         return batch
     parts = batch if isinstance(batch, (tuple, list)) else (batch,)
-    n = parts[0].shape[0]
-    if n % world:
-        raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; pick a batch size "
-                         "that is a multiple of --nproc")
+    _check_splits(parts[0].shape[0], world)
     sliced = tuple(t.chunk(world)[rank] for t in parts)
     return sliced if isinstance(batch, (tuple, list)) else sliced[0]
 
@@ -339,9 +336,13 @@ def check_split(task, sizes: list[int] | None, world: int) -> None:
     batch = task.batch(0)
     first = (batch if isinstance(batch, (tuple, list)) else (batch,))[0].shape[0]
     for n in sorted({first, *(sizes or [])}):
-        if n % world:
-            raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; pick a batch size "
-                             "that is a multiple of --nproc")
+        _check_splits(n, world)
+
+
+def _check_splits(n: int, world: int) -> None:
+    if n % world:
+        raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; pick a batch size "
+                         "that is a multiple of --nproc")
 
 
 def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:
@@ -425,13 +426,12 @@ def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directo
             except OSError as e:
                 raise RunError(f"cannot read the {what} {out}: {_reason(e)}") from None
             if names:
-                shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
                 saved = (out / "checkpoint.pt").exists() or (out / "checkpoint" / ".metadata").exists()
                 resume = (f"continue the run in it with --resume {out}, " if saved else
                           "its run stopped before its first checkpoint (nothing to resume); " if
                           "config.json" in names else "")
-                raise RunError(f"{what} {out} is not empty (it holds {shown}); {resume}choose another --out, or "
-                               "pass --overwrite to replace its run")
+                raise RunError(f"{what} {out} is not empty (it holds {_listing(names)}); {resume}choose another "
+                               "--out, or pass --overwrite to replace its run")
         if not os.access(out, os.W_OK | os.X_OK):
             raise RunError(f"cannot write in the {what} {out}: permission denied")
         return
@@ -460,6 +460,20 @@ def _marker(out: Path) -> str:
         return "?"
 
 
+def _listing(names: list[str]) -> str:
+    """The first names of a directory's entries, for a message."""
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def held_output(out: str | Path, command: str) -> str | None:
+    """The command whose output ``out`` holds (its marker, or one written before markers, :func:`_unmarked_output`,
+    recognised as ``command``'s); None for a directory that is new, empty or holds no such output."""
+    out = Path(out)
+    if (out / OUTPUT_MARKER).is_file():
+        return _marker(out)
+    return _unmarked_output(out, command) if out.is_dir() else None
+
+
 def _unmarked_output(out: Path, command: str) -> str | None:
     """The command of an output written before the marker existed: a comparison (``runs/compare`` of an earlier
     version) by its report's title and its summary; an experiment in its default place, ``…/NAME``, by its report
@@ -478,22 +492,29 @@ def _unmarked_output(out: Path, command: str) -> str | None:
 
 
 @contextlib.contextmanager
-def output_dir(out: str | Path, command: str, what: str = "output directory"):
+def output_dir(out: str | Path, command: str, what: str = "output directory", *, resume: bool = False):
     """``out`` for the output of ``specopt COMMAND`` (``compare``, ``compare --seeds``, ``experiment NAME``), as a
     context: new, empty, or the output of the same command, which is replaced — moved aside while the command runs,
     removed when it succeeds, put back when it fails or is interrupted. A directory that holds anything else (a
-    run, another command's output, files of one's own) is refused, so that nothing is overwritten or mixed."""
+    run, another command's output, files of one's own) is refused, so that nothing is overwritten or mixed.
+    ``resume``: ``out`` must hold the output of the same command, which is continued in place."""
     check_new_run_dir(out, overwrite=True, what=what, output=True)
     out = Path(out)
+    held = held_output(out, command)
+    if resume:
+        if held != command:
+            raise RunError(f"--resume continues the output of `specopt {command}` in --out, and {out} "
+                           + (f"holds that of `specopt {held}`" if held else "holds none") + "; leave out --resume "
+                           "to start one")
+        yield out
+        return
     aside = None
     try:
         names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if names:
-            held = _marker(out) if OUTPUT_MARKER in names else _unmarked_output(out, command)
             if held != command:
-                shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
                 holds = (f"the output of `specopt {held}`" if held else
-                         f"files that `specopt {command}` did not write ({shown})")
+                         f"files that `specopt {command}` did not write ({_listing(names)})")
                 raise RunError(f"{what} {out} holds {holds}; choose another --out, or empty it first")
             aside = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
             os.replace(out, aside)

@@ -23,13 +23,6 @@ def check_seed(seed) -> None:
         raise ValueError(f"seed must be an integer in [0, {MAX_SEED}] (2³² − 1), got {seed!r}")
 
 
-def positive_int(name: str, value) -> int:
-    """``value``, checked to be a positive integer (a task's size option); a ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 class Task(ABC):
     """A training problem. Subclasses set ``name``, ``unit`` ("tokens" or "samples") and ``scheme``
     (the :func:`specopt.param_groups` scheme: "text", "image" or "auto")."""

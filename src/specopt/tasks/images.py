@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from specopt.tasks.base import Task, init_model, positive_int
+from specopt._checks import check_positive_int
+from specopt.tasks.base import Task, init_model
 from specopt.tasks.data import DataError, load_cifar10, load_mnist
 
 
@@ -19,7 +20,7 @@ class ImageTask(Task):
 
     def __init__(self, seed: int = 0, data: str | None = None, batch_size: int = 128, val_size: int = 500):
         super().__init__(seed)
-        self.batch_size = positive_int("batch_size", batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         if data is not None and not str(data).endswith((".csv", ".csv.gz")):
             (x, y), (vx, vy) = load_cifar10(data)
             if len(y) < self.batch_size:
@@ -76,7 +77,7 @@ class CNN(ImageTask):
 
     def __init__(self, seed: int = 0, data: str | None = None, batch_size: int = 128, width: int = 32):
         super().__init__(seed, data, batch_size)
-        self.width = positive_int(f"{self.name} width", width)
+        self.width = check_positive_int(width, f"{self.name} width")
 
     def build_model(self) -> nn.Module:
         c, h, w = self.image_shape
@@ -97,7 +98,7 @@ class MLP(ImageTask):
 
     def __init__(self, seed: int = 0, data: str | None = None, batch_size: int = 128, width: int = 256):
         super().__init__(seed, data, batch_size)
-        self.width = positive_int(f"{self.name} width", width)
+        self.width = check_positive_int(width, f"{self.name} width")
 
     def build_model(self) -> nn.Module:
         d = int(torch.tensor(self.image_shape).prod())

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from specopt._checks import check_positive_int
 from specopt.roles import param_groups
-from specopt.tasks.base import Task, init_model, positive_int
+from specopt.tasks.base import Task, init_model
 from specopt.tasks.data import DataError, read_text
 
 
@@ -131,7 +132,7 @@ class CharGPT(Task):
         for key, value in (("n_embd", n_embd), ("n_layer", n_layer), ("batch_size", batch_size),
                            ("block_size", block_size)):
             if value is not None:
-                positive_int(f"char-gpt {key}", value)
+                check_positive_int(value, f"char-gpt {key}")
         base = SIZES[size]
         n_embd = n_embd or base.n_embd
         if head_dim is None:
