@@ -112,3 +112,12 @@ def test_train_with_batch_schedule_grows_the_batch_and_resumes_exactly(tmp_path)
     with pytest.raises(ValueError, match="fixed batch"):
         train(RunConfig(task="matrix-factorization", optimizer="uscion", steps=3, batch_schedule="bst"),
               tmp_path / "b", progress=False)
+
+
+@pytest.mark.parametrize("target, message", [(1e3, "less than one token per step"),
+                                             (1e5, "less than one sequence of any length offered")])
+def test_a_target_budget_below_one_step_is_refused(target, message):
+    """Scaling 1e9 tokens down to 1e3 gave B·S = 0.4 tokens per step and offered batches of 512 tokens for a
+    1,000-token budget; to 1e5, 9 tokens per step and the same batches of whole sequences."""
+    with pytest.raises(ValueError, match=message):
+        transfer(1e9, 4, 1024, 1e-3, target, allow_smaller=True)
