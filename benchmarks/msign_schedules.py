@@ -5,6 +5,7 @@ singular values and distance to the exact polar factor they reach on five kinds 
     python benchmarks/msign_schedules.py            # writes the msign-schedules section of BENCHMARKS.md
     python benchmarks/msign_schedules.py --quick    # a small shape, prints only
     python benchmarks/msign_schedules.py --device cuda   # on a GPU (bf16): writes msign-schedules-cuda
+    (on a CPU the section is msign-schedules-bf16 where the compute dtype is bf16, msign-schedules in fp32)
 
 The compute dtype is msign's default for the device: bf16 where matmuls are native in bf16 (CUDA, AVX512-BF16/AMX
 CPUs), fp32 elsewhere; ``--dtype`` overrides it. The "trade-off" rows are schedules designed for fewer steps
@@ -184,7 +185,8 @@ def _name(dtype: torch.dtype) -> str:
 
 def markdown(timing, acc, acc_bf16, starts, args, dtype, shape, bf16_shape) -> str:
     m, n = shape
-    lines = [f"## msign schedules ({args.device.type})", "",
+    on = args.device.type + (", bf16" if args.device.type == "cpu" and dtype == torch.bfloat16 else "")
+    lines = [f"## msign schedules ({on})", "",
              f"Measured by {command('msign_schedules.py', args)[:-1]} --threads {args.threads}` on {where(args)}, "
              f"compute dtype {_name(dtype)} "
              f"(msign's default here{'' if dtype == torch.bfloat16 else ': this machine has no native bf16'}). "
@@ -288,10 +290,10 @@ def main() -> None:
     table = markdown(timing, acc, acc_bf16, starts, args, dtype, shape, bf16_shape)
     print(table)
     if not args.quick:
-        write_section(ROOT / "BENCHMARKS.md", section("msign-schedules", args), table)
-        out = ROOT / "benchmarks" / "results"
-        name = "msign_schedules" if args.device.type == "cpu" else f"msign_schedules-{args.device.type}"
-        (out / f"{name}.json").write_text(json.dumps(
+        cpu_bf16 = "-bf16" if args.device.type == "cpu" and dtype == torch.bfloat16 else ""
+        name = section("msign-schedules", args) + cpu_bf16
+        write_section(ROOT / "BENCHMARKS.md", name, table)
+        (ROOT / "benchmarks" / "results" / f"{name.replace('-', '_', 1)}.json").write_text(json.dumps(
             {"threads": args.threads, "torch": torch.__version__, "dtype": _name(dtype), "timing": timing,
              "accuracy": acc, "accuracy_bf16": acc_bf16, "starting_values": starts,
              "designs": {k: vars(v) for k, v in DESIGNS.items()}}, indent=2))
