@@ -141,3 +141,45 @@ def test_saved_runs_read_back_to_the_same_table(tmp_path):
     np.testing.assert_allclose(a.lr, b.lr, rtol=1e-6)
     np.testing.assert_array_equal(a.momentum, b.momentum)
     assert a.excess.shape == (2, 1, 3, 4)  # seeds, budgets, B = 8, 16, 32 (8 ≥ T/B ≥ 2), 2 × 2 configurations
+
+
+def _planted(curve, noise: float = 0.0) -> Table:
+    """A sweep whose tuned excess at (T, B) is ``curve(T, B, index of B among the batches run at T)``, times a
+    log-normal seed noise of ``noise`` (4 seeds)."""
+    budgets = np.array([4.0**k for k in range(4, 9)])
+    batches = np.array([2.0**k for k in range(0, 17)])
+    rng = np.random.default_rng(1)
+    excess = np.full((4, len(budgets), len(batches), 1), np.nan)
+    lr = np.full((len(budgets), len(batches), 1), np.nan)
+    for t, T in enumerate(budgets):
+        for b, B in enumerate(batches):
+            if T / B >= 2:
+                excess[:, t, b, 0] = curve(T, B, b) * np.exp(noise * rng.standard_normal(4))
+                lr[t, b, 0] = B / T
+    return Table(budgets, batches, lr, np.array([0.9]), excess)
+
+
+def _result(table: Table) -> tuple[dict, str]:
+    from specopt.experiments.batch_size import _result_text, bootstrap
+
+    est = bootstrap(table, np.random.default_rng(0), n=20)
+    return est, "\n".join(_result_text({"planted": (None, table, est)}, {"planted": {}}, []))
+
+
+def test_the_exponent_is_predicted_from_the_measured_rates_where_the_plateau_meets_the_starved_arm():
+    """Plateau ∝ T^(−0.6), starved arm ∝ K^(−1.2): the edge moves as T^(1 − 0.6/1.2) = T^0.5, not T^(2/3)."""
+    est, text = _result(_planted(lambda T, B, _: max(T**-0.6 * (1 + 0.1 / B), 0.5 * (T / B) ** -1.2), noise=0.05))
+    assert est["starved_exponent"] == pytest.approx(1.2, abs=0.02)
+    assert est["predicted_batch_exponent"] == pytest.approx(0.5, abs=0.02)
+    assert est["batch_exponent"] == pytest.approx(0.5, abs=0.05)
+    assert est["plateau"].all() and not est["best_at_smallest"].any()
+    assert "a plateau (a batch besides the best within 1.5× it) at every budget" in text
+    assert "the intervals overlap" in text and "the interval excludes the theory's value" in text
+
+
+def test_no_plateau_and_an_edge_that_does_not_move_are_reported_as_refutations():
+    est, text = _result(_planted(lambda T, B, b: T**-0.6 * 2.0**b))  # every batch twice the loss of the one before
+    assert not est["plateau"].any() and est["best_at_smallest"].all()
+    assert "**no plateau** at T = 256, 1,024, 4,096, 16,384, 65,536 (refutes the claim there)" in text
+    assert "no growth resolved (interval ≤ 0)" in text
+    assert "the plateau's left end is not resolved" in text

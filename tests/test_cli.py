@@ -183,7 +183,7 @@ def test_compare_replaces_its_own_earlier_report_and_nothing_else(tmp_path):
         assert result.exit_code == 2 and "choose another --out" in result.output, result.output
         assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
     result = invoke("experiment", "bpm", "--quick", "--no-progress", "--out", experiment)
-    assert result.exit_code == 2 and "holds the output of `specopt experiment msign`" in result.output
+    assert result.exit_code == 2 and "holds the output of `specopt experiment msign --quick`" in result.output
     result = invoke("train", *TINY, "--steps", 2, "--overwrite", "--out", out)
     assert result.exit_code == 2 and "holds the output of `specopt compare`, not a run" in result.output
     assert (out / "summary.json").exists()
@@ -208,6 +208,29 @@ def test_an_experiment_that_fails_or_is_interrupted_leaves_the_earlier_output_as
     assert f"the earlier output in {out} is kept" in result.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["msign"]  # nothing left beside it
+
+
+def test_a_quick_experiment_does_not_replace_a_full_one_and_a_full_one_replaces_a_quick_one(tmp_path, monkeypatch):
+    """The committed experiments/* hold full runs: `specopt experiment NAME --quick --out` onto one must not swap
+    a 20-minute result for a seconds-long one without a word."""
+    from specopt.experiments import EXPERIMENTS
+
+    def fake(out, quick, progress):
+        (out / "report.md").write_text("quick" if quick else "full")
+        return out / "report.md"
+
+    monkeypatch.setitem(EXPERIMENTS, "bpm", fake)
+    out = tmp_path / "bpm"
+    assert invoke("experiment", "bpm", "--no-progress", "--out", out).exit_code == 0
+    result = invoke("experiment", "bpm", "--quick", "--no-progress", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "holds the output of `specopt experiment bpm` (a --quick run does not replace a full one)" in result.output
+    assert (out / "report.md").read_text() == "full"
+    quick = tmp_path / "quick"
+    assert invoke("experiment", "bpm", "--quick", "--no-progress", "--out", quick).exit_code == 0
+    assert invoke("experiment", "bpm", "--quick", "--no-progress", "--out", quick).exit_code == 0  # quick over quick
+    assert invoke("experiment", "bpm", "--no-progress", "--out", quick).exit_code == 0
+    assert (quick / "report.md").read_text() == "full"
 
 
 def test_an_interrupted_comparison_resumes_keeping_the_runs_it_finished(tmp_path, monkeypatch):

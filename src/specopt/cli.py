@@ -482,9 +482,10 @@ def experiment_command(
     if name not in EXPERIMENTS:
         _fail(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
     out = out or Path("runs/experiments") / name
+    command = f"experiment {name}" + (" --quick" if quick else "")
     earlier = held_output(out, f"experiment {name}") is not None
-    try:
-        with output_dir(out, f"experiment {name}"):
+    try:  # a full run replaces a quick one; a quick run replaces only a quick one
+        with output_dir(out, command, replaces=() if quick else (f"{command} --quick",)):
             report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
     except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
         _fail(f"{e}{_kept(out, earlier)}")

@@ -492,12 +492,13 @@ def _unmarked_output(out: Path, command: str) -> str | None:
 
 
 @contextlib.contextmanager
-def output_dir(out: str | Path, command: str, what: str = "output directory", *, resume: bool = False):
+def output_dir(out: str | Path, command: str, what: str = "output directory", *, resume: bool = False,
+               replaces: tuple[str, ...] = ()):
     """``out`` for the output of ``specopt COMMAND`` (``compare``, ``compare --seeds``, ``experiment NAME``), as a
-    context: new, empty, or the output of the same command, which is replaced — moved aside while the command runs,
-    removed when it succeeds, put back when it fails or is interrupted. A directory that holds anything else (a
-    run, another command's output, files of one's own) is refused, so that nothing is overwritten or mixed.
-    ``resume``: ``out`` must hold the output of the same command, which is continued in place."""
+    context: new, empty, or the output of the same command (or of one in ``replaces``), which is replaced — moved
+    aside while the command runs, removed when it succeeds, put back when it fails or is interrupted. A directory
+    that holds anything else (a run, another command's output, files of one's own) is refused, so that nothing is
+    overwritten or mixed. ``resume``: ``out`` must hold the output of the same command, continued in place."""
     check_new_run_dir(out, overwrite=True, what=what, output=True)
     out = Path(out)
     held = held_output(out, command)
@@ -512,10 +513,11 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
     try:
         names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if names:
-            if held != command:
+            if held not in (command, *replaces):
                 holds = (f"the output of `specopt {held}`" if held else
                          f"files that `specopt {command}` did not write ({_listing(names)})")
-                raise RunError(f"{what} {out} holds {holds}; choose another --out, or empty it first")
+                quick = " (a --quick run does not replace a full one)" if command == f"{held} --quick" else ""
+                raise RunError(f"{what} {out} holds {holds}{quick}; choose another --out, or empty it first")
             aside = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
             os.replace(out, aside)
         out.mkdir(parents=True, exist_ok=True)

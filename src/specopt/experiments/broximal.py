@@ -25,6 +25,8 @@ boundary: its violation ``(‖x_{k+1} − x*‖² − ‖x_k − x*‖² + t²)/
 contrast, gradient descent with step 1/L (L the largest Hessian eigenvalue; not run on the nonsmooth problem) on
 the same starts, capped at 10,000 steps. The linearised brox step, ``x + t·lmo(∇f(x))`` with the ℓ2 ball's lmo,
 is normalised gradient descent ``x − t∇f/‖∇f‖`` — the bridge to Muon/Scion/Gluon — checked at x₀.
+GD's counts are single gradient steps and BPM's are outer steps, each a full subproblem solve (a trust-region
+solve, a bisection over Newton-solved proxes, a homotopy): the contrast is in iterations, not in cost.
 
 Refutation: BPM needs more than K steps (or does not reach the gap within K) at some κ and seed, or a boundary
 step violates the descent inequality by more than 1e-9. K bounds the worst case; a count that grows with κ while

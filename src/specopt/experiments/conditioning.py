@@ -43,7 +43,8 @@ or at the cap (Muon 6,000, Adam 60,000, GD 300,000 iterations); the last three a
 
 Refutation: Muon's claim is refuted if, from either start, its median count at κ = 10⁴ exceeds 2× its count at
 κ = 10, or it is censored at some κ. GD's and Adam's dependence on κ is refuted if their median counts grow by
-less than 2× over κ = 10…10⁴ (a count censored at the cap counts as growth only if it was measured at κ = 10).
+less than 2× over κ = 10…10⁴ (a count censored at the cap counts as growth only if it was measured at κ = 10;
+one censored already at κ = 10 is not measurable).
 """
 
 from __future__ import annotations
@@ -321,13 +322,31 @@ def _summary(rows, kappas, seeds: int, grids: dict) -> list[str]:
                 ratio = f" (×{c[-1] / c[0]:.3g})" if math.isfinite(c[0]) and math.isfinite(c[-1]) else ""
                 parts.append(f"{LABELS[method]} [{shown}]{ratio}")
             lines.append(f"- {problem}, {start} start: " + "; ".join(parts) + ".")
-    edge = [f"{r['method']} ({r['problem']}, {r['start']}, κ = {r['kappa']:.3g})" for r in rows
-            if r["method"] in grids and r["iterations_median"] != "censored"
-            and r["setting"].endswith(f"q={max(grids[r['method']]['q']):g}")]
     lines += ["", *_notes(rows, kappas, seeds)]
     lines += ["", "Verdicts (the refutation rule above):", "", *verdicts(rows)]
-    lines += ["", "Tuned settings chosen at the slowest end of their grid (largest q; a slower decay might do "
-              "better): " + (", ".join(edge) if edge else "none") + "."]
+    lines += ["", *grid_edges(rows, grids)]
+    return lines
+
+
+AXES = {"c": ("c", "smallest c (smallest step)", "largest c (largest step)"),
+        "q": ("q", "smallest q (fastest decay)", "largest q (slowest decay)")}
+
+
+def grid_edges(rows, grids: dict) -> list[str]:
+    """How often each tuned method's chosen setting (where δ was reached) sits on an edge of its grid, per axis and
+    end: a setting beyond that edge might do better, so its count is an upper bound there."""
+    lines = ["Tuned settings on an edge of their grid (a setting beyond it might do better; counted over the cells "
+             "where the median reached δ):", ""]
+    for method, grid in grids.items():
+        chosen = [dict(part.split("=") for part in r["setting"].split(", ")) for r in rows
+                  if r["method"] == method and r["iterations_median"] != "censored"]
+        edges = []
+        for axis, (key, low, high) in AXES.items():
+            values = [float(c[key]) for c in chosen]
+            for label, end in ((low, min(grid[axis])), (high, max(grid[axis]))):
+                if hits := sum(v == end for v in values):
+                    edges.append(f"{label}, {end:g}, in {hits} of {len(values)}")
+        lines.append(f"- {LABELS[method]}: " + ("; ".join(edges) if edges else "none") + ".")
     return lines
 
 
@@ -362,7 +381,7 @@ def verdicts(rows) -> list[str]:
     the refutation rule (Muon, either schedule: grows < 2× and is never censored; GD and Adam: grow ≥ 2×, or are
     measured at the smallest κ and censored at the largest)."""
     out = []
-    for method in METHODS:
+    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
         for problem in dict.fromkeys(r["problem"] for r in rows):
             for start in STARTS:
                 c = counts(rows, problem, start, method)
@@ -373,6 +392,8 @@ def verdicts(rows) -> list[str]:
                     verdict = "κ-independent within 2×" if ok else ("refuted: censored at some κ"
                                                                      if not all(map(math.isfinite, c))
                                                                      else "refuted: grows more than 2×")
+                elif not math.isfinite(c[0]):
+                    verdict = "not measurable: censored at the smallest κ"
                 else:
                     verdict = "grows with κ" if grows else "refuted: grows less than 2×"
                 shown = (f"×{ratio:.3g} over the κ range" if math.isfinite(ratio)

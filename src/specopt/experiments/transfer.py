@@ -8,19 +8,22 @@ parametrization (PyTorch's fan-in init, one global step size) has a γ* that shr
 2022, *Tensor Programs V*, arXiv:2203.03466).
 
 Design. A one-layer char-GPT with a fixed head dimension of 16 (width/16 heads), widths 16…256 (16×), context 32,
-batch 16, 100 steps (linear decay over the last 30 %), 2 seeds (each its own init and data order). UScion (uSCG,
+batch 16, 100 steps (linear decay over the last 30 %), 3 seeds (each its own init and data order). UScion (uSCG,
 momentum 0.9, the default role radii 10 / 30 / 100) starts from the norms init (task option ``init="norms"``: every
 matrix on the unit sphere of its role's norm); AdamW (β = (0.9, 0.95), no weight decay) from PyTorch's own init
 (``init="standard"``). Step sizes lie on one half-octave lattice γ = 2^(k/2). For each optimizer and width the grid
 starts as 5 points around a guess (the registry's default step size for the first width, the second width takes the
 first's γ*, later ones extend the line through the last two) and grows by one point on the side where the
-seed-mean argmin has fewer than 2 neighbours, up to 18 points; the guess only saves runs: every
-uncensored fit has 2 grid points either side of its argmin. γ* of each seed is
-the vertex of a parabola fitted by least squares to the final validation loss against log₂ γ over the 5 points
-around that seed's argmin. A seed whose argmin lies on the grid's edge, or whose parabola opens downwards or has its
-vertex outside those points, is censored: drawn as a triangle, left out of the slope. The slope s of log₂ γ*
-against log₂ width is the least-squares line through the uncensored (width, seed) points, with a 95 % t-interval
-from the regression's standard error.
+seed-mean argmin has fewer than 2 neighbours, up to 18 points; the guess only saves runs. γ* of each seed is the
+vertex of a parabola fitted by least squares to the final validation loss against log₂ γ over the grid points
+within 2 of that seed's argmin (5, or fewer where a seed's argmin lies next to the grid's edge). A seed whose argmin
+lies on the grid's edge, or whose parabola opens downwards or has its vertex outside those points, is censored:
+drawn as a triangle, left out of the slope. The slope s of log₂ γ* against log₂ width is the least-squares line
+through the widths' means of their uncensored seeds' log₂ γ*, with a 95 % t-interval on (widths − 2) degrees of
+freedom. Width means, not every (width, seed) point: the seeds of one width share that width's departure from a
+line (a γ* that is U-shaped in width is the same U for every seed), so a fit through all points would count them
+as independent and understate the interval (the first full run, 2 seeds, did: UScion −0.12 [−0.21, −0.03], read as
+a drift; through the width means −0.12 [−0.32, +0.07]).
 
 Verdict (stated before the full run). Reproduced: UScion's interval contains 0 and lies inside ±0.25 (γ* moves by
 less than 2× over the 16× range of widths), and AdamW's interval excludes 0. Refuted: UScion's interval excludes 0
@@ -30,6 +33,7 @@ less than 2× over the 16× range of widths), and AdamW's interval excludes 0. R
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +74,8 @@ class Design:
     """Lattice index each optimizer's first grid is centred on; None: the registry's default step size."""
 
 
-FULL = Design(widths=(16, 32, 64, 128, 256), seeds=(0, 1), steps=100, window=2, max_points=18)
-QUICK = Design(widths=(16, 32), seeds=(0, 1), steps=20, window=1, max_points=5,
+FULL = Design(widths=(16, 32, 64, 128, 256), seeds=(0, 1, 2), steps=100, window=2, max_points=18)
+QUICK = Design(widths=(16, 32, 64), seeds=(0, 1), steps=20, window=1, max_points=5,
                first_guess={"uscion": -12, "adamw": -6})  # short runs want large steps
 
 
@@ -192,63 +196,90 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     design = QUICK if quick else FULL
     bar = progress_bar(len(INITS) * len(design.widths) * len(design.seeds) * (2 * design.window + 2),
                        "hparam-transfer runs", progress)
-    runs, optima, mean_curves = [], [], {}
+    runs = []
     for name in INITS:
         guess = (design.first_guess or {}).get(name, round(2 * math.log2(DEFAULTS[name]["lr"])))
         found = [guess]  # lattice indices of the optima so far
         for width in design.widths:
             centre = found[-1] if len(found) < 3 else 2 * found[-1] - found[-2]  # the trend so far, extrapolated
             grid = sweep(name, width, centre, design, bar)
-            ks = list(grid)
             for k, values in grid.items():
                 runs += [{"optimizer": name, "width": width, "seed": s, "lr": lattice_lr(k), "final_val_loss": v}
                          for s, v in zip(design.seeds, values, strict=True)]
-            for i, seed in enumerate(design.seeds):
-                opt = fit_optimum(ks, [grid[k][i] for k in ks], design.window)
+            mean_opt = fit_optimum(list(grid), [_mean_or_inf(v) for v in grid.values()], design.window)
+            found.append(round(2 * mean_opt.log2_lr) if math.isfinite(mean_opt.log2_lr) else centre)
+    bar.close()
+    write_csv(out / "runs.csv", runs)
+    return report(out, runs, design)
+
+
+def read_runs(path: Path) -> list[dict]:
+    """The rows of a saved ``runs.csv``, typed as :func:`run` wrote them (to redo the analysis: :func:`report`)."""
+    with open(path, newline="") as f:
+        return [{"optimizer": r["optimizer"], "width": int(r["width"]), "seed": int(r["seed"]), "lr": float(r["lr"]),
+                 "final_val_loss": float(r["final_val_loss"])} for r in csv.DictReader(f)]
+
+
+def report(out: Path, runs: list[dict], design: Design) -> Path:
+    """Fit γ* per (optimizer, width, seed) and the slopes from every run's final loss, and write the report, its
+    table and plots into ``out`` (``runs``: :func:`run`'s rows, or :func:`read_runs` of a saved ``runs.csv``)."""
+    optima, mean_curves = [], {}
+    for name in INITS:
+        for width in design.widths:
+            mine = [r for r in runs if r["optimizer"] == name and r["width"] == width]
+            ks = sorted({round(2 * math.log2(r["lr"])) for r in mine})
+            loss = {(round(2 * math.log2(r["lr"])), r["seed"]): r["final_val_loss"] for r in mine}
+            for seed in design.seeds:
+                opt = fit_optimum(ks, [loss[k, seed] for k in ks], design.window)
                 optima.append({"optimizer": name, "width": width, "heads": width // HEAD_DIM, "seed": seed,
                                "lr_star": 2 ** opt.log2_lr, "log2_lr_star": opt.log2_lr,
                                "censored": opt.censored or "no", "grid": f"2^{ks[0] / 2:g}…2^{ks[-1] / 2:g}",
                                "points": len(ks)})
-            mean = [_mean_or_inf(grid[k]) for k in ks]
-            mean_opt = fit_optimum(ks, mean, design.window)
-            mean_curves[(name, width)] = (ks, mean, mean_opt)
-            found.append(round(2 * mean_opt.log2_lr) if math.isfinite(mean_opt.log2_lr) else centre)
-    bar.close()
+            mean = [_mean_or_inf([loss[k, seed] for seed in design.seeds]) for k in ks]
+            mean_curves[(name, width)] = (ks, mean, fit_optimum(ks, mean, design.window))
     slopes = {name: _slope(optima, name, min(design.widths)) for name in INITS}
     check = {name: _slope(optima, name, sorted(design.widths)[1]) for name in INITS}
-    write_csv(out / "runs.csv", runs)
     _plot_optima(optima, slopes, design, out / "plot.png")
     _plot_curves(mean_curves, design, out / "curves.png")
     first, second, last = min(design.widths), sorted(design.widths)[1], max(design.widths)
     table = [{"optimizer": n, "widths": f"{low}–{last}", "slope of log₂ γ* on log₂ width": s.text(),
-              "points": s.points, "reading": s.verdict()}
+              "widths fitted": s.points, "reading": s.verdict()}
              for low, fits in ((first, slopes), (second, check)) for n, s in fits.items()]
     body = [__doc__.split("\n\n", 1)[1].strip(), "", "## Result", "", *_result(slopes, optima, design), "",
             "### Fitted slopes", "", markdown_table(table), "",
             f"The rows from width {second} leave the narrowest model out: a check of where a drift comes from, "
-            "chosen after the full run, not part of the verdict.", "",
+            "chosen after the first full run, not part of the verdict.", "",
             "![loss against step size per width](curves.png)", "",
-            f"Every run: `runs.csv` ({len(runs)} runs). Below, γ* per optimizer, width and seed."]
+            f"Every run: `runs.csv` ({len(runs)} runs; `transfer.read_runs` and `transfer.report` redo this "
+            "analysis from it). Below, γ* per optimizer, width and seed."]
     return write_report(out, "Learning-rate transfer across width", body, optima)
 
 
-def _slope(optima: list[dict], name: str, narrowest: int) -> Slope:
-    """The slope over the uncensored fits of ``name`` at widths from ``narrowest`` up."""
+def width_means(optima: list[dict], name: str, narrowest: int) -> tuple[list[int], list[float]]:
+    """The widths from ``narrowest`` up where ``name`` has an uncensored fit, and the mean of their log₂ γ*."""
     mine = [r for r in optima if r["optimizer"] == name and r["censored"] == "no" and r["width"] >= narrowest]
-    return fit_slope([r["width"] for r in mine], [r["log2_lr_star"] for r in mine])
+    widths = sorted({r["width"] for r in mine})
+    return widths, [float(np.mean([r["log2_lr_star"] for r in mine if r["width"] == w])) for w in widths]
+
+
+def _slope(optima: list[dict], name: str, narrowest: int) -> Slope:
+    """The slope through the width means of ``name``'s uncensored fits at widths from ``narrowest`` up."""
+    return fit_slope(*width_means(optima, name, narrowest))
+
+
+def verdict(slopes: dict[str, Slope]) -> str:
+    """The stated rule: Reproduced, Refuted or Inconclusive from UScion's and AdamW's slopes."""
+    norm, adam = slopes["uscion"].verdict(), slopes["adamw"].verdict()
+    if norm == "drifts" or adam == "transfers":
+        return "Refuted"
+    return "Reproduced" if norm == "transfers" and adam == "drifts" else "Inconclusive"
 
 
 def _result(slopes: dict[str, Slope], optima: list[dict], design: Design) -> list[str]:
     norm, adam = slopes["uscion"], slopes["adamw"]
-    if norm.verdict() == "drifts" or adam.verdict() == "transfers":
-        verdict = "**Refuted**"
-    elif norm.verdict() == "transfers" and adam.verdict() == "drifts":
-        verdict = "**Reproduced**"
-    else:
-        verdict = "**Inconclusive**"
     censored = sum(r["censored"] != "no" for r in optima)
     octaves = math.log2(max(design.widths) / min(design.widths))
-    lines = [f"{verdict}: slope of log₂ γ* against log₂ width (95 % interval) — UScion {norm.text()} "
+    lines = [f"**{verdict(slopes)}**: slope of log₂ γ* against log₂ width (95 % interval) — UScion {norm.text()} "
              f"({norm.verdict()}), AdamW {adam.text()} ({adam.verdict()}).", "",
              f"Over the {2 ** octaves:g}× range of widths the fitted line moves UScion's γ* by "
              f"{2 ** (abs(norm.value) * octaves):.2g}× and AdamW's by {2 ** (abs(adam.value) * octaves):.2g}×; "
