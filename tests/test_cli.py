@@ -210,6 +210,48 @@ def test_an_experiment_that_fails_or_is_interrupted_leaves_the_earlier_output_as
     assert [p.name for p in tmp_path.iterdir()] == ["msign"]  # nothing left beside it
 
 
+STOPPED_EXPERIMENT = """
+import sys, time
+from pathlib import Path
+from specopt import cli
+from specopt.experiments import EXPERIMENTS
+
+def slow(out, quick, progress):
+    (out / "report.md").write_text("half a report")
+    Path(sys.argv[-1] + ".started").touch()
+    time.sleep(60)
+
+EXPERIMENTS["bpm"] = slow
+sys.argv = ["specopt", "experiment", "bpm", "--no-progress", "--out", sys.argv[-1]]
+cli.main()
+"""
+
+
+def test_a_terminated_experiment_puts_the_earlier_output_back(tmp_path):
+    """SIGTERM (a scheduler's stop, `timeout`) is handled as Ctrl-C: the earlier report is put back, not left
+    under a hidden name beside a half-written one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bpm"
+    out.mkdir()
+    (out / ".specopt-output").write_text("experiment bpm\n")
+    (out / "report.md").write_text("the earlier report")
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_EXPERIMENT, str(out)], stderr=subprocess.PIPE, text=True)
+    started = tmp_path / "bpm.started"
+    deadline = time.monotonic() + 120
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"interrupted: no report written; the earlier output in {out} is kept" in err
+    assert (out / "report.md").read_text() == "the earlier report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bpm", "bpm.started"]  # nothing left aside
+
+
 def test_a_quick_experiment_does_not_replace_a_full_one_and_a_full_one_replaces_a_quick_one(tmp_path, monkeypatch):
     """The committed experiments/* hold full runs: `specopt experiment NAME --quick --out` onto one must not swap
     a 20-minute result for a seconds-long one without a word."""

@@ -22,6 +22,9 @@ def run_quick(name, tmp_path):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows
+    explained = report.split("Columns of `results.csv`:", 1)[1]
+    for column in rows[0]:  # every column of the CSV is explained in the report
+        assert f"\n- `{column}`: " in explained, column
     return rows, report
 
 

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -213,6 +215,25 @@ def _kept(out: Path, earlier: bool, resumable: bool = False) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler's stop, ``timeout``, ``kill``) ends the command as Ctrl-C does, so that what it does on
+    an interruption is done: an experiment's or comparison's earlier output put back, the message printed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(2)
@@ -300,10 +321,11 @@ def train_command(
     if worker:
         _init_distributed()
     try:
-        if resume is not None:
-            result = train(RunConfig(), resume, resume=True, progress=progress, updates=updates, log=typer.echo)
-        else:
-            result = train(cfg, out, progress=progress, overwrite=overwrite)
+        with contextlib.nullcontext() if worker else _terminate_as_interrupt():  # torchrun stops its own workers
+            if resume is not None:
+                result = train(RunConfig(), resume, resume=True, progress=progress, updates=updates, log=typer.echo)
+            else:
+                result = train(cfg, out, progress=progress, overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError) as e:  # DataError and RunError are ValueErrors
         _fail(str(e))
     except KeyboardInterrupt:
@@ -438,7 +460,7 @@ def compare_command(
         base.validate()
         for name in names:  # every run checked before the directory's earlier report is replaced
             preflight(run_config(base, name))
-        with output_dir(out, command, what="report directory", resume=resume):
+        with _terminate_as_interrupt(), output_dir(out, command, what="report directory", resume=resume):
             if seed_list is not None:
                 rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo, resume=resume)
             else:
@@ -485,7 +507,7 @@ def experiment_command(
     command = f"experiment {name}" + (" --quick" if quick else "")
     earlier = held_output(out, f"experiment {name}") is not None
     try:  # a full run replaces a quick one; a quick run replaces only a quick one
-        with output_dir(out, command, replaces=() if quick else (f"{command} --quick",)):
+        with _terminate_as_interrupt(), output_dir(out, command, replaces=() if quick else (f"{command} --quick",)):
             report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
     except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
         _fail(f"{e}{_kept(out, earlier)}")

@@ -286,7 +286,7 @@ def report(out: Path, chosen: list[Setting], records: list[dict], draws: int = B
             "Every run's final excess loss is in `runs.csv.gz` (`batch_size.read_runs` reads it back, "
             "`batch_size.report` redoes this analysis from it); the per-budget table is `summary.csv`.", "",
             "### Per budget and batch (tuned configuration)", ""]
-    return write_report(out, "Critical batch size against the token budget", body, rows)
+    return write_report(out, "Critical batch size against the token budget", body, rows, glossary=COLUMNS)
 
 
 RUN_FIELDS = {"problem": str, "budget": int, "batch": int, "steps": int, "config": int, "travel": float, "lr": float,
@@ -444,6 +444,14 @@ def _budget_colour(budget: float, results: dict):
     return pyplot().get_cmap("viridis")(0.9 * (math.log(budget) - lo) / max(hi - lo, 1e-12))
 
 
+COLUMNS = {
+    "problem": "convex (linear regression) or nonconvex (teacher–student network)", "budget": "the budget T in "
+    "samples", "batch": "the batch B", "steps": "K = T/B", "lr": "the tuned step size γ", "travel": "c = γK, the "
+    "tuned distance in units of ρ", "momentum": "the tuned momentum β", "excess": "the tuned configuration's final "
+    "excess loss f(x_K) − f*, mean over the seeds", "excess_sd": "its standard deviation over the seeds",
+    "over_best": "excess / the budget's best excess (the plateau holds the batches at most 1.5)",
+    "on_grid_edge": "which edge of the (c, α) grid the tuned configuration sits on (step, momentum; empty: inside)"}
+"""What each column of ``results.csv`` holds (``summary.csv``: one row per budget, as the report's table)."""
 PROBLEM_STYLE = {"convex": ("C0", "o"), "nonconvex": ("C3", "s")}
 
 

@@ -68,6 +68,23 @@ TUNE_SEED = 0
 SEEDS = (1, 2, 3)
 """The seeds the winners are compared on: fresh, not the tuning seed."""
 COLORS = {"uscion": "C0", "clipped": "C3", "constant": "C2", "linear-decay": "C4"}
+COLUMNS = {
+    "task": "teacher-student or char-gpt", "schedule": "constant or linear-decay (the trapezoid) learning rate",
+    "steps": "the horizon T", "lr_uscion": "UScion's tuned step size γ (tuning seed)",
+    "lr_clipped": "Clipped Scion's tuned step size γ (tuning seed)",
+    "edge": "the arms whose tuned γ is an end of the grid (the optimum may lie beyond)",
+    "clip_radius": "ρ_c of the clipped winner, mean over the seeds", "best_uscion": "UScion's best validation loss "
+    "within T, mean over the seeds", "sd_uscion": "its standard deviation", "best_clipped": "Clipped Scion's, mean",
+    "sd_clipped": "its standard deviation", "speedup_mean": "mean of the per-seed speed-ups S",
+    "speedup_sd": "their standard deviation", "speedup_low": "lower end of the 95 % t-interval of the mean S",
+    "speedup_high": "upper end of that interval", "speedups": "S per seed; = measured, ≥ or ≤ a bound (the crossing "
+    "lies before the first measured horizon)", "censored": "how many seeds' S are bounds",
+    "binding_fraction": "share of the clipped winner's steps at which the clip binds (c_k = 1), mean over the seeds",
+    "best_uscion_tuning_seed": "UScion's best loss on the tuning seed (the sensitivity runs' reference)",
+    "best_clipped_f0.25": "Clipped Scion's best loss on the tuning seed with ρ_c at ¼ of the median",
+    "best_clipped_f1": "the same at 1× the median", "best_clipped_f0.5": "the same at ½ (the rule's own)",
+    "verdict": "the stated rule applied to this cell"}
+"""What each column of ``results.csv`` holds."""
 
 
 # --- the two rules, recording what they compute ----------------------------------------------------------------
@@ -347,7 +364,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     columns = ["task", "schedule", "lr_uscion", "lr_clipped", "clip_radius", "best_uscion", "sd_uscion",
                "best_clipped", "sd_clipped", "speedup_mean", "speedup_sd", "speedup_low", "speedup_high", "speedups",
                "binding_fraction", "verdict"]
-    return write_report(out, "Clipped Scion against UScion", body, summary, columns=columns)
+    return write_report(out, "Clipped Scion against UScion", body, summary, columns=columns, glossary=COLUMNS)
 
 
 def _row(sweep: Sweep, key: tuple, r: Run) -> dict:

@@ -34,11 +34,16 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, fmt: str 
 
 
 def write_report(out: Path, title: str, body: list[str], rows: list[dict], figure: str = "plot.png",
-                 columns: list[str] | None = None) -> Path:
-    """``out/report.md`` with the title, the text, the table and the figure; ``out/results.csv``."""
+                 columns: list[str] | None = None, glossary: dict[str, str] | None = None) -> Path:
+    """``out/report.md`` with the title, the text, the table and the figure; ``out/results.csv``, whose columns
+    ``glossary`` explains (each column of the rows that it names, in the rows' order)."""
     write_csv(out / "results.csv", rows)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    explained = [f"- `{k}`: {glossary[k]}" for k in fields if k in (glossary or {})]
     text = [f"# {title}", "", *body, "", markdown_table(rows, columns), "", f"![{title}]({figure})", "",
             "Data: `results.csv` beside this report."]
+    if explained:
+        text += ["", "Columns of `results.csv`:", "", *explained]
     path = out / "report.md"
     path.write_text("\n".join(text) + "\n")
     return path

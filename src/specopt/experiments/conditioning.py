@@ -59,6 +59,15 @@ from specopt.experiments.common import progress_bar, pyplot, write_report
 
 KAPPAS = tuple(float(k) for k in np.logspace(1, 4, 7))  # 10 … 10⁴ in half decades
 DELTAS = (1e-1, 1e-2, 1e-3)  # accuracies recorded; the last is the one plotted
+COLUMNS = {
+    "problem": "matrix factorization or in-context regression", "start": "aligned (the paper's) or random",
+    "kappa": "the condition number κ", "method": "muon (the paper's schedule), muon_tuned, gd or adam",
+    "setting": "the schedule used (the most favourable of the grid for the tuned methods)",
+    "iterations_median": "median over the seeds of the iterations to δ = 1e-3 (censored: not reached)",
+    "iterations_min": "the fewest", "iterations_max": "the most", "reached": "seeds that reached δ",
+    "delta_0.1_median": "median iterations to δ = 0.1", "delta_0.01_median": "to δ = 0.01",
+    "rel_loss_0.0001_median": "to a relative loss (f − f*)/(f₀ − f*) ≤ 1e-4, for comparison"}
+"""What each column of ``results.csv`` holds."""
 DELTA = DELTAS[-1]
 REL_LOSS = 1e-4  # the relative loss tolerance shown for comparison (blind to small eigenvalues)
 SEEDS = 5
@@ -301,7 +310,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     bar.close()
     _plot(rows, kappas, out / "plot.png")
     body = [__doc__.split("\n\n", 1)[1].strip(), "", "## Result", "", *_summary(rows, kappas, seeds, grids)]
-    return write_report(out, "Iterations to accuracy δ against κ: Muon, GD and Adam", body, rows)
+    return write_report(out, "Iterations to accuracy δ against κ: Muon, GD and Adam", body, rows, glossary=COLUMNS)
 
 
 def counts(rows, problem: str, start: str, method: str, field: str = "iterations_median") -> list[float]:

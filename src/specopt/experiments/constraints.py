@@ -56,6 +56,16 @@ FEASIBLE = 1 + 1e-4
 ARMS = {"unconstrained": "none", "spectral-ball (svd)": "svd", "spectral-ball (svd-free)": "svd-free",
         "weight clipping": "clip", "weight clipping (loose)": "clip-loose", "rescaling": "rescale"}
 PROJECTED = ("spectral-ball (svd)", "spectral-ball (svd-free)")
+COLUMNS = {
+    "run": "the arm", "lr": "its tuned step size (tuning seed)", "lr_at_grid_edge": "whether it is an end of the "
+    "grid", "seeds": "evaluation seeds", "diverged": "how many diverged", "test_loss": "test loss, mean over the "
+    "seeds", "test_loss_sd": "its standard deviation", "test_accuracy": "test accuracy, mean",
+    "test_accuracy_sd": "its standard deviation", "train_loss": "training loss, mean of the last 10 % of the steps, "
+    "mean over the seeds", "train_loss_sd": "its standard deviation", "max_norm_over_radius": "the largest "
+    "max_l ‖W_l‖_op/r_l after any step of any seed", "infeasible_steps": "steps above 1 + 1e-4 of the radius, over "
+    "every seed (— unconstrained: no radius of its own)", "optimizer_seconds": "time in the optimizer step and the "
+    "projection or clip, per run"}
+"""What each column of ``results.csv`` holds."""
 COLOURS = {label: f"C{i}" for i, label in enumerate(ARMS)}
 STYLES = {label: "--" if label == "spectral-ball (svd-free)" else "-" for label in ARMS}  # it overlays the SVD one
 
@@ -173,7 +183,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     _plot_feasibility(out / "feasibility.png", evaluation, seeds[0])
     body = _body(rows, radii, steps, grid, seeds)
     return write_report(out, "Training under per-layer spectral constraints: tuned arms, seeds, feasibility",
-                        body, rows)
+                        body, rows, glossary=COLUMNS)
 
 
 def _summary(label: str, lr: float, grid, runs: list[dict]) -> dict:

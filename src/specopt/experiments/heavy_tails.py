@@ -44,6 +44,14 @@ from torch import nn
 import specopt
 from specopt.experiments.common import progress_bar, pyplot, save_figure, write_csv, write_report
 
+COLUMNS = {
+    "problem": "least squares or the teacher–student network", "noise": "the gradient noise's law",
+    "alpha": "its tail index (inf: Gaussian, finite variance)", "method": "the optimizer", "lr0": "its tuned "
+    "initial step size", "final_loss_mean": "final loss, mean over the seeds that did not diverge",
+    "final_loss_median": "their median", "final_loss_sd": "their standard deviation", "diverged": "seeds that "
+    "diverged / seeds"}
+"""What each column of ``results.csv`` holds."""
+
 METHODS = ("prox-momentum", "prox-storm", "scion", "sgd", "sgd-clip", "adam")
 GRADIENTS_PER_STEP = {"prox-storm": 2}
 PROBLEMS = ("least-squares", "network")
@@ -217,7 +225,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
                                    for (p, n, a, m), c in curves.items() if c is not None for i, v in enumerate(c)])
     body = [__doc__.split("\n\n", 1)[1].strip(), "", f"{steps} gradient evaluations, {seeds} seeds per cell.", "",
             "## Result", "", *_summary(rows)]
-    return write_report(out, "Heavy-tailed gradient noise", body, rows)
+    return write_report(out, "Heavy-tailed gradient noise", body, rows, glossary=COLUMNS)
 
 
 def _claims(rows: list[dict]) -> list[str]:

@@ -25,6 +25,13 @@ import torch
 from specopt.experiments.common import pyplot, save_figure, write_report
 from specopt.linalg import msign, msign_band, schedule
 
+COLUMNS = {
+    "method": "the matrix sign method", "iteration": "iterations done", "matmuls": "matrix products so far",
+    "band_min": "the smallest value of the scalar map on the normalised singular values (the band's lower end)",
+    "band_max": "its largest", "matrix_min": "the smallest singular value of msign(G) on the test matrix (SVD, "
+    "float64)", "matrix_max": "its largest"}
+"""What each column of ``results.csv`` holds."""
+
 METHODS = ("newton_schulz", "polar_express", "cubic", "cans", "aol")
 INPUT = {"frobenius": "σ/‖G‖_F", "gelfand": "σ/‖σ‖₈", "aol": "σ of D^-1/2 G"}
 TOLERANCE = 1e-3
@@ -109,7 +116,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
             "The band per iteration, against the matmuls spent (`band.png`):", "",
             "![max |σ − 1| per iteration against matmuls](band.png)", "",
             "Each map per iteration (`plot.png`):"]
-    return write_report(out, "Singular-value maps of the matrix sign methods", body, rows)
+    return write_report(out, "Singular-value maps of the matrix sign methods", body, rows, glossary=COLUMNS)
 
 
 def _plot_band(rows: list[dict], path: Path) -> None:

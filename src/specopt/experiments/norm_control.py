@@ -66,6 +66,16 @@ USCG_LR = 2**-11 * 10
 ADAMW_LR = DEFAULTS["adamw"]["lr"]
 ROUNDING = 1e-4
 BINDS_SCG, BINDS_USCG, DRIFT_EXPONENT = 0.99, 0.9, 0.05
+COLUMNS = {
+    "setting": "full batch (float64) or minibatch (float32)", "optimizer": "scion (SCG), uscion (uSCG) or adamw",
+    "lmo": "the lmo of the weight matrices (svd or polar_express; — for AdamW)", "tensor": "the parameter's name",
+    "role": "its role in the geometry", "radius": "ρ of its role (a tenth of the library's default)",
+    "tolerance": "the lmo's band top plus 1e-4: the largest ratio the bound allows", "init_norm_over_radius":
+    "‖W_0‖/ρ", "max_norm_over_radius": "the largest ‖W_k‖/ρ over the run", "final_norm_over_radius": "‖W_K‖/ρ at "
+    "the end", "max_distance_over_bound": "uSCG: the largest ‖W_k − W_0‖/(ρΣγ)", "final_distance_over_bound":
+    "uSCG: that ratio at the end", "growth_exponent": "α of ‖W_k‖ ∝ k^α fitted over the run's second half",
+    "final_loss": "training loss, mean of the last 10 steps"}
+"""What each column of ``results.csv`` holds."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     _plot(results, out / "plot.png")
     v = verdicts(rows)
     return write_report(out, "Norm control: where SCG's and uSCG's bounds bind, and AdamW's norms drift",
-                        _body(plan, v), rows,
+                        _body(plan, v), rows, glossary=COLUMNS,
                         columns=["setting", "optimizer", "lmo", "tensor", "radius", "tolerance",
                                  "init_norm_over_radius", "max_norm_over_radius", "final_norm_over_radius",
                                  "max_distance_over_bound", "final_distance_over_bound", "growth_exponent",

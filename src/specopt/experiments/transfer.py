@@ -57,6 +57,12 @@ INITS = {"uscion": "norms", "adamw": "standard"}
 """The optimizers compared, each with the init of its parametrization."""
 COLORS = {"uscion": "C0", "adamw": "C3"}
 HEAD_DIM = 16
+COLUMNS = {
+    "optimizer": "uscion or adamw", "width": "n_embd", "heads": "width / 16", "seed": "the seed",
+    "lr_star": "γ*, the vertex of the parabola (the argmin where censored)", "log2_lr_star": "log₂ γ*",
+    "censored": "why γ* is not an interior optimum (no: it is)", "grid": "the step sizes run at this width",
+    "points": "how many"}
+"""What each column of ``results.csv`` holds."""
 MARGIN = 0.25
 """|slope| below which γ* counts as transferring: γ* changes by less than 2^(0.25·4) = 2× over 16× in width."""
 
@@ -252,7 +258,7 @@ def report(out: Path, runs: list[dict], design: Design) -> Path:
             "![loss against step size per width](curves.png)", "",
             f"Every run: `runs.csv` ({len(runs)} runs; `transfer.read_runs` and `transfer.report` redo this "
             "analysis from it). Below, γ* per optimizer, width and seed."]
-    return write_report(out, "Learning-rate transfer across width", body, optima)
+    return write_report(out, "Learning-rate transfer across width", body, optima, glossary=COLUMNS)
 
 
 def width_means(optima: list[dict], name: str, narrowest: int) -> tuple[list[int], list[float]]:
