@@ -33,9 +33,10 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device is available here")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    by_role = roles(gpt2_small_params(blocks=args.blocks, device=device))
-    groups = muon_groups(by_role)
-    opts = {"Muon": specopt.Muon(groups, lr=0.02), "Drop-Muon": specopt.DropMuon(groups, lr=0.02)}
+    params = gpt2_small_params(blocks=args.blocks, device=device)
+    groups = muon_groups(roles(params))
+    opts = {"Muon": specopt.Muon(groups, lr=0.02),
+            "Drop-Muon": specopt.DropMuon(groups, lr=0.02, order=[p for _, p in params])}
     mean = median_times({name: opt.step for name, opt in opts.items()}, args.steps, device, stat=statistics.mean)
     on = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} thread(s)"
     print(f"{args.blocks} blocks, {on}, mean of {args.steps} steps: "

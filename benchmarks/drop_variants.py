@@ -60,6 +60,7 @@ class VariantDrop(ProgressiveDrop):
         self._reach: dict[int, float] = {}
 
     def active(self, records: list, ctx) -> list:
+        records = self._by_depth(records)
         kept = super().active(records, ctx)
         cutoff = len(records) - len(kept)
         if self.accumulate:
@@ -79,7 +80,9 @@ class VariantDrop(ProgressiveDrop):
 def drop_muon(params, accumulate: bool = False, rescale: bool = False, **kwargs):
     opt = DropMuon(params, **kwargs)
     if accumulate or rescale:
+        depth = opt.rule.depth
         opt.rule = VariantDrop(opt.rule.seed, opt.rule.decay, accumulate, rescale, opt.estimator)
+        opt.rule.depth = depth
     return opt
 
 

@@ -98,7 +98,7 @@ def optimizers(params):
             torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0, fused=True)],
         "specopt Muon": [specopt.Muon(muon, lr=0.02)],
         "specopt Muon (gram=True)": [specopt.Muon(muon, lr=0.02, gram=True)],
-        "specopt Drop-Muon": [specopt.DropMuon(muon, lr=0.02)],
+        "specopt Drop-Muon": [specopt.DropMuon(muon, lr=0.02, order=every)],
         "torch.optim.AdamW": [torch.optim.AdamW(every, lr=3e-4)],
         "specopt Scion": [specopt.Scion(scion)],
         "specopt UScion": [specopt.UScion(scion)],

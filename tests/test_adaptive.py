@@ -32,6 +32,39 @@ def test_normuon_gives_every_output_row_the_same_rms_and_keeps_muons_size():
     torch.testing.assert_close(normuon.norm(), muon.norm(), rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("layout", ["conv1d", "experts"])
+def test_normuon_normalizes_output_rows_through_the_layout(layout):
+    """A Conv1D weight is stored (d_in, d_out) and an expert stack (E, d_out, d_in): NorMuon's moment is per output
+    neuron of each map, so the update's columns (Conv1D) or each expert's rows get the same RMS."""
+    torch.manual_seed(0)
+    if layout == "conv1d":
+        transformers = pytest.importorskip("transformers")
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64,
+                                                                     n_positions=16))
+        w = model.transformer.h[0].mlp.c_proj.weight  # stored (128, 32): d_in 128, d_out 32
+        groups = specopt.param_groups(model)
+        each_row = lambda u: u.norm(dim=0)  # noqa: E731
+        moment_shape = (32, 1)
+    else:
+        model = torch.nn.Module()
+        model.w = torch.nn.Parameter(torch.randn(3, 16, 8))  # 3 experts, 16 → ... stored (E, d_out, d_in)
+        w = model.w
+        groups = specopt.param_groups(model, layouts={"w": "experts"})
+        each_row = lambda u: u.norm(dim=2)  # noqa: E731
+        moment_shape = (3, 16, 1)
+    opt = specopt.NorMuon(groups, lr=0.1, beta2=0.0, method="svd")
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * torch.linspace(0.1, 3.0, p.shape[-1])
+    before = w.detach().clone()
+    opt.step()
+    rows = each_row(w.detach() - before)
+    torch.testing.assert_close(rows, torch.full_like(rows, rows.mean().item()), rtol=1e-3, atol=0)
+    assert tuple(opt.state[w]["second_moment"].shape) == moment_shape
+    adamw = [q for g in opt.param_groups if g["norm"] == "adamw" for q in g["params"]]
+    assert all("second_moment" not in opt.state[q] for q in adamw)  # AdamW's tensors (GPT-2's embeddings) keep none
+    assert bool(adamw) == (layout == "conv1d")
+
+
 def test_adamuon_has_adamw_rms_and_steps_against_msign_of_the_sign():
     lr = 0.01
     updates = first_updates(lambda p: specopt.AdaMuon(p, lr=lr), steps=3)

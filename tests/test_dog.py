@@ -91,3 +91,12 @@ def test_bad_arguments_are_clear_errors():
         DistanceOverGradients(r_rel=0.0)
     with pytest.raises(ValueError, match="module"):
         specopt.DoG(torch.nn.Linear(2, 2))
+
+
+def test_adamw_tensors_keep_no_copy_of_their_initial_weights():
+    """DoG's W_0 is for the tensors it steps; a norm="adamw" group's tensors step by AdamW and need none."""
+    w, table = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(100, 4))
+    opt = specopt.DoG([{"params": [w], "norm": "spectral"}, {"params": [table], "norm": "adamw", "lr": 1e-3}])
+    w.grad, table.grad = torch.randn_like(w), torch.randn_like(table)
+    opt.step()
+    assert "dog_w0" in opt.state[w] and "dog_w0" not in opt.state[table]

@@ -62,7 +62,7 @@ def test_a_resumed_run_draws_the_same_layers():
 def test_drop_muon_trains():
     X, y = classification_data()
     model = mlp()
-    opt = specopt.DropMuon(specopt.param_groups(model))
+    opt = specopt.DropMuon(specopt.param_groups(model), order=model)
     losses = train(model, opt, X, y, 120)
     assert losses[-1] < 0.5 * losses[0]
 
@@ -79,3 +79,44 @@ def test_the_cutoff_follows_its_decay():
     assert expected_lmo_fraction(5, 1.0) == pytest.approx(0.6)  # (L+1)/(2L)
     assert expected_lmo_fraction(5, 0.3) == pytest.approx(float(expected.mean()))
 
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, bias=False), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 4, 3, bias=False), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(64, 16, bias=False), torch.nn.ReLU(), torch.nn.Linear(16, 3, bias=False))
+
+
+@pytest.mark.parametrize("build", ["parameters", "param_groups"])
+def test_the_cutoff_runs_over_depth_whatever_order_the_groups_hold_the_tensors_in(build):
+    """Muon keeps conv kernels and matrices in groups of their own, and param_groups groups tensors by role: the
+    cutoff is drawn over the model's depth all the same (the first conv the least often, the last layer always)."""
+    model = small_cnn()
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    params = model.parameters() if build == "parameters" else specopt.param_groups(model, scheme="image")
+    opt = specopt.DropMuon(params, seed=5, lr=0.01, order=None if build == "parameters" else model)
+    moves = []
+    for _ in range(200):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        moves.append([not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)])
+    frequency = torch.tensor(moves, dtype=torch.float64).mean(0)
+    # layer l: (l+1)/L over the L Muon tensors (param_groups' head is on AdamW, which steps every time)
+    expected = [0.25, 0.5, 0.75, 1.0] if build == "parameters" else [1 / 3, 2 / 3, 1.0, 1.0]
+    assert (frequency - torch.tensor(expected, dtype=torch.float64)).abs().max() < 0.1
+    for moved in moves:  # a suffix of the network's depth
+        assert all(moved[moved.index(True):])
+
+
+def test_param_groups_without_the_models_order_are_refused_and_a_foreign_tensor_is_named():
+    model = small_cnn()
+    with pytest.raises(ValueError, match="pass order=model"):
+        specopt.DropMuon(specopt.param_groups(model, scheme="image"))
+    opt = specopt.DropMuon(model.parameters(), order=list(model.parameters())[1:])
+    opt.zero_grad()
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    with pytest.raises(ValueError, match="not among the tensors of Drop-Muon's order="):
+        opt.step()

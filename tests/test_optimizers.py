@@ -403,7 +403,7 @@ def test_one_set_of_defaults(name, cls, task_name):
     task = get_task(task_name, **({"size": "tiny"} if task_name == "char-gpt" else {}))
     model = task.build_model()
     (built,) = registry.build(name, model, task, registry.resolve(name))
-    direct = cls(specopt.param_groups(model))
+    direct = cls(specopt.param_groups(model), **({"order": model} if cls is specopt.DropMuon else {}))
     assert type(built) is type(direct)
 
     def per_tensor(opt):

@@ -4,7 +4,8 @@ engine edit): a second moment of the orthogonalized update divides it, row by ro
 rates and scales carry over.
 
 * **NorMuon** (Li et al. 2025, *NorMuon: Making Muon more efficient and scalable*, arXiv:2510.05491):
-  ``O = msign(d̃)``, ``v ← β₂v + (1−β₂)·mean_j O_ij²`` (one number per row, i.e. per output neuron),
+  ``O = msign(d̃)``, ``v ← β₂v + (1−β₂)·mean_j O_ij²`` (one number per output neuron i of each map: the rows
+  of ``(d_out, d_in)``, read through the tensor's layout — a ``Conv1D`` weight's columns, each expert's own rows),
   ``Ô = O/√(v + ε)``, ``W ← (1−γλ)W − γ·scale·(‖O‖_F/‖Ô‖_F)·Ô``.
 * **AdaMuon** (Si et al. 2025, *AdaMuon: Adaptive Muon Optimizer*, arXiv:2507.11005): the momentum is
   sign-transformed before the orthogonalization, ``O = msign(sign(M))`` (:class:`SignedMomentum`), the second
@@ -12,7 +13,7 @@ rates and scales carry over.
   ``0.2·√(mn)/‖Ô‖_F`` (here: the ``match_rms_adamw`` scale, ``0.2·√max(m, n)``, times ``‖O‖_F = √min(m, n)``).
 
 Both keep their second moment under the state key ``second_moment`` (float32, float64 for float64 weights); Muon's
-AdamW part is unchanged.
+AdamW part is unchanged and keeps no second moment of theirs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,39 @@ from specopt._checks import check_number
 from specopt.estimators import Momentum
 from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
+from specopt.views import Stacked, _View
+
+
+def output_rows(norm, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` seen through ``norm``'s layout views as ``(*maps, d_out, …)`` — a transposed ``Conv1D`` weight's columns
+    as rows, an expert stack's leading axes as maps — and the number of map axes. The views are axis swaps, each its
+    own inverse: :func:`stored` undoes them."""
+    maps = 0
+    while isinstance(norm, _View):
+        x = norm._to_view(x)
+        maps += norm.dims if isinstance(norm, Stacked) else 0
+        norm = norm.inner
+    return x, maps
+
+
+def stored(norm, x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`output_rows`: ``x`` back in the stored layout."""
+    views = []
+    while isinstance(norm, _View):
+        views.append(norm)
+        norm = norm.inner
+    for view in reversed(views):
+        x = view._from_view(x)
+    return x
+
+
+def _rows_split_by_shards(norm, shape) -> bool:
+    """Whether sharding the stored tensor's first axis (FSDP2) cuts through the output rows' entries: the first axis
+    is an input axis of the view (a ``Conv1D`` weight stored ``(d_in, d_out)``)."""
+    probe = torch.empty(shape, device="meta")
+    view, maps = output_rows(norm, probe)
+    first = max(range(view.ndim), key=lambda a: (view.stride(a), view.shape[a]))  # the stored first axis
+    return first > maps
 
 
 class SecondMomentNormalized(USCG):
@@ -32,7 +66,8 @@ class SecondMomentNormalized(USCG):
     to the output's Frobenius norm: ``Ô = O/√(v + ε)·‖O‖_F/‖O/√(v + ε)‖_F``, ``W ← (1−γλ)W + γρ·Ô``.
 
     Args:
-        per: ``"row"`` (NorMuon: one moment per output row; a conv kernel's rows are its output channels) or
+        per: ``"row"`` (NorMuon: one moment per output row of each map, read through the layout; a conv kernel's
+            rows are its output channels) or
             ``"entry"`` (AdaMuon).
         beta2: the second moment's EMA factor.
         eps: added to the second moment (``"row"``) or to its root (``"entry"``, as AdaMuon writes it).
@@ -49,23 +84,38 @@ class SecondMomentNormalized(USCG):
         self.name = "normuon" if per == "row" else "adamuon"
 
     def init_state(self, rec) -> None:
-        """The second moment, zero: one entry per row of the (local) tensor, or per entry, in the engine's working
-        dtype ``promote_types(p.dtype, float32)``."""
-        if "second_moment" not in rec.state:
-            rows, rest = rec.p.shape[0], math.prod(rec.p.shape[1:])
-            rec.state["second_moment"] = torch.zeros(rows, 1 if self.per == "row" else rest, device=rec.p.device,
-                                                     dtype=torch.promote_types(rec.p.dtype, torch.float32))
+        """The second moment, zero: one entry per output row of each map of the (local) tensor, or per entry, in the
+        engine's working dtype ``promote_types(p.dtype, float32)``. None for Muon's AdamW tensors."""
+        if "second_moment" in rec.state or rec.group["norm"] == "adamw":
+            return
+        dtype = torch.promote_types(rec.p.dtype, torch.float32)
+        if self.per == "row":
+            view, maps = output_rows(rec.group["norm"], torch.empty(rec.p.shape, device="meta"))
+            shape = (*view.shape[:maps + 1], 1)
+        else:
+            shape = (rec.p.shape[0], math.prod(rec.p.shape[1:]))
+        rec.state["second_moment"] = torch.zeros(shape, device=rec.p.device, dtype=dtype)
 
     def scale(self, records, ctx) -> None:
         pieces = []  # ‖O‖_F and ‖Ô‖_F of each record's rows (all of them but under FSDP2)
         for rec in records:
             v = rec.state["second_moment"]
-            out = (rec.s.to(v.dtype) * rec.factor).reshape(rec.s.shape[0], math.prod(rec.s.shape[1:]))
-            moment = out.square().mean(dim=1, keepdim=True) if self.per == "row" else out.square()
-            v.lerp_(moment, 1 - self.beta2)
-            normed = out / (v + self.eps).sqrt() if self.per == "row" else out / (v.sqrt() + self.eps)
+            out = rec.s.to(v.dtype) * rec.factor
+            if self.per == "row":
+                if rec.layout.sharded and _rows_split_by_shards(rec.norm, rec.param.shape):
+                    raise ValueError(f"{rec.name}: NorMuon's moment is per output row, and this tensor is stored "
+                                     f"{tuple(rec.param.shape)} with its output rows across its FSDP2 shards (a "
+                                     "Conv1D weight stored (d_in, d_out)); train it with Muon, or shard it by rows")
+                view, maps = output_rows(rec.norm, out)
+                rows = view.reshape(*view.shape[:maps + 1], math.prod(view.shape[maps + 1:]))
+                v.lerp_(rows.square().mean(dim=-1, keepdim=True), 1 - self.beta2)
+                normed = stored(rec.norm, (rows / (v + self.eps).sqrt()).reshape(view.shape))
+            else:
+                flat = out.reshape(v.shape)
+                v.lerp_(flat.square(), 1 - self.beta2)
+                normed = (flat / (v.sqrt() + self.eps)).reshape(out.shape)
             pieces += [out.norm(), normed.norm()]
-            rec.s, rec.factor = normed.reshape(rec.s.shape), 1.0
+            rec.s, rec.factor = normed.contiguous(), 1.0
         # under FSDP2 a rank holds some of a tensor's rows: the whole tensor's norms from the sums of their squares
         both = [rec for rec in records for _ in range(2)]
         wholes = ctx.complete([n.square() for n in pieces], both)

@@ -65,8 +65,9 @@ class DistanceOverGradients(StepRule):
         self.r_rel = check_number(r_rel, "r_rel", low_open=True)
 
     def init_state(self, rec) -> None:
-        """The initial weights ``W_0``, copied as the first step begins (before anything has moved them)."""
-        if "dog_w0" not in rec.state:
+        """The initial weights ``W_0``, copied as the first step begins (before anything has moved them); none for
+        the AdamW tensors of a ``norm="adamw"`` group, whose step is not DoG's."""
+        if "dog_w0" not in rec.state and rec.group["norm"] != "adamw":
             rec.state["dog_w0"] = rec.p.detach().clone()
 
     def scale(self, records, ctx) -> None:

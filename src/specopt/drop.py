@@ -3,11 +3,14 @@ updates a random subset of the layers, so the dropped layers cost no orthogonali
 stops the backward pass early, no gradient).
 
 Randomized progressive training, the paper's sampling: at step k a cutoff ``c_k ∈ {0, …, L−1}`` is drawn over the L
-geometry tensors in parameter order (input side first) and the tensors ``l ≥ c_k`` are updated,
+geometry tensors in depth order (input side first: the model's parameter order, ``order=model``) and the tensors
+``l ≥ c_k`` are updated,
 ``W_l ← (1−γλ)W_l − γ·scale·msign(d̃_l)``; the others keep their weights and momentum (the paper's
 ``M_l^k = M_l^{k−1}`` for a dropped layer). Muon's AdamW tensors
 (embeddings, head, gains) step every time. The draw is a function of the seed and the step count, so a resumed run
-draws the same layers.
+given the same ``seed`` draws the same layers (the seed is a constructor argument, not part of the state dict). The
+cutoff is drawn inside ``step()``, after the backward pass: the dropped tensors save their orthogonalization, not
+their gradient (the paper's backward pass that stops at the cutoff needs the cutoff before it).
 
 The cutoff's distribution is the paper's free choice of sampling (any distribution over the starting index); here
 ``p(c) ∝ decay^c``: ``decay = 1`` is the uniform index sampling of the paper's experiments (layer l updated with
@@ -19,6 +22,7 @@ is updated with probability ``P_l = Σ_{c ≤ l} p(c)`` and ``Σ_c p(c)·(L−c)
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from specopt._checks import check_number
 from specopt.optimizers import Muon, refuse_own
@@ -43,20 +47,35 @@ class ProgressiveDrop(USCG):
     Args:
         seed: seed of the cutoff draws (with the step count).
         decay: ``p(c) ∝ decay^c`` (0 < decay ≤ 1; 1 is uniform).
+        order: the tensors input side first (a module: its ``parameters()``), over which the cutoff is drawn;
+            None: the order the engine holds them in (its param groups', flattened).
     """
 
     name = "progressive_drop"
     traceable = False  # the draw reads the step count on the host
 
-    def __init__(self, seed: int = 0, decay: float = 1.0):
+    def __init__(self, seed: int = 0, decay: float = 1.0, order=None):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed = seed
         self.decay = check_number(decay, "decay", low_open=True, high=1.0)
+        if isinstance(order, nn.Module):
+            order = order.parameters()
+        self.depth = None if order is None else {id(p): k for k, p in enumerate(order)}
+
+    def _by_depth(self, records: list) -> list:
+        if self.depth is None:
+            return records
+        missing = [rec.name for rec in records if id(rec.param) not in self.depth]
+        if missing:
+            raise ValueError(f"{', '.join(map(str, missing))}: not among the tensors of Drop-Muon's order= (the "
+                             "model whose layers it drops, or its tensors input side first)")
+        return sorted(records, key=lambda rec: self.depth[id(rec.param)])
 
     def active(self, records: list, ctx) -> list:
         if not records:
             return records
+        records = self._by_depth(records)
         step = int(records[0].state["step"])
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         if self.decay == 1.0:  # the uniform draw as first written: the same layers as earlier runs
@@ -71,8 +90,21 @@ class ProgressiveDrop(USCG):
 
 class DropMuon(Muon):
     """Drop-Muon: Muon on a random top part of the network each step (see the module docstring). Takes every
-    :class:`~specopt.Muon` argument but ``rule``, plus ``seed`` and ``decay`` of :class:`ProgressiveDrop`."""
+    :class:`~specopt.Muon` argument but ``rule``, plus ``seed``, ``decay`` and ``order`` of
+    :class:`ProgressiveDrop`.
 
-    def __init__(self, params, lr: float = 0.02, seed: int = 0, decay: float = 1.0, **muon):
+    ``order``: the model (or its tensors input side first); without it the tensors are taken in the order given.
+    :func:`specopt.param_groups` groups tensors by role, not by depth, so its groups need ``order=model``.
+    """
+
+    def __init__(self, params, lr: float = 0.02, seed: int = 0, decay: float = 1.0, order=None, **muon):
         refuse_own("DropMuon", muon, "rule")
-        super().__init__(params, lr=lr, rule=ProgressiveDrop(seed, decay), **muon)
+        params = list(params) if not isinstance(params, torch.Tensor) else [params]
+        if order is None:
+            if any(isinstance(g, dict) and "role" in g for g in params):
+                raise ValueError("DropMuon draws its cutoff over the layers input side first, and param_groups' "
+                                 "groups are by role, not depth: pass order=model (the model the groups came from)")
+            members = [g["params"] if isinstance(g, dict) else [g] for g in params]
+            order = [m[1] if isinstance(m, tuple) else m for ms in members
+                     for m in ([ms] if isinstance(ms, torch.Tensor) else ms)]
+        super().__init__(params, lr=lr, rule=ProgressiveDrop(seed, decay, order), **muon)

@@ -129,7 +129,8 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
                "drop-muon": specopt.DropMuon, "adago": specopt.AdaGO, "muonbp": specopt.MuonBP}[name]
         groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
-        return [cls(groups, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
+        depth = {"order": model} if name == "drop-muon" else {}  # Drop-Muon's cutoff runs over the model's depth
+        return [cls(groups, **depth, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **momentum, **options})]
     if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
         groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else

@@ -477,8 +477,9 @@ def held_output(out: str | Path, command: str) -> str | None:
 def _unmarked_output(out: Path, command: str) -> str | None:
     """The command of an output written before the marker existed: a comparison (``runs/compare`` of an earlier
     version) by its report's title and its summary; an experiment in its default place, ``…/NAME``, by its report
-    and its table."""
-    if command == f"experiment {out.name}" and (out / "report.md").is_file() and (out / "results.csv").is_file():
+    and its table (full or quick: either may replace it)."""
+    if (command.removesuffix(" --quick") == f"experiment {out.name}" and (out / "report.md").is_file()
+            and (out / "results.csv").is_file()):
         return command
     try:
         title = (out / "report.md").read_text(encoding="utf-8").split("\n", 1)[0]
