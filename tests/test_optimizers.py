@@ -384,6 +384,8 @@ def test_almond_averages_lmo_directions():
         opt.step()
         d = beta * d + (1 - beta) * radius * norm.lmo(g)
         torch.testing.assert_close(model.weight.detach(), before + lr * d, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="nesterov=True has no meaning for ALMOND"):  # it used to be ignored
+        ALMOND([{"params": list(model.parameters()), "nesterov": True}])
 
 
 ONE_SET = [("muon", Muon), ("scion", Scion), ("uscion", UScion), ("clipped-scion", ClippedScion),

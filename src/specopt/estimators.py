@@ -189,6 +189,11 @@ class AveragedLmo(Estimator):
     per_tensor = True
     produces = "averaged_lmo"
 
+    def validate_group(self, group: dict) -> None:
+        if group.get("nesterov"):
+            raise ValueError("nesterov=True has no meaning for ALMOND's averaged lmo (it averages unit-norm "
+                             "directions, not gradients); leave it out")
+
     def init_state(self, rec) -> None:
         momentum_buffer(rec.state, rec.p)
 
