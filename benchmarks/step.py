@@ -83,6 +83,11 @@ def scion_groups(r) -> list[dict]:
     ]
 
 
+BF16 = torch.bfloat16
+"""The msign dtype of every Muon row, as torch.optim.Muon's (msign's default would be fp32 on a CPU without
+native bf16)."""
+
+
 def optimizers(params):
     """name → (optimizers to step together), all over the same parameters."""
     r = roles(params)
@@ -96,9 +101,9 @@ def optimizers(params):
         "torch.optim.Muon + AdamW(fused)": [
             torch.optim.Muon(hidden, lr=0.02, weight_decay=0.0, adjust_lr_fn="original"),
             torch.optim.AdamW(rest, lr=3e-4, weight_decay=0.0, fused=True)],
-        "specopt Muon": [specopt.Muon(muon, lr=0.02)],
-        "specopt Muon (gram=True)": [specopt.Muon(muon, lr=0.02, gram=True)],
-        "specopt Drop-Muon": [specopt.DropMuon(muon, lr=0.02, order=every)],
+        "specopt Muon": [specopt.Muon(muon, lr=0.02, compute_dtype=BF16)],
+        "specopt Muon (gram=True)": [specopt.Muon(muon, lr=0.02, gram=True, compute_dtype=BF16)],
+        "specopt Drop-Muon": [specopt.DropMuon(muon, lr=0.02, order=every, compute_dtype=BF16)],
         "torch.optim.AdamW": [torch.optim.AdamW(every, lr=3e-4)],
         "specopt Scion": [specopt.Scion(scion)],
         "specopt UScion": [specopt.UScion(scion)],
@@ -185,6 +190,7 @@ def main() -> None:
     flops = {"plain": msign_flops(params, gram=False), "gram": msign_flops(params, gram=True)}
     ns_rate, peak = flops["plain"] / med[fused_ref], matmul_rate(args.device)
     ref = {"specopt Muon": fused_ref, "specopt Muon (gram=True)": fused_ref, "torch.optim.Muon + AdamW": fused_ref,
+           "specopt Drop-Muon": "specopt Muon",
            "specopt Scion": "torch.optim.AdamW", "specopt UScion": "torch.optim.AdamW"}
     n_params = sum(p.numel() for _, p in params)
     n_hidden = sum(is_hidden(name) for name, _ in params)
