@@ -17,6 +17,7 @@ and UScion.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -175,8 +176,12 @@ def main() -> None:
         for opt in group:
             opt.step()
     sync()
+    order = random.Random(0)  # a fresh random order every round, so drift and what ran before hit all alike
     for r in range(args.repeats):
-        for name, group in opts.items():
+        names = list(opts)
+        order.shuffle(names)
+        for name in names:
+            group = opts[name]
             start = time.perf_counter()
             for opt in group:
                 opt.step()

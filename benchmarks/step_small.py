@@ -20,9 +20,7 @@ like: same threads, same gradients, same dtype where a ratio is taken.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +30,7 @@ from specopt import linalg
 from specopt.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import DRIFT_NOTE, command, parse_machine_args, publish, where  # noqa: E402
+from msign import DRIFT_NOTE, command, median_times, parse_machine_args, publish, where  # noqa: E402
 
 
 def lora_gpt2() -> torch.nn.Module:
@@ -88,18 +86,16 @@ def optimizers(model: torch.nn.Module) -> dict[str, list]:
 
 
 def time_steps(opts: dict[str, list], rounds: int) -> dict[str, float]:
-    """Median seconds of one step of each entry, in interleaved rounds after a warm-up step."""
-    times: dict[str, list[float]] = {name: [] for name in opts}
-    for group in opts.values():
-        for opt in group:
-            opt.step()
-    for _ in range(rounds):
-        for name, group in opts.items():
-            start = time.perf_counter()
+    """Median seconds of one step of each entry, in interleaved rounds in a fresh random order each round
+    (:func:`msign.median_times`) after a warm-up step."""
+
+    def stepper(group):
+        def step():
             for opt in group:
                 opt.step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+        return step
+
+    return median_times({name: stepper(group) for name, group in opts.items()}, rounds, torch.device("cpu"))
 
 
 def matrix_summary(opts: dict[str, list]) -> str:
