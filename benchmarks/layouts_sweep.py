@@ -3,6 +3,7 @@ its tensors with :func:`specopt.layouts.classify`, print every refusal, crash an
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,6 +23,14 @@ def outcome(model) -> tuple[str, str]:
             return "crashed", f"{type(err).__name__}: {str(err)[:160]}"
     guesses = [str(w.message) for w in caught if "read as F.linear" in str(w.message)]
     return ("warned", guesses[0].split(": ", 1)[1].split(". If")[0]) if guesses else ("classified", "")
+
+
+def need(package: str, how: str):
+    """``import package``, or end the script with one line saying why it failed and how to run it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise SystemExit(f"{package} is not importable here ({e}); {how}") from None
 
 
 def sweep(candidates: Iterable[tuple[str, Callable]]) -> Counter:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 
-import litgpt
-import litgpt.lora
 import torch
-from layouts_sweep import summary, sweep
+from layouts_sweep import need, summary, sweep
+
+VENV = "run this script with .venv-timm-litgpt/bin/python (README: Testing with timm and litgpt)"
+litgpt = need("litgpt", VENV)
+need("litgpt.lora", VENV)
 
 
 def build(name: str, lora: bool):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 
-import timm
 import torch
-from layouts_sweep import summary, sweep
+from layouts_sweep import need, summary, sweep
+
+VENV = "run this script with .venv-timm-litgpt/bin/python (README: Testing with timm and litgpt)"
+timm = need("timm", VENV)
 
 
 def first_of_each_family():

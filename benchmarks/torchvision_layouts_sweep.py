@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 
 import torch
-import torchvision
-from layouts_sweep import summary, sweep
+from layouts_sweep import need, summary, sweep
+
+VENV = "run this script with .venv-timm-litgpt/bin/python (README: Testing with timm and litgpt)"
+torchvision = need("torchvision", VENV)
 
 
 def build(name: str):
