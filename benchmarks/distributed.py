@@ -32,7 +32,7 @@ import torch.distributed as dist
 import specopt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msign import write_section  # noqa: E402
+from msign import against, write_section  # noqa: E402
 from step import gpt2_small_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ def render(rows: list[dict], rounds: int) -> str:
 
 
 def section(rows: list[dict], rounds: int, table: str, repeats: int) -> str:
-    verdicts = "; ".join(f"{r['layout'].upper()} layout {r['ratio']:.2f}× ({'met' if r['ratio'] <= 0.6 else 'not met'})"
+    verdicts = "; ".join(f"{r['layout'].upper()} layout {r['ratio']:.2f}× ({against(r['ratios'], 0.6)})"
                          for r in rows if r["layout"] in ("ddp", "fsdp2") and r["world"] == 2)
     bound = next(r["ratio"] for r in rows if r["layout"] == "halves")
     return (f"## Distributed optimizer step (GPT-2-small parameter set, 2 ranks)\n\nMeasured by "

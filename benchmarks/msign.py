@@ -62,6 +62,17 @@ def median_times(fns: dict, repeats: int, device: torch.device, stat=statistics.
     return {name: stat(ts) for name, ts in times.items()}
 
 
+def against(ratios: list[float], target: float) -> str:
+    """A ratio target's outcome over repeated measurements: met when every repeat is at or below ``target``, not
+    met when every one is above, and inconclusive when the repeats straddle it (the margin is within the noise)."""
+    low, high = min(ratios), max(ratios)
+    if high <= target:
+        return "met"
+    if low > target:
+        return "not met"
+    return f"inconclusive: its repeats span {low:.2f}–{high:.2f}, either side of {target:g}"
+
+
 def test_matrix(m: int, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
     """``U diag(σ) Vᵀ`` with σ/(‖σ‖·1.02) spanning [1e-3, ≈0.98]."""
     k = min(m, n)
