@@ -62,9 +62,17 @@ def test_declared_expert_stack_steps_each_expert_by_gamma_rho(layouts):
         assert float(rms_rms) == pytest.approx(0.01 * DEFAULT_RADII["expert"], rel=1e-5)
 
 
-def test_a_declaration_that_matches_nothing_is_an_error():
+def test_a_declaration_of_an_unknown_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown layout"):
         specopt.param_groups(MoENet(), layouts={Experts: "matrix"})
+
+
+@pytest.mark.parametrize("extra", [{r"\.w_inn$": "linear_transposed"}, {torch.nn.Conv2d: "conv"}])
+def test_a_declaration_that_matches_nothing_is_an_error(extra):
+    """A typo in a regex (or a module type the model does not have) would leave the tensor it meant read another
+    way, with no warning: it is refused, naming the declaration."""
+    with pytest.raises(ValueError, match="apply to no trainable parameter"):
+        specopt.param_groups(MoENet(), layouts={Experts: "experts_transposed", **extra})
 
 
 @pytest.mark.parametrize("kwargs, match", [

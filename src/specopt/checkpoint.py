@@ -12,7 +12,10 @@ and ``meta``: a JSON string with the param groups' hyperparameters (a tensor ``l
 the group's tensor on load), the small per-parameter state (0-d step counts, Gluon's measurements) and ``extra``,
 identical on every rank.
 
-Saving is atomic: DCP writes into ``<path>.tmp``, which replaces ``<path>`` once every rank has finished.
+Saving is atomic: DCP writes into ``<path>.tmp``, which replaces ``<path>`` once every rank has finished (the
+earlier checkpoint is moved to ``<path>.old`` first and removed last; a crash between leaves it there, and
+:func:`load` reads it). ``<path>`` must be new, empty or a checkpoint: a directory holding anything else is refused,
+not replaced.
 Loading builds its template from the checkpoint's own metadata, so optimizer state need not exist beforehand.
 """
 
@@ -36,9 +39,19 @@ from specopt.engine import fresh_state_dtypes, loaded_state
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose parameters the optimizer holds: DDP's inner module; FSDP2 modules resharded first (a
+    """The module whose parameters the optimizer holds: the module inside DDP, ``nn.DataParallel`` and
+    ``torch.compile``'s wrapper (their state-dict keys are the plain model's); FSDP2 modules resharded first (a
     forward without backward, such as an evaluation, leaves the unsharded parameters registered)."""
-    module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    module = model
+    while True:
+        if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):  # torch.compile(model)
+            module = module._orig_mod
+        else:
+            break
     for m in module.modules():
         reshard = getattr(m, "reshard", None)
         if callable(reshard) and type(m).__name__.startswith("FSDP"):
@@ -78,14 +91,39 @@ def _barrier() -> None:
 
 
 def _as_list(optimizers) -> list:
-    return list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+    out = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+    for opt in out:
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"optimizers must be a torch.optim.Optimizer or a list of them, got {type(opt).__name__}")
+    return out
+
+
+CHECKPOINT_FILES = (".metadata", ".distcp")
+"""What a DCP checkpoint directory holds (its metadata and ``*.distcp`` shards)."""
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a ``path`` that holds anything but a checkpoint: saving replaces the directory."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a checkpoint directory; save to another path")
+    foreign = sorted(p.name for p in path.iterdir() if not p.name.endswith(CHECKPOINT_FILES)) if path.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise ValueError(f"{path} holds files that are not a checkpoint ({shown}), which saving would delete; save "
+                         "to another path, or remove them")
 
 
 def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None) -> Path:
     """Write model, optimizer(s) and ``extra`` (JSON-able but for tensors, which come back as tensors: a scheduler's
     state dict with tensor learning rates) to the DCP directory ``path`` atomically."""
     path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise ValueError(f"the checkpoint path must name a directory, got {str(path)!r}")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict, got {type(extra).__name__}")
     module = _module(model)
+    optimizers = _as_list(optimizers)
+    _check_target(path)
     fqn = {p: n for n, p in module.named_parameters()}
     flat: dict = {f"model.{k}": v for k, v in module.state_dict().items()}
     metas = []
@@ -119,19 +157,40 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
         dcp.save(flat, checkpoint_id=str(tmp))
     _barrier()
     if _rank0():
+        old = path.with_name(path.name + ".old")
+        if old.exists() and path.exists():  # a crash before left both: the newer is at path
+            shutil.rmtree(old)
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, old)
         os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
     _barrier()
     return path
 
 
+def _located(path: Path) -> Path:
+    """``path``, or ``<path>.old`` where a save crashed between moving the earlier checkpoint aside and moving the
+    new one in."""
+    if (path / ".metadata").exists():
+        return path
+    old = path.with_name(path.name + ".old")
+    if (old / ".metadata").exists() and not path.exists():
+        warnings.warn(f"{path} is missing and {old} holds the checkpoint before it (a save was interrupted): "
+                      "loading that", stacklevel=3)
+        return old
+    raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+
+
 def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
     """Load a checkpoint written by :func:`save` (at any world size) into ``model`` and the optimizer(s) in
-    place; returns its ``extra``."""
-    path = Path(path)
-    if not (path / ".metadata").exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+    place; returns its ``extra``.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path`` (nor at ``<path>.old``, left by an interrupted save).
+        UnreadableCheckpoint: the files are damaged; nothing is loaded.
+        ValueError: the checkpoint belongs to another model or optimizer; nothing is loaded."""
+    path = _located(Path(path))
     metadata = _readable(path, lambda: FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     optimizers = _as_list(optimizers)
     module = _module(model)
@@ -197,9 +256,7 @@ def _state_key(key: str, params: dict) -> tuple[str, str]:
 def read_extra(path: str | os.PathLike) -> dict:
     """The ``extra`` of a checkpoint written by :func:`save`, read without loading any tensor (to check a
     checkpoint before loading it into a model)."""
-    path = Path(path)
-    if not (path / ".metadata").exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+    path = _located(Path(path))
     return _decode(_read_meta(path)["extra"], "cpu")
 
 

@@ -573,6 +573,12 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
                       "them, declare them: param_groups(model, layouts={name regex: KIND}) with KIND 'token' (a table "
                       "or learned queries), 'vector' (entry-wise), 'linear_transposed' (x @ W); 'linear' silences "
                       "this warning", UserWarning, stacklevel=3)
+    unused = [entry[0] for entry in declarations if not entry[2]]
+    if unused:  # a typo would leave a tensor read another way, silently
+        shown = ", ".join(k.__name__ if isinstance(k, type) else repr(k) for k in unused)
+        raise ValueError(f"layouts declaration(s) {shown} apply to no trainable parameter (a regex matches the "
+                         "names model.named_parameters() gives; a module type its weights, or the local names its "
+                         "dict lists)")
     _apply_split_sizes(out, split_sizes or {})
     if num_heads is not None and num_heads is not False:
         _apply_heads(out, num_heads)
