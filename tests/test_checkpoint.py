@@ -67,3 +67,4 @@ def test_misuse_is_named(tmp_path, args, error, match):
         checkpoint.save(tmp_path / "ckpt", *args)
     with pytest.raises(ValueError, match="must name a directory"):
         checkpoint.save(".", model, opt)
+

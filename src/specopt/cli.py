@@ -147,9 +147,9 @@ def _momentum(value: float | None) -> float | None:
 Lr = Annotated[float | None, typer.Option(callback=_positive, help="learning rate, > 0 (default: the optimizer's)")]
 Momentum = Annotated[float | None, typer.Option(callback=_momentum, help="momentum β, in [0, 1)")]
 WeightDecay = Annotated[float | None, typer.Option(min=0.0, help="weight decay")]
-Radius = Annotated[float | None, typer.Option(min=0.0, help="hidden-layer radius ρ (other roles "
+Radius = Annotated[float | None, typer.Option(help="hidden-layer radius ρ (other roles "
                                               "keep their ratio)")]
-ClipRadius = Annotated[float | None, typer.Option(min=0.0, help="ρ_c of clipped-scion")]
+ClipRadius = Annotated[float | None, typer.Option(help="ρ_c of clipped-scion (> 0)")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
 Closure = Annotated[bool, typer.Option(help="pass a closure to step() (Gluon and STORM re-evaluate the batch with "
                                        "it); --no-closure calls step() bare, as HF Trainer does")]

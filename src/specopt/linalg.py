@@ -1,6 +1,6 @@
 """The matrix sign (polar factor) ``msign(G) = U sign(Σ) Vᵀ`` for ``G = U Σ Vᵀ``.
 
-Three methods:
+Six methods:
 
 * ``"polar_express"`` (default) — odd quintic iterations ``X ← a_k X + (b_k A + c_k A²) X``, ``A = X Xᵀ``,
   with a different minimax-optimal ``(a_k, b_k, c_k)`` per step, produced by
@@ -14,7 +14,9 @@ Three methods:
   input interval: odd cubic steps, CANS (Chebyshev-optimal steps with a Gelfand normalisation) and Turbo-Muon's
   AOL-rescaled iteration with one step fewer; see :mod:`specopt.msign_schedules`.
 
-Every method maps a zero singular value to zero, so ``msign(0) = 0`` and null directions stay null.
+Every method maps a zero singular value to zero, so ``msign(0) = 0``, and in exact arithmetic (and float32 or
+float64) null directions stay null; in bf16 the rounding of the first products puts O(1e-2) into them, which the
+iteration lifts towards the band (a rank-2 input comes back with every singular value in 0.2–1.05).
 The polynomial methods do not return an exactly orthogonal matrix: after the default steps the singular
 values of the result lie in a band around 1, see :func:`msign_band`.
 """
@@ -280,8 +282,10 @@ def msign(
     Args:
         G: real floating tensor of shape ``(..., m, n)``, any aspect ratio (wide or tall: tall inputs
            are transposed internally so that the iteration works on the smaller Gram matrix).
-        method: ``"polar_express"`` (default), ``"newton_schulz"`` or ``"svd"``.
-        steps: iterations of a polynomial method (default 5 for both).
+        method: ``"polar_express"`` (default), ``"newton_schulz"``, ``"svd"``, ``"cubic"``, ``"cans"`` or
+           ``"aol"``.
+        steps: iterations of a polynomial method (default: 5 for polar_express, newton_schulz and cubic, 4 for cans
+           and aol, the steps their schedules are designed for).
         compute_dtype: dtype of the iteration. ``None`` (default) computes in bfloat16 where the device has
            native bf16 matmuls (see :func:`default_compute_dtype`) and in the input's dtype (at least
            float32) elsewhere; pass e.g. ``torch.float32`` to turn bf16 off. The SVD always runs in at
@@ -291,7 +295,8 @@ def msign(
            where it is faster at a small cost in accuracy (bf16, aspect ≥ 3, ≥ 128 rows); ``False`` never
            (torch.optim.Muon's arithmetic). See :func:`use_gram`.
         check_finite: raise ``ValueError`` if ``G`` holds NaN or Inf (one reduction; costs a device sync on
-           CUDA). With ``False`` non-finite entries propagate to a NaN result, never a finite one.
+           CUDA). With ``False`` a polynomial method propagates non-finite entries to a NaN result; the SVD
+           raises torch's error (NaN) or may return a finite result (Inf): keep the check on with ``"svd"``.
 
     Returns:
         a tensor of ``G``'s shape, dtype and device.
@@ -302,6 +307,8 @@ def msign(
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("msign input contains NaN or Inf; the polar factor of a non-finite matrix is undefined")
     work = resolve_compute_dtype(G, compute_dtype, method)
+    if G.numel() == 0:  # the polar factor of an empty matrix is empty
+        return G.clone()
     return polar_factor(G.to(work, copy=True), method=method, steps=steps, gram=gram).to(G.dtype)
 
 

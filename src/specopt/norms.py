@@ -3,7 +3,9 @@ object per geometry, owning its lmo, dual, norm, init, project.
 
 For a norm ``‖·‖`` on one tensor, the linear minimisation oracle over the unit ball is
 ``lmo(g) = argmin_{‖s‖≤1} ⟨g, s⟩``, so that ``⟨g, lmo(g)⟩ = −‖g‖_*`` (the dual norm) and ``‖lmo(g)‖ = 1``
-for ``g ≠ 0``; ``lmo(0) = 0``. Shapes ``d_out × d_in`` follow ``nn.Linear.weight``.
+for ``g ≠ 0`` (exactly with an exact lmo; the spectral norms' polynomial msign lands within its band,
+:func:`~specopt.linalg.msign_band`: ``‖lmo(g)‖`` up to 1.141 with Polar Express); ``lmo(0) = 0``.
+Shapes ``d_out × d_in`` follow ``nn.Linear.weight``.
 
 Batches. Every method takes a batch of same-shape tensors stacked along leading dims. Matrix norms
 (``Spectral``, ``ColNorm``, ``RowNorm``, ``Sign(fan_in_scaled=True)``) and ``SpectralConv`` know the rank of
@@ -26,7 +28,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from specopt._checks import check_positive, check_tensor
-from specopt.linalg import METHODS, check_gram, msign, polar_factor, resolve_compute_dtype
+from specopt.linalg import METHODS, _steps, check_gram, msign, polar_factor, resolve_compute_dtype
 
 
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -382,6 +384,11 @@ class _SpectralBase(Norm):
         if method not in METHODS:
             raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
         check_gram(gram)
+        if steps is not None:
+            _steps(steps, 1)  # the same check msign makes, at construction rather than at the first step
+        if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype)
+                                              and compute_dtype.is_floating_point):
+            raise ValueError(f"compute_dtype must be a torch floating dtype (torch.float32, …), got {compute_dtype!r}")
         self.method, self.steps, self.compute_dtype, self.gram = method, steps, compute_dtype, gram
 
     @abstractmethod

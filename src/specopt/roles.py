@@ -68,6 +68,9 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
         ValueError: a ≥3-D tensor no rule knows (naming it and how to declare it), an option that applies to no
             tensor, blocks that do not add up to the dimension they split.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"param_groups reads the model (an nn.Module), got {type(model).__name__}: "
+                        "param_groups(model), not param_groups(model.parameters())")
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
     if embedding_norm not in ("sign", "col_norm"):
@@ -127,6 +130,9 @@ def _base_norm(layout: Layout, scheme: str, embedding_norm: str, msign: dict) ->
 def describe(groups: list[dict]) -> str:
     """A table of the assignment: parameter, shape, role, axes (which are d_out, d_in, experts E and kernel k),
     norm, radius. Columns fit the longest entry."""
+    if isinstance(groups, nn.Module):
+        raise TypeError("describe takes param groups, not a model: describe(specopt.param_groups(model)) or "
+                        "describe(optimizer.param_groups)")
     rows = [("parameter", "shape", "role", "axes", "norm", "radius")]
     for group in groups:
         norm = group.get("norm")

@@ -1,0 +1,27 @@
+"""Misuse of the public API found by a review of the reference pages: each is named in one line when the object
+is made (it was a traceback from deep inside, or an error only at the first step)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import mlp
+
+import specopt
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda m: specopt.param_groups(m.parameters()), TypeError, r"param_groups\(model\), not param_groups\(model"),
+    (lambda m: specopt.describe(m), TypeError, r"describe\(specopt.param_groups\(model\)\)"),
+    (lambda m: specopt.Spectral(steps=0), ValueError, "steps must be a positive integer, got 0"),
+    (lambda m: specopt.Muon(m.parameters(), compute_dtype="bf16"), ValueError,
+     "compute_dtype must be a torch floating dtype"),
+])
+def test_api_misuse_is_named_when_the_object_is_made(call, error, match):
+    with pytest.raises(error, match=match):
+        call(mlp())
+
+
+def test_the_polar_factor_of_an_empty_matrix_is_empty():
+    assert specopt.msign(torch.randn(0, 3)).shape == (0, 3)
+    assert specopt.msign(torch.randn(2, 0, 5)).shape == (2, 0, 5)
