@@ -25,3 +25,9 @@ def test_api_misuse_is_named_when_the_object_is_made(call, error, match):
 def test_the_polar_factor_of_an_empty_matrix_is_empty():
     assert specopt.msign(torch.randn(0, 3)).shape == (0, 3)
     assert specopt.msign(torch.randn(2, 0, 5)).shape == (2, 0, 5)
+
+
+def test_describe_names_an_optimizers_tensors():
+    model = mlp()
+    table = specopt.describe(specopt.Muon(specopt.param_groups(model)).param_groups)
+    assert "?" not in table and all(name in table for name, _ in model.named_parameters())

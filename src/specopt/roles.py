@@ -136,8 +136,9 @@ def describe(groups: list[dict]) -> str:
     rows = [("parameter", "shape", "role", "axes", "norm", "radius")]
     for group in groups:
         norm = group.get("norm")
-        for member in group["params"]:
-            name, p = member if isinstance(member, tuple) else ("?", member)
+        names = group.get("param_names") or []  # an optimizer's named groups (torch ≥ 2.6)
+        for i, member in enumerate(group["params"]):
+            name, p = member if isinstance(member, tuple) else (names[i] if i < len(names) else "?", member)
             rows.append((name, str(tuple(p.shape)), str(group.get("role", "-")), axes_of(norm, tuple(p.shape)),
                          norm_label(norm), str(group.get("radius", "-"))))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
