@@ -274,8 +274,8 @@ def where(args: argparse.Namespace) -> str:
         return f"{torch.cuda.get_device_name(args.device)}, torch {torch.__version__}"
     native = default_compute_dtype(torch.device("cpu")) == torch.bfloat16
     return (f"{cpu_model()} ({os.cpu_count()} cores; {'native' if native else 'no native'} bf16 matmuls: msign's "
-            f"default compute dtype {'bf16' if native else 'fp32'}), {args.threads} threads, torch "
-            f"{torch.__version__}, CPU")
+            f"default compute dtype {'bf16' if native else 'fp32'}), {args.threads} "
+            f"thread{'s' if args.threads != 1 else ''}, torch {torch.__version__}, CPU")
 
 
 def section(name: str, args: argparse.Namespace) -> str:

@@ -8,11 +8,13 @@ import torch
 from helpers import mlp
 
 import specopt
+from specopt import integrations
 
 
 @pytest.mark.parametrize(("call", "error", "match"), [
     (lambda m: specopt.param_groups(m.parameters()), TypeError, r"param_groups\(model\), not param_groups\(model"),
     (lambda m: specopt.describe(m), TypeError, r"describe\(specopt.param_groups\(model\)\)"),
+    (lambda m: integrations.create_optimizer(m.parameters()), TypeError, r"not create_optimizer\(model.parameters\(\)"),
     (lambda m: specopt.Spectral(steps=0), ValueError, "steps must be a positive integer, got 0"),
     (lambda m: specopt.Muon(m.parameters(), compute_dtype="bf16"), ValueError,
      "compute_dtype must be a torch floating dtype"),
@@ -31,3 +33,15 @@ def test_describe_names_an_optimizers_tensors():
     model = mlp()
     table = specopt.describe(specopt.Muon(specopt.param_groups(model)).param_groups)
     assert "?" not in table and all(name in table for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize(("x", "kwargs", "match"), [
+    (torch.full((4, 3), float("nan")), {}, r"non-finite entries \(shape \(4, 3\)\)"),
+    (torch.randn(4, 3), {"gamma": -1.0, "kappa": 4}, "gamma must be a finite number ≥ 0"),
+    (torch.randn(4, 3), {"kappa": 0}, "kappa must be a finite number > 0"),
+])
+def test_a_projection_of_bad_input_is_refused(x, kwargs, match):
+    """FrobeniusBall returned NaN for a NaN input (SpectralBall refused it) and took a negative γ or κ."""
+    with pytest.raises(ValueError, match=match):
+        specopt.FrobeniusBall(1.0).project(x, **kwargs)
+    assert specopt.FrobeniusBall(1.0).project(torch.ones(4, 3), gamma=0.0, kappa=4).shape == (4, 3)  # γ_k may be 0

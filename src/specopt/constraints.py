@@ -57,11 +57,7 @@ def _matrix(x: torch.Tensor) -> torch.Tensor:
 
 
 def _svd(x: torch.Tensor):
-    matrix = _matrix(x).to(torch.promote_types(x.dtype, torch.float32))
-    if not bool(torch.isfinite(matrix).all()):  # the SVD syncs anyway; LAPACK's own message names no tensor
-        raise ValueError(f"cannot project a tensor with non-finite entries (shape {tuple(x.shape)}): the run has "
-                         "diverged before this step")
-    return torch.linalg.svd(matrix, full_matrices=False)
+    return torch.linalg.svd(_matrix(x).to(torch.promote_types(x.dtype, torch.float32)), full_matrices=False)
 
 
 def _from_svd(U, s, Vh, like: torch.Tensor) -> torch.Tensor:
@@ -136,9 +132,19 @@ class Constraint(ABC):
     def feasible(self, x: torch.Tensor, rtol: float = 1e-5) -> bool:
         return self.value(x) <= self.bound() * (1 + rtol)
 
-    def _checked(self, x: torch.Tensor) -> None:
-        check_tensor(x, f"{type(self).__name__}.project input")
+    def _checked(self, x: torch.Tensor, gamma=1.0, kappa=None) -> None:
+        """The projection's input: a real tensor of a shape this constraint fits, finite (the projection of NaN is
+        undefined), with ``gamma ≥ 0`` (a schedule may end at 0) and ``kappa`` None or > 0."""
+        what = f"{type(self).__name__}.project"
+        check_tensor(x, f"{what} input")
         self.check(x.shape, "the input")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{what}: cannot project a tensor with non-finite entries (shape {tuple(x.shape)}): "
+                             "the run has diverged before this step")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
+            raise ValueError(f"{what} gamma must be a finite number ≥ 0 (the step size), got {gamma!r}")
+        if kappa is not None:
+            check_positive(kappa, f"{what} kappa")
 
     def config(self) -> dict:
         return {"name": _NAMES[type(self)], **vars(self)}
@@ -165,7 +171,7 @@ class SpectralBall(Constraint):
         self.method = method
 
     def project(self, x, gamma=1.0, kappa=None):
-        self._checked(x)
+        self._checked(x, gamma, kappa)
         if x.numel() == 0:
             return x.clone()
         if self.method == "polar":
@@ -210,7 +216,7 @@ class FrobeniusBall(Constraint):
         self.radius = check_positive(radius, "radius")
 
     def project(self, x, gamma=1.0, kappa=None):
-        self._checked(x)
+        self._checked(x, gamma, kappa)
         norm = torch.linalg.vector_norm(x.double())
         if float(norm) <= self.radius:
             return x.clone()
@@ -237,7 +243,7 @@ class L2Ball(Constraint):
         self.radius = check_positive(radius, "radius")
 
     def project(self, x, gamma=1.0, kappa=None):
-        self._checked(x)
+        self._checked(x, gamma, kappa)
         shrunk = anisotropic_ball(x.abs().double().cpu().numpy(), self.radius, gamma, kappa)
         return (torch.sign(x) * torch.as_tensor(shrunk, dtype=x.dtype, device=x.device)).to(x.dtype)
 
@@ -254,7 +260,7 @@ class Box(Constraint):
         self.radius = check_positive(radius, "radius")
 
     def project(self, x, gamma=1.0, kappa=None):
-        self._checked(x)
+        self._checked(x, gamma, kappa)
         return x.clamp(-self.radius, self.radius)
 
     def value(self, x):
@@ -281,7 +287,7 @@ class RankAtMost(Constraint):
                              f"{tuple(shape)}")
 
     def project(self, x, gamma=1.0, kappa=None):
-        self._checked(x)
+        self._checked(x, gamma, kappa)
         U, s, Vh = _svd(x)
         s = s.clone()
         s[self.rank:] = 0
@@ -308,7 +314,7 @@ class SparsityAtMost(Constraint):
                              f"{tuple(shape)}")
 
     def project(self, x, gamma=1.0, kappa=None):
-        self._checked(x)
+        self._checked(x, gamma, kappa)
         flat = x.flatten()
         keep = torch.topk(flat.abs(), self.nonzeros, sorted=False).indices
         out = torch.zeros_like(flat)

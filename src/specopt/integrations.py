@@ -52,9 +52,13 @@ def create_optimizer(model: torch.nn.Module, name: str = "muon", *, lr: float | 
     "auto"). Any other keyword goes to the optimizer's constructor as it is, e.g. ``estimator="storm"``,
     ``nonfinite="skip"``, Gluon's ``L0``/``L1``.
 
-    Raises ValueError for an unknown name or hyperparameter, and for ``torch-muon``, which is two optimizers
-    (torch's Muon and AdamW) where a trainer takes one (use ``"muon"``).
+    Raises ValueError for an unknown name or a bad hyperparameter value, and for ``torch-muon``, which is two
+    optimizers (torch's Muon and AdamW) where a trainer takes one (use ``"muon"``); TypeError for a model that is not
+    an ``nn.Module`` and (the constructor's own) for a keyword the optimizer does not take.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"create_optimizer reads the model (an nn.Module), got {type(model).__name__}: "
+                        "create_optimizer(model, …), not create_optimizer(model.parameters(), …)")
     key = optimizer_name(name)
     hp = registry.resolve(key, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "radius": radius,
                                 "clip_radius": clip_radius, "adamw_lr": adamw_lr, "gram": gram})
