@@ -45,3 +45,13 @@ def test_a_projection_of_bad_input_is_refused(x, kwargs, match):
     with pytest.raises(ValueError, match=match):
         specopt.FrobeniusBall(1.0).project(x, **kwargs)
     assert specopt.FrobeniusBall(1.0).project(torch.ones(4, 3), gamma=0.0, kappa=4).shape == (4, 3)  # γ_k may be 0
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({r"^4\.": {"raduis": 1.0}}, r"sets \['raduis'\], which no specopt optimizer reads"),
+    ({r"^4\.": 5}, r"must be a dict of group keys, got 5"),
+])
+def test_an_override_no_optimizer_reads_is_refused(overrides, match):
+    """A misspelt key sat in the group unread: the radius meant for the head stayed 100."""
+    with pytest.raises(ValueError, match=match):
+        specopt.param_groups(mlp(), overrides=overrides)

@@ -35,6 +35,10 @@ from specopt.views import Stacked, Transposed
 
 ROLES = ("embedding", "token", "hidden", "expert", "conv", "head", "vector")
 SCHEMES = ("auto", "text", "image")
+OVERRIDE_KEYS = ("norm", "radius", "lr", "weight_decay", "weight_decay_mode", "momentum", "nesterov", "constraint",
+                 "betas", "eps", "L0", "L1", "schedule", "warmup_radius", "probe_every")
+"""The group keys an ``overrides`` entry may set: those specopt's optimizers read from a param group (a misspelt
+key would otherwise sit in the group unread)."""
 DEFAULT_RADII = {"embedding": 10.0, "token": 10.0, "hidden": 30.0, "expert": 30.0, "conv": 30.0, "head": 100.0,
                  "vector": 10.0}
 """The radius of each role. One table for every preset: the classes' ``radius`` default (the radius of a group
@@ -83,6 +87,13 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     msign = dict(msign or {})
     radii = {**DEFAULT_RADII, **(radii or {})}
     assigned, _ = classify(model, layouts=layouts, head=head, split_sizes=split_sizes, num_heads=num_heads)
+    for pattern, values in (overrides or {}).items():
+        if not isinstance(values, dict):
+            raise ValueError(f"overrides[{pattern!r}] must be a dict of group keys, got {values!r}")
+        unknown = [k for k in values if k not in OVERRIDE_KEYS]
+        if unknown:
+            raise ValueError(f"overrides[{pattern!r}] sets {unknown}, which no specopt optimizer reads from a param "
+                             f"group; valid keys: {', '.join(OVERRIDE_KEYS)}")
     unused = [pattern for pattern in (overrides or {}) if not any(re.search(pattern, n) for n in assigned)]
     if unused:
         raise ValueError(f"overrides pattern(s) {unused} match no trainable parameter")
