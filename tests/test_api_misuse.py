@@ -55,3 +55,10 @@ def test_an_override_no_optimizer_reads_is_refused(overrides, match):
     """A misspelt key sat in the group unread: the radius meant for the head stayed 100."""
     with pytest.raises(ValueError, match=match):
         specopt.param_groups(mlp(), overrides=overrides)
+
+
+def test_the_submodules_the_docs_name_are_attributes_of_the_package():
+    """The docs write `specopt.registry.DEFAULTS`, `specopt.gluon.GluonRule`: after `import specopt` alone."""
+    assert specopt.registry.DEFAULTS["muon"]["lr"] > 0 and specopt.gluon.GluonRule and specopt.integrations
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        specopt.nope  # noqa: B018

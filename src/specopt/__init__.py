@@ -91,3 +91,18 @@ __all__ = [
     "param_groups",
     "polar_express_coefficients",
 ]
+
+
+_SUBMODULES = {"adago", "adamw", "adaptive", "block_periodic", "bpm", "compare", "compare_seeds", "distributed", "dog",
+               "drop", "engine", "experiments", "gluon", "gluon_mvr", "heads", "integrations", "lmo", "msign_schedules",
+               "optimizers", "preconditioners", "registry", "roles", "scaling", "tasks", "training"}
+
+
+def __getattr__(name: str):
+    """``specopt.registry``, ``specopt.integrations``, … as the docs write them: the submodules not imported above
+    are imported on first use (so that ``import specopt`` stays light)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"specopt.{name}")
+    raise AttributeError(f"module 'specopt' has no attribute {name!r}")
