@@ -73,3 +73,8 @@ def lr_like(value, lr):
     if isinstance(lr, torch.Tensor) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=lr.dtype, device=lr.device)
     return value
+
+
+def listing(names: list[str]) -> str:
+    """The first names of a directory's entries, for a message: ``a, b, c, d and 3 more``."""
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

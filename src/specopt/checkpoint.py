@@ -34,6 +34,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
+from specopt._checks import listing
 from specopt.distributed import is_dtensor, local, sharded_state
 from specopt.engine import fresh_state_dtypes, loaded_state
 
@@ -108,9 +109,8 @@ def _check_target(path: Path) -> None:
         raise ValueError(f"{path} is a file, not a checkpoint directory; save to another path")
     foreign = sorted(p.name for p in path.iterdir() if not p.name.endswith(CHECKPOINT_FILES)) if path.is_dir() else []
     if foreign:
-        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-        raise ValueError(f"{path} holds files that are not a checkpoint ({shown}), which saving would delete; save "
-                         "to another path, or remove them")
+        raise ValueError(f"{path} holds files that are not a checkpoint ({listing(foreign)}), which saving would "
+                         "delete; save to another path, or remove them")
 
 
 def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None) -> Path:

@@ -42,7 +42,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from specopt._checks import check_positive, check_positive_int, check_tensor
+from specopt._checks import check_number, check_positive, check_positive_int, check_tensor
 from specopt.linalg import PolynomialSchedule, _polynomial_sign, polar_express_coefficients
 
 SPECTRAL_METHODS = ("svd", "polar")
@@ -141,8 +141,7 @@ class Constraint(ABC):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{what}: cannot project a tensor with non-finite entries (shape {tuple(x.shape)}): "
                              "the run has diverged before this step")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
-            raise ValueError(f"{what} gamma must be a finite number ≥ 0 (the step size), got {gamma!r}")
+        check_number(gamma, f"{what} gamma")
         if kappa is not None:
             check_positive(kappa, f"{what} kappa")
 

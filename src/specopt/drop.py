@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from specopt._checks import check_number
-from specopt.optimizers import Muon, refuse_own
+from specopt.optimizers import Muon, _is_named, refuse_own
 from specopt.steps import USCG
 
 
@@ -105,6 +105,6 @@ class DropMuon(Muon):
                 raise ValueError("DropMuon draws its cutoff over the layers input side first, and param_groups' "
                                  "groups are by role, not depth: pass order=model (the model the groups came from)")
             members = [g["params"] if isinstance(g, dict) else [g] for g in params]
-            order = [m[1] if isinstance(m, tuple) else m for ms in members
+            order = [m[1] if _is_named(m) else m for ms in members
                      for m in ([ms] if isinstance(ms, torch.Tensor) else ms)]
         super().__init__(params, lr=lr, rule=ProgressiveDrop(seed, decay, order), **muon)

@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from specopt import checkpoint, registry
+from specopt._checks import listing
 from specopt.estimators import MOMENTUM_SCHEDULES
 from specopt.scaling import batch_size_schedule
 from specopt.tasks import DataError, get_task
@@ -430,7 +431,7 @@ def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directo
                 resume = (f"continue the run in it with --resume {out}, " if saved else
                           "its run stopped before its first checkpoint (nothing to resume); " if
                           "config.json" in names else "")
-                raise RunError(f"{what} {out} is not empty (it holds {_listing(names)}); {resume}choose another "
+                raise RunError(f"{what} {out} is not empty (it holds {listing(names)}); {resume}choose another "
                                "--out, or pass --overwrite to replace its run")
         if not os.access(out, os.W_OK | os.X_OK):
             raise RunError(f"cannot write in the {what} {out}: permission denied")
@@ -458,11 +459,6 @@ def _marker(out: Path) -> str:
         return (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return "?"
-
-
-def _listing(names: list[str]) -> str:
-    """The first names of a directory's entries, for a message."""
-    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def held_output(out: str | Path, command: str) -> str | None:
@@ -516,7 +512,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
         if names:
             if held not in (command, *replaces):
                 holds = (f"the output of `specopt {held}`" if held else
-                         f"files that `specopt {command}` did not write ({_listing(names)})")
+                         f"files that `specopt {command}` did not write ({listing(names)})")
                 quick = " (a --quick run does not replace a full one)" if command == f"{held} --quick" else ""
                 raise RunError(f"{what} {out} holds {holds}{quick}; choose another --out, or empty it first")
             aside = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
