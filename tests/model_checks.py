@@ -112,8 +112,6 @@ def assert_one_step_geometry(model, loss_fn, blocks=None, **kwargs) -> None:
 
 def build_preset(name: str, model):
     groups = specopt.param_groups(model)
-    if name == "Gluon":
-        return specopt.Gluon([{**g, "radius": 1.0} for g in groups])
     kwargs = {"lr": 1e-2} if name in ("Muon", "SteepestDescent") else {}
     if name == "ClippedScion":
         kwargs["clip_radius"] = 1.0

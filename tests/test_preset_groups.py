@@ -73,6 +73,23 @@ def test_muon_refuses_a_non_spectral_norm_when_built_not_at_its_first_step():
     assert isinstance(opt.param_groups[0]["norm"], specopt.norms.ColNorm) and not torch.equal(before, model[2].weight)
 
 
+@pytest.mark.parametrize("preset", [specopt.Muon, specopt.NorMuon, specopt.MuonBP, specopt.AdaGO, specopt.Gluon,
+                                    specopt.GluonMVR, specopt.SteepestDescent, specopt.DoG])
+def test_a_preset_without_radii_refuses_a_role_radius_it_would_ignore(preset):
+    """Muon steps by its scale, Gluon by t_l, DoG by distance: a radius given to param_groups (radii=, overrides=)
+    used to be dropped, silently. The default radii (param_groups' own) still pass; the error names the group and
+    the way out; add_param_group refuses as the constructor does."""
+    model = mlp()
+    preset(specopt.param_groups(model))
+    for kwargs in ({"radii": {"hidden": 50.0}}, {"radii": {"head": 3.0}},
+                   {"overrides": {r"^0\.weight$": {"radius": 3.0}}}):
+        with pytest.raises(ValueError, match="group.s radius .* has no meaning for .*Scion or UScion"):
+            preset(specopt.param_groups(model, **kwargs))
+    opt = preset([{"params": [model[0].weight]}])
+    with pytest.raises(ValueError, match="'head' group's radius 3.0 .* has no meaning"):
+        opt.add_param_group(specopt.param_groups(model, radii={"head": 3.0})[-1])
+
+
 def test_add_param_group_splits_like_the_constructor():
     model = mlp()
     built = specopt.Muon(specopt.param_groups(model))

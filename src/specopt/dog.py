@@ -43,7 +43,7 @@ import torch
 
 from specopt._checks import check_number
 from specopt.engine import GeometryOptimizer
-from specopt.optimizers import MUON_ROLES
+from specopt.optimizers import MUON_ROLES, refuse_role_radius
 from specopt.steps import StepRule, weight_decay
 
 
@@ -111,5 +111,7 @@ class DoG(GeometryOptimizer):
                          nonfinite=nonfinite, batch_lmo=batch_lmo, process_group=process_group)
 
     def _preset_groups(self, group: dict) -> list[dict]:
-        """A group with a ``role`` outside Muon's (from :func:`specopt.param_groups`) gets the Euclidean norm."""
+        """A group with a ``role`` outside Muon's (from :func:`specopt.param_groups`) gets the Euclidean norm; one
+        with a radius of its own is refused (the step is invariant to it)."""
+        refuse_role_radius(group, "DoG", "sets each step from the distance travelled (invariant to the radius)")
         return [{**group, "norm": "euclidean"} if group.get("role") not in (None, *MUON_ROLES) else group]

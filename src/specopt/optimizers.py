@@ -136,6 +136,10 @@ class Gluon(GeometryOptimizer):
                          rule="gluon", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
 
+    def _preset_groups(self, group: dict) -> list[dict]:
+        refuse_role_radius(group, type(self).__name__, "sets each layer's step t_l from L0 and L1")
+        return [group]
+
 
 class ALMOND(GeometryOptimizer):
     """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``."""
@@ -161,6 +165,10 @@ class SteepestDescent(GeometryOptimizer):
                                            weight_decay=weight_decay, nesterov=nesterov),
                          rule="steepest", estimator=estimator, nonfinite=nonfinite, batch_lmo=batch_lmo,
                          process_group=process_group)
+
+    def _preset_groups(self, group: dict) -> list[dict]:
+        refuse_role_radius(group, "SteepestDescent", "steps γ‖d‖_*·lmo(d)")
+        return [group]
 
 
 class ProxSpectral(GeometryOptimizer):
@@ -257,6 +265,15 @@ class Muon(GeometryOptimizer):
         return _split_for_muon(group, *self._muon_split)
 
 
+def refuse_role_radius(group: dict, preset: str, why: str) -> None:
+    """A group of :func:`specopt.param_groups` whose radius is not its role's default (``radii=``, ``overrides=``),
+    given to a preset that has no radii: a ``ValueError`` naming the group, where the radius would be ignored."""
+    role, radius = group.get("role"), group.get("radius")
+    if role in DEFAULT_RADII and radius is not None and radius != DEFAULT_RADII[role]:
+        raise ValueError(f"the {role!r} group's radius {radius!r} (param_groups' radii= or overrides=) has no "
+                         f"meaning for {preset}, which {why}: drop it, or train the radii with Scion or UScion")
+
+
 def refuse_own(preset: str, kwargs: dict, *keys: str) -> None:
     """A preset built on :class:`Muon` that sets ``keys`` itself refuses them from its caller with a clear
     ``ValueError`` (not Python's "got multiple values for keyword argument")."""
@@ -273,7 +290,9 @@ MUON_ONLY = ("norm", "radius", "momentum", "nesterov")
 def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> list[dict]:
     """One group as Muon's groups: its Muon tensors (matrices; conv kernels by rank, with a SpectralConv norm) and
     its AdamW tensors, which keep the group's own keys but Muon's step's (:data:`MUON_ONLY`) and get ``adamw_lr``
-    and the other AdamW defaults where the group sets none. A group that says ``norm="adamw"`` is AdamW as a
+    and the other AdamW defaults where the group sets none. A role group's radius other than its
+    :data:`~specopt.roles.DEFAULT_RADII` entry is refused (Muon has no radii; it used to be dropped, silently). A
+    group that says ``norm="adamw"`` is AdamW as a
     whole. A Muon role's norm that is not spectral is the user's (param_groups gives these roles spectral ones) and
     is refused: Muon's step is a Muon scale, which needs a spectral norm (it used to be replaced by Spectral,
     silently)."""
@@ -284,6 +303,7 @@ def _split_for_muon(group: dict, aux: dict, msign_kwargs: dict, scale: str) -> l
         return [{**aux, **rest, "params": members}]
     role = rest.get("role")
     if role is not None:  # a group of specopt.param_groups: Muon's step length is its scale, not a radius
+        refuse_role_radius(rest, "Muon", "steps each matrix by its Muon scale (scale=...) and the rest with AdamW")
         rest.pop("radius", None)
         if role not in MUON_ROLES:
             rest.pop("norm", None)
