@@ -9,29 +9,39 @@ import specopt
 NOISE = 1.0
 
 
-def noisy_regression(steps: int, closure: bool, seed: int = 0):
-    """Least squares on fresh minibatches of 64 with label noise: consecutive gradients differ mostly by noise."""
+def noisy_regression(steps: int, closure: bool | str, seed: int = 0, make=specopt.Gluon):
+    """Least squares on fresh minibatches of 64 with label noise: consecutive gradients differ mostly by noise.
+    ``closure``: True (``step(closure)``), False (``step()``), ``"empty"`` (the gradients computed before
+    ``step(closure)`` with a closure that does nothing, as Lightning's manual optimization) or ``"accumulate"`` (half
+    the batch before the step, the other half in a closure that adds to it, as Lightning's accumulation)."""
     g = torch.Generator().manual_seed(seed)
     teacher = torch.randn(16, 32, generator=g)
     torch.manual_seed(seed)
     model = nn.Linear(32, 16, bias=False)
-    opt = specopt.Gluon(model.parameters())
+    opt = make(model.parameters())
     radii, losses = [], []
     for _ in range(steps):
         x = torch.randn(64, 32, generator=g)
         y = x @ teacher.T + NOISE * torch.randn(64, 16, generator=g)
 
-        def loss_fn(x=x, y=y):
-            opt.zero_grad()
+        def loss_fn(x=x, y=y, zero=True):
+            if zero:
+                opt.zero_grad()
             loss = (model(x) - y).square().mean()
             loss.backward()
             return loss
-        if closure:
+        if closure is True:
             opt.step(loss_fn)
+        elif closure == "empty":
+            loss_fn()
+            opt.step(lambda: None)
+        elif closure == "accumulate":
+            loss_fn(x[:32], y[:32])
+            opt.step(lambda x=x, y=y: loss_fn(x[32:], y[32:], zero=False))
         else:
             loss_fn()
             opt.step()
-        radii.append(opt.state[model.weight]["gluon_t"] or 0.0)  # None before the first fit
+        radii.append(opt.state[model.weight].get("gluon_t") or 0.0)  # None before the first fit
         losses.append(float(((model.weight - teacher) ** 2).mean()))
     return radii, losses
 
@@ -50,3 +60,41 @@ def test_with_a_closure_there_is_no_warning():
         warnings.simplefilter("error")
         radii, errors = noisy_regression(50, closure=True)
     assert errors[-1] < errors[0]
+
+
+@pytest.mark.parametrize("closure, message", [("empty", "computed no gradients"),
+                                              ("accumulate", "added to the gradients already there")])
+def test_a_closure_the_probe_cannot_use_steps_as_without_one(closure, message):
+    """Lightning's manual optimization hands ``opt.step()`` an empty closure, and its gradient accumulation a closure
+    that adds the last micro-batch to the others: the probe read zero gradients at the previous weights (the radius
+    fell to 5e-7 and training stopped) or another batch's. Now a warning, and the radius and the weights behave as
+    without a closure."""
+    with pytest.warns(UserWarning) as caught:
+        radii, errors = noisy_regression(300, closure=closure)
+    (said,) = [str(w.message) for w in caught if "the closure given to step()" in str(w.message)]  # once, one reason
+    assert message in said
+    assert min(radii[100:]) > 0.2 * max(radii)
+    assert errors[-1] < 0.95 * errors[0]
+
+
+@pytest.mark.parametrize("closure, message", [("empty", "computed no gradients"),
+                                              ("accumulate", "added to the gradients already there")])
+def test_storm_refuses_a_closure_the_probe_cannot_use_and_leaves_the_weights(closure, message):
+    """STORM's correction needs the closure's gradient at the previous iterate on the same batch: no fallback."""
+    torch.manual_seed(0)
+    model = nn.Linear(32, 16, bias=False)
+    opt = specopt.Muon(model.parameters(), estimator="storm")
+    x, y = torch.randn(64, 32), torch.randn(64, 16)
+
+    def loss_fn(rows=slice(None), zero=True):
+        if zero:
+            opt.zero_grad()
+        loss = (model(x[rows]) - y[rows]).square().mean()
+        loss.backward()
+        return loss
+    opt.step(loss_fn)  # the first step has no previous iterate to re-evaluate
+    before = model.weight.detach().clone()
+    loss_fn(slice(None) if closure == "empty" else slice(0, 32))
+    with pytest.raises(ValueError, match=f"estimator='storm' re-evaluates .*{message}"):
+        opt.step((lambda: None) if closure == "empty" else (lambda: loss_fn(slice(32, None), zero=False)))
+    assert torch.equal(model.weight, before)

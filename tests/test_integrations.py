@@ -368,6 +368,56 @@ def test_lightning_resumes_exactly_from_its_checkpoint(tmp_path, name, kwargs):
         assert torch.equal(a, b), n
 
 
+@pytest.mark.parametrize("case, name, kwargs, outcome", [
+    ("manual", "gluon", {}, "computed no gradients"),
+    ("accumulate", "gluon", {}, "added to the gradients already there"),
+    ("manual", "muon", {"estimator": "storm"}, ValueError),
+    ("accumulate", "muon", {"estimator": "storm"}, ValueError),
+])
+def test_lightning_manual_optimization_and_accumulation_are_not_taken_for_a_closure(case, name, kwargs, outcome):
+    """Lightning's manual optimization turns ``opt.step()`` into ``step(closure=<an empty one>)`` and its
+    ``accumulate_grad_batches`` hands ``step`` a closure that adds the last micro-batch to the others: online Gluon
+    read a zero or another batch's gradient at the previous weights and stopped training (loss 4.16 from ln 64),
+    silently, and STORM skipped its correction. Gluon now warns and steps as without a closure; STORM refuses."""
+    L = pytest.importorskip("lightning")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net, self.automatic_optimization = gpt2(), case != "manual"
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            loss = self.net(input_ids=x, labels=x).loss
+            if case == "manual":
+                opt = self.optimizers()
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+            return loss
+
+        def configure_optimizers(self):
+            return integrations.create_optimizer(self.net, name, **kwargs)
+
+    module = Module()
+    before = float(module.net(input_ids=chain(), labels=chain()).loss)
+    trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accumulate_grad_batches=2 if case == "accumulate" else 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(chain()), batch_size=BATCH)
+    if outcome is ValueError:
+        with pytest.raises(ValueError, match="estimator='storm' re-evaluates"):
+            trainer.fit(module, loader)
+        return
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(module, loader)
+    (said,) = [str(w.message) for w in caught if "the closure given to step()" in str(w.message)]  # once, one reason
+    assert outcome in said
+    with torch.no_grad():
+        assert float(module.net(input_ids=chain(), labels=chain()).loss) < 0.9 * before
+
+
 # ---------------------------------------------------------------------------------------------- plain loop, bf16
 @pytest.mark.parametrize("mode, name, kwargs", [("autocast", "muon", {}), ("autocast", "gluon", {}),
                                                 ("bf16-params", "clipped-scion", {}),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 from torch.optim import Optimizer
@@ -42,7 +43,7 @@ from specopt.layouts import MUON_SCALES, auto_norm, radius_for, spectral_inside
 from specopt.lmo import LmoRunner, Record, StepContext
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
-from specopt.probe import gradients_at
+from specopt.probe import accumulated, gradients_at, held_gradient
 from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
 
 NONFINITE = ("raise", "skip")
@@ -212,6 +213,7 @@ class GeometryOptimizer(Optimizer):
         self.estimator, self.rule, self.nonfinite = estimator, rule, nonfinite
         self.lmo = LmoRunner(process_group, batch_lmo)
         self._skipped = 0  # steps skipped by the eager check
+        self._probe_unusable = self._zeroed = False  # see _run_closure
         self._skipped_flags: torch.Tensor | None = None  # and by the compiled one: a 0-d count on the device
         super().__init__(params, defaults)
 
@@ -448,13 +450,7 @@ class GeometryOptimizer(Optimizer):
             raise ValueError(f"estimator={self.estimator.name!r} needs step(closure): it re-evaluates the gradient "
                              "at the previous iterate on the same batch (the closure must be deterministic for a "
                              "given batch)")
-        loss, probed = None, {}
-        if closure is not None:
-            weights = self._probe_weights()
-            if weights:  # before the step's own call, so that the closure's last evaluation is at these weights
-                probed = gradients_at([p for g in self.param_groups for p in g["params"]], weights, closure)
-            with torch.enable_grad():
-                loss = closure()
+        loss, probed = self._run_closure(closure)
         traced = torch.compiler.is_compiling() and self.rule.traceable and self.estimator.traceable
         if traced:  # state first: the trace must not read a state dict before _init_group has filled it in
             if _has_int_step_counts(self):  # a checkpoint from before the counts were tensors (rare)
@@ -465,7 +461,7 @@ class GeometryOptimizer(Optimizer):
         records, aux = self._gather()
         everything = records + aux
         self.lmo.check_replicas(everything, distributed.local(self.param_groups[0]["params"][0]).device)
-        ctx = StepContext(self.lmo, aux, probed, closure is not None,
+        ctx = StepContext(self.lmo, aux, probed, closure is not None and not self._probe_unusable,
                           loss=loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if traced and not self.lmo.distributed(everything) and everything:
             self._traced_step(records, ctx)
@@ -481,6 +477,48 @@ class GeometryOptimizer(Optimizer):
         adamw.step(aux)
         self._project(everything)
         return loss
+
+    def _run_closure(self, closure) -> tuple:
+        """The step's closure calls, ``(loss, probed)``: first the probe at the weights the estimator and the rule
+        ask for (so that the closure's last evaluation is at the current weights), then the step's own call. A
+        closure the probe cannot use — one that computes no gradient, or one that adds to the gradients from before
+        the step (accumulation: the probe would see its batch only) — is refused by STORM; the others step as
+        without a closure from then on, with a warning."""
+        if closure is None:
+            return None, {}
+        weights = {} if self._probe_unusable else self._probe_weights()
+        probed, held = {}, None
+        if weights:
+            params = [p for g in self.param_groups for p in g["params"]]
+            held, self._zeroed = held_gradient(params), False
+            probed = gradients_at(params, weights, closure)
+            if probed is None:
+                held = None
+                self._unusable_closure("computed no gradients (Lightning's manual optimization passes an empty one "
+                                       "to opt.step(); pass opt.step(closure=...) with a closure that runs the "
+                                       "forward and backward)")
+        with torch.enable_grad():
+            loss = closure()
+        if accumulated(held, self._zeroed):
+            self._unusable_closure("added to the gradients already there (gradient accumulation, e.g. Lightning's "
+                                   "accumulate_grad_batches > 1): its evaluation at the previous weights sees the "
+                                   "closure's batch only, not the accumulated ones; accumulate inside the closure")
+        return loss, ({} if self._probe_unusable else probed)
+
+    def _unusable_closure(self, why: str) -> None:
+        """A closure the probe cannot use: STORM's ``ValueError``; for the others, no probe from now on (Gluon's
+        online L0/L1 from consecutive gradients, as without a closure) and one warning."""
+        if self.estimator.needs_closure:
+            raise ValueError(f"estimator={self.estimator.name!r} re-evaluates the gradient at the previous iterate "
+                             f"with the closure, but the closure given to step() {why}")
+        self._probe_unusable = True
+        warnings.warn(f"the closure given to step() {why}: this optimizer steps as without a closure from now on "
+                      "(Gluon: its online L0/L1 from consecutive minibatch gradients)", UserWarning, stacklevel=4)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's; a call during a step's closure tells the step that the closure cleared the gradients."""
+        self._zeroed = True
+        super().zero_grad(set_to_none)
 
     def _creates_state_only(self) -> bool:
         """Whether this is a first step at lr 0: it moves nothing and has no previous iterate to re-evaluate, so an

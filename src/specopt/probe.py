@@ -17,11 +17,12 @@ from specopt.distributed import is_dtensor, local
 
 
 @torch.no_grad()
-def gradients_at(params: list, weights: dict, closure) -> dict:
+def gradients_at(params: list, weights: dict, closure) -> dict | None:
     """Run ``closure`` with every parameter of ``weights`` set to its tensor (the local shard under FSDP2) and every
     gradient of ``params`` cleared; return ``id(param) → local gradient`` for all ``params`` (zeros where the closure
-    gave none; bf16 and fp16 gradients in float32). Parameters and their gradients are restored afterwards, also if
-    the closure raises."""
+    gave none; bf16 and fp16 gradients in float32), or None where it gave none at all (an empty closure, as
+    Lightning's manual optimization passes to ``opt.step()``). Parameters and their gradients are restored
+    afterwards, also if the closure raises."""
     grads = [(p, p.grad) for p in params]
     current = [(p, local(p).detach().clone()) for p in weights]
     _reshard_fsdp(weights)
@@ -32,6 +33,8 @@ def gradients_at(params: list, weights: dict, closure) -> dict:
             p.grad = None
         with torch.enable_grad():
             closure()
+        if all(p.grad is None for p in params):
+            return None
         out = {}
         for p in params:
             g = local(p.grad) if p.grad is not None else torch.zeros_like(local(p))
@@ -59,3 +62,21 @@ def _reshard_fsdp(params) -> None:
         reshard = getattr(module, "reshard", None)
         if callable(reshard) and type(module).__name__.startswith("FSDP"):
             reshard()
+
+
+def held_gradient(params: list) -> tuple | None:
+    """``(param, its gradient tensor)`` for the first parameter whose gradient holds a nonzero value before a step's
+    closure runs, or None: :func:`accumulated` tells from it whether the closure added to that gradient."""
+    for p in params:
+        if p.grad is not None:
+            return (p, p.grad) if bool(local(p.grad).any()) else None
+    return None
+
+
+def accumulated(held: tuple | None, zeroed: bool) -> bool:
+    """Whether the step's closure added to the gradient :func:`held_gradient` saw, rather than clearing it: the same
+    tensor after the closure (``zero_grad(set_to_none=True)`` replaces it) and no ``optimizer.zero_grad`` call
+    during the closure — gradient accumulation, e.g. Lightning's ``accumulate_grad_batches > 1``, whose closure
+    evaluates the last micro-batch only."""
+    return held is not None and held[0].grad is held[1] and not zeroed
+
