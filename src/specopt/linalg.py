@@ -503,7 +503,7 @@ def use_gram(gram: bool | None, work: torch.dtype, shape) -> bool:
 
     ``None`` (default): where it is faster at equal accuracy, float32/float64 with aspect ≥ 2.
     ``True``: also where it is faster at a small cost in accuracy, bfloat16/float16 with aspect ≥ 3 and at
-    least 128 rows (measured on CPU: 0.79–0.87× the time of the plain iteration at aspect 4; singular values
+    least 128 rows (measured on CPU: 0.78–0.87× the time of the plain iteration at aspect 4; singular values
     up to 0.09 further from the exact iteration's than the plain bf16 iteration's 0.05; char-GPT final
     validation losses 0.2 % higher on average, EXPERIMENTS.md). ``False``: never.
     """
