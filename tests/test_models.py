@@ -384,6 +384,15 @@ def bigcode():
               multi_query=False, vocab_size=VOCAB, **TEXT_IDS)
 
 
+def deepseek_v3():
+    """Multi-head latent attention (kv_lora_rank 20, rope 4, k 8 and v 12 per head, 2 heads) and a routed MoE."""
+    return hf("DeepseekV3Config", "DeepseekV3ForCausalLM", hidden_size=32, intermediate_size=48,
+              moe_intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+              n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=0,
+              kv_lora_rank=20, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=12, vocab_size=VOCAB,
+              **TEXT_IDS)
+
+
 def minimax():
     return hf("MiniMaxConfig", "MiniMaxForCausalLM", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
               num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1,
@@ -473,24 +482,80 @@ def test_x_transformers_lm_roles_head_and_glu_blocks():
     (codegen, lm_loss, {r"qkv_proj": 12}, "stored by head"),  # 4 chunks of (q, v, k) of one head each
     (bigcode, lm_loss, {r"c_attn": 12}, "stored by head"),  # StarCoder's multi-head attention: view(…, heads, 3·d_h)
     (minimax, lm_loss, {r"qkv_proj": 12, r"gate_up_proj": 2}, "stored by head"),  # its lightning attention's
+    (deepseek_v3, lm_loss, {r"kv_a_proj_with_mqa": (20, 4), r"kv_b_proj": (8, 12, 8, 12)}, "MLA"),
     (pixart, pixart_loss, {r"adaln_single\.linear": 6}, "adaLN modulation"),  # 6 shifts, scales and gates
     (dit, dit_loss, {r"norm1\.linear": 6, r"proj_out_1": 2, r"ff\.net\.0\.proj": 1}, "adaLN modulation"),
     (wav2vec2_conformer, ctc_loss, {r"pointwise_conv1": 2, r"adapter\.layers\.0\.conv\.": 2}, "(GLU)"),
     (x_transformer, x_transformer_loss, {r"ff\.0\.proj": 2, r"to_out\.0": 2}, "fused value/gate"),
 ], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv", "pythia-qkv-by-head",
         "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk", "bigcode-qkv-by-head",
-        "minimax-lightning-qkv-by-head", "pixart-adaln-single", "dit-adaln-zero", "wav2vec2-conformer-glu",
-        "x-transformers-glu"])
+        "minimax-lightning-qkv-by-head", "deepseek-v3-mla", "pixart-adaln-single", "dit-adaln-zero",
+        "wav2vec2-conformer-glu", "x-transformers-glu"])
 def test_fused_projections_step_each_block_by_gamma_rho(factory, loss, blocks, rule):
     """ModernBERT's ``Wi``, JetMoe's expert ``input_linear`` and Stable Diffusion's GEGLU ``proj`` hold a value and a
     gate map chunked in two halves, diffusers' fused ``to_qkv`` q, k, v and ``to_kv`` k, v, GPT-NeoX's, BLOOM's and
     Falcon's ``query_key_value``, CodeGen's and MiniMax's ``qkv_proj`` and GPT-BigCode's ``c_attn`` the q, k, v of each
-    head in turn: each block moves by γρ in its own operator norm (one matrix before, or thirds that mixed heads' rows
-    for the last three)."""
+    head in turn, DeepSeek's latent attention ``kv_a_proj_with_mqa`` the compressed k/v and the shared rope key and
+    ``kv_b_proj`` each head's k and v: each block moves by γρ in its own operator norm (one matrix before, or thirds
+    that mixed heads' rows for the last three)."""
     model = factory()()
     assert_one_step_geometry(model, loss, blocks)
     fused = [name for name, (layout, _) in specopt.layouts.classify(model)[0].items() if rule in layout.source]
     assert fused and all(any(re.search(pattern, name) for pattern in blocks) for name in fused)
+
+
+@pytest.mark.parametrize("factory, heads", [(pythia, 4), (bloom, 4), (falcon, 4), (codegen, 4), (deepseek_v3, 2)])
+def test_num_heads_keeps_a_projection_already_stored_by_head_and_checks_its_count(factory, heads):
+    """GPT-NeoX's, BLOOM's, Falcon's and CodeGen's fused q/k/v and MLA's ``kv_b_proj`` are one block per head's q, k
+    or v already: ``num_heads=H`` halved those blocks again (half-heads orthogonalised, silently)."""
+    model = factory()()
+    plain = {n: layout.blocks for n, (layout, _) in specopt.layouts.classify(model)[0].items() if layout.blocks}
+    assert specopt.layouts.classify(model, num_heads=heads)[0].keys() == specopt.layouts.classify(model)[0].keys()
+    for value in (heads, True):
+        assert {n: layout.blocks for n, (layout, _) in specopt.layouts.classify(model, num_heads=value)[0].items()
+                if n in plain} == plain
+    with pytest.raises(ValueError, match=f"num_heads={heads + 1}, but .* states {heads} heads"):
+        specopt.layouts.classify(model, num_heads=heads + 1)
+
+
+def test_codegen_heads_that_cross_its_shards_are_refused_with_the_way_out():
+    """CodeGen cuts heads out of 4 shards of q, v, k: with 2 heads of 16 rows in shards of 8, a head's rows are not
+    contiguous (blocks of 16 mixed q with v); refused, and the declaration the message gives trains the matrix
+    whole."""
+    model = hf("CodeGenConfig", "CodeGenForCausalLM", n_embd=32, n_head=2, n_layer=1, rotary_dim=4, n_positions=SEQ,
+               vocab_size=VOCAB, **TEXT_IDS)()
+    with pytest.raises(ValueError, match=r"4 shards of q, v and k of 8 rows each.*layouts=\{'(.*qkv_proj.weight)'"):
+        specopt.param_groups(model)
+    name = "transformer.h.0.attn.qkv_proj.weight"
+    groups = specopt.param_groups(model, layouts={name: "linear"})
+    assert next(g["norm"] for g in groups for n, _ in g["params"] if n == name) == specopt.Spectral()
+
+
+def test_a_second_output_classifier_is_a_head_too():
+    """BERT's pre-training model states its MLM decoder (``get_output_embeddings``); its next-sentence classifier
+    ``cls.seq_relationship`` is an output as well: a head (on Muon's AdamW), not a hidden matrix."""
+    model = hf("BertConfig", "BertForPreTraining", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=48, vocab_size=VOCAB)()
+    found = roles(model)
+    assert found["cls.seq_relationship.weight"] == "head" and found["cls.predictions.transform.dense.weight"] == \
+        "hidden"
+    opt = specopt.Muon(specopt.param_groups(model))
+    assert next(g for g in opt.param_groups if any(p is model.cls.seq_relationship.weight
+                                                   for p in g["params"]))["norm"] == "adamw"
+
+
+@pytest.mark.parametrize("factory, name", [
+    (lambda: hf("CLIPVisionConfig", "CLIPVisionModel", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                num_attention_heads=2, image_size=32, patch_size=8)(), "embeddings.class_embedding"),
+    (lambda: hf("HubertConfig", "HubertModel", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=48, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, mask_time_prob=0.05)(),
+     "masked_spec_embed"),
+], ids=["clip-class-embedding", "hubert-masked-spec-embed"])
+def test_one_dimensional_learned_tokens_are_tokens_not_gains(factory, name):
+    """CLIP's class token (D,) and the vector that replaces masked audio frames are inserted into the sequence:
+    tokens (sign geometry, as timm's (1, 1, D) cls_token), not gains or biases (BiasRMS)."""
+    assert roles(factory())[name] == "token"
 
 
 def test_head_is_found_by_what_it_is_not_by_registration_order():

@@ -129,11 +129,24 @@ def vit_swiglu_attention_pool():
                                          num_classes=CLASSES)
 
 
+def gmlp():
+    """gMLP (timm's ``gmlp_s16_224`` at a small size): ``GatedMlp`` with a spatial gating unit that chunks fc1's
+    output into the value and the gated half."""
+    from timm.models.mlp_mixer import MlpMixer, SpatialGatingBlock
+    torch.manual_seed(0)
+    model = MlpMixer(img_size=32, patch_size=8, embed_dim=32, num_blocks=1, mlp_ratio=6,
+                     block_layer=SpatialGatingBlock, mlp_layer=timm.layers.GatedMlp, num_classes=CLASSES)
+    nn.init.normal_(model.head.weight, std=0.1)  # timm zeroes the head: no gradient would reach the blocks
+    return model
+
+
 @pytest.mark.parametrize("build, blocks", [
     (make("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)), {r"\.kv\.": 2}),
     (vit_swiglu_attention_pool, {r"attn_pool\.kv\.": 2, r"blocks\.\d+\.mlp\.fc1\.": 2, r"attn\.qkv": 3}),
-], ids=["pvt-v2-kv", "vit-swiglu-packed-attention-pool"])
+    (lambda: gmlp(), {r"mlp_channels\.fc1": 2}),
+], ids=["pvt-v2-kv", "vit-swiglu-packed-attention-pool", "gmlp-gated-fc1"])
 def test_fused_kv_and_value_gate_blocks_each_step_by_gamma_rho(build, blocks):
-    """PVT-v2's and the attention pool's fused ``kv`` hold k and v, a packed SwiGLU's ``fc1`` a value and a gate:
-    each block moves by γρ in its own operator norm (one matrix, before)."""
+    """PVT-v2's and the attention pool's fused ``kv`` hold k and v, a packed SwiGLU's ``fc1`` a value and a gate,
+    gMLP's ``GatedMlp.fc1`` the value and the half its spatial gating unit chunks off: each block moves by γρ in
+    its own operator norm (one matrix, before)."""
     assert_one_step_geometry(build(), image_loss, blocks)

@@ -84,6 +84,7 @@ def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | Non
     returns, litgpt's ``lm_head``, or a transformers classifier of ``config.num_labels`` outputs outside the base
     model; None if none."""
     names = {id(m): n for n, m in modules.items()}
+    classifiers = _label_classifiers(model, modules)
     for getter in ("get_output_embeddings", "get_classifier"):
         fn = getattr(model, getter, None)
         if callable(fn):
@@ -92,18 +93,26 @@ def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | Non
             except Exception:  # noqa: BLE001 — a getter that is not implemented for this model
                 out = None
             if isinstance(out, nn.Module) and id(out) in names and _has_weight(out):
-                return {_weight_owner(out, names)}, f"{getter}()"
+                both = f" and config.num_labels classifier {', '.join(sorted(classifiers))}" if classifiers else ""
+                return {_weight_owner(out, names)} | classifiers, f"{getter}(){both}"
     head = _litgpt_head(model)
     if head is not None and id(head) in names:
         return {names[id(head)]}, "litgpt's lm_head"
+    if classifiers:
+        return classifiers, "config.num_labels classifier"
+    return None
+
+
+def _label_classifiers(model: nn.Module, modules: dict) -> set[str]:
+    """The ``nn.Linear`` modules of ``config.num_labels`` outputs outside a transformers base model: the classifier
+    of a ``…ForSequenceClassification``, and a second output beside the one ``get_output_embeddings()`` states
+    (BERT's pre-training next-sentence classifier ``cls.seq_relationship`` beside its MLM decoder)."""
     labels = getattr(getattr(model, "config", None), "num_labels", None)
     prefix = getattr(model, "base_model_prefix", None)
-    if labels and prefix and hasattr(model, prefix):
-        found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == labels
-                 and not n.startswith(prefix + ".") and n != prefix}
-        if found:
-            return found, "config.num_labels classifier"
-    return None
+    if not (labels and prefix and hasattr(model, prefix)):
+        return set()
+    return {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == labels
+            and not n.startswith(prefix + ".") and n != prefix}
 
 
 def _wrapped(model: nn.Module) -> tuple[str, nn.Module] | None:

@@ -13,7 +13,7 @@ from the module type, never from the shape alone:
 | ``nn.Embedding`` | ``(vocab, d)`` | table | embedding |
 | ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
-| tokens, positions, tables, latents, learned queries (by name) | ``(…, n, d)`` | entries | token |
+| tokens, positions, tables, latents, queries (by name, 1-D too: ``class_embedding``) | ``(…, d)`` | entries | token |
 | norms, biases, 1-D; ≥3-D with at most one axis > 1; per-head biases, scales, gains, ``A_log`` | | entries | vector |
 | a 2-D module ``weight`` no rule knows (e.g. an MoE router) | ``(d_out, d_in)`` (``F.linear``'s) | linear | hidden |
 | any other 2-D parameter | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
@@ -25,12 +25,15 @@ gate/up projection, the d_out of a down projection). Fused projections are split
 ``qkv_proj`` (unequal under grouped-query attention: ``H·d_h, KV·d_h, KV·d_h`` read off the attention module),
 fused ``gate_up_proj`` (dense and expert stacks, concatenated or interleaved), the value/gate projections of
 :data:`_CHUNKED_OUTPUTS` (ModernBERT's ``Wi``, diffusers' GEGLU, timm's ``GluMlp``, …) and adaLN modulation
-projections, fused k/v, and a q/k/v stored by head (GPT-NeoX's ``query_key_value``: one block per head's q, k and v).
-``num_heads`` splits q, k, v into heads, in fused and in separate (``q_proj``/``k_proj``/``v_proj``,
-``query``/``key``/``value``) projections.
+projections, fused k/v, a q/k/v stored by head (GPT-NeoX's ``query_key_value``: one block per head's q, k and v),
+and multi-head latent attention's ``kv_a_proj_with_mqa`` (the compressed k/v, the shared rope key) and ``kv_b_proj``
+(each head's k and v; DeepSeek-V2/V3 and the models built on it). ``num_heads`` splits q, k, v into heads, in fused
+and in separate (``q_proj``/``k_proj``/``v_proj``, ``query``/``key``/``value``) projections; a projection stored by
+head is split per head already (``num_heads=H`` is checked against the heads its module states).
 
 The output layer (role ``head``) is found by what it is: the module transformers' ``get_output_embeddings()`` or
-timm's ``get_classifier()`` returns, a classifier of ``config.num_labels`` outputs outside the base model, else the
+timm's ``get_classifier()`` returns and any classifier of ``config.num_labels`` outputs outside the base model
+(BERT's pre-training next-sentence classifier beside its MLM decoder), else the
 ``nn.Linear`` whose output is the model's output in a ``torch.fx`` trace, else the one projection back to the
 vocabulary of the model's ``nn.Embedding``; a head tied to an embedding is that embedding. A model wrapped by
 ``torch.compile``, DDP or ``nn.DataParallel`` is read through the module it wraps; the rules that know a module by
@@ -75,6 +78,10 @@ _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|p
 ``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``, x-transformers' memory keys and values
 ``mem_k``/``mem_v``; ``latents``, ``query``, a pooling head's
 ``probe`` as the whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
+_TOKEN_VECTOR_NAMES = re.compile(r"(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|tokens?_?\d*$")
+"""1-D learned tokens, by the parameter's own name: CLIP's ``class_embedding``, wav2vec2's ``masked_spec_embed`` (the
+vector that replaces masked frames), a ``cls_position_embedding``, T5Gemma 2's ``eoi_embedding`` — vectors inserted
+into the sequence, not gains or biases."""
 _VECTOR_NAMES = re.compile(r"(^|_)(bias|biases|scale|scales|temperature|A_log)(_[uv])?$|^(?![wW]_)(\w+_)?(mean|std)$|"
                            r"^(alpha|beta|gamma|gain|shift|offset|translate|modulation)s?(_\d+)?$|"
                            r"(^|_)(scale_shift|shift_scale|modulate)_table$|^static_(alpha|beta)$")
@@ -213,6 +220,8 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         return Layout("embedding", type(module).__name__)
     if isinstance(module, _NORM_LAYERS):
         return Layout("vector", type(module).__name__)
+    if p.ndim == 1 and _TOKEN_VECTOR_NAMES.search(local):
+        return Layout("token", "a learned token vector, by its name")
     if p.ndim <= 1:
         return Layout("vector", f"{p.ndim}-D parameter")
     if isinstance(module, nn.Linear) and local == "weight":
@@ -658,8 +667,14 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
             return _with(layout, (rows // (3 * heads),) * (3 * heads), "q, k, v interleaved per head (DeBERTa)")
     if local == "in_proj" and authored_class(attention).__name__.endswith("ShortConv") and rows % 3 == 0:
         return _with(layout, (rows // 3,) * 3, "LFM2 short conv: B, C, x")
+    mla = _mla_dims(attention)
+    if mla and local == "kv_a_proj_with_mqa" and rows == mla[0] + mla[1]:
+        return _with(layout, mla[:2], "MLA: the compressed k/v (kv_lora_rank), then the shared rope key")
+    if mla and local == "kv_b_proj" and rows % (mla[2] + mla[3]) == 0:
+        return _with(layout, mla[2:] * (rows // (mla[2] + mla[3])), "MLA: per head, its k (no rope), then its v")
     if _per_head_qkv(attention, local) and _is_attention(attention):
         head_dim = head_counts(attention)[2]
+        _check_codegen_shards(name, attention, rows, head_dim)
         if head_dim and rows % head_dim == 0 and rows // head_dim >= 3:
             return _with(layout, (head_dim,) * (rows // head_dim), "fused q/k/v stored by head: one block per head's "
                                                                    "q, k and v")
@@ -684,6 +699,10 @@ def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
     rows = _rows(layout, p)
     if _glu_next(layout, parent) and rows % 2 == 0:
         return _with(layout, (rows // 2, rows // 2), f"fused value/gate (nn.GLU after it in {owner})")
+    gate = getattr(parent[0], "gate", None)
+    if owner == "GatedMlp" and local == "fc1" and type(gate).__name__ == "SpatialGatingUnit" and rows % 2 == 0:
+        return _with(layout, (rows // 2, rows // 2), "value/gate halves (timm's gMLP: its SpatialGatingUnit chunks "
+                                                     "fc1's output)")
     if isinstance(parent[0], (nn.ModuleList, nn.ModuleDict)) and id(parent[0]) in parents:  # the list's owner
         holder, listed = parents[id(parent[0])]
         owner, local = authored_class(holder).__name__, listed
@@ -704,6 +723,29 @@ def _glu_next(layout: Layout, parent) -> bool:
     if type(glu) is not nn.GLU:
         return False
     return glu.dim in ((1, -layout.kernel_dims - 1) if layout.kernel_dims else (-1,))
+
+
+def _mla_dims(attention: nn.Module) -> tuple[int, int, int, int] | None:
+    """Multi-head latent attention's ``(kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim)`` (DeepSeek-V2/V3
+    and the models built on it: ``kv_a_proj_with_mqa``'s output is split into the compressed k/v and the shared rope
+    key, ``kv_b_proj``'s viewed per head and split into k and v), or None for other attention modules."""
+    dims = tuple(getattr(attention, k, None) for k in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
+                                                         "v_head_dim"))
+    return dims if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) else None
+
+
+def _check_codegen_shards(name: str, attention: nn.Module, rows: int, head_dim: int | None) -> None:
+    """CodeGen's ``qkv_proj`` holds ``mp_num`` shards of q, v, k, each ``embed/mp_num`` rows, and cuts heads out of
+    each: where the head dim does not divide a shard's part, a head's rows are not contiguous, which no block split
+    expresses — refused (the released CodeGen models have head counts that are multiples of ``mp_num``)."""
+    shards = getattr(attention, "mp_num", None)
+    if isinstance(shards, int) and shards > 0 and head_dim and rows % (3 * shards) == 0 and \
+            (rows // (3 * shards)) % head_dim:
+        raise ValueError(f"{name}: CodeGen's fused projection holds {shards} shards of q, v and k of "
+                         f"{rows // (3 * shards)} rows each, which its head dim {head_dim} does not divide, so a "
+                         f"head's rows are not contiguous and no block split expresses them; use a head count that "
+                         f"is a multiple of {shards} (as CodeGen's released models), or declare the matrix whole with "
+                         f"layouts={{{name!r}: 'linear'}}")
 
 
 def _per_head_qkv(attention: nn.Module, local: str) -> bool:
@@ -806,6 +848,11 @@ def _apply_split_sizes(out: dict, split_sizes: dict) -> None:
             out[name] = (_with(layout, sizes_t, f"split_sizes {sizes_t}"),) + out[name][1:]
 
 
+_BY_HEAD = re.compile(r"stored by head|interleaved per head|one block per head|MLA: per head")
+"""The layout sources whose blocks are each one head's q, k or v already (GPT-NeoX, BLOOM, Falcon, CodeGen, DeBERTa,
+litgpt < 0.5.7, MLA's ``kv_b_proj``): ``num_heads`` has nothing left to split there."""
+
+
 def _apply_heads(out: dict, num_heads) -> None:
     if num_heads is not True and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
         raise ValueError(f"num_heads must be a positive int or True, got {num_heads!r}")
@@ -815,6 +862,13 @@ def _apply_heads(out: dict, num_heads) -> None:
             continue
         attention = parent[0] if parent else None
         user_qkv = "split_sizes" in layout.source and parent is not None and parent[1] in _FUSED_QKV
+        if layout.blocks and _BY_HEAD.search(layout.source):  # one block per head's q, k or v already
+            stated = head_counts(attention)[0] if attention is not None else None
+            if num_heads is not True and stated and num_heads != stated:
+                raise ValueError(f"num_heads={num_heads}, but {name} is stored by head and its attention module "
+                                 f"states {stated} heads")
+            applied.append(name)
+            continue
         if layout.blocks and ("q/k/v" in layout.source or "MultiheadAttention" in layout.source or user_qkv):
             q_rows = layout.blocks[0]
             stated = head_counts(module if isinstance(module, nn.MultiheadAttention) else attention)[2] \
