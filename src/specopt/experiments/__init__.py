@@ -18,6 +18,7 @@ from specopt.experiments import (
     msign_maps,
     nonlinear_preconditioner,
     norm_control,
+    stationarity,
     transfer,
 )
 
@@ -51,4 +52,5 @@ EXPERIMENTS: dict = {name: _noting_quick_mode(run) for name, run in {
     "nonlinear-preconditioner": nonlinear_preconditioner.run,
     "heavy-tails": heavy_tails.run,
     "constraints": constraints.run,
+    "stationarity": stationarity.run,
 }.items()}
