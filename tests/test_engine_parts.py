@@ -605,3 +605,105 @@ def test_a_rule_reads_the_loss_the_closure_returned():
     closure()
     opt.step()
     assert rule.seen[-1] is None
+
+
+class AdamDirection(Momentum):
+    """``d = m/(√v + ε)``: a direction in Adam's units, not the gradient's (AdaMuon-like, before the lmo)."""
+
+    name = "adam_direction"
+    produces = "preconditioned"
+
+    def init_state(self, rec):
+        super().init_state(rec)
+        rec.state.setdefault("adam_v", torch.zeros_like(rec.p))
+
+    def direction(self, rec, ctx):
+        m = super().direction(rec, ctx)
+        v = rec.state["adam_v"].mul_(0.99).addcmul_(rec.g, rec.g, value=0.01)
+        return m / (v.sqrt() + 1e-8)
+
+
+@pytest.mark.parametrize("rule", ["gluon", "steepest", lambda: Clipped(1.0), "dog"])
+def test_a_preconditioned_direction_is_refused_by_rules_that_read_it_as_a_gradient(rule):
+    """Gluon's smoothness fit read ‖m/√v‖_* as the gradient's dual norm and diverged (loss 0.39 → 4·10⁵ in a
+    researcher's try), silently: an estimator that says ``produces = "preconditioned"`` is refused there."""
+    rule = specopt.dog.DistanceOverGradients() if rule == "dog" else rule() if callable(rule) else rule
+    with pytest.raises(ValueError, match="a preconditioned direction is not a gradient estimate.*'uscg' or 'scg'"):
+        specopt.GeometryOptimizer([torch.nn.Parameter(torch.zeros(3, 3))], {"lr": 0.1}, estimator=AdamDirection(),
+                                  rule=rule)
+
+
+@pytest.mark.parametrize("rule", ["uscg", "scg"])
+def test_a_preconditioned_direction_trains_with_the_rules_that_take_the_lmo_alone(rule):
+    X, y = classification_data()
+    model = mlp()
+    opt = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.05, "radius": 3.0}, estimator=AdamDirection(),
+                                    rule=rule)
+    losses = train(model, opt, X, y, 60)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_param_groups_overrides_take_the_keys_a_users_part_declares():
+    class Lion(Momentum):
+        name = "lion_like"
+        group_defaults = {"lion_beta1": 0.9}
+
+    groups = specopt.param_groups(mlp(), overrides={r"^0\.": {"lion_beta1": 0.5}})
+    assert {g.get("lion_beta1") for g in groups} == {0.5, None}
+    with pytest.raises(ValueError, match=r"sets \['lion_beta2'\], which no specopt optimizer or part"):
+        specopt.param_groups(mlp(), overrides={r"^0\.": {"lion_beta2": 0.5}})
+    assert Lion.group_defaults  # (the class must exist for its keys to count)
+
+
+def test_a_norm_saved_from_a_script_loads_where_the_script_is_imported_as_a_module(monkeypatch):
+    """A norm defined in a training script is saved as ``__main__:Name``; another program that imports the script
+    finds it there (it was ``module '__main__' has no attribute``), and one that does not is told why."""
+    import types
+
+    module = types.ModuleType("training_script")
+
+    class ScriptNorm(Frobenius):
+        pass
+
+    ScriptNorm.__module__, ScriptNorm.__qualname__ = module.__name__, "ScriptNorm"
+    module.ScriptNorm = ScriptNorm
+    monkeypatch.setitem(__import__("sys").modules, module.__name__, module)
+    rebuilt = specopt.norms.norm_from_config({"name": "__main__:ScriptNorm"})
+    assert type(rebuilt) is ScriptNorm
+    with pytest.raises(ValueError, match="defined in the script that saved it, __main__"):
+        specopt.norms.norm_from_config({"name": "__main__:NoSuchNorm"})
+
+
+def test_a_norm_without_its_own_dual_gets_it_from_its_lmo():
+    """The optimizers take ‖d‖_* from the lmo they ran and never call ``dual``: the protocol no longer asks for it
+    (a user's dual that was 1000× off changed nothing, unseen); its default is −⟨g, lmo(g)⟩ per item."""
+
+    class RowL2(specopt.Norm):
+        item_ndim = 2
+        batched = True
+
+        def lmo(self, g, batch_dims=None):
+            return -g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12) / g.shape[-2]
+
+        def norm(self, x, batch_dims=None):
+            return x.norm(dim=-1).amax(-1) * x.shape[-2]
+
+        def init(self, shape, radius=1.0, *, generator=None, dtype=torch.float32, device=None):
+            x = torch.randn(shape, generator=generator)
+            return (radius * x / x.norm(dim=-1, keepdim=True) / shape[-2]).to(dtype=dtype, device=device)
+
+    g = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(RowL2().dual(g, batch_dims=1), g.norm(dim=-1).sum(-1) / 5)
+    torch.testing.assert_close(RowL2().dual(g[0]), g[0].norm(dim=-1).sum() / 5)
+
+
+def test_the_clipped_rules_step_float64_weights_by_an_unrounded_factor():
+    """The clip factor was summed in float64 and rounded to float32: float64 weights moved by 0.1·(1 ± 1e-8)."""
+    w = torch.nn.Parameter(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    opt = specopt.GeometryOptimizer([{"params": [w], "norm": specopt.Spectral(method="svd"), "radius": 2.0}],
+                                    {"lr": 0.05, "momentum": 0.0}, rule=Clipped(clip_radius=1e-3))
+    w.grad = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = w.detach().clone()
+    opt.step()
+    U, _, Vh = torch.linalg.svd(w.grad)
+    torch.testing.assert_close(w.detach(), before - 0.1 * U @ Vh, rtol=0, atol=1e-15)

@@ -43,6 +43,7 @@ import torch
 
 from specopt._checks import check_number
 from specopt.engine import GeometryOptimizer
+from specopt.estimators import Estimator
 from specopt.optimizers import MUON_ROLES, refuse_role_radius
 from specopt.steps import StepRule, weight_decay
 
@@ -103,7 +104,7 @@ class DoG(GeometryOptimizer):
     """
 
     def __init__(self, params, lr: float = 1.0, momentum: float | str = 0.0, norm="auto", r_rel: float = 1e-6,
-                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
+                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str | Estimator = "momentum",
                  nonfinite: str = "raise", batch_lmo: bool | None = None, process_group="auto"):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "norm": norm, "radius": 1.0,
                     "weight_decay": weight_decay}

@@ -195,6 +195,8 @@ class GeometryOptimizer(Optimizer):
         if estimator.produces not in rule.accepts:
             hint = ("an averaged lmo is a point of the ρ-ball with no dual direction; use rule 'uscg', 'scg' or "
                     "'almond'" if estimator.produces == "averaged_lmo" else
+                    "a preconditioned direction is not a gradient estimate, whose dual norm this rule reads as the "
+                    "gradient's; use rule 'uscg' or 'scg'" if estimator.produces == "preconditioned" else
                     "use estimator='almond'" if rule.accepts == ("averaged_lmo",) else "")
             raise ValueError(f"rule {rule.name!r} takes {' or '.join(rule.accepts)}, but estimator {estimator.name!r} "
                              f"produces {estimator.produces}" + (f": {hint}" if hint else ""))

@@ -83,10 +83,13 @@ class Estimator:
        output set ``rec.s``/``rec.factor``/``rec.radius`` there).
 
     Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name), ``produces``
-    (``"direction"``, or ``"averaged_lmo"`` when the rule receives a ball point instead of a unit lmo: rules list
-    what they accept), ``needs_closure`` and ``traceable`` (False where the estimator reads tensors on the host: no
-    single compiled graph), ``per_tensor`` (True where a tensor's direction depends on that tensor alone, so that the
-    engine may run the step one lmo bucket at a time; the default False, also of a subclass that overrides
+    (``"direction"``: a gradient estimate, in the gradient's units, whose dual norm rules such as Gluon's read as the
+    gradient's; ``"preconditioned"``: a direction in other units — ``m/(√v + ε)``, a sign — that only rules taking
+    the lmo alone accept (uSCG, SCG); ``"averaged_lmo"`` when the rule receives a ball point instead of a unit lmo:
+    rules list what they accept), ``needs_closure`` and ``traceable`` (False where the estimator reads tensors on
+    the host: no single compiled graph), ``per_tensor`` (True where a tensor's direction depends on that tensor
+    alone, so that the engine may run the step one lmo bucket at a time; the default False, also of a subclass that
+    overrides
     :meth:`begin`, :meth:`direction` or :meth:`after_lmo` and says nothing, hands them every tensor of the step
     before the lmo, as an estimator with a sum over tensors needs), ``group_defaults`` (param-group keys the
     estimator adds, validated by :meth:`validate_group`; as a rule's).

@@ -115,9 +115,13 @@ class Norm(ABC):
     def lmo(self, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
         """``argmin_{‖s‖≤1} ⟨g, s⟩`` per item; same shape and dtype as ``g``."""
 
-    @abstractmethod
     def dual(self, g: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
-        """``‖g‖_* = sup_{‖s‖≤1} ⟨g, s⟩ = −⟨g, lmo(g)⟩`` per item."""
+        """``‖g‖_* = sup_{‖s‖≤1} ⟨g, s⟩ = −⟨g, lmo(g)⟩`` per item: this default takes it from :meth:`lmo`
+        (override it where a closed form is cheaper). The optimizers do not call it: a rule that needs ``‖d‖_*``
+        gets ``−⟨d, lmo(d)⟩`` from the lmo the step ran (``rec.dual``)."""
+        dims = self._dims(g, batch_dims, "dual")
+        s = lmo_each(self, g, batch_dims if batch_dims is not None else g.ndim - len(dims))
+        return -(g.float() * s.float()).sum(dim=dims)
 
     @abstractmethod
     def norm(self, x: torch.Tensor, batch_dims: int | None = None) -> torch.Tensor:
@@ -647,6 +651,18 @@ def get_norm(name: str, **kwargs) -> Norm:
     return cls(**kwargs)
 
 
+def _defined_elsewhere(qualname: str) -> type | None:
+    """The one ``Norm`` subclass of this ``qualname`` defined so far: a norm saved from a script run as ``__main__``
+    and loaded by another program that imports the script as a module. None where there is none, or more than one."""
+    found, stack = set(), [Norm]
+    while stack:
+        cls = stack.pop()
+        stack += cls.__subclasses__()
+        if cls.__qualname__ == qualname and cls.__module__ != "__main__":
+            found.add(cls)
+    return found.pop() if len(found) == 1 else None
+
+
 def norm_from_config(config: dict) -> Norm:
     """Rebuild a norm from :meth:`Norm.config`: a catalogue name, or ``module:QualName`` for a user's ``Norm``
     subclass (imported; its constructor must take the instance's public attributes as keywords, as every
@@ -666,8 +682,12 @@ def norm_from_config(config: dict) -> Norm:
         for part in qualname.split("."):
             cls = getattr(cls, part)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"norm {name!r} of a saved state cannot be imported ({err}); import the module that "
-                         "defines it before loading") from None
+        cls = _defined_elsewhere(qualname) if module == "__main__" else None
+        if cls is None:
+            where = (" (it was defined in the script that saved it, __main__: define it in a module, or import the "
+                     "script's module, before loading)" if module == "__main__" else "")
+            raise ValueError(f"norm {name!r} of a saved state cannot be imported ({err}); import the module that "
+                             f"defines it before loading{where}") from None
     if not (isinstance(cls, type) and issubclass(cls, Norm)):
         raise ValueError(f"{name!r} is not a specopt Norm subclass")
     try:

@@ -66,7 +66,7 @@ class Scion(GeometryOptimizer):
     """
 
     def __init__(self, params, lr: float = 2**-10, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
-                 nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
+                 nesterov: bool = False, estimator: str | Estimator = "momentum", nonfinite: str = "raise",
                  batch_lmo: bool | None = None,
                  process_group="auto"):
         value = float(lr) if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr  # a tensor lr as its value
@@ -81,7 +81,7 @@ class UScion(GeometryOptimizer):
     """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
 
     def __init__(self, params, lr: float = 2**-11, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
-                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
+                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str | Estimator = "momentum",
                  nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
@@ -102,7 +102,7 @@ class ClippedScion(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  clip_radius: float = 600.0, constrained: bool = False, weight_decay: float = 0.0,
-                 nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
+                 nesterov: bool = False, estimator: str | Estimator = "momentum", nonfinite: str = "raise",
                  batch_lmo: bool | None = None,
                  process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=radius,
@@ -127,7 +127,7 @@ class Gluon(GeometryOptimizer):
     def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
                  momentum: float | str = 0.9, norm="auto", schedule: str = "constant",
                  warmup_radius: float = 1e-3, probe_every: int = 1, weight_decay: float = 0.0,
-                 nesterov: bool = False, estimator: str = "momentum", nonfinite: str = "raise",
+                 nesterov: bool = False, estimator: str | Estimator = "momentum", nonfinite: str = "raise",
                  batch_lmo: bool | None = None,
                  process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0, L0=L0, L1=L1,
@@ -158,7 +158,7 @@ class SteepestDescent(GeometryOptimizer):
     spectral → spectral descent × nuclear norm."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
-                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str = "momentum",
+                 weight_decay: float = 0.0, nesterov: bool = False, estimator: str | Estimator = "momentum",
                  nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
         super().__init__(params, _defaults(lr=lr, momentum=momentum, norm=norm, radius=1.0,
@@ -196,7 +196,7 @@ class ProxSpectral(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 0.02, momentum: float | str = 0.9, preconditioner: str = "polar_express",
                  kappa: float = 4.0, eps: float = 1e-3, scale: float = 1.0, constraint: Constraint | None = None,
-                 estimator: str = "momentum", weight_decay: float = 0.0, steps: int | None = None,
+                 estimator: str | Estimator = "momentum", weight_decay: float = 0.0, steps: int | None = None,
                  compute_dtype=None, nonfinite: str = "raise", batch_lmo: bool | None = None,
                  process_group="auto"):
         norm = Preconditioner(preconditioner, kappa=kappa, eps=eps, scale=scale, steps=steps,

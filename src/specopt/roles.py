@@ -39,6 +39,21 @@ OVERRIDE_KEYS = ("norm", "radius", "lr", "weight_decay", "weight_decay_mode", "m
                  "betas", "eps", "L0", "L1", "schedule", "warmup_radius", "probe_every")
 """The group keys an ``overrides`` entry may set: those specopt's optimizers read from a param group (a misspelt
 key would otherwise sit in the group unread)."""
+def readable_keys() -> set[str]:
+    """The group keys an ``overrides`` entry may set: :data:`OVERRIDE_KEYS` and the ``group_defaults`` of every
+    :class:`~specopt.estimators.Estimator` and :class:`~specopt.steps.StepRule` class defined so far — a user's own
+    parts included, once their module is imported."""
+    from specopt.estimators import Estimator
+    from specopt.steps import StepRule
+
+    keys, classes = set(OVERRIDE_KEYS), [Estimator, StepRule]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        keys |= set(getattr(cls, "group_defaults", None) or {})
+    return keys
+
+
 DEFAULT_RADII = {"embedding": 10.0, "token": 10.0, "hidden": 30.0, "expert": 30.0, "conv": 30.0, "head": 100.0,
                  "vector": 10.0}
 """The radius of each role. One table for every preset: the classes' ``radius`` default (the radius of a group
@@ -90,10 +105,12 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     for pattern, values in (overrides or {}).items():
         if not isinstance(values, dict):
             raise ValueError(f"overrides[{pattern!r}] must be a dict of group keys, got {values!r}")
-        unknown = [k for k in values if k not in OVERRIDE_KEYS]
+        readable = readable_keys()
+        unknown = [k for k in values if k not in readable]
         if unknown:
-            raise ValueError(f"overrides[{pattern!r}] sets {unknown}, which no specopt optimizer reads from a param "
-                             f"group; valid keys: {', '.join(OVERRIDE_KEYS)}")
+            raise ValueError(f"overrides[{pattern!r}] sets {unknown}, which no specopt optimizer or part defined so "
+                             f"far reads from a param group (a part of your own declares its keys in group_defaults); "
+                             f"valid keys: {', '.join(sorted(readable))}")
     unused = [pattern for pattern in (overrides or {}) if not any(re.search(pattern, n) for n in assigned)]
     if unused:
         raise ValueError(f"overrides pattern(s) {unused} match no trainable parameter")

@@ -72,9 +72,11 @@ class StepRule:
     engine then writes ``W ← (1 − shrink)·W + scale·factor·s``.
 
     Class attributes: ``name`` (recorded in state dicts; by default the class's qualified name); ``accepts``, the
-    estimator outputs it composes with (``"direction"``: a unit lmo of a dual direction; ``"averaged_lmo"``: a ball
-    point, see :class:`~specopt.estimators.AveragedLmo`); ``needs_dual`` (``rec.dual = ‖d‖_*`` is computed with
-    the lmo);
+    estimator outputs it composes with (``"direction"``: a gradient estimate, whose lmo and dual norm ``‖d‖_*`` the
+    rule may read as the gradient's, as Gluon's smoothness, Steepest's and DoG's steps and the clipped rules' ρ_c do;
+    ``"preconditioned"``: a direction not in the gradient's units — Adam-normalised, a sign — whose lmo alone is
+    meaningful, which uSCG and SCG take; ``"averaged_lmo"``: a ball point, see
+    :class:`~specopt.estimators.AveragedLmo`); ``needs_dual`` (``rec.dual = ‖d‖_*`` is computed with the lmo);
     ``per_tensor`` (True where shrink and scale of a tensor depend on that tensor alone, so that the engine may
     update one lmo bucket at a time, with less memory; the default False hands :meth:`scale` every tensor of the
     step at once, as a rule with a sum over tensors needs; a subclass that overrides :meth:`scale` and says
@@ -131,7 +133,7 @@ class USCG(StepRule):
 
     name = "uscg"
     per_tensor = True
-    accepts = ("direction", "averaged_lmo")
+    accepts = ("direction", "preconditioned", "averaged_lmo")
 
     def scale(self, records, ctx) -> None:
         for rec in records:
@@ -169,7 +171,7 @@ class SCG(StepRule):
 
     name = "scg"
     per_tensor = True
-    accepts = ("direction", "averaged_lmo")
+    accepts = ("direction", "preconditioned", "averaged_lmo")
     max_lr = 1.0
 
     def validate_group(self, group: dict) -> None:
@@ -245,9 +247,11 @@ def _starts_inside_the_balls(gap: torch.Tensor, records) -> None:
 
 
 def _global_sum(values: list) -> torch.Tensor:
+    """The sum of per-tensor scalars in float64 (not rounded to float32: a step factor from it would move float64
+    weights by a float32-rounded step)."""
     if not values:
-        return torch.zeros(())
-    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).sum().float()
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]).sum()
 
 
 def rules() -> dict:
