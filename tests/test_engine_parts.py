@@ -623,13 +623,15 @@ class AdamDirection(Momentum):
         return m / (v.sqrt() + 1e-8)
 
 
+@pytest.mark.parametrize("estimator", [AdamDirection, specopt.adaptive.SignedMomentum])
 @pytest.mark.parametrize("rule", ["gluon", "steepest", lambda: Clipped(1.0), "dog"])
-def test_a_preconditioned_direction_is_refused_by_rules_that_read_it_as_a_gradient(rule):
+def test_a_preconditioned_direction_is_refused_by_rules_that_read_it_as_a_gradient(rule, estimator):
     """Gluon's smoothness fit read ‖m/√v‖_* as the gradient's dual norm and diverged (loss 0.39 → 4·10⁵ in a
-    researcher's try), silently: an estimator that says ``produces = "preconditioned"`` is refused there."""
+    researcher's try), silently: an estimator that says ``produces = "preconditioned"`` (a user's, AdaMuon's sign)
+    is refused there."""
     rule = specopt.dog.DistanceOverGradients() if rule == "dog" else rule() if callable(rule) else rule
     with pytest.raises(ValueError, match="a preconditioned direction is not a gradient estimate.*'uscg' or 'scg'"):
-        specopt.GeometryOptimizer([torch.nn.Parameter(torch.zeros(3, 3))], {"lr": 0.1}, estimator=AdamDirection(),
+        specopt.GeometryOptimizer([torch.nn.Parameter(torch.zeros(3, 3))], {"lr": 0.1}, estimator=estimator(),
                                   rule=rule)
 
 

@@ -134,6 +134,7 @@ class SignedMomentum(Momentum):
     per_tensor = True  # each tensor's update is its own
 
     name = "signed_momentum"
+    produces = "preconditioned"  # a sign, not in the gradient's units: for the rules that read the lmo alone
 
     def direction(self, rec, ctx) -> torch.Tensor:
         return torch.sign(super().direction(rec, ctx))
