@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from specopt.distributed import is_dtensor, local
+from specopt.distributed import any_rank, is_dtensor, local
 
 
 @torch.no_grad()
@@ -66,10 +66,15 @@ def _reshard_fsdp(params) -> None:
 
 def held_gradient(params: list) -> tuple | None:
     """``(param, its gradient tensor)`` for the first parameter whose gradient holds a nonzero value before a step's
-    closure runs, or None: :func:`accumulated` tells from it whether the closure added to that gradient."""
+    closure runs, or None: :func:`accumulated` tells from it whether the closure added to that gradient. Under
+    FSDP2 "nonzero" is decided over every rank's shard, so that all ranks take the same path (a rank that probed
+    while another did not would hang in the closure's collectives)."""
     for p in params:
         if p.grad is not None:
-            return (p, p.grad) if bool(local(p.grad).any()) else None
+            nonzero = bool(local(p.grad).any())
+            if is_dtensor(p.grad):
+                nonzero = any_rank(nonzero, None, local(p.grad).device)
+            return (p, p.grad) if nonzero else None
     return None
 
 
