@@ -48,7 +48,7 @@ def test_a_projection_of_bad_input_is_refused(x, kwargs, match):
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    ({r"^4\.": {"raduis": 1.0}}, r"sets \['raduis'\], which no specopt optimizer reads"),
+    ({r"^4\.": {"raduis": 1.0}}, r"sets \['raduis'\], which no specopt optimizer or part"),
     ({r"^4\.": 5}, r"must be a dict of group keys, got 5"),
 ])
 def test_an_override_no_optimizer_reads_is_refused(overrides, match):
