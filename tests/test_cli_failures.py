@@ -667,3 +667,54 @@ def test_the_plotted_training_curve_follows_the_loss_without_lag():
     falling = [10.0 - k for k in range(10)]
     assert compare.smooth(falling, k=3) == pytest.approx([9.5] + falling[1:-1] + [1.5])
     assert compare.smooth([1.0, 3.0] * 10, k=11)[10] == pytest.approx(23 / 11)  # six 3s, five 1s around index 10
+
+
+def test_a_resume_with_more_steps_interrupted_before_its_checkpoint_resumes_on_the_new_schedule(runs, tmp_path,
+                                                                                                  monkeypatch):
+    """``--resume --steps 8`` wrote steps 8 into config.json; stopped before its first checkpoint, the plain
+    ``--resume`` that follows ran step 5 at the 4-step schedule's lr, 0 (a linear decay's end), silently. It now
+    equals the uninterrupted extension."""
+    straight, stopped = (shutil.copytree(runs / "scion", tmp_path / name) for name in ("straight", "stopped"))
+    assert invoke("train", "--resume", straight, "--steps", 8, "--no-progress").exit_code == 0
+    real_batch = HeavyTailedRegression.batch
+
+    def stopped_in_step_6(self, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+
+    monkeypatch.setattr(HeavyTailedRegression, "batch", stopped_in_step_6)
+    assert invoke("train", "--resume", stopped, "--steps", 8, "--checkpoint-every", 4, "--no-progress").exit_code \
+        == 130
+    monkeypatch.setattr(HeavyTailedRegression, "batch", real_batch)
+    assert invoke("train", "--resume", stopped, "--no-progress").exit_code == 0
+    a, b = read_metrics(straight), read_metrics(stopped)
+    assert [r["lr"] for r in b] == [r["lr"] for r in a] and b[4]["lr"] > 0
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]
+
+
+@pytest.mark.parametrize("damage", ["read-only", "directory"])
+def test_a_resume_that_cannot_write_its_metrics_changes_nothing(run, damage):
+    """A read-only metrics.csv (or a directory in its place) failed the resume after metrics.jsonl had been emptied
+    and config.json rewritten: the run's record was lost."""
+    if damage == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    target = run / "metrics.csv"
+    if damage == "directory":
+        target.unlink()
+        target.mkdir()
+    else:
+        target.chmod(0o444)
+    before = snapshot(run)
+    refused(invoke("train", "--resume", run, "--steps", 6, "--no-progress"), "metrics.csv", "nothing was changed")
+    assert snapshot(run) == before
+
+
+def test_a_run_whose_gradients_become_non_finite_has_diverged_not_bad_input(tmp_path):
+    """A NaN gradient raised the engine's ValueError, reported as bad input (exit 2) with advice about a Python
+    keyword the command has no flag for; it is a divergence: exit 1, the metrics up to it kept."""
+    result = invoke("train", "--task", "mlp", "--optimizer", "muon", "--lr", "1e30", "--steps", 20, "--no-progress",
+                    "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "diverged" in result.stderr and "Traceback" not in result.output
+    rows = read_metrics(tmp_path / "run")
+    assert rows and math.isnan(rows[-1]["loss"])

@@ -14,7 +14,7 @@ from specopt.block_periodic import MuonBP
 from specopt.constraints import Box, FrobeniusBall, L2Ball, RankAtMost, SparsityAtMost, SpectralBall
 from specopt.dog import DoG
 from specopt.drop import DropMuon
-from specopt.engine import GeometryOptimizer
+from specopt.engine import GeometryOptimizer, NonFiniteGradient
 from specopt.estimators import Estimator
 from specopt.gluon_mvr import GluonMVR
 from specopt.linalg import msign, msign_band, polar_express_coefficients
@@ -69,6 +69,7 @@ __all__ = [
     "Blocked",
     "ClippedScion",
     "GeometryOptimizer",
+    "NonFiniteGradient",
     "Gluon",
     "GluonMVR",
     "Muon",

@@ -47,6 +47,10 @@ from specopt.probe import accumulated, gradients_at, held_gradient
 from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
 
 NONFINITE = ("raise", "skip")
+class NonFiniteGradient(ValueError):
+    """A step saw a NaN or Inf gradient and updated nothing (``nonfinite="raise"``): a diverged run, or bad input."""
+
+
 ENGINE_DEFAULTS = {"momentum": 0.9, "nesterov": False, "norm": "auto", "radius": 1.0, "weight_decay": 0.0,
                    "weight_decay_mode": "coupled"}
 """What a group of the bare engine gets where neither it nor the optimizer's ``defaults`` say (``lr`` is required;
@@ -634,8 +638,8 @@ class GeometryOptimizer(Optimizer):
         if self.nonfinite == "skip":
             return False
         where = bad[0].name if bad else "a gradient shard of another rank"
-        raise ValueError(f"non-finite gradient (NaN or Inf) in {where}; nothing was updated "
-                         "(pass nonfinite='skip' to skip such steps)")
+        raise NonFiniteGradient(f"non-finite gradient (NaN or Inf) in {where}; nothing was updated "
+                                "(pass nonfinite='skip' to skip such steps)")
 
     def _geometry_step(self, records: list[Record], ctx: StepContext) -> None:
         steps = [rec.state["step"] for rec in records]

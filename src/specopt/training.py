@@ -48,6 +48,7 @@ import torch.distributed as dist
 
 from specopt import checkpoint, registry
 from specopt._checks import listing
+from specopt.engine import NonFiniteGradient
 from specopt.estimators import MOMENTUM_SCHEDULES
 from specopt.scaling import batch_size_schedule
 from specopt.tasks import DataError, get_task
@@ -206,11 +207,12 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in opts]
     start, elapsed, rows = 0, 0.0, []
     if resume:
-        start, elapsed = _resume(out, cfg, run_id, fixed, inner, opts, scheds, world,
-                                 cfg.steps != recorded["steps"])
+        start, elapsed = _resume(out, cfg, run_id, fixed, inner, opts, scheds, world)
         rows = [r for r in read_metrics(out) if r["step"] <= start]
         if start >= cfg.steps:  # nothing to train: leave every file as it is
             return RunResult(out, cfg, rows if rank == 0 else [], elapsed, model=inner, start=start)
+        if rank == 0:
+            _check_writable(out, ("config.json", "metrics.jsonl", "metrics.csv"))
         old_steps = recorded["steps"]
         if log is not None and rank == 0 and cfg.steps != old_steps:
             log(_schedule_notice(cfg, old_steps, start))
@@ -240,12 +242,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
 
         closure = task_closure(task, model, opts, batch)
         lr = _step_lr(opts)
-        if len(opts) == 1 and cfg.closure:  # a closure lets Gluon's online L compare gradients of one batch
-            loss = opts[0].step(closure)
-        else:
-            loss = closure()
-            for o in opts:
-                o.step()
+        try:
+            if len(opts) == 1 and cfg.closure:  # a closure lets Gluon's online L compare gradients of one batch
+                loss = opts[0].step(closure)
+            else:
+                loss = closure()
+                for o in opts:
+                    o.step()
+        except NonFiniteGradient:  # the run has diverged (a NaN or Inf gradient): reported as such, not bad input
+            loss = torch.tensor(float("nan"))
         for s in scheds:
             s.step()
         dt = time.perf_counter() - tick
@@ -900,8 +905,8 @@ def _check_step(path: Path, step, cfg: RunConfig) -> None:
                        "to continue it")
 
 
-def _resume(out: Path, cfg: RunConfig, run_id: str | None, fixed: dict, model, opts, scheds, world: int,
-            steps_changed: bool) -> tuple[int, float]:
+def _resume(out: Path, cfg: RunConfig, run_id: str | None, fixed: dict, model, opts, scheds,
+            world: int) -> tuple[int, float]:
     """Check the run's checkpoint (DCP directory, or checkpoint.pt of a single-process run) against the run,
     then load it; nothing is written."""
     directory = out / "checkpoint"
@@ -948,10 +953,16 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, fixed: dict, model, o
         except Exception as e:
             raise RunError(f"{path} does not fit this run's model and optimizer: {_first_line(e)}") from None
         start, elapsed = ckpt["step"], ckpt["elapsed_s"]
-    if steps_changed:  # the lr of the next step, from the schedule recomputed for the new number of steps
-        for o, s in zip(opts, scheds, strict=True):
-            for group, base in zip(o.param_groups, s.base_lrs, strict=True):
-                group["lr"] = base * lr_factor(start, cfg)
+    # The lr of the next step from the schedule for config.json's steps, changed or not: a resume with --steps N that
+    # was interrupted before its first checkpoint left config.json at N and the checkpoint's lr at the old schedule's
+    # (0 at its end), so that a plain --resume ran on at lr 0. Unchanged steps give the checkpoint's lr exactly.
+    for o, s in zip(opts, scheds, strict=True):
+        for group, base in zip(o.param_groups, s.base_lrs, strict=True):
+            value = base * lr_factor(start, cfg)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
     return start, float(elapsed)
 
 
@@ -984,6 +995,19 @@ def read_metrics(out: str | Path) -> list[dict]:
 
 _FLOAT_METRICS = ("loss", "lr", "elapsed_s", "throughput", "val_loss")
 """The metrics written as null where they are not finite (a diverged step), read back as NaN."""
+
+
+def _check_writable(out: Path, names: tuple[str, ...]) -> None:
+    """Before a resumed run writes anything: each of ``names`` in ``out`` a regular file it may write (or absent in a
+    directory it may write), so that a file it cannot write fails the resume before any other file was changed (a
+    read-only metrics.csv used to fail it after metrics.jsonl had been emptied and config.json rewritten)."""
+    for name in names:
+        path = out / name
+        if path.exists() and not path.is_file():
+            raise RunError(f"{path} is not a regular file, so the resumed run cannot write it; nothing was changed")
+        if not os.access(path if path.exists() else out, os.W_OK):
+            raise RunError(f"{path if path.exists() else out} is not writable (permission denied), so the resumed "
+                           "run cannot write it; nothing was changed")
 
 
 class _MetricsWriter:
