@@ -404,3 +404,15 @@ def test_launch_passes_boolean_flags_to_the_workers(monkeypatch):
     args = seen["args"][seen["args"].index("specopt.cli") + 1:]
     assert seen["nproc"] == 2
     assert args == ["train", "--optimizer", "muon", "--no-gram", "--steps", "3", "--no-progress"]
+
+
+def test_rerunning_an_experiment_refuses_to_delete_files_added_to_its_output(tmp_path):
+    """The same command replaced its earlier output whole, with the notes and the run a user had added to it since
+    (deleted, exit 0): the finished output's marker lists what the command wrote, and anything else is refused."""
+    out = tmp_path / "msign"
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", out).exit_code == 0
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", out).exit_code == 0  # its own: replaced
+    (out / "notes.txt").write_text("mine")
+    result = invoke("experiment", "msign", "--quick", "--no-progress", "--out", out)
+    assert result.exit_code == 2 and "files it did not write (notes.txt)" in result.output, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "report.md").exists()

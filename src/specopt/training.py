@@ -460,10 +460,28 @@ command), so that the same command may replace it and nothing else is written in
 
 
 def _marker(out: Path) -> str:
+    """The command the marker names (its first line)."""
     try:
-        return (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip()
+        return (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip().split("\n", 1)[0]
     except (OSError, UnicodeDecodeError):
         return "?"
+
+
+def _written(out: Path) -> set[str] | None:
+    """The entries of ``out`` the command wrote, as its marker lists them once it has finished (None where the
+    marker lists none: a command still running or stopped, or one written before the list was kept)."""
+    try:
+        lines = (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return set(lines[1:]) if len(lines) > 1 else None
+
+
+def _mark_finished(out: Path, command: str) -> None:
+    """The marker of a finished output: the command, then every entry it wrote, so that a later run of the command
+    replaces those and refuses a directory where files of one's own were added since."""
+    names = sorted(p.name for p in out.iterdir() if p.name != OUTPUT_MARKER)
+    (out / OUTPUT_MARKER).write_text("\n".join([command, *names]) + "\n", encoding="utf-8")
 
 
 def held_output(out: str | Path, command: str) -> str | None:
@@ -510,6 +528,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
                            + (f"holds that of `specopt {held}`" if held else "holds none") + "; leave out --resume "
                            "to start one")
         yield out
+        _mark_finished(out, command)
         return
     aside = None
     try:
@@ -520,6 +539,12 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
                          f"files that `specopt {command}` did not write ({listing(names)})")
                 quick = " (a --quick run does not replace a full one)" if command == f"{held} --quick" else ""
                 raise RunError(f"{what} {out} holds {holds}{quick}; choose another --out, or empty it first")
+            written = _written(out)
+            added = [n for n in names if n != OUTPUT_MARKER and written is not None and n not in written]
+            if added:
+                raise RunError(f"{what} {out} holds the output of `specopt {held}` and files it did not write "
+                               f"({listing(added)}), which replacing it would delete; move them, or choose another "
+                               "--out")
             aside = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
             os.replace(out, aside)
         out.mkdir(parents=True, exist_ok=True)
@@ -533,6 +558,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
             shutil.rmtree(out, ignore_errors=True)
             os.replace(aside, out)
         raise
+    _mark_finished(out, command)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
