@@ -148,3 +148,27 @@ def test_char_gpt_standard_init_is_pytorchs_fan_in_init():
     assert float(fc.abs().max()) <= 1 / 64**0.5
     assert float(fc.std()) == pytest.approx(1 / (3 * 64) ** 0.5, rel=0.05)
     assert float(model.wte.weight.detach().std()) == pytest.approx(1.0, rel=0.1)  # embeddings N(0, 1)
+
+
+def test_a_label_first_mnist_csv_is_read_by_its_label_with_or_without_a_header(tmp_path):
+    """Kaggle's layout (``label, pixel0 … pixel783``, often with a header) trained on the last pixel, a constant 0,
+    as the label: loss 0.0000, exit 0. The label is found (the end column with more than one digit, or the header's
+    ``label``); a file with one class left is refused."""
+    import gzip
+
+    from specopt.tasks.data import shipped
+
+    rows = np.loadtxt(gzip.open(shipped("mnist_5k.csv.gz"), "rt"), delimiter=",", dtype=np.int64)
+    pick = np.random.default_rng(0).permutation(len(rows))[:200]
+    images, labels = load_mnist()
+    first = np.concatenate([rows[pick, 784:], rows[pick, :784]], axis=1)
+    np.savetxt(tmp_path / "plain.csv", first, fmt="%d", delimiter=",")
+    with open(tmp_path / "header.csv", "w") as f:
+        f.write("label," + ",".join(f"pixel{i}" for i in range(784)) + "\n")
+        np.savetxt(f, first, fmt="%d", delimiter=",")
+    for name in ("plain.csv", "header.csv"):
+        x, y = load_mnist(tmp_path / name)
+        assert torch.equal(y, labels[pick]) and torch.equal(x, images[pick])
+    np.savetxt(tmp_path / "one.csv", rows[rows[:, 784] == 3][:50], fmt="%d", delimiter=",")
+    with pytest.raises(DataError, match="every row has label 3.*at least two classes"):
+        load_mnist(tmp_path / "one.csv")

@@ -61,13 +61,19 @@ def read_text(path: str | Path | None = None) -> str:
 
 
 def load_mnist(path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST rows ``784 pixels (0–255), label`` from a (gzipped) CSV: images (N, 1, 28, 28) in [0, 1], labels
-    (digits 0–9)."""
+    """MNIST rows of 784 pixels (0–255) and a label from a (gzipped) CSV: images (N, 1, 28, 28) in [0, 1], labels
+    (digits 0–9). The label is the last column (the shipped file) or the first (Kaggle's ``mnist_train.csv``), as a
+    header line names it (``label``) or, without one, the one end column that holds more than one digit (the other
+    end is a corner pixel, 0); a file where both ends could be the label is refused."""
     path = Path(path) if path is not None else shipped("mnist_5k.csv.gz")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy's "input contained no data": the shape check below says it
+            first = f.readline()
+            header = [c.strip().lower() for c in first.split(",")] if any(c.isalpha() for c in first) else None
+            if header is None:
+                f.seek(0)
             rows = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     except FileNotFoundError:
         raise DataError(f"MNIST file not found: {path}") from None
@@ -77,12 +83,31 @@ def load_mnist(path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tens
         raise DataError(f"MNIST CSV {path} holds no rows")
     if rows.shape[1] != 785:
         raise DataError(f"MNIST CSV {path} must have 785 columns (784 pixels and a label), got {rows.shape[1]}")
+    if _label_column(rows, header, path) == 0:
+        rows = np.concatenate([rows[:, 1:], rows[:, :1]], axis=1)
     _check_labels(rows[:, 784], path, "MNIST CSV", "row")
     bad = np.flatnonzero(((rows[:, :784] < 0) | (rows[:, :784] > 255)).any(axis=1))
     if len(bad):
         raise DataError(f"MNIST CSV {path}: row {bad[0] + 1} has a pixel outside 0–255 ({len(bad)} such row(s))")
     images = torch.from_numpy(rows[:, :784]).float().div_(255).reshape(-1, 1, 28, 28)
     return images, torch.from_numpy(rows[:, 784])
+
+
+def _label_column(rows: np.ndarray, header: list[str] | None, path: Path) -> int:
+    """0 or 784: where the label of an MNIST CSV is (see :func:`load_mnist`)."""
+    if header is not None and "label" in (header[0], header[-1]):
+        return 0 if header[0] == "label" else 784
+    digits = [c for c in (784, 0) if ((rows[:, c] >= 0) & (rows[:, c] < CLASSES)).all()
+              and len(np.unique(rows[:, c])) > 1]
+    if len(digits) == 1:
+        return digits[0]
+    if digits:
+        raise DataError(f"MNIST CSV {path}: both its first and its last column could be the label; name it in a "
+                        "header line ('label' first or last)")
+    if ((rows[:, 784] >= 0) & (rows[:, 784] < CLASSES)).all():
+        raise DataError(f"MNIST CSV {path}: every row has label {rows[0, 784]} (and no other end column holds two "
+                        "digits): a classifier needs at least two classes")
+    return 784  # no column of digits: the label check names the row
 
 
 def _check_labels(labels: np.ndarray, path: Path, kind: str, item: str) -> None:
