@@ -416,3 +416,13 @@ def test_rerunning_an_experiment_refuses_to_delete_files_added_to_its_output(tmp
     result = invoke("experiment", "msign", "--quick", "--no-progress", "--out", out)
     assert result.exit_code == 2 and "files it did not write (notes.txt)" in result.output, result.output
     assert (out / "notes.txt").read_text() == "mine" and (out / "report.md").exists()
+
+
+def test_a_comparison_refused_before_any_run_leaves_no_output_and_no_resume_advice(tmp_path):
+    """`--optimizers muon,muon` was refused with "the runs it finished are in OUT: the same command with --resume
+    continues it" — there were none, and the advice failed the same way — and left OUT holding only the marker."""
+    out = tmp_path / "dup"
+    result = invoke("compare", "--task", "logreg", "--optimizers", "muon,muon", "--steps", 3, "--no-progress",
+                    "--out", out)
+    assert result.exit_code == 2 and "listed more than once" in result.output and "--resume" not in result.output
+    assert not out.exists()

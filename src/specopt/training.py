@@ -547,6 +547,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
                                "--out")
             aside = out.with_name(f".{out.name}.replaced-{uuid.uuid4().hex[:8]}")
             os.replace(out, aside)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         (out / OUTPUT_MARKER).write_text(command + "\n", encoding="utf-8")
     except OSError as e:
@@ -557,6 +558,10 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
         if aside is not None:
             shutil.rmtree(out, ignore_errors=True)
             os.replace(aside, out)
+        elif sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER]:  # failed before writing anything
+            (out / OUTPUT_MARKER).unlink()
+            if created:
+                out.rmdir()
         raise
     _mark_finished(out, command)
     if aside is not None:
