@@ -535,7 +535,7 @@ def _csv(path, labels, pixel=0):
     ({"labels": [3, -1, 4] * 250}, "row 2 has label -1; labels must be classes 0–9 (250 out-of-range"),
     ({"labels": [3, 4, 10] * 250}, "row 3 has label 10"),
     ({"labels": [1, 2] * 10}, "has 20 rows; training needs at least 628: 500 held out for validation and one batch"),
-    ({"labels": [1] * 700, "pixel": 256}, "row 1 has a pixel outside 0–255"),
+    ({"labels": [1, 2] * 350, "pixel": 256}, "row 1 has a pixel outside 0–255"),
     ({"labels": []}, "holds no rows"),
 ])
 def test_a_bad_data_csv_is_refused(tmp_path, rows, message):
@@ -718,3 +718,19 @@ def test_a_run_whose_gradients_become_non_finite_has_diverged_not_bad_input(tmp_
     assert result.exit_code == 1 and "diverged" in result.stderr and "Traceback" not in result.output
     rows = read_metrics(tmp_path / "run")
     assert rows and math.isnan(rows[-1]["loss"])
+
+
+def test_data_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    """A FIFO as --data waited forever for a writer; /dev/zero read until memory ran out (exit 1)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused(invoke("train", "--task", "char-gpt", "--size", "tiny", "--data", fifo, "--steps", 2, "--no-progress",
+                   "--out", tmp_path / "run"), "is not a regular file or a directory")
+    refused(invoke("train", "--task", "mlp", "--data", "/dev/zero", "--steps", 2, "--no-progress",
+                   "--out", tmp_path / "run2"), "/dev/zero", "not a regular file")
+
+
+def test_a_negative_radius_is_named_as_given(tmp_path):
+    """--radius -1 was reported as the scaled radius of some role (-3.33 or -0.333), a number never typed."""
+    refused(invoke("train", "--task", "logreg", "--optimizer", "scion", "--radius", -1, "--steps", 2,
+                   "--no-progress", "--out", tmp_path / "run"), "radius", "got -1.0")

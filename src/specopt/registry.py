@@ -15,7 +15,7 @@ import math
 import torch
 
 import specopt
-from specopt._checks import lr_like
+from specopt._checks import check_number, lr_like
 from specopt.roles import DEFAULT_RADII, param_groups
 
 
@@ -94,6 +94,8 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
 
 def role_groups(model, task, radius: float | None, gram: bool | None = None):
     """param_groups with every role radius scaled so that the hidden radius is ``radius``."""
+    if radius is not None:  # before scaling: an error names the radius given, not a role's scaled one
+        check_number(radius, "radius", low_open=True)
     scale = 1.0 if radius is None else radius / DEFAULT_RADII["hidden"]
     radii = {role: r * scale for role, r in DEFAULT_RADII.items()}
     return param_groups(model, scheme=task.scheme, radii=radii, msign={"gram": gram})

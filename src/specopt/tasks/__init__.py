@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 from specopt.tasks.base import Task
 from specopt.tasks.data import DataError, load_cifar10, load_mnist, read_text
@@ -23,6 +24,10 @@ def get_task(name: str, seed: int = 0, **options) -> Task:
     unknown = set(options) - accepted
     if unknown:
         raise ValueError(f"task {name!r} has no option(s) {sorted(unknown)}; its options: {sorted(accepted)}")
+    data = options.get("data")
+    if data is not None and Path(data).exists() and not (Path(data).is_file() or Path(data).is_dir()):
+        raise DataError(f"{data} is not a regular file or a directory (a FIFO or a device: reading it would wait, or "
+                        "never end); pass the data file itself")
     return cls(seed=seed, **options)
 
 
