@@ -734,3 +734,22 @@ def test_a_negative_radius_is_named_as_given(tmp_path):
     """--radius -1 was reported as the scaled radius of some role (-3.33 or -0.333), a number never typed."""
     refused(invoke("train", "--task", "logreg", "--optimizer", "scion", "--radius", -1, "--steps", 2,
                    "--no-progress", "--out", tmp_path / "run"), "radius", "got -1.0")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_a_multi_process_run_exits_130_with_how_to_resume(tmp_path, sig):
+    """Ctrl-C or SIGTERM at the launcher of `--nproc 2` was "an unexpected failure" (exit 1, SignalException)."""
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "specopt", "train", "--nproc", "2", "--task", "mlp", "--steps",
+                             "100000", "--checkpoint-every", "5", "--no-progress", "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and len(read_metrics(out) if out.exists() else []) < 3:
+        time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"`specopt train --resume {out}` continues the run" in err and "unexpected failure" not in err

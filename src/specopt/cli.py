@@ -169,6 +169,7 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
         elif value is not None:
             args += [flag, str(value)]
     args.append("--progress" if progress else "--no-progress")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -182,6 +183,11 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
         elastic_launch(config, sys.executable)("-m", "specopt.cli", *args)
     except ChildFailedError as e:  # each rank has printed its one-line error; 2: bad input, 1: a failed run
         return max((f.exitcode for f in e.failures.values() if f.exitcode and f.exitcode > 0), default=1)
+    except SignalException:  # Ctrl-C or SIGTERM reached the launcher (it was "an unexpected failure", exit 1)
+        out = options.get("out") or options.get("resume")
+        typer.secho(f"interrupted: `specopt train --resume {out}` continues the run from its last checkpoint",
+                    fg="yellow", err=True)
+        return 130
     finally:
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
