@@ -753,3 +753,18 @@ def test_interrupting_a_multi_process_run_exits_130_with_how_to_resume(tmp_path,
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"`specopt train --resume {out}` continues the run" in err and "unexpected failure" not in err
+
+
+def test_overwrite_replaces_a_runs_files_not_files_of_ones_own_by_the_same_names(tmp_path):
+    """A directory with one's own config.json and metrics.csv was called a run "stopped before its first
+    checkpoint", and --overwrite, as the message advised, replaced both files."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "metrics.csv").write_text("my,numbers\n")
+    before = snapshot(out)
+    line = refused(invoke("train", *HT, "--optimizer", "scion", "--out", out), "is not empty")
+    assert "stopped before its first checkpoint" not in line
+    refused(invoke("train", *HT, "--optimizer", "scion", "--out", out, "--overwrite"),
+            "is not a specopt run's config.json")
+    assert snapshot(out) == before

@@ -435,9 +435,12 @@ def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directo
                 saved = (out / "checkpoint.pt").exists() or (out / "checkpoint" / ".metadata").exists()
                 resume = (f"continue the run in it with --resume {out}, " if saved else
                           "its run stopped before its first checkpoint (nothing to resume); " if
-                          "config.json" in names else "")
+                          _holds_run_config(out) else "")
                 raise RunError(f"{what} {out} is not empty (it holds {listing(names)}); {resume}choose another "
                                "--out, or pass --overwrite to replace its run")
+        if overwrite and not output and (out / "config.json").exists() and not _holds_run_config(out):
+            raise RunError(f"{out / 'config.json'} is not a specopt run's config.json: --overwrite replaces a run's "
+                           "files, not files of one's own; choose another --out")
         if not os.access(out, os.W_OK | os.X_OK):
             raise RunError(f"cannot write in the {what} {out}: permission denied")
         return
@@ -566,6 +569,15 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
     _mark_finished(out, command)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _holds_run_config(out: Path) -> bool:
+    """Whether ``out/config.json`` is one :func:`train` wrote (a file of one's own by that name is not a run)."""
+    try:
+        read_config(out)
+    except (RunError, OSError, ValueError):
+        return False
+    return True
 
 
 def _start_run_dir(out: Path, config: dict, overwrite: bool) -> None:
