@@ -426,3 +426,14 @@ def test_a_comparison_refused_before_any_run_leaves_no_output_and_no_resume_advi
                     "--out", out)
     assert result.exit_code == 2 and "listed more than once" in result.output and "--resume" not in result.output
     assert not out.exists()
+
+
+def test_an_output_given_as_a_link_is_replaced_where_it_points(tmp_path):
+    """A rerun with --out a symlink to the earlier output replaced the link by a directory, left the old output
+    behind it and a hidden `.link.replaced-*` link beside it."""
+    target = tmp_path / "target"
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", target).exit_code == 0
+    (tmp_path / "link").symlink_to(target)
+    assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", tmp_path / "link").exit_code == 0
+    assert (tmp_path / "link").is_symlink() and (target / "report.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]

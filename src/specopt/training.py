@@ -522,8 +522,10 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
     aside while the command runs, removed when it succeeds, put back when it fails or is interrupted. A directory
     that holds anything else (a run, another command's output, files of one's own) is refused, so that nothing is
     overwritten or mixed. ``resume``: ``out`` must hold the output of the same command, continued in place."""
-    check_new_run_dir(out, overwrite=True, what=what, output=True)
     out = Path(out)
+    if out.is_symlink() and out.is_dir():  # write in the directory it points to (replacing the link itself left a
+        out = out.resolve()  # directory in its place, the old output behind it and a hidden link aside)
+    check_new_run_dir(out, overwrite=True, what=what, output=True)
     held = held_output(out, command)
     if resume:
         if held != command:
