@@ -437,3 +437,26 @@ def test_an_output_given_as_a_link_is_replaced_where_it_points(tmp_path):
     assert invoke("experiment", "msign", "--quick", "--no-progress", "--out", tmp_path / "link").exit_code == 0
     assert (tmp_path / "link").is_symlink() and (target / "report.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+def test_a_full_disk_names_the_output_it_could_not_write(tmp_path, monkeypatch):
+    """A full disk was "[Errno 28] No space left on device" (no file named) from an experiment, and torch's
+    inline_container internals from a comparison's checkpoint."""
+    import specopt.compare
+    from specopt.experiments import EXPERIMENTS
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def cut_short(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2560 vs 2454")
+
+    monkeypatch.setitem(EXPERIMENTS, "bpm", full)
+    out = tmp_path / "bpm"
+    result = invoke("experiment", "bpm", "--no-progress", "--out", out)
+    assert result.exit_code == 2 and f"cannot write the output in {out}: No space left on device" in result.output
+    monkeypatch.setattr(specopt.compare, "compare", cut_short)
+    out = tmp_path / "cmp"
+    result = invoke("compare", "--task", "logreg", "--optimizers", "muon", "--steps", 2, "--no-progress", "--out", out)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"cannot write a checkpoint in {out}: the file was cut short (is the disk full?)" in result.output

@@ -240,6 +240,17 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _written_where(e: Exception, out) -> str:
+    """An error's message, naming the output it failed to write where it names no file: an ``OSError`` without a
+    filename (a full disk: "[Errno 28] No space left on device"), or torch.save's full-disk ``RuntimeError``
+    ("[enforce fail at inline_container.cc…] unexpected pos")."""
+    if isinstance(e, OSError) and not isinstance(e, (RunError, DataError)):
+        return f"cannot write {e.filename or f'the output in {out}'}: {e.strerror or e}"
+    if isinstance(e, RuntimeError) and ("inline_container" in str(e) or "unexpected pos" in str(e)):
+        return f"cannot write a checkpoint in {out}: the file was cut short (is the disk full?)"
+    return str(e)
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(2)
@@ -472,7 +483,7 @@ def compare_command(
             else:
                 runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo, resume=resume)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
-        _fail(f"{e}{_kept(out, earlier, resumable=True)}")
+        _fail(f"{_written_where(e, out)}{_kept(out, earlier, resumable=True)}")
     except KeyboardInterrupt:
         typer.echo(f"interrupted: no report written{_kept(out, earlier, resumable=True)}", err=True)
         raise typer.Exit(130) from None
@@ -516,7 +527,7 @@ def experiment_command(
         with _terminate_as_interrupt(), output_dir(out, command, replaces=() if quick else (f"{command} --quick",)):
             report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
     except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
-        _fail(f"{e}{_kept(out, earlier)}")
+        _fail(f"{_written_where(e, out)}{_kept(out, earlier)}")
     except KeyboardInterrupt:
         typer.echo(f"interrupted: no report written{_kept(out, earlier)}", err=True)
         raise typer.Exit(130) from None
