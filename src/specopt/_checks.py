@@ -78,3 +78,14 @@ def lr_like(value, lr):
 def listing(names: list[str]) -> str:
     """The first names of a directory's entries, for a message: ``a, b, c, d and 3 more``."""
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def subclasses(*roots: type) -> list[type]:
+    """Every class defined so far that derives from one of ``roots`` (the roots included), at any depth: a user's own
+    parts too, once their module is imported."""
+    found, stack = [], list(roots)
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack += cls.__subclasses__()
+    return found

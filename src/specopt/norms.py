@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from specopt._checks import check_positive, check_tensor
+from specopt._checks import check_positive, check_tensor, subclasses
 from specopt.linalg import METHODS, _steps, check_gram, msign, polar_factor, resolve_compute_dtype
 
 
@@ -654,12 +654,7 @@ def get_norm(name: str, **kwargs) -> Norm:
 def _defined_elsewhere(qualname: str) -> type | None:
     """The one ``Norm`` subclass of this ``qualname`` defined so far: a norm saved from a script run as ``__main__``
     and loaded by another program that imports the script as a module. None where there is none, or more than one."""
-    found, stack = set(), [Norm]
-    while stack:
-        cls = stack.pop()
-        stack += cls.__subclasses__()
-        if cls.__qualname__ == qualname and cls.__module__ != "__main__":
-            found.add(cls)
+    found = {cls for cls in subclasses(Norm) if cls.__qualname__ == qualname and cls.__module__ != "__main__"}
     return found.pop() if len(found) == 1 else None
 
 

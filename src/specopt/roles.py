@@ -29,6 +29,7 @@ import re
 
 from torch import nn
 
+from specopt._checks import subclasses
 from specopt.layouts import Layout, classify
 from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv
 from specopt.views import Stacked, Transposed
@@ -46,12 +47,8 @@ def readable_keys() -> set[str]:
     from specopt.estimators import Estimator
     from specopt.steps import StepRule
 
-    keys, classes = set(OVERRIDE_KEYS), [Estimator, StepRule]
-    while classes:
-        cls = classes.pop()
-        classes += cls.__subclasses__()
-        keys |= set(getattr(cls, "group_defaults", None) or {})
-    return keys
+    return set(OVERRIDE_KEYS).union(*(getattr(cls, "group_defaults", None) or {}
+                                      for cls in subclasses(Estimator, StepRule)))
 
 
 DEFAULT_RADII = {"embedding": 10.0, "token": 10.0, "hidden": 30.0, "expert": 30.0, "conv": 30.0, "head": 100.0,
