@@ -455,6 +455,9 @@ def test_a_full_disk_names_the_output_it_could_not_write(tmp_path, monkeypatch):
     out = tmp_path / "bpm"
     result = invoke("experiment", "bpm", "--no-progress", "--out", out)
     assert result.exit_code == 2 and f"cannot write the output in {out}: No space left on device" in result.output
+    monkeypatch.setitem(EXPERIMENTS, "bpm", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("no bpm data")))
+    result = invoke("experiment", "bpm", "--no-progress", "--out", tmp_path / "bpm2")
+    assert result.exit_code == 2 and "error: no bpm data" in result.output  # its own message, not "cannot write"
     monkeypatch.setattr(specopt.compare, "compare", cut_short)
     out = tmp_path / "cmp"
     result = invoke("compare", "--task", "logreg", "--optimizers", "muon", "--steps", 2, "--no-progress", "--out", out)

@@ -244,7 +244,7 @@ def _written_where(e: Exception, out) -> str:
     """An error's message, naming the output it failed to write where it names no file: an ``OSError`` without a
     filename (a full disk: "[Errno 28] No space left on device"), or torch.save's full-disk ``RuntimeError``
     ("[enforce fail at inline_container.cc…] unexpected pos")."""
-    if isinstance(e, OSError) and not isinstance(e, (RunError, DataError)):
+    if isinstance(e, OSError) and e.errno is not None:  # not one raised with a message of its own
         return f"cannot write {e.filename or f'the output in {out}'}: {e.strerror or e}"
     if isinstance(e, RuntimeError) and ("inline_container" in str(e) or "unexpected pos" in str(e)):
         return f"cannot write a checkpoint in {out}: the file was cut short (is the disk full?)"

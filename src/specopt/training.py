@@ -577,7 +577,7 @@ def _holds_run_config(out: Path) -> bool:
     """Whether ``out/config.json`` is one :func:`train` wrote (a file of one's own by that name is not a run)."""
     try:
         read_config(out)
-    except (RunError, OSError, ValueError):
+    except (OSError, ValueError):  # RunError is a ValueError
         return False
     return True
 
