@@ -462,21 +462,23 @@ OUTPUT_MARKER = ".specopt-output"
 command), so that the same command may replace it and nothing else is written into it."""
 
 
+def _marker_lines(out: Path) -> list[str]:
+    """The marker's lines: the command, then (once it finished) every entry it wrote; ``["?"]`` if unreadable."""
+    try:
+        return (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return ["?"]
+
+
 def _marker(out: Path) -> str:
     """The command the marker names (its first line)."""
-    try:
-        return (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip().split("\n", 1)[0]
-    except (OSError, UnicodeDecodeError):
-        return "?"
+    return _marker_lines(out)[0]
 
 
 def _written(out: Path) -> set[str] | None:
     """The entries of ``out`` the command wrote, as its marker lists them once it has finished (None where the
     marker lists none: a command still running or stopped, or one written before the list was kept)."""
-    try:
-        lines = (out / OUTPUT_MARKER).read_text(encoding="utf-8").strip().split("\n")
-    except (OSError, UnicodeDecodeError):
-        return None
+    lines = _marker_lines(out)
     return set(lines[1:]) if len(lines) > 1 else None
 
 
