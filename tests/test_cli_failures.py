@@ -768,3 +768,40 @@ def test_overwrite_replaces_a_runs_files_not_files_of_ones_own_by_the_same_names
     refused(invoke("train", *HT, "--optimizer", "scion", "--out", out, "--overwrite"),
             "is not a specopt run's config.json")
     assert snapshot(out) == before
+
+
+def test_a_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path):
+    """The console script imports specopt (and torch, 1–3 s) before any of the command's code runs: a Ctrl-C then
+    printed a KeyboardInterrupt traceback from inside torch's import. Run as the installed entry point, interrupted
+    0.3 s in (inside the import on any machine this runs on; later, the run's own handler answers)."""
+    import time
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "specopt"]
+    module, function = script.value.split(":")
+    proc = subprocess.Popen([sys.executable, "-c", f"import {module}; {module}.{function}()", "train", "--task",
+                             "logreg", "--steps", "100000", "--no-progress", "--out", str(tmp_path / "run")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+def test_torch_muon_on_a_model_with_no_hidden_matrix_says_so(tmp_path):
+    """logreg's one matrix is its output layer: torch-muon said "optimizer got an empty parameter list"."""
+    refused(invoke("train", "--task", "logreg", "--optimizer", "torch-muon", "--steps", 2, "--no-progress",
+                   "--out", tmp_path / "run"), "no hidden matrix for torch.optim.Muon", "use adamw, or muon")
+
+
+def test_a_resume_whose_metrics_were_deleted_says_the_record_lacks_them(tmp_path):
+    """With metrics.jsonl deleted, a resume went on silently: the record then started at the checkpoint's step."""
+    out = tmp_path / "run"
+    assert invoke("train", *HT, "--optimizer", "scion", "--out", out).exit_code == 0
+    for name in ("metrics.jsonl", "metrics.csv"):
+        (out / name).unlink()
+    result = invoke("train", "--resume", out, "--steps", 6, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "lacks the rows of 4 of steps 1–4 (first: 1" in result.output
+    assert [r["step"] for r in read_metrics(out)] == [5, 6]

@@ -123,6 +123,10 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
         groups = param_groups(model, scheme=task.scheme)
         hidden = [p for g in groups if g["role"] in ("hidden",) for _, p in g["params"]]
         rest = [p for g in groups if g["role"] not in ("hidden",) for _, p in g["params"]]
+        if not hidden:  # torch's Muon would say "optimizer got an empty parameter list"
+            raise ValueError(f"torch-muon: the model of task {task.name!r} has no hidden matrix for torch.optim.Muon "
+                             "(every tensor's role is AdamW's: param_groups(model, print_table=True) lists them); "
+                             "use adamw, or muon, which steps such a model with AdamW alone")
         opts = [torch.optim.Muon(hidden, lr=lr, weight_decay=wd, adjust_lr_fn="original", **momentum)]
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=hp["adamw_lr"], weight_decay=0.0, betas=(0.9, 0.95)))

@@ -209,6 +209,11 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     if resume:
         start, elapsed = _resume(out, cfg, run_id, fixed, inner, opts, scheds, world)
         rows = [r for r in read_metrics(out) if r["step"] <= start]
+        missing = sorted(set(range(1, start + 1)) - {r["step"] for r in rows})
+        if missing and log is not None and rank == 0:
+            log(f"{out / 'metrics.jsonl'} lacks the rows of {len(missing)} of steps 1–{start} (first: {missing[0]}; "
+                "the file was deleted or cut): training resumes from the checkpoint, and the record goes on without "
+                "them")
         if start >= cfg.steps:  # nothing to train: leave every file as it is
             return RunResult(out, cfg, rows if rank == 0 else [], elapsed, model=inner, start=start)
         if rank == 0:
