@@ -805,3 +805,51 @@ def test_a_resume_whose_metrics_were_deleted_says_the_record_lacks_them(tmp_path
     assert result.exit_code == 0, result.output
     assert "lacks the rows of 4 of steps 1–4 (first: 1" in result.output
     assert [r["step"] for r in read_metrics(out)] == [5, 6]
+
+
+KILLED_WHILE_REPLACING = """
+import os, signal, sys
+from pathlib import Path
+from specopt.training import output_dir
+with output_dir(Path(sys.argv[1]), "compare") as out:
+    (out / "summary.csv").write_text("new, unfinished")
+    os.kill(os.getpid(), signal.SIGKILL)  # no handler runs: the earlier output stays aside
+"""
+
+
+def _finished_output(out):
+    from specopt.training import output_dir
+
+    with output_dir(out, "compare") as o:
+        (o / "summary.csv").write_text("earlier")
+
+
+def test_an_output_whose_replacement_was_killed_is_refused_with_both_ways_out(tmp_path):
+    """A SIGKILL while a command replaced its earlier output left that output under a hidden name, which every
+    later run ignored (and kept, forever): now the next run names it and how to keep either."""
+    out = tmp_path / "cmp"
+    _finished_output(out)
+    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_REPLACING, str(out)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    (aside,) = tmp_path.glob(".cmp.replaced-*")
+    assert (aside / "summary.csv").read_text() == "earlier"
+    before, before_aside = snapshot(out), snapshot(aside)
+    line = refused(invoke("compare", "--task", "heavy-tailed", "--optimizers", "scion", "--steps", 2, "--out", out),
+                   "was being replaced when the command was killed", str(aside), f"mv {aside} {out}")
+    assert f"rm -rf {aside}" in line
+    assert snapshot(out) == before and snapshot(aside) == before_aside
+    # the user keeps the earlier one, as the message says; the command then replaces it as usual
+    shutil.rmtree(out)
+    aside.rename(out)
+    _finished_output(out)
+    assert not list(tmp_path.glob(".cmp.replaced-*"))
+
+
+def test_an_earlier_output_left_aside_after_its_replacement_finished_is_removed(tmp_path):
+    """Killed after the new output was marked finished, before the earlier one was deleted: the next run deletes it
+    (the step the command did not reach), keeping the finished output."""
+    out = tmp_path / "cmp"
+    _finished_output(out)
+    shutil.copytree(out, tmp_path / ".cmp.replaced-0123abcd")
+    _finished_output(out)
+    assert not list(tmp_path.glob(".cmp.replaced-*")) and (out / "summary.csv").read_text() == "earlier"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import math
 import os
@@ -533,6 +534,7 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
     if out.is_symlink() and out.is_dir():  # write in the directory it points to (replacing the link itself left a
         out = out.resolve()  # directory in its place, the old output behind it and a hidden link aside)
     check_new_run_dir(out, overwrite=True, what=what, output=True)
+    _check_no_replaced_left(out, what)
     held = held_output(out, command)
     if resume:
         if held != command:
@@ -578,6 +580,22 @@ def output_dir(out: str | Path, command: str, what: str = "output directory", *,
     _mark_finished(out, command)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _check_no_replaced_left(out: Path, what: str) -> None:
+    """An earlier output moved aside by a replacement that was killed (SIGKILL, a power cut: no handler ran) is
+    removed where the replacement had finished (the step it did not reach), and otherwise refused: which of the two
+    to keep is the user's choice, and it is not deleted behind their back."""
+    left = sorted(out.parent.glob(f".{glob.escape(out.name)}.replaced-*")) if out.parent.is_dir() else []
+    if not left:
+        return
+    if out.is_dir() and _written(out) is not None:
+        for aside in left:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    raise RunError(f"{what} {out} was being replaced when the command was killed: the earlier output is in "
+                   f"{listing([str(p) for p in left])}. To keep the earlier one: `rm -rf {out} && mv {left[0]} {out}`; "
+                   f"to keep the new one (`--resume` continues it): `rm -rf {left[0]}`")
 
 
 def _holds_run_config(out: Path) -> bool:
