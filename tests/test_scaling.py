@@ -121,3 +121,12 @@ def test_a_target_budget_below_one_step_is_refused(target, message):
     1,000-token budget; to 1e5, 9 tokens per step and the same batches of whole sequences."""
     with pytest.raises(ValueError, match=message):
         transfer(1e9, 4, 1024, 1e-3, target, allow_smaller=True)
+
+
+def test_an_astronomical_budget_prints_its_counts_in_scientific_notation():
+    """--target-tokens 1e300 printed batch sizes of 196 digits; the numbers themselves are right (r^(2/3)·B0·S0)."""
+    result = CliRunner().invoke(app, ["scale", "--tokens", "1e9", "--batch", "32", "--seq", "1024", "--lr", "0.02",
+                                      "--target-tokens", "1e300"])
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) < 100, result.output
+    assert "= 3.277e+198" in result.output and "B = 4.672e+195, S =    512" in result.output
