@@ -89,10 +89,10 @@ def tokens_per_step_schedule(tokens_seen: float, base_tokens: float, base_tokens
     return base_tokens_per_step * grow
 
 
-def _count(n: float) -> str:
-    """A count in digits with thousands separators, or, past 10^15 (a budget ratio of astronomical size), as 1.2e+20:
-    200 digits help nobody."""
-    return f"{n:,.0f}" if n < 1e15 else f"{n:.4g}"
+def _count(n: float, separator: str = ",") -> str:
+    """A count in digits (thousands separated by ``separator``), or, past 10^15 (a budget ratio of astronomical
+    size), as 1.2e+20: 200 digits help nobody."""
+    return f"{n:{separator}.0f}" if n < 1e15 else f"{n:.4g}"
 
 
 def format_transfer(t: Transfer, batch: int, seq: int, lr: float) -> str:
@@ -101,7 +101,7 @@ def format_transfer(t: Transfer, batch: int, seq: int, lr: float) -> str:
              f"{_count(t.tokens_per_step)}",
              f"step size β1 = r^(-1/3)·β0 = {t.step_size:.3g} (from {lr:.3g})",
              "batch choices (B1, S1), B rounded to a power of two:"]
-    lines += [f"  B = {_count(b):>6}, S = {s:>6}  (B·S = {_count(b * s)})" for b, s in t.choices]
+    lines += [f"  B = {_count(b, separator=''):>6}, S = {s:>6}  (B·S = {_count(b * s)})" for b, s in t.choices]
     return "\n".join(lines)
 
 
