@@ -596,6 +596,25 @@ def test_python_m_specopt_is_the_specopt_command(tmp_path):
     assert all(command in done.stdout for command in ("train", "compare", "experiment", "scale"))
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--stepz", "3"], "error: No such option: --stepz (Possible options: --seed, --size, --steps) "
+                                "(see `specopt train --help`)"),
+    (["train", "--steps", "1e23"], "error: Invalid value for '--steps': Input should be a valid integer"),
+    (["train", "--lr", "-1"], "error: Invalid value for '--lr': must be a positive finite number, got -1.0 "
+                              "(see `specopt train --help`)"),
+    (["bogus"], "error: No such command 'bogus'. (see `specopt --help`)")])
+def test_an_error_in_the_options_is_one_line_like_the_commands_own(args, message):
+    """click's own parsing errors (a misspelt option, a value of the wrong type, a callback's check) came as a boxed
+    panel under a usage line, unlike every other error of the command."""
+    done = subprocess.run([sys.executable, "-m", "specopt", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert done.returncode == 2 and done.stdout == ""
+    message = message.replace("(see `specopt", "(see `python -m specopt")  # the name it was called by
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(message), done.stderr
+    bare = subprocess.run([sys.executable, "-m", "specopt"], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and "Commands" in bare.stdout + bare.stderr  # no command: the help, as before
+
+
 def _entries(output, title):
     """``{name: description}`` of the help block under ``title``."""
     block = re.split(r"\n[ \t]*\n", output.split(title + ":", 1)[1], maxsplit=1)[0]

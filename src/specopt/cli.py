@@ -555,10 +555,23 @@ def scale_command(
 
 
 def main() -> None:
-    """The console script (and ``python -m specopt``): a failure nobody foresaw is one line too, not a traceback
+    """The console script (and ``python -m specopt``): an error in the options (click's parsing) is one line like
+    the command's own, not a boxed panel, and a failure nobody foresaw is one line too, not a traceback
     (``SPECOPT_TRACEBACK=1`` shows it)."""
     try:
-        app()
+        try:
+            code = app(standalone_mode=False)
+        except _CLICK_ERROR as e:  # the options' own parsing and checks: one line, as the command's own errors
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `specopt`: the help, as standalone mode shows it
+                e.show()
+            else:
+                where = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+                typer.secho(f"error: {e.format_message()}{where}", fg="red", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            code = 130
+        if code:  # an exit status (typer.Exit's), returned rather than raised outside click's standalone mode
+            sys.exit(code)
     except SystemExit as e:
         if "LOCAL_RANK" in os.environ:  # a torchrun worker
             _exit_worker(e.code)
@@ -575,6 +588,10 @@ def main() -> None:
         if "LOCAL_RANK" in os.environ:
             _exit_worker(1)
         sys.exit(1)
+
+
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""click's ClickException (or the copy of click that typer ≥ 0.20 vendors): every error of the options' parsing."""
 
 
 def _exit_worker(code) -> None:
