@@ -265,6 +265,17 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
     opt.step()
     results["nan_skipped"] = opt.skipped_steps
     results["nan_unchanged"] = all(torch.equal(before[k], v) for k, v in full_params(model).items())
+    opt = specopt.Muon(model.parameters())  # FSDP2: a rank whose gradients are None must not leave the others
+    opt.zero_grad()                         # waiting in the lmo's gather (they hung)
+    ((model(xs) - ys) ** 2).mean().backward()
+    if rank == 1:
+        for p in model.parameters():
+            p.grad = None
+    try:
+        opt.step()
+        results["missing_grads_error"] = ""
+    except ValueError as e:
+        results["missing_grads_error"] = str(e)
 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, distribute_tensor

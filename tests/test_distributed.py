@@ -127,6 +127,13 @@ def test_a_nan_in_one_ranks_gradient_shard_skips_the_step_on_every_rank(runs):
         assert runs[rank]["nan_skipped"] == 1 and runs[rank]["nan_unchanged"]
 
 
+def test_a_rank_whose_gradients_are_missing_under_fsdp2_is_refused_on_every_rank_not_left_waiting(runs):
+    for rank, mine in (("rank0", 10), ("rank1", 0)):
+        error = runs[rank]["missing_grads_error"]
+        assert "sharded (FSDP2) parameters this step updates differ across ranks" in error
+        assert f"between 0 and 10 tensors with a gradient per rank (this rank: {mine})" in error
+
+
 def test_dtensor_parameters_not_sharded_on_dim_0_are_refused(runs):
     assert "sharded on dim 0 over a 1-D mesh" in runs["rank0"]["placement_error"]
     assert "Replicate" in runs["rank0"]["placement_error"]

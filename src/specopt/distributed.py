@@ -229,11 +229,20 @@ def sum_over_shards(values: list[torch.Tensor], layouts: list[Layout]) -> list[t
     return out
 
 
-def any_rank(flag: bool, group, device) -> bool:
-    """True if ``flag`` is true on any rank of ``group`` (one small all_reduce)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+def any_rank(flag: bool, group, device, agree: tuple[int, int] | None = None) -> bool:
+    """True if ``flag`` is true on any rank of ``group`` (one small all_reduce). With ``agree`` (this rank's count
+    of sharded tensors a step updates and their entries), the same reduction checks that every rank counts the
+    same, and raises on every rank if not."""
+    counts = [] if agree is None else [float(agree[0]), -float(agree[0]), float(agree[1]), -float(agree[1])]
+    t = torch.tensor([1.0 if flag else 0.0, *counts], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return bool(t.item() > 0)
+    if agree is not None and (t[1] != -t[2] or t[3] != -t[4]):
+        raise ValueError(f"the sharded (FSDP2) parameters this step updates differ across ranks: between "
+                         f"{int(-t[2])} and {int(t[1])} tensors with a gradient per rank (this rank: {agree[0]}). "
+                         "Every rank must step the same parameters: a gradient set to None on one rank only, or "
+                         "parameters this rank's backward did not reach, leave the others waiting for its shards; "
+                         "zero such gradients instead (optimizer.zero_grad(set_to_none=False) before the backward)")
+    return bool(t[0].item() > 0)
 
 
 def check_replicated(tensors: list[torch.Tensor], group, device: torch.device, *, values: bool = True) -> None:

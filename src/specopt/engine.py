@@ -472,7 +472,9 @@ class GeometryOptimizer(Optimizer):
         if traced and not self.lmo.distributed(everything) and everything:
             self._traced_step(records, ctx)
             return loss
-        if not self._all_finite(everything) or not self._all_finite(self._probe_records(everything, probed)):
+        shards = self._shards()
+        probe = self._probe_records(everything, probed)  # on every rank or none, once the shards agree
+        if not self._all_finite(everything, shards) or (probe and not self._all_finite(probe, shards)):
             self._skipped += 1
             return loss
         for rec in everything:
@@ -623,17 +625,32 @@ class GeometryOptimizer(Optimizer):
                                       layout))
         return records, aux
 
-    def _all_finite(self, records: list[Record]) -> bool:
+    def _shards(self) -> dict:
+        """``{group: (tensors, entries, device)}``: this rank's FSDP2-sharded parameters with a gradient, per group
+        that shards any of the optimizer's parameters (with a count of 0 where none has a gradient here)."""
+        shards = {}
+        for group in self.param_groups:
+            for param in group["params"]:
+                if distributed.is_dtensor(param):
+                    key = param.device_mesh.get_group()
+                    tensors, entries, device = shards.get(key, (0, 0, distributed.local(param).device))
+                    has = param.grad is not None and param.numel() > 0
+                    shards[key] = (tensors + has, entries + (param.numel() if has else 0), device)
+        return shards
+
+    def _all_finite(self, records: list[Record], shards: dict) -> bool:
         """One reduction per gradient and one sync: a sum is finite when every entry is (an overflowing sum
-        of finite entries is re-checked entry by entry, so it is never mistaken for NaN/Inf)."""
-        if not records:
+        of finite entries is re-checked entry by entry, so it is never mistaken for NaN/Inf). Under FSDP2
+        (``shards``: :meth:`_shards`) every rank of a mesh takes part, also one with no gradient this step."""
+        if not records and not shards:
             return True
-        sums = torch.stack([rec.g.sum(dtype=torch.float32).to("cpu", non_blocking=True) for rec in records])
         bad = []
-        if not bool(torch.isfinite(sums).all()):
-            bad = [rec for rec, s in zip(records, sums.tolist(), strict=True)
-                   if not math.isfinite(s) and not bool(torch.isfinite(rec.g).all())]
-        if not self.lmo.any_rank(bool(bad), records):  # FSDP2: each rank sees only its rows
+        if records:
+            sums = torch.stack([rec.g.sum(dtype=torch.float32).to("cpu", non_blocking=True) for rec in records])
+            if not bool(torch.isfinite(sums).all()):
+                bad = [rec for rec, s in zip(records, sums.tolist(), strict=True)
+                       if not math.isfinite(s) and not bool(torch.isfinite(rec.g).all())]
+        if not self.lmo.any_rank(bool(bad), shards):  # FSDP2: each rank sees only its rows
             return True
         if self.nonfinite == "skip":
             return False

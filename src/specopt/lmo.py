@@ -98,12 +98,15 @@ class LmoRunner:
         tensors; replicated ones are whole already)."""
         return distributed.sum_over_shards(values, [rec.layout for rec in records])
 
-    def any_rank(self, flag: bool, records: list[Record]) -> bool:
-        """``flag`` or'ed over the ranks that hold shards of ``records`` (every rank must learn that one saw a NaN)."""
-        sharded = [rec for rec in records if rec.layout.sharded]
-        if not sharded:
-            return flag
-        return distributed.any_rank(flag, sharded[0].layout.group, sharded[0].g.device)
+    def any_rank(self, flag: bool, shards: dict) -> bool:
+        """``flag`` or'ed over the ranks of each FSDP2 group (every rank must learn that one saw a NaN), and a check
+        that they step the same sharded parameters. ``shards``: ``{group: (tensors, entries, device)}``, this rank's
+        sharded parameters with a gradient, over every group that shards one of the optimizer's parameters, also
+        where this rank has none with a gradient: every rank takes part, and a rank whose gradients are missing
+        raises with the others instead of leaving them waiting in the lmo's gather."""
+        for group, (tensors, entries, device) in shards.items():
+            flag = distributed.any_rank(flag, group, device, agree=(tensors, entries))
+        return flag
 
     def whole(self, rec: Record, fn) -> None:
         """``rec.p ← fn(W)`` where ``W`` is the whole tensor (gathered from its shards); each rank keeps its rows."""
