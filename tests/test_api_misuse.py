@@ -62,3 +62,28 @@ def test_the_submodules_the_docs_name_are_attributes_of_the_package():
     assert specopt.registry.DEFAULTS["muon"]["lr"] > 0 and specopt.gluon.GluonRule and specopt.integrations
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         specopt.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("preset", [specopt.Muon, specopt.Scion, specopt.Gluon])
+def test_an_optimizer_whose_parameters_never_get_a_gradient_says_so_once(preset):
+    """Built before the model's parameters were replaced (fully_shard does so: the optimizer's tensors then never get
+    a gradient), an optimizer trained nothing and said nothing."""
+    import warnings
+
+    model = mlp()
+    opt = preset(model.parameters())
+    for module in model.modules():  # what fully_shard does: new parameter objects, the old ones left behind
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, torch.nn.Parameter(p.detach().clone()))
+    x = torch.randn(8, next(model.parameters()).shape[1])
+    with pytest.warns(UserWarning, match="found no gradient on any of the optimizer's 6 parameters") as caught:
+        for _ in range(3):
+            model(x).square().mean().backward()
+            opt.step(lambda: model(x).square().mean())
+    assert len([w for w in caught if "no gradient" in str(w.message)]) == 1  # once
+    model = mlp()
+    opt = preset(model.parameters())
+    model(x).square().mean().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(lambda: model(x).square().mean())

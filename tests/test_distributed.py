@@ -105,6 +105,7 @@ def test_muonbp_block_steps_under_fsdp2_post_no_collective_for_the_lmo(runs):
 def test_replicas_that_differ_are_refused(runs):
     for rank in ("rank0", "rank1"):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]
+        assert "the same parameter order" in runs[rank]["replica_error"]
 
 
 def test_dog_refuses_fsdp2_sharded_tensors_clearly_on_every_rank(runs):

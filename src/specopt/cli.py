@@ -570,8 +570,7 @@ def main() -> None:
             code = e.exit_code
         except typer.Abort:
             code = 130
-        if code:  # an exit status (typer.Exit's), returned rather than raised outside click's standalone mode
-            sys.exit(code)
+        sys.exit(code or 0)  # as click's standalone mode: a torchrun worker then ends in _exit_worker below
     except SystemExit as e:
         if "LOCAL_RANK" in os.environ:  # a torchrun worker
             _exit_worker(e.code)

@@ -248,9 +248,9 @@ def any_rank(flag: bool, group, device, agree: tuple[int, int] | None = None) ->
 def check_replicated(tensors: list[torch.Tensor], group, device: torch.device, *, values: bool = True) -> None:
     """Raise if the replicated parameters a step updates differ across ranks (the split lmo assumes they are equal):
     first their number and sizes (every rank takes part, also one with none, so that no rank waits on a collective
-    the others skip: e.g. ZeroRedundancyOptimizer gives each rank's optimizer other parameters; DDP's
-    ``find_unused_parameters`` leaves a layer one rank did not use without a gradient), then, with ``values``, each
-    one's sum (the weights)."""
+    the others skip: e.g. ZeroRedundancyOptimizer gives each rank's optimizer other parameters, or a gradient set to
+    None on one rank only), then, with ``values``, each one's sum (the weights: replicas that drifted apart, or
+    listed in different orders)."""
     world = dist.get_world_size(group)
     counts = torch.empty(2 * world, dtype=torch.float64, device=device)
     mine = [float(len(tensors)), float(sum(t.numel() for t in tensors))]
@@ -260,8 +260,8 @@ def check_replicated(tensors: list[torch.Tensor], group, device: torch.device, *
         shown = ", ".join(f"{int(n)} ({int(size)} entries)" for n, size in pairs.tolist())
         raise ValueError(f"the replicated parameters this step updates differ across ranks: {shown} per rank. Every "
                          "rank must step the same parameters: a parameter with a gradient on one rank and none on "
-                         "another (a layer one rank did not use, which DDP's find_unused_parameters leaves at None) "
-                         "breaks the split orthogonalisation; zero such gradients instead "
+                         "another (a gradient set to None on one rank only) breaks the split orthogonalisation; zero "
+                         "such gradients instead "
                          "(optimizer.zero_grad(set_to_none=False) before the backward), or pass process_group=None "
                          "for independent per-rank optimizers (ZeroRedundancyOptimizer gives each rank other "
                          "parameters: optimizer_class=functools.partial(specopt.Scion, process_group=None))")
@@ -274,7 +274,9 @@ def check_replicated(tensors: list[torch.Tensor], group, device: torch.device, *
         same = torch.equal(out.reshape(world, -1).amin(0), out.reshape(world, -1).amax(0))
     if not same:
         raise ValueError("parameters differ across ranks: specopt splits the orthogonalisation of replicated "
-                         "parameters (DDP) across ranks, which needs identical replicas; wrap the model in "
-                         "DistributedDataParallel, or pass process_group=None for independent per-rank optimizers "
+                         "parameters (DDP) across ranks, which needs identical replicas, listed in the same order on "
+                         "every rank; wrap the model in DistributedDataParallel, build the optimizer from the same "
+                         "model code on every rank (the same parameter order), or pass process_group=None for "
+                         "independent per-rank optimizers "
                          "(ZeroRedundancyOptimizer gives each rank other parameters: pass it e.g. "
                          "optimizer_class=functools.partial(specopt.Scion, process_group=None))")

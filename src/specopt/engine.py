@@ -219,6 +219,7 @@ class GeometryOptimizer(Optimizer):
         self.estimator, self.rule, self.nonfinite = estimator, rule, nonfinite
         self.lmo = LmoRunner(process_group, batch_lmo)
         self._skipped = 0  # steps skipped by the eager check
+        self._warned_no_gradient = False  # see _warn_no_gradient
         self._probe_unusable = self._zeroed = False  # see _run_closure
         self._skipped_flags: torch.Tensor | None = None  # and by the compiled one: a 0-d count on the device
         super().__init__(params, defaults)
@@ -466,6 +467,8 @@ class GeometryOptimizer(Optimizer):
             self._init_group()
         records, aux = self._gather()
         everything = records + aux
+        if not everything and not self._warned_no_gradient and not torch.compiler.is_compiling():
+            self._warn_no_gradient()
         self.lmo.check_replicas(everything, distributed.local(self.param_groups[0]["params"][0]).device)
         ctx = StepContext(self.lmo, aux, probed, closure is not None and not self._probe_unusable,
                           loss=loss.detach() if isinstance(loss, torch.Tensor) else loss)
@@ -624,6 +627,17 @@ class GeometryOptimizer(Optimizer):
                 records.append(Record(p, g, group, state, name, norm, radius_for(group["radius"], shape, norm), param,
                                       layout))
         return records, aux
+
+    def _warn_no_gradient(self) -> None:
+        """A step that found no gradient on any parameter updates nothing, as torch.optim's do, but says so once:
+        the usual cause is an optimizer built before ``fully_shard`` (or anything else that replaced the model's
+        parameters), whose tensors then never get a gradient, and the run trains nothing."""
+        self._warned_no_gradient = True
+        count = sum(len(group["params"]) for group in self.param_groups)
+        warnings.warn(f"step() found no gradient on any of the optimizer's {count} parameters and updated nothing. "
+                      "If the model was sharded (fully_shard) or its parameters were otherwise replaced after the "
+                      "optimizer was built, build the optimizer after that; otherwise call backward() before "
+                      "step() (said once)", stacklevel=5)
 
     def _shards(self) -> dict:
         """``{group: (tensors, entries, device)}``: this rank's FSDP2-sharded parameters with a gradient, per group
