@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from specopt import param_groups
-from specopt.engine import GeometryOptimizer
+from specopt.engine import GeometryOptimizer, NonFiniteGradient
 from specopt.experiments.common import progress_bar, pyplot, save_figure, write_csv, write_report
 from specopt.steps import USCG, Clipped
 from specopt.tasks import get_task
@@ -227,7 +227,7 @@ def train_run(task: Task, lr: float, schedule: str, steps: int, evals: int, clip
     for step in range(steps):
         try:
             opt.step(task_closure(task, model, [opt], task.batch(step)))
-        except ValueError:  # a non-finite gradient
+        except NonFiniteGradient:  # diverged
             diverged = True
         sched.step()
         if diverged or (step + 1) % every == 0 or step + 1 == steps:

@@ -172,7 +172,7 @@ def run_one(problem_name: str, method: str, lr: float, noise: str, alpha: float,
 
         try:
             opt.step(closure)
-        except ValueError:  # a non-finite gradient: the run has diverged
+        except specopt.NonFiniteGradient:  # the run has diverged
             return curve + [math.nan] * (evals + 1 - len(curve))
         sched.step()
         if (step + 1) % every == 0 and len(curve) <= evals:

@@ -132,7 +132,7 @@ def run_one(arm: str, lr0: float, seed: int, steps: int) -> np.ndarray:
 
         try:
             opt.step(closure)
-        except ValueError:  # a non-finite gradient: diverged
+        except specopt.NonFiniteGradient:  # diverged
             break
         if schedule is not None:
             schedule.step()

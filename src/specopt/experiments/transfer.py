@@ -97,10 +97,7 @@ def final_loss(name: str, width: int, seed: int, k: int, design: Design) -> floa
     cfg = RunConfig(task="char-gpt", optimizer=name, steps=design.steps, seed=seed, hparams={"lr": lattice_lr(k)},
                     task_options=options, val_every=design.steps, checkpoint_every=design.steps)
     with TemporaryDirectory() as d:
-        try:
-            result = train(cfg, d, progress=False)
-        except ValueError:  # specopt's optimizers refuse a non-finite gradient: the run diverged
-            return math.nan
+        result = train(cfg, d, progress=False)  # a non-finite gradient ends the run as diverged, not in an error
     return math.nan if result.diverged else result.val_rows()[-1]["val_loss"]
 
 
