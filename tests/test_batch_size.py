@@ -183,3 +183,13 @@ def test_no_plateau_and_an_edge_that_does_not_move_are_reported_as_refutations()
     assert "**no plateau** at T = 256, 1,024, 4,096, 16,384, 65,536 (refutes the claim there)" in text
     assert "no growth resolved (interval ≤ 0)" in text
     assert "the plateau's left end is not resolved" in text
+
+
+def test_a_predicted_interval_that_is_not_measurable_is_not_reported_as_disagreeing():
+    """A NaN interval compared False, and the report said "the intervals do not overlap" for it (the quick run)."""
+    from specopt.experiments.batch_size import overlap
+
+    nan = float("nan")
+    assert overlap((nan, nan), (0.4, 0.9)).startswith("not comparable")
+    assert overlap((0.5, 0.7), (0.6, 0.9)).startswith("the intervals overlap")
+    assert overlap((0.1, 0.2), (0.6, 0.9)) == "the intervals do not overlap"

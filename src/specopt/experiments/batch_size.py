@@ -386,6 +386,16 @@ def _setup_text(chosen: list[Setting]) -> list[str]:
     return lines
 
 
+def overlap(predicted: tuple[float, float], measured: tuple[float, float]) -> str:
+    """Whether the critical batch exponent the measured rates predict and the one measured agree (their 95 %
+    intervals overlap); an interval that is not measurable (NaN) is neither."""
+    if not all(map(math.isfinite, (*predicted, *measured))):  # a NaN compares False: it read "do not overlap"
+        return "not comparable (an interval is not measurable)"
+    if predicted[0] <= measured[1] and measured[0] <= predicted[1]:
+        return "the intervals overlap: the edge moves as the measured rates put it"
+    return "the intervals do not overlap"
+
+
 def _result_text(results: dict, others: dict, rows: list[dict]) -> list[str]:
     lines = ["## Result", ""]
     for key, (_, table, est) in results.items():
@@ -410,8 +420,7 @@ def _result_text(results: dict, others: dict, rows: list[dict]) -> list[str]:
                  f"{_interval(est, 'batch_exponent_interior')})")
         predicted = est["predicted_batch_exponent_ci"]
         measured = est["batch_exponent_ci"]
-        agree = ("the intervals overlap: the edge moves as the measured rates put it" if
-                 predicted[0] <= measured[1] and measured[0] <= predicted[1] else "the intervals do not overlap")
+        agree = overlap(predicted, measured)
         sensitivity = ", ".join(f"{f}×: {_interval(o, 'batch_exponent')}" for f, o in others[key].items())
         lines += [f"**{key}** — {n} of {len(table.budgets)} budgets with an uncensored critical batch:", "",
                   f"- {plateau};",
