@@ -30,9 +30,11 @@ noisy labels (σ = 0.1, batch 32), validation = noiseless MSE on 1,024 held-out 
 noise floor, so ``D_k`` decays; ``char-gpt`` — the tiny char-GPT (2 layers, width 64) on Shakespeare.
 
 What would refute the claim: a speed-up below the claimed 10 % at equal budgets — the 95 % t-interval of the
-mean S over the seeds below 1.10; "reproduced" needs that interval above 1 (a speed-up the seeds resolve) with a
-clip that binds at some steps and not at others (else the runs compare step sizes, not clipping). Anything else is
-not resolved. (The first full run used mean ± one sd and evaluated on the tuning seed among its three: it read
+mean S over the seeds below 1.10; "reproduced" needs that interval above 1.10, with a clip that binds at some
+steps and not at others (else the runs compare step sizes, not clipping); an interval above 1 that contains 1.10 is
+"a speed-up, consistent with the claim" (resolved as a speed-up, not as one of 10 %). Anything else is not resolved.
+(Until an outside review, an interval above 1 was called "reproduced", weaker than the claim it tested. The first
+full run used mean ± one sd and evaluated on the tuning seed among its three: it read
 S = 1.24 ± 0.11 with a constant lr on the teacher–student task as reproduced, an interval [0.97, 1.52] at 95 %.)
 Limits: with the decaying lr the loss between T/2 and T is interpolated linearly, which understates S where the
 curve is convex; the char-GPT runs 200 steps, early in its training.
@@ -429,22 +431,26 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 def _verdict(row: dict) -> str:
-    """"reproduced": the 95 % interval of the mean S above 1; "refuted": below the claimed 1.10."""
+    """From the 95 % interval of the mean S: "reproduced" above the claimed 1.10; "a speed-up" above 1 and
+    containing 1.10 (consistent with the claim, which the seeds do not establish); "refuted" below 1.10."""
     if not 0 < row["binding_fraction"] < 1:
         return "no test (the clip never switches)"
     if row["speedup_high"] < CLAIMED[0]:
         return "not reproduced (refuted here: the 95 % interval of S below 1.10)"
+    if row["speedup_low"] >= CLAIMED[0]:
+        return "reproduced (the 95 % interval of S above 1.10)"
     if row["speedup_low"] > 1:
-        return "reproduced"
+        return "a speed-up, consistent with the claim (the 95 % interval of S above 1, containing 1.10)"
     return "not resolved (the 95 % interval of S contains 1)"
 
 
 def _findings(summary: list[dict], sweeps: dict) -> list[str]:
     verdicts = [row["verdict"].split(" (")[0] for row in summary]
-    lines = [f"Reproduced in {verdicts.count('reproduced')} of {len(summary)} cells (task × schedule); the claimed "
-             f"10 % speed-up is refuted (95 % interval of S below 1.10) in "
-             f"{sum('refuted' in r['verdict'] for r in summary)}; not resolved in {verdicts.count('not resolved')}.",
-             ""]
+    lines = [f"Of {len(summary)} cells (task × schedule): the claimed 10 % speed-up reproduced (95 % interval of S "
+             f"above 1.10) in {verdicts.count('reproduced')}; a speed-up consistent with it (interval above 1, "
+             f"containing 1.10) in {verdicts.count('a speed-up, consistent with the claim')}; refuted (interval below "
+             f"1.10) in {verdicts.count('not reproduced')}; not resolved in {verdicts.count('not resolved')}; no test "
+             f"(the clip never switches) in {verdicts.count('no test')}.", ""]
     for row in summary:
         s = sweeps[row["task"]].s
         ref = row["best_uscion_tuning_seed"]
