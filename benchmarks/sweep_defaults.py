@@ -71,7 +71,7 @@ def octaves(lo: int, hi: int) -> list[float]:
 
 
 CHEAP = {  # tiny and cnn: a few seconds a run; `radius` 30 is Scion's best on both, the others are swept there
-    "adamw": grid(lr=[1e-3, 2e-3, 4e-3, 8e-3]),
+    "adamw": grid(lr=[1e-3, 2e-3, 4e-3, 8e-3]) + grid(lr=[2e-3 * 2**0.5, 4e-3 * 2**0.5]),  # half octaves at its best
     "muon": grid(lr=[0.01, 0.02, 0.04], adamw_lr=[3e-3, 1e-2, 3e-2]) + [{"lr": 0.02, "adamw_lr": 3e-4}]
     + grid(lr=[0.005], adamw_lr=[3e-3, 1e-2, 3e-2]) + grid(lr=[0.01, 0.02], adamw_lr=[0.1]),
     "scion": grid(lr=octaves(-12, -8), radius=[10.0, 30.0, 100.0]) + [{"lr": 2**-7, "radius": 10.0}]
