@@ -214,7 +214,10 @@ def main() -> None:
         f"{args.repeats} interleaved steps. Muon rows: msign in bf16, 5 iterations (torch: Newton–Schulz, 15 "
         f"matmuls per matrix, one matrix at a time, {flops['plain'] / 1e12:.2f} TFLOP per step; specopt: Polar "
         f"Express, {SPECOPT_MSIGN[args.device.type]}: by default the same 15 matmuls per matrix as torch, "
-        f"{flops['plain'] / 1e12:.2f} TFLOP as written; with `gram=True` the Gram form (Gram Newton–Schulz, "
+        f"{flops['plain'] / 1e12:.2f} TFLOP as written"
+        + ("" if args.device.type != "cpu" else " (the row blocks execute 5/8 of each symmetric product's flops, "
+           "so specopt does fewer flops than torch for the same iteration)")
+        + f"; with `gram=True` the Gram form (Gram Newton–Schulz, "
         f"restarted every {linalg.GRAM_SEGMENT_HALF} steps in bf16) on the {n_gram} wide matrices, "
         f"{flops['gram'] / 1e12:.2f} TFLOP as written, slightly less accurate: see the msign table and "
         "EXPERIMENTS.md); "
