@@ -257,7 +257,8 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.quick:
-        publish("step", args, table, {"device": where(args), "threads": args.threads, "rows": rows})
+        publish("step", args, table, {"device": where(args), "threads": args.threads, "rows": rows,
+                                      "round_times_s": times})  # every round, so that a verdict can be rechecked
 
 
 if __name__ == "__main__":
