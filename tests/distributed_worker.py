@@ -265,6 +265,15 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
     opt.step()
     results["nan_skipped"] = opt.skipped_steps
     results["nan_unchanged"] = all(torch.equal(before[k], v) for k, v in full_params(model).items())
+    ddp = nn.parallel.DistributedDataParallel(make_model())  # DDP: a NaN in one rank's gradient only (an edit after
+    opt = specopt.Muon(ddp.module.parameters(), nonfinite="skip")  # the all-reduce) must stop every rank's step
+    ((ddp(xs) - ys) ** 2).mean().backward()
+    before = {k: v.detach().clone() for k, v in ddp.module.state_dict().items()}
+    if rank == 1:
+        next(ddp.module.parameters()).grad[0, 0] = float("nan")
+    opt.step()
+    results["ddp_nan_skipped"] = opt.skipped_steps
+    results["ddp_nan_unchanged"] = all(torch.equal(before[k], v) for k, v in ddp.module.state_dict().items())
     opt = specopt.Muon(model.parameters())  # FSDP2: a rank whose gradients are None must not leave the others
     opt.zero_grad()                         # waiting in the lmo's gather (they hung)
     ((model(xs) - ys) ** 2).mean().backward()

@@ -128,6 +128,12 @@ def test_a_nan_in_one_ranks_gradient_shard_skips_the_step_on_every_rank(runs):
         assert runs[rank]["nan_skipped"] == 1 and runs[rank]["nan_unchanged"]
 
 
+def test_a_nan_in_one_ranks_replicated_gradient_skips_the_step_on_every_rank(runs):
+    """Under DDP the rank that saw the NaN skipped alone, and the other waited in the lmo's all_gather."""
+    for rank in ("rank0", "rank1"):
+        assert runs[rank]["ddp_nan_skipped"] == 1 and runs[rank]["ddp_nan_unchanged"]
+
+
 def test_a_rank_whose_gradients_are_missing_under_fsdp2_is_refused_on_every_rank_not_left_waiting(runs):
     for rank, mine in (("rank0", 10), ("rank1", 0)):
         error = runs[rank]["missing_grads_error"]

@@ -664,7 +664,7 @@ class GeometryOptimizer(Optimizer):
             if not bool(torch.isfinite(sums).all()):
                 bad = [rec for rec, s in zip(records, sums.tolist(), strict=True)
                        if not math.isfinite(s) and not bool(torch.isfinite(rec.g).all())]
-        if not self.lmo.any_rank(bool(bad), shards):  # FSDP2: each rank sees only its rows
+        if not self.lmo.any_rank(bool(bad), shards, records):  # DDP, FSDP2: every rank takes the same decision
             return True
         if self.nonfinite == "skip":
             return False

@@ -98,12 +98,17 @@ class LmoRunner:
         tensors; replicated ones are whole already)."""
         return distributed.sum_over_shards(values, [rec.layout for rec in records])
 
-    def any_rank(self, flag: bool, shards: dict) -> bool:
-        """``flag`` or'ed over the ranks of each FSDP2 group (every rank must learn that one saw a NaN), and a check
-        that they step the same sharded parameters. ``shards``: ``{group: (tensors, entries, device)}``, this rank's
-        sharded parameters with a gradient, over every group that shards one of the optimizer's parameters, also
-        where this rank has none with a gradient: every rank takes part, and a rank whose gradients are missing
-        raises with the others instead of leaving them waiting in the lmo's gather."""
+    def any_rank(self, flag: bool, shards: dict, records: list[Record]) -> bool:
+        """``flag`` or'ed over the ranks that share the step's work (every rank must learn that one saw a NaN, or it
+        steps while the others stop): over the replica group where ``records`` has replicated tensors (DDP; every
+        rank has as many, :meth:`check_replicas`), and over each FSDP2 group, with a check that the ranks step the
+        same sharded parameters. ``shards``: ``{group: (tensors, entries, device)}``, this rank's sharded
+        parameters with a gradient, over every group that shards one of the optimizer's parameters, also where
+        this rank has none with a gradient: every rank takes part, and a rank whose gradients are missing raises
+        with the others instead of leaving them waiting in the lmo's gather."""
+        replicated = [rec for rec in records if not rec.layout.sharded]
+        if replicated and self.replicas is not None:
+            flag = distributed.any_rank(flag, self.replicas, replicated[0].g.device)
         for group, (tensors, entries, device) in shards.items():
             flag = distributed.any_rank(flag, group, device, agree=(tensors, entries))
         return flag
