@@ -485,7 +485,8 @@ class GeometryOptimizer(Optimizer):
         self.estimator.begin(everything, ctx)
         if records:
             self._geometry_step(records, ctx)
-        adamw.step(aux)
+        if aux:
+            adamw.step(aux)
         self._project(everything)
         return loss
 
