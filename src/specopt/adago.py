@@ -66,7 +66,9 @@ class AdaGradNormStep(StepRule):
 
 
 class AdaGO(Muon):
-    """AdaGO: Muon with an AdaGrad-Norm step size per matrix (see the module docstring). ``lr`` is η, the step
+    """AdaGO (Zhang, Liu & Schaeffer 2025, arXiv:2509.02981): Muon with an AdaGrad-Norm step size per matrix,
+    ``W ← (1−ηλ)W − α_k·scale·msign(M_k)``, ``α_k = max(ε, η·min(‖G_k‖, γ)/v_k)``, ``v_k² = v_{k−1}² +
+    min(‖G_k‖, γ)²`` (see the module docstring). ``lr`` is η, the step
     size before the AdaGrad ratio ``min(‖G_k‖, γ)/v_k`` (≤ 1) scales it; the momentum is the paper's EMA (no
     Nesterov) unless ``nesterov=True``. Takes every :class:`~specopt.Muon` argument but ``rule``, plus ``gamma``,
     ``v0`` and ``eps`` of :class:`AdaGradNormStep`."""

@@ -141,7 +141,8 @@ class SignedMomentum(Momentum):
 
 
 class NorMuon(Muon):
-    """NorMuon: Muon with its update's rows normalized by their running second moment (see the module docstring).
+    """NorMuon (Li et al. 2025, arXiv:2510.05491): Muon with its update's rows normalized by their running second
+    moment, ``Ô = O/√(v + ε)`` with ``v`` the rows' mean square of ``O = msign(d̃)`` (see the module docstring).
     Takes every :class:`~specopt.Muon` argument but ``rule``, plus ``beta2`` and ``eps`` of the second moment."""
 
     def __init__(self, params, lr: float = 0.02, beta2: float = 0.95, eps: float = 1e-8, **muon):
@@ -150,7 +151,8 @@ class NorMuon(Muon):
 
 
 class AdaMuon(Muon):
-    """AdaMuon: Muon on the sign of the momentum, with an element-wise second moment and AdamW's RMS (see the
+    """AdaMuon (Si et al. 2025, arXiv:2507.11005): Muon on the sign of the momentum, with an element-wise second
+    moment and AdamW's RMS (see the
     module docstring). ``lr`` is on AdamW's scale (the update's RMS is 0.2·lr, as Moonlight's ``match_rms_adamw``).
     Takes every :class:`~specopt.Muon` argument but ``estimator``, ``scale`` and ``rule``, plus ``beta2`` and
     ``eps``."""

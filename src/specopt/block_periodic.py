@@ -156,7 +156,8 @@ class BlockPeriodic(USCG):
 
 
 class MuonBP(Muon):
-    """MuonBP: Muon with block-periodic orthogonalization (see the module docstring). Takes every
+    """MuonBP (Khaled et al. 2025, arXiv:2510.16981): Muon with block-periodic orthogonalization — each block's
+    own msign, the whole matrix's every P-th update (see the module docstring). Takes every
     :class:`~specopt.Muon` argument but ``rule``, plus ``period`` (P: a full step every P updates), ``blocks``
     (blocks of a tensor that is not sharded; under FSDP2 the shards are the blocks), ``block_lr_ratio``
     (η_block/η_full) and ``split`` (``"rows"`` or ``"short"``, see :class:`BlockPeriodic`)."""

@@ -94,7 +94,8 @@ class DistanceOverGradients(StepRule):
 
 
 class DoG(GeometryOptimizer):
-    """Layer-wise DoG on every tensor's lmo: step sizes from the distance travelled and the gradients seen, none to
+    """Layer-wise DoG (Ivgi, Hinder & Carmon 2023, arXiv:2302.12022) on every tensor's lmo: step sizes from the
+    distance travelled and the gradients seen, none to
     choose (see :mod:`specopt.dog`). Groups of :func:`specopt.param_groups` keep their norm where Muon would
     orthogonalise (hidden, expert, conv) and step in the Euclidean norm elsewhere (embeddings, head, gains: plain
     L-DoG). ``lr`` is a multiplier c of every step (1: the rule as published; LR schedules act through it); there is

@@ -89,7 +89,8 @@ class ProgressiveDrop(USCG):
 
 
 class DropMuon(Muon):
-    """Drop-Muon: Muon on a random top part of the network each step (see the module docstring). Takes every
+    """Drop-Muon (Gruntkowska et al. 2025, arXiv:2510.02239): Muon on a random top part of the network each
+    step, the layers ``S^k = {s^k, …, L}`` from a random cutoff ``s^k`` (see the module docstring). Takes every
     :class:`~specopt.Muon` argument but ``rule``, plus ``seed``, ``decay`` and ``order`` of
     :class:`ProgressiveDrop`.
 

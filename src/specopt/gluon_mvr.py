@@ -26,14 +26,16 @@ from specopt.optimizers import Gluon
 
 
 class GluonMVR(Gluon):
-    """Gluon on the STORM estimator with the MVR schedule (see the module docstring); needs ``step(closure)``.
+    """Gluon on the STORM estimator with the MVR schedule (Qian et al. 2025, arXiv:2512.16598): ``a_k =
+    (k+1)^{-2/3}``, steps ``γ·t_l·(k+1)^{-2/3}`` (see the module docstring); needs ``step(closure)``.
 
     Args:
         L0, L1: per-group smoothness constants, or ``"online"`` (default).
         lr: γ, multiplying every ``t_i^k`` (8: the best of the char-GPT tiny sweep 1 … 64,
             ``benchmarks/results/sweep_defaults-char-gpt-tiny.csv``; from 16 on the runs diverge).
         momentum: ``"storm"`` (default: ``a_k = (k+1)^{-2/3}``) or a fixed β = 1 − a.
-        schedule: ``"mvr"`` (default: ``t_i^k = t_i·(k+1)^{-2/3}``) or Gluon's ``"constant"``.
+        schedule: ``"mvr"`` (default: ``t_i^k = t_i·(k+1)^{-2/3}``), or Gluon's ``"constant"`` or
+            ``"stochastic"`` (``t_i^k = t_i·(k+1)^{-3/4}``).
         warmup_radius: the step before the first smoothness measurement.
         weight_decay: decoupled, ``(1 − γλ)``.
     """

@@ -5,12 +5,12 @@ et al. 2025).
 |---|---|---|---|
 | :class:`Muon` | Nesterov 0.95 | ``W ← (1−γλ)W − γ·scale·msign(d̃)``, AdamW elsewhere | γ = 0.02, AdamW γ = 0.03 |
 | :class:`Scion` | momentum 0.9 (α = 0.1) | SCG ``W ← (1−γ)W + γρ·lmo(d)`` | γ = 2⁻¹⁰, ρ = 30 |
-| :class:`UScion` | momentum 0.9 | uSCG ``W ← W + γρ·lmo(d)`` | γ = 2⁻¹¹, ρ = 30 |
+| :class:`UScion` | momentum 0.9 | uSCG ``W ← (1−γλ)W + γρ·lmo(d)`` | γ = 2⁻¹¹, ρ = 30 |
 | :class:`ClippedScion` | momentum 0.9 | uSCG × min{1, Σρ‖d‖_*/ρ_c} (or the gap rule) | γ = 2⁻⁷, ρ = 30, ρ_c = 600 |
-| :class:`Gluon` | momentum 0.9 or theory | ``W ← W + t_i·lmo(d)``, ``t_i = ‖d‖_*/(L0 + L1‖d‖_*)`` | L0, L1 online |
-| :class:`ALMOND` | averaged lmo | ``W ← W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁸, ρ = 30 |
-| :class:`SteepestDescent` | none | ``W ← W + γ‖d‖_*·lmo(d)`` | γ = 0.01 |
-| :class:`ProxSpectral` | momentum 0.9 or STORM | ``Y = W − γP(λd)``, ``W ← proj_C(Y)`` in P's geometry | γ = 0.02 |
+| :class:`Gluon` | momentum 0.9 or theory | ``W ← (1−γλ)W + γt_i·lmo(d)``, ``t_i = ‖d‖_*/(L0+L1‖d‖_*)`` | γ = 1 |
+| :class:`ALMOND` | averaged lmo | ``W ← (1−γλ)W + γ·d``, ``d = β d + (1−β)ρ·lmo(g)`` | γ = 2⁻⁸, ρ = 30 |
+| :class:`SteepestDescent` | none | ``W ← (1−γλ)W + γ‖d‖_*·lmo(d)`` | γ = 0.01 |
+| :class:`ProxSpectral` | momentum 0.9 or STORM | ``Y = W − γP(αd)``, ``W ← proj_C(Y)`` in P's geometry | γ = 0.02 |
 
 ``norm="auto"`` gives each tensor the geometry of its rank (Spectral, SpectralConv, BiasRMS); use
 :func:`specopt.param_groups` to assign roles (embedding, hidden, head, vector) with their norms and radii.
@@ -18,7 +18,8 @@ et al. 2025).
 that states none; :func:`specopt.param_groups` gives each role its radius from the same table (embedding 10,
 head 100, vectors 10). The lr defaults (and Muon's AdamW lr, Clipped Scion's ρ_c) are the settings with the
 smallest worst regret over the char-GPT tiny and small and the MNIST CNN (``benchmarks/sweep_defaults.py``,
-EXPERIMENTS.md "Defaults sweep"), but for Clipped Scion's lr: 2⁻⁷, not the smallest-regret 2⁻⁶, which diverges on a
+EXPERIMENTS.md "Defaults sweep"; ProxSpectral's over tiny and the CNN only, and Gluon's lr 1 is the rule as
+published, with nothing to sweep), but for Clipped Scion's lr: 2⁻⁷, not the smallest-regret 2⁻⁶, which diverges on a
 2-layer GPT-2 whose first dual norm is above ρ_c. The `specopt` command reads them from here
 (:data:`specopt.registry.DEFAULTS`). SteepestDescent's were not swept.
 Every preset's ``lr`` may be a number or a one-element tensor (each group holds a 0-d copy, which torch's schedulers
@@ -61,8 +62,11 @@ def _defaults(**kwargs) -> dict:
 class Scion(GeometryOptimizer):
     """Scion — stochastic conditional gradient (SCG), constrained: ``W ← (1−γ)W + γρ·lmo(d)``.
 
-    Pethick et al., *Training Deep Learning Models with Norm-Constrained LMOs* (2025). With γ ∈ [0, 1] and
-    ``‖W₀‖ ≤ ρ`` every iterate stays in the ρ-ball of its norm. ``momentum`` is β = 1 − α.
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained LMOs* (2025, arXiv:2502.07529). With
+    γ ∈ [0, 1] and ``‖W₀‖ ≤ ρ`` every iterate stays in the ρ-ball of its norm (with an exact lmo; the default
+    Polar Express lmo has singular values up to 1.141, so up to that factor). ``momentum`` is β = 1 − α
+    (``d ← βd + (1−β)g``; ``nesterov=True`` steps along ``βd + (1−β)g`` instead). Scion has no weight decay: the
+    convex combination already shrinks W by γ.
     """
 
     def __init__(self, params, lr: float = 2**-10, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
@@ -78,7 +82,16 @@ class Scion(GeometryOptimizer):
 
 
 class UScion(GeometryOptimizer):
-    """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0."""
+    """Unconstrained Scion (uSCG): ``W ← (1−γλ)W + γρ·lmo(d)``; ``‖W_n − W_0‖ ≤ ρ Σ_k γ_k`` when λ = 0 (times up
+    to 1.141 with the default Polar Express lmo).
+
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained LMOs* (2025, arXiv:2502.07529).
+
+    Args:
+        lr: γ. momentum: β of ``d ← βd + (1−β)g`` (``nesterov``: step along ``βd + (1−β)g``). norm, radius: the
+            geometry of groups that state none (``"auto"``: by rank). weight_decay: λ, decoupled (``1 − γλ``).
+        estimator: ``"momentum"`` or ``"storm"`` (``step(closure)``).
+    """
 
     def __init__(self, params, lr: float = 2**-11, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  weight_decay: float = 0.0, nesterov: bool = False, estimator: str | Estimator = "momentum",
@@ -98,6 +111,10 @@ class ClippedScion(GeometryOptimizer):
     1600 for a CNN). Where ``Σρ‖d‖_*`` is above ρ_c nothing is clipped and the step is the full ``γρ`` (0.23 for
     hidden matrices at the defaults), so γ must be stable at that step. The one measured speed-up (the ``clipping``
     experiment) set ρ_c to half the median of the momentum's ``Σρ‖d‖_*`` over a UScion run's first tenth.
+
+    Args:
+        clip_radius: ρ_c. constrained: the gap rule above instead of the norm clip. weight_decay: λ, decoupled
+            (``1 − γλ``, uSCG form). lr, momentum, nesterov, norm, radius, estimator: as :class:`UScion`.
     """
 
     def __init__(self, params, lr: float = 2**-7, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
@@ -115,13 +132,18 @@ class ClippedScion(GeometryOptimizer):
 class Gluon(GeometryOptimizer):
     """Gluon: per-layer radius from layer-wise (L0, L1)-smoothness, ``t_i = ‖d_i‖_*/(L0_i + L1_i‖d_i‖_*)``.
 
-    Riabinin et al., *Gluon: Making Muon & Scion Great Again!* (2025). ``L0``/``L1`` per group (reported for
-    NanoGPT: L0 ≈ 0, hidden L1 ≈ 67–71, embedding/head L1 ≈ 1.3) or ``"online"`` (default): estimated from
+    Riabinin et al., *Gluon: Making Muon & Scion Great Again!* (2025, arXiv:2505.13416). ``L0``/``L1`` per group
+    (reported for NanoGPT: L0 ≈ 0, hidden L1 ≈ 67–71, embedding/head L1 ≈ 1.3) or ``"online"`` (default): estimated from
     the trajectory (:mod:`specopt.gluon`), so that no step size is tuned; pass ``step(closure)`` so that the
     estimate compares gradients of the same batch (every ``probe_every`` steps, one extra forward/backward
     each time). ``schedule="stochastic"``:
     ``t_i^k = t_i (k+1)^{-3/4}`` and, with ``momentum="theory"``, ``β_k = 1 − (k+1)^{-1/2}``. ``lr`` multiplies
     every ``t_i`` (1 by default).
+
+    Args:
+        warmup_radius: the step ``t_i`` until the online estimate has its first measurements. probe_every: how
+            often the online estimate re-evaluates the batch (every k-th step). weight_decay: λ, decoupled
+            (``W ← (1−γλ)W + γ·t_i·lmo(d)``). momentum, nesterov, norm, estimator: as :class:`UScion`.
     """
 
     def __init__(self, params, L0: float | str = "online", L1: float | str = "online", lr: float = 1.0,
@@ -142,7 +164,11 @@ class Gluon(GeometryOptimizer):
 
 
 class ALMOND(GeometryOptimizer):
-    """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``."""
+    """ALMOND — averaged lmo directions: ``d_k = β d_{k−1} + (1−β)·ρ·lmo(g_k)``, ``W ← (1−γλ)W + γ·d_k``.
+
+    No paper is cited for ALMOND here (``docs/optimizers/almond.md``): the update is the one above. ``momentum`` is
+    β; ``weight_decay`` λ, decoupled; no ``estimator`` (the averaging is its estimator) and no Nesterov form.
+    """
 
     def __init__(self, params, lr: float = 2**-8, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  weight_decay: float = 0.0, nonfinite: str = "raise", batch_lmo: bool | None = None,
@@ -154,8 +180,9 @@ class ALMOND(GeometryOptimizer):
 
 
 class SteepestDescent(GeometryOptimizer):
-    """Norm-scaled steepest descent ``W ← W + γ‖d‖_*·lmo(d)``: ℓ2 → SGD, ℓ∞ → sign descent × ‖g‖₁,
-    spectral → spectral descent × nuclear norm."""
+    """Norm-scaled steepest descent ``W ← (1−γλ)W + γ‖d‖_*·lmo(d)``: ℓ2 → SGD, ℓ∞ → sign descent × ‖g‖₁,
+    spectral → spectral descent × nuclear norm (the unconstrained form of Pethick et al. 2025, arXiv:2502.07529).
+    ``momentum`` β (0: none), ``nesterov``, ``weight_decay`` λ (decoupled) and ``estimator`` as :class:`UScion`."""
 
     def __init__(self, params, lr: float = 0.01, momentum: float | str = 0.0, norm="auto",
                  weight_decay: float = 0.0, nesterov: bool = False, estimator: str | Estimator = "momentum",
@@ -172,9 +199,9 @@ class SteepestDescent(GeometryOptimizer):
 
 
 class ProxSpectral(GeometryOptimizer):
-    """Proximal spectral preconditioning (*Constrained Stochastic Spectral Preconditioning Converges for
-    Nonconvex Objectives*, 2026; reconstructed where the paper is silent):
-    ``Y = W − γ·P(λ·d)``, then ``W ← argmin_{X∈C} γφ((X − Y)/γ)``, the projection onto the group's
+    """Proximal spectral preconditioning (Oikonomidis et al., *Constrained Stochastic Spectral Preconditioning
+    Converges for Nonconvex Objectives*, 2026, arXiv:2605.11850; reconstructed where the paper is silent):
+    ``Y = W − γ·P(α·d)``, then ``W ← argmin_{X∈C} γφ((X − Y)/γ)``, the projection onto the group's
     ``constraint`` in the preconditioner's geometry (:mod:`specopt.constraints`).
 
     Args:
@@ -185,7 +212,7 @@ class ProxSpectral(GeometryOptimizer):
         preconditioner: ``"msign"`` (exact, SVD), ``"smooth"`` (``h'_κ`` with ``kappa``, ``eps``) or
             ``"polar_express"`` (default: the polynomial, no SVD), see :mod:`specopt.preconditioners`.
         kappa, eps: ``h'_κ``'s exponent and floor (``preconditioner="smooth"``).
-        scale: λ.
+        scale: α.
         constraint: a :class:`~specopt.constraints.Constraint` for every tensor (per group via param-group
             dicts), or None.
         estimator: ``"momentum"`` or ``"storm"`` (``step(closure)``).
@@ -231,8 +258,9 @@ class Muon(GeometryOptimizer):
     ``nesterov``) hold for its AdamW tensors too, as torch.optim applies a group's keys to every tensor in it;
     :meth:`add_param_group` splits a group the same way.
 
-    ``scale``: "original" ``max(1, d_out/d_in)^½`` (Keller Jordan; torch.optim.Muon), "match_rms_adamw"
-    ``0.2·√max(d_out, d_in)`` (Moonlight), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
+    ``scale``: "original" ``max(1, d_out/d_in)^½`` (Jordan et al. 2024, the Muon blog post; torch.optim.Muon),
+    "match_rms_adamw" ``0.2·√max(d_out, d_in)`` (Liu et al. 2025, *Muon is Scalable for LLM Training*,
+    arXiv:2502.16982), or "spectral" ``√(d_out/d_in)``. ``method``/``steps``/
     ``compute_dtype``/``gram`` choose the msign of every Muon tensor, the groups of :func:`specopt.param_groups`
     included (default: Polar Express, 5 steps, bf16 where native; ``gram=True`` takes the faster, slightly less
     accurate Gram form on wide matrices in bf16, see :func:`specopt.linalg.use_gram`); a group whose norm sets one

@@ -38,20 +38,20 @@ def smooth_sign(s: torch.Tensor, kappa: float, eps: float) -> torch.Tensor:
 
 
 class Preconditioner(Norm):
-    """The step direction of :class:`specopt.ProxSpectral`: ``lmo(d) = −P(λ·d)``, so that the engine's
-    uSCG update with radius 1 is ``W ← W − γ·P(λ d)``.
+    """The step direction of :class:`specopt.ProxSpectral`: ``lmo(d) = −P(α·d)``, so that the engine's
+    uSCG update with radius 1 is ``W ← W − γ·P(α d)``.
 
     Args:
         kind: ``"msign"``, ``"smooth"`` or ``"polar_express"`` (see the module docstring).
         kappa: κ of ``h'_κ``: the preconditioner for ``"smooth"``, the model of the polynomial for
             ``"polar_express"`` (κ = 4 fits it, see ``specopt experiment nonlinear-preconditioner``). It sets the
             anisotropic geometry of the Frobenius/ℓ2-ball projections.
-        eps: ε of ``h'_κ`` (``"smooth"`` only), in the units of ``λ·d``.
-        scale: λ, multiplies the direction before ``P`` (matters for ``"smooth"`` only: the others are
+        eps: ε of ``h'_κ`` (``"smooth"`` only), in the units of ``α·d``.
+        scale: α, multiplies the direction before ``P`` (matters for ``"smooth"`` only: the others are
             scale-invariant).
         steps, compute_dtype: of the Polar Express polynomial (default 5 steps, bf16 where native).
 
-    ``dual(d) = ⟨d, P(λd)⟩`` (the nuclear norm for ``"msign"``); ``norm`` is the operator norm of the matrix view
+    ``dual(d) = ⟨d, P(αd)⟩`` (the nuclear norm for ``"msign"``); ``norm`` is the operator norm of the matrix view
     (max |entry| for vectors), the norm whose unit ball holds every ``P``.
     """
 
@@ -78,7 +78,7 @@ class Preconditioner(Norm):
         return None if self.kind == "msign" else self.kappa
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:
-        """``P(λ·d)`` for one tensor, in ``d``'s dtype."""
+        """``P(α·d)`` for one tensor, in ``d``'s dtype."""
         check_tensor(d, "preconditioner input")
         y = d * self.scale
         if d.ndim <= 1:  # a vector (or a scalar) is a diagonal matrix

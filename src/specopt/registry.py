@@ -2,9 +2,10 @@
 
 Every builder takes the model, the task and the user's hyperparameters (``lr``, ``momentum``,
 ``weight_decay``, ``radius`` — the hidden-layer radius; the other roles keep their ratio to it —,
-``clip_radius`` and ``gram``, msign's Gram form for the spectral norms, see :func:`specopt.linalg.use_gram`)
-and returns a list of optimizers stepped together (``torch-muon`` is two: torch's Muon on
-the hidden matrices and AdamW on the rest). Defaults come from the sweeps recorded in EXPERIMENTS.md.
+``clip_radius``, ``adamw_lr`` — the Muon family's and ProxSpectral's AdamW tensors — and ``gram``, msign's Gram
+form for the spectral norms, see :func:`specopt.linalg.use_gram`) and returns a list of optimizers stepped together
+(``torch-muon`` is two: torch's Muon on the hidden matrices and AdamW on the rest). Defaults come from the sweeps
+recorded in EXPERIMENTS.md.
 """
 
 from __future__ import annotations
