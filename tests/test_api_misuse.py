@@ -87,3 +87,15 @@ def test_an_optimizer_whose_parameters_never_get_a_gradient_says_so_once(preset)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.step(lambda: model(x).square().mean())
+
+
+def test_scions_weight_decay_is_refused_with_the_reason_and_a_3d_tensor_when_the_optimizer_is_made():
+    """`Scion(params, weight_decay=0.1)` was a bare TypeError (a group's weight decay had the reason); a 3-D tensor
+    under norm="auto" was refused only at the first step, where Muon refuses it in its constructor."""
+    with pytest.raises(ValueError, match="Scion has no weight_decay .* use UScion"):
+        specopt.Scion(mlp().parameters(), weight_decay=0.1)
+    specopt.Scion(mlp().parameters(), weight_decay=0.0)
+    cube = torch.nn.Parameter(torch.randn(2, 3, 4))
+    for preset in (specopt.Scion, specopt.UScion, specopt.Gluon, specopt.ALMOND):
+        with pytest.raises(ValueError, match=r"is 3-D \(2, 3, 4\)"):
+            preset([cube])

@@ -872,3 +872,17 @@ def test_an_earlier_output_left_aside_after_its_replacement_finished_is_removed(
     shutil.copytree(out, tmp_path / ".cmp.replaced-0123abcd")
     _finished_output(out)
     assert not list(tmp_path.glob(".cmp.replaced-*")) and (out / "summary.csv").read_text() == "earlier"
+
+
+def test_the_progress_bar_is_shown_on_a_terminal_only_unless_asked_for(tmp_path):
+    """Piped to a file, `specopt compare` wrote hundreds of KB of progress-bar carriage returns."""
+    def stderr_of(*flags):
+        out = tmp_path / f"run{len(flags)}"
+        done = subprocess.run([sys.executable, "-m", "specopt", "train", "--task", "logreg", "--steps", "20",
+                               "--out", str(out), *flags], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "step/s" not in stderr_of() and "step/s" not in stderr_of("--no-progress")  # (text mode reads \r as \n)
+    assert "step/s" in stderr_of("--progress", "--seed", "0")

@@ -150,7 +150,13 @@ WeightDecay = Annotated[float | None, typer.Option(min=0.0, help="weight decay")
 Radius = Annotated[float | None, typer.Option(help="hidden-layer radius ρ (other roles "
                                               "keep their ratio)")]
 ClipRadius = Annotated[float | None, typer.Option(help="ρ_c of clipped-scion (> 0)")]
-Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Progress = Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                               help="show a progress bar [default: when stderr is a terminal]")]
+
+
+def _shown(progress: bool | None) -> bool:
+    """A progress bar by default only on a terminal: piped to a file, its carriage returns are hundreds of KB."""
+    return sys.stderr.isatty() if progress is None else progress
 Closure = Annotated[bool, typer.Option(help="pass a closure to step() (Gluon and STORM re-evaluate the batch with "
                                        "it); --no-closure calls step() bare, as HF Trainer does")]
 Gram = Annotated[bool | None, typer.Option("--gram/--no-gram", help="msign's Gram form on wide matrices: --gram "
@@ -296,7 +302,7 @@ def train_command(
     nproc: Annotated[int, typer.Option(min=1, help="processes on this machine, launched through torchrun (gloo, "
                                        "CPU threads shared out); each trains its slice of every batch")] = 1,
     parallel: Annotated[str, typer.Option(help="ddp (replicated model) or fsdp (FSDP2 fully_shard)")] = "ddp",
-    closure: Closure = True, progress: Progress = True,
+    closure: Closure = True, progress: Progress = None,
 ) -> None:
     """Train one optimizer on one task: metrics every step, validation and atomic checkpoints every K steps.
 
@@ -334,15 +340,16 @@ def train_command(
         _fail(str(e))
     if nproc > 1 and not worker:  # the workers get exactly the flags given here
         options = {name: ctx.params[name] for name in given if name not in ("nproc", "progress")}
-        raise typer.Exit(launch(nproc, options, progress))
+        raise typer.Exit(launch(nproc, options, _shown(progress)))
     if worker:
         _init_distributed()
     try:
         with contextlib.nullcontext() if worker else _terminate_as_interrupt():  # torchrun stops its own workers
             if resume is not None:
-                result = train(RunConfig(), resume, resume=True, progress=progress, updates=updates, log=typer.echo)
+                result = train(RunConfig(), resume, resume=True, progress=_shown(progress), updates=updates,
+                               log=typer.echo)
             else:
-                result = train(cfg, out, progress=progress, overwrite=overwrite)
+                result = train(cfg, out, progress=_shown(progress), overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError) as e:  # DataError and RunError are ValueErrors
         _fail(str(e))
     except KeyboardInterrupt:
@@ -437,7 +444,7 @@ def compare_command(
     steps: Steps = 600, out: Annotated[Path, typer.Option(help="report directory")] = Path("runs/compare"),
     sweep: Annotated[bool, typer.Option(help="sweep each optimizer's lr over ×1/4…×4 its default")] = False,
     seed: Seed = 0, size: Size = None, data: Data = None, width: Width = None, val_every: ValEvery = 50,
-    schedule: Schedule = "linear-decay", gram: Gram = None, closure: Closure = True, progress: Progress = True,
+    schedule: Schedule = "linear-decay", gram: Gram = None, closure: Closure = True, progress: Progress = None,
     seeds: Annotated[str | None, typer.Option(
         help="comma-separated seeds (e.g. 0,1,2): the comparison once per seed in OUT/seed<S>, and the mean ± sd "
              "of each optimizer's final loss and step ratio in OUT/report.md, summary.csv, spread.png")] = None,
@@ -479,9 +486,10 @@ def compare_command(
             preflight(run_config(base, name))
         with _terminate_as_interrupt(), output_dir(out, command, what="report directory", resume=resume):
             if seed_list is not None:
-                rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo, resume=resume)
+                rows = compare_seeds(base, names, out, seed_list, progress=_shown(progress), log=typer.echo,
+                                     resume=resume)
             else:
-                runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo, resume=resume)
+                runs = compare(base, names, out, sweep=sweep, progress=_shown(progress), log=typer.echo, resume=resume)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
         _fail(f"{_written_where(e, out)}{_kept(out, earlier, resumable=True)}")
     except KeyboardInterrupt:
@@ -513,7 +521,7 @@ def experiment_command(
     name: Annotated[str, typer.Argument(help="the experiment: one of those listed above")],
     out: Annotated[Path | None, typer.Option(help="output directory (default runs/experiments/NAME)")] = None,
     quick: Annotated[bool, typer.Option(help="a small, fast version (for tests and a first look)")] = False,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """Reproduce a claim of the papers specopt implements: writes a plot, a table and a short report."""
     from specopt.experiments import EXPERIMENTS
@@ -525,7 +533,7 @@ def experiment_command(
     earlier = held_output(out, f"experiment {name}") is not None
     try:  # a full run replaces a quick one; a quick run replaces only a quick one
         with _terminate_as_interrupt(), output_dir(out, command, replaces=() if quick else (f"{command} --quick",)):
-            report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
+            report = EXPERIMENTS[name](Path(out), quick=quick, progress=_shown(progress))
     except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
         _fail(f"{_written_where(e, out)}{_kept(out, earlier)}")
     except KeyboardInterrupt:

@@ -296,6 +296,10 @@ class GeometryOptimizer(Optimizer):
             seen.add(id(p))
         if isinstance(group["norm"], str) and group["norm"] not in ("auto", "adamw"):
             group["norm"] = get_norm(group["norm"])
+        if group["norm"] == "auto":  # a shape no rule reads (3-D) is refused now, not at the first step
+            names = group.get("param_names") or [f"a tensor of shape {tuple(p.shape)}" for p in group["params"]]
+            for p, name in zip(group["params"], names, strict=True):
+                auto_norm(tuple(p.shape), name)
         self._validate_group(group)
 
     def _check_lr_bound(self) -> None:

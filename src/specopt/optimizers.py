@@ -71,8 +71,10 @@ class Scion(GeometryOptimizer):
 
     def __init__(self, params, lr: float = 2**-10, momentum: float | str = 0.9, norm="auto", radius=RADIUS,
                  nesterov: bool = False, estimator: str | Estimator = "momentum", nonfinite: str = "raise",
-                 batch_lmo: bool | None = None,
-                 process_group="auto"):
+                 batch_lmo: bool | None = None, process_group="auto", weight_decay: float = 0.0):
+        if weight_decay:  # taken so that it is refused with the reason, as a param group's is
+            raise ValueError(f"Scion has no weight_decay (its SCG step already shrinks W by lr), got "
+                             f"{weight_decay!r}; use UScion for decoupled weight decay")
         value = float(lr) if isinstance(lr, torch.Tensor) and lr.numel() == 1 else lr  # a tensor lr as its value
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1:
             raise ValueError(f"lr must be in [0, 1] for Scion (a convex combination), got {lr!r}")
