@@ -312,8 +312,7 @@ def train_command(
 
     --steps N with --resume makes N the run's total: the lr schedule is recomputed as if planned for N steps.
 
-    Exit codes: 0 done, 1 the loss diverged (NaN/Inf), 2 a bad input or a file that cannot be read or written (a
-    full disk), 130 interrupted.
+    Exit codes: 0 done, 1 diverged (NaN/Inf), 2 bad input or a file that cannot be read or written, 130 interrupted.
     """
     given = [name for name in ctx.params if _given(ctx, name)]
     worker = "LOCAL_RANK" in os.environ  # a process started by torchrun
