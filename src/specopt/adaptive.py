@@ -6,7 +6,8 @@ rates and scales carry over.
 * **NorMuon** (Li et al. 2025, *NorMuon: Making Muon more efficient and scalable*, arXiv:2510.05491):
   ``O = msign(d̃)``, ``v ← β₂v + (1−β₂)·mean_j O_ij²`` (one number per output neuron i of each map: the rows
   of ``(d_out, d_in)``, read through the tensor's layout — a ``Conv1D`` weight's columns, each expert's own rows),
-  ``Ô = O/√(v + ε)``, ``W ← (1−γλ)W − γ·scale·(‖O‖_F/‖Ô‖_F)·Ô``.
+  ``Ô = O/√(v + ε)``, ``W ← (1−γλ)W − γ·scale·(‖O‖_F/‖Ô‖_F)·Ô``. (In the code O is the norm's lmo of d̃, msign
+  up to the norm's shape factor: the rescale makes the factor cancel, except in ε, which is in O's units.)
 * **AdaMuon** (Si et al. 2025, *AdaMuon: Adaptive Muon Optimizer*, arXiv:2507.11005): the momentum is
   sign-transformed before the orthogonalization, ``O = msign(sign(M))`` (:class:`SignedMomentum`), the second
   moment is element-wise, ``V ← β₂V + (1−β₂)·O⊙O``, ``Ô = O ⊘ (√V + ε)``, rescaled to AdamW's RMS:
