@@ -68,7 +68,7 @@ def test_the_fitted_slope_recovers_a_planted_exponent_without_the_noise_s_bias()
     """A running minimum of noisy curves falls with the noise's extremes: −0.32 for a planted −0.30 here."""
     fit = fits_of(momentum=-0.3)["momentum"]
     assert fit["slope"] == pytest.approx(-0.3, abs=0.005)
-    low, high = S.interval(fit["per_seed"])
+    low, high = S.t_interval(fit["per_seed"])
     assert -0.31 < low < high < -0.29
 
 
@@ -78,7 +78,7 @@ def test_the_interval_over_five_seeds_covers_the_planted_rate_about_95_percent_o
     ks = S.window(4096)
     covered = []
     for rep in range(200):
-        low, high = S.interval(S.slopes(planted(-0.5, seed=rep, spread=0.03, noise=0.02), ks)["per_seed"])
+        low, high = S.t_interval(S.slopes(planted(-0.5, seed=rep, spread=0.03, noise=0.02), ks)["per_seed"])
         covered.append(low < -0.5 < high)
     assert 0.9 <= np.mean(covered) <= 0.99, np.mean(covered)
 

@@ -52,7 +52,7 @@ from torch import nn
 
 from specopt import param_groups
 from specopt.engine import GeometryOptimizer, NonFiniteGradient
-from specopt.experiments.common import progress_bar, pyplot, save_figure, write_csv, write_report
+from specopt.experiments.common import progress_bar, pyplot, save_figure, t_interval, write_csv, write_report
 from specopt.steps import USCG, Clipped
 from specopt.tasks import get_task
 from specopt.tasks.base import Task, init_model
@@ -417,17 +417,6 @@ def _binding(r: Run) -> float:
 
 def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """The 95 % Student-t interval of the mean of ``values`` (NaN for fewer than two)."""
-    from scipy.stats import t as student_t
-
-    if len(values) < 2:
-        return math.nan, math.nan
-    half = float(student_t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-    mean = statistics.fmean(values)
-    return mean - half, mean + half
 
 
 def _verdict(row: dict) -> str:

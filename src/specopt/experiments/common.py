@@ -24,6 +24,19 @@ def mean_sd(values) -> tuple[float, float]:
     return mean, statistics.stdev(finite) if len(finite) > 1 else math.nan
 
 
+def t_interval(values) -> tuple[float, float]:
+    """The 95 % Student-t interval of the mean of ``values`` (NaN where there are fewer than two or one is not
+    finite)."""
+    from scipy.stats import t as student_t
+
+    values = [float(v) for v in values]
+    if len(values) < 2 or not all(map(math.isfinite, values)):
+        return math.nan, math.nan
+    half = float(student_t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    mean = statistics.fmean(values)
+    return mean - half, mean + half
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
     columns = columns or list(dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 import specopt
-from specopt.experiments.common import progress_bar, pyplot, save_figure, write_report
+from specopt.experiments.common import progress_bar, pyplot, save_figure, t_interval, write_report
 
 COLUMNS = {
     "arm": "the method (control: momentum's γ and β frozen three octaves before the window)",
@@ -179,17 +179,6 @@ def slopes(gaps: np.ndarray, ks: np.ndarray) -> dict:
             "final_gap": float(levels(mean, ks[-1:])[0]), "final_gap_mean": float(running_mean(mean)[-1])}
 
 
-def interval(values: np.ndarray) -> tuple[float, float]:
-    """The 95 % Student-t interval of the mean of ``values`` (per-seed slopes, or their paired differences); NaN
-    where one is not finite or there are fewer than two."""
-    from scipy.stats import t as student_t
-
-    if len(values) < 2 or not np.all(np.isfinite(values)):
-        return math.nan, math.nan
-    half = float(student_t.ppf(0.975, len(values) - 1)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    return float(np.mean(values)) - half, float(np.mean(values)) + half
-
-
 def rate_verdict(low: float, high: float, exponent: float) -> str:
     """The stated rule for a claimed rate K^exponent (an upper bound) from the slope's 95 % interval."""
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -204,7 +193,7 @@ def rate_verdict(low: float, high: float, exponent: float) -> str:
 def control_stalls(fits: dict) -> bool:
     """Whether the control's slope interval lies above −1/4: only then can the window tell a stalled run from the
     claimed rate, and a verdict be given."""
-    return interval(fits["control"]["per_seed"])[0] > ARMS["momentum"]
+    return t_interval(fits["control"]["per_seed"])[0] > ARMS["momentum"]
 
 
 def arm_verdict(fits: dict, arm: str) -> str:
@@ -213,24 +202,24 @@ def arm_verdict(fits: dict, arm: str) -> str:
         return "control"
     if not control_stalls(fits):
         return "no verdict (the control does not stall over the window)"
-    return rate_verdict(*interval(fits[arm]["per_seed"]), ARMS[arm])
+    return rate_verdict(*t_interval(fits[arm]["per_seed"]), ARMS[arm])
 
 
 def verdicts(fits: dict) -> list[str]:
     """The claims' lines from each arm's fit (per-seed slopes; the arms ran the same seeds, so their differences
     are paired)."""
-    control = interval(fits["control"]["per_seed"])
+    control = t_interval(fits["control"]["per_seed"])
     if not control_stalls(fits):
         return [f"- **No verdict**: the control's slope interval [{control[0]:.2f}, {control[1]:.2f}] is not above "
                 f"−1/4, so over this window a stalled run cannot be told from the claimed rate."]
     lines = [f"- The control (constant γ and β) stalls: slope {fits['control']['slope']:.2f} "
              f"[{control[0]:.2f}, {control[1]:.2f}], above −1/4 — the test can refute a rate."]
     for arm, name in (("momentum", "Momentum at O(K^{-1/4})"), ("storm", "STORM at O(K^{-1/3})")):
-        low, high = interval(fits[arm]["per_seed"])
+        low, high = t_interval(fits[arm]["per_seed"])
         lines.append(f"- **{name}: {arm_verdict(fits, arm)}** — slope {fits[arm]['slope']:.2f} "
                      f"[{low:.2f}, {high:.2f}].")
     difference = fits["storm"]["per_seed"] - fits["momentum"]["per_seed"]
-    low, high = interval(difference)
+    low, high = t_interval(difference)
     faster = ("holds" if high < 0 else "refuted" if low > 0 else "not resolved")
     lines.append(f"- **STORM faster than momentum: {faster}** — slope difference (STORM − momentum, paired by "
                  f"seed: {', '.join(f'{d:+.3f}' for d in difference)}) {difference.mean():+.3f} "
@@ -276,7 +265,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
             fits[arm] = slopes(gaps, ks)
     lines = verdicts(fits) + [equal_cost(curves, ks)]
     for arm, exponent in ARMS.items():
-        low, high = interval(fits[arm]["per_seed"])
+        low, high = t_interval(fits[arm]["per_seed"])
         lr = frozen(lr0["momentum"], steps)[0] if arm == "control" else lr0[arm]
         rows.append({"arm": arm, "claimed_exponent": "—" if exponent is None else round(exponent, 4), "lr0": lr,
                      "lr0_at_grid_edge": arm != "control" and lr in (grid[0], grid[-1]), "seeds": seeds,
