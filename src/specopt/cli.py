@@ -153,15 +153,16 @@ ClipRadius = Annotated[float | None, typer.Option(help="ρ_c of clipped-scion (>
 Progress = Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                help="show a progress bar [default: when stderr is a terminal]")]
 
-
-def _shown(progress: bool | None) -> bool:
-    """A progress bar by default only on a terminal: piped to a file, its carriage returns are hundreds of KB."""
-    return sys.stderr.isatty() if progress is None else progress
 Closure = Annotated[bool, typer.Option(help="pass a closure to step() (Gluon and STORM re-evaluate the batch with "
                                        "it); --no-closure calls step() bare, as HF Trainer does")]
 Gram = Annotated[bool | None, typer.Option("--gram/--no-gram", help="msign's Gram form on wide matrices: --gram "
                                            "also in bf16 (faster, slightly less accurate), --no-gram never "
                                            "(default: only where it is as accurate)")]
+
+
+def _shown(progress: bool | None) -> bool:
+    """A progress bar by default only on a terminal: piped to a file, its carriage returns are hundreds of KB."""
+    return sys.stderr.isatty() if progress is None else progress
 
 
 def launch(nproc: int, options: dict, progress: bool) -> int:
@@ -314,6 +315,7 @@ def train_command(
 
     Exit codes: 0 done, 1 diverged (NaN/Inf), 2 bad input or a file that cannot be read or written, 130 interrupted.
     """
+    progress = _shown(progress)
     given = [name for name in ctx.params if _given(ctx, name)]
     worker = "LOCAL_RANK" in os.environ  # a process started by torchrun
     updates: dict = {}
@@ -339,16 +341,15 @@ def train_command(
         _fail(str(e))
     if nproc > 1 and not worker:  # the workers get exactly the flags given here
         options = {name: ctx.params[name] for name in given if name not in ("nproc", "progress")}
-        raise typer.Exit(launch(nproc, options, _shown(progress)))
+        raise typer.Exit(launch(nproc, options, progress))
     if worker:
         _init_distributed()
     try:
         with contextlib.nullcontext() if worker else _terminate_as_interrupt():  # torchrun stops its own workers
             if resume is not None:
-                result = train(RunConfig(), resume, resume=True, progress=_shown(progress), updates=updates,
-                               log=typer.echo)
+                result = train(RunConfig(), resume, resume=True, progress=progress, updates=updates, log=typer.echo)
             else:
-                result = train(cfg, out, progress=_shown(progress), overwrite=overwrite)
+                result = train(cfg, out, progress=progress, overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError) as e:  # DataError and RunError are ValueErrors
         _fail(str(e))
     except KeyboardInterrupt:
@@ -455,6 +456,7 @@ def compare_command(
     from specopt.compare import compare, run_config, summary_table
     from specopt.compare_seeds import check_seeds, compare_seeds, table
 
+    progress = _shown(progress)
     names = [n.strip() for n in optimizers.split(",")]
     unknown = [n for n in names if n and n not in registry.optimizer_names()]
     if unknown or not all(names):
@@ -485,10 +487,9 @@ def compare_command(
             preflight(run_config(base, name))
         with _terminate_as_interrupt(), output_dir(out, command, what="report directory", resume=resume):
             if seed_list is not None:
-                rows = compare_seeds(base, names, out, seed_list, progress=_shown(progress), log=typer.echo,
-                                     resume=resume)
+                rows = compare_seeds(base, names, out, seed_list, progress=progress, log=typer.echo, resume=resume)
             else:
-                runs = compare(base, names, out, sweep=sweep, progress=_shown(progress), log=typer.echo, resume=resume)
+                runs = compare(base, names, out, sweep=sweep, progress=progress, log=typer.echo, resume=resume)
     except (ValueError, FileNotFoundError, DataError, RuntimeError, OSError) as e:
         _fail(f"{_written_where(e, out)}{_kept(out, earlier, resumable=True)}")
     except KeyboardInterrupt:
@@ -525,6 +526,7 @@ def experiment_command(
     """Reproduce a claim of the papers specopt implements: writes a plot, a table and a short report."""
     from specopt.experiments import EXPERIMENTS
 
+    progress = _shown(progress)
     if name not in EXPERIMENTS:
         _fail(f"unknown experiment {name!r}; valid experiments: {', '.join(EXPERIMENTS)}")
     out = out or Path("runs/experiments") / name
@@ -532,7 +534,7 @@ def experiment_command(
     earlier = held_output(out, f"experiment {name}") is not None
     try:  # a full run replaces a quick one; a quick run replaces only a quick one
         with _terminate_as_interrupt(), output_dir(out, command, replaces=() if quick else (f"{command} --quick",)):
-            report = EXPERIMENTS[name](Path(out), quick=quick, progress=_shown(progress))
+            report = EXPERIMENTS[name](Path(out), quick=quick, progress=progress)
     except (RunError, DataError, OSError) as e:  # RunError: --out cannot hold the results
         _fail(f"{_written_where(e, out)}{_kept(out, earlier)}")
     except KeyboardInterrupt:
