@@ -47,6 +47,8 @@ from specopt.probe import accumulated, gradients_at, held_gradient
 from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
 
 NONFINITE = ("raise", "skip")
+
+
 class NonFiniteGradient(ValueError):
     """A step saw a NaN or Inf gradient and updated nothing (``nonfinite="raise"``): a diverged run, or bad input."""
 
