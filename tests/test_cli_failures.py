@@ -645,6 +645,22 @@ def test_compare_help_lists_the_optimizers_and_tasks():
     assert all(text for text in [*optimizers.values(), *tasks.values()])
 
 
+@pytest.mark.parametrize("command", [[], ["train"], ["compare"], ["experiment"], ["scale"]])
+def test_the_help_fits_an_80_column_terminal_without_boxes(command):
+    """The help was drawn in rich's boxed panels, whose option table squeezed each description into a column of
+    18 characters at 80 columns; it is click's plain layout now, every line within the terminal."""
+    done = subprocess.run([sys.executable, "-m", "specopt", *command, "--help"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"})
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Usage:") and max(map(len, lines)) <= 80, done.stdout
+    assert not set(done.stdout) & set("╭╰│─"), done.stdout
+    if not command:
+        commands = _entries(done.stdout, "Commands")
+        assert list(commands) == ["train", "compare", "experiment", "scale"]
+        assert not any(text.endswith("...") for text in commands.values()), commands
+
+
 def _killed():
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -44,8 +44,8 @@ from specopt.training import (
     train,
 )
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Geometry-aware optimizers: train, compare, "
-                  "reproduce the papers' experiments.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # click's plain help
+                  help="Geometry-aware optimizers: train, compare, reproduce the papers' experiments.")
 
 DEFAULT_OPTIMIZERS = "adamw,torch-muon,muon,scion,uscion,clipped-scion,gluon"
 WIDTH_OPTION = {"char-gpt": "n_embd", "mlp": "width", "cnn": "width"}
@@ -87,23 +87,11 @@ def _listing(title: str, names, summary: dict, width: int) -> str:
     pad = max(len(n) for n in names) + 2
     lines = []
     for name in names:
-        text, room = summary.get(name, ""), width - 4 - pad  # rich's margin and the block's indent
+        text, room = summary.get(name, ""), width - 2 - pad  # the block's indent
         if len(text) > room:
             text = text[:max(room - 1, 0)].rsplit(" ", 1)[0].rstrip(",;:") + "…"
         lines.append(f"  {name:<{pad}}{text}".rstrip())
     return "\b\n" + title + ":\n" + "\n".join(lines)
-
-
-def _help_width() -> int:
-    """The width typer's help is drawn at."""
-    try:
-        from typer.rich_utils import _get_rich_console
-
-        return _get_rich_console().width
-    except Exception:  # pragma: no cover - typer without rich, or another version
-        import shutil
-
-        return shutil.get_terminal_size().columns
 
 
 def _with_listings(listings):
@@ -113,7 +101,7 @@ def _with_listings(listings):
     class Command(TyperCommand):
         def format_help(self, ctx, formatter):
             base = self.__dict__.setdefault("_base_help", self.help or "")
-            width = _help_width()
+            width = formatter.width
             self.help = "\n\n".join([base, *(_listing(*block, width) for block in listings())])
             return super().format_help(ctx, formatter)
 
@@ -282,7 +270,7 @@ def _task_options(task: str, size, data, width) -> dict:
     return options
 
 
-@app.command("train")
+@app.command("train", short_help="Train one optimizer on one task, with checkpoints.")
 def train_command(
     ctx: typer.Context,
     task: Task = "char-gpt",
@@ -434,7 +422,7 @@ def _same(name: str, value, recorded) -> bool:
     return value == recorded
 
 
-@app.command("compare", cls=_with_listings(lambda: [
+@app.command("compare", short_help="Compare optimizers on one task: report, plot, CSV.", cls=_with_listings(lambda: [
     ("Optimizers (--optimizers a,b,c)", registry.optimizer_names(), OPTIMIZER_SUMMARY),
     ("Tasks (--task)", list(TASKS), TASK_SUMMARY)]))
 def compare_command(
@@ -516,7 +504,8 @@ def _experiment_summaries() -> list[tuple]:
     return [("Experiments", list(EXPERIMENTS), summary)]
 
 
-@app.command("experiment", cls=_with_listings(_experiment_summaries))
+@app.command("experiment", short_help="Reproduce a claim of the papers: plot, table, report.",
+             cls=_with_listings(_experiment_summaries))
 def experiment_command(
     name: Annotated[str, typer.Argument(help="the experiment: one of those listed above")],
     out: Annotated[Path | None, typer.Option(help="output directory (default runs/experiments/NAME)")] = None,
@@ -543,7 +532,7 @@ def experiment_command(
     typer.echo(f"report: {report}")
 
 
-@app.command("scale")
+@app.command("scale", short_help="Transfer batch and step size to a new token budget.")
 def scale_command(
     tokens: Annotated[float, typer.Option(help="token budget T0 of the tuned base run")],
     batch: Annotated[int, typer.Option(help="base batch size B0")],
