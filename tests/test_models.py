@@ -544,6 +544,16 @@ def test_a_second_output_classifier_is_a_head_too():
                                                    for p in g["params"]))["norm"] == "adamw"
 
 
+def test_a_ctc_models_lm_head_is_the_head():
+    """wav2vec2-family CTC models state no output embedding, hold no token table and cannot be traced by torch.fx:
+    their ``lm_head`` (``config.vocab_size`` outputs, outside the base model) was a hidden matrix, orthogonalised by
+    Muon instead of stepped by its AdamW."""
+    model = wav2vec2_conformer()()
+    assert roles(model)["lm_head.weight"] == "head"
+    opt = specopt.Muon(specopt.param_groups(model))
+    assert next(g for g in opt.param_groups if any(p is model.lm_head.weight for p in g["params"]))["norm"] == "adamw"
+
+
 @pytest.mark.parametrize("factory, name", [
     (lambda: hf("CLIPVisionConfig", "CLIPVisionModel", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                 num_attention_heads=2, image_size=32, patch_size=8)(), "embeddings.class_embedding"),

@@ -8,7 +8,13 @@ where ``import timm`` fails. ``.ci/run`` runs them in a separate environment tha
 
 import pytest
 import torch
-from model_checks import assert_one_step_geometry, assert_presets_train, assert_roles, assert_state_dict_round_trip
+from model_checks import (
+    assert_one_step_geometry,
+    assert_presets_train,
+    assert_roles,
+    assert_state_dict_round_trip,
+    one_step_moves,
+)
 from torch import nn
 
 import specopt
@@ -150,3 +156,56 @@ def test_fused_kv_and_value_gate_blocks_each_step_by_gamma_rho(build, blocks):
     gMLP's ``GatedMlp.fc1`` the value and the half its spatial gating unit chunks off: each block moves by γρ in
     its own operator norm (one matrix, before)."""
     assert_one_step_geometry(build(), image_loss, blocks)
+
+
+class _AttentionOnly(nn.Module):
+    """One timm attention module on 16 tokens of width 32, and a linear output."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.attn, self.out = attn, nn.Linear(32, CLASSES)
+
+    def forward(self, x):
+        return self.out(self.attn(x).mean(1))
+
+
+def _tokens_loss(model):
+    x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0))
+    return model(x).square().mean()
+
+
+def _levit_attention():
+    from timm.models import levit
+    attn = levit.Attention(32, key_dim=8, num_heads=2, attn_ratio=2, resolution=4)
+    nn.init.ones_(attn.proj[1].bn.weight)  # timm zeroes it: nothing would reach qkv in the first step
+    return attn
+
+
+@pytest.mark.parametrize("make_attention, blocks", [
+    (lambda: timm.models.maxxvit.AttentionCl(32, dim_head=8, head_first=True), 12),
+    (lambda: timm.models.maxxvit.AttentionCl(32, dim_head=8, head_first=False), 3),
+    (lambda: timm.models.efficientformer.Attention(32, key_dim=8, num_heads=2, attn_ratio=2, resolution=4),
+     (8, 8, 16, 8, 8, 16)),
+    (_levit_attention, (8, 8, 16, 8, 8, 16)),
+], ids=["maxvit-rw-head-first", "maxvit-tf", "efficientformer", "levit-linear-norm"])
+def test_a_fused_qkv_stored_by_head_steps_each_heads_q_k_v_by_gamma_rho(make_attention, blocks):
+    """MaxViT's ``*_rw`` attention (``head_first``) stores q, k, v of head 0, then of head 1, …; LeViT's and
+    EfficientFormer's per head with a key and a value width of their own: a q/k/v split in thirds mixed heads' rows
+    in every block (one step moved the true maps by 1.6–1.7·γρ)."""
+    torch.manual_seed(0)
+    moves = one_step_moves(_AttentionOnly(make_attention()), _tokens_loss, {r"qkv": blocks})
+    qkv = next(ratios for name, ratios in moves.items() if "qkv" in name)
+    assert len(qkv) == (blocks if isinstance(blocks, int) else len(blocks))
+    assert all(abs(r - 1) < 1e-4 for r in qkv), qkv
+
+
+@pytest.mark.parametrize("name, kwargs, heads", [
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8, depth=1), {"head", "head_dist"}),
+    ("levit_128s", dict(img_size=32), {"head.linear", "head_dist.linear"}),
+])
+def test_every_classifier_a_timm_model_states_is_its_head(name, kwargs, heads):
+    """``get_classifier()`` returns a tuple for distilled models (and LeViT's classifiers are a BatchNorm, then a
+    Linear): each was read as a hidden matrix, orthogonalised by Muon and given the hidden radius by Scion."""
+    model = timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs)
+    roles = {n: g["role"] for g in specopt.param_groups(model) for n, p in g["params"] if p.ndim == 2}
+    assert {n.removesuffix(".weight") for n, role in roles.items() if role == "head"} == heads

@@ -81,8 +81,9 @@ def _litgpt_head(model: nn.Module) -> nn.Module | None:
 
 def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | None:
     """The head a model states: what transformers' ``get_output_embeddings()`` or timm's ``get_classifier()``
-    returns, litgpt's ``lm_head``, or a transformers classifier of ``config.num_labels`` outputs outside the base
-    model; None if none."""
+    returns (each of a tuple or ``nn.ModuleList``: DeiT-distilled's and LeViT's ``head`` and ``head_dist``),
+    litgpt's ``lm_head``, or a transformers classifier of ``config.num_labels`` (or ``vocab_size``) outputs outside
+    the base model; None if none."""
     names = {id(m): n for n, m in modules.items()}
     classifiers = _label_classifiers(model, modules)
     for getter in ("get_output_embeddings", "get_classifier"):
@@ -92,27 +93,33 @@ def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | Non
                 out = fn()
             except Exception:  # noqa: BLE001 — a getter that is not implemented for this model
                 out = None
-            if isinstance(out, nn.Module) and id(out) in names and _has_weight(out):
+            outs = list(out) if isinstance(out, (tuple, list, nn.ModuleList)) else [out]  # timm: head, head_dist
+            outs = [_output_linear(o) for o in outs]
+            if outs and all(isinstance(o, nn.Module) and id(o) in names and _has_weight(o) for o in outs):
                 both = f" and config.num_labels classifier {', '.join(sorted(classifiers))}" if classifiers else ""
-                return {_weight_owner(out, names)} | classifiers, f"{getter}(){both}"
+                return {_weight_owner(o, names) for o in outs} | classifiers, f"{getter}(){both}"
     head = _litgpt_head(model)
     if head is not None and id(head) in names:
         return {names[id(head)]}, "litgpt's lm_head"
     if classifiers:
-        return classifiers, "config.num_labels classifier"
+        return classifiers, "config.num_labels or vocab_size classifier"
     return None
 
 
 def _label_classifiers(model: nn.Module, modules: dict) -> set[str]:
-    """The ``nn.Linear`` modules of ``config.num_labels`` outputs outside a transformers base model: the classifier
-    of a ``…ForSequenceClassification``, and a second output beside the one ``get_output_embeddings()`` states
-    (BERT's pre-training next-sentence classifier ``cls.seq_relationship`` beside its MLM decoder)."""
-    labels = getattr(getattr(model, "config", None), "num_labels", None)
+    """The ``nn.Linear`` modules of ``config.num_labels`` or ``config.vocab_size`` outputs outside a transformers base
+    model: the classifier of a ``…ForSequenceClassification``, a second output beside the one
+    ``get_output_embeddings()`` states (BERT's pre-training next-sentence classifier ``cls.seq_relationship`` beside
+    its MLM decoder), and a CTC model's ``lm_head`` (wav2vec2, HuBERT, WavLM, …: no token table, no getter), a
+    ``vocab_size`` one only as a child of the model itself (a projection of that width deeper down, e.g. a LoRA factor
+    of a model wrapped by peft, is not an output)."""
+    config = getattr(model, "config", None)
+    labels, vocabulary = getattr(config, "num_labels", None), getattr(config, "vocab_size", None)
     prefix = getattr(model, "base_model_prefix", None)
-    if not (labels and prefix and hasattr(model, prefix)):
+    if not (prefix and hasattr(model, prefix)):
         return set()
-    return {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == labels
-            and not n.startswith(prefix + ".") and n != prefix}
+    return {n for n, m in modules.items() if isinstance(m, nn.Linear) and not n.startswith(prefix + ".")
+            and n != prefix and (m.out_features == labels or (m.out_features == vocabulary and "." not in n))}
 
 
 def _wrapped(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -130,6 +137,15 @@ def _weight_owner(module: nn.Module, names: dict) -> str:
     that forwards ``weight`` (peft's ``modules_to_save``)."""
     return next((names[id(m)] for m in module.modules() if m._parameters.get("weight") is module.weight),
                 names[id(module)])
+
+
+def _output_linear(module):
+    """The module a getter returned, or the one ``nn.Linear`` inside it when it holds no weight of its own (timm
+    LeViT's ``NormLinear``: a BatchNorm1d, then ``linear``)."""
+    if not isinstance(module, nn.Module) or _has_weight(module):
+        return module
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[0] if len(linears) == 1 else module
 
 
 def _has_weight(module) -> bool:

@@ -656,8 +656,12 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     if parent is None:
         return layout
     attention, local = parent
-    if local == "linear" and authored_class(attention).__module__.startswith("litgpt.") and id(attention) in parents:
-        attention, local = parents[id(attention)]  # the Linear a litgpt adapter (LoRA, adapter v2) wraps: its place
+    if local == "linear" and id(attention) in parents and (
+            authored_class(attention).__module__.startswith("litgpt.") or
+            (authored_class(attention).__name__ == "LinearNorm" and authored_class(attention).__module__.startswith(
+                "timm."))):
+        attention, local = parents[id(attention)]  # the Linear a litgpt adapter (LoRA, adapter v2) or timm's LeViT
+        # LinearNorm (a Linear, then a BatchNorm) wraps: its place
     rows = _rows(layout, p)
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
@@ -678,6 +682,9 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
         if head_dim and rows % head_dim == 0 and rows // head_dim >= 3:
             return _with(layout, (head_dim,) * (rows // head_dim), "fused q/k/v stored by head: one block per head's "
                                                                    "q, k and v")
+    by_head = _qkv_parts_by_head(attention, local, rows)
+    if by_head is not None:
+        return _with(layout, *by_head)
     if local == "qkv" and authored_class(attention).__module__.startswith("litgpt."):
         return _litgpt_qkv(layout, name, attention, rows)
     if local in _FUSED_KV and _is_attention(attention) and _holds_k_and_v(attention, rows):
@@ -755,6 +762,28 @@ def _per_head_qkv(attention: nn.Module, local: str) -> bool:
     if local not in _QKV_BY_HEAD or (local == "c_attn" and getattr(attention, "multi_query", False)):
         return False  # GPT-BigCode's multi-query c_attn is q, k, v in turn
     return re.search(_QKV_BY_HEAD[local], authored_class(attention).__name__) is not None
+
+
+def _qkv_parts_by_head(attention: nn.Module, local: str, rows: int) -> tuple[tuple[int, ...], str] | None:
+    """``(blocks, what)`` of a fused q/k/v (or k/v) whose rows hold head 0's q, k and v, then head 1's, …, as the
+    module states it: timm's ``head_first`` attention (MaxViT/MaxxViT ``*_rw``: ``view(B, N, heads, 3·dim_head)``,
+    then ``chunk(3)``), and attention modules with a ``key_dim`` and a ``val_dim`` per head (timm's LeViT and
+    EfficientFormer: ``view(B, N, heads, -1).split([key_dim, key_dim, val_dim])``). None for any other module:
+    a q/k/v split in thirds would mix heads' rows in every block of these."""
+    heads = getattr(attention, "num_heads", None)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or local not in ("qkv", "kv"):
+        return None
+    dim_head = getattr(attention, "dim_head", None)
+    if local == "qkv" and getattr(attention, "head_first", False) is True and isinstance(dim_head, int) and \
+            rows == 3 * heads * dim_head:
+        return (dim_head,) * (3 * heads), "fused q/k/v stored by head (head_first): one block per head's q, k and v"
+    key, val = getattr(attention, "key_dim", None), getattr(attention, "val_dim", None)
+    if not (isinstance(key, int) and isinstance(val, int) and key > 0 and val > 0):
+        return None
+    parts = (key, key, val) if local == "qkv" else (key, val)
+    if rows != heads * sum(parts):
+        return None
+    return parts * heads, f"fused {'q/k/v' if local == 'qkv' else 'k/v'} stored by head: each head's {parts}"
 
 
 def _litgpt_qkv(layout: Layout, name: str, attention: nn.Module, rows: int) -> Layout:
