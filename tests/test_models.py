@@ -22,6 +22,7 @@ from model_checks import (
 from torch import nn
 
 import specopt
+from specopt.views import Transposed
 
 VOCAB, SEQ = 64, 16
 
@@ -542,6 +543,24 @@ def test_a_second_output_classifier_is_a_head_too():
     opt = specopt.Muon(specopt.param_groups(model))
     assert next(g for g in opt.param_groups if any(p is model.cls.seq_relationship.weight
                                                    for p in g["params"]))["norm"] == "adamw"
+
+
+def test_an_overridden_norm_acts_on_the_map_a_conv1d_weight_stores_transposed():
+    """An override's norm is a norm of one (d_out, d_in) matrix, as every norm is written; on GPT-2's Conv1D weights
+    (stored d_in × d_out) it was put on the stored tensor, i.e. on the transpose (Spectral's step 1/4 of the
+    intended one on a c_fc). It now gets the layout as the automatic norm does, and a norm that brings a view of
+    its own is refused rather than transposed twice."""
+    model = gpt2()()
+    automatic = {n: g["norm"] for g in specopt.param_groups(model, msign={"method": "svd"}) for n, _ in g["params"]}
+    overridden = specopt.param_groups(model, overrides={r"c_fc\.weight$": {"norm": specopt.Spectral(method="svd")},
+                                                        r"c_attn\.weight$": {"norm": "col_norm"}})
+    norms = {n: g["norm"] for g in overridden for n, _ in g["params"]}
+    assert norms["transformer.h.0.mlp.c_fc.weight"] == automatic["transformer.h.0.mlp.c_fc.weight"]
+    fused = norms["transformer.h.0.attn.c_attn.weight"]  # transposed, and q, k, v apart
+    assert isinstance(fused, Transposed) and isinstance(fused.inner, specopt.Blocked)
+    assert isinstance(fused.inner.inner, specopt.ColNorm)
+    with pytest.raises(ValueError, match="holds a view of its own"):
+        specopt.param_groups(model, overrides={r"c_fc\.weight$": {"norm": Transposed(specopt.Spectral())}})
 
 
 def test_a_ctc_models_lm_head_is_the_head():

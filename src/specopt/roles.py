@@ -31,7 +31,7 @@ from torch import nn
 
 from specopt._checks import subclasses
 from specopt.layouts import Layout, classify
-from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv
+from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv, get_norm
 from specopt.views import Stacked, Transposed
 
 ROLES = ("embedding", "token", "hidden", "expert", "conv", "head", "vector")
@@ -76,7 +76,9 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
             counts the attention modules state); fused and separate q/k/v projections.
         layouts: declare what the rules cannot know, ``{name regex or module type: kind}`` with a kind of
             :data:`specopt.layouts.KINDS`, e.g. ``{MyExperts: "experts"}`` or ``{r"\.w_in$": "linear_transposed"}``.
-        overrides: ``{name regex: {"norm": …, "radius": …, "lr": …}}`` applied last, in order.
+        overrides: ``{name regex: {"norm": …, "radius": …, "lr": …}}`` applied last, in order. A ``norm`` is that of
+            one ``(d_out, d_in)`` matrix (kernel, table): it is put on the tensor's layout as the automatic norm is
+            (transposed for a Conv1D weight, per expert, per fused block).
         msign: keyword arguments of msign for the spectral norms (method, steps, compute_dtype, gram).
         print_table: print the assignment (:func:`describe`).
 
@@ -118,6 +120,8 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
         for pattern, values in (overrides or {}).items():
             if re.search(pattern, name):
                 row.update(values)
+                if "norm" in values:
+                    row["norm"] = _on_layout(values["norm"], layout, name, pattern)
         rows.append((name, p, row))
     groups: list[dict] = []
     for name, p, row in rows:
@@ -130,6 +134,24 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     if print_table:
         print(describe(groups))
     return groups
+
+
+def _on_layout(norm, layout: Layout, name: str, pattern: str):
+    """An override's norm, a norm of one ``(d_out, d_in)`` matrix (kernel, table) as every norm is written, put on
+    the tensor's layout as the automatic norm is (transposed for a Conv1D weight, per expert for a stack, per block
+    for a fused projection): on the stored tensor it would act on the transpose, or across experts. A norm that
+    already holds a view of its own on such a tensor is refused: the view would be applied twice."""
+    if isinstance(norm, str) and norm not in ("auto", "adamw"):
+        norm = get_norm(norm)
+    if not isinstance(norm, Norm):
+        return norm
+    on_layout = layout.norm(norm)
+    if on_layout is not norm and isinstance(norm, (Transposed, Stacked, Blocked)):
+        raise ValueError(f"overrides[{pattern!r}] gives {name} the norm {norm!r}, which holds a view of its own; "
+                         f"param_groups puts an override's norm on the tensor's layout itself ({on_layout!r} here), "
+                         "as it does the automatic one: give the norm of one (d_out, d_in) matrix (split_sizes= and "
+                         "layouts= change the blocks and the layout)")
+    return on_layout
 
 
 def _same(a, b) -> bool:
