@@ -173,3 +173,28 @@ def test_a_user_norm_may_hold_lists_and_an_lmo_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"Squashed.lmo_factored returned shape \(1, 6, 1\) for a direction of shape "
                                          r"\(1, 6, 4\)"):
         specopt.UScion([{"params": [W], "norm": Squashed()}]).step()
+
+
+def test_the_guides_normuon_is_specopts_on_a_conv1d_model(guide):
+    """GPT-2's Conv1D weights are stored (d_in, d_out): the guide's rule normalised the stored rows, i.e. the
+    map's input columns, and differed from specopt.NorMuon after one step (|Δ| 3e-3); it reads the rows of the
+    maps through the public ``specopt.views.as_maps`` now."""
+    transformers = pytest.importorskip("transformers")
+
+    def run(build):
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                                                     n_positions=16))
+        opt = build(specopt.param_groups(model))
+        x = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+        for _ in range(3):
+            opt.zero_grad()
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+        return dict(model.named_parameters())
+
+    guide_run = run(lambda groups: specopt.Muon(groups, rule=guide.NorMuon()))
+    builtin = run(specopt.NorMuon)
+    assert builtin["transformer.h.0.mlp.c_fc.weight"].shape == (32, 128)  # stored (d_in, d_out)
+    for name, p in builtin.items():
+        torch.testing.assert_close(guide_run[name], p, rtol=0, atol=1e-6, msg=name)

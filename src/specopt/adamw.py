@@ -44,8 +44,10 @@ def init_state(p: torch.Tensor, state: dict) -> None:
 
 
 def step(items: list, ok: torch.Tensor | None = None) -> None:
-    """One AdamW update of every item (state from :func:`init_state`); ``ok``: write only where it holds."""
-    if ok is not None:
+    """One AdamW update of every item (state from :func:`init_state`); ``ok``: write only where it holds. Under
+    torch.compile the out-of-place formulas run also without ``ok`` (a step that dynamo traces in pieces, for a
+    rule that is not traceable): dynamo cannot functionalize the fused kernel's in-place writes."""
+    if ok is not None or torch.compiler.is_compiling():
         for it in items:
             _compiled(it, ok)
         return

@@ -24,40 +24,17 @@ import math
 import torch
 
 from specopt._checks import check_number
-from specopt.estimators import Momentum
+from specopt.estimators import Momentum, ema
 from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
-from specopt.views import Stacked, _View
-
-
-def output_rows(norm, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``x`` seen through ``norm``'s layout views as ``(*maps, d_out, …)`` — a transposed ``Conv1D`` weight's columns
-    as rows, an expert stack's leading axes as maps — and the number of map axes. The views are axis swaps, each its
-    own inverse: :func:`stored` undoes them."""
-    maps = 0
-    while isinstance(norm, _View):
-        x = norm._to_view(x)
-        maps += norm.dims if isinstance(norm, Stacked) else 0
-        norm = norm.inner
-    return x, maps
-
-
-def stored(norm, x: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`output_rows`: ``x`` back in the stored layout."""
-    views = []
-    while isinstance(norm, _View):
-        views.append(norm)
-        norm = norm.inner
-    for view in reversed(views):
-        x = view._from_view(x)
-    return x
+from specopt.views import as_maps, from_maps
 
 
 def _rows_split_by_shards(norm, shape) -> bool:
     """Whether sharding the stored tensor's first axis (FSDP2) cuts through the output rows' entries: the first axis
     is an input axis of the view (a ``Conv1D`` weight stored ``(d_in, d_out)``)."""
     probe = torch.empty(shape, device="meta")
-    view, maps = output_rows(norm, probe)
+    view, maps = as_maps(norm, probe)
     first = max(range(view.ndim), key=lambda a: (view.stride(a), view.shape[a]))  # the stored first axis
     return first > maps
 
@@ -91,7 +68,7 @@ class SecondMomentNormalized(USCG):
             return
         dtype = torch.promote_types(rec.p.dtype, torch.float32)
         if self.per == "row":
-            view, maps = output_rows(rec.group["norm"], torch.empty(rec.p.shape, device="meta"))
+            view, maps = as_maps(rec.group["norm"], torch.empty(rec.p.shape, device="meta"))
             shape = (*view.shape[:maps + 1], 1)
         else:
             shape = (rec.p.shape[0], math.prod(rec.p.shape[1:]))
@@ -107,13 +84,13 @@ class SecondMomentNormalized(USCG):
                     raise ValueError(f"{rec.name}: NorMuon's moment is per output row, and this tensor is stored "
                                      f"{tuple(rec.param.shape)} with its output rows across its FSDP2 shards (a "
                                      "Conv1D weight stored (d_in, d_out)); train it with Muon, or shard it by rows")
-                view, maps = output_rows(rec.norm, out)
+                view, maps = as_maps(rec.norm, out)
                 rows = view.reshape(*view.shape[:maps + 1], math.prod(view.shape[maps + 1:]))
-                v.lerp_(rows.square().mean(dim=-1, keepdim=True), 1 - self.beta2)
-                normed = stored(rec.norm, (rows / (v + self.eps).sqrt()).reshape(view.shape))
+                v = ema(v, rows.square().mean(dim=-1, keepdim=True), self.beta2, ctx.ok)
+                normed = from_maps(rec.norm, (rows / (v + self.eps).sqrt()).reshape(view.shape))
             else:
                 flat = out.reshape(v.shape)
-                v.lerp_(flat.square(), 1 - self.beta2)
+                v = ema(v, flat.square(), self.beta2, ctx.ok)
                 normed = (flat / (v.sqrt() + self.eps)).reshape(out.shape)
             pieces += [out.norm(), normed.norm()]
             rec.s, rec.factor = normed.contiguous(), 1.0

@@ -45,7 +45,7 @@ from specopt._checks import check_number
 from specopt.engine import GeometryOptimizer
 from specopt.estimators import Estimator
 from specopt.optimizers import MUON_ROLES, refuse_role_radius
-from specopt.steps import StepRule, weight_decay
+from specopt.steps import StepRule, commit, weight_decay
 
 
 class DistanceOverGradients(StepRule):
@@ -82,9 +82,9 @@ class DistanceOverGradients(StepRule):
                 state["dog_rbar"] = start.reshape(()).to(rec.p.device)
                 state["dog_g2"] = torch.zeros((), dtype=torch.float32, device=rec.p.device)
             distance = rec.norm.norm((rec.p - state["dog_w0"]).float()).float().reshape(())
-            rbar = state["dog_rbar"].copy_(torch.maximum(state["dog_rbar"], distance))
+            rbar = commit(state["dog_rbar"], torch.maximum(state["dog_rbar"], distance), ctx.ok)
             dual = torch.as_tensor(rec.dual, dtype=torch.float32, device=rbar.device).reshape(())
-            g2 = state["dog_g2"].add_(dual.square())  # a skipped step (ctx.ok false) has a zero direction: adds 0
+            g2 = commit(state["dog_g2"], state["dog_g2"] + dual.square(), ctx.ok)
             eta = torch.where(g2 > 0, rbar / g2.sqrt().clamp_min(torch.finfo(torch.float32).tiny), 0.0)
             rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * eta * dual

@@ -229,5 +229,29 @@ def unwrap(norm: Norm, shape) -> tuple[Norm, tuple]:
     return norm, shape
 
 
+def as_maps(norm: Norm, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` (a tensor in the stored layout of a parameter whose norm is ``norm``) seen as the maps the module
+    computes with, ``(*maps, d_out, d_in, …)``, and the number of map axes: a ``Conv1D`` weight stored ``(d_in,
+    d_out)`` transposed, an expert stack's leading axes as maps. What a rule that reads rows or columns of the update
+    (NorMuon's per-row moment) needs; :func:`from_maps` puts such a tensor back. A view of ``x``, no copy."""
+    maps = 0
+    while isinstance(norm, _View):
+        x = norm._to_view(x)
+        maps += norm.dims if isinstance(norm, Stacked) else 0
+        norm = norm.inner
+    return x, maps
+
+
+def from_maps(norm: Norm, x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`as_maps`: ``x``, shaped as the maps, back in the stored layout."""
+    views = []
+    while isinstance(norm, _View):
+        views.append(norm)
+        norm = norm.inner
+    for view in reversed(views):
+        x = view._from_view(x)
+    return x
+
+
 CATALOGUE.update({"transposed": Transposed, "stacked": Stacked, "muon_scaled": MuonScaled})
 _NAMES.update({Transposed: "transposed", Stacked: "stacked", MuonScaled: "muon_scaled"})
