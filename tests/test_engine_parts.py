@@ -478,10 +478,29 @@ class PerRowScale(USCG):
             rec.scale = torch.full((rec.p.shape[-1],), 0.1)
 
 
+class MeanRowAfterLmo(Momentum):
+    """An lmo output replaced by a broadcastable one in after_lmo: every row would step by the mean row."""
+    name = "mean_row"
+
+    def after_lmo(self, rec, ctx):
+        rec.s = rec.s.mean(0, keepdim=True)
+
+
+class LosesTheUpdate(USCG):
+    name = "loses_the_update"
+
+    def scale(self, records, ctx):
+        super().scale(records, ctx)
+        for rec in records:
+            rec.factor = None
+
+
 @pytest.mark.parametrize("estimator, rule, message", [
     (FirstRowOnly(), USCG(), "direction() returned shape (1, 4)"),
     (Momentum(), ForgetsTheBase(), "scale() did not set it"),
     (Momentum(), PerRowScale(), "scale() set it to a tensor of shape (4,)"),
+    (MeanRowAfterLmo(), USCG(), "after estimator 'mean_row'"),
+    (Momentum(), LosesTheUpdate(), "rec.factor of"),
 ])
 def test_a_user_parts_slip_is_an_error_and_no_weight_moves(estimator, rule, message):
     model = torch.nn.Sequential(torch.nn.Linear(4, 6, bias=False), torch.nn.Linear(6, 3, bias=False))
@@ -492,6 +511,21 @@ def test_a_user_parts_slip_is_an_error_and_no_weight_moves(estimator, rule, mess
     with pytest.raises(ValueError, match=re.escape(message)):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+class HalfStepAtMost(USCG):
+    name = "half_step_at_most"
+    max_lr = 0.5
+
+
+def test_a_user_rules_max_lr_is_checked_when_the_optimizer_is_built():
+    """Only SCG's bound was checked at construction (by its own validate_group); a user's rule met its max_lr at
+    the first step, with a message about SCG's convex combination."""
+    params = [torch.nn.Parameter(torch.randn(4, 4))]
+    with pytest.raises(ValueError, match=r"lr = 1 is above 0.5, the largest the rule 'half_step_at_most' keeps its "
+                                         r"guarantee for \(its max_lr\)"):
+        specopt.GeometryOptimizer(params, {"lr": 1.0}, rule=HalfStepAtMost())
+    specopt.GeometryOptimizer(params, {"lr": 0.5}, rule=HalfStepAtMost())
 
 
 def test_a_norm_with_lmo_factored_but_not_lmo_factor_is_refused_when_its_class_is_made():

@@ -125,9 +125,23 @@ def _check_direction(rec: Record, estimator) -> None:
                          "return a tensor of the parameter's shape")
 
 
-def _check_scale(rec: Record, rule) -> None:
+def _check_scale(rec: Record, rule, estimator) -> None:
     """The rule set this record's step: ``scale`` (and ``shrink``) a number or a 0-d tensor. A rule that sets none
-    (a subclass that forgot ``super().scale(...)``) would leave the weights where they are, without a word."""
+    (a subclass that forgot ``super().scale(...)``) would leave the weights where they are, without a word. And the
+    update ``s``·``factor``, which ``after_lmo`` and ``scale`` may replace, is still a tensor of the parameter's
+    shape times a number (one that broadcasts would step every row by one row's update)."""
+    s = rec.s
+    if not isinstance(s, torch.Tensor) or s.shape != rec.p.shape:
+        got = f"shape {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"after estimator {estimator.name!r}'s after_lmo and rule {rule.name!r}'s scale, rec.s of "
+                         f"{rec.name or 'a parameter'} is {got}; it must be a tensor of the parameter's (local) shape "
+                         f"{tuple(rec.p.shape)}")
+    factor = rec.factor
+    if isinstance(factor, bool) or not (isinstance(factor, (int, float)) or
+                                        (isinstance(factor, torch.Tensor) and factor.ndim == 0)):
+        raise ValueError(f"after estimator {estimator.name!r}'s after_lmo and rule {rule.name!r}'s scale, "
+                         f"rec.factor of {rec.name or 'a parameter'} is {type(factor).__name__}; it must be a number "
+                         "or a 0-d tensor")
     for key in ("scale", "shrink"):
         value = getattr(rec, key)
         if value is None or isinstance(value, bool) or not (
@@ -313,9 +327,8 @@ class GeometryOptimizer(Optimizer):
             lr = float(group["lr"])
             if lr > self.rule.max_lr:
                 raise ValueError(f"lr = {lr:g} in param group {i} is above {self.rule.max_lr:g}, the largest the rule "
-                                 f"{self.rule.name!r} keeps its guarantee for (W ← (1 − γ)W + γ·s stays in the ball "
-                                 "only as a convex combination); it was in range when the optimizer was built: an "
-                                 "LR scheduler's peak, or a write to param_groups, raised it")
+                                 f"{self.rule.name!r} keeps its guarantee for (its max_lr); it was in range when the "
+                                 "optimizer was built: an LR scheduler's peak, or a write to param_groups, raised it")
 
     def _validate_group(self, group: dict) -> None:
         for key in ("lr", "weight_decay"):  # a numpy scalar as a float: state_dict() must load with weights_only
@@ -343,6 +356,9 @@ class GeometryOptimizer(Optimizer):
             adamw.validate(group)
         self.estimator.validate_group(group)
         self.rule.validate_group(group)
+        if self.rule.max_lr is not None and norm != "adamw" and float(group["lr"]) > self.rule.max_lr:
+            raise ValueError(f"lr = {float(group['lr']):g} is above {self.rule.max_lr:g}, the largest the rule "
+                             f"{self.rule.name!r} keeps its guarantee for (its max_lr)")
         constraint = group.get("constraint")
         if isinstance(constraint, dict):
             constraint = group["constraint"] = constraint_from_config(constraint)
@@ -710,7 +726,7 @@ class GeometryOptimizer(Optimizer):
             self.estimator.after_lmo(rec, ctx)
         self.rule.scale(records, ctx)
         for rec in records:  # all checked before any weight is written
-            _check_scale(rec, self.rule)
+            _check_scale(rec, self.rule, self.estimator)
         for rec in records:
             apply_update(rec.p, rec.s, rec.shrink, rec.scale * rec.factor, ctx.ok,
                          cautious=rec.group.get("weight_decay_mode") == "cautious")
