@@ -107,12 +107,44 @@ def test_state_dicts_name_the_estimator_and_rule_and_refuse_another():
     opt = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.01}, estimator=Storm(), rule=SCG())
     train(model, opt, X, y, 2, closure=True)
     state = copy.deepcopy(opt.state_dict())
-    assert state["specopt"] == {"optimizer": "GeometryOptimizer", "estimator": "storm", "rule": "scg"}
+    assert state["specopt"] == {"optimizer": "GeometryOptimizer", "estimator": "storm", "rule": "scg",
+                                "estimator_config": {"name": "storm"}, "rule_config": {"name": "scg"}}
     same = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.01}, estimator="storm", rule="scg")
     same.load_state_dict(state)
     other = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.01}, estimator=Storm(), rule=USCG())
     with pytest.raises(ValueError, match="rule 'scg'"):
         other.load_state_dict(state)
+    before = {k: v for k, v in state["specopt"].items() if not k.endswith("_config")}  # saved before the settings
+    same.load_state_dict({**state, "specopt": before})
+
+
+class GammaCorrected(Momentum):
+    """A user's estimator with a setting of its own and no config() of its own."""
+
+    def __init__(self, gamma: float = 0.1):
+        self.gamma = gamma
+
+    def direction(self, rec, ctx):
+        return super().direction(rec, ctx) * (1 + self.gamma)
+
+
+@pytest.mark.parametrize("build, other", [
+    (lambda params: specopt.NorMuon(params, beta2=0.95), lambda params: specopt.NorMuon(params, beta2=0.5)),
+    (lambda params: specopt.Scion(params, estimator=GammaCorrected(0.1)),
+     lambda params: specopt.Scion(params, estimator=GammaCorrected(0.5))),
+], ids=["normuon-beta2", "user-estimator-gamma"])
+def test_a_state_saved_with_other_part_settings_is_refused(build, other):
+    """The state dict recorded the parts' names only: NorMuon's β₂ = 0.95 state resumed into β₂ = 0.5 (a user's
+    estimator's γ alike) without a word, and the next step differed from the run's."""
+    X, y = classification_data()
+    model = mlp()
+    opt = build(model.parameters())
+    train(model, opt, X, y, 2)
+    state = copy.deepcopy(opt.state_dict())
+    build(model.parameters()).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"saved with the (rule 'normuon' set to beta2=0.95 \(here 0.5\)|estimator "
+                                         r"'GammaCorrected' set to gamma=0.1 \(here 0.5\))"):
+        other(model.parameters()).load_state_dict(state)
 
 
 def test_a_user_rule_sees_the_records_and_the_engine_applies_its_scale():

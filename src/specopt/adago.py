@@ -61,9 +61,6 @@ class AdaGradNormStep(StepRule):
             rec.shrink = weight_decay(rec)
             rec.scale = alpha * rec.radius
 
-    def config(self) -> dict:
-        return {"name": self.name, "gamma": self.gamma, "v0": self.v0, "eps": self.eps}
-
 
 class AdaGO(Muon):
     """AdaGO (Zhang, Liu & Schaeffer 2025, arXiv:2509.02981): Muon with an AdaGrad-Norm step size per matrix,

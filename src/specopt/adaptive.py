@@ -102,9 +102,6 @@ class SecondMomentNormalized(USCG):
             rec.s.mul_(out_norm / normed_norm.clamp_min(torch.finfo(torch.float32).tiny))
         super().scale(records, ctx)
 
-    def config(self) -> dict:
-        return {"name": self.name, "per": self.per, "beta2": self.beta2, "eps": self.eps}
-
 
 class SignedMomentum(Momentum):
     """AdaMuon's sign-stabilized direction: the (Nesterov) momentum's sign, ``d = sign(M)``, fed to msign."""

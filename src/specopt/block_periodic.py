@@ -150,10 +150,6 @@ class BlockPeriodic(USCG):
             if id(rec) in self._block_step:
                 rec.scale = rec.scale * self.block_lr_ratio
 
-    def config(self) -> dict:
-        return {"name": self.name, "period": self.period, "blocks": self.blocks,
-                "block_lr_ratio": self.block_lr_ratio, "split": self.split}
-
 
 class MuonBP(Muon):
     """MuonBP (Khaled et al. 2025, arXiv:2510.16981): Muon with block-periodic orthogonalization — each block's

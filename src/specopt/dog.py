@@ -89,9 +89,6 @@ class DistanceOverGradients(StepRule):
             rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * eta * dual
 
-    def config(self) -> dict:
-        return {"name": self.name, "r_rel": self.r_rel}
-
 
 class DoG(GeometryOptimizer):
     """Layer-wise DoG (Ivgi, Hinder & Carmon 2023, arXiv:2302.12022) on every tensor's lmo: step sizes from the

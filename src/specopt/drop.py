@@ -84,9 +84,6 @@ class ProgressiveDrop(USCG):
             cutoff = int(torch.multinomial(cutoff_probabilities(len(records), self.decay), 1, generator=generator))
         return records[cutoff:]
 
-    def config(self) -> dict:
-        return {"name": self.name, "seed": self.seed, "decay": self.decay}
-
 
 class DropMuon(Muon):
     """Drop-Muon (Gruntkowska et al. 2025, arXiv:2510.02239): Muon on a random top part of the network each

@@ -406,14 +406,21 @@ class GeometryOptimizer(Optimizer):
         state would have and FSDP2 state given as DTensors (torch's DCP flow) kept as the rank's rows
         (:func:`loaded_state`; torch would cast every floating one to the parameter's dtype), and step counts saved
         as Python ints (before they became 0-d tensors) turned into tensors on their parameter's device. The state of
-        another optimizer class, estimator or rule is refused before anything is loaded (state dicts saved before
-        these were recorded load as before)."""
+        another optimizer class, estimator or rule, or of the same with other settings (their ``config()``), is refused
+        before anything is loaded (state dicts saved before these were recorded load as before)."""
         saved = state_dict.get("specopt")
         mine = self._owner()
-        if saved is not None and saved != mine:
+        if saved is not None and any(saved[k] != mine[k] for k in ("optimizer", "estimator", "rule")):
             raise ValueError(f"this state belongs to {saved['optimizer']} (estimator {saved['estimator']!r}, rule "
                              f"{saved['rule']!r}) and cannot be loaded into {mine['optimizer']} (estimator "
                              f"{mine['estimator']!r}, rule {mine['rule']!r})")
+        for part in ("estimator", "rule"):  # recorded since the parts' settings are (older states load as before)
+            settings, own = (saved or {}).get(f"{part}_config"), mine[f"{part}_config"]
+            if settings is not None and settings != own:
+                differ = ", ".join(f"{k}={settings.get(k)!r} (here {own.get(k)!r})"
+                                   for k in sorted(set(settings) | set(own)) if settings.get(k) != own.get(k))
+                raise ValueError(f"this state was saved with the {part} {saved[part]!r} set to {differ}: its buffers "
+                                 f"belong to those settings; build the optimizer with them to resume it")
         if any("norm" not in g for g in state_dict["param_groups"]):
             raise ValueError("this state has param groups without a 'norm': it is not a specopt optimizer's state "
                              "(a torch.optim optimizer's?)")
@@ -440,7 +447,8 @@ class GeometryOptimizer(Optimizer):
             _step_count(state, distributed.local(param))
 
     def _owner(self) -> dict:
-        return {"optimizer": type(self).__qualname__, "estimator": self.estimator.name, "rule": self.rule.name}
+        return {"optimizer": type(self).__qualname__, "estimator": self.estimator.name, "rule": self.rule.name,
+                "estimator_config": self.estimator.config(), "rule_config": self.rule.config()}
 
     # ----------------------------------------------------------------- state
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:

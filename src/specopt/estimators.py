@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from specopt.steps import commit, settle_part
+from specopt.steps import commit, part_config, settle_part
 
 MOMENTUM_SCHEDULES = {"theory": 0.5, "storm": 2.0 / 3.0}
 """Named schedules: ``β_k = 1 − (k+1)^{-power}``."""
@@ -128,7 +128,8 @@ class Estimator:
         """After ``rec.s``/``rec.factor`` hold ``lmo(rec.d)``."""
 
     def config(self) -> dict:
-        return {"name": self.name}
+        """The estimator's name and settings (:func:`~specopt.steps.part_config`), recorded in state dicts."""
+        return part_config(self)
 
 
 class Momentum(Estimator):

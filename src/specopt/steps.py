@@ -35,6 +35,8 @@ A rule is an object with the :class:`StepRule` protocol, of the same standing as
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from specopt._checks import check_number
@@ -64,6 +66,21 @@ def settle_part(cls: type, hooks: tuple[str, ...]) -> None:
         cls.name = cls.__qualname__
     if "per_tensor" not in cls.__dict__ and any(hook in cls.__dict__ for hook in hooks):
         cls.per_tensor = False
+
+
+def part_config(part) -> dict:
+    """``{"name": …, **settings}`` of an estimator or step rule: the arguments its constructor takes, read back from
+    the attributes of the same names (a part stores them so, as a norm does its config), numbers, strings and None
+    as they are, anything else as its ``repr``. What a state dict records, so that a state saved with other settings
+    (NorMuon's β₂, a user's MARS γ) is refused rather than resumed into a different algorithm."""
+    settings = {}
+    for name, parameter in inspect.signature(type(part).__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or \
+                not hasattr(part, name):
+            continue
+        value = getattr(part, name)
+        settings[name] = value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+    return {"name": part.name, **settings}
 
 
 class StepRule:
@@ -125,7 +142,8 @@ class StepRule:
         raise NotImplementedError
 
     def config(self) -> dict:
-        return {"name": self.name}
+        """The rule's name and settings (:func:`part_config`), recorded in the optimizer's state dict."""
+        return part_config(self)
 
 
 class USCG(StepRule):
@@ -210,9 +228,6 @@ class Clipped(StepRule):
         for rec in records:
             rec.shrink = weight_decay(rec)
             rec.scale = rec.group["lr"] * rec.radius * factor
-
-    def config(self) -> dict:
-        return {"name": self.name, "clip_radius": self.clip_radius}
 
 
 class ClippedConstrained(Clipped):
