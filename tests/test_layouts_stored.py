@@ -311,7 +311,7 @@ def test_a_type_declaration_reaches_its_parametrized_weight_and_the_error_names_
             self.weight = nn.Parameter(torch.randn(8, 4, 3))
 
     model = nn.Sequential(weight_norm(MyConv(), dim=0))
-    with pytest.raises(ValueError, match=r"\(in MyConv\).*\{MyConv: KIND\}"):
+    with pytest.raises(ValueError, match=r"\(in MyConv\).*\{MyConv: \{'original1': KIND\}\}"):
         classify(model)
     got = layouts(model, layouts={MyConv: "conv"})
     assert got["0.parametrizations.weight.original1"].role == "conv"
@@ -407,6 +407,46 @@ def test_a_declared_depthwise_conv_steps_exactly_like_nn_conv1d_with_one_group_p
     assert torch.equal(raw[1].weight, ref[1].weight)
     with pytest.raises(ValueError, match=r"'conv_depthwise' needs a \(channels, 1, \*kernel\).*\(8, 2, 4\)"):
         specopt.param_groups(nn.Sequential(Box(weight=(8, 2, 4))), layouts={r"weight": "conv_depthwise"})
+
+
+def test_a_grouped_conv_transpose_steps_exactly_like_one_conv_transpose_per_group():
+    """A grouped ConvTranspose kernel ``(c_in, d_out/groups, *k)`` holds one map per group in its rows: torch defines
+    the layout, so it is read without a declaration (it was refused), each group's block as a ConvTranspose."""
+    import specopt
+
+    torch.manual_seed(0)
+    groups, c_in, d_out = 3, 6, 9
+    grouped = nn.ConvTranspose1d(c_in, d_out, 4, groups=groups, bias=False)
+    apart = nn.ModuleList(nn.ConvTranspose1d(c_in // groups, d_out // groups, 4, bias=False) for _ in range(groups))
+    with torch.no_grad():
+        for i, part in enumerate(apart):
+            part.weight.copy_(grouped.weight[i * c_in // groups:(i + 1) * c_in // groups])
+    x = torch.randn(2, c_in, 10)
+    for model, forward in ((grouped, grouped), (apart, lambda x: torch.cat([m(c) for m, c in zip(
+            apart, x.chunk(groups, dim=1), strict=True)], dim=1))):
+        opt = specopt.UScion(specopt.param_groups(model, msign={"method": "svd"}), lr=0.1, momentum=0.0)
+        forward(x).square().sum().backward()
+        opt.step()
+    torch.testing.assert_close(grouped.weight, torch.cat([m.weight for m in apart]), rtol=0, atol=1e-5)
+
+
+def test_a_module_types_kind_is_refused_where_a_rule_reads_its_tensor_otherwise():
+    """``{nn.ConvTranspose1d: 'conv'}`` (as the refusal of a grouped kernel advised) re-read every groups=1 kernel
+    as stored (d_out, c_in), silently transposed; ``{Mixer: 'experts'}`` took its 2-D biases and A_log too. A
+    type's plain KIND covers the tensors no rule reads; a rule's tensor is an error naming the forms that work."""
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = nn.Parameter(torch.randn(2, 8, 8))
+            self.gate_bias = nn.Parameter(torch.zeros(2, 8))
+
+    model = nn.Sequential(nn.ConvTranspose1d(4, 6, 3), Mixer())
+    with pytest.raises(ValueError, match=r"ConvTranspose1d: 'conv'\} would re-read 0\.weight .*stored transposed"):
+        classify(model, layouts={nn.ConvTranspose1d: "conv", Mixer: {"gate": "experts"}})
+    with pytest.raises(ValueError, match=r"would re-read 1\.gate_bias .*\{Mixer: \{'<local name>': 'experts'\}\}"):
+        classify(model, layouts={Mixer: "experts"})
+    got = layouts(model, layouts={Mixer: {"gate": "experts"}})
+    assert got["1.gate"].role == "expert" and got["1.gate_bias"].role == "vector" and got["0.weight"].transposed
 
 
 class CrossAttention(nn.Module):

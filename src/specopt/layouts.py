@@ -182,11 +182,13 @@ class Layout:
 
     def norm(self, base: Norm) -> Norm:
         """``base`` (a norm on one ``(d_out, d_in)`` matrix, kernel or entry set) on this layout."""
-        norm = base
-        if self.blocks and len(self.blocks) > 1:
+        norm, transposed = base, self.transposed
+        if self.blocks and len(self.blocks) > 1 and self.in_blocks and transposed:  # d_in is the stored rows
+            norm, transposed = Blocked(Transposed(norm), self.blocks, self.interleaved), False
+        elif self.blocks and len(self.blocks) > 1:
             norm = (Transposed(Blocked(Transposed(norm), self.blocks, self.interleaved)) if self.in_blocks
                     else Blocked(norm, self.blocks, self.interleaved))
-        if self.transposed:
+        if transposed:
             norm = Transposed(norm)
         if self.stack:
             norm = Stacked(norm, self.stack)
@@ -232,9 +234,12 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         blocks = (p.shape[0] // module.groups,) * module.groups if module.groups > 1 else None
         return Layout("conv", type(module).__name__ + (f" (groups={module.groups})" if blocks else ""),
                       blocks=blocks, kernel_dims=p.ndim - 2)
-    if isinstance(module, _CONV_T) and local == "weight" and module.groups == 1:
-        return Layout("conv", f"{type(module).__name__} (stored c_in × d_out)", transposed=True,
-                      kernel_dims=p.ndim - 2)
+    if isinstance(module, _CONV_T) and local == "weight":  # (c_in, d_out/groups, *k): group i, rows i·c_in/groups…
+        groups = module.groups
+        return Layout("conv", f"{type(module).__name__} (stored c_in × d_out" +
+                      (f", groups={groups}: one block of c_in per group)" if groups > 1 else ")"), transposed=True,
+                      kernel_dims=p.ndim - 2, blocks=(p.shape[0] // groups,) * groups if groups > 1 else None,
+                      in_blocks=groups > 1)
     if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and local.startswith(("weight_ih", "weight_hh", "weight_hr")):
         gates = 4 if isinstance(module, (nn.LSTM, nn.LSTMCell)) else 3 if isinstance(module, (nn.GRU, nn.GRUCell)) \
             else 1
@@ -463,8 +468,9 @@ def per_head(blocks: tuple[int, ...], head_dim: int, name: str) -> tuple[int, ..
 
 def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
     cls = authored_class(module)  # not Parametrized…/FSDP…
+    local = name.rsplit(".", 1)[-1]
     every = "" if isinstance(module, (nn.ParameterDict, nn.ParameterList)) else \
-        f", or {{{cls.__name__}: KIND}} for every such module"
+        f", or {{{cls.__name__}: {{{local!r}: KIND}}}} for every such module"
     return ValueError(
         f"{name} of shape {tuple(p.shape)} (in {cls.__name__}) has a layout specopt cannot know: no rule "
         f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack or learned tokens. Declare it in "
@@ -625,11 +631,34 @@ def _declared_for(declarations: list, name: str, module, local: str, p) -> Layou
                 kind = kind[local]
             elif p.ndim <= 1:  # a type declaration is about its weights; its biases stay vectors
                 continue
+            else:
+                _check_type_wide(key, kind, name, module, local, p)
         elif not re.search(key, name):
             continue
         entry[2] = True
         return declared(kind, p, name)
     return None
+
+
+def _check_type_wide(key: type, kind: str, name: str, module, local: str, p) -> None:
+    """``{Type: KIND}`` declares the tensors of every such module that no rule reads; one a rule of the module's type
+    (or of the tensor's name) reads otherwise — a ``groups=1`` ConvTranspose kernel, a 2-D bias, an ``A_log`` — would
+    be silently re-read: refused, with the declarations that name the tensors meant."""
+    rule = known(module, local, p)
+    if rule is None or rule.guessed or rule.source.startswith("2-D parameter"):  # no rule of its own: the user's
+        return
+    try:
+        wanted = declared(kind, p, name)
+    except ValueError:  # a KIND of other dims (a 2-D bias under an 'experts' declaration): not what was meant
+        wanted = None
+    fields = ("role", "transposed", "stack", "kernel_dims", "blocks")
+    if wanted is not None and all(getattr(wanted, f) == getattr(rule, f) for f in fields):
+        return
+    raise ValueError(f"layouts={{{key.__name__}: {kind!r}}} would re-read {name} of shape {tuple(p.shape)}, which "
+                     f"specopt reads by a rule ({rule.source}: role {rule.role!r}"
+                     f"{', stored transposed' if rule.transposed else ''}); a module type's KIND is for the tensors "
+                     f"no rule reads. Name the tensors meant: layouts={{{key.__name__}: {{'<local name>': {kind!r}}}}}"
+                     f" or layouts={{'<name regex>': {kind!r}}}")
 
 
 def _heads(model: nn.Module, head) -> tuple[set[str], str]:
