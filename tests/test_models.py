@@ -332,6 +332,15 @@ def modernbert():
               sep_token_id=2)
 
 
+def bark():
+    return hf("BarkSemanticConfig", "BarkSemanticModel", hidden_size=32, num_layers=1, num_heads=2,
+              input_vocab_size=VOCAB, output_vocab_size=VOCAB, block_size=SEQ)
+
+
+def bark_loss(model):
+    return model(input_ids=tokens()).logits.square().mean()
+
+
 def jetmoe():
     return hf("JetMoeConfig", "JetMoeForCausalLM", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
               num_attention_heads=2, num_key_value_heads=2, kv_channels=8, num_local_experts=4, vocab_size=VOCAB,
@@ -474,7 +483,8 @@ def test_x_transformers_lm_roles_head_and_glu_blocks():
 
 @pytest.mark.parametrize("factory, loss, blocks, rule", [
     (modernbert, lm_loss, {r"Wqkv": 3, r"mlp\.Wi": 2}, "fused value/gate"),
-    (jetmoe, lm_loss, {r"mlp\.input_linear": 2}, "fused value/gate"),
+    (jetmoe, lm_loss, {r"mlp\.input_linear": 2, r"kv_proj": 2}, "fused value/gate"),  # kv_proj: .chunk(2), k, v
+    (bark, bark_loss, {r"att_proj": 3}, "fused q/k/v"),  # .split(embed_dim): q, k, v
     (sd_unet, unet_loss, {r"ff\.net\.0\.proj": 2}, "fused value/gate"),
     (sd_unet_fused, unet_loss, {r"to_qkv": 3, r"to_kv": 2, r"ff\.net\.0\.proj": 2}, "fused k/v"),
     (pythia, lm_loss, {r"query_key_value": 12}, "stored by head"),  # 4 heads × (q, k, v) of 8 rows
@@ -488,7 +498,8 @@ def test_x_transformers_lm_roles_head_and_glu_blocks():
     (dit, dit_loss, {r"norm1\.linear": 6, r"proj_out_1": 2, r"ff\.net\.0\.proj": 1}, "adaLN modulation"),
     (wav2vec2_conformer, ctc_loss, {r"pointwise_conv1": 2, r"adapter\.layers\.0\.conv\.": 2}, "(GLU)"),
     (x_transformer, x_transformer_loss, {r"ff\.0\.proj": 2, r"to_out\.0": 2}, "fused value/gate"),
-], ids=["modernbert-Wi", "jetmoe-experts", "stable-diffusion-geglu", "diffusers-fused-qkv-kv", "pythia-qkv-by-head",
+], ids=["modernbert-Wi", "jetmoe-experts-kv", "bark-att-proj", "stable-diffusion-geglu", "diffusers-fused-qkv-kv",
+        "pythia-qkv-by-head",
         "bloom-qkv-by-head", "falcon-qkv-by-kv-group", "codegen-qkv-by-chunk", "bigcode-qkv-by-head",
         "minimax-lightning-qkv-by-head", "deepseek-v3-mla", "pixart-adaln-single", "dit-adaln-zero",
         "wav2vec2-conformer-glu", "x-transformers-glu"])
@@ -561,6 +572,30 @@ def test_an_overridden_norm_acts_on_the_map_a_conv1d_weight_stores_transposed():
     assert isinstance(fused.inner.inner, specopt.ColNorm)
     with pytest.raises(ValueError, match="holds a view of its own"):
         specopt.param_groups(model, overrides={r"c_fc\.weight$": {"norm": Transposed(specopt.Spectral())}})
+
+
+@pytest.mark.parametrize("layer", ["w1", "v1", "w2"])
+def test_dbrx_experts_stacked_in_2d_tensors_step_each_expert_by_gamma_rho(layer):
+    """DBRX keeps its E experts in 2-D ``(E·d_ffn, d)`` tensors viewed as ``(E, d_ffn, d)``: ``w1``/``v1`` each
+    expert's F.linear weight, ``w2`` each stored (d_in, d_out). They were one matrix across the experts (with a
+    warning whose kinds could not express them): each expert's block is now orthogonalised on its own, in its
+    orientation (every singular value of the block's step equal, at γρ in RMS→RMS units)."""
+    experts, ffn, d = 3, 16, 32
+    model = hf("DbrxConfig", "DbrxForCausalLM", d_model=d, n_heads=2, n_layers=1, max_seq_len=SEQ, vocab_size=VOCAB,
+               attn_config={"kv_n_heads": 1, "rope_theta": 10000.0, "clip_qkv": 8.0},
+               ffn_config={"ffn_hidden_size": ffn, "moe_num_experts": experts, "moe_top_k": experts})()
+    weight = model.transformer.blocks[0].ffn.experts.mlp.get_parameter(layer)
+    assert tuple(weight.shape) == (experts * ffn, d)
+    before = weight.detach().clone()
+    opt = specopt.UScion(specopt.param_groups(model, msign={"method": "svd"}), lr=GAMMA, momentum=0.0)
+    for group in opt.param_groups:
+        group["radius"] = RHO
+    lm_loss(model).backward()
+    opt.step()
+    d_in, d_out = (ffn, d) if layer == "w2" else (d, ffn)
+    for block in (weight.detach() - before).split(ffn):
+        sigma = torch.linalg.svdvals(block.double()) * math.sqrt(d_in / d_out) / (GAMMA * RHO)
+        torch.testing.assert_close(sigma, torch.ones_like(sigma), rtol=1e-4, atol=0)
 
 
 def test_a_ctc_models_lm_head_is_the_head():

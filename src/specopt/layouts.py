@@ -118,7 +118,7 @@ _FUSED_KV = ("kv", "to_kv")
 """Fused key/value projections, k's rows then v's, inside an attention module (timm's PVT-v2, Twins, VOLO and
 attention pool, diffusers' fused cross-attention, Mochi's pooling, Evolla and Granite Speech), where the module's head
 counts or its query projection confirm it (:func:`_holds_k_and_v`). Not ``kv_proj``: DeepSeek-V4's holds one key-value
-head shared by k and v."""
+head shared by k and v (JetMoe's, chunked into k and v, is known by its owner class: :data:`_CHUNKED_OUTPUTS`)."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
 _ADALN = "adaLN modulation: {k} shifts, scales and gates"
@@ -129,6 +129,8 @@ _CHUNKED_OUTPUTS = (
     ("proj", r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU|GLU)$", 2, "fused value/gate"),
     ("linear_1", r"^AyaVisionMultiModalProjector$", 2, "fused value/gate"),
     ("input_linear", r"^(JetMoeMoE|Granite\w*MLP)$", 2, "fused value/gate"),
+    ("kv_proj", r"^JetMoeAttention$", 2, "fused k/v"),
+    ("att_proj", r"^BarkSelf(Flash)?Attention2?$", 3, "fused q/k/v"),
     ("pointwise_conv1", r"^(Wav2Vec2(Conformer|Bert)|SeamlessM4T(v2)?Conformer|FastSpeech2Conformer|"
                         r"(Parakeet|Lasr|NemotronAsrStreaming)Encoder)ConvolutionModule$", 2, _GLU),
     ("up_conv", r"^GraniteSpeech(Plus)?ConformerConvModule$", 2, _GLU),
@@ -145,16 +147,17 @@ _CHUNKED_OUTPUTS = (
     ("linear", r"^(AdaLayerNormContinuous|AdaLayerNorm|AdaGroupNorm)$", 2, _ADALN),
     ("time_proj", r"^WanTimeTextImageEmbedding$", 6, _ADALN),
     ("proj_out_1", r"^DiTTransformer2DModel$", 2, _ADALN))
-"""Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and
-the owner's class: ``(name, owner class regex, k, what)``, each part a map of its own (k row blocks), as Phi-3's
-``gate_up_proj``; a name of an ``nn.ModuleList`` holds for every module in it. Value/gate halves: ModernBERT's ``Wi``,
-Moonshine's decoder ``fc1``, CLVP's, diffusers' ``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets),
+"""Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and the
+owner's class: ``(name, owner class regex, k, what)``, each part a map of its own (k row blocks), as Phi-3's
+``gate_up_proj``; a name of an ``nn.ModuleList`` holds for every module in it. Value/gate halves: ModernBERT's
+``Wi``, Moonshine's decoder ``fc1``, CLVP's, diffusers' ``GEGLU``/``SwiGLU`` ``proj`` (Stable Diffusion's UNets),
 x-transformers' ``GLU`` ``proj`` (``ff_glu``), Aya Vision's projector, JetMoe's expert stack and Granite's dense
-MLPs' ``input_linear``, timm's ``GluMlp`` ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2), and the projections a GLU
-halves in speech models (conformer blocks' ``pointwise_conv1``, adapters' convs: wav2vec2, Wav2Vec2-BERT,
-SeamlessM4T, Parakeet, FastSpeech2, Gemma 3n/4 audio, Granite Speech, Phi-4 audio; Speech2Text's subsampler convs).
-adaLN modulation (DiT, PixArt, SD3, Flux, Wan, …): the k shifts, scales and gates of diffusers' ``AdaLayerNorm*``
-``linear`` (``emb.chunk(6, dim=1)``), Wan's ``time_proj``, DiT's ``proj_out_1``."""
+MLPs' ``input_linear``, JetMoe's attention ``kv_proj`` (k, v) and Bark's ``att_proj`` (q, k, v), timm's ``GluMlp``
+``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2), and the projections a GLU halves in speech models (conformer blocks'
+``pointwise_conv1``, adapters' convs: wav2vec2, Wav2Vec2-BERT, SeamlessM4T, Parakeet, FastSpeech2, Gemma 3n/4 audio,
+Granite Speech, Phi-4 audio; Speech2Text's subsampler convs). adaLN modulation (DiT, PixArt, SD3, Flux, Wan, …): the
+k shifts, scales and gates of diffusers' ``AdaLayerNorm*`` ``linear`` (``emb.chunk(6, dim=1)``), Wan's ``time_proj``,
+DiT's ``proj_out_1``."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,9 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         return Layout("token", f"learned tokens/positions ({local})")
     if p.ndim >= 3 and sum(size > 1 for size in p.shape) <= 1:
         return Layout("vector", "entry-wise (at most one axis longer than 1)")
+    dbrx = _dbrx_experts(module, local, p)
+    if dbrx is not None:
+        return dbrx
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
         if p.ndim == 2 and local in names and re.search(owner, authored_class(module).__name__):
             return Layout("hidden", f"{authored_class(module).__name__}.{local} ({what})", transposed=transposed)
@@ -394,6 +400,21 @@ _EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "num_r
                   "n_shared_experts", "num_shared_experts")
 _INPUT_SIDE = re.compile(r"(^|_)(gate|up|w1|w3|input|fc1|wi)(_|$)")
 _OUTPUT_SIDE = re.compile(r"(^|_)(down|w2|output|fc2|wo)(_|$)")
+
+
+def _dbrx_experts(module, local: str, p) -> Layout | None:
+    """DBRX's experts, stacked along the rows of 2-D tensors ``(E·d_ffn, d)`` and viewed as ``(E, d_ffn, d)``: ``w1``
+    and ``v1`` each expert's ``F.linear`` weight (``x @ w1[e].T``), ``w2`` each stored ``(d_in, d_out)``
+    (``h @ w2[e]``): one block per expert."""
+    if authored_class(module).__name__ != "DbrxExpertGLU" or local not in ("w1", "v1", "w2") or p.ndim != 2:
+        return None
+    experts, ffn = getattr(module, "moe_num_experts", None), getattr(module, "ffn_hidden_size", None)
+    if not (isinstance(experts, int) and isinstance(ffn, int) and p.shape[0] == experts * ffn):
+        return None
+    if local == "w2":
+        return Layout("expert", f"DBRX experts: {experts} row blocks, each stored d_ffn × d (h @ w2[e])",
+                      transposed=True, in_blocks=True, blocks=(ffn,) * experts)
+    return Layout("expert", f"DBRX experts: {experts} row blocks, each F.linear's d_ffn × d", blocks=(ffn,) * experts)
 
 
 def _expert_stack(module, local: str, p) -> Layout | None:
