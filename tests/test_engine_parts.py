@@ -256,6 +256,34 @@ class ColumnL2(specopt.Norm):
         return self.lmo(-torch.randn(shape, generator=generator)).to(dtype=dtype, device=device) * radius
 
 
+class ColumnL2In(ColumnL2):
+    """ColumnL2 computed in a dtype of the user's choosing: a norm attribute that is a torch.dtype."""
+
+    def __init__(self, work: torch.dtype = torch.float32):
+        self.work = work
+
+    def lmo(self, g, batch_dims=None):
+        return super().lmo(g.to(self.work), batch_dims).to(g.dtype)
+
+
+def test_a_user_norms_dtype_attribute_survives_a_saved_and_loaded_state():
+    """Norm.config wrote a dtype as "float64", which norm_from_config turned back into a dtype only for a key named
+    compute_dtype: the loaded norm got a string, and failed at its next step."""
+    import io
+
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    opt = specopt.UScion([{"params": [w], "norm": ColumnL2In(torch.float64)}])
+    w.grad = torch.randn(8, 4)
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    twin = specopt.UScion([{"params": [w], "norm": ColumnL2In()}])
+    twin.load_state_dict(torch.load(buffer, weights_only=True))
+    assert twin.param_groups[0]["norm"] == ColumnL2In(torch.float64)
+    twin.step()
+
+
 @pytest.mark.parametrize("norm", [ColumnL2(), Frobenius()], ids=["column-l2", "frobenius"])
 def test_a_user_norm_written_for_one_tensor_gets_one_tensor_at_a_time(norm):
     """Same-shape tensors share an lmo call (stacked) only where the norm says it takes stacks (``batched``): a

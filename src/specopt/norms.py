@@ -167,7 +167,7 @@ class Norm(ABC):
             if isinstance(value, Norm):
                 value = value.config()
             elif isinstance(value, torch.dtype):
-                value = str(value).removeprefix("torch.")
+                value = str(value)  # "torch.float64": read back as the dtype by norm_from_config
             out[key] = value
         return out
 
@@ -666,8 +666,9 @@ def norm_from_config(config: dict) -> Norm:
     for key, value in kwargs.items():
         if isinstance(value, dict) and "name" in value:
             kwargs[key] = norm_from_config(value)
-    if isinstance(kwargs.get("compute_dtype"), str):
-        kwargs["compute_dtype"] = getattr(torch, kwargs["compute_dtype"])
+        elif isinstance(value, str) and isinstance(getattr(torch, value.removeprefix("torch."), None), torch.dtype) \
+                and (value.startswith("torch.") or key == "compute_dtype"):  # a dtype ("bfloat16": saved before)
+            kwargs[key] = getattr(torch, value.removeprefix("torch."))
     name = config["name"]
     if ":" not in name:
         return get_norm(name, **kwargs)
