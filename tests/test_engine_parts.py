@@ -118,6 +118,20 @@ def test_state_dicts_name_the_estimator_and_rule_and_refuse_another():
     same.load_state_dict({**state, "specopt": before})
 
 
+def test_two_unnamed_parts_of_one_name_in_two_modules_do_not_pass_for_each_other():
+    """An unnamed part is named by its class's qualified name, which two modules may share: the state of one loaded
+    into the other without a word."""
+    first, second = (type("Lookahead", (Momentum,), {"__module__": module}) for module in ("pkg_a", "pkg_b"))
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    opt = specopt.GeometryOptimizer([w], {"lr": 0.1}, estimator=first())
+    w.grad = torch.randn(4, 4)
+    opt.step()
+    state = copy.deepcopy(opt.state_dict())
+    specopt.GeometryOptimizer([w], {"lr": 0.1}, estimator=first()).load_state_dict(state)
+    with pytest.raises(ValueError, match="estimator pkg_a:Lookahead and cannot be loaded into pkg_b:Lookahead"):
+        specopt.GeometryOptimizer([w], {"lr": 0.1}, estimator=second()).load_state_dict(state)
+
+
 class GammaCorrected(Momentum):
     """A user's estimator with a setting of its own and no config() of its own."""
 
@@ -571,6 +585,39 @@ def test_a_user_parts_slip_is_an_error_and_no_weight_moves(estimator, rule, mess
     with pytest.raises(ValueError, match=re.escape(message)):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+class PolyakStep(USCG):
+    """γ scaled by the closure's loss (a Polyak-type step, f* = 0)."""
+    name = "polyak"
+    needs_closure = True
+
+    def scale(self, records, ctx):
+        super().scale(records, ctx)
+        for rec in records:
+            rec.scale = rec.scale * float(ctx.loss)
+
+
+def test_a_rule_that_needs_the_closure_refuses_a_bare_step_before_anything_is_written():
+    """``needs_closure`` was read on estimators only: a rule reading ``ctx.loss`` failed inside its scale(), after
+    the step counts and momentum buffers had advanced (a retry with a closure counted the momentum twice)."""
+    model = torch.nn.Linear(4, 2)
+    opt = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.1}, rule=PolyakStep())
+    x = torch.randn(8, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    closure()
+    with pytest.raises(ValueError, match="rule='polyak' needs step\\(closure\\)"):
+        opt.step()
+    assert not opt.state  # nothing created, nothing advanced
+    before = model.weight.detach().clone()
+    opt.step(closure)
+    assert not torch.equal(model.weight, before)
 
 
 class HalfStepAtMost(USCG):

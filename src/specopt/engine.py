@@ -415,6 +415,10 @@ class GeometryOptimizer(Optimizer):
                              f"{saved['rule']!r}) and cannot be loaded into {mine['optimizer']} (estimator "
                              f"{mine['estimator']!r}, rule {mine['rule']!r})")
         for part in ("estimator", "rule"):  # recorded since the parts' settings are (older states load as before)
+            path, own_path = (saved or {}).get(f"{part}_class"), mine.get(f"{part}_class")
+            if path is not None and own_path is not None and path != own_path:
+                raise ValueError(f"this state belongs to the {part} {path} and cannot be loaded into {own_path}: two "
+                                 f"classes named {saved[part]!r}")
             settings, own = (saved or {}).get(f"{part}_config"), mine[f"{part}_config"]
             if settings is not None and settings != own:
                 differ = ", ".join(f"{k}={settings.get(k)!r} (here {own.get(k)!r})"
@@ -447,8 +451,13 @@ class GeometryOptimizer(Optimizer):
             _step_count(state, distributed.local(param))
 
     def _owner(self) -> dict:
-        return {"optimizer": type(self).__qualname__, "estimator": self.estimator.name, "rule": self.rule.name,
-                "estimator_config": self.estimator.config(), "rule_config": self.rule.config()}
+        owner = {"optimizer": type(self).__qualname__, "estimator": self.estimator.name, "rule": self.rule.name,
+                 "estimator_config": self.estimator.config(), "rule_config": self.rule.config()}
+        for part in ("estimator", "rule"):  # an unnamed part: its class by import path too
+            path = getattr(getattr(self, part), "class_path", None)
+            if path is not None:
+                owner[f"{part}_class"] = path
+        return owner
 
     # ----------------------------------------------------------------- state
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
@@ -487,6 +496,9 @@ class GeometryOptimizer(Optimizer):
             raise ValueError(f"estimator={self.estimator.name!r} needs step(closure): it re-evaluates the gradient "
                              "at the previous iterate on the same batch (the closure must be deterministic for a "
                              "given batch)")
+        if self.rule.needs_closure and closure is None and not self._creates_state_only():
+            raise ValueError(f"rule={self.rule.name!r} needs step(closure): it reads the loss the closure returns "
+                             "(ctx.loss)")
         loss, probed = self._run_closure(closure)
         traced = torch.compiler.is_compiling() and self.rule.traceable and self.estimator.traceable
         if traced:  # state first: the trace must not read a state dict before _init_group has filled it in

@@ -58,10 +58,12 @@ def weight_decay(rec) -> float:
 
 
 def settle_part(cls: type, hooks: tuple[str, ...]) -> None:
-    """What a new estimator or step rule class leaves unsaid: without a ``name`` it is named by its qualified name (a
-    state dict records the name, and loading refuses another's: two unnamed classes never pass for each other);
-    overriding one of ``hooks`` without saying ``per_tensor``, it is taken to need every tensor of the step at once
-    (a per-tensor base's True would hand a sum over tensors one bucket at a time)."""
+    """What a new estimator or step rule class leaves unsaid: without a ``name`` it is named by its qualified name,
+    and its import path is kept in ``class_path`` (a state dict records both, and loading refuses another's: two
+    unnamed classes of one name in two modules never pass for each other); overriding one of ``hooks`` without saying
+    ``per_tensor``, it is taken to need every tensor of the step at once (a per-tensor base's True would hand a sum
+    over tensors one bucket at a time)."""
+    cls.class_path = None if "name" in cls.__dict__ else f"{cls.__module__}:{cls.__qualname__}"
     if "name" not in cls.__dict__:
         cls.name = cls.__qualname__
     if "per_tensor" not in cls.__dict__ and any(hook in cls.__dict__ for hook in hooks):
@@ -97,7 +99,9 @@ class StepRule:
     ``per_tensor`` (True where shrink and scale of a tensor depend on that tensor alone, so that the engine may
     update one lmo bucket at a time, with less memory; the default False hands :meth:`scale` every tensor of the
     step at once, as a rule with a sum over tensors needs; a subclass that overrides :meth:`scale` and says
-    nothing is False too); ``traceable`` (False where the rule reads tensors on the host);
+    nothing is False too); ``traceable`` (False where the rule reads tensors on the host); ``needs_closure`` (True
+    where the rule reads ``ctx.loss``, as a Polyak step does: ``step()`` without a closure is then an error before
+    anything is written);
     ``group_defaults`` (param-group keys the rule adds, validated by :meth:`validate_group`); ``max_lr`` (the largest
     γ the rule's guarantee holds for, e.g. SCG's convex combination 1: the engine checks it before every eager step,
     as an LR scheduler or a write to ``param_groups`` may raise lr after construction; None: no bound).
@@ -117,6 +121,7 @@ class StepRule:
         super().__init_subclass__(**kwargs)
         settle_part(cls, ("scale",))
     traceable: bool = True
+    needs_closure: bool = False
     group_defaults: dict = {}
     max_lr: float | None = None
 
