@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import specopt
+from specopt.views import Flattened
 
 GAMMA, RHO = 0.01, 3.0
 PRESETS = ("Muon", "Scion", "UScion", "ClippedScion", "Gluon", "ALMOND", "SteepestDescent")
@@ -28,14 +29,16 @@ def roles(model, **kwargs) -> dict[str, str]:
 def assert_roles(model, expected: dict[str, str], **kwargs) -> None:
     """``expected``: ``{regex: role}``; the regexes every trainable tensor matches agree on one role, and it is
     the tensor's role."""
-    got = roles(model, **kwargs)
+    groups = specopt.param_groups(model, **kwargs)
+    got = {name: g["role"] for g in groups for name, _ in g["params"]}
+    einsum = {name for g in groups if isinstance(g["norm"], Flattened) for name, _ in g["params"]}
     assert set(got) == {n for n, p in model.named_parameters() if p.requires_grad}
     for name, role in got.items():
         matches = [r for pattern, r in expected.items() if re.search(pattern, name)]
         assert len(set(matches)) == 1, f"{name}: patterns give roles {matches}"
         assert role == matches[0], f"{name}: role {role}, expected {matches[0]}"
         p = dict(model.named_parameters())[name]
-        if sum(size > 1 for size in p.shape) >= 2 and p.ndim >= 3:
+        if sum(size > 1 for size in p.shape) >= 2 and p.ndim >= 3 and name not in einsum:  # einsum: by its rule
             assert role in ("expert", "conv", "token", "vector"), f"{name} ({p.ndim}-D) flattened into a {role} matrix"
 
 
@@ -50,6 +53,9 @@ def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list
         return [(d, 1) for d in delta]
     if hasattr(module, "is_transposed") and delta.ndim == 3:  # transformers experts
         return [(d.T if module.is_transposed else d, 1) for d in delta]
+    if type(module).__name__ in ("XLNetRelativeAttention", "FunnelRelMultiheadAttention") and delta.ndim == 3:
+        matrix = delta.reshape(delta.shape[0], -1)  # einsum over (d_model, heads·d_head)
+        return [(matrix if local == "o" else matrix.T, 1)]  # o: heads → d_model; q, k, v, r, r_kernel: d_model → heads
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         taps = math.prod(module.kernel_size)
         return [(b, taps) for b in delta.reshape(delta.shape[0], -1).chunk(module.groups, dim=0)]

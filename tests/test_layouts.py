@@ -10,7 +10,7 @@ import specopt
 from specopt.layouts import classify
 from specopt.norms import Blocked, Spectral, norm_from_config
 from specopt.roles import DEFAULT_RADII
-from specopt.views import MuonScaled, Stacked, Transposed
+from specopt.views import Flattened, MuonScaled, Stacked, Transposed
 
 
 class Experts(nn.Module):
@@ -163,6 +163,32 @@ def test_muon_refuses_a_plain_3d_tensor_whose_layout_it_cannot_know():
 def test_view_norms_round_trip_through_their_config():
     for norm in (Stacked(Transposed(Blocked(Spectral(), 2, interleaved=True))), MuonScaled(Spectral(), "original")):
         assert norm_from_config(norm.config()) == norm
+
+
+def test_flattened_is_the_inner_norm_of_the_matrix_the_trailing_axes_make():
+    """``Flattened(inner, (H, d))`` on ``(a, H, d)`` is ``inner`` on ``(a, H·d)``: lmo, dual, norm, a batch of items,
+    the ball's init, projection and the config, with a stack (E experts of einsum heads) outside."""
+    inner = Transposed(Spectral(method="svd"))
+    norm = Flattened(inner, (3, 4))
+    g = torch.randn(5, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(norm.lmo(g), inner.lmo(g.reshape(5, 12)).reshape(5, 3, 4))
+    torch.testing.assert_close(norm.dual(g), inner.dual(g.reshape(5, 12)))
+    torch.testing.assert_close(norm.norm(g), inner.norm(g.reshape(5, 12)))
+    assert float(norm.dual(g)) == pytest.approx(-float((g * norm.lmo(g)).sum()))
+    batch = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(norm.lmo(batch, batch_dims=1)[1], norm.lmo(batch[1]))
+    init = norm.init((5, 3, 4), radius=2.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert init.shape == (5, 3, 4) and float(norm.norm(init)) == pytest.approx(2.0)
+    assert float(norm.norm(norm.project(3 * g, radius=0.5))) <= 0.5 + 1e-9
+    stacked = Stacked(norm)
+    experts = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(stacked.lmo(experts)[0], norm.lmo(experts[0]))
+    assert norm_from_config(stacked.config()) == stacked
+    assert specopt.layouts.radius_for("original", (5, 3, 4), norm) == pytest.approx(1.0)  # d_out 12 ≥ d_in 5
+    with pytest.raises(ValueError, match=r"last axes are not \(3, 4\)"):
+        norm.lmo(torch.randn(5, 4, 3))
+    with pytest.raises(ValueError, match="at least two trailing axes"):
+        Flattened(inner, (12,))
 
 
 def test_describe_shows_axes_without_default_noise():

@@ -211,6 +211,22 @@ def tagger_loss(model):
     return nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), x.flip(1).reshape(-1))
 
 
+def xlnet():
+    return hf("XLNetConfig", "XLNetLMHeadModel", d_model=32, n_layer=2, n_head=4, d_inner=64, vocab_size=VOCAB,
+              dropout=0.0)
+
+
+def flipped_lm_loss(model):
+    """A bidirectional model's token loss on a task it cannot solve by copying its input: the reversed sequence."""
+    x = tokens()
+    return model(input_ids=x, labels=x.flip(1)).loss
+
+
+def funnel():  # d_head·n_head = 16 ≠ d_model = 32: the positional r_kernel is not square
+    return hf("FunnelConfig", "FunnelForMaskedLM", d_model=32, n_head=4, d_head=4, d_inner=64, block_sizes=[1, 1],
+              vocab_size=VOCAB, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+
 NORM = r"(ln_\d|ln_f|norm|layernorm\w*)\.(weight|bias)$"
 CASES = {
     "gpt2": (gpt2, lm_loss, {r"wte\.weight$": "embedding", r"wpe\.weight$": "embedding", NORM: "vector",
@@ -259,6 +275,13 @@ CASES = {
                                         r"bias$": "vector",
                                         r"(in_proj_weight|out_proj\.weight|linear\d\.weight)$": "hidden"},
                 {r"in_proj_weight": 3}),
+    "xlnet": (xlnet, flipped_lm_loss, {r"word_embedding": "embedding", r"mask_emb$|seg_embed$": "token",
+                               r"layer_norm\.(weight|bias)$|bias$": "vector",
+                               r"rel_attn\.[qkvor]$|layer_\d\.weight$": "hidden"}, {}),
+    "funnel": (funnel, flipped_lm_loss, {r"word_embeddings": "embedding", r"seg_embed$": "token",
+                                 r"layer_norm\.(weight|bias)$|bias$": "vector",
+                                 r"(r_kernel|[qkv]_head\.weight|post_proj\.weight|linear_\d\.weight|dense\.weight)$":
+                                     "hidden"}, {}),
 }
 
 
@@ -528,6 +551,47 @@ def test_num_heads_keeps_a_projection_already_stored_by_head_and_checks_its_coun
                 if n in plain} == plain
     with pytest.raises(ValueError, match=f"num_heads={heads + 1}, but .* states {heads} heads"):
         specopt.layouts.classify(model, num_heads=heads + 1)
+
+
+@pytest.mark.parametrize("heads", [True, 4])
+def test_xlnets_einsum_projections_split_per_head_step_each_head_by_gamma_rho(heads):
+    """XLNet keeps q, k, v and the positional r as ``(d_model, heads, d_head)`` tensors that an einsum multiplies
+    by (they were refused, and no declaration could express them): with ``num_heads`` each head's ``d_model →
+    d_head`` map moves by γρ in its own operator norm; the output projection ``o`` stays one matrix."""
+    assert_one_step_geometry(xlnet()(), flipped_lm_loss, {r"rel_attn\.[qkvr]$": 4}, num_heads=heads)
+    with pytest.raises(ValueError, match=r"num_heads=2, but .*rel_attn\.q of shape \(32, 4, 8\) is stored by head"):
+        specopt.param_groups(xlnet()(), num_heads=2)
+
+
+def test_an_einsum_over_heads_is_declared_in_one_line():
+    """A module of one's own with an einsum's ``(d_in, heads, d_head)`` projection and its ``(d_out, heads, d_head)``
+    output: refused with the kinds that read them, then trained as the two matrices they are."""
+    class HeadsMixer(nn.Module):
+        def __init__(self, d=12, heads=3, d_head=2):
+            super().__init__()
+            self.into = nn.Parameter(torch.randn(d, heads, d_head) / d ** 0.5)
+            self.out = nn.Parameter(torch.randn(d, heads, d_head) / (heads * d_head) ** 0.5)
+
+        def forward(self, x):
+            return torch.einsum("bnd,hnd->bh", torch.einsum("bh,hnd->bnd", x, self.into).tanh(), self.out)
+
+    torch.manual_seed(0)
+    model = HeadsMixer()
+    with pytest.raises(ValueError, match="'linear_to_heads' .* 'linear_from_heads'"):
+        specopt.param_groups(model)
+    groups = specopt.param_groups(model, layouts={HeadsMixer: {"into": "linear_to_heads", "out": "linear_from_heads"}},
+                                  msign={"method": "svd"})
+    opt = specopt.UScion(groups, lr=GAMMA, momentum=0.0)
+    for group in opt.param_groups:
+        group["radius"] = RHO
+    x = torch.randn(16, 12)
+    before = [p.detach().clone() for p in (model.into, model.out)]
+    model(x).square().mean().backward()
+    opt.step()
+    into, out = (p.detach() - b for p, b in zip((model.into, model.out), before, strict=True))
+    for matrix, d_out, d_in in ((into.reshape(12, 6).T, 6, 12), (out.reshape(12, 6), 12, 6)):
+        sigma = torch.linalg.svdvals(matrix.double()) * math.sqrt(d_in / d_out) / (GAMMA * RHO)
+        torch.testing.assert_close(sigma, torch.ones_like(sigma), rtol=1e-4, atol=0)
 
 
 def test_codegen_heads_that_cross_its_shards_are_refused_with_the_way_out():

@@ -10,6 +10,8 @@ from the module type, never from the shape alone:
 | ``nn.Conv1d/2d/3d`` | ``(d_out, c_in/groups, *k)`` | conv kernel, ``groups`` row blocks | conv |
 | ``nn.ConvTranspose1d/2d/3d`` | ``(c_in, d_out, *k)`` | conv kernel, transposed | conv |
 | transformers MoE experts (``gate_up_proj``, ``down_proj``) | ``(E, d_out, d_in)`` | E matrices | expert |
+| XLNet's ``q/k/v/r``, Funnel's ``r_kernel`` (einsum) | ``(d_model, H, d_head)`` | linear (H·d_head, d_model) | hidden |
+| XLNet's ``o`` (einsum out of the heads) | ``(d_model, H, d_head)`` | linear (d_model, H·d_head) | hidden |
 | ``nn.Embedding`` | ``(vocab, d)`` | table | embedding |
 | ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
@@ -58,13 +60,14 @@ from torch.nn.utils.parametrizations import _WeightNorm
 from specopt.heads import authored_class, find_heads, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
 from specopt.views import MUON_SCALES as MUON_SCALES
-from specopt.views import Stacked, Transposed, _View, muon_scale, unwrap
+from specopt.views import Flattened, Stacked, Transposed, _View, muon_scale, unwrap
 
-KINDS = ("linear", "linear_transposed", "experts", "experts_transposed", "conv", "conv_depthwise", "embedding", "token",
-         "vector")
-"""The layouts a user can declare: ``(d_out, d_in)``, ``(d_in, d_out)``, ``(E, d_out, d_in)``, ``(E, d_in, d_out)``,
-a conv kernel ``(d_out, c_in, *k)``, a depthwise one ``(channels, 1, *k)`` (``groups=channels``), an embedding table,
-learned tokens/positions, a vector or gain."""
+KINDS = ("linear", "linear_transposed", "linear_to_heads", "linear_from_heads", "experts", "experts_transposed", "conv",
+         "conv_depthwise", "embedding", "token", "vector")
+"""The layouts a user can declare: ``(d_out, d_in)``, ``(d_in, d_out)``, ``(d_in, *out)`` (an einsum into heads:
+XLNet's ``q`` ``(d_model, heads, d_head)``), ``(d_out, *in)`` (an einsum out of heads: XLNet's ``o``),
+``(E, d_out, d_in)``, ``(E, d_in, d_out)``, a conv kernel ``(d_out, c_in, *k)``, a depthwise one ``(channels, 1,
+*k)`` (``groups=channels``), an embedding table, learned tokens/positions, a vector or gain."""
 
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -167,7 +170,8 @@ class Layout:
     ``role``: embedding, token, hidden, expert, conv, head or vector. ``transposed``: the matrix (or kernel) is
     stored ``(d_in, d_out, …)``. ``stack``: leading axes that index independent maps (experts). ``blocks``: row
     blocks of d_out (fused q/k/v, gate/up, heads, conv groups), or of d_in where ``in_blocks`` (peft's LoRA B
-    factors of an expert stack), ``interleaved`` if row (column) r is in block r mod k.
+    factors of an expert stack), ``interleaved`` if row (column) r is in block r mod k. ``flattened``: the sizes
+    of trailing axes that are one side of the matrix (an einsum's heads, ``(d_in, heads, d_head)``).
     ``kernel_dims``: spatial axes of a conv kernel. ``source``: the rule that decided. ``guessed``: a 2-D tensor no
     rule knows, not a module's ``weight``, read as ``F.linear``'s: only the module's code says whether it is a linear
     map, so :func:`classify` warns about it.
@@ -182,6 +186,7 @@ class Layout:
     in_blocks: bool = False
     kernel_dims: int = 0
     guessed: bool = False
+    flattened: tuple[int, ...] | None = None
 
     def norm(self, base: Norm) -> Norm:
         """``base`` (a norm on one ``(d_out, d_in)`` matrix, kernel or entry set) on this layout."""
@@ -193,6 +198,8 @@ class Layout:
                     else Blocked(norm, self.blocks, self.interleaved))
         if transposed:
             norm = Transposed(norm)
+        if self.flattened:
+            norm = Flattened(norm, self.flattened)
         if self.stack:
             norm = Stacked(norm, self.stack)
         return norm
@@ -204,6 +211,12 @@ def declared(kind: str, p, source: str) -> Layout:
         raise ValueError(f"unknown layout {kind!r} declared for {source}; valid layouts: {', '.join(KINDS)}")
     if kind.startswith("experts") and p.ndim != 3:
         raise ValueError(f"layout {kind!r} needs a 3-D (E, ·, ·) tensor, {source} has shape {tuple(p.shape)}")
+    if kind in ("linear_to_heads", "linear_from_heads"):
+        if p.ndim < 3:
+            raise ValueError(f"layout {kind!r} needs a tensor of 3 or more dims (one side of the map over the trailing "
+                             f"axes), {source} has shape {tuple(p.shape)}: declare a 2-D one 'linear' or "
+                             f"'linear_transposed'")
+        return _einsum_heads(kind == "linear_to_heads", p, f"declared {kind!r}")
     if kind.startswith("linear") and p.ndim != 2:
         raise ValueError(f"layout {kind!r} needs a 2-D tensor, {source} has shape {tuple(p.shape)}")
     if kind == "conv" and not 3 <= p.ndim <= 5:
@@ -217,6 +230,17 @@ def declared(kind: str, p, source: str) -> Layout:
     role = {"linear": "hidden", "linear_transposed": "hidden", "experts": "expert", "experts_transposed": "expert"}
     return Layout(role.get(kind, kind), f"declared {kind!r}", transposed=kind.endswith("transposed"),
                   stack=int(kind.startswith("experts")), kernel_dims=p.ndim - 2 if kind == "conv" else 0)
+
+
+def _einsum_heads(to_heads: bool, p, source: str) -> Layout:
+    """A ``(d_in, *out)`` (``to_heads``) or ``(d_out, *in)`` tensor: the matrix with its trailing axes merged."""
+    return Layout("hidden", source, transposed=to_heads, flattened=tuple(p.shape[1:]))
+
+
+_EINSUM_HEADS = {"XLNetRelativeAttention": {"q": True, "k": True, "v": True, "r": True, "o": False},
+                 "FunnelRelMultiheadAttention": {"r_kernel": True}}
+"""Projections stored ``(d_model, n_head, d_head)`` and applied by einsum: into the heads (``True``: q, k, v, the
+relative-position r) or out of them (XLNet's ``o``)."""
 
 
 def known(module: nn.Module, local: str, p) -> Layout | None:
@@ -254,6 +278,11 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     if isinstance(module, nn.MultiheadAttention) and local.endswith("proj_weight"):
         blocks = (module.embed_dim,) * 3 if local == "in_proj_weight" else None
         return Layout("hidden", "nn.MultiheadAttention", blocks=blocks)
+    into_heads = _EINSUM_HEADS.get(authored_class(module).__name__, {}).get(local)
+    if into_heads is not None and p.ndim == 3:
+        return _einsum_heads(into_heads, p, f"{authored_class(module).__name__}.{local} (einsum "
+                             + ("(d_model → heads × d_head), stored d_in × heads × d_head)" if into_heads else
+                                "(heads × d_head → d_model), stored d_out × heads × d_head)"))
     experts = _hf_experts(module, local, p)
     if experts is None:
         experts = _expert_stack(module, local, p)
@@ -494,11 +523,12 @@ def undeclared_error(name: str, p, module: nn.Module) -> ValueError:
         f", or {{{cls.__name__}: {{{local!r}: KIND}}}} for every such module"
     return ValueError(
         f"{name} of shape {tuple(p.shape)} (in {cls.__name__}) has a layout specopt cannot know: no rule "
-        f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack or learned tokens. Declare it in "
+        f"reads a {p.ndim}-D tensor of this module as a conv kernel, an expert stack, an einsum's heads or learned "
+        "tokens. Declare it in "
         f"one line: param_groups(model, layouts={{{name!r}: KIND}}){every}, with KIND 'experts' (E, d_out, d_in), "
-        "'experts_transposed' (E, d_in, d_out), 'conv' (d_out, c_in, *kernel), 'conv_depthwise' (channels, 1, *kernel: "
-        "groups=channels), 'token' (positions, learned tokens) or "
-        "'vector'")
+        "'experts_transposed' (E, d_in, d_out), 'linear_to_heads' (d_in, *out: an einsum into heads), "
+        "'linear_from_heads' (d_out, *in), 'conv' (d_out, c_in, *kernel), 'conv_depthwise' (channels, 1, *kernel: "
+        "groups=channels), 'token' (positions, learned tokens) or 'vector'")
 
 
 def spectral_inside(norm: Norm) -> bool:
@@ -698,6 +728,8 @@ def _heads(model: nn.Module, head) -> tuple[set[str], str]:
 
 def _rows(layout: Layout, p) -> int:
     """d_out of one matrix of the tensor."""
+    if layout.flattened and layout.transposed:  # (d_in, *out)
+        return math.prod(layout.flattened)
     return p.shape[layout.stack + (1 if layout.transposed else 0)]
 
 
@@ -955,6 +987,11 @@ def _apply_heads(out: dict, num_heads) -> None:
             if isinstance(module, nn.MultiheadAttention) and num_heads is True:
                 stated = module.head_dim
             head_dim = stated if num_heads is True else _divide(q_rows, num_heads, name)
+        elif layout.flattened and layout.transposed and len(layout.flattened) == 2:  # (d_in, heads, d_head)
+            heads, head_dim = layout.flattened
+            if num_heads is not True and num_heads != heads:
+                raise ValueError(f"num_heads={num_heads}, but {name} of shape {tuple(p.shape)} is stored by head: "
+                                 f"{heads} heads")
         elif parent and any(parent[1] in triple for triple in _SEPARATE_QKV) and _is_triple(attention, parent[1]):
             head_dim = head_counts(attention)[2] if num_heads is True else _separate_head_dim(attention, parent[1],
                                                                                                  num_heads, name)

@@ -44,7 +44,7 @@ from specopt.norms import Blocked, Norm, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
 from specopt.roles import DEFAULT_RADII
 from specopt.steps import StepRule
-from specopt.views import MuonScaled, Stacked, Transposed
+from specopt.views import Flattened, MuonScaled, Stacked, Transposed
 
 RADIUS = DEFAULT_RADII["hidden"]
 """The presets' default radius: the hidden radius of :func:`specopt.param_groups`."""
@@ -394,7 +394,7 @@ def with_msign(norm, msign_kwargs: dict, role: str):
 
 
 def _unequal_blocks(norm) -> bool:
-    while isinstance(norm, (Stacked, Transposed)):
+    while isinstance(norm, (Stacked, Transposed, Flattened)):
         norm = norm.inner
     return isinstance(norm, Blocked) and not isinstance(norm.split_sizes, int) and len(set(norm.split_sizes)) > 1
 
@@ -405,12 +405,14 @@ def _scale_blocks(norm, scale: str):
         return Stacked(_scale_blocks(norm.inner, scale), norm.dims)
     if isinstance(norm, Transposed):
         return Transposed(_scale_blocks(norm.inner, scale))
+    if isinstance(norm, Flattened):
+        return Flattened(_scale_blocks(norm.inner, scale), norm.trailing)
     return Blocked(MuonScaled(norm.inner, scale), norm.split_sizes, norm.interleaved)
 
 
 def _spectral(norm) -> bool:
     """A spectral geometry on some layout (a view, blocks): the norms Muon's msign settings reach."""
-    while isinstance(norm, (Blocked, Stacked, Transposed)):
+    while isinstance(norm, (Blocked, Stacked, Transposed, Flattened)):
         norm = norm.inner
     return isinstance(norm, _SpectralBase)
 

@@ -32,7 +32,7 @@ from torch import nn
 from specopt._checks import subclasses
 from specopt.layouts import Layout, classify
 from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv, get_norm
-from specopt.views import Stacked, Transposed
+from specopt.views import Flattened, Stacked, Transposed
 
 ROLES = ("embedding", "token", "hidden", "expert", "conv", "head", "vector")
 SCHEMES = ("auto", "text", "image")
@@ -197,13 +197,16 @@ def axes_of(norm, shape: tuple) -> str:
     """Which axes of a tensor of ``shape`` the norm reads as experts (E), d_out, d_in and kernel (k)."""
     if not isinstance(norm, Norm):
         return "-"
-    parts, start, transposed, blocks, view, blocks_parity = [], 0, False, "", tuple(shape), None
+    parts, start, transposed, blocks, view, blocks_parity, merged = [], 0, False, "", tuple(shape), None, 0
     while True:
         if isinstance(norm, Stacked):
             parts += [f"E={i}" for i in range(start, start + norm.dims)]
             start += norm.dims
         elif isinstance(norm, Transposed):
             transposed = not transposed
+            view = norm.item_shape(view)[1]
+        elif isinstance(norm, Flattened):  # the matrix's second axis spans the last ``merged + 1`` axes
+            merged = len(norm.trailing) - 1
             view = norm.item_shape(view)[1]
         elif isinstance(norm, Blocked):
             n = len(norm.sizes(view[len(view) - norm.item_ndim]))
@@ -216,8 +219,9 @@ def axes_of(norm, shape: tuple) -> str:
         return "in=0 out=1 (table)"
     if rank is None or rank < 2:
         return "entries"
-    first = len(shape) - rank
-    out, inp = (first + 1, first) if transposed else (first, first + 1)
+    first = len(shape) - rank - merged
+    second = ",".join(str(i) for i in range(first + 1, first + 2 + merged))
+    out, inp = (second, first) if transposed else (first, second)
     kernel = f" k={','.join(str(i) for i in range(first + 2, len(shape)))}" if rank > 2 else ""
     if blocks and blocks_parity != transposed:  # blocks taken under a transpose undone inside them: of d_in
         blocks += " of in"
@@ -233,7 +237,7 @@ def norm_label(norm) -> str:
         return str(norm)
     if isinstance(norm, Blocked):
         return f"Blocked({norm_label(norm.inner)})"
-    if isinstance(norm, (Stacked, Transposed)):
+    if isinstance(norm, (Stacked, Transposed, Flattened)):
         return f"{type(norm).__name__}({norm_label(norm.inner)})"
     extra = {k: v for k, v in vars(norm).items() if _MSIGN_DEFAULTS.get(k, object()) != v and v is not False}
     return type(norm).__name__ + (f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")

@@ -5,11 +5,14 @@ so that the geometry follows the map the module computes, not the order of the a
 
 * :class:`Transposed` — the tensor is stored ``(d_in, d_out)`` (transformers' ``Conv1D`` in the GPT-2 family,
   expert stacks stored ``(E, d_in, d_out)``): ``lmo(G) = inner.lmo(Gᵀ)ᵀ``, ``‖W‖ = ‖Wᵀ‖_inner``.
+* :class:`Flattened` — the map's input or output is stored over several axes (XLNet's ``q`` of shape ``(d_model,
+  heads, d_head)``, the per-head projections of an einsum): the trailing axes are read as one, ``(a, b, c) → (a,
+  b·c)``, the matrix the einsum multiplies by.
 * :class:`Stacked` — the leading ``dims`` axes index independent maps (the E experts of an MoE layer): each map has
   its own ball, so ``‖W‖ = max_e ‖W_e‖`` with dual ``‖G‖_* = Σ_e ‖G_e‖_*`` and ``lmo(G)_e = lmo(G_e)``, the
   same product-of-balls geometry as :class:`~specopt.norms.Blocked` (one msign call for all experts).
 
-Both wrap any norm, :class:`~specopt.norms.Blocked` included: ``Stacked(Transposed(Blocked(Spectral(), 2)))`` is
+They wrap any norm, :class:`~specopt.norms.Blocked` included: ``Stacked(Transposed(Blocked(Spectral(), 2)))`` is
 the geometry of a fused gate/up expert stack stored ``(E, d_in, 2·d_ffn)``.
 """
 
@@ -161,6 +164,47 @@ class Stacked(_View):
         return None if self.inner.item_ndim is None else self.inner.item_ndim + self.dims
 
 
+class Flattened(_View):
+    """``inner`` on the item with its trailing axes ``trailing`` merged into one: ``(a, *trailing) → (a, ∏ trailing)``.
+
+    An einsum such as XLNet's ``q_head = einsum("ibh,hnd->ibnd", x, q)``, with ``q`` of shape ``(d_model, n_head,
+    d_head)``, is the linear map ``x ↦ x·Q`` with ``Q = q.reshape(d_model, n_head·d_head)`` stored ``(d_in, d_out)``:
+    its geometry is ``Flattened(Transposed(Spectral()), (n_head, d_head))``. The output projection ``einsum("ibnd,
+    hnd->ibh", v, o)`` is ``Flattened(Spectral(), (n_head, d_head))``: ``(d_out, d_in)`` with d_in over two axes.
+    """
+
+    def __init__(self, inner: Norm, trailing):
+        super().__init__(inner)
+        trailing = tuple(trailing) if isinstance(trailing, (list, tuple)) else trailing
+        if not (isinstance(trailing, tuple) and len(trailing) >= 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in trailing)):
+            raise ValueError(f"Flattened needs the sizes of at least two trailing axes (positive ints), got "
+                             f"{trailing!r}")
+        if inner.item_ndim is None:
+            raise ValueError(f"Flattened needs a norm of a fixed item rank inside, got {inner!r}")
+        self.trailing = trailing
+
+    def _check(self, shape) -> None:
+        if tuple(shape[len(shape) - len(self.trailing):]) != self.trailing:
+            raise ValueError(f"Flattened(trailing={self.trailing}) got a tensor of shape {tuple(shape)}: its last "
+                             f"axes are not {self.trailing}")
+
+    def _to_view(self, x):
+        self._check(x.shape)
+        return x.flatten(x.ndim - len(self.trailing))
+
+    def _from_view(self, x):
+        return x.unflatten(-1, self.trailing)
+
+    def _view_shape(self, shape):
+        self._check(shape)
+        return tuple(shape[:len(shape) - len(self.trailing)]) + (math.prod(self.trailing),)
+
+    @property
+    def item_ndim(self):  # type: ignore[override]
+        return self.inner.item_ndim + len(self.trailing) - 1
+
+
 MUON_SCALES = ("original", "match_rms_adamw", "spectral")
 
 
@@ -253,5 +297,5 @@ def from_maps(norm: Norm, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-CATALOGUE.update({"transposed": Transposed, "stacked": Stacked, "muon_scaled": MuonScaled})
-_NAMES.update({Transposed: "transposed", Stacked: "stacked", MuonScaled: "muon_scaled"})
+CATALOGUE.update({"transposed": Transposed, "stacked": Stacked, "flattened": Flattened, "muon_scaled": MuonScaled})
+_NAMES.update({Transposed: "transposed", Stacked: "stacked", Flattened: "flattened", MuonScaled: "muon_scaled"})
