@@ -209,3 +209,14 @@ def test_every_classifier_a_timm_model_states_is_its_head(name, kwargs, heads):
     model = timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs)
     roles = {n: g["role"] for g in specopt.param_groups(model) for n, p in g["params"] if p.ndim == 2}
     assert {n.removesuffix(".weight") for n, role in roles.items() if role == "head"} == heads
+
+
+@pytest.mark.parametrize("name", ["levit_128s", "efficientformer_l1", "swin_tiny_patch4_window7_224"])
+def test_relative_position_bias_tables_are_tokens_in_every_family(name):
+    """LeViT's and EfficientFormer's ``attention_biases`` are the same thing as Swin's
+    ``relative_position_bias_table``, a learned bias per head and relative offset: one role (they were a gain in the
+    first two, with a gain's norm and radius, and a token table in Swin)."""
+    model = make(name, img_size=32 if name.startswith("levit") else 224)()
+    tables = {n: g["role"] for g in specopt.param_groups(model) for n, _ in g["params"]
+              if n.endswith(("attention_biases", "relative_position_bias_table"))}
+    assert tables and set(tables.values()) == {"token"}

@@ -290,6 +290,9 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         return experts
     if re.fullmatch("bias_[kv]", local) and not hasattr(module, "bias_u"):  # fairseq-style attention's k/v tokens
         return Layout("token", f"a key/value token appended to the sequence ({local})")
+    if local == "attention_biases":  # timm's LeViT, EfficientFormer, TinyViT: (heads, offsets), indexed by offset
+        return Layout("token", "a relative-position bias table (attention_biases, as Swin's "
+                      "relative_position_bias_table)")
     if _VECTOR_NAMES.search(local):
         return Layout("vector", f"entry-wise ({local})")
     if _TOKEN_NAMES.search(local):
