@@ -99,6 +99,7 @@ SMALL = {  # 4-5 min a run: the candidates the cheap tasks leave, and AdamW's re
     "uscion": [{"lr": 2**-11, "radius": 30.0}],
     "clipped-scion": grid(lr=[2**-7, 2**-6], radius=[30.0], clip_radius=[600.0]),
     "almond": [{"lr": 2**-8, "radius": 30.0}],
+    "gluon-mvr": grid(lr=[4.0, 8.0]),  # tiny's best and the CNN's (16 diverges on both)
 }
 GRIDS: dict[str, dict[str, list[dict]]] = {
     "char-gpt-tiny": CHEAP,
