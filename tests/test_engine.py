@@ -2,6 +2,7 @@
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -392,3 +393,31 @@ def test_channels_last_conv_weights_step_like_contiguous_ones(cls, kwargs):
         runs.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+def test_a_scheduler_that_writes_a_number_over_a_momentum_schedule_is_not_silent():
+    """OneCycleLR and CyclicLR write ``momentum`` into every group: over GluonMVR's "storm" it made STORM's
+    ``a_k = (k+1)^{-2/3}`` a fixed ``1 − β``, silently. One warning per group names the scheduler's switch; a
+    scheduler told ``cycle_momentum=False`` keeps the schedule and says nothing, and so does a loaded state."""
+    model = nn.Linear(4, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(torch.ones(2, 4)).square().mean()
+        loss.backward()
+        return loss
+
+    opt = specopt.GluonMVR(model.parameters())
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    with pytest.warns(UserWarning, match=r"built with momentum='storm', a schedule, .* cycle_momentum=False"):
+        opt.step(closure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(closure)  # once
+        opt = specopt.GluonMVR(model.parameters())
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10, cycle_momentum=False)
+        opt.step(closure)
+        assert opt.param_groups[0]["momentum"] == "storm"
+        twin = specopt.GluonMVR(model.parameters())
+        twin.load_state_dict(opt.state_dict())
+        twin.step(closure)

@@ -80,6 +80,40 @@ def test_create_optimizer_resolves_names_defaults_and_options():
     assert lrs["hidden"] == 0.05 and lrs["embedding"] == lrs["head"] == 1e-3
 
 
+class _ExpertMixer(torch.nn.Module):
+    """An MoE-like layer whose 3-D weight no rule knows: ``x @ w[e]`` for each of 2 experts, (E, d_in, d_out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(2, 8, 4) / 8 ** 0.5)
+        self.out = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(torch.einsum("bi,eio->bo", x, self.w))
+
+
+@pytest.mark.parametrize("name", ["muon", "scion", "gluon", "almond"])
+def test_the_builders_take_the_declaration_param_groups_asks_for(name):
+    """The error for a tensor no rule knows says ``layouts={...}``; the builders passed that keyword to the
+    optimizer's constructor (a TypeError), so its advice could not be followed without leaving them. It reaches
+    param_groups now, as do msign's settings (bf16 msign off for the Scion family, whose constructors take none)."""
+    import specopt
+
+    model = _ExpertMixer()
+    with pytest.raises(ValueError, match=r"Declare it in one line: param_groups\(model, layouts="):
+        integrations.create_optimizer(model, name)
+    opt = integrations.create_optimizer(model, name, layouts={r"^w$": "experts_transposed"},
+                                        msign={"compute_dtype": torch.float32})
+    (group,) = [g for g in opt.param_groups if any(p is model.w for p in g["params"])]
+    assert group["role"] == "expert"
+    assert group["norm"] == specopt.views.Stacked(specopt.views.Transposed(
+        specopt.Spectral(compute_dtype=torch.float32)))
+    with pytest.raises(ValueError, match="adamw steps model.parameters.. as one group and reads no layouts"):
+        integrations.create_optimizer(model, "adamw", layouts={r"^w$": "experts_transposed"})
+    with pytest.raises(ValueError, match="gram=True and msign=.*disagree"):
+        integrations.create_optimizer(model, name, layouts={r"^w$": "experts"}, gram=True, msign={"gram": False})
+
+
 @pytest.mark.parametrize("name, kwargs, message", [
     ("adam", {}, "unknown optimizer 'adam'; valid optimizers: adamw"),
     ("torch-muon", {}, "is two optimizers"),

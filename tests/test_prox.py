@@ -112,6 +112,22 @@ def test_groups_of_param_groups_are_refused_rather_than_replacing_the_preconditi
     assert all(isinstance(g["norm"], Preconditioner) for g in opt.param_groups)
 
 
+def test_a_3d_tensor_is_refused_and_the_builder_gives_p_only_what_it_reads_as_stored():
+    """P(d) reads a tensor as its ``(d_0, d_1·…)`` matrix: a 3-D expert stack became one matrix across its
+    experts (silently) and the builder's ConvTranspose kernel, ``(c_in, d_out, *k)``, a ``c_in × d_out·k`` matrix
+    that is not its map. The first is refused now, the second stepped with the builder's AdamW, as its expert stacks
+    are."""
+    with pytest.raises(ValueError, match=r"is 3-D \(2, 3, 4\): ProxSpectral's P\(d\) reads"):
+        specopt.ProxSpectral([nn.Parameter(torch.randn(2, 3, 4))])
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 4, 8),
+                          nn.Linear(8, 2))
+    opt = specopt.integrations.create_optimizer(model, "prox-spectral")
+    preconditioned = {tuple(p.shape) for g in opt.param_groups if isinstance(g["norm"], Preconditioner)
+                      for p in g["params"]}
+    assert preconditioned == {(4, 3, 3, 3), (8, 24)}
+    assert any(p is model[1].weight for g in opt.param_groups if g["norm"] == "adamw" for p in g["params"])
+
+
 def test_constraint_that_does_not_fit_a_parameter_names_it():
     model = nn.Linear(4, 3)
     with pytest.raises(ValueError, match=r"SpectralBall.*needs a matrix.*but bias has shape"):

@@ -267,6 +267,9 @@ class GeometryOptimizer(Optimizer):
             for piece in self._preset_groups(self._named_as_the_others(dict(param_group))):
                 super().add_param_group(piece)
                 self._checked(self.param_groups[-1])
+                if isinstance(self.param_groups[-1].get("momentum"), str):  # see _check_momentum_schedules
+                    self._momentum_schedules = {**getattr(self, "_momentum_schedules", {}),
+                                                len(self.param_groups) - 1: self.param_groups[-1]["momentum"]}
         except Exception:
             del self.param_groups[before:]  # a refused group leaves the optimizer as it was
             raise
@@ -449,6 +452,20 @@ class GeometryOptimizer(Optimizer):
                     state[key] = _in_saved_dtypes(value, param)
         for param, state in self.state.items():
             _step_count(state, distributed.local(param))
+        self._momentum_schedules = {i: g["momentum"] for i, g in enumerate(self.param_groups)
+                                    if isinstance(g.get("momentum"), str)}
+
+    def _check_momentum_schedules(self) -> None:
+        """Warn, once per group, where a number replaced a momentum schedule the group was built with ("storm",
+        "theory"): torch's OneCycleLR and CyclicLR write ``momentum`` into every group unless told
+        ``cycle_momentum=False``, which turns STORM's ``a_k = (k+1)^{-2/3}`` into a fixed ``1 − β``."""
+        for i, name in getattr(self, "_momentum_schedules", {}).items():
+            if i < len(self.param_groups) and not isinstance(self.param_groups[i].get("momentum"), str):
+                warnings.warn(f"param group {i} was built with momentum={name!r}, a schedule, and now holds "
+                              f"momentum={self.param_groups[i]['momentum']!r}, a fixed β (an LR scheduler that cycles "
+                              "momentum, OneCycleLR or CyclicLR, writes it): the schedule no longer runs. Pass "
+                              "cycle_momentum=False to the scheduler to keep it", stacklevel=3)
+                self._momentum_schedules = {j: v for j, v in self._momentum_schedules.items() if j != i}
 
     def _owner(self) -> dict:
         owner = {"optimizer": type(self).__qualname__, "estimator": self.estimator.name, "rule": self.rule.name,
@@ -490,8 +507,10 @@ class GeometryOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One update. ``closure`` re-evaluates the model and returns the loss (as in torch.optim)."""
-        if self.rule.max_lr is not None and not torch.compiler.is_compiling():
-            self._check_lr_bound()
+        if not torch.compiler.is_compiling():
+            if self.rule.max_lr is not None:
+                self._check_lr_bound()
+            self._check_momentum_schedules()
         if self.estimator.needs_closure and closure is None and not self._creates_state_only():
             raise ValueError(f"estimator={self.estimator.name!r} needs step(closure): it re-evaluates the gradient "
                              "at the previous iterate on the same batch (the closure must be deterministic for a "

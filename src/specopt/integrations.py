@@ -43,13 +43,18 @@ def optimizer_name(name: str) -> str:
 def create_optimizer(model: torch.nn.Module, name: str = "muon", *, lr: float | None = None,
                      weight_decay: float | None = None, momentum: float | str | None = None,
                      radius: float | None = None, clip_radius: float | None = None, adamw_lr: float | None = None,
-                     gram: bool | None = None, scheme: str = "auto", **options) -> torch.optim.Optimizer:
+                     gram: bool | None = None, scheme: str = "auto", layouts: dict | None = None,
+                     num_heads: int | bool | None = None, head=None, split_sizes: dict | None = None,
+                     overrides: dict | None = None, embedding_norm: str | None = None, msign: dict | None = None,
+                     **options) -> torch.optim.Optimizer:
     """One optimizer named ``name`` for ``model``'s trainable parameters.
 
     The hyperparameters left at ``None`` take :data:`specopt.registry.DEFAULTS`, the optimizer classes' defaults
     (swept on two char-GPTs and an MNIST CNN; sweep ``lr`` for a new model). ``radius`` is the hidden-layer radius
     (the other roles keep their ratio to it), ``scheme`` the :func:`specopt.param_groups` scheme ("text", "image" or
-    "auto"). Any other keyword goes to the optimizer's constructor as it is, e.g. ``estimator="storm"``,
+    "auto"); ``layouts``, ``num_heads``, ``head``, ``split_sizes``, ``overrides``, ``embedding_norm`` and ``msign``
+    (e.g. ``{"compute_dtype": torch.float32}``) go to :func:`specopt.param_groups` as they are, e.g. the declaration
+    its error asks for. Any other keyword goes to the optimizer's constructor as it is, e.g. ``estimator="storm"``,
     ``nonfinite="skip"``, Gluon's ``L0``/``L1``.
 
     Raises ValueError for an unknown name or a bad hyperparameter value, and for ``torch-muon``, which is two
@@ -67,7 +72,10 @@ def create_optimizer(model: torch.nn.Module, name: str = "muon", *, lr: float | 
                          "rest) and a trainer takes one; use 'muon', specopt's Muon with its built-in AdamW")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    (optimizer,) = registry.build(key, model, SimpleNamespace(scheme=scheme), hp, **options)
+    given = {"layouts": layouts, "num_heads": num_heads, "head": head, "split_sizes": split_sizes,
+             "overrides": overrides, "embedding_norm": embedding_norm, "msign": msign}
+    groups = {k: v for k, v in given.items() if v is not None}
+    (optimizer,) = registry.build(key, model, SimpleNamespace(scheme=scheme), hp, groups=groups, **options)
     return optimizer
 
 

@@ -17,7 +17,9 @@ import torch
 
 import specopt
 from specopt._checks import check_number, lr_like
+from specopt.norms import Blocked, Spectral, SpectralConv
 from specopt.roles import DEFAULT_RADII, param_groups
+from specopt.views import Flattened, Stacked, Transposed
 
 
 def class_defaults(cls: type, *names: str) -> dict:
@@ -93,24 +95,64 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
     return hp
 
 
-def role_groups(model, task, radius: float | None, gram: bool | None = None):
+GROUP_OPTIONS = ("layouts", "num_heads", "head", "split_sizes", "overrides", "embedding_norm", "msign")
+"""Keywords of :func:`specopt.param_groups` that :func:`build` passes on to it (``groups=``)."""
+
+
+def groups_of(model, task, gram: bool | None = None, groups: dict | None = None, **extra) -> list[dict]:
+    """:func:`specopt.param_groups` of ``model`` for ``task``'s scheme with the caller's ``groups`` keywords
+    (:data:`GROUP_OPTIONS`: a declared layout, per-head blocks, a head, msign settings) and the ``gram`` setting."""
+    groups = dict(groups or {})
+    unknown = set(groups) - set(GROUP_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown param_groups option(s) {sorted(unknown)}; the builders pass on "
+                         f"{', '.join(GROUP_OPTIONS)}")
+    msign = dict(groups.pop("msign", None) or {})
+    if gram is not None:
+        if msign.get("gram", gram) != gram:
+            raise ValueError(f"gram={gram!r} and msign={{'gram': {msign['gram']!r}}} disagree: give it in one place")
+        msign["gram"] = gram
+    return param_groups(model, scheme=task.scheme, msign=msign or None, **groups, **extra)
+
+
+def role_groups(model, task, radius: float | None, gram: bool | None = None, groups: dict | None = None):
     """param_groups with every role radius scaled so that the hidden radius is ``radius``."""
     if radius is not None:  # before scaling: an error names the radius given, not a role's scaled one
         check_number(radius, "radius", low_open=True)
     scale = 1.0 if radius is None else radius / DEFAULT_RADII["hidden"]
     radii = {role: r * scale for role, r in DEFAULT_RADII.items()}
-    return param_groups(model, scheme=task.scheme, radii=radii, msign={"gram": gram})
+    return groups_of(model, task, gram, groups, radii=radii)
 
 
-def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[torch.optim.Optimizer]:
+def reads_as_stored(norm) -> bool:
+    """Whether ``norm`` (a spectral geometry of :func:`specopt.param_groups`) is one of the stored ``(d_0, d_1·…)``
+    matrix or its transpose, which ProxSpectral's ``P(d)`` reads (a spectral function: ``P(Gᵀ) = P(G)ᵀ``): a Linear
+    or Conv1D weight, a conv kernel, an einsum's heads, a fused projection (taken whole); not an expert stack, nor
+    a ConvTranspose kernel (``(c_in, d_out, *k)``: its matrix is ``d_out × c_in·k``)."""
+    transposed = False
+    while isinstance(norm, (Flattened, Blocked, Transposed, Stacked)):
+        if isinstance(norm, Stacked):
+            return False
+        transposed |= isinstance(norm, Transposed)
+        norm = norm.inner
+    return type(norm) is Spectral or (type(norm) is SpectralConv and not transposed)
+
+
+def build(name: str, model: torch.nn.Module, task, hp: dict, groups: dict | None = None,
+          **options) -> list[torch.optim.Optimizer]:
     """The optimizer(s) for ``model`` on ``task`` with resolved hyperparameters ``hp``.
 
-    ``options`` go to the optimizer's constructor as they are (e.g. ``estimator="storm"``, ``nonfinite="skip"``,
-    Gluon's ``L0``/``L1``); ``torch-muon`` (two optimizers) takes none. ``hp["weight_decay"]`` reaches every
+    ``groups``: keywords of :func:`specopt.param_groups` (:data:`GROUP_OPTIONS`), for every optimizer that reads
+    the model's roles (AdamW and SGD do not: a ``ValueError``). ``options`` go to the optimizer's constructor as they
+    are (e.g. ``estimator="storm"``, ``nonfinite="skip"``, Gluon's ``L0``/``L1``); ``torch-muon`` (two optimizers)
+    takes none. ``hp["weight_decay"]`` reaches every
     optimizer that has one; Scion (SCG, whose step already shrinks W by γ) has none and refuses a non-zero one.
     """
     lr = hp["lr"]
     wd = hp.get("weight_decay") or 0.0
+    if groups and name in ("adamw", "sgd"):
+        raise ValueError(f"{name} steps model.parameters() as one group and reads no layouts or roles; drop "
+                         f"{', '.join(sorted(groups))}")
     if name == "adamw":
         return [torch.optim.AdamW(model.parameters(), **{"lr": lr, "weight_decay": wd, "betas": (0.9, 0.95),
                                                          **options})]
@@ -121,9 +163,9 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
     if name == "torch-muon":
         if options:
             raise ValueError(f"torch-muon builds two torch optimizers and takes no options, got {sorted(options)}")
-        groups = param_groups(model, scheme=task.scheme)
-        hidden = [p for g in groups if g["role"] in ("hidden",) for _, p in g["params"]]
-        rest = [p for g in groups if g["role"] not in ("hidden",) for _, p in g["params"]]
+        assigned = groups_of(model, task, groups=groups)
+        hidden = [p for g in assigned if g["role"] in ("hidden",) for _, p in g["params"]]
+        rest = [p for g in assigned if g["role"] not in ("hidden",) for _, p in g["params"]]
         if not hidden:  # torch's Muon would say "optimizer got an empty parameter list"
             raise ValueError(f"torch-muon: the model of task {task.name!r} has no hidden matrix for torch.optim.Muon "
                              "(every tensor's role is AdamW's: param_groups(model, print_table=True) lists them); "
@@ -135,19 +177,19 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, **options) -> list[
     if name in ("muon", "normuon", "adamuon", "drop-muon", "adago", "muonbp"):
         cls = {"muon": specopt.Muon, "normuon": specopt.NorMuon, "adamuon": specopt.AdaMuon,
                "drop-muon": specopt.DropMuon, "adago": specopt.AdaGO, "muonbp": specopt.MuonBP}[name]
-        groups = param_groups(model, scheme=task.scheme, msign={"gram": hp.get("gram")})
+        assigned = groups_of(model, task, hp.get("gram"), groups)
         depth = {"order": model} if name == "drop-muon" else {}  # Drop-Muon's cutoff runs over the model's depth
-        return [cls(groups, **depth, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
+        return [cls(assigned, **depth, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **momentum, **options})]
-    if name == "prox-spectral":  # hidden matrices and conv kernels: P(d) by Polar Express; the rest: AdamW
-        groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") else
+    if name == "prox-spectral":  # P(d) by Polar Express on the matrices it reads as stored; the rest: AdamW
+        groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") and reads_as_stored(g["norm"]) else
                   {"params": g["params"], "norm": "adamw", "lr": lr_like(hp["adamw_lr"], lr), "betas": (0.9, 0.95)}
-                  for g in param_groups(model, scheme=task.scheme)]
+                  for g in groups_of(model, task, groups=groups)]
         return [specopt.ProxSpectral(groups, **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,
                                                 **options})]
     if name == "dog" and hp.get("radius") is not None:
         raise ValueError(f"dog has no radius (its steps are invariant to the radii), got {hp['radius']!r}")
-    groups = role_groups(model, task, hp.get("radius"), hp.get("gram"))
+    groups = role_groups(model, task, hp.get("radius"), hp.get("gram"), groups)
     common = {"lr": lr, "momentum": hp["momentum"]}
     if name == "scion":
         if wd:

@@ -146,7 +146,7 @@ def _on_layout(norm, layout: Layout, name: str, pattern: str):
     if not isinstance(norm, Norm):
         return norm
     on_layout = layout.norm(norm)
-    if on_layout is not norm and isinstance(norm, (Transposed, Stacked, Blocked)):
+    if on_layout is not norm and isinstance(norm, (Transposed, Stacked, Flattened, Blocked)):
         raise ValueError(f"overrides[{pattern!r}] gives {name} the norm {norm!r}, which holds a view of its own; "
                          f"param_groups puts an override's norm on the tensor's layout itself ({on_layout!r} here), "
                          "as it does the automatic one: give the norm of one (d_out, d_in) matrix (split_sizes= and "
