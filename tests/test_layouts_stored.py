@@ -174,7 +174,8 @@ def test_broadcast_shaped_tensors_are_tokens_or_entry_wise():
                 alpha=(1, 8, 1), grn=(1, 1, 1, 8), latents=(16, 8), level_embed=(4, 8), pos_bias_u=(2, 4),
                 attention_biases=(2, 9), cls_token_0=(1, 1, 8), cls_token1=(1, 1, 8))
     got = layouts(model, head=False)
-    tokens = {"probe", "group_token", "queries", "height_rel", "latents", "level_embed", "cls_token_0", "cls_token1"}
+    tokens = {"probe", "group_token", "queries", "height_rel", "latents", "level_embed", "cls_token_0", "cls_token1",
+              "attention_biases"}  # timm's relative-position bias table (LeViT), as Swin's
     assert {n for n, layout in got.items() if layout.role == "token"} == tokens
     assert all(layout.role == "vector" for n, layout in got.items() if n not in tokens)
 

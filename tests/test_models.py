@@ -779,3 +779,64 @@ def test_peft_adapters_kept_in_parameter_dicts_get_their_geometry_without_a_warn
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert_roles(model, expected)
+
+
+def _stacked_matrices_model():
+    """Three transformers modules whose 3-D tensors are stacks of matrices (they were refused): Inkling's shared
+    experts (F.linear's (d_out, d_in) each), RecurrentGemma's per-head gate blocks (x_h @ W[h]) and CSM's per-codebook
+    output layers (x @ W[c], stored hidden × vocab)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.csm.modeling_csm import CsmCodebooksHead
+    from transformers.models.inkling.modeling_inkling import InklingSharedExperts
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRglru
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.shared = InklingSharedExperts(transformers.InklingTextConfig(hidden_size=16, moe_intermediate_size=24,
+                                                                       n_shared_experts=2))
+    model.lru = RecurrentGemmaRglru(transformers.RecurrentGemmaConfig(lru_width=16, num_attention_heads=2))
+    model.codebooks = CsmCodebooksHead(hidden_size=8, num_codebooks=3, vocab_size=20)
+    for p in model.parameters():
+        nn.init.normal_(p)
+    return model
+
+
+def test_stacks_of_matrices_step_each_matrix_in_its_own_orientation():
+    model = _stacked_matrices_model()
+    groups = specopt.param_groups(model, msign={"method": "svd"})
+    role = {name: g["role"] for g in groups for name, _ in g["params"]}
+    assert role["codebooks.weight"] == "head" and role["shared.gate_proj"] == "expert"
+    assert role["lru.input_gate_weight"] == "hidden"
+    opt = specopt.UScion(groups, lr=GAMMA, momentum=0.0)
+    radius = {name: g["radius"] for g in groups for name, _ in g["params"]}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    step = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    for name, d_out, d_in, matrices in (
+            ("shared.gate_proj", 24, 16, step["shared.gate_proj"]),  # each expert (d_out, d_in)
+            ("shared.down_proj", 16, 24, step["shared.down_proj"]),
+            ("lru.input_gate_weight", 8, 8, step["lru.input_gate_weight"].transpose(1, 2)),  # each head's block
+            ("codebooks.weight", 20, 8, step["codebooks.weight"].transpose(1, 2))):  # each codebook's vocab × hidden
+        for m in matrices:
+            sigma = torch.linalg.svdvals(m.double()) * math.sqrt(d_in / d_out) / (GAMMA * radius[name])
+            torch.testing.assert_close(sigma, torch.ones_like(sigma), rtol=1e-4, atol=0)
+
+
+def test_tvp_prompt_pixels_are_tokens_and_inklings_distance_bank_is_read_as_stored():
+    """TVP's frame-padding prompts ``(1, frames, 3, h, w)`` are learned pixels (they were refused, 5-D), and
+    Inkling's ``proj`` (``states @ proj``, stored d_rel × distances) is a transposed matrix (it was read as F.linear's,
+    with a warning)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.inkling.modeling_inkling import InklingRelativeLogits
+    from transformers.models.tvp.modeling_tvp import TvpFramePadPrompter
+
+    model = nn.Module()
+    model.prompter = TvpFramePadPrompter(transformers.TvpConfig(visual_prompt_size=2, max_img_size=8, num_frames=3))
+    model.rel = InklingRelativeLogits(d_rel=4, rel_extent=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layouts = {name: layout for name, (layout, _) in specopt.layouts.classify(model)[0].items()}
+    assert {layouts[n].role for n in layouts if n.startswith("prompter.")} == {"token"}
+    assert layouts["rel.proj"].role == "hidden" and layouts["rel.proj"].transposed

@@ -12,6 +12,7 @@ from the module type, never from the shape alone:
 | transformers MoE experts (``gate_up_proj``, ``down_proj``) | ``(E, d_out, d_in)`` | E matrices | expert |
 | XLNet's ``q/k/v/r``, Funnel's ``r_kernel`` (einsum) | ``(d_model, H, d_head)`` | linear (H·d_head, d_model) | hidden |
 | XLNet's ``o`` (einsum out of the heads) | ``(d_model, H, d_head)`` | linear (d_model, H·d_head) | hidden |
+| stacks by module class (Inkling, RecurrentGemma, CSM's heads) | ``(E, ·, ·)`` | E matrices | its own |
 | ``nn.Embedding`` | ``(vocab, d)`` | table | embedding |
 | ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
@@ -100,7 +101,8 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
                    ("EfficientAdditiveAttention$", ("w_g",)): (True, "query @ w_g, stored d_in × 1"),
                    ("AMSoftmaxLoss$", ("weight",)): (True, "torch.mm(x, W), stored d_in × labels"),
                    ("^XCLIPModel$", ("prompts_visual_projection",)): (True, "x @ W, stored d_in × d_out"),
-                   ("^Inkling2\\w*RelativePositionBias$", ("proj",)): (True, "states @ proj, stored d_rel × distances"),
+                   ("^Inkling2\\w*RelativePositionBias$|^InklingRelativeLogits$", ("proj",)):
+                       (True, "states @ proj, stored d_rel × distances"),
                    ("Indexer$", ("index_kpool_compress_gate",)): (False, "F.linear's (d_out, d_in)"),
                    ("^RelativeProjPositionalBias$", ("distance_bank",)): (True, "weights @ bank, stored basis × "
                                                                                 "distances"),
@@ -243,6 +245,17 @@ _EINSUM_HEADS = {"XLNetRelativeAttention": {"q": True, "k": True, "v": True, "r"
 relative-position r) or out of them (XLNet's ``o``)."""
 
 
+_STACKED_MATRICES = {
+    "InklingSharedExperts": {k: ("expert", False, "shared experts, each F.linear's d_out × d_in (bmm with its "
+                                 "transpose)") for k in ("gate_proj", "up_proj", "down_proj")},
+    "RecurrentGemmaRglru": {k: ("hidden", True, "a block-diagonal gate, one d_in × d_out block per head (x_h @ W[h])")
+                            for k in ("input_gate_weight", "recurrent_gate_weight")},
+    "CsmCodebooksHead": {"weight": ("head", True, "one output layer per codebook, hidden × vocab (x @ W[c])")},
+}
+"""3-D tensors that are stacks of independent matrices, by their module's class: ``(role, stored (d_in, d_out),
+what)``. One ball per matrix, as an MoE layer's experts."""
+
+
 def known(module: nn.Module, local: str, p) -> Layout | None:
     """The layout the module type defines for its parameter ``local`` (None: no rule knows it)."""
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -278,6 +291,12 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     if isinstance(module, nn.MultiheadAttention) and local.endswith("proj_weight"):
         blocks = (module.embed_dim,) * 3 if local == "in_proj_weight" else None
         return Layout("hidden", "nn.MultiheadAttention", blocks=blocks)
+    stacked = _STACKED_MATRICES.get(authored_class(module).__name__, {}).get(local)
+    if stacked is not None and p.ndim == 3:
+        role, transposed, what = stacked
+        return Layout(role, f"{authored_class(module).__name__}.{local} ({what})", transposed=transposed, stack=1)
+    if p.ndim >= 3 and authored_class(module).__name__.endswith("Prompter"):  # TVP's frame-padding prompts
+        return Layout("token", f"learned prompt pixels ({authored_class(module).__name__}.{local})")
     into_heads = _EINSUM_HEADS.get(authored_class(module).__name__, {}).get(local)
     if into_heads is not None and p.ndim == 3:
         return _einsum_heads(into_heads, p, f"{authored_class(module).__name__}.{local} (einsum "
