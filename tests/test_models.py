@@ -840,3 +840,20 @@ def test_tvp_prompt_pixels_are_tokens_and_inklings_distance_bank_is_read_as_stor
         layouts = {name: layout for name, (layout, _) in specopt.layouts.classify(model)[0].items()}
     assert {layouts[n].role for n in layouts if n.startswith("prompter.")} == {"token"}
     assert layouts["rel.proj"].role == "hidden" and layouts["rel.proj"].transposed
+
+
+@pytest.mark.parametrize("name", ["muonbp", "prox-spectral", "normuon", "adago"])
+def test_the_family_trains_xlnets_einsum_projections(name):
+    """Members that rebuild a tensor's geometry (MuonBP's scaled row blocks; ProxSpectral's builder, whose P(d)
+    reads the stored matrix; NorMuon's rows of the update) on the Flattened view of XLNet's projections: MuonBP
+    refused it and ProxSpectral's builder handed it a 3-D tensor its class refuses."""
+    model = xlnet()()
+    opt = specopt.integrations.create_optimizer(model, name)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = flipped_lm_loss(model)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.6 * losses[0], losses

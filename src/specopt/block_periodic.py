@@ -38,7 +38,7 @@ from specopt._checks import check_number
 from specopt.norms import Blocked, Norm, _SpectralBase
 from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
-from specopt.views import MUON_SCALES, MuonScaled, Stacked, Transposed
+from specopt.views import MUON_SCALES, Flattened, MuonScaled, Stacked, Transposed
 
 
 def chunk_rows(rows: int, blocks: int) -> tuple[int, ...]:
@@ -74,6 +74,8 @@ def scaled_leaves(norm: Norm, scale: str) -> Norm:
         return Transposed(scaled_leaves(norm.inner, scale))
     if isinstance(norm, Stacked):
         return Stacked(scaled_leaves(norm.inner, scale), norm.dims)
+    if isinstance(norm, Flattened):
+        return Flattened(scaled_leaves(norm.inner, scale), norm.trailing)
     raise ValueError(f"a Muon scale ({scale!r}) needs a spectral norm, got {norm!r}")
 
 

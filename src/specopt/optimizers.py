@@ -243,7 +243,8 @@ class ProxSpectral(GeometryOptimizer):
             raise ValueError(f"ProxSpectral got the {group['role']!r} group of specopt.param_groups, whose norm "
                              f"{group['norm']!r} would replace its preconditioner: pass model.parameters(), or the "
                              "groups without their norms and radii, e.g. [{'params': g['params']} for g in groups]")
-        if not isinstance(group.get("norm"), Norm) and group.get("norm") != "adamw":  # the preconditioner
+        vetted = group.get("role") in ("hidden", "conv")  # the builder's: matrices P(d) reads as stored
+        if not vetted and not isinstance(group.get("norm"), Norm) and group.get("norm") != "adamw":
             members = group["params"]
             for member in [members] if isinstance(members, torch.Tensor) else members:
                 name, p = member if _is_named(member) else ("a ProxSpectral tensor", member)

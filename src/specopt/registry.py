@@ -182,7 +182,8 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, groups: dict | None
         return [cls(assigned, **depth, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **momentum, **options})]
     if name == "prox-spectral":  # P(d) by Polar Express on the matrices it reads as stored; the rest: AdamW
-        groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") and reads_as_stored(g["norm"]) else
+        groups = [{"params": g["params"], "role": g["role"]} if g["role"] in ("hidden", "conv") and
+                  reads_as_stored(g["norm"]) else
                   {"params": g["params"], "norm": "adamw", "lr": lr_like(hp["adamw_lr"], lr), "betas": (0.9, 0.95)}
                   for g in groups_of(model, task, groups=groups)]
         return [specopt.ProxSpectral(groups, **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,
