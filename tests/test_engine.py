@@ -421,3 +421,12 @@ def test_a_scheduler_that_writes_a_number_over_a_momentum_schedule_is_not_silent
         twin = specopt.GluonMVR(model.parameters())
         twin.load_state_dict(opt.state_dict())
         twin.step(closure)
+        # a refused add_param_group records no schedule (a later group at its index warned, falsely)
+        w0, w1, b0 = (nn.Parameter(torch.randn(*s)) for s in ((3, 3), (3, 3), (3,)))
+        muon = specopt.Muon([w0, b0], momentum="theory")
+        with pytest.raises(ValueError, match="twice|more than one"):
+            muon.add_param_group({"params": [w1, b0]})
+        muon.add_param_group({"params": [w1], "momentum": 0.9})
+        for p in (w0, w1, b0):
+            p.grad = torch.ones_like(p)
+        muon.step()

@@ -857,3 +857,19 @@ def test_the_family_trains_xlnets_einsum_projections(name):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_an_entry_wise_override_and_torch_muon_take_xlnets_einsum_projections():
+    """An entry-wise norm put on the Flattened view (it failed naming a view the user never wrote), and torch's Muon,
+    which takes 2-D tensors only: the 3-D projections go to its AdamW (it failed inside torch)."""
+    model = xlnet()()
+    groups = specopt.param_groups(model, overrides={r"rel_attn\.q$": {"norm": "sign"}})
+    norms = [g["norm"] for g in groups for name, _ in g["params"] if name.endswith("rel_attn.q")]
+    assert norms and all(isinstance(norm, specopt.views.Flattened) for norm in norms)
+    hp = specopt.registry.resolve("torch-muon", {})
+    muon, adamw = specopt.registry.build("torch-muon", model, type("Task", (), {"scheme": "text"})(), hp)
+    assert all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
+    assert any(p is model.transformer.layer[0].rel_attn.q for g in adamw.param_groups for p in g["params"])
+    flipped_lm_loss(model).backward()
+    muon.step()
+    adamw.step()

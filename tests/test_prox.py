@@ -112,13 +112,10 @@ def test_groups_of_param_groups_are_refused_rather_than_replacing_the_preconditi
     assert all(isinstance(g["norm"], Preconditioner) for g in opt.param_groups)
 
 
-def test_a_3d_tensor_is_refused_and_the_builder_gives_p_only_what_it_reads_as_stored():
-    """P(d) reads a tensor as its ``(d_0, d_1·…)`` matrix: a 3-D expert stack became one matrix across its
-    experts (silently) and the builder's ConvTranspose kernel, ``(c_in, d_out, *k)``, a ``c_in × d_out·k`` matrix
-    that is not its map. The first is refused now, the second stepped with the builder's AdamW, as its expert stacks
-    are."""
-    with pytest.raises(ValueError, match=r"is 3-D \(2, 3, 4\): ProxSpectral's P\(d\) reads"):
-        specopt.ProxSpectral([nn.Parameter(torch.randn(2, 3, 4))])
+def test_the_builder_gives_p_only_what_it_reads_as_stored():
+    """P(d) reads a tensor as its ``(d_0, d_1·…)`` matrix: the builder's ConvTranspose kernel, ``(c_in, d_out,
+    *k)``, was a ``c_in × d_out·k`` matrix that is not its map; it is stepped with the builder's AdamW now, as its
+    expert stacks are."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 4, 8),
                           nn.Linear(8, 2))
     opt = specopt.integrations.create_optimizer(model, "prox-spectral")

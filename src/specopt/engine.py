@@ -262,7 +262,7 @@ class GeometryOptimizer(Optimizer):
         with)."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
-        before = len(self.param_groups)
+        before, schedules = len(self.param_groups), dict(getattr(self, "_momentum_schedules", {}))
         try:
             for piece in self._preset_groups(self._named_as_the_others(dict(param_group))):
                 super().add_param_group(piece)
@@ -272,6 +272,7 @@ class GeometryOptimizer(Optimizer):
                                                 len(self.param_groups) - 1: self.param_groups[-1]["momentum"]}
         except Exception:
             del self.param_groups[before:]  # a refused group leaves the optimizer as it was
+            self._momentum_schedules = schedules
             raise
 
     def _named_as_the_others(self, group: dict) -> dict:
@@ -464,7 +465,7 @@ class GeometryOptimizer(Optimizer):
                 warnings.warn(f"param group {i} was built with momentum={name!r}, a schedule, and now holds "
                               f"momentum={self.param_groups[i]['momentum']!r}, a fixed β (an LR scheduler that cycles "
                               "momentum, OneCycleLR or CyclicLR, writes it): the schedule no longer runs. Pass "
-                              "cycle_momentum=False to the scheduler to keep it", stacklevel=3)
+                              "cycle_momentum=False to the scheduler to keep it", stacklevel=5)
                 self._momentum_schedules = {j: v for j, v in self._momentum_schedules.items() if j != i}
 
     def _owner(self) -> dict:

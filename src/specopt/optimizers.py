@@ -243,16 +243,6 @@ class ProxSpectral(GeometryOptimizer):
             raise ValueError(f"ProxSpectral got the {group['role']!r} group of specopt.param_groups, whose norm "
                              f"{group['norm']!r} would replace its preconditioner: pass model.parameters(), or the "
                              "groups without their norms and radii, e.g. [{'params': g['params']} for g in groups]")
-        vetted = group.get("role") in ("hidden", "conv")  # the builder's: matrices P(d) reads as stored
-        if not vetted and not isinstance(group.get("norm"), Norm) and group.get("norm") != "adamw":
-            members = group["params"]
-            for member in [members] if isinstance(members, torch.Tensor) else members:
-                name, p = member if _is_named(member) else ("a ProxSpectral tensor", member)
-                if p.ndim == 3:  # P(d) reads (d_0, rest): an expert stack would be one matrix across its experts
-                    raise ValueError(f"{name} is 3-D {tuple(p.shape)}: ProxSpectral's P(d) reads a tensor as the "
-                                     "(d_0, d_1·…) matrix, right for a linear weight or a conv kernel, wrong for an "
-                                     "expert stack or a position table, which look alike; step it with AdamW "
-                                     "(a group with norm='adamw') or train the model with specopt.Muon")
         return [group]
 
 

@@ -164,8 +164,8 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, groups: dict | None
         if options:
             raise ValueError(f"torch-muon builds two torch optimizers and takes no options, got {sorted(options)}")
         assigned = groups_of(model, task, groups=groups)
-        hidden = [p for g in assigned if g["role"] in ("hidden",) for _, p in g["params"]]
-        rest = [p for g in assigned if g["role"] not in ("hidden",) for _, p in g["params"]]
+        hidden = [p for g in assigned if g["role"] == "hidden" for _, p in g["params"] if p.ndim == 2]
+        rest = [p for g in assigned for _, p in g["params"] if g["role"] != "hidden" or p.ndim != 2]  # torch: 2-D
         if not hidden:  # torch's Muon would say "optimizer got an empty parameter list"
             raise ValueError(f"torch-muon: the model of task {task.name!r} has no hidden matrix for torch.optim.Muon "
                              "(every tensor's role is AdamW's: param_groups(model, print_table=True) lists them); "
@@ -182,8 +182,7 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, groups: dict | None
         return [cls(assigned, **depth, **{"lr": lr, "weight_decay": wd, "adamw_lr": hp["adamw_lr"],
                                         "gram": hp.get("gram"), **momentum, **options})]
     if name == "prox-spectral":  # P(d) by Polar Express on the matrices it reads as stored; the rest: AdamW
-        groups = [{"params": g["params"], "role": g["role"]} if g["role"] in ("hidden", "conv") and
-                  reads_as_stored(g["norm"]) else
+        groups = [{"params": g["params"]} if g["role"] in ("hidden", "conv") and reads_as_stored(g["norm"]) else
                   {"params": g["params"], "norm": "adamw", "lr": lr_like(hp["adamw_lr"], lr), "betas": (0.9, 0.95)}
                   for g in groups_of(model, task, groups=groups)]
         return [specopt.ProxSpectral(groups, **{"lr": lr, "momentum": hp["momentum"], "weight_decay": wd,

@@ -1,6 +1,6 @@
 """Norms on a view of the stored tensor: the geometry of layouts other than ``nn.Linear``'s ``(d_out, d_in)``.
 
-A norm of the catalogue reads a matrix as ``(d_out, d_in)``. Two wrappers let it act on tensors stored otherwise,
+A norm of the catalogue reads a matrix as ``(d_out, d_in)``. Three wrappers let it act on tensors stored otherwise,
 so that the geometry follows the map the module computes, not the order of the axes in memory:
 
 * :class:`Transposed` — the tensor is stored ``(d_in, d_out)`` (transformers' ``Conv1D`` in the GPT-2 family,
@@ -180,8 +180,6 @@ class Flattened(_View):
                 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in trailing)):
             raise ValueError(f"Flattened needs the sizes of at least two trailing axes (positive ints), got "
                              f"{trailing!r}")
-        if inner.item_ndim is None:
-            raise ValueError(f"Flattened needs a norm of a fixed item rank inside, got {inner!r}")
         self.trailing = trailing
 
     def _check(self, shape) -> None:
@@ -202,7 +200,7 @@ class Flattened(_View):
 
     @property
     def item_ndim(self):  # type: ignore[override]
-        return self.inner.item_ndim + len(self.trailing) - 1
+        return None if self.inner.item_ndim is None else self.inner.item_ndim + len(self.trailing) - 1
 
 
 MUON_SCALES = ("original", "match_rms_adamw", "spectral")
