@@ -238,6 +238,7 @@ class GeometryOptimizer(Optimizer):
         self._warned_no_gradient = False  # see _warn_no_gradient
         self._probe_unusable = self._zeroed = False  # see _run_closure
         self._skipped_flags: torch.Tensor | None = None  # and by the compiled one: a 0-d count on the device
+        self._momentum_schedules: dict[int, str] = {}  # group index → the schedule it was built with
         super().__init__(params, defaults)
 
     @property
@@ -262,14 +263,13 @@ class GeometryOptimizer(Optimizer):
         with)."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
-        before, schedules = len(self.param_groups), dict(getattr(self, "_momentum_schedules", {}))
+        before, schedules = len(self.param_groups), dict(self._momentum_schedules)
         try:
             for piece in self._preset_groups(self._named_as_the_others(dict(param_group))):
                 super().add_param_group(piece)
                 self._checked(self.param_groups[-1])
                 if isinstance(self.param_groups[-1].get("momentum"), str):  # see _check_momentum_schedules
-                    self._momentum_schedules = {**getattr(self, "_momentum_schedules", {}),
-                                                len(self.param_groups) - 1: self.param_groups[-1]["momentum"]}
+                    self._momentum_schedules[len(self.param_groups) - 1] = self.param_groups[-1]["momentum"]
         except Exception:
             del self.param_groups[before:]  # a refused group leaves the optimizer as it was
             self._momentum_schedules = schedules
@@ -460,13 +460,13 @@ class GeometryOptimizer(Optimizer):
         """Warn, once per group, where a number replaced a momentum schedule the group was built with ("storm",
         "theory"): torch's OneCycleLR and CyclicLR write ``momentum`` into every group unless told
         ``cycle_momentum=False``, which turns STORM's ``a_k = (k+1)^{-2/3}`` into a fixed ``1 − β``."""
-        for i, name in getattr(self, "_momentum_schedules", {}).items():
+        for i, name in list(self._momentum_schedules.items()):
             if i < len(self.param_groups) and not isinstance(self.param_groups[i].get("momentum"), str):
                 warnings.warn(f"param group {i} was built with momentum={name!r}, a schedule, and now holds "
                               f"momentum={self.param_groups[i]['momentum']!r}, a fixed β (an LR scheduler that cycles "
                               "momentum, OneCycleLR or CyclicLR, writes it): the schedule no longer runs. Pass "
                               "cycle_momentum=False to the scheduler to keep it", stacklevel=5)
-                self._momentum_schedules = {j: v for j, v in self._momentum_schedules.items() if j != i}
+                del self._momentum_schedules[i]
 
     def _owner(self) -> dict:
         owner = {"optimizer": type(self).__qualname__, "estimator": self.estimator.name, "rule": self.rule.name,
