@@ -10,6 +10,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -112,6 +113,22 @@ def test_the_builders_take_the_declaration_param_groups_asks_for(name):
         integrations.create_optimizer(model, "adamw", layouts={r"^w$": "experts_transposed"})
     with pytest.raises(ValueError, match="gram=True and msign=.*disagree"):
         integrations.create_optimizer(model, name, layouts={r"^w$": "experts"}, gram=True, msign={"gram": False})
+
+
+@pytest.mark.parametrize("name", ["torch-muon", "prox-spectral"])
+def test_builders_of_whole_matrix_steps_take_roles_and_refuse_what_they_would_ignore(name):
+    """torch's Muon and ProxSpectral's P(d) take each whole matrix with their own norm: a declared layout or head
+    decides which tensors they get; per-head blocks, overrides and msign settings were accepted and dropped."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    task, hp = SimpleNamespace(name="t", scheme="image"), registry.resolve(name)
+    opt = registry.build(name, model, task, hp, groups={"head": False})[0]  # the last layer is hidden, not a head
+    assert {id(p) for g in opt.param_groups if g.get("norm") != "adamw" for p in g["params"]} == {
+        id(model[0].weight), id(model[2].weight)}
+    for option in ({"num_heads": 2}, {"split_sizes": {"0": (4, 4)}}, {"msign": {"gram": True}},
+                   {"overrides": {"0": {"lr": 0.1}}}, {"embedding_norm": "col_norm"}):
+        with pytest.raises(ValueError, match=f"{name} reads only the roles of param_groups .*so {next(iter(option))} "
+                                             "would be ignored"):
+            registry.build(name, model, task, hp, groups={"head": False, **option})
 
 
 @pytest.mark.parametrize("name, kwargs, message", [

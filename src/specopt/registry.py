@@ -97,6 +97,9 @@ def resolve(name: str, overrides: dict | None = None) -> dict:
 
 GROUP_OPTIONS = ("layouts", "num_heads", "head", "split_sizes", "overrides", "embedding_norm", "msign")
 """Keywords of :func:`specopt.param_groups` that :func:`build` passes on to it (``groups=``)."""
+ROLE_OPTIONS = ("layouts", "head")
+"""The :data:`GROUP_OPTIONS` that decide only roles: all that ``torch-muon`` and ``prox-spectral`` read (torch's Muon
+and ``P(d)`` take each whole matrix with their own norm)."""
 
 
 def groups_of(model, task, gram: bool | None = None, groups: dict | None = None, **extra) -> list[dict]:
@@ -153,6 +156,11 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, groups: dict | None
     if groups and name in ("adamw", "sgd"):
         raise ValueError(f"{name} steps model.parameters() as one group and reads no layouts or roles; drop "
                          f"{', '.join(sorted(groups))}")
+    unread = sorted(set(groups or {}) - set(ROLE_OPTIONS)) if name in ("torch-muon", "prox-spectral") else []
+    if unread:  # their steps act on whole stored matrices: per-head blocks, norms, msign settings would be dropped
+        raise ValueError(f"{name} reads only the roles of param_groups ({', '.join(ROLE_OPTIONS)}): its step acts "
+                         f"on each whole matrix with its own norm, so {', '.join(unread)} would be ignored; drop "
+                         f"{'it' if len(unread) == 1 else 'them'}")
     if name == "adamw":
         return [torch.optim.AdamW(model.parameters(), **{"lr": lr, "weight_decay": wd, "betas": (0.9, 0.95),
                                                          **options})]
