@@ -463,9 +463,10 @@ class GeometryOptimizer(Optimizer):
         for i, name in list(self._momentum_schedules.items()):
             if i < len(self.param_groups) and not isinstance(self.param_groups[i].get("momentum"), str):
                 warnings.warn(f"param group {i} was built with momentum={name!r}, a schedule, and now holds "
-                              f"momentum={self.param_groups[i]['momentum']!r}, a fixed β (an LR scheduler that cycles "
-                              "momentum, OneCycleLR or CyclicLR, writes it): the schedule no longer runs. Pass "
-                              "cycle_momentum=False to the scheduler to keep it", stacklevel=5)
+                              f"momentum={self.param_groups[i]['momentum']!r}, a fixed β: the schedule no longer "
+                              "runs. If an LR scheduler wrote it (OneCycleLR and CyclicLR cycle momentum), pass it "
+                              "cycle_momentum=False to keep the schedule; a β set on purpose needs nothing",
+                              stacklevel=5)
                 del self._momentum_schedules[i]
 
     def _owner(self) -> dict:
