@@ -165,6 +165,31 @@ def test_view_norms_round_trip_through_their_config():
         assert norm_from_config(norm.config()) == norm
 
 
+def test_every_wrapper_rebuilds_around_a_new_leaf_with_its_settings():
+    """Walkers (Muon's block scales, MuonBP's scaled leaves, describe's labels, ProxSpectral's routing) rebuild a
+    layout through ``with_inner``: every view of the package keeps its settings, and every view that only
+    rearranges the stored tensor is in ``LAYOUT_VIEWS``, so a new one cannot be missed by the walkers."""
+    leaf = Spectral(method="svd")
+    for wrapper in (Transposed(Spectral()), Stacked(Spectral(), dims=2), Flattened(Spectral(), (3, 4)),
+                    Blocked(Spectral(), (2, 3), interleaved=False), Blocked(Spectral(), 2, interleaved=True),
+                    MuonScaled(Spectral(), "spectral")):
+        rebuilt = wrapper.with_inner(leaf)
+        assert type(rebuilt) is type(wrapper) and rebuilt.inner is leaf and wrapper.inner == Spectral()
+        assert {k: v for k, v in vars(rebuilt).items() if k != "inner"} == {
+            k: v for k, v in vars(wrapper).items() if k != "inner"}
+    with pytest.raises(ValueError, match="MuonScaled needs a spectral norm inside"):
+        MuonScaled(Spectral(), "original").with_inner(specopt.Sign())
+    views = {cls for cls in vars(specopt.views).values() if isinstance(cls, type)
+             and issubclass(cls, specopt.views._View) and cls is not specopt.views._View}
+    assert views - set(specopt.views.LAYOUT_VIEWS) == {MuonScaled}
+    norm = Stacked(Flattened(Transposed(Blocked(Spectral(), 2)), (3, 4)))
+    assert specopt.optimizers._scale_blocks(norm, "spectral") == Stacked(Flattened(Transposed(
+        Blocked(MuonScaled(Spectral(), "spectral"), 2)), (3, 4)))
+    assert specopt.block_periodic.scaled_leaves(norm, "original") == Stacked(Flattened(Transposed(
+        Blocked(MuonScaled(Spectral(), "original"), 2)), (3, 4)))
+    assert specopt.roles.norm_label(norm) == "Stacked(Flattened(Transposed(Blocked(Spectral))))"
+
+
 def test_flattened_is_the_inner_norm_of_the_matrix_the_trailing_axes_make():
     """``Flattened(inner, (H, d))`` on ``(a, H, d)`` is ``inner`` on ``(a, H·d)``: lmo, dual, norm, a batch of items,
     the ball's init, projection and the config, with a stack (E experts of einsum heads) outside."""

@@ -38,7 +38,7 @@ from specopt._checks import check_number
 from specopt.norms import Blocked, Norm, _SpectralBase
 from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
-from specopt.views import MUON_SCALES, Flattened, MuonScaled, Stacked, Transposed
+from specopt.views import LAYOUT_VIEWS, MUON_SCALES, MuonScaled, Transposed
 
 
 def chunk_rows(rows: int, blocks: int) -> tuple[int, ...]:
@@ -68,14 +68,8 @@ def scaled_leaves(norm: Norm, scale: str) -> Norm:
     block, whatever its shape, gets the scale of its own shape at radius 1."""
     if isinstance(norm, _SpectralBase):
         return MuonScaled(norm, scale)
-    if isinstance(norm, Blocked):
-        return Blocked(scaled_leaves(norm.inner, scale), norm.split_sizes, norm.interleaved)
-    if isinstance(norm, Transposed):
-        return Transposed(scaled_leaves(norm.inner, scale))
-    if isinstance(norm, Stacked):
-        return Stacked(scaled_leaves(norm.inner, scale), norm.dims)
-    if isinstance(norm, Flattened):
-        return Flattened(scaled_leaves(norm.inner, scale), norm.trailing)
+    if isinstance(norm, (Blocked, *LAYOUT_VIEWS)):
+        return norm.with_inner(scaled_leaves(norm.inner, scale))
     raise ValueError(f"a Muon scale ({scale!r}) needs a spectral norm, got {norm!r}")
 
 

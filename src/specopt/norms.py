@@ -525,6 +525,10 @@ class Blocked(Norm):
     def item_ndim(self) -> int:  # type: ignore[override]
         return self.inner.item_ndim
 
+    def with_inner(self, inner: Norm) -> Blocked:
+        """The same blocks around another norm (a walker rebuilding a layout with a new leaf)."""
+        return Blocked(inner, self.split_sizes, self.interleaved)
+
     def _item_rank(self, x):
         return self.item_ndim
 

@@ -44,7 +44,7 @@ from specopt.norms import Blocked, Norm, Spectral, _SpectralBase
 from specopt.preconditioners import Preconditioner
 from specopt.roles import DEFAULT_RADII
 from specopt.steps import StepRule
-from specopt.views import Flattened, MuonScaled, Stacked, Transposed
+from specopt.views import LAYOUT_VIEWS, MuonScaled
 
 RADIUS = DEFAULT_RADII["hidden"]
 """The presets' default radius: the hidden radius of :func:`specopt.param_groups`."""
@@ -394,25 +394,21 @@ def with_msign(norm, msign_kwargs: dict, role: str):
 
 
 def _unequal_blocks(norm) -> bool:
-    while isinstance(norm, (Stacked, Transposed, Flattened)):
+    while isinstance(norm, LAYOUT_VIEWS):
         norm = norm.inner
     return isinstance(norm, Blocked) and not isinstance(norm.split_sizes, int) and len(set(norm.split_sizes)) > 1
 
 
 def _scale_blocks(norm, scale: str):
     """The same layout with Muon's ``scale`` inside every block: ``Blocked(MuonScaled(inner, scale), sizes)``."""
-    if isinstance(norm, Stacked):
-        return Stacked(_scale_blocks(norm.inner, scale), norm.dims)
-    if isinstance(norm, Transposed):
-        return Transposed(_scale_blocks(norm.inner, scale))
-    if isinstance(norm, Flattened):
-        return Flattened(_scale_blocks(norm.inner, scale), norm.trailing)
+    if isinstance(norm, LAYOUT_VIEWS):
+        return norm.with_inner(_scale_blocks(norm.inner, scale))
     return Blocked(MuonScaled(norm.inner, scale), norm.split_sizes, norm.interleaved)
 
 
 def _spectral(norm) -> bool:
     """A spectral geometry on some layout (a view, blocks): the norms Muon's msign settings reach."""
-    while isinstance(norm, (Blocked, Stacked, Transposed, Flattened)):
+    while isinstance(norm, (Blocked, *LAYOUT_VIEWS)):
         norm = norm.inner
     return isinstance(norm, _SpectralBase)
 

@@ -19,7 +19,7 @@ import specopt
 from specopt._checks import check_number, lr_like
 from specopt.norms import Blocked, Spectral, SpectralConv
 from specopt.roles import DEFAULT_RADII, param_groups
-from specopt.views import Flattened, Stacked, Transposed
+from specopt.views import LAYOUT_VIEWS, Stacked, Transposed
 
 
 def class_defaults(cls: type, *names: str) -> dict:
@@ -133,7 +133,7 @@ def reads_as_stored(norm) -> bool:
     or Conv1D weight, a conv kernel, an einsum's heads, a fused projection (taken whole); not an expert stack, nor
     a ConvTranspose kernel (``(c_in, d_out, *k)``: its matrix is ``d_out × c_in·k``)."""
     transposed = False
-    while isinstance(norm, (Flattened, Blocked, Transposed, Stacked)):
+    while isinstance(norm, (Blocked, *LAYOUT_VIEWS)):
         if isinstance(norm, Stacked):
             return False
         transposed |= isinstance(norm, Transposed)

@@ -32,7 +32,7 @@ from torch import nn
 from specopt._checks import subclasses
 from specopt.layouts import Layout, classify
 from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv, get_norm
-from specopt.views import Flattened, Stacked, Transposed
+from specopt.views import LAYOUT_VIEWS, Flattened, Stacked, Transposed
 
 ROLES = ("embedding", "token", "hidden", "expert", "conv", "head", "vector")
 SCHEMES = ("auto", "text", "image")
@@ -146,7 +146,7 @@ def _on_layout(norm, layout: Layout, name: str, pattern: str):
     if not isinstance(norm, Norm):
         return norm
     on_layout = layout.norm(norm)
-    if on_layout is not norm and isinstance(norm, (Transposed, Stacked, Flattened, Blocked)):
+    if on_layout is not norm and isinstance(norm, (Blocked, *LAYOUT_VIEWS)):
         raise ValueError(f"overrides[{pattern!r}] gives {name} the norm {norm!r}, which holds a view of its own; "
                          f"param_groups puts an override's norm on the tensor's layout itself ({on_layout!r} here), "
                          "as it does the automatic one: give the norm of one (d_out, d_in) matrix (split_sizes= and "
@@ -235,9 +235,7 @@ def norm_label(norm) -> str:
     """A short label: the norm's class and its non-default settings, wrappers outside in."""
     if not isinstance(norm, Norm):
         return str(norm)
-    if isinstance(norm, Blocked):
-        return f"Blocked({norm_label(norm.inner)})"
-    if isinstance(norm, (Stacked, Transposed, Flattened)):
+    if isinstance(norm, (Blocked, *LAYOUT_VIEWS)):
         return f"{type(norm).__name__}({norm_label(norm.inner)})"
     extra = {k: v for k, v in vars(norm).items() if _MSIGN_DEFAULTS.get(k, object()) != v and v is not False}
     return type(norm).__name__ + (f"({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")

@@ -18,6 +18,7 @@ the geometry of a fused gate/up expert stack stored ``(E, d_in, 2·d_ffn)``.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -34,6 +35,12 @@ class _View(Norm):
         if not isinstance(inner, Norm):
             raise ValueError(f"{type(self).__name__} needs a specopt Norm inside, got {inner!r}")
         self.inner = inner
+
+    def with_inner(self, inner: Norm) -> _View:
+        """The same view (its settings) around another norm: how a walker rebuilds a layout with a new leaf."""
+        view = copy.copy(self)
+        _View.__init__(view, inner)
+        return view
 
     def _to_view(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -203,6 +210,12 @@ class Flattened(_View):
         return None if self.inner.item_ndim is None else self.inner.item_ndim + len(self.trailing) - 1
 
 
+LAYOUT_VIEWS = (Transposed, Stacked, Flattened)
+"""The views that only rearrange the stored tensor (not :class:`MuonScaled`, which rescales): under them is the
+geometry of the module's maps. Walkers that look for it strip these (and :class:`~specopt.norms.Blocked`, the
+blocks of a map) and rebuild through them with ``with_inner``."""
+
+
 MUON_SCALES = ("original", "match_rms_adamw", "spectral")
 
 
@@ -227,6 +240,9 @@ class MuonScaled(_View):
             raise ValueError(f"MuonScaled needs a spectral norm inside, got {inner!r}")
         muon_scale(scale, 1, 1)
         self.scale = scale
+
+    def with_inner(self, inner: Norm) -> MuonScaled:
+        return MuonScaled(inner, self.scale)
 
     def _to_view(self, x):
         return x
