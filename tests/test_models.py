@@ -6,6 +6,7 @@ import copy
 import math
 import re
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -227,6 +228,15 @@ def funnel():  # d_head·n_head = 16 ≠ d_model = 32: the positional r_kernel i
               vocab_size=VOCAB, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 
 
+def reformer():  # axial positions: (4, 1, 16) and (1, 4, 16) tables in a ParameterList, broadcast into 16 positions
+    return hf("ReformerConfig", "ReformerModelWithLMHead", hidden_size=32, num_attention_heads=2,
+              attention_head_size=16, axial_pos_embds=True, axial_pos_embds_dim=(16, 16), axial_pos_shape=(4, 4),
+              max_position_embeddings=SEQ, feed_forward_size=64, attn_layers=["local", "lsh"],
+              local_attn_chunk_length=8, lsh_attn_chunk_length=8, num_buckets=2, num_hashes=1, hash_seed=0,
+              is_decoder=True, vocab_size=VOCAB, hidden_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0,
+              lsh_attention_probs_dropout_prob=0.0, **TEXT_IDS)
+
+
 NORM = r"(ln_\d|ln_f|norm|layernorm\w*)\.(weight|bias)$"
 CASES = {
     "gpt2": (gpt2, lm_loss, {r"wte\.weight$": "embedding", r"wpe\.weight$": "embedding", NORM: "vector",
@@ -282,6 +292,10 @@ CASES = {
                                  r"layer_norm\.(weight|bias)$|bias$": "vector",
                                  r"(r_kernel|[qkv]_head\.weight|post_proj\.weight|linear_\d\.weight|dense\.weight)$":
                                      "hidden"}, {}),
+    "reformer": (reformer, lm_loss, {r"word_embeddings": "embedding", r"position_embeddings\.weights\.\d$": "token",
+                                     r"layer_norm\.(weight|bias)$|bias$": "vector",
+                                     r"lm_head\.decoder\.weight$": "head",
+                                     r"(query|key|value|query_key|dense)\.weight$": "hidden"}, {}),
 }
 
 
@@ -782,18 +796,22 @@ def test_peft_adapters_kept_in_parameter_dicts_get_their_geometry_without_a_warn
 
 
 def _stacked_matrices_model():
-    """Three transformers modules whose 3-D tensors are stacks of matrices (they were refused): Inkling's shared
-    experts (F.linear's (d_out, d_in) each), RecurrentGemma's per-head gate blocks (x_h @ W[h]) and CSM's per-codebook
-    output layers (x @ W[c], stored hidden × vocab)."""
+    """Four transformers modules whose 3-D tensors are stacks of matrices (they were refused): Inkling's shared
+    experts (F.linear's (d_out, d_in) each), Step-3.7's experts (F.linear's, the gate and up halves fused; it states
+    the FFN width as ``intermediate_dim`` and the model width as ``hidden_dim``), RecurrentGemma's per-head gate blocks
+    (x_h @ W[h]) and CSM's per-codebook output layers (x @ W[c], stored hidden × vocab)."""
     transformers = pytest.importorskip("transformers")
     from transformers.models.csm.modeling_csm import CsmCodebooksHead
     from transformers.models.inkling.modeling_inkling import InklingSharedExperts
     from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRglru
+    from transformers.models.step3p7.modeling_step3p7 import Step3p7Experts
 
     torch.manual_seed(0)
     model = nn.Module()
     model.shared = InklingSharedExperts(transformers.InklingTextConfig(hidden_size=16, moe_intermediate_size=24,
                                                                        n_shared_experts=2))
+    model.experts = Step3p7Experts(SimpleNamespace(num_local_experts=3, hidden_size=16, moe_intermediate_size=24,
+                                                   hidden_act="silu"))
     model.lru = RecurrentGemmaRglru(transformers.RecurrentGemmaConfig(lru_width=16, num_attention_heads=2))
     model.codebooks = CsmCodebooksHead(hidden_size=8, num_codebooks=3, vocab_size=20)
     for p in model.parameters():
@@ -806,7 +824,7 @@ def test_stacks_of_matrices_step_each_matrix_in_its_own_orientation():
     groups = specopt.param_groups(model, msign={"method": "svd"})
     role = {name: g["role"] for g in groups for name, _ in g["params"]}
     assert role["codebooks.weight"] == "head" and role["shared.gate_proj"] == "expert"
-    assert role["lru.input_gate_weight"] == "hidden"
+    assert role["lru.input_gate_weight"] == "hidden" and role["experts.gate_up_proj"] == "expert"
     opt = specopt.UScion(groups, lr=GAMMA, momentum=0.0)
     radius = {name: g["radius"] for g in groups for name, _ in g["params"]}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -817,6 +835,8 @@ def test_stacks_of_matrices_step_each_matrix_in_its_own_orientation():
     for name, d_out, d_in, matrices in (
             ("shared.gate_proj", 24, 16, step["shared.gate_proj"]),  # each expert (d_out, d_in)
             ("shared.down_proj", 16, 24, step["shared.down_proj"]),
+            ("experts.gate_up_proj", 24, 16, step["experts.gate_up_proj"].reshape(6, 24, 16)),  # each gate, each up
+            ("experts.down_proj", 16, 24, step["experts.down_proj"]),
             ("lru.input_gate_weight", 8, 8, step["lru.input_gate_weight"].transpose(1, 2)),  # each head's block
             ("codebooks.weight", 20, 8, step["codebooks.weight"].transpose(1, 2))):  # each codebook's vocab × hidden
         for m in matrices:

@@ -16,14 +16,15 @@ from the module type, never from the shape alone:
 | ``nn.Embedding`` | ``(vocab, d)`` | table | embedding |
 | ``nn.LSTM/GRU/RNN`` | ``weight_ih/hh (gates·h, d_in)`` | linear, one row block per gate | hidden |
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
-| tokens, positions, tables, latents, queries (by name, 1-D too: ``class_embedding``) | ``(…, d)`` | entries | token |
+| tokens, positions, tables, latents, queries (by name, 1-D too; lists by their holder) | ``(…, d)`` | entries | token |
 | norms, biases, 1-D; ≥3-D with at most one axis > 1; per-head biases, scales, gains, ``A_log`` | | entries | vector |
 | a 2-D module ``weight`` no rule knows (e.g. an MoE router) | ``(d_out, d_in)`` (``F.linear``'s) | linear | hidden |
 | any other 2-D parameter | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
 
 An expert stack's orientation comes from its module: transformers' ``is_transposed`` (``use_experts_implementation``),
-or, in a module that states its expert count, its ``input_size``/``output_size`` or its hidden size (the d_in of a
-gate/up projection, the d_out of a down projection). Fused projections are split into the blocks they hold: GPT-2's
+or, in a module that states its expert count, its ``input_size``/``output_size``, its FFN width (the d_out of a
+gate/up projection, the d_in of a down projection) or its hidden size (the d_in of a gate/up projection, the d_out of a
+down projection). Fused projections are split into the blocks they hold: GPT-2's
 ``c_attn`` (q, k, v columns of the stored tensor), timm's ``qkv``, ``nn.MultiheadAttention.in_proj_weight``, Phi-3's
 ``qkv_proj`` (unequal under grouped-query attention: ``H·d_h, KV·d_h, KV·d_h`` read off the attention module),
 fused ``gate_up_proj`` (dense and expert stacks, concatenated or interleaved), the value/gate projections of
@@ -82,6 +83,9 @@ _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|p
 ``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``, x-transformers' memory keys and values
 ``mem_k``/``mem_v``; ``latents``, ``query``, a pooling head's
 ``probe`` as the whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
+_POSITION_NAMES = re.compile(r"(^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb")
+"""Position tables kept in a ``nn.ParameterList``/``ParameterDict``, by the list's name or its holder's: the entries
+are named ``0``, ``1``, …"""
 _TOKEN_VECTOR_NAMES = re.compile(r"(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|tokens?_?\d*$")
 """1-D learned tokens, by the parameter's own name: CLIP's ``class_embedding``, wav2vec2's ``masked_spec_embed`` (the
 vector that replaces masked frames), a ``cls_position_embedding``, T5Gemma 2's ``eoi_embedding`` — vectors inserted
@@ -395,6 +399,20 @@ def _lora_b_place(module, local: str, parents: dict):
     return parents.get(id(wrapper[0]))
 
 
+def _listed_positions(module, p, parents: dict) -> Layout | None:
+    """A ≥2-D entry of a ``nn.ParameterList``/``ParameterDict`` that a position name holds (the list's own name or its
+    holder module's): tokens, each vector along the last axis. Reformer's axial ``position_embeddings.weights`` are
+    ``(n₁, 1, d₁)`` and ``(1, n₂, d₂)`` tables broadcast into the ``n₁·n₂`` positions (Kitaev et al. 2020,
+    arXiv:2001.04451)."""
+    listed = parents.get(id(module)) if isinstance(module, (nn.ParameterList, nn.ParameterDict)) else None
+    holder = parents.get(id(listed[0])) if listed else None
+    if p.ndim < 2:
+        return None
+    place = next((place[1] for place in (listed, holder) if place and _POSITION_NAMES.search(place[1])), None)
+    return None if place is None else Layout("token", f"learned positions held by {place!r} "
+                                                      f"(in {type(module).__name__})")
+
+
 def _peft_expert_lora(module, local: str, p, parents: dict) -> Layout | None:
     """peft's LoRA on an MoE expert stack (``target_parameters``, its ``ParamWrapper``): one rank-r factor pair per
     expert, packed into two ``nn.Linear``s. A is ``(r·E, d_in)``, read as ``(E, r, d_in)``: E row blocks. B is
@@ -449,6 +467,9 @@ def _hf_experts(module, local: str, p) -> Layout | None:
 
 _EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "num_routed_experts", "total_experts",
                   "n_shared_experts", "num_shared_experts")
+_FFN_WIDTHS = ("intermediate_dim", "intermediate_size", "moe_intermediate_size")
+"""An expert's FFN width, by the names transformers gives it (never ``hidden_dim``: the model width in transformers'
+experts, the FFN width in torchtitan's)."""
 _INPUT_SIDE = re.compile(r"(^|_)(gate|up|w1|w3|input|fc1|wi)(_|$)")
 _OUTPUT_SIDE = re.compile(r"(^|_)(down|w2|output|fc2|wo)(_|$)")
 
@@ -470,17 +491,24 @@ def _dbrx_experts(module, local: str, p) -> Layout | None:
 
 def _expert_stack(module, local: str, p) -> Layout | None:
     """An ``(E, ·, ·)`` expert stack in a module that states E (``num_experts``, ``n_routed_experts``, …), with the
-    orientation read from the module, not the shape alone: its ``input_size``/``output_size``, or its hidden size
-    (``hidden_size``, ``model_dim``; not ``hidden_dim``, the FFN width in torchtitan's experts) as d_in of an up/gate
-    projection and d_out of a down projection. None where the two axes cannot be told apart (a square expert, no
-    hidden size): the layout is then the user's to declare."""
+    orientation read from the module, not the shape alone: its ``input_size``/``output_size``, its FFN width
+    (:data:`_FFN_WIDTHS`) as d_out of an up/gate projection (twice it fused) and d_in of a down projection, or its
+    hidden size (``hidden_size``, ``model_dim``; not ``hidden_dim``, the FFN width in torchtitan's experts) as d_in
+    of an up/gate projection and d_out of a down projection. None where the two axes cannot be told apart (a square
+    expert, no width stated): the layout is then the user's to declare."""
     if p.ndim != 3 or not any(getattr(module, a, None) == p.shape[0] for a in _EXPERT_COUNTS):
         return None
     rows, cols = p.shape[1], p.shape[2]
     d_in, d_out = getattr(module, "input_size", None), getattr(module, "output_size", None)
     hidden = next((v for a in ("hidden_size", "model_dim") if isinstance(v := getattr(module, a, None), int)), None)
+    ffn = next((v for a in _FFN_WIDTHS if isinstance(v := getattr(module, a, None), int) and v > 0), None)
+    ffn_out = (ffn, 2 * ffn) if ffn else ()  # an up/gate projection's outputs, fused gate/up included
     if isinstance(d_in, int) and isinstance(d_out, int) and d_in != d_out and {d_in, d_out} == {rows, cols}:
         transposed, what = rows == d_in, "input_size/output_size"
+    elif ffn and _INPUT_SIDE.search(local) and (rows in ffn_out) != (cols in ffn_out):
+        transposed, what = cols in ffn_out, f"FFN width {ffn} as d_out of {local}"
+    elif ffn and _OUTPUT_SIDE.search(local) and (rows == ffn) != (cols == ffn):
+        transposed, what = rows == ffn, f"FFN width {ffn} as d_in of {local}"
     elif hidden is not None and rows != cols and hidden in (rows, cols) and _INPUT_SIDE.search(local):
         transposed, what = rows == hidden, f"hidden size {hidden} as d_in of {local}"
     elif hidden is not None and rows != cols and hidden in (rows, cols) and _OUTPUT_SIDE.search(local):
@@ -636,7 +664,8 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
         if layout is None and part != "other":
             layout = (_peft(module, local, p, parents) or _peft_expert_lora(module, local, p, parents)
-                      or _litgpt_lora(module, local, p) or known(owner, tensor, p))
+                      or _litgpt_lora(module, local, p) or _listed_positions(module, p, parents)
+                      or known(owner, tensor, p))
             if layout is not None and part == "weight":
                 layout = replace(layout, source=f"{layout.source}, stored as {local} (parametrized {tensor})")
         if layout is None:
