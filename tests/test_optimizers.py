@@ -152,6 +152,25 @@ def test_muon_sends_non_matrices_to_adamw_like_torch_adamw():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make", [lambda: torch.randn(16)[::2], lambda: torch.randn(6, 8).t(),
+                                  lambda: torch.randn(8, 12)[:, :6]], ids=["strided", "transposed", "sliced"])
+def test_adamw_groups_update_tensors_with_strides_of_their_own_as_torch_adamw(make):
+    """A parameter that is a view (a transposed or sliced tensor) takes torch.optim.AdamW's update: torch's fused
+    CPU kernel, which the contiguous ones take, moved these 0.09–0.17 away in 3 steps."""
+    torch.manual_seed(0)
+    ours = nn.Parameter(make())
+    ref = nn.Parameter(ours.detach().clone(memory_format=torch.contiguous_format))
+    opt = specopt.GeometryOptimizer([{"params": [ours], "norm": "adamw"}], {"lr": 0.03, "weight_decay": 0.1})
+    ref_opt = torch.optim.AdamW([ref], lr=0.03, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for i in range(3):
+        g = torch.randn(ours.shape, generator=torch.Generator().manual_seed(i))
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    assert not ours.is_contiguous()
+    torch.testing.assert_close(ours.detach(), ref.detach(), atol=1e-6, rtol=1e-5)
+
+
 PRESETS = [
     (Muon, {"lr": 0.05, "adamw_lr": 0.05}),
     (Scion, {"lr": 0.05, "radius": 10.0}),

@@ -3,9 +3,10 @@
 Loshchilov & Hutter's decoupled weight decay, exactly as ``torch.optim.AdamW`` (single-tensor path):
 ``p ← (1 − γλ)p``; ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
 ``p ← p − γ/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)``. Groups use ``lr``, ``betas``, ``eps``, ``weight_decay``.
-State is float32 (or wider) whatever the parameter's dtype. Parameters whose dtype matches their state
+State is float32 (or wider) whatever the parameter's dtype. Contiguous parameters whose dtype matches their state
 (float32/float64) are updated by torch's fused AdamW kernel (``torch._fused_adamw_``, one pass; the same
-update up to rounding), the others (bf16/fp16 parameters with fp32 state) by the single-tensor formulas.
+update up to rounding), the others by the single-tensor formulas: bf16/fp16 parameters with fp32 state, and views
+with strides of their own (a transposed or sliced tensor), which torch 2.13's CPU kernel updates wrongly.
 
 Under torch.compile (``ok`` given, see :func:`specopt.steps.commit`) every tensor takes the single-tensor
 formulas written out of place, with the step count a 0-d tensor: the fused kernel mutates its inputs in a way
@@ -55,7 +56,9 @@ def step(items: list, ok: torch.Tensor | None = None) -> None:
     for it in items:
         state = it.state
         state["step"] += 1
-        if it.p.dtype == state["exp_avg"].dtype == it.g.dtype and hasattr(torch, "_fused_adamw_"):
+        tensors = (it.p, it.g, state["exp_avg"], state["exp_avg_sq"])
+        if it.p.dtype == state["exp_avg"].dtype == it.g.dtype and all(t.is_contiguous() for t in tensors) and \
+                hasattr(torch, "_fused_adamw_"):
             fused.setdefault((id(it.group), it.p.device, it.p.dtype), []).append(it)
         else:
             _single(it)
