@@ -98,3 +98,36 @@ def test_storm_refuses_a_closure_the_probe_cannot_use_and_leaves_the_weights(clo
     with pytest.raises(ValueError, match=f"estimator='storm' re-evaluates .*{message}"):
         opt.step((lambda: None) if closure == "empty" else (lambda: loss_fn(slice(32, None), zero=False)))
     assert torch.equal(model.weight, before)
+
+
+@pytest.mark.parametrize("make", [lambda ps: specopt.Gluon(ps), lambda ps: specopt.UScion(ps, estimator="storm")],
+                         ids=["gluon", "storm"])
+def test_the_probe_after_a_step_a_tensor_sat_out_is_at_the_previous_iterate(make):
+    """A tensor with no gradient in a step does not move; the next step's probe (the batch again at x_{k−1}, the
+    weights at the start of the last step) leaves it there, and Gluon takes no measurement of it (its anchor is from
+    the step before). It was moved back to its weights of two steps earlier: a point no iterate had."""
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4, 3))
+    opt = make([a, b])
+    x = torch.randn(3, 8)
+    seen, starts = [], []
+
+    def closure(sit_out: bool):
+        opt.zero_grad()
+        seen.append(a.detach().clone())
+        loss = (a @ x).square().sum() + (b @ x).sin().sum()
+        loss.backward()
+        if sit_out:
+            a.grad = None
+        return loss
+
+    for k in range(3):
+        start = a.detach().clone()
+        measured = opt.state[a].get("gluon_n") if opt.state[a] else None
+        seen.clear()
+        opt.step(lambda k=k: closure(k == 1))
+        starts.append(start)
+    assert torch.equal(seen[0], starts[1]), "the probe moved the tensor that sat out the last step"
+    assert not torch.equal(starts[0], starts[1])  # it moved in step 0: where the probe had put it
+    if "gluon_n" in opt.state[a]:
+        assert opt.state[a]["gluon_n"] == measured and opt.state[b]["gluon_n"] == 2

@@ -551,7 +551,23 @@ class GeometryOptimizer(Optimizer):
         if aux:
             adamw.step(aux)
         self._project(everything)
+        self._tell_missed(everything)
         return loss
+
+    def _tell_missed(self, everything: list[Record]) -> None:
+        """Hand the tensors with state that got no gradient this step to the parts that keep a previous iterate
+        (:meth:`~specopt.estimators.Estimator.missed`): they did not move, so the next probe must not move them."""
+        parts = [part for part, base in ((self.estimator, Estimator), (self.rule, StepRule))
+                 if type(part).missed is not base.missed]
+        if not parts:
+            return
+        stepped = {id(rec.param) for rec in everything}
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param)
+                if state and id(param) not in stepped:
+                    for part in parts:
+                        part.missed(state, distributed.local(param))
 
     def _run_closure(self, closure) -> tuple:
         """The step's closure calls, ``(loss, probed)``: first the probe at the weights the estimator and the rule

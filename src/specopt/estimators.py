@@ -118,6 +118,11 @@ class Estimator:
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
 
+    def missed(self, state: dict, p: torch.Tensor) -> None:
+        """A tensor with state got no gradient in a completed step, so it did not move (``p``: its local weights):
+        keep what refers to the previous iterate true of it. Eager steps only (a step traced by torch.compile does
+        not call it)."""
+
     def begin(self, records: list, ctx) -> None:
         """Once per step with every record (geometry and AdamW ones), before any update."""
 
@@ -166,6 +171,12 @@ class Storm(Estimator):
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return state.get("previous_param")
+
+    def missed(self, state: dict, p: torch.Tensor) -> None:
+        """A tensor that sat out the last step is at its previous iterate: the next probe leaves it where it is (its
+        correction then spans the step it took last, the estimate's own staleness, as momentum's)."""
+        if "previous_param" in state:
+            state["previous_param"].copy_(p)
 
     def begin(self, records: list, ctx) -> None:
         """Note which tensors have a previous iterate (their ``g(x_{k−1}; ξ_k)`` is in ``ctx.probed``), then

@@ -87,6 +87,16 @@ class GluonRule(StepRule):
             return state["gluon_anchor_w"]
         return state["gluon_anchor"] if state.get("gluon_anchor_kind") == WEIGHTS else None
 
+    def missed(self, state: dict, p) -> None:
+        """A tensor that sat out the last step takes no measurement on the next: its anchor (weights or gradient)
+        is from the step before, and the probe leaves it where it is."""
+        state.pop("gluon_anchor_w", None)
+        state.pop("gluon_anchor_g", None)
+        if state.get("gluon_anchor_kind"):
+            state["gluon_anchor_kind"] = NONE
+        if "gluon_anchor_step" in state:
+            state["gluon_anchor_step"] = 0.0
+
     def scale(self, records, ctx) -> None:
         measure(records, ctx.aux, ctx.lmo, ctx.probed if ctx.closure else None)
         radii = layer_radii(records)

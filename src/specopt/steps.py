@@ -107,7 +107,8 @@ class StepRule:
     as an LR scheduler or a write to ``param_groups`` may raise lr after construction; None: no bound).
     :meth:`init_state` creates its state before the first step; :meth:`active` may leave tensors out of a step.
     :meth:`probe_weights` names weights at which the engine re-evaluates the batch before the step
-    (``ctx.probed``); the context also carries ``ctx.lmo(records, need_dual)`` (the optimizer's lmo runner),
+    (``ctx.probed``), and :meth:`missed` keeps them true of a tensor that sat out a step; the context also carries
+    ``ctx.lmo(records, need_dual)`` (the optimizer's lmo runner),
     ``ctx.complete(values, records)`` (per-tensor sums completed over shards), ``ctx.aux`` (the AdamW records),
     ``ctx.closure`` (whether the step got one) and ``ctx.ok``.
     """
@@ -137,6 +138,11 @@ class StepRule:
 
     def probe_weights(self, state: dict) -> torch.Tensor | None:
         return None
+
+    def missed(self, state: dict, p: torch.Tensor) -> None:
+        """A tensor with state got no gradient in a completed step, so it did not move (``p``: its local weights):
+        keep what refers to the previous iterate true of it. Eager steps only (a step traced by torch.compile does
+        not call it)."""
 
     def active(self, records: list, ctx) -> list:
         """The records this step updates (after their step counts advanced); the others get no estimator update,
