@@ -80,9 +80,9 @@ class VariantDrop(ProgressiveDrop):
 def drop_muon(params, accumulate: bool = False, rescale: bool = False, **kwargs):
     opt = DropMuon(params, **kwargs)
     if accumulate or rescale:
-        depth = opt.rule.depth
+        tensors = opt.rule.tensors
         opt.rule = VariantDrop(opt.rule.seed, opt.rule.decay, accumulate, rescale, opt.estimator)
-        opt.rule.depth = depth
+        opt.rule.tensors = tensors
     return opt
 
 

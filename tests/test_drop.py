@@ -4,6 +4,7 @@ weights and momentum; the draws follow the seed and the step count, so a resumed
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -115,8 +116,26 @@ def test_param_groups_without_the_models_order_are_refused_and_a_foreign_tensor_
     model = small_cnn()
     with pytest.raises(ValueError, match="pass order=model"):
         specopt.DropMuon(specopt.param_groups(model, scheme="image"))
-    opt = specopt.DropMuon(model.parameters(), order=list(model.parameters())[1:])
-    opt.zero_grad()
-    model(torch.randn(2, 1, 8, 8)).sum().backward()
-    with pytest.raises(ValueError, match="not among the tensors of Drop-Muon's order="):
-        opt.step()
+    first = next(model.parameters())
+    with pytest.raises(ValueError, match=re.escape(f"1 tensor(s) of shape(s) {tuple(first.shape)} are not among the "
+                                                   "tensors of Drop-Muon's order=")):
+        specopt.DropMuon(model.parameters(), order=list(model.parameters())[1:])
+
+
+def test_a_group_added_later_joins_the_order_at_its_end_or_is_refused_where_order_was_passed():
+    """Unfreezing a layer (``add_param_group``) after ``DropMuon(tensors)``: its tensors join the draw as the
+    deepest (the order given, continued); under ``order=model`` a tensor outside the model is refused when added,
+    and the optimizer is left as it was."""
+    X, y = classification_data()
+    model = deep_mlp()
+    layers = list(model.parameters())
+    opt = specopt.DropMuon(layers[:3], seed=3)
+    opt.add_param_group({"params": layers[3:]})
+    history = updated_layers(opt, model, X, y, 60)
+    assert all(moved[-1] for moved in history) and not all(moved[0] for moved in history)
+    ordered = specopt.DropMuon(layers[:3], order=model)
+    ordered.add_param_group({"params": layers[3:]})
+    groups = len(ordered.param_groups)
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) of shape\(s\) \(3, 3\) are not among the tensors"):
+        ordered.add_param_group({"params": [torch.nn.Parameter(torch.randn(3, 3))]})
+    assert len(ordered.param_groups) == groups

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import pickle
 import warnings
 
 import pytest
@@ -430,3 +431,51 @@ def test_a_scheduler_that_writes_a_number_over_a_momentum_schedule_is_not_silent
         for p in (w0, w1, b0):
             p.grad = torch.ones_like(p)
         muon.step()
+
+
+FAMILY = ALL + [(specopt.NorMuon, {}), (specopt.AdaMuon, {}), (specopt.AdaGO, {}), (specopt.DoG, {}),
+                (specopt.MuonBP, {}), (specopt.DropMuon, {}), (specopt.GluonMVR, {}), (specopt.ProxSpectral, {})]
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("cls, kwargs", FAMILY, ids=preset_ids(FAMILY))
+def test_a_copied_or_pickled_optimizer_steps_as_the_original(cls, kwargs, how):
+    """``copy.deepcopy((model, opt))`` and a pickle round trip give an optimizer that takes the original's next steps
+    bit for bit (its estimator, rule and lmo runner are part of it: torch.optim's pickle keeps defaults, state and
+    param groups only, and the copy could not step)."""
+    X, y = classification_data()
+    model = mlp(bias=False)
+    opt = cls(model.parameters(), **kwargs)
+    closure = opt.estimator.needs_closure or opt.rule.needs_closure or isinstance(opt, Gluon)
+    train(model, opt, X, y, 3, closure=closure)
+    twin, twin_opt = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    train(model, opt, X, y, 3, closure=closure)
+    train(twin, twin_opt, X, y, 3, closure=closure)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_load_state_dict_hooks_run_as_torchs_do():
+    """A pre-hook's returned state is what is loaded (here: momentum reset on resume), and a post-hook sees the
+    loaded state; a ``state_dict`` post-hook sees the state as saved (with what it belongs to) and may replace it."""
+    X, y = classification_data()
+    model = mlp(bias=False)
+    opt = UScion(model.parameters(), lr=0.1)
+    train(model, opt, X, y, 2)
+    saved = opt.state_dict()
+
+    def reset_momentum(optimizer, state_dict):
+        state_dict = copy.deepcopy(state_dict)
+        for s in state_dict["state"].values():
+            s["momentum_buffer"] = torch.zeros_like(s["momentum_buffer"])
+        return state_dict
+
+    seen = []
+    fresh = UScion(mlp(bias=False).parameters(), lr=0.1)
+    fresh.register_load_state_dict_pre_hook(reset_momentum)
+    fresh.register_load_state_dict_post_hook(lambda o: seen.append(max(float(s["momentum_buffer"].abs().max())
+                                                                       for s in o.state.values())))
+    fresh.load_state_dict(saved)
+    assert seen == [0.0] and all(float(s["momentum_buffer"].abs().max()) == 0 for s in fresh.state.values())
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "note": sd["specopt"]["optimizer"]})
+    assert opt.state_dict()["note"] == "UScion"

@@ -61,16 +61,17 @@ class ProgressiveDrop(USCG):
         self.decay = check_number(decay, "decay", low_open=True, high=1.0)
         if isinstance(order, nn.Module):
             order = order.parameters()
-        self.depth = None if order is None else {id(p): k for k, p in enumerate(order)}
+        self.tensors = None if order is None else list(order)  # the tensors, not their ids: a deepcopy maps them
 
     def _by_depth(self, records: list) -> list:
-        if self.depth is None:
+        if self.tensors is None:
             return records
-        missing = [rec.name for rec in records if id(rec.param) not in self.depth]
+        depth = {id(p): k for k, p in enumerate(self.tensors)}
+        missing = [rec.name for rec in records if id(rec.param) not in depth]
         if missing:
             raise ValueError(f"{', '.join(map(str, missing))}: not among the tensors of Drop-Muon's order= (the "
                              "model whose layers it drops, or its tensors input side first)")
-        return sorted(records, key=lambda rec: self.depth[id(rec.param)])
+        return sorted(records, key=lambda rec: depth[id(rec.param)])
 
     def active(self, records: list, ctx) -> list:
         if not records:
@@ -98,11 +99,33 @@ class DropMuon(Muon):
     def __init__(self, params, lr: float = 0.02, seed: int = 0, decay: float = 1.0, order=None, **muon):
         refuse_own("DropMuon", muon, "rule")
         params = list(params) if not isinstance(params, torch.Tensor) else [params]
+        self._order_given = order is not None
         if order is None:
             if any(isinstance(g, dict) and "role" in g for g in params):
                 raise ValueError("DropMuon draws its cutoff over the layers input side first, and param_groups' "
                                  "groups are by role, not depth: pass order=model (the model the groups came from)")
-            members = [g["params"] if isinstance(g, dict) else [g] for g in params]
-            order = [m[1] if _is_named(m) else m for ms in members
-                     for m in ([ms] if isinstance(ms, torch.Tensor) else ms)]
+            order = _tensors_in(params)
         super().__init__(params, lr=lr, rule=ProgressiveDrop(seed, decay, order), **muon)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """As the engine's. A group added after construction joins the cutoff's order: at its end where the order is
+        the tensors as given (input side first, so the last added is the deepest). Where ``order=`` was passed, every
+        tensor, at construction or added later, must be in it (a ``ValueError`` before anything is added)."""
+        rule = getattr(self, "rule", None)
+        if not isinstance(rule, ProgressiveDrop) or rule.tensors is None:
+            super().add_param_group(param_group)
+            return
+        known = {id(t) for t in rule.tensors}
+        new = [t for t in _tensors_in([param_group]) if id(t) not in known]
+        if new and self._order_given:
+            raise ValueError(f"{len(new)} tensor(s) of shape(s) {', '.join(str(tuple(t.shape)) for t in new)} are "
+                             "not among the tensors of Drop-Muon's order= (the model whose layers it drops, or its "
+                             "tensors input side first): pass an order= that holds them")
+        super().add_param_group(param_group)
+        rule.tensors.extend(new)
+
+
+def _tensors_in(groups: list) -> list[torch.Tensor]:
+    """The tensors of ``params`` as an optimizer takes it (tensors, named tensors or group dicts), in order."""
+    members = [g["params"] if isinstance(g, dict) else [g] for g in groups]
+    return [m[1] if _is_named(m) else m for ms in members for m in ([ms] if isinstance(ms, torch.Tensor) else ms)]

@@ -28,6 +28,8 @@ optimizer instance is a compilation of its own, under the same limit.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import numbers
 import warnings
@@ -392,7 +394,8 @@ class GeometryOptimizer(Optimizer):
         class, estimator and rule (:meth:`load_state_dict` refuses another's), and under FSDP2 the state tensors
         with an entry per row as DTensors, the rank's rows of the whole (:func:`specopt.distributed.sharded_state`:
         ``torch.distributed.checkpoint`` then saves every rank's rows and reshards them on load)."""
-        sd = super().state_dict()
+        with _held(self, "_optimizer_state_dict_post_hooks") as post_hooks:
+            sd = super().state_dict()
         sd["specopt"] = self._owner()
         params = [p for group in self.param_groups for p in group["params"]]
         if any(distributed.is_dtensor(p) for p in params):
@@ -403,6 +406,8 @@ class GeometryOptimizer(Optimizer):
                 g["norm"] = g["norm"].config()
             if isinstance(g.get("constraint"), Constraint):
                 g["constraint"] = g["constraint"].config()
+        for hook in post_hooks.values():  # they see the state as it is saved, and may replace it (as torch's)
+            sd = hook(self, sd) or sd
         return sd
 
     def load_state_dict(self, state_dict) -> None:
@@ -411,7 +416,12 @@ class GeometryOptimizer(Optimizer):
         (:func:`loaded_state`; torch would cast every floating one to the parameter's dtype), and step counts saved
         as Python ints (before they became 0-d tensors) turned into tensors on their parameter's device. The state of
         another optimizer class, estimator or rule, or of the same with other settings (their ``config()``), is refused
-        before anything is loaded (state dicts saved before these were recorded load as before)."""
+        before anything is loaded (state dicts saved before these were recorded load as before). The pre-hooks
+        (``register_load_state_dict_pre_hook``) run first and what they return is what is checked and loaded; the
+        post-hooks run once the state is in place."""
+        state_dict = state_dict.copy()  # as torch's: a hook may edit its copy
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
         saved = state_dict.get("specopt")
         mine = self._owner()
         if saved is not None and any(saved[k] != mine[k] for k in ("optimizer", "estimator", "rule")):
@@ -440,7 +450,8 @@ class GeometryOptimizer(Optimizer):
             if isinstance(g.get("constraint"), dict):
                 g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
+        with _held(self, "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
+            super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         members = [(p, g) for g in self.param_groups for p in g["params"]]
         for i, (param, group) in zip(saved_ids, members, strict=True):
@@ -455,6 +466,13 @@ class GeometryOptimizer(Optimizer):
             _step_count(state, distributed.local(param))
         self._momentum_schedules = {i: g["momentum"] for i, g in enumerate(self.param_groups)
                                     if isinstance(g.get("momentum"), str)}
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self) -> dict:
+        """What ``copy.deepcopy`` and ``pickle`` keep: everything but torch's hooks (torch.optim's keep defaults, state
+        and param groups only; this optimizer's estimator, rule and lmo runner are part of what it is)."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
 
     def _check_momentum_schedules(self) -> None:
         """Warn, once per group, where a number replaced a momentum schedule the group was built with ("storm",
@@ -787,3 +805,17 @@ class GeometryOptimizer(Optimizer):
         for rec in records:
             apply_update(rec.p, rec.s, rec.shrink, rec.scale * rec.factor, ctx.ok,
                          cautious=rec.group.get("weight_decay_mode") == "cautious")
+
+
+@contextlib.contextmanager
+def _held(optimizer: Optimizer, *names: str):
+    """torch's hooks of ``names`` taken off ``optimizer`` for the block (yielded: the first's), so that the engine runs
+    them itself, around its own part of ``state_dict``/``load_state_dict`` rather than inside torch's."""
+    held = {name: getattr(optimizer, name) for name in names}
+    for name in names:
+        setattr(optimizer, name, collections.OrderedDict())
+    try:
+        yield held[names[0]]
+    finally:
+        for name, hooks in held.items():
+            setattr(optimizer, name, hooks)

@@ -11,6 +11,7 @@ Estimators and rules see only records and the runner's calls.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -69,6 +70,10 @@ class LmoRunner:
         self.process_group, self.batch_lmo = process_group, batch_lmo
         self._steps_checked = 0
         self._all_sharded = False  # a first step with no replicated parameter (FSDP2 shards them all): no check
+
+    def __deepcopy__(self, memo) -> LmoRunner:
+        """A copy on the same process group (a group is a handle to the ranks, not data to copy)."""
+        return copy.copy(self)
 
     @property
     def replicas(self):
