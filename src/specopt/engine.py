@@ -45,7 +45,7 @@ from specopt.layouts import MUON_SCALES, auto_norm, radius_for, spectral_inside
 from specopt.lmo import LmoRunner, Record, StepContext
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
-from specopt.probe import accumulated, gradients_at, held_gradient
+from specopt.probe import accumulated, gradients_at, held_gradient, incoming_gradients
 from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
 
 NONFINITE = ("raise", "skip")
@@ -606,9 +606,9 @@ class GeometryOptimizer(Optimizer):
                 self._unusable_closure("computed no gradients (Lightning's manual optimization passes an empty one "
                                        "to opt.step(); pass opt.step(closure=...) with a closure that runs the "
                                        "forward and backward)")
-        with torch.enable_grad():
+        with torch.enable_grad(), incoming_gradients(held) as incoming:
             loss = closure()
-        if accumulated(held, self._zeroed):
+        if accumulated(held, self._zeroed, incoming):
             self._unusable_closure("added to the gradients already there (gradient accumulation, e.g. Lightning's "
                                    "accumulate_grad_batches > 1): its evaluation at the previous weights sees the "
                                    "closure's batch only, not the accumulated ones; accumulate inside the closure")

@@ -11,6 +11,9 @@ twice; the probe's own call is at the previous weights.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 from specopt.distributed import any_rank, is_dtensor, local
@@ -78,10 +81,35 @@ def held_gradient(params: list) -> tuple | None:
     return None
 
 
-def accumulated(held: tuple | None, zeroed: bool) -> bool:
+@contextlib.contextmanager
+def incoming_gradients(held: tuple | None):
+    """Within the block, the gradients backward passes bring to :func:`held_gradient`'s parameter (the list yielded),
+    before they are added to its ``.grad``: what :func:`accumulated` compares that gradient with. Nothing is
+    recorded on more than one process (DDP averages ``.grad`` after the addition, so a comparison would differ
+    between ranks)."""
+    incoming: list = []
+    recorded = held is not None and held[0].requires_grad and not is_dtensor(held[0]) and not (
+        torch.distributed.is_available() and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1)
+    handle = held[0].register_hook(lambda g: incoming.append(g.detach().clone())) if recorded else None
+    try:
+        yield incoming if recorded else None
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def accumulated(held: tuple | None, zeroed: bool, incoming: list | None = None) -> bool:
     """Whether the step's closure added to the gradient :func:`held_gradient` saw, rather than clearing it: the same
-    tensor after the closure (``zero_grad(set_to_none=True)`` replaces it) and no ``optimizer.zero_grad`` call
-    during the closure — gradient accumulation, e.g. Lightning's ``accumulate_grad_batches > 1``, whose closure
+    tensor after the closure (``zero_grad(set_to_none=True)`` replaces it), no ``optimizer.zero_grad`` call during
+    the closure, and (where :func:`incoming_gradients` recorded them) a gradient that is not the sum of what the
+    closure's backward passes brought, as it is where the closure cleared it in place (``model.zero_grad(
+    set_to_none=False)``) — gradient accumulation, e.g. Lightning's ``accumulate_grad_batches > 1``, whose closure
     evaluates the last micro-batch only."""
-    return held is not None and held[0].grad is held[1] and not zeroed
+    if held is None or held[0].grad is not held[1] or zeroed:
+        return False
+    if incoming is None:
+        return True
+    brought = functools.reduce(torch.add, incoming) if incoming else torch.zeros_like(held[1])
+    return not torch.equal(held[1], brought)
 
