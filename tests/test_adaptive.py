@@ -100,3 +100,38 @@ def test_bad_arguments_are_clear_errors():
         SecondMomentNormalized("row", beta2=1.0)
     with pytest.raises(ValueError, match="sets scale itself"):
         specopt.AdaMuon([torch.nn.Parameter(torch.zeros(2, 2))], scale="original")
+
+
+def test_adamuons_update_has_adamw_rms_whatever_the_rank_of_the_sign_of_its_momentum():
+    """``0.2·√(mn)/‖Ô‖_F``: the update's RMS is 0.2·lr also where sign(M) has rank 1 (a batch-1 gradient), whose
+    msign has Frobenius norm 1, not √min(m, n) (the step came out 4× too small on a 16 × 16 matrix)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(16, 24, dtype=torch.float64))
+    opt = specopt.AdaMuon([w], lr=1.0, method="svd")
+    w.grad = torch.randn(16, 1, dtype=torch.float64) @ torch.randn(1, 24, dtype=torch.float64)
+    opt.step()
+    assert float(w.detach().square().mean().sqrt()) == pytest.approx(0.2, rel=1e-12)
+
+
+@pytest.mark.parametrize("cls", [specopt.NorMuon, specopt.AdaMuon])
+def test_each_expert_of_a_stack_steps_as_the_same_matrix_on_its_own(cls):
+    """An expert stack is E matrices for Muon, each with its own msign and scale: NorMuon's and AdaMuon's rescale
+    is per expert too (it was over the whole stack, so an expert back from a few idle steps got a larger step and
+    the others smaller ones)."""
+    torch.manual_seed(0)
+    stack = torch.nn.Module()
+    stack.experts = torch.nn.Parameter(torch.randn(3, 16, 12, dtype=torch.float64))
+    alone = [torch.nn.Parameter(stack.experts.detach()[e].clone()) for e in range(3)]
+    opt = cls(specopt.param_groups(stack, layouts={r"experts$": "experts"}, msign={"method": "svd"}), lr=0.1)
+    opt_alone = cls(alone, lr=0.1, method="svd")
+    for k in range(4):
+        g = torch.randn(3, 16, 12, dtype=torch.float64)
+        if k < 3:
+            g[2] = 0  # no token reached expert 2
+        stack.experts.grad = g
+        for e, w in enumerate(alone):
+            w.grad = g[e].clone()
+        opt.step()
+        opt_alone.step()
+    for e, w in enumerate(alone):
+        torch.testing.assert_close(stack.experts.detach()[e], w.detach(), rtol=0, atol=1e-12)

@@ -11,7 +11,11 @@ rates and scales carry over.
 * **AdaMuon** (Si et al. 2025, *AdaMuon: Adaptive Muon Optimizer*, arXiv:2507.11005): the momentum is
   sign-transformed before the orthogonalization, ``O = msign(sign(M))`` (:class:`SignedMomentum`), the second
   moment is element-wise, ``V ← β₂V + (1−β₂)·O⊙O``, ``Ô = O ⊘ (√V + ε)``, rescaled to AdamW's RMS:
-  ``0.2·√(mn)/‖Ô‖_F`` (here: the ``match_rms_adamw`` scale, ``0.2·√max(m, n)``, times ``‖O‖_F = √min(m, n)``).
+  ``0.2·√(mn)/‖Ô‖_F`` (here: the ``match_rms_adamw`` scale, ``0.2·√max(m, n)``, times ``√min(m, n)``, the
+  ``‖msign‖_F`` of a full-rank matrix, whatever the rank of ``sign(M)``).
+
+The rescale is per map, as Muon's scale is: each expert of a stack (and, for AdaMuon, each block of a fused
+projection of equal blocks) is its own matrix.
 
 Both keep their second moment under the state key ``second_moment`` (float32, float64 for float64 weights); Muon's
 AdamW part is unchanged and keeps no second moment of theirs.
@@ -25,9 +29,11 @@ import torch
 
 from specopt._checks import check_number
 from specopt.estimators import Momentum, ema
+from specopt.layouts import spectral_inside
+from specopt.norms import Blocked
 from specopt.optimizers import Muon, refuse_own
 from specopt.steps import USCG
-from specopt.views import as_maps, from_maps
+from specopt.views import as_maps, from_maps, unwrap
 
 
 def _rows_split_by_shards(norm, shape) -> bool:
@@ -41,7 +47,8 @@ def _rows_split_by_shards(norm, shape) -> bool:
 
 class SecondMomentNormalized(USCG):
     """uSCG on the lmo's output divided by the root of its running second moment (per row or per entry), rescaled
-    to the output's Frobenius norm: ``Ô = O/√(v + ε)·‖O‖_F/‖O/√(v + ε)‖_F``, ``W ← (1−γλ)W + γρ·Ô``.
+    to the output's Frobenius norm, map by map (each expert of a stack): ``Ô = O/√(v + ε)·‖O‖_F/‖O/√(v + ε)‖_F``
+    (``per="entry"``: ``‖O‖_F`` of a full-rank O), ``W ← (1−γλ)W + γρ·Ô``.
 
     Args:
         per: ``"row"`` (NorMuon: one moment per output row of each map, read through the layout; a conv kernel's
@@ -75,7 +82,7 @@ class SecondMomentNormalized(USCG):
         rec.state["second_moment"] = torch.zeros(shape, device=rec.p.device, dtype=dtype)
 
     def scale(self, records, ctx) -> None:
-        pieces = []  # ‖O‖_F and ‖Ô‖_F of each record's rows (all of them but under FSDP2)
+        targets, normed_sq, partial = [], [], []  # per record: ‖O‖_F² and ‖Ô‖_F² of each of its maps
         for rec in records:
             v = rec.state["second_moment"]
             out = rec.s.to(v.dtype) * rec.factor
@@ -92,15 +99,43 @@ class SecondMomentNormalized(USCG):
                 flat = out.reshape(v.shape)
                 v = ema(v, flat.square(), self.beta2, ctx.ok)
                 normed = (flat / (v.sqrt() + self.eps)).reshape(out.shape)
-            pieces += [out.norm(), normed.norm()]
+            view, maps = as_maps(rec.norm, out)
+            dims = tuple(range(maps, view.ndim))
+            full_rank = _full_rank_square(rec) if self.per == "entry" else None
+            targets.append(view.square().sum(dims) if full_rank is None else full_rank * rec.factor ** 2)
+            normed_sq.append(as_maps(rec.norm, normed)[0].square().sum(dims))
+            partial.append((maps == 0 and full_rank is None, maps == 0))  # sums over this rank's rows only
             rec.s, rec.factor = normed.contiguous(), 1.0
-        # under FSDP2 a rank holds some of a tensor's rows: the whole tensor's norms from the sums of their squares
-        both = [rec for rec in records for _ in range(2)]
-        wholes = ctx.complete([n.square() for n in pieces], both)
-        norms = [w.sqrt() if rec.layout.sharded else n for rec, n, w in zip(both, pieces, wholes, strict=True)]
-        for rec, out_norm, normed_norm in zip(records, norms[::2], norms[1::2], strict=True):
-            rec.s.mul_(out_norm / normed_norm.clamp_min(torch.finfo(torch.float32).tiny))
+        # under FSDP2 a rank holds some rows of a matrix: its sums made whole-matrix sums (an expert stack's shards
+        # hold whole experts; a full-rank target depends on the shape alone)
+        values = [x for x, (t, n) in zip(targets, partial, strict=True) if t] + \
+                 [x for x, (t, n) in zip(normed_sq, partial, strict=True) if n]
+        owners = [rec for rec, (t, n) in zip(records, partial, strict=True) if t] + \
+                 [rec for rec, (t, n) in zip(records, partial, strict=True) if n]
+        completed = iter(ctx.complete(values, owners))
+        targets = [next(completed) if t else x for x, (t, n) in zip(targets, partial, strict=True)]
+        normed_sq = [next(completed) if n else x for x, (t, n) in zip(normed_sq, partial, strict=True)]
+        for rec, target, got in zip(records, targets, normed_sq, strict=True):
+            target = torch.as_tensor(target, dtype=got.dtype, device=got.device)
+            ratio = torch.where(got > 0, target / torch.where(got > 0, got, 1), 0).sqrt()  # a zero map stays zero
+            view, maps = as_maps(rec.norm, rec.s)
+            view.mul_(ratio.reshape(*ratio.shape, *(1,) * (view.ndim - maps)))
         super().scale(records, ctx)
+
+
+def _full_rank_square(rec) -> float | None:
+    """``‖msign(X)‖_F²`` of one map of ``rec``'s tensor where X has full rank: Σ over its blocks of
+    ``min(rows, columns)`` (AdaMuon's rescale to ``0.2·√(mn)/‖Ô‖_F`` is Muon's scale times this, whatever the rank
+    of ``sign(M)``). None where the lmo's output holds scales of its own (blocks of unequal heights, each with its
+    Muon scale): the rescale then takes ‖O‖_F as it is."""
+    inner, item = unwrap(rec.norm, rec.param.shape)
+    rows, cols = item[0], math.prod(item[1:])
+    if isinstance(inner, Blocked):
+        sizes = inner.sizes(rows)
+        if len(set(sizes)) > 1:
+            return None
+        return float(sum(min(b, cols) for b in sizes))
+    return float(min(rows, cols)) if spectral_inside(inner) else None
 
 
 class SignedMomentum(Momentum):
