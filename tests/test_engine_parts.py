@@ -850,3 +850,14 @@ def test_the_clipped_rules_step_float64_weights_by_an_unrounded_factor():
     opt.step()
     U, _, Vh = torch.linalg.svd(w.grad)
     torch.testing.assert_close(w.detach(), before - 0.1 * U @ Vh, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls, key, value", [(specopt.NorMuon, "beta2", 0.1), (specopt.AdaGO, "gamma", 1e-3),
+                                             (specopt.DoG, "r_rel", 0.1), (specopt.MuonBP, "period", 1)])
+def test_a_setting_of_the_rule_given_in_a_param_group_is_refused_not_ignored(cls, key, value):
+    """The rule's settings are one for every group: a group's own value was accepted and had no effect."""
+    w = torch.nn.Parameter(torch.randn(8, 6))
+    with pytest.raises(ValueError, match=rf"param group key\(s\) '{key}': a setting of the rule .* pass it to the "
+                                         "optimizer's constructor"):
+        cls([{"params": [w], key: value}])
+    cls([w], **{key: value})

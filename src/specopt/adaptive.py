@@ -82,7 +82,7 @@ class SecondMomentNormalized(USCG):
         rec.state["second_moment"] = torch.zeros(shape, device=rec.p.device, dtype=dtype)
 
     def scale(self, records, ctx) -> None:
-        targets, normed_sq, partial = [], [], []  # per record: ‖O‖_F² and ‖Ô‖_F² of each of its maps
+        targets, normeds, partial = [], [], []  # per record: ‖O‖_F and ‖Ô‖_F of each of its maps
         for rec in records:
             v = rec.state["second_moment"]
             out = rec.s.to(v.dtype) * rec.factor
@@ -102,22 +102,24 @@ class SecondMomentNormalized(USCG):
             view, maps = as_maps(rec.norm, out)
             dims = tuple(range(maps, view.ndim))
             full_rank = _full_rank_square(rec) if self.per == "entry" else None
-            targets.append(view.square().sum(dims) if full_rank is None else full_rank * rec.factor ** 2)
-            normed_sq.append(as_maps(rec.norm, normed)[0].square().sum(dims))
-            partial.append((maps == 0 and full_rank is None, maps == 0))  # sums over this rank's rows only
+            targets.append(torch.linalg.vector_norm(view, dim=dims) if full_rank is None else
+                           math.sqrt(full_rank) * abs(rec.factor))
+            normeds.append(torch.linalg.vector_norm(as_maps(rec.norm, normed)[0], dim=dims))
+            sharded = rec.layout.sharded and maps == 0  # this rank's rows of one matrix
+            partial.append((sharded and full_rank is None, sharded))
             rec.s, rec.factor = normed.contiguous(), 1.0
-        # under FSDP2 a rank holds some rows of a matrix: its sums made whole-matrix sums (an expert stack's shards
-        # hold whole experts; a full-rank target depends on the shape alone)
-        values = [x for x, (t, n) in zip(targets, partial, strict=True) if t] + \
-                 [x for x, (t, n) in zip(normed_sq, partial, strict=True) if n]
+        # under FSDP2 a rank holds some rows of a matrix: its norms from the whole matrix's sums of squares (an
+        # expert stack's shards hold whole experts; a full-rank target depends on the shape alone)
+        values = [x.square() for x, (t, n) in zip(targets, partial, strict=True) if t] + \
+                 [x.square() for x, (t, n) in zip(normeds, partial, strict=True) if n]
         owners = [rec for rec, (t, n) in zip(records, partial, strict=True) if t] + \
                  [rec for rec, (t, n) in zip(records, partial, strict=True) if n]
         completed = iter(ctx.complete(values, owners))
-        targets = [next(completed) if t else x for x, (t, n) in zip(targets, partial, strict=True)]
-        normed_sq = [next(completed) if n else x for x, (t, n) in zip(normed_sq, partial, strict=True)]
-        for rec, target, got in zip(records, targets, normed_sq, strict=True):
+        targets = [next(completed).sqrt() if t else x for x, (t, n) in zip(targets, partial, strict=True)]
+        normeds = [next(completed).sqrt() if n else x for x, (t, n) in zip(normeds, partial, strict=True)]
+        for rec, target, got in zip(records, targets, normeds, strict=True):
             target = torch.as_tensor(target, dtype=got.dtype, device=got.device)
-            ratio = torch.where(got > 0, target / torch.where(got > 0, got, 1), 0).sqrt()  # a zero map stays zero
+            ratio = torch.where(got > 0, target / torch.where(got > 0, got, 1), 0)  # a zero map stays zero
             view, maps = as_maps(rec.norm, rec.s)
             view.mul_(ratio.reshape(*ratio.shape, *(1,) * (view.ndim - maps)))
         super().scale(records, ctx)

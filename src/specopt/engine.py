@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import math
 import numbers
 import warnings
@@ -322,7 +323,22 @@ class GeometryOptimizer(Optimizer):
             names = group.get("param_names") or [f"a tensor of shape {tuple(p.shape)}" for p in group["params"]]
             for p, name in zip(group["params"], names, strict=True):
                 auto_norm(tuple(p.shape), name)
+        self._refuse_part_settings(group)
         self._validate_group(group)
+
+    def _refuse_part_settings(self, group: dict) -> None:
+        """A group key that is a setting of the estimator or the rule (NorMuon's ``beta2``, MuonBP's ``period``) and
+        not a group hyperparameter: one value serves every group, so a group's own would be ignored; an error."""
+        if group.get("norm") == "adamw":  # its keys are AdamW's (eps, betas)
+            return
+        for part, kind in ((self.estimator, "estimator"), (self.rule, "rule")):
+            settings = [name for name, parameter in inspect.signature(type(part).__init__).parameters.items()
+                        if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+            misplaced = [k for k in settings if k in group and k not in self.defaults]
+            if misplaced:
+                raise ValueError(f"param group key(s) {', '.join(map(repr, misplaced))}: a setting of the {kind} "
+                                 f"{part.name!r}, one value for every group, so a group's own would be ignored; pass "
+                                 "it to the optimizer's constructor")
 
     def _check_lr_bound(self) -> None:
         """Before anything of the step changes: every group's lr within the rule's ``max_lr`` (a tensor lr is read
