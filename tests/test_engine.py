@@ -83,7 +83,10 @@ def test_float64_weights_resume_bit_for_bit(cls, kwargs):
     assert_resumes_exactly(model, opt, lambda m: cls(m.parameters(), **kwargs), X.double(), y)
 
 
-@pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
+LOW_PRECISION = [(c, k) for c, k in WITH_OWN_STATE if c is not specopt.DoG]  # DoG refuses bf16 weights (below)
+
+
+@pytest.mark.parametrize("cls, kwargs", ALL + LOW_PRECISION, ids=IDS + preset_ids(LOW_PRECISION))
 def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
     """The state of low-precision weights is float32 (momentum, AdamW's moments, NorMuon's row moments); torch's
     load_state_dict casts every floating state tensor to the parameter's dtype, which would resume them in bf16."""
@@ -94,7 +97,16 @@ def test_bf16_weights_resume_bit_for_bit_with_their_float32_state(cls, kwargs):
     twin_model, twin = assert_resumes_exactly(model, opt, lambda m: cls(m.parameters(), **kwargs), X.bfloat16(), y)
     dtypes = state_dtypes(model, opt)
     assert dtypes == state_dtypes(twin_model, twin)
-    assert all(dtype == (torch.bfloat16 if key == "dog_w0" else torch.float32) for (_, key), dtype in dtypes.items())
+    assert all(dtype == torch.float32 for dtype in dtypes.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dog_refuses_weights_too_coarse_for_its_first_steps(dtype):
+    """DoG's first steps (r_ε ≈ 1e-6·‖W_0‖) are below bf16's and fp16's resolution: the weights never moved and the
+    distance that sets its step never grew, so it did not train at all; a clear error instead."""
+    model = mlp(1).to(dtype)
+    with pytest.raises(ValueError, match=rf"DoG on {dtype} weights: its first steps.* train float32 weights"):
+        specopt.DoG(specopt.param_groups(model))
 
 
 @pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)

@@ -65,6 +65,15 @@ class DistanceOverGradients(StepRule):
     def __init__(self, r_rel: float = 1e-6):
         self.r_rel = check_number(r_rel, "r_rel", low_open=True)
 
+    def validate_group(self, group: dict) -> None:
+        """Low-precision weights are refused: DoG's first steps, ``r_ε = r_rel·(1 + ‖W_0‖)``, are far below their
+        resolution, so the weights never move and ``r̄`` never grows (30 steps left every bf16 weight as it was)."""
+        low = {p.dtype for p in group["params"] if p.dtype in (torch.bfloat16, torch.float16)}
+        if low and group["norm"] != "adamw":
+            raise ValueError(f"DoG on {', '.join(sorted(map(str, low)))} weights: its first steps, r_ε = r_rel·(1 + "
+                             f"‖W_0‖) with r_rel={self.r_rel:g}, are below their resolution, so the weights would "
+                             "never move; train float32 weights (bf16 compute under torch.autocast)")
+
     def init_state(self, rec) -> None:
         """The initial weights ``W_0``, copied as the first step begins (before anything has moved them); none for
         the AdamW tensors of a ``norm="adamw"`` group, whose step is not DoG's."""
