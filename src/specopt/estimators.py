@@ -44,7 +44,12 @@ def beta(rec) -> float | torch.Tensor:
     """β of this update of record ``rec``: the group's number, or its schedule at the (0-d tensor) step count, on
     the device. The count was advanced before the estimator runs, hence ``step − 1`` (0-based)."""
     momentum = rec.group["momentum"]
-    return momentum_at(momentum, rec.state["step"] - 1) if isinstance(momentum, str) else float(momentum)
+    if not isinstance(momentum, str):
+        return float(momentum)
+    step = rec.state["step"] - 1
+    if isinstance(step, torch.Tensor) and rec.p.dtype == torch.float64:  # β to float64's precision, not float32's
+        step = step.double()
+    return momentum_at(momentum, step)
 
 
 def validate_momentum(momentum) -> None:
