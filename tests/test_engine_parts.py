@@ -863,6 +863,13 @@ def test_a_setting_of_the_rule_given_in_a_param_group_is_refused_not_ignored(cls
     cls([w], **{key: value})
 
 
+def test_adamws_eps_in_a_group_split_by_muon_reaches_its_adamw_tensors_also_where_the_rule_has_an_eps():
+    """NorMuon's rule has an ``eps`` of its own (one value); a user's group ``eps`` is AdamW's, as with Muon."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = specopt.NorMuon([{"params": model.parameters(), "eps": 1e-6}])
+    assert [g["eps"] for g in opt.param_groups if g["norm"] == "adamw"] == [1e-6]
+
+
 @pytest.mark.parametrize("schedule", ["theory", "storm"])
 def test_a_momentum_schedule_on_float64_weights_is_float64_exact(schedule):
     """β_k = 1 − (k+1)^{-p} from the step count: in float64 for float64 weights (float32's β was off by ~1e-8, and

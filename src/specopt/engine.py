@@ -328,13 +328,14 @@ class GeometryOptimizer(Optimizer):
 
     def _refuse_part_settings(self, group: dict) -> None:
         """A group key that is a setting of the estimator or the rule (NorMuon's ``beta2``, MuonBP's ``period``) and
-        not a group hyperparameter: one value serves every group, so a group's own would be ignored; an error."""
+        not a group hyperparameter: one value serves every group, so a group's own would be ignored; an error. AdamW's
+        keys (``eps``, ``betas``) pass: a user's group split by Muon hands them to its AdamW tensors."""
         if group.get("norm") == "adamw":  # its keys are AdamW's (eps, betas)
             return
         for part, kind in ((self.estimator, "estimator"), (self.rule, "rule")):
             settings = [name for name, parameter in inspect.signature(type(part).__init__).parameters.items()
                         if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
-            misplaced = [k for k in settings if k in group and k not in self.defaults]
+            misplaced = [k for k in settings if k in group and k not in self.defaults and k not in adamw.GROUP_DEFAULTS]
             if misplaced:
                 raise ValueError(f"param group key(s) {', '.join(map(repr, misplaced))}: a setting of the {kind} "
                                  f"{part.name!r}, one value for every group, so a group's own would be ignored; pass "
