@@ -86,12 +86,12 @@ class SecondMomentNormalized(USCG):
         for rec in records:
             v = rec.state["second_moment"]
             out = rec.s.to(v.dtype) * rec.factor
+            view, maps = as_maps(rec.norm, out)
             if self.per == "row":
                 if rec.layout.sharded and _rows_split_by_shards(rec.norm, rec.param.shape):
                     raise ValueError(f"{rec.name}: NorMuon's moment is per output row, and this tensor is stored "
                                      f"{tuple(rec.param.shape)} with its output rows across its FSDP2 shards (a "
                                      "Conv1D weight stored (d_in, d_out)); train it with Muon, or shard it by rows")
-                view, maps = as_maps(rec.norm, out)
                 rows = view.reshape(*view.shape[:maps + 1], math.prod(view.shape[maps + 1:]))
                 v = ema(v, rows.square().mean(dim=-1, keepdim=True), self.beta2, ctx.ok)
                 normed = from_maps(rec.norm, (rows / (v + self.eps).sqrt()).reshape(view.shape))
@@ -99,7 +99,6 @@ class SecondMomentNormalized(USCG):
                 flat = out.reshape(v.shape)
                 v = ema(v, flat.square(), self.beta2, ctx.ok)
                 normed = (flat / (v.sqrt() + self.eps)).reshape(out.shape)
-            view, maps = as_maps(rec.norm, out)
             dims = tuple(range(maps, view.ndim))
             full_rank = _full_rank_square(rec) if self.per == "entry" else None
             targets.append(torch.linalg.vector_norm(view, dim=dims) if full_rank is None else

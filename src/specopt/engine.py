@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import inspect
 import math
 import numbers
 import warnings
@@ -47,7 +46,7 @@ from specopt.lmo import LmoRunner, Record, StepContext
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
 from specopt.probe import accumulated, gradients_at, held_gradient, incoming_gradients
-from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule
+from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule, setting_names
 
 NONFINITE = ("raise", "skip")
 
@@ -333,9 +332,8 @@ class GeometryOptimizer(Optimizer):
         if group.get("norm") == "adamw":  # its keys are AdamW's (eps, betas)
             return
         for part, kind in ((self.estimator, "estimator"), (self.rule, "rule")):
-            settings = [name for name, parameter in inspect.signature(type(part).__init__).parameters.items()
-                        if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
-            misplaced = [k for k in settings if k in group and k not in self.defaults and k not in adamw.GROUP_DEFAULTS]
+            misplaced = [k for k in setting_names(part) if k in group and k not in self.defaults
+                         and k not in adamw.GROUP_DEFAULTS]
             if misplaced:
                 raise ValueError(f"param group key(s) {', '.join(map(repr, misplaced))}: a setting of the {kind} "
                                  f"{part.name!r}, one value for every group, so a group's own would be ignored; pass "

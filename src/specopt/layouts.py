@@ -74,7 +74,10 @@ XLNet's ``q`` ``(d_model, heads, d_head)``), ``(d_out, *in)`` (an einsum out of 
 _NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm, nn.LocalResponseNorm)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|pos_?emb|position_?emb|"
+_POSITION_NAMES = re.compile(r"(^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb")
+"""Position tables kept in a ``nn.ParameterList``/``ParameterDict``, by the list's name or its holder's: the entries
+are named ``0``, ``1``, …"""
+_TOKEN_NAMES = re.compile(rf"({_POSITION_NAMES.pattern}|(^|_)rel(_|$)|"
                           r"tokens?_?\d*$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|(^|_)(ape|pointer)$|"
                           r"_embedding_parameter$|^mem_[kv]$|"
                           r"^(latent_|learned_)?(latents?|quer(y|ies)|probe|prompts?)(_\d+|_[123]d)?$|(^|_)prompts?$)")
@@ -83,9 +86,6 @@ _TOKEN_NAMES = re.compile(r"((^|_)(pos|position|positions|positional|rel)(_|$)|p
 ``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``, x-transformers' memory keys and values
 ``mem_k``/``mem_v``; ``latents``, ``query``, a pooling head's
 ``probe`` as the whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
-_POSITION_NAMES = re.compile(r"(^|_)(pos|position|positions|positional)(_|$)|pos_?emb|position_?emb")
-"""Position tables kept in a ``nn.ParameterList``/``ParameterDict``, by the list's name or its holder's: the entries
-are named ``0``, ``1``, …"""
 _TOKEN_VECTOR_NAMES = re.compile(r"(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|tokens?_?\d*$")
 """1-D learned tokens, by the parameter's own name: CLIP's ``class_embedding``, wav2vec2's ``masked_spec_embed`` (the
 vector that replaces masked frames), a ``cls_position_embedding``, T5Gemma 2's ``eoi_embedding`` — vectors inserted
@@ -404,10 +404,10 @@ def _listed_positions(module, p, parents: dict) -> Layout | None:
     holder module's): tokens, each vector along the last axis. Reformer's axial ``position_embeddings.weights`` are
     ``(n₁, 1, d₁)`` and ``(1, n₂, d₂)`` tables broadcast into the ``n₁·n₂`` positions (Kitaev et al. 2020,
     arXiv:2001.04451)."""
-    listed = parents.get(id(module)) if isinstance(module, (nn.ParameterList, nn.ParameterDict)) else None
-    holder = parents.get(id(listed[0])) if listed else None
     if p.ndim < 2:
         return None
+    listed = parents.get(id(module)) if isinstance(module, (nn.ParameterList, nn.ParameterDict)) else None
+    holder = parents.get(id(listed[0])) if listed else None
     place = next((place[1] for place in (listed, holder) if place and _POSITION_NAMES.search(place[1])), None)
     return None if place is None else Layout("token", f"learned positions held by {place!r} "
                                                       f"(in {type(module).__name__})")

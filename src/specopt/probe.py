@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from specopt.distributed import any_rank, is_dtensor, local
+from specopt.distributed import any_rank, is_dtensor, local, replica_group
 
 
 @torch.no_grad()
@@ -88,9 +88,7 @@ def incoming_gradients(held: tuple | None):
     recorded on more than one process (DDP averages ``.grad`` after the addition, so a comparison would differ
     between ranks)."""
     incoming: list = []
-    recorded = held is not None and held[0].requires_grad and not is_dtensor(held[0]) and not (
-        torch.distributed.is_available() and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1)
+    recorded = held is not None and held[0].requires_grad and not is_dtensor(held[0]) and replica_group("auto") is None
     handle = held[0].register_hook(lambda g: incoming.append(g.detach().clone())) if recorded else None
     try:
         yield incoming if recorded else None

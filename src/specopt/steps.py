@@ -76,13 +76,19 @@ def part_config(part) -> dict:
     as they are, anything else as its ``repr``. What a state dict records, so that a state saved with other settings
     (NorMuon's β₂, a user's MARS γ) is refused rather than resumed into a different algorithm."""
     settings = {}
-    for name, parameter in inspect.signature(type(part).__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or \
-                not hasattr(part, name):
+    for name in setting_names(part):
+        if not hasattr(part, name):
             continue
         value = getattr(part, name)
         settings[name] = value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
     return {"name": part.name, **settings}
+
+
+def setting_names(part) -> list[str]:
+    """The names of the arguments an estimator's or a step rule's constructor takes: its settings, one value for
+    every param group."""
+    return [name for name, parameter in inspect.signature(type(part).__init__).parameters.items()
+            if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
 
 
 class StepRule:
