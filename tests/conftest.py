@@ -1,4 +1,6 @@
-"""Shared test helpers: matrices with a prescribed spectrum."""
+"""Shared test helpers: matrices with a prescribed spectrum; each pytest-xdist worker's share of the cores."""
+
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +24,18 @@ def normalized_spectrum(k: int, safety: float, low: float = 1.0001e-3) -> np.nda
     rest = np.geomspace(low, 0.5 / np.sqrt(k), k - 1)
     top = np.sqrt(1 / safety**2 - np.sum(rest**2))
     return np.concatenate([[top], rest])
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``) each worker computes on its share of the cores (and hands it to the processes it
+    starts, through ``OMP_NUM_THREADS``): N workers of torch's default thread count would each spin on every core,
+    and a loaded 2-core run takes several times as long. An ``OMP_NUM_THREADS`` set by the user is kept."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        share = max(1, cores // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 @pytest.fixture
