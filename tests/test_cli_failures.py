@@ -805,6 +805,19 @@ def test_overwrite_replaces_a_runs_files_not_files_of_ones_own_by_the_same_names
     assert snapshot(out) == before
 
 
+def test_overwrite_refuses_a_directory_with_run_file_names_but_no_run(tmp_path):
+    """A directory of one's own with a ``checkpoint/`` folder and a ``metrics.csv`` but no config.json was wiped by
+    --overwrite: the names are a run's, the files were not."""
+    out = tmp_path / "project"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "weights.bin").write_bytes(b"precious")
+    (out / "metrics.csv").write_text("my,numbers\n")
+    before = snapshot(out)
+    refused(invoke("train", *HT, "--optimizer", "scion", "--out", out, "--overwrite"),
+            "holds checkpoint, metrics.csv but no specopt run")
+    assert snapshot(out) == before
+
+
 def test_a_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path):
     """The console script imports specopt (and torch, 1–3 s) before any of the command's code runs: a Ctrl-C then
     printed a KeyboardInterrupt traceback from inside torch's import. Run as the installed entry point, interrupted

@@ -174,7 +174,8 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_train_nproc_2_then_resume_with_one_process_continues_the_run(tmp_path, parallel):
-    """`specopt train --nproc 2` (torchrun) for 3 steps, resumed by a single process to 6, matches 6 steps at 2."""
+    """`specopt train --nproc 2` (torchrun) for 3 steps, resumed by a single process to 6, matches 6 steps at 2; the
+    resume finds the checkpoint where a save killed between its two renames left it (``checkpoint.old``)."""
     common = ["--task", "mlp", "--optimizer", "muon", "--schedule", "constant", "--width", "16", "--val-every", "3"]
     _specopt("train", "--nproc", "2", "--parallel", parallel, "--steps", "6", "--out", "straight", *common,
              cwd=tmp_path)
@@ -183,8 +184,11 @@ def test_train_nproc_2_then_resume_with_one_process_continues_the_run(tmp_path, 
     assert (tmp_path / "resumed" / "checkpoint" / ".metadata").exists()
     config = tmp_path / "resumed" / "config.json"
     config.write_text(config.read_text().replace('"steps": 3', '"steps": 6'))
+    (tmp_path / "resumed" / "checkpoint").rename(tmp_path / "resumed" / "checkpoint.old")
     out = _specopt("train", "--resume", "resumed", cwd=tmp_path)
-    assert "done: steps 3 → 6" in out
+    assert "checkpoint.old holds the checkpoint before it" in out and "done: steps 3 → 6" in out
+    assert (tmp_path / "resumed" / "checkpoint" / ".metadata").exists()
+    assert not (tmp_path / "resumed" / "checkpoint.old").exists()  # the next save replaced it
     straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [str(i) for i in range(1, 7)]  # rank 0 alone wrote the metrics
     for a, b in zip(straight, resumed, strict=True):

@@ -169,17 +169,27 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
     return path
 
 
-def _located(path: Path) -> Path:
-    """``path``, or ``<path>.old`` where a save crashed between moving the earlier checkpoint aside and moving the
-    new one in."""
+def saved_at(path: str | os.PathLike) -> Path | None:
+    """Where the checkpoint saved to ``path`` is: ``path``, or ``<path>.old`` where a save crashed between moving the
+    earlier checkpoint aside and moving the new one in (``path`` absent); ``None`` where neither holds one."""
+    path = Path(path)
     if (path / ".metadata").exists():
         return path
     old = path.with_name(path.name + ".old")
     if (old / ".metadata").exists() and not path.exists():
-        warnings.warn(f"{path} is missing and {old} holds the checkpoint before it (a save was interrupted): "
-                      "loading that", stacklevel=3)
         return old
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+    return None
+
+
+def _located(path: Path) -> Path:
+    """:func:`saved_at`, with a warning where that is ``<path>.old``."""
+    found = saved_at(path)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a torch.distributed.checkpoint directory)")
+    if found != path:
+        warnings.warn(f"{path} is missing and {found} holds the checkpoint before it (a save was interrupted): "
+                      "loading that", stacklevel=3)
+    return found
 
 
 def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:

@@ -37,6 +37,7 @@ from specopt.training import (
     RunError,
     check_new_run_dir,
     check_parallel,
+    has_checkpoint,
     held_output,
     load_config,
     output_dir,
@@ -342,7 +343,7 @@ def train_command(
         _fail(str(e))
     except KeyboardInterrupt:
         run = Path(resume if resume is not None else out)
-        saved = (run / "checkpoint.pt").exists() or (run / "checkpoint" / ".metadata").exists()
+        saved = has_checkpoint(run)
         typer.echo(f"interrupted: `specopt train --resume {run}` continues the run from its last checkpoint" if saved
                    else f"interrupted before the first checkpoint: {run} holds no run to resume", err=True)
         raise typer.Exit(130) from None

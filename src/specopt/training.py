@@ -61,7 +61,7 @@ BATCH_SCHEDULES = ("constant", "bst")
 PARALLEL = ("ddp", "fsdp")
 CSV_FIELDS = ("step", "loss", "lr", "elapsed_s", "throughput", "val_loss", "batch_size")
 RUN_FILES = ("config.json", "config.json.tmp", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "checkpoint.pt.tmp",
-             "checkpoint", "checkpoint.tmp")
+             "checkpoint", "checkpoint.tmp", "checkpoint.old")
 """What a run writes into its directory (a new run with ``overwrite`` removes these, and only these)."""
 RESUME_UPDATES = ("steps", "val_every", "checkpoint_every")
 """The settings a resumed run may change; everything else stays as ``config.json`` records it."""
@@ -208,6 +208,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in opts]
     start, elapsed, rows = 0, 0.0, []
     if resume:
+        if log is not None and rank == 0 and checkpoint.saved_at(out / "checkpoint") == out / "checkpoint.old":
+            log(f"{out / 'checkpoint'} is missing and {out / 'checkpoint.old'} holds the checkpoint before it (a save "
+                "was interrupted): resuming from that")
         start, elapsed = _resume(out, cfg, run_id, fixed, inner, opts, scheds, world)
         rows = [r for r in read_metrics(out) if r["step"] <= start]
         missing = sorted(set(range(1, start + 1)) - {r["step"] for r in rows})
@@ -236,7 +239,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     if world > 1:
         dist.barrier()
     identity = _identity(cfg, run_id, opts, fixed)
-    distributed_checkpoint = world > 1 or (out / "checkpoint" / ".metadata").exists()
+    distributed_checkpoint = world > 1 or checkpoint.saved_at(out / "checkpoint") is not None
     writer = _MetricsWriter(out, rows) if rank == 0 else None
     bar = _progress(cfg, start, progress and rank == 0)
     diverged = False
@@ -438,15 +441,19 @@ def check_new_run_dir(out: str | Path, overwrite: bool, what: str = "run directo
             except OSError as e:
                 raise RunError(f"cannot read the {what} {out}: {_reason(e)}") from None
             if names:
-                saved = (out / "checkpoint.pt").exists() or (out / "checkpoint" / ".metadata").exists()
+                saved = has_checkpoint(out)
                 resume = (f"continue the run in it with --resume {out}, " if saved else
                           "its run stopped before its first checkpoint (nothing to resume); " if
                           _holds_run_config(out) else "")
                 raise RunError(f"{what} {out} is not empty (it holds {listing(names)}); {resume}choose another "
                                "--out, or pass --overwrite to replace its run")
-        if overwrite and not output and (out / "config.json").exists() and not _holds_run_config(out):
-            raise RunError(f"{out / 'config.json'} is not a specopt run's config.json: --overwrite replaces a run's "
-                           "files, not files of one's own; choose another --out")
+        if overwrite and not output and not _holds_run_config(out):
+            mine = sorted(name for name in RUN_FILES if (out / name).exists() or (out / name).is_symlink())
+            if mine:
+                why = ("is not a specopt run's config.json" if "config.json" in mine else
+                       f"holds {listing(mine)} but no specopt run (no config.json of one)")
+                raise RunError(f"{out / 'config.json' if 'config.json' in mine else out} {why}: --overwrite replaces "
+                               "a run's files, not files of one's own; choose another --out")
         if not os.access(out, os.W_OK | os.X_OK):
             raise RunError(f"cannot write in the {what} {out}: permission denied")
         return
@@ -596,6 +603,12 @@ def _check_no_replaced_left(out: Path, what: str) -> None:
     raise RunError(f"{what} {out} was being replaced when the command was killed: the earlier output is in "
                    f"{listing([str(p) for p in left])}. To keep the earlier one: `rm -rf {out} && mv {left[0]} {out}`; "
                    f"to keep the new one (`--resume` continues it): `rm -rf {left[0]}`")
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether the run directory ``out`` holds a checkpoint to resume from: ``checkpoint.pt``, or the DCP directory
+    ``checkpoint`` (or the ``checkpoint.old`` an interrupted save left, :func:`specopt.checkpoint.saved_at`)."""
+    return (out / "checkpoint.pt").exists() or checkpoint.saved_at(out / "checkpoint") is not None
 
 
 def _holds_run_config(out: Path) -> bool:
@@ -979,10 +992,12 @@ def _resume(out: Path, cfg: RunConfig, run_id: str | None, fixed: dict, model, o
             world: int) -> tuple[int, float]:
     """Check the run's checkpoint (DCP directory, or checkpoint.pt of a single-process run) against the run,
     then load it; nothing is written."""
-    directory = out / "checkpoint"
+    directory = checkpoint.saved_at(out / "checkpoint") or out / "checkpoint"
     if (directory / ".metadata").exists():
         try:
             extra = checkpoint.read_extra(directory)
+        except checkpoint.UnreadableCheckpoint as e:
+            raise RunError(str(e)) from None
         except Exception as e:  # DCP raises many kinds; every one means this directory cannot be resumed from
             raise RunError(f"{directory} cannot be read as a checkpoint: {_first_line(e)}") from None
         if not isinstance(extra, dict) or not all(k in extra for k in ("step", "elapsed_s", "schedulers")):
