@@ -189,14 +189,65 @@ def test_a_distributed_checkpoint_refuses_groups_of_other_tensors_and_another_es
     assert [g["lr"] for g in same.param_groups[:2]] == [0.05, 0.001]
 
 
+def test_a_distributed_checkpoint_refuses_other_settings_of_the_rule_as_load_state_dict_does(tmp_path):
+    """DoG's state belongs to its r_rel (the distance it starts from): load_state_dict refused another, DCP took it."""
+    from specopt import checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    dog = specopt.DoG(model.parameters())
+    model(torch.ones(2, 4)).sum().backward()
+    dog.step()
+    path = checkpoint.save(tmp_path / "ckpt", model, dog)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"saved with the rule 'dog' set to r_rel=1e-06 \(here 0.001\)"):
+        checkpoint.load(path, other, specopt.DoG(other.parameters(), r_rel=1e-3))
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    same = specopt.DoG(other.parameters())
+    checkpoint.load(path, other, same)
+    assert torch.equal(other[0].weight, model[0].weight)
+
+
 def test_a_damaged_distributed_checkpoint_is_a_value_error_naming_it(tmp_path):
     """torch.distributed.checkpoint raises CheckpointException, a BaseException (past every ``except Exception``)."""
     from specopt import checkpoint
 
     model, path = saved_muon(tmp_path, lambda m: m.parameters())
     (next(path.glob("*.distcp"))).unlink()
-    with pytest.raises(ValueError, match=r"cannot be read as a checkpoint \(FileNotFoundError: .*\.distcp"):
+    with pytest.raises(ValueError, match=r"cannot be read as a checkpoint: its shard __0_0\.distcp is missing"):
         checkpoint.load(path, model, specopt.Muon(model.parameters()))
+
+
+def _cut(file):
+    os.truncate(file, file.stat().st_size * 6 // 10)
+
+
+def _flip(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 1
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, checksums, message", [
+    ("cut", True, "is cut short"), ("cut", False, "is cut short"),
+    ("flip", True, "fails its CRC-32 check"), ("metadata", True, "UnpicklingError")])
+def test_a_damaged_shard_is_refused_before_anything_is_loaded(tmp_path, damage, checksums, message):
+    """DCP reads into the model's own tensors: a shard cut short left the model half loaded before the error, and a
+    flipped byte loaded as a changed weight. Checkpoints without the checksums (saved before them) are checked for
+    shards cut short against their metadata."""
+    from specopt import checkpoint
+
+    model, path = saved_muon(tmp_path, lambda m: m.parameters())
+    if not checksums:
+        (path / checkpoint.CHECKSUMS).unlink()
+    shard = next(path.glob("*.distcp"))
+    {"cut": _cut, "flip": _flip, "metadata": lambda _: _cut(path / ".metadata")}[damage](shard)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(checkpoint.UnreadableCheckpoint, match=message):
+        checkpoint.load(path, other, specopt.Muon(other.parameters()))
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
 
 
 def test_a_checkpoint_of_another_task_is_not_resumed(runs, run):

@@ -16,7 +16,10 @@ Saving is atomic: DCP writes into ``<path>.tmp``, which replaces ``<path>`` once
 earlier checkpoint is moved to ``<path>.old`` first and removed last; a crash between leaves it there, and
 :func:`load` reads it). ``<path>`` must be new, empty or a checkpoint: a directory holding anything else is refused,
 not replaced.
-Loading builds its template from the checkpoint's own metadata, so optimizer state need not exist beforehand.
+Loading builds its template from the checkpoint's own metadata, so optimizer state need not exist beforehand. Every
+file's size and CRC-32 are recorded (``.checksums``) and checked before anything is loaded, as is the settings'
+record of a specopt optimizer (its estimator's and rule's ``config()``): a damaged checkpoint, or one of other
+settings, leaves the model and the optimizer as they were.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import os
 import shutil
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -36,7 +40,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from specopt._checks import listing
 from specopt.distributed import is_dtensor, local, sharded_state
-from specopt.engine import fresh_state_dtypes, loaded_state
+from specopt.engine import GeometryOptimizer, check_owner, fresh_state_dtypes, loaded_state
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
@@ -99,8 +103,11 @@ def _as_list(optimizers) -> list:
     return out
 
 
-CHECKPOINT_FILES = (".metadata", ".distcp")
-"""What a DCP checkpoint directory holds (its metadata and ``*.distcp`` shards)."""
+CHECKSUMS = ".checksums"
+"""The file of a checkpoint directory that records each other file's size and CRC-32 (JSON), written once every
+rank's shards are in place and checked before anything is loaded."""
+CHECKPOINT_FILES = (".metadata", ".distcp", CHECKSUMS)
+"""What a DCP checkpoint directory holds (its metadata, ``*.distcp`` shards and :data:`CHECKSUMS`)."""
 
 
 def _check_target(path: Path) -> None:
@@ -147,7 +154,8 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
         metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0),
                       "class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", "members": members,
                       **{part: getattr(optimizer, part).name for part in ("estimator", "rule")
-                         if hasattr(optimizer, part)}})
+                         if hasattr(optimizer, part)},
+                      **({"owner": optimizer._owner()} if isinstance(optimizer, GeometryOptimizer) else {})})
     flat["meta"] = json.dumps({"optimizers": metas, "extra": _encode(extra or {})})
     tmp = path.with_name(path.name + ".tmp")
     if _rank0() and tmp.exists():
@@ -157,6 +165,7 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
         dcp.save(flat, checkpoint_id=str(tmp))
     _barrier()
     if _rank0():
+        _write_checksums(tmp)
         old = path.with_name(path.name + ".old")
         if old.exists() and path.exists():  # a crash before left both: the newer is at path
             shutil.rmtree(old)
@@ -201,11 +210,11 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
         UnreadableCheckpoint: the files are damaged; nothing is loaded.
         ValueError: the checkpoint belongs to another model or optimizer; nothing is loaded."""
     path = _located(Path(path))
-    metadata = _readable(path, lambda: FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    metadata = _verified(path).state_dict_metadata
     optimizers = _as_list(optimizers)
     module = _module(model)
     params = dict(module.named_parameters())
-    _check_optimizers(_read_meta(path)["optimizers"], optimizers, params)  # before anything is loaded in place
+    _check_optimizers(_read_meta(path, verified=True)["optimizers"], optimizers, params)  # before anything is loaded in place
     model_sd = module.state_dict()
     missing = [k for k in model_sd if f"model.{k}" not in metadata]
     if missing:
@@ -270,7 +279,10 @@ def read_extra(path: str | os.PathLike) -> dict:
     return _decode(_read_meta(path)["extra"], "cpu")
 
 
-def _read_meta(path: Path) -> dict:
+def _read_meta(path: Path, verified: bool = False) -> dict:
+    """The checkpoint's ``meta`` (the files checked first, :func:`_verified`, unless ``verified``)."""
+    if not verified:
+        _verified(path)
     template: dict = {"meta": ""}
     _readable(path, lambda: dcp.load(template, checkpoint_id=str(path)))
     return json.loads(template["meta"])
@@ -307,6 +319,57 @@ def _readable(path: Path, read):
                                    f"{first[:300]})") from e
 
 
+def _crc32(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _write_checksums(directory: Path) -> None:
+    """Record the size and CRC-32 of every file DCP wrote into ``directory`` (:data:`CHECKSUMS`)."""
+    files = sorted(f for f in directory.iterdir() if f.is_file() and f.name != CHECKSUMS)
+    sums = {f.name: [f.stat().st_size, _crc32(f)] for f in files}
+    (directory / CHECKSUMS).write_text(json.dumps(sums))
+
+
+def _verified(path: Path):
+    """The DCP metadata of ``path``, once every file it names is there and long enough for the bytes it places in it
+    and, where :data:`CHECKSUMS` records them (checkpoints saved since it exists), every file has its recorded size
+    and CRC-32: a shard cut short, missing or changed is an :class:`UnreadableCheckpoint` before anything is loaded
+    in place (DCP writes into the model's own tensors as it reads, and a shard that fails halfway would leave them
+    half loaded; a flipped byte it would load as a weight)."""
+    metadata = _readable(path, lambda: FileSystemReader(str(path)).read_metadata())
+    ends: dict = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        if hasattr(info, "relative_path"):
+            ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        file = path / name
+        if not file.is_file():
+            raise UnreadableCheckpoint(f"{path} cannot be read as a checkpoint: its shard {name} is missing")
+        if file.stat().st_size < end:
+            raise UnreadableCheckpoint(f"{path} cannot be read as a checkpoint: its shard {name} is cut short "
+                                       f"({file.stat().st_size} bytes; its metadata places data up to byte {end})")
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return metadata
+    except (OSError, ValueError) as e:
+        raise UnreadableCheckpoint(f"{path} cannot be read as a checkpoint: its {CHECKSUMS} cannot be read "
+                                   f"({type(e).__name__}: {e})") from None
+    for name, (size, crc) in sorted(sums.items()):
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size or _crc32(file) != crc:
+            what = ("is missing" if not file.is_file() else
+                    f"has {file.stat().st_size} bytes, not the {size} saved" if file.stat().st_size != size else
+                    "fails its CRC-32 check")
+            raise UnreadableCheckpoint(f"{path} cannot be read as a checkpoint: {name} {what} (the file was changed "
+                                       "or damaged since it was saved)")
+    return metadata
+
+
 def _check_optimizers(saved: list, optimizers: list, names: dict) -> None:
     """As many optimizers as the checkpoint holds, each of the class that saved its state (compared by class
     name, so that a class moved to another module still loads; checkpoints from before classes were recorded
@@ -325,6 +388,8 @@ def _check_optimizers(saved: list, optimizers: list, names: dict) -> None:
             if part in meta and hasattr(optimizer, part) and meta[part] != getattr(optimizer, part).name:
                 raise ValueError(f"the checkpoint's optimizer {i} steps with {part} {meta[part]!r}, this one with "
                                  f"{getattr(optimizer, part).name!r}: its state cannot be loaded here")
+        if isinstance(optimizer, GeometryOptimizer):  # the parts' settings (recorded since checkpoints hold them)
+            check_owner(meta.get("owner"), optimizer._owner())
         if "members" in meta:  # each group's hyperparameters are loaded by position: the same tensors in each
             fqn = {p: n for n, p in names.items()}
             for j, (group, saved) in enumerate(zip(optimizer.param_groups, meta["members"], strict=True)):

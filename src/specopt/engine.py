@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import math
 import numbers
 import warnings
@@ -113,6 +114,35 @@ def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, gr
         state = {}
         optimizer._init_state(torch.zeros_like(local), state, group)
     return {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim}
+
+
+def check_owner(saved: dict | None, mine: dict) -> None:
+    """Refuse state saved by another optimizer class, estimator or rule, or by the same with other settings (their
+    ``config()``): ``saved`` and ``mine`` are :meth:`GeometryOptimizer._owner` records (``saved`` None, or without the
+    keys recorded later: a state saved before they were, which loads as before). Settings are compared as JSON
+    holds them (a tuple saved is a list read back)."""
+    if saved is None:
+        return
+    if any(saved[k] != mine[k] for k in ("optimizer", "estimator", "rule")):
+        raise ValueError(f"this state belongs to {saved['optimizer']} (estimator {saved['estimator']!r}, rule "
+                         f"{saved['rule']!r}) and cannot be loaded into {mine['optimizer']} (estimator "
+                         f"{mine['estimator']!r}, rule {mine['rule']!r})")
+    for part in ("estimator", "rule"):
+        path, own_path = saved.get(f"{part}_class"), mine.get(f"{part}_class")
+        if path is not None and own_path is not None and path != own_path:
+            raise ValueError(f"this state belongs to the {part} {path} and cannot be loaded into {own_path}: two "
+                             f"classes named {saved[part]!r}")
+        settings, own = saved.get(f"{part}_config"), mine[f"{part}_config"]
+        if settings is not None and _as_json(settings) != _as_json(own):
+            settings, own = _as_json(settings), _as_json(own)
+            differ = ", ".join(f"{k}={settings.get(k)!r} (here {own.get(k)!r})"
+                               for k in sorted(set(settings) | set(own)) if settings.get(k) != own.get(k))
+            raise ValueError(f"this state was saved with the {part} {saved[part]!r} set to {differ}: its buffers "
+                             f"belong to those settings; build the optimizer with them to resume it")
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, default=repr))
 
 
 def _check_direction(rec: Record, estimator) -> None:
@@ -437,23 +467,7 @@ class GeometryOptimizer(Optimizer):
         state_dict = state_dict.copy()  # as torch's: a hook may edit its copy
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = hook(self, state_dict) or state_dict
-        saved = state_dict.get("specopt")
-        mine = self._owner()
-        if saved is not None and any(saved[k] != mine[k] for k in ("optimizer", "estimator", "rule")):
-            raise ValueError(f"this state belongs to {saved['optimizer']} (estimator {saved['estimator']!r}, rule "
-                             f"{saved['rule']!r}) and cannot be loaded into {mine['optimizer']} (estimator "
-                             f"{mine['estimator']!r}, rule {mine['rule']!r})")
-        for part in ("estimator", "rule"):  # recorded since the parts' settings are (older states load as before)
-            path, own_path = (saved or {}).get(f"{part}_class"), mine.get(f"{part}_class")
-            if path is not None and own_path is not None and path != own_path:
-                raise ValueError(f"this state belongs to the {part} {path} and cannot be loaded into {own_path}: two "
-                                 f"classes named {saved[part]!r}")
-            settings, own = (saved or {}).get(f"{part}_config"), mine[f"{part}_config"]
-            if settings is not None and settings != own:
-                differ = ", ".join(f"{k}={settings.get(k)!r} (here {own.get(k)!r})"
-                                   for k in sorted(set(settings) | set(own)) if settings.get(k) != own.get(k))
-                raise ValueError(f"this state was saved with the {part} {saved[part]!r} set to {differ}: its buffers "
-                                 f"belong to those settings; build the optimizer with them to resume it")
+        check_owner(state_dict.get("specopt"), self._owner())
         if any("norm" not in g for g in state_dict["param_groups"]):
             raise ValueError("this state has param groups without a 'norm': it is not a specopt optimizer's state "
                              "(a torch.optim optimizer's?)")
