@@ -464,7 +464,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(r
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused_once_before_launching(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "launch", lambda *a: pytest.fail("launched"))
     refused(invoke("train", "--task", "mlp", "--nproc", 3, "--steps", 2, "--no-progress", "--out", tmp_path / "r"),
-            "the batch of 128 examples does not split evenly over 3 ranks")
+            "the batch of 128 examples does not split evenly over 3 ranks; this run's batches split over --nproc 1, "
+            "2, 4, 8, 16")
     assert not (tmp_path / "r").exists()
 
 

@@ -67,6 +67,22 @@ def test_cifar10_loader_on_a_generated_batch(tmp_path):
     assert model(task.batch(0)[0]).shape == (8, task.classes)
 
 
+@pytest.mark.parametrize("test_data, match", [
+    (np.zeros((0, 3072), dtype=np.uint8), "test_batch holds no images"),
+    ([[300] * 3072] * 4, "pixel values 0–255 .* from 300 to 300"),
+    (np.full((4, 3072), 0.5), "pixel values 0–255 .*float64")])
+def test_a_cifar10_batch_without_images_or_with_other_pixel_values_is_named(tmp_path, test_data, match):
+    """A test_batch of 0 images crashed in the task's max(); values above 255 were an OverflowError, not the file's
+    name and the problem; floats were cast to uint8 silently."""
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": [1, 2] * 10}, f)
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": test_data, b"labels": [3] * len(test_data)}, f)
+    with pytest.raises(DataError, match=match):
+        load_cifar10(tmp_path)
+
+
 def test_shipped_data_loads():
     images, labels = load_mnist()
     assert images.shape == (5000, 1, 28, 28) and set(labels.tolist()) == set(range(10))

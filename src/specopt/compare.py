@@ -217,6 +217,8 @@ def write_report(runs: dict, base: RunConfig, out: Path, sweep: bool) -> None:
              + ("Each optimizer's learning rate was swept over ×" + ", ×".join(f"{f:g}" for f in SWEEP_FACTORS)
                 + " its default; the table shows the best." if sweep else "Each optimizer runs its defaults."),
              "", table, "", "![loss](loss.png)", "",
+             "Train, last 10 steps = the mean training loss of the last 10 steps (one step's loss is one batch's); "
+             "final val = the validation loss at the last validation step, best val = the lowest. "
              "Steps to AdamW best = first validation step at which the run's validation loss is at or below the "
              "best AdamW reached; ratio = that ÷ AdamW's own step. Peak memory is the run process's peak RSS.",
              ""]
@@ -233,7 +235,7 @@ def write_report(runs: dict, base: RunConfig, out: Path, sweep: bool) -> None:
 
 def summary_table(runs: dict) -> str:
     unit = next(iter(runs.values()))["unit"] if runs else "samples"
-    head = ("| optimizer | lr | final train | final val | best val | steps to AdamW best | ratio | wall (s) "
+    head = ("| optimizer | lr | train, last 10 steps | final val | best val | steps to AdamW best | ratio | wall (s) "
             f"| {unit}/s | peak MiB |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs.values():

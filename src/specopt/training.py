@@ -350,14 +350,18 @@ def check_split(task, sizes: list[int] | None, world: int) -> None:
         return
     batch = task.batch(0)
     first = (batch if isinstance(batch, (tuple, list)) else (batch,))[0].shape[0]
-    for n in sorted({first, *(sizes or [])}):
-        _check_splits(n, world)
+    batches = sorted({first, *(sizes or [])})
+    for n in batches:
+        _check_splits(n, world, batches)
 
 
-def _check_splits(n: int, world: int) -> None:
+def _check_splits(n: int, world: int, batches: list[int] | None = None) -> None:
+    """``n`` examples split evenly over ``world`` ranks, or a ``ValueError`` naming the ``--nproc`` values that split
+    every batch of the run (``batches``; the task fixes its batch size, so the rank count is what can change)."""
     if n % world:
-        raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; pick a batch size "
-                         "that is a multiple of --nproc")
+        fits = [k for k in range(1, 17) if all(b % k == 0 for b in batches or [n])]
+        raise ValueError(f"the batch of {n} examples does not split evenly over {world} ranks; this run's batches "
+                         f"split over --nproc {', '.join(map(str, fits))}")
 
 
 def _mean_over_ranks(loss: torch.Tensor, world: int) -> float:

@@ -141,13 +141,20 @@ def _cifar_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError, AttributeError,
-            IndexError) as e:
+            IndexError, OverflowError) as e:
         raise DataError(f"cannot read CIFAR-10 batch {path}: {e!r}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"CIFAR-10 batch {path} must hold N×3072 data and N labels, got {data.shape}, {labels.shape}")
+    if not len(data):
+        raise DataError(f"CIFAR-10 batch {path} holds no images")
+    if data.dtype != np.uint8:
+        if data.dtype.kind not in "iu" or data.min() < 0 or data.max() > 255:
+            raise DataError(f"CIFAR-10 batch {path}: its data must be pixel values 0–255 (uint8), got "
+                            f"{data.dtype} from {data.min()} to {data.max()}")
+        data = data.astype(np.uint8)
     _check_labels(labels, path, "CIFAR-10 batch", "image")
     return torch.from_numpy(data).float().div_(255).reshape(-1, 3, 32, 32), torch.from_numpy(labels)
 
