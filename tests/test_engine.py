@@ -127,6 +127,29 @@ def test_float32_state_loads_into_float64_weights_in_their_dtype(cls, kwargs):
     assert state_dtypes(wide, wide_opt) == state_dtypes(fresh, fresh_opt)
 
 
+@pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
+def test_state_of_another_models_shapes_is_refused_and_the_optimizer_left_as_it_was(cls, kwargs):
+    """Same group sizes, other widths: torch loads such state, and the next step fails deep inside with a size
+    mismatch, the optimizer's state already replaced."""
+    X, y = classification_data()
+    narrow, wide = nn.Linear(X.shape[1], 8), nn.Linear(X.shape[1], 16)
+    opt = cls(narrow.parameters(), **kwargs)
+    narrow(X).logsumexp(1).mean().backward()
+    opt.step()
+    wide_opt = cls(wide.parameters(), **kwargs)
+    wide(X).logsumexp(1).mean().backward()
+    wide_opt.step()
+    before = copy.deepcopy(wide_opt.state_dict())
+    if not any(torch.is_tensor(v) and v.ndim for state in opt.state.values() for v in state.values()):
+        return  # no state of the weights' shapes (steepest descent without momentum): nothing to mismatch
+    with pytest.raises(ValueError, match=r"the saved state '\w+' of .* has shape \(8, \d+\), where this optimizer's "
+                                         r"is \(16, \d+\): the state belongs to another model"):
+        wide_opt.load_state_dict(opt.state_dict())
+    after = wide_opt.state_dict()
+    assert all(torch.equal(after["state"][i][k], v) for i, s in before["state"].items() for k, v in s.items()
+               if torch.is_tensor(v))
+
+
 def test_state_dict_restores_norm_objects_and_hyperparameters():
     model = mlp()
     opt = Scion(specopt.param_groups(model), lr=0.1)

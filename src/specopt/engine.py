@@ -104,6 +104,13 @@ def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, gr
     ``param`` of ``group`` before its first step, made on the meta device (no memory; on a zero copy of the tensor
     where an ``init_state`` reads values); empty for an optimizer that is not a :class:`GeometryOptimizer` (its saved
     dtypes are kept)."""
+    return {k: v.dtype for k, v in _fresh_state(optimizer, param, group).items() if v.is_floating_point()}
+
+
+def _fresh_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, group: dict) -> dict:
+    """The state tensors (with at least one dimension) ``optimizer`` creates for ``param`` of ``group`` before its
+    first step, as :func:`fresh_state_dtypes` makes them (``{}`` for an optimizer that is not a
+    :class:`GeometryOptimizer`)."""
     if not isinstance(optimizer, GeometryOptimizer):
         return {}
     local = distributed.local(param)
@@ -113,7 +120,27 @@ def fresh_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor, gr
     except (NotImplementedError, RuntimeError):  # an init_state that reads the weights' values: on a real copy
         state = {}
         optimizer._init_state(torch.zeros_like(local), state, group)
-    return {k: v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim}
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.ndim}
+
+
+def _check_state_shapes(optimizer, state_dict: dict) -> None:
+    """Refuse saved state whose tensors have other shapes than a fresh state of the same parameters (the state of
+    another model with the same group sizes, which torch loads and the next step fails on deep inside), before
+    anything is loaded. Keys a fresh state does not make, and FSDP2's sharded tensors (DCP reshards them), are not
+    checked."""
+    saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+    members = [(p, g) for g in optimizer.param_groups for p in g["params"]]
+    for n, (i, (param, group)) in enumerate(zip(saved_ids, members, strict=True)):
+        saved = state_dict["state"].get(i)
+        if not saved or distributed.is_dtensor(param):
+            continue
+        fresh = _fresh_state(optimizer, param, group)
+        for key, value in saved.items():
+            if isinstance(value, torch.Tensor) and key in fresh and value.shape != fresh[key].shape:
+                names = group.get("param_names")
+                name = names[group["params"].index(param)] if names else f"parameter {n} (shape {tuple(param.shape)})"
+                raise ValueError(f"the saved state {key!r} of {name} has shape {tuple(value.shape)}, where this "
+                                 f"optimizer's is {tuple(fresh[key].shape)}: the state belongs to another model")
 
 
 def check_owner(saved: dict | None, mine: dict) -> None:
@@ -479,6 +506,9 @@ class GeometryOptimizer(Optimizer):
             if isinstance(g.get("constraint"), dict):
                 g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
+        if len(state_dict["param_groups"]) == len(self.param_groups) and all(
+                len(a["params"]) == len(b["params"]) for a, b in zip(state_dict["param_groups"], self.param_groups)):
+            _check_state_shapes(self, state_dict)  # (other group sizes: torch's own error, next)
         with _held(self, "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
             super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
