@@ -2,6 +2,7 @@
 run on the same global batch, replicas stay identical, and a checkpoint saved at world size 2 resumes at 1."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,14 @@ def test_train_nproc_2_then_resume_with_one_process_continues_the_run(tmp_path, 
     for a, b in zip(straight, resumed, strict=True):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
     assert float(straight[-1]["val_loss"]) == pytest.approx(float(resumed[-1]["val_loss"]), rel=1e-5)
+    if parallel == "ddp":  # a damaged checkpoint met by both ranks: one line, not one per rank
+        damaged = shutil.copytree(tmp_path / "resumed", tmp_path / "damaged")
+        os.truncate(next((damaged / "checkpoint").glob("*.distcp")), 100)
+        done = subprocess.run([sys.executable, "-m", "specopt.cli", "train", "--resume", str(damaged), "--steps", "9",
+                               "--nproc", "2", "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "is cut short" in done.stderr
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_a_clear_error():

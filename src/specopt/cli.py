@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -175,6 +176,8 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
     threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))  # the workers' share
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its report of the failed worker
+    errors, os.environ[WORKER_ERRORS] = tempfile.mkstemp(prefix="specopt-errors-")
+    os.close(errors)
     try:
         elastic_launch(config, sys.executable)("-m", "specopt.cli", *args)
     except ChildFailedError as e:  # each rank has printed its one-line error; 2: bad input, 1: a failed run
@@ -189,6 +192,7 @@ def launch(nproc: int, options: dict, progress: bool) -> int:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = threads
+        os.unlink(os.environ.pop(WORKER_ERRORS))
     return 0
 
 
@@ -248,8 +252,35 @@ def _written_where(e: Exception, out) -> str:
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
+    if not _said_by_another_rank(message):
+        typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+WORKER_ERRORS = "SPECOPT_WORKER_ERRORS"
+"""The environment variable naming the file where `--nproc N`'s workers note the errors they print."""
+
+
+def _said_by_another_rank(message: str) -> bool:
+    """In a worker of `specopt train --nproc N`: whether another rank has printed this error already (noted in the
+    launcher's file, under a lock). The ranks read the same files and settings, so most errors are every rank's and
+    were printed N times; an error of one rank alone is still printed."""
+    path = os.environ.get(WORKER_ERRORS)
+    if not path or "LOCAL_RANK" not in os.environ:
+        return False
+    try:
+        import fcntl
+
+        with open(path, "a+", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            said = message in f.read().split("\0")
+            if not said:
+                f.write(message + "\0")
+                f.flush()
+        return said
+    except (ImportError, OSError):  # no fcntl (Windows), or the file is gone: print it
+        return False
 
 
 def _task_options(task: str, size, data, width) -> dict:
