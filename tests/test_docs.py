@@ -107,3 +107,13 @@ def test_docs_build_strict(tmp_path):
     for name in ("specopt.Muon", "specopt.Scion", "specopt.ProxSpectral", "specopt.GeometryOptimizer"):
         assert f'id="{name}"' in reference, f"the API reference has no entry for {name}"
     assert (site / "EXPERIMENTS" / "index.html").exists() and (site / "experiments" / "msign" / "plot.png").exists()
+
+
+def test_the_norms_guide_lists_every_catalogue_name():
+    """The guide's list of the names ``get_norm`` takes had fallen behind the catalogue (``flattened`` missing)."""
+    from specopt.norms import CATALOGUE
+
+    text = (DOCS / "guides" / "norms-and-radii.md").read_text()
+    listed = re.search(r'`specopt\.get_norm\("spectral"\)` builds a catalogue norm by name \((.*?)\);', text, re.S)
+    assert listed, "the sentence listing the catalogue's names moved: update this test"
+    assert sorted(re.findall(r"`(\w+)`", listed.group(1))) == sorted(CATALOGUE)

@@ -12,7 +12,8 @@ along its own trajectory,
 
     L̂_i = ‖g_i(W^k) − g_i(W^{k−1})‖_* / max_j t_j^{k−1}
 
-(``t_j^{k−1}`` the length of layer j's last step in its own norm), and fits ``L̂ ≈ L0 + L1·‖g_i(W^k)‖_*``
+(``t_j^{k−1}`` the length of layer j's last step in its own norm), and fits ``L̂ ≈ L0 + L1·‖d_i‖_*``
+(``d_i`` the estimator's direction, the momentum)
 over the last :data:`HISTORY` measurements by asymmetric least squares: residuals where the fit
 *under*-estimates L̂ weigh :data:`UNDER_WEIGHT`, the others 1 − that; L0, L1 ≥ 0. Before the first
 measurement the step is ``t = warmup_radius``, and the online radius grows by at most a factor
