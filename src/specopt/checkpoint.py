@@ -214,7 +214,8 @@ def load(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
     optimizers = _as_list(optimizers)
     module = _module(model)
     params = dict(module.named_parameters())
-    _check_optimizers(_read_meta(path, verified=True)["optimizers"], optimizers, params)  # before anything is loaded in place
+    # before anything is loaded in place
+    _check_optimizers(_read_meta(path, verified=True)["optimizers"], optimizers, params)
     model_sd = module.state_dict()
     missing = [k for k in model_sd if f"model.{k}" not in metadata]
     if missing:

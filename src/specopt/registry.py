@@ -52,8 +52,8 @@ DEFAULTS: dict[str, dict] = {
 """Per-optimizer defaults. The specopt presets' come from their classes (:func:`class_defaults`), whose defaults
 come from recorded sweeps (``benchmarks/sweep_defaults.py``, EXPERIMENTS.md "Defaults sweep"): the setting with the
 smallest worst regret over the tasks each was swept on (Muon, Scion, UScion, Clipped Scion, ALMOND and GluonMVR: the
-char-GPT tiny and small and the MNIST CNN; ProxSpectral and Gluon: the tiny char-GPT and the CNN; the rest of the family: the
-tiny char-GPT; Clipped Scion's lr is the sweep's noted exception); ``radius`` is the hidden radius,
+char-GPT tiny and small and the MNIST CNN; ProxSpectral and Gluon: the tiny char-GPT and the CNN; the rest of the
+family: the tiny char-GPT; Clipped Scion's lr is the sweep's noted exception); ``radius`` is the hidden radius,
 ``roles.DEFAULT_RADII["hidden"]``, so the registry's groups are ``param_groups(model)``'s. ``adamw`` and ``sgd``
 are torch's optimizers with their swept (AdamW) and conventional (SGD) step sizes; ``torch-muon`` takes Muon's.
 """
