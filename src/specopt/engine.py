@@ -506,9 +506,9 @@ class GeometryOptimizer(Optimizer):
             if isinstance(g.get("constraint"), dict):
                 g["constraint"] = constraint_from_config(g["constraint"])
             groups.append(g)
-        if len(state_dict["param_groups"]) == len(self.param_groups) and all(
-                len(a["params"]) == len(b["params"]) for a, b in zip(state_dict["param_groups"], self.param_groups, strict=True)):
-            _check_state_shapes(self, state_dict)  # (other group sizes: torch's own error, next)
+        sizes = [len(g["params"]) for g in state_dict["param_groups"]]
+        if sizes == [len(g["params"]) for g in self.param_groups]:  # (other group sizes: torch's own error, next)
+            _check_state_shapes(self, state_dict)
         with _held(self, "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
             super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
