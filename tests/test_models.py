@@ -724,6 +724,19 @@ def test_peft_lora_roles_the_trainable_head_copy_is_the_head():
                                   r"lora_embedding_B": "hidden", r"lm_head\.modules_to_save": "head"})
 
 
+@pytest.mark.parametrize("model_cls", ["LlamaForCausalLM", "LlamaForSequenceClassification"])
+def test_peft_lora_factors_of_rank_num_labels_are_hidden_not_classifiers(model_cls):
+    """A LoRA factor A has r outputs: with r = config.num_labels (2 by default) every lora_A was taken for a
+    classifier outside the base model (peft's wrappers forward `base_model_prefix`, the base model sits deeper), got
+    the head's norm and radius, and Muon handed it to AdamW, silently."""
+    peft = pytest.importorskip("peft")
+    model = hf("LlamaConfig", model_cls, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, num_labels=2, **TEXT_IDS)()
+    task = {"LlamaForCausalLM": "CAUSAL_LM", "LlamaForSequenceClassification": "SEQ_CLS"}[model_cls]
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type=task))
+    assert_roles(lora, {r"lora_[AB]\.default\.weight$": "hidden", r"score\.modules_to_save": "head"})
+
+
 def test_peft_lora_adapters_step_by_gamma_rho_and_every_preset_trains():
     assert_one_step_geometry(lora_llama(init=False)(), lm_loss)  # lora_A (r × d_in), lora_B (d_out × r), embedding B
     assert_presets_train(lora_llama(), lm_loss)

@@ -116,10 +116,17 @@ def _label_classifiers(model: nn.Module, modules: dict) -> set[str]:
     config = getattr(model, "config", None)
     labels, vocabulary = getattr(config, "num_labels", None), getattr(config, "vocab_size", None)
     prefix = getattr(model, "base_model_prefix", None)
-    if not (prefix and hasattr(model, prefix)):
+    # The base model where it is: a model wrapped by peft forwards `base_model_prefix` and the attribute through
+    # wrappers whose own `model` is another module, while the base model sits deeper (`base_model.model.model`), and
+    # the LoRA factors inside it (rank r outputs, r = num_labels by chance) are not classifiers. The transformers
+    # model is the module whose class states the prefix.
+    owner = next((n for n, m in modules.items() if prefix and getattr(type(m), "base_model_prefix", None) == prefix
+                  and isinstance(m._modules.get(prefix), nn.Module)), None)
+    if owner is None:
         return set()
-    return {n for n, m in modules.items() if isinstance(m, nn.Linear) and not n.startswith(prefix + ".")
-            and n != prefix and (m.out_features == labels or (m.out_features == vocabulary and "." not in n))}
+    inside = f"{owner}.{prefix}" if owner else prefix
+    return {n for n, m in modules.items() if isinstance(m, nn.Linear) and not n.startswith(inside + ".")
+            and n != inside and (m.out_features == labels or (m.out_features == vocabulary and "." not in n))}
 
 
 def _wrapped(model: nn.Module) -> tuple[str, nn.Module] | None:
