@@ -150,6 +150,28 @@ def test_state_of_another_models_shapes_is_refused_and_the_optimizer_left_as_it_
                if torch.is_tensor(v))
 
 
+@pytest.mark.parametrize("which", ["weight", "bias"])
+@pytest.mark.parametrize("cls, kwargs", ALL + WITH_OWN_STATE, ids=IDS + WITH_OWN_STATE_IDS)
+def test_a_parameter_resized_in_place_after_stepping_is_refused_before_anything_moves(cls, kwargs, which):
+    """``resize_token_embeddings`` keeps the Parameter and replaces its data: torch's fused AdamW kernel, which Muon's
+    AdamW part (the biases here) uses, wrote past the old moments (memory corruption), and the other updates failed
+    deep inside."""
+    X, y = classification_data()
+    model = mlp(1)
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, X, y, 2)
+    resized = getattr(model[2], which)
+    if not any(torch.is_tensor(v) and v.ndim for v in opt.state[resized].values()):
+        return  # no state of the weight's shape (steepest descent without momentum): nothing to mismatch
+    resized.data = torch.randn(40, *resized.shape[1:])
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"has shape \(40.*but its optimizer state '\w+' has \(32.*resized in place"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_state_dict_restores_norm_objects_and_hyperparameters():
     model = mlp()
     opt = Scion(specopt.param_groups(model), lr=0.1)

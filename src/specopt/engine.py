@@ -172,6 +172,24 @@ def _as_json(value):
     return json.loads(json.dumps(value, default=repr))
 
 
+WEIGHT_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "previous_param", "gluon_anchor", "dog_w0")
+"""The built-in parts' state tensors that have their weight's shape (momentum, AdamW's moments, STORM's previous
+iterate, Gluon's anchor, DoG's starting point), checked at every step: :func:`_check_weight_shaped_state`."""
+
+
+def _check_weight_shaped_state(state: dict, p: torch.Tensor, name: str) -> None:
+    """Refuse a step of a parameter resized in place after its state was made (``resize_token_embeddings`` on a
+    model whose optimizer has stepped): torch's fused AdamW kernel does not check shapes, and wrote past its
+    buffers (memory corruption, a crash or a silently wrong step); the other updates failed deep inside."""
+    for key in WEIGHT_SHAPED_STATE:
+        value = state.get(key)
+        if isinstance(value, torch.Tensor) and value.shape != p.shape:
+            raise ValueError(f"{name} has shape {tuple(p.shape)}, but its optimizer state {key!r} has "
+                             f"{tuple(value.shape)}: the parameter was resized in place after the optimizer stepped "
+                             "(e.g. resize_token_embeddings). Resize before building the optimizer, or drop that "
+                             "parameter's state (optimizer.state.pop(param)) to start it afresh")
+
+
 def _check_direction(rec: Record, estimator) -> None:
     """An estimator's direction is a tensor of its parameter's shape (one that broadcasts would step every row by
     one row's direction)."""
@@ -776,6 +794,7 @@ class GeometryOptimizer(Optimizer):
                 if g.dtype in (torch.bfloat16, torch.float16):
                     g = g.float()  # low-precision params: estimator, state and lmo in float32
                 state = self.state[param]
+                _check_weight_shaped_state(state, p, name)
                 if group["norm"] == "adamw":
                     aux.append(Record(p, g, group, state, name, param=param, layout=layout))
                     continue
