@@ -423,16 +423,19 @@ def test_rules_that_know_a_module_by_its_class_still_apply_after_fully_shard(one
 @pytest.mark.parametrize("wrap", ["compile", "DataParallel", "DDP"])
 def test_a_wrapped_model_has_the_roles_of_the_model_it_wraps(wrap, request):
     """``torch.compile(model)``, ``DataParallel(model)`` or ``DDP(model)`` before the optimizer is built: the output
-    layer is still found (torch.fx cannot trace the wrapper; the head was read as a hidden matrix)."""
+    layer is still found (torch.fx cannot trace the wrapper; the head was read as a hidden matrix), and the names are
+    the model's own, so that an anchored regex written for it matches (it matched no parameter of the wrapper's
+    ``_orig_mod.`` or ``module.`` names)."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     plain = {name: g["role"] for g in specopt.param_groups(model) for name, _ in g["params"]}
     if wrap == "DDP":
         request.getfixturevalue("one_rank_mesh")  # DDP needs a process group
     wrapper = {"compile": torch.compile, "DataParallel": nn.DataParallel,
                "DDP": nn.parallel.DistributedDataParallel}[wrap](model)
-    prefix = "_orig_mod." if wrap == "compile" else "module."
-    wrapped = {name.removeprefix(prefix): g["role"] for g in specopt.param_groups(wrapper) for name, _ in g["params"]}
+    groups = specopt.param_groups(wrapper, head=r"^2$", overrides={r"^0\.": {"lr": 1e-3}})
+    wrapped = {name: g["role"] for g in groups for name, _ in g["params"]}
     assert wrapped == plain and plain["2.weight"] == "head"
+    assert {name for g in groups if g.get("lr") == 1e-3 for name, _ in g["params"]} == {"0.weight", "0.bias"}
 
 
 def test_a_transformers_model_held_by_a_module_of_ones_own_states_its_head():

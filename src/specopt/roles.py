@@ -30,6 +30,7 @@ import re
 from torch import nn
 
 from specopt._checks import subclasses
+from specopt.heads import _wrapped
 from specopt.layouts import Layout, classify
 from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv, get_norm
 from specopt.views import LAYOUT_VIEWS, Flattened, Stacked, Transposed
@@ -65,7 +66,9 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     r"""Param groups for any specopt optimizer: ``[{"params": [(name, p), …], "role", "norm", "radius"}, …]``.
 
     Args:
-        model: the module whose trainable parameters are assigned (frozen ones are left out, tied ones once).
+        model: the module whose trainable parameters are assigned (frozen ones are left out, tied ones once); a model
+            wrapped by ``torch.compile``, DDP or ``nn.DataParallel`` is read through the module it wraps, under its
+            names (no ``_orig_mod.`` or ``module.`` prefix), so the same regexes serve it wrapped or not.
         scheme: "text", "image", or "auto" (text when the model has an ``nn.Embedding``).
         radii: per-role radius overrides, e.g. ``{"hidden": 50.0}`` (the others keep :data:`DEFAULT_RADII`).
         head: regex of the output layer's module name, ``False`` for no head; default: found by what it is
@@ -89,6 +92,9 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     if not isinstance(model, nn.Module):
         raise TypeError(f"param_groups reads the model (an nn.Module), got {type(model).__name__}: "
                         "param_groups(model), not param_groups(model.parameters())")
+    # torch.compile, DDP, DataParallel: the wrapped model's names, so that the regexes of head=, overrides=, … match
+    while (wrapped := _wrapped(model)) is not None:
+        model = wrapped[1]
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
     if embedding_norm not in ("sign", "col_norm"):
