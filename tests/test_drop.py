@@ -122,6 +122,18 @@ def test_param_groups_without_the_models_order_are_refused_and_a_foreign_tensor_
         specopt.DropMuon(model.parameters(), order=list(model.parameters())[1:])
 
 
+def test_groups_whose_params_are_generators_keep_their_tensors():
+    """``{"params": model.parameters()}``: the generator was read once for the cutoff's order and the optimizer got an
+    empty group (no error until an IndexError at the step), and a group added later the same way trained nothing."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = specopt.DropMuon([{"params": model[0].parameters()}])
+    opt.add_param_group({"params": model[2].parameters()})
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1, 1, 1]  # each: its matrix, its bias (AdamW)
+    assert [id(t) for t in opt.rule.tensors] == [id(p) for p in model.parameters()]
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+
+
 def test_a_group_added_later_joins_the_order_at_its_end_or_is_refused_where_order_was_passed():
     """Unfreezing a layer (``add_param_group``) after ``DropMuon(tensors)``: its tensors join the draw as the
     deepest (the order given, continued); under ``order=model`` a tensor outside the model is refused when added,

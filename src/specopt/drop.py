@@ -98,7 +98,7 @@ class DropMuon(Muon):
 
     def __init__(self, params, lr: float = 0.02, seed: int = 0, decay: float = 1.0, order=None, **muon):
         refuse_own("DropMuon", muon, "rule")
-        params = list(params) if not isinstance(params, torch.Tensor) else [params]
+        params = [_listed(g) for g in (list(params) if not isinstance(params, torch.Tensor) else [params])]
         self._order_given = order is not None
         if order is None:
             if any(isinstance(g, dict) and "role" in g for g in params):
@@ -115,6 +115,7 @@ class DropMuon(Muon):
         if not isinstance(rule, ProgressiveDrop) or rule.tensors is None:
             super().add_param_group(param_group)
             return
+        param_group = _listed(param_group)
         known = {id(t) for t in rule.tensors}
         new = [t for t in _tensors_in([param_group]) if id(t) not in known]
         if new and self._order_given:
@@ -123,6 +124,14 @@ class DropMuon(Muon):
                              "tensors input side first): pass an order= that holds them")
         super().add_param_group(param_group)
         rule.tensors.extend(new)
+
+
+def _listed(group):
+    """A group dict whose ``params`` is a list (a generator, ``model.parameters()``, read once for the cutoff's
+    order, would leave the optimizer none); anything else as it is."""
+    if isinstance(group, dict) and "params" in group and not isinstance(group["params"], (torch.Tensor, list)):
+        return {**group, "params": list(group["params"])}
+    return group
 
 
 def _tensors_in(groups: list) -> list[torch.Tensor]:
