@@ -852,6 +852,19 @@ def test_the_clipped_rules_step_float64_weights_by_an_unrounded_factor():
     torch.testing.assert_close(w.detach(), before - 0.1 * U @ Vh, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("flag", ["maximize", "foreach", "fused", "capturable", "differentiable", "amsgrad"])
+def test_a_torch_flag_in_a_param_group_is_refused_not_ignored(flag):
+    """``{"params": …, "maximize": True}`` from an SGD recipe was accepted and the step minimised anyway; False, torch's
+    default, passes."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=rf"'{flag}': torch.optim flags specopt's optimizers do not implement"):
+        specopt.UScion([{"params": list(model.parameters()), flag: True}])
+    opt = specopt.Muon([{"params": list(model[0].parameters()), flag: False}])
+    with pytest.raises(ValueError, match=rf"'{flag}'"):
+        opt.add_param_group({"params": list(model[1].parameters()), flag: True})
+    assert len(opt.param_groups) == 2  # Muon's split of the first group; the refused one was not added
+
+
 @pytest.mark.parametrize("cls, key, value", [(specopt.NorMuon, "beta2", 0.1), (specopt.AdaGO, "gamma", 1e-3),
                                              (specopt.DoG, "r_rel", 0.1), (specopt.MuonBP, "period", 1)])
 def test_a_setting_of_the_rule_given_in_a_param_group_is_refused_not_ignored(cls, key, value):

@@ -143,6 +143,20 @@ def _check_state_shapes(optimizer, state_dict: dict) -> None:
                                  f"optimizer's is {tuple(fresh[key].shape)}: the state belongs to another model")
 
 
+TORCH_FLAGS = ("maximize", "foreach", "fused", "capturable", "differentiable", "amsgrad")
+"""torch.optim's group flags that specopt's optimizers do not implement: refused in a group, not ignored."""
+
+
+def _refuse_torch_flags(group: dict) -> None:
+    """A torch.optim flag in a param group (``maximize=True`` from an SGD or AdamW recipe) was ignored: the step
+    minimised anyway. False (torch's default) passes; anything else is an error that says what to do instead."""
+    given = [k for k in TORCH_FLAGS if group.get(k) not in (None, False)]
+    if given:
+        raise ValueError(f"param group key(s) {', '.join(map(repr, given))}: torch.optim flags specopt's optimizers "
+                         "do not implement (they would be ignored); leave them out (for maximize, step on the "
+                         "negated loss)")
+
+
 def check_owner(saved: dict | None, mine: dict) -> None:
     """Refuse state saved by another optimizer class, estimator or rule, or by the same with other settings (their
     ``config()``): ``saved`` and ``mine`` are :meth:`GeometryOptimizer._owner` records (``saved`` None, or without the
@@ -398,6 +412,7 @@ class GeometryOptimizer(Optimizer):
             for p, name in zip(group["params"], names, strict=True):
                 auto_norm(tuple(p.shape), name)
         self._refuse_part_settings(group)
+        _refuse_torch_flags(group)
         self._validate_group(group)
 
     def _refuse_part_settings(self, group: dict) -> None:
