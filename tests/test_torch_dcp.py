@@ -104,3 +104,25 @@ def test_a_single_process_checkpoint_round_trip_warns_nothing(tmp_path):
         warnings.simplefilter("error")
         specopt.checkpoint.save(tmp_path / "ckpt", model, opt, extra={"step": 1})
         assert specopt.checkpoint.load(tmp_path / "ckpt", model, opt) == {"step": 1}
+
+
+def test_another_optimizers_state_is_refused_through_torchs_state_dict_api():
+    """torch's flat optimizer state dict (``get_optimizer_state_dict``) keeps the groups and the state only, not the
+    owner record: a Muon state was loaded into a UScion by ``set_optimizer_state_dict``, its one group taking Muon's
+    AdamW group's hyperparameters (every matrix then trained by AdamW), silently. The record now rides in every
+    group's saved form."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    X, y = classification_data()
+    model = mlp(1)
+    opt = specopt.Muon(model.parameters())
+    train(model, opt, X, y, 2)
+    saved = get_optimizer_state_dict(model, opt)
+    other = mlp(7)
+    uscion = specopt.UScion(other.parameters())
+    with pytest.raises(ValueError, match="belongs to Muon .* cannot be loaded into UScion"):
+        set_optimizer_state_dict(other, uscion, saved)
+    assert [g["norm"] for g in uscion.param_groups] == ["auto"]
+    same = specopt.Muon(other.parameters())
+    set_optimizer_state_dict(other, same, saved)
+    assert all("specopt_owner" not in g for g in same.param_groups)  # in the saved form only

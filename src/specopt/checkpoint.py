@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from specopt._checks import listing
 from specopt.distributed import is_dtensor, local, sharded_state
-from specopt.engine import GeometryOptimizer, check_owner, fresh_state_dtypes, loaded_state
+from specopt.engine import OWNER_KEY, GeometryOptimizer, check_owner, fresh_state_dtypes, loaded_state
 
 
 def _module(model: torch.nn.Module) -> torch.nn.Module:
@@ -148,7 +148,7 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dic
                                      "such data in one tensor (its first dimension the rows, under FSDP2)")
                 else:
                     small.setdefault(fqn[param], {})[key] = _encode(value)
-        groups = [{k: _encode(v) for k, v in g.items() if k not in ("params", "param_names")}
+        groups = [{k: _encode(v) for k, v in g.items() if k not in ("params", "param_names", OWNER_KEY)}
                   for g in optimizer.state_dict()["param_groups"]]
         members = [[fqn.get(p) for p in g["params"]] for g in optimizer.param_groups]
         metas.append({"param_groups": groups, "state": small, "skipped_steps": getattr(optimizer, "skipped_steps", 0),

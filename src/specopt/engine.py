@@ -143,6 +143,12 @@ def _check_state_shapes(optimizer, state_dict: dict) -> None:
                                  f"optimizer's is {tuple(fresh[key].shape)}: the state belongs to another model")
 
 
+OWNER_KEY = "specopt_owner"
+"""The saved form of every param group holds the optimizer's owner record (:meth:`GeometryOptimizer._owner`) under
+this key: ``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` keeps the groups and the state only, and a
+Muon state loaded into a UScion through it took Muon's AdamW hyperparameters for every tensor, silently."""
+
+
 TORCH_FLAGS = ("maximize", "foreach", "fused", "capturable", "differentiable", "amsgrad")
 """torch.optim's group flags that specopt's optimizers do not implement: refused in a group, not ignored."""
 
@@ -502,6 +508,8 @@ class GeometryOptimizer(Optimizer):
         with _held(self, "_optimizer_state_dict_post_hooks") as post_hooks:
             sd = super().state_dict()
         sd["specopt"] = self._owner()
+        for g in sd["param_groups"]:  # also in each group: torch.distributed.checkpoint's flat form keeps groups only
+            g[OWNER_KEY] = sd["specopt"]
         params = [p for group in self.param_groups for p in group["params"]]
         if any(distributed.is_dtensor(p) for p in params):
             sd["state"] = {i: {k: distributed.sharded_state(v, params[i]) for k, v in state.items()}
@@ -527,13 +535,15 @@ class GeometryOptimizer(Optimizer):
         state_dict = state_dict.copy()  # as torch's: a hook may edit its copy
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = hook(self, state_dict) or state_dict
-        check_owner(state_dict.get("specopt"), self._owner())
+        saved = state_dict.get("specopt") or next((g[OWNER_KEY] for g in state_dict["param_groups"] if OWNER_KEY in g),
+                                                  None)
+        check_owner(saved, self._owner())
         if any("norm" not in g for g in state_dict["param_groups"]):
             raise ValueError("this state has param groups without a 'norm': it is not a specopt optimizer's state "
                              "(a torch.optim optimizer's?)")
         groups = []
         for g in state_dict["param_groups"]:
-            g = dict(g)
+            g = {k: v for k, v in g.items() if k != OWNER_KEY}
             if isinstance(g["norm"], dict):
                 g["norm"] = norm_from_config(g["norm"])
             if isinstance(g.get("constraint"), dict):
