@@ -300,3 +300,16 @@ def test_power_decay_schedule():
     assert lrs == pytest.approx([1.0, 2 ** (-2 / 3), 3 ** (-2 / 3)])
     with pytest.raises(ValueError, match="unknown schedule"):
         specopt.schedules.power_decay(opt, "cosine")
+
+
+def test_preconditioner_refuses_settings_it_would_ignore_or_fail_on_later_and_passes_empty_tensors():
+    """A compute_dtype that is no floating dtype failed at the first apply, steps=0 passed for the SVD kinds, a
+    zero-size matrix failed in reshape, and Box.value of an empty tensor in amax."""
+    for kind in ("polar_express", "smooth", "msign"):
+        with pytest.raises(ValueError, match="compute_dtype must be a torch floating dtype"):
+            Preconditioner(kind, compute_dtype=torch.int32)
+        with pytest.raises(ValueError, match="steps"):
+            Preconditioner(kind, steps=0)
+    for kind in ("polar_express", "smooth", "msign"):
+        assert Preconditioner(kind).apply(torch.zeros(0, 3)).shape == (0, 3)
+    assert Box(1.0).value(torch.zeros(0, 3)) == 0.0

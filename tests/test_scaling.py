@@ -89,6 +89,8 @@ def test_the_scaling_helpers_refuse_bad_input_by_name():
     for choices in ((0,), (1.5,)):
         with pytest.raises(ValueError, match="each of seq_choices must be a positive integer"):
             transfer(1e6, 8, 128, 1e-3, 1e8, seq_choices=choices)
+    with pytest.raises(ValueError, match="seq_choices is empty"):  # it fell back to S0's neighbours silently
+        transfer(1e6, 8, 128, 1e-3, 1e8, seq_choices=())
     with pytest.raises(ValueError, match="x must be a finite number"):
         power_of_two(float("inf"))
     for seen in (float("nan"), -1.0):  # returned the base value before

@@ -65,8 +65,10 @@ class Preconditioner(Norm):
         self.kappa = check_positive(kappa, "kappa")
         self.eps = check_positive(eps, "eps")
         self.scale = check_positive(scale, "scale")
-        if kind == "polar_express":
-            schedule("polar_express", steps)  # validates steps
+        schedule("polar_express", steps)  # validates steps (also for the SVD kinds, which do not read them)
+        if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype)
+                                              and compute_dtype.is_floating_point):
+            raise ValueError(f"compute_dtype must be a torch floating dtype (torch.float32, …), got {compute_dtype!r}")
         self.steps, self.compute_dtype = steps, compute_dtype
 
     def _item_rank(self, x):
@@ -83,6 +85,8 @@ class Preconditioner(Norm):
         y = d * self.scale
         if d.ndim <= 1:  # a vector (or a scalar) is a diagonal matrix
             return self._entrywise(y)
+        if not d.numel():
+            return y
         m = y.reshape(y.shape[0], -1)
         if self.kind == "polar_express":
             work = resolve_compute_dtype(m, self.compute_dtype, "polar_express")

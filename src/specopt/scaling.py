@@ -69,6 +69,8 @@ def transfer(tokens: float, batch: int, seq: int, lr: float, target_tokens: floa
                          f"target_tokens ({target_tokens:g}) is too far below the base budget ({tokens:g})")
     if seq_choices is not None:
         seq_choices = tuple(_positive_int(s, "each of seq_choices") for s in seq_choices)
+        if not seq_choices:
+            raise ValueError("seq_choices is empty: give at least one sequence length, or None for S0's neighbours")
     seqs = seq_choices or tuple(s for s in (seq // 2, seq, seq * 2) if s >= 1)
     choices = tuple((power_of_two(per_step / s), s) for s in seqs if power_of_two(per_step / s) >= 1)
     if not choices:
