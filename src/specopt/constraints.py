@@ -31,10 +31,11 @@ The spectral ball has an SVD-free path (``method="polar"``): with ``Q = msign(Y)
 (Polar Express with 12 steps for ``σ/‖Y‖_F ≥ 1e-6``, converged to float32 precision, in float32 or wider).
 Singular values within ``≈1e-6·‖Y − rQ‖_F`` above r are clipped only partly: the result can exceed r by that
 much (measured in ``benchmarks/projection.py``), or fall short of it by as much. The result is a difference of
-O(r) terms, so a point already inside the ball moves by about the polar factors' rounding times r: relatively
-``≈1e-7·r/‖Y‖_op`` in float32 (2e-3 at ‖Y‖_op = 1e-3·r), ``≈1e-15·r/‖Y‖_op`` in float64; where weights far inside
-a large ball must stay exactly where they are, use ``method="svd"``. On a CPU the SVD is 2–5× faster; on an H100 the SVD-free path
-is 2–11× faster than cuSOLVER's SVD and more accurate, so choose ``method="polar"`` for parameters on a GPU.
+O(r) terms, so a point already inside the ball moves by about the polar factors' error times r: relatively
+``≈2e-6·r/‖Y‖_op`` in float32 (2e-3 at ‖Y‖_op = 1e-3·r, 2e-2 at 1e-4·r, a 64×32 matrix) and ``≈7e-10·r/‖Y‖_op`` in
+float64 (the polar factors converge to float32's precision); where weights far inside a large ball must stay where
+they are, use ``method="svd"``. On a CPU the SVD is 2–5× faster; on an H100 the SVD-free path is 2–11× faster
+than cuSOLVER's SVD and more accurate, so choose ``method="polar"`` for parameters on a GPU.
 """
 
 from __future__ import annotations

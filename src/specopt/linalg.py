@@ -358,9 +358,15 @@ def resolve_compute_dtype(G: torch.Tensor, compute_dtype, method: str) -> torch.
         return at_least_fp32
     if compute_dtype is None:
         return default_compute_dtype(G.device) or at_least_fp32
-    if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
-        raise ValueError(f"compute_dtype must be a torch floating dtype, got {compute_dtype!r}")
+    check_compute_dtype(compute_dtype)
     return compute_dtype
+
+
+def check_compute_dtype(compute_dtype) -> None:
+    """``compute_dtype`` must be None (the default) or a torch floating dtype: a ValueError naming it otherwise (the
+    check msign makes, made at construction by the norms and preconditioners that hold one)."""
+    if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
+        raise ValueError(f"compute_dtype must be a torch floating dtype (torch.float32, …), got {compute_dtype!r}")
 
 
 def _polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:

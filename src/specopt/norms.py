@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from specopt._checks import check_positive, check_tensor, subclasses
-from specopt.linalg import METHODS, _steps, check_gram, msign, polar_factor, resolve_compute_dtype
+from specopt.linalg import METHODS, _steps, check_compute_dtype, check_gram, msign, polar_factor, resolve_compute_dtype
 
 
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -390,9 +390,7 @@ class _SpectralBase(Norm):
         check_gram(gram)
         if steps is not None:
             _steps(steps, 1)  # the same check msign makes, at construction rather than at the first step
-        if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype)
-                                              and compute_dtype.is_floating_point):
-            raise ValueError(f"compute_dtype must be a torch floating dtype (torch.float32, …), got {compute_dtype!r}")
+        check_compute_dtype(compute_dtype)
         self.method, self.steps, self.compute_dtype, self.gram = method, steps, compute_dtype, gram
 
     @abstractmethod

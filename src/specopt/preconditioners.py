@@ -21,7 +21,7 @@ import math
 import torch
 
 from specopt._checks import check_positive, check_tensor
-from specopt.linalg import polar_factor, resolve_compute_dtype, schedule
+from specopt.linalg import check_compute_dtype, polar_factor, resolve_compute_dtype, schedule
 from specopt.norms import _NAMES, CATALOGUE, Norm, _gaussian
 
 KINDS = ("msign", "smooth", "polar_express")
@@ -66,9 +66,7 @@ class Preconditioner(Norm):
         self.eps = check_positive(eps, "eps")
         self.scale = check_positive(scale, "scale")
         schedule("polar_express", steps)  # validates steps (also for the SVD kinds, which do not read them)
-        if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype)
-                                              and compute_dtype.is_floating_point):
-            raise ValueError(f"compute_dtype must be a torch floating dtype (torch.float32, …), got {compute_dtype!r}")
+        check_compute_dtype(compute_dtype)
         self.steps, self.compute_dtype = steps, compute_dtype
 
     def _item_rank(self, x):
