@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specopt import msign, msign_band
-from specopt.linalg import default_compute_dtype, nuclear_norm, polar_express_8_step, schedule
+from specopt.linalg import (
+    default_compute_dtype,
+    nuclear_norm,
+    polar_express_8_step,
+    polar_express_coefficients,
+    schedule,
+)
+from specopt.msign_schedules import cheaper_schedule
 
 POLY = ["polar_express", "newton_schulz"]
 ALL = POLY + ["svd"]
@@ -185,8 +192,20 @@ def test_bad_options_are_named():
         msign(G, method="qr")
     with pytest.raises(ValueError, match="steps"):
         msign(G, steps=0)
+    for method in ("svd", "polar_express"):  # the SVD takes no steps, but a bad count is refused all the same
+        with pytest.raises(ValueError, match="steps must be a positive integer, got -1"):
+            msign(G, method=method, steps=-1)
+        with pytest.raises(ValueError, match="steps must be a positive integer, got True"):
+            msign_band(method, steps=True)
     with pytest.raises(ValueError, match="compute_dtype"):
         msign(G, compute_dtype=torch.int32)
+    for safety in (float("nan"), float("inf"), 0.5):  # inf had given all-zero coefficients, nan numpy's error
+        with pytest.raises(ValueError, match="safety must be a finite number >= 1"):
+            polar_express_coefficients(5, safety=safety)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got True"):
+        polar_express_coefficients(True)
+    with pytest.raises(ValueError, match="design_steps must be a positive integer or None, got 0"):
+        cheaper_schedule("cubic", 5, design_steps=0)  # had silently used the default 5
 
 
 def test_nuclear_norm_without_svd():

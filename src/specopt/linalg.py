@@ -120,14 +120,14 @@ def polar_express_coefficients(
     """
     if degree not in (3, 5):
         raise ValueError(f"degree must be 3 (cubic) or 5 (quintic), got {degree!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not 0 < l < 1:
         raise ValueError(f"l (lower end of the singular-value interval) must be in (0, 1), got {l!r}")
     if not 0 <= cushion < 1:
         raise ValueError(f"cushion must be in [0, 1), got {cushion!r}")
-    if safety < 1:
-        raise ValueError(f"safety must be >= 1, got {safety!r}")
+    if not math.isfinite(safety) or safety < 1:
+        raise ValueError(f"safety must be a finite number >= 1, got {safety!r}")
     lo, hi = float(l), 1.0
     out = []
     optimal = _optimal_odd_quintic if degree == 5 else _optimal_odd_cubic
@@ -246,6 +246,7 @@ def msign_band(method: str = "polar_express", steps: int | None = None,
     if method not in METHODS:
         raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
     if method == "svd":
+        _steps(steps, 1)  # refused as for the polynomial methods, though the SVD takes no steps
         return (1.0, 1.0)
     sched = schedule(method, steps)
     if l is None:
@@ -304,6 +305,7 @@ def msign(
     check_matrix(G, "msign input")
     if method not in METHODS:
         raise ValueError(f"unknown msign method {method!r}; valid methods: {', '.join(METHODS)}")
+    _steps(steps, 1)  # also for the SVD, which takes none: a bad value is a mistake however it would be used
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("msign input contains NaN or Inf; the polar factor of a non-finite matrix is undefined")
     work = resolve_compute_dtype(G, compute_dtype, method)

@@ -62,7 +62,8 @@ EPS = 1e-6
 @dataclass(frozen=True)
 class Design:
     """How a cheaper schedule is built: polynomial degree, default steps, normalisation, the generator's cushion
-    (Polar Express's 0.02 for the quintics; none for the cubic, whose slope at zero is at most ≈ 2.6)."""
+    (Polar Express's 0.02 for the quintics; none for the cubic, whose minimax slope at zero stays below 3√3 ≈ 5.2
+    however small ``l`` is: 4.91 in the cubic schedule's first step)."""
 
     degree: int
     steps: int
@@ -123,6 +124,9 @@ def cheaper_schedule(method: str, steps: int, design_steps: int | None = None) -
     (what the msign benchmark's trade-off rows time)."""
     if method not in DESIGNS:
         raise ValueError(f"unknown cheaper msign schedule {method!r}; valid: {', '.join(DESIGNS)}")
+    if design_steps is not None and (isinstance(design_steps, bool) or not isinstance(design_steps, int)
+                                     or design_steps < 1):
+        raise ValueError(f"design_steps must be a positive integer or None, got {design_steps!r}")
     d = DESIGNS[method]
     l = widest_interval(d.degree, design_steps or d.steps, d.cushion, d.normalization)  # noqa: E741
     coefficients = polar_express_coefficients(steps, l=l, cushion=d.cushion, safety=SAFETY, degree=d.degree)
