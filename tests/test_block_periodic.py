@@ -14,6 +14,7 @@ from torch import nn
 
 import specopt
 from specopt.block_periodic import BlockPeriodic, chunk_rows, row_blocks
+from specopt.views import Stacked
 
 EXACT = {"method": "svd"}
 
@@ -106,6 +107,20 @@ def test_blocks_of_a_fused_projection_are_cut_at_both_boundaries():
     g0 = gradients([(12, 3)], 2)[0][0]
     full = torch.cat([-math.sqrt(4 / 3) * msign(m) for m in g0.split(4)])  # the full step: q, k, v
     torch.testing.assert_close(first[0], full, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [2, 3])  # unequal (2, 1) and equal (1, 1, 1) expert blocks
+def test_the_blocks_of_an_expert_stack_are_whole_experts(blocks):
+    """An expert stack ``(E, d_out, d_in)`` is cut along its expert axis, as FSDP2 shards it: each block holds whole
+    experts, whose msign needs no other expert, so every MuonBP step is Muon's (times r on block steps). Equal
+    blocks had failed at the first block step (the block axis was read as a matrix axis)."""
+    norm = Stacked(specopt.Spectral(**EXACT))
+    a, b = nn.Parameter(torch.randn(3, 7, 8)), nn.Parameter(torch.randn(3, 7, 8))
+    muon = specopt.Muon([{"params": [a], "norm": norm}], lr=0.1)
+    bp = specopt.MuonBP([{"params": [b], "norm": norm}], lr=0.1, period=2, blocks=blocks, block_lr_ratio=0.5)
+    grads = gradients([(3, 7, 8)], 4)
+    for k, (full, ours) in enumerate(zip(stepped(muon, [a], grads), stepped(bp, [b], grads), strict=True)):
+        torch.testing.assert_close(ours[0], full[0] * (1.0 if k % 2 == 0 else 0.5), atol=1e-6, rtol=1e-5)
 
 
 def test_the_adamw_tensors_step_as_muons():

@@ -16,12 +16,14 @@ own, and its msign needs no other rows.
 The blocks are the rows of dim 0 of the stored tensor. Under FSDP2 (``fully_shard``, ``Shard(0)``) they are the
 shards: each rank orthogonalizes its own rows, and the block steps post no collective for the lmo (the paper's
 point: Muon's full step gathers every matrix to one rank and scatters the result back). Elsewhere (one process, DDP)
-a matrix is cut into ``blocks`` row blocks the way FSDP2 would shard it over ``blocks`` ranks (``torch.chunk``), so one
-process with ``blocks=W`` computes the update W FSDP2 ranks compute. Blocks of a norm that is already blocked (a
-fused q/k/v) are cut at both sets of boundaries. One process saves flops too: a row block of a wide or square
-matrix is a smaller msign (B blocks of a square matrix cost 1/B of its msign), while row blocks of a tall matrix
-cost as much as the matrix until they are shorter than wide; ``split="short"`` cuts a tall matrix across its
-columns instead (on one process only: under FSDP2 the shards decide).
+a matrix is cut into ``blocks`` row blocks the way FSDP2 would shard it over ``blocks`` ranks (``torch.chunk``), so
+one process with ``blocks=W`` computes the update W FSDP2 ranks compute. Blocks of a norm that is already blocked (a
+fused q/k/v) are cut at both sets of boundaries. An expert stack (:class:`~specopt.views.Stacked`) is cut along its
+expert axis, as FSDP2 shards it: its blocks are whole experts, each its own matrix, so its block step is the full
+lmo times ``r``. One process saves flops too: a row block of a wide or square matrix is a smaller msign (B blocks of
+a square matrix cost 1/B of its msign), while row blocks of a tall matrix cost as much as the matrix until they are
+shorter than wide; ``split="short"`` cuts a tall matrix across its columns instead (on one process only: under FSDP2
+the shards decide).
 
 Written on the engine's public protocol: the rule :class:`BlockPeriodic` swaps a record's norm for its row-blocked
 form in :meth:`~specopt.steps.StepRule.active` on block steps; the blocked norm's

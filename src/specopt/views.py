@@ -149,6 +149,8 @@ class Stacked(_View):
     _from_view = _to_view
 
     def _inner_batch(self, batch_dims):
+        if batch_dims is None and self.inner.item_ndim is not None:  # every axis before the inner items is a batch
+            return None  # axis: the stacked ones and any a caller put in front (a Blocked norm's axis of blocks)
         return (batch_dims or 0) + self.dims
 
     def _view_shape(self, shape):
