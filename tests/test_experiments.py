@@ -308,22 +308,39 @@ def test_norm_control_report_turns_with_its_numbers(change, says, not_says):
 
 def test_msign_maps_match_the_documented_bands(tmp_path):
     rows, report = run_quick("msign", tmp_path)
-    assert "**Confirmed**" in report and "lie inside the scalar band (within 0.001) at 23 of 23 iterations" in report
+    assert "**Confirmed**" in report
+    assert "agree with the scalar map at the matrix's singular values (within 0.001) at 23 of 23 iterations" in report
     last = {r["method"]: r for r in rows if r["iteration"] == ("5" if r["method"] != "svd" else "1")}
     assert abs(float(last["polar_express"]["band_min"]) - 0.8466) < 1e-3
     assert abs(float(last["newton_schulz"]["band_min"]) - 0.4705) < 1e-3
-    for r in rows:  # the matrix's singular values stay inside the scalar band
+    for r in rows:  # the matrix's singular values are the map's at its own singular values, and inside the band
+        assert float(r["matrix_gap"]) <= 1e-3
         assert float(r["band_min"]) - 1e-3 <= float(r["matrix_min"])
         assert float(r["matrix_max"]) <= float(r["band_max"]) + 1e-3
+        deviation = max(1 - float(r["matrix_min"]), float(r["matrix_max"]) - 1)
+        if r["method"] != "aol":  # the singular vectors are G's: the distance to UVᵀ is the max |σ − 1|
+            assert abs(float(r["polar_distance"]) - deviation) < 1e-4
+    aol = next(r for r in rows if r["method"] == "aol" and r["iteration"] == "4")
+    assert float(aol["polar_distance"]) > max(1 - float(aol["matrix_min"]), float(aol["matrix_max"]) - 1) + 0.02
+    assert "AOL's output is the polar factor of D^-1/2 G" in report
 
 
 def test_msign_experiment_can_refute_its_claim(tmp_path, monkeypatch):
-    """A negative tolerance puts every iteration outside the band: the verdict must turn."""
-    from specopt.experiments import msign_maps
+    """A matrix iteration one step behind the scalar map it is compared with (the kind of mismatch a comparison of
+    msign(steps=k), a separately designed schedule, with the 5-step schedule's first k steps had hidden inside the
+    band): the gap shows it and the verdict turns."""
+    from dataclasses import replace
 
-    monkeypatch.setattr(msign_maps, "TOLERANCE", -0.01)
+    from specopt.experiments import msign_maps
+    from specopt.linalg import run_schedule
+
+    def one_step_short(G, sched):
+        return run_schedule(G, replace(sched, coefficients=sched.coefficients[:-1])) if len(
+            sched.coefficients) > 1 else run_schedule(G, sched)
+
+    monkeypatch.setattr(msign_maps, "run_schedule", one_step_short)
     report = EXPERIMENTS["msign"](tmp_path, quick=True, progress=False).read_text()
-    assert "**Refuted**" in report and "at 0 of 23 iterations (outside: newton_schulz iteration 1" in report
+    assert "**Refuted**" in report and "; apart at newton_schulz iteration 2" in report
 
 
 def test_bpm_experiment_claim(tmp_path):

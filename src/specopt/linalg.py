@@ -371,6 +371,19 @@ def check_compute_dtype(compute_dtype) -> None:
         raise ValueError(f"compute_dtype must be a torch floating dtype (torch.float32, …), got {compute_dtype!r}")
 
 
+def run_schedule(G: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:
+    """The iterate of any odd-polynomial schedule on ``G`` (``(..., m, n)``), in ``G``'s dtype, as msign runs its
+    own: e.g. ``schedule("polar_express").truncated(k)``, the 5-step iteration stopped after ``k`` steps, where
+    ``msign(steps=k)`` runs the separately designed ``k``-step schedule. ``G`` itself is left as it is."""
+    check_matrix(G, "run_schedule input")
+    transpose = G.shape[-2] > G.shape[-1]
+    X = G.mT if transpose else G
+    shape = X.shape
+    X = X.reshape(-1, *shape[-2:]).clone()
+    X = _polynomial_sign(X, sched).reshape(shape) if X.numel() else X.reshape(shape)
+    return X.mT if transpose else X
+
+
 def _polynomial_sign(X: torch.Tensor, sched: PolynomialSchedule) -> torch.Tensor:
     """Run the odd-polynomial iteration on ``X`` (2-D or a 3-D batch) with ``rows ≤ cols``, in place of ``X₀``.
 
