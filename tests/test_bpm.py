@@ -257,3 +257,49 @@ def test_l1_prox_at_a_vertex_where_the_path_is_ambiguous_at_zero():
                       0.0013818878455634314, 0.00035708594555293184], **F64)
     torch.testing.assert_close(x, l1_minimizer(A, b), atol=1e-9, rtol=0)
     torch.testing.assert_close(prox_l1_affine(A, b, x, 1e3), x, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("exact_prox", [True, False])
+def test_brox_prox_finds_a_tiny_lambda_and_does_not_depend_on_the_scale_of_f(exact_prox):
+    """Two cases the search got wrong with a fixed bracket [e⁻¹², lam_max]: a steep quadratic whose brox needs
+    λ ≈ 1e-10 (the prox at the floor had been rescaled to the sphere: 6 % of t off the brox), and a linear f of slope
+    5e-10, which has no minimizer (its prox at lam_max = 1e8 moving less than t had been taken for one inside the
+    ball). Both with the exact prox and with the L-BFGS one."""
+    h = torch.tensor([1e8, 1e4], **F64)
+    x = torch.ones(2, **F64)
+
+    def steep(z):
+        return 0.5 * (h * z * z).sum()
+
+    for t in (0.5, 0.01):
+        exact = brox_quadratic(torch.diag(h), torch.zeros(2, **F64), x, t)
+        prox_fn = (lambda p, lam: p / (1 + lam * h)) if exact_prox else None
+        torch.testing.assert_close(brox_prox(steep, x, t, prox_fn=prox_fn), exact, atol=1e-6 * t, rtol=0)
+    c = torch.tensor([3.0, 0.0, 4.0], **F64)
+
+    def flat(z):
+        return 1e-10 * (c @ z)
+
+    prox_fn = (lambda p, lam: p - lam * 1e-10 * c) if exact_prox else None
+    torch.testing.assert_close(brox_prox(flat, torch.zeros(3, **F64), 1.0, prox_fn=prox_fn), -c / 5,
+                               atol=1e-9, rtol=0)
+
+
+def test_the_brox_solvers_refuse_bad_input_by_name():
+    from specopt.bpm import prox, prox_l1_affine
+
+    def f(z):
+        return z.pow(2).sum()
+
+    x = torch.ones(3, **F64)
+    for bad in (0.0, -1.0):  # had returned NaN, and a meaningless point
+        with pytest.raises(ValueError, match="lam must be a finite number"):
+            prox(f, x, bad)
+    with pytest.raises(ValueError, match="iters must be a positive int, got 0"):  # had returned x
+        brox_frank_wolfe(f, x, 0.5, Euclidean(), iters=0)
+    with pytest.raises(ValueError, match="norm must be a specopt norm"):
+        brox_frank_wolfe(f, x, 0.5, "euclidean")
+    with pytest.raises(ValueError, match="max_decades must be a positive int"):
+        brox_prox(f, x, 0.5, max_decades=0)
+    with pytest.raises(ValueError, match=r"n×d A, b of length n and x of length d; got A \(4, 2\)"):
+        prox_l1_affine(torch.ones(4, 2, **F64), torch.ones(4, **F64), x, 1.0)

@@ -1,15 +1,15 @@
 """The Broximal Point Method (Gruntkowska, Li, Rane & Richtárik 2025, *The Ball-Proximal ("Broximal") Point Method*,
 arXiv:2502.02002).
 
-``brox_t f(x) = argmin_{‖z − x‖ ≤ t} f(z)`` and ``x_{k+1} = brox_{t_k} f(x_k)``. For convex f: one step if the
-ball holds a minimizer, otherwise the step lands on the boundary; ``‖x_{k+1} − x*‖² ≤ ‖x_k − x*‖² − t_k²``;
-``f(x_{k+1}) − f* ≤ (1 + t_k/‖x_{k+1} − x*‖)⁻¹ (f(x_k) − f*)``; ``‖∇f(x_{k+1})‖ ≤ ‖∇f(x_k)‖``;
+``brox_t f(x) = argmin_{‖z − x‖ ≤ t} f(z)`` and ``x_{k+1} = brox_{t_k} f(x_k)``. For convex f: one step if the ball
+holds a minimizer, otherwise the step lands on the boundary; ``‖x_{k+1} − x*‖² ≤ ‖x_k − x*‖² − t_k²`` on a step that
+ends on the boundary; ``f(x_{k+1}) − f* ≤ (1 + t_k/‖x_{k+1} − x*‖)⁻¹ (f(x_k) − f*)``; ``‖∇f(x_{k+1})‖ ≤ ‖∇f(x_k)‖``;
 ``f(x_{k+1}) ≤ f(x_k) − t_k‖∇f(x_{k+1})‖``. The ball envelope is ``N_t f(x) = min_{‖z − x‖ ≤ t} f(z)``.
 
 Solvers:
 * :func:`brox_quadratic` — exact for ``f(z) = ½zᵀHz − bᵀz``: the trust-region subproblem, by an
   eigendecomposition and the secular equation ``‖(H + μI)⁻¹g‖ = t`` (bisection on μ), hard case included;
-* :func:`brox_prox` — convex f: ``brox = prox_{λf}`` with λ found by bisection so that
+* :func:`brox_prox` — convex f: ``brox = prox_{λf}`` with λ bracketed by decades and found by bisection so that
   ``‖prox_{λf}(x) − x‖ = t`` (the prox is solved by L-BFGS for smooth f, or given: :func:`prox_l1_affine`,
   exact, for the nonsmooth ``‖Az − b‖₁``);
 * :func:`brox_frank_wolfe` — balls of any norm of :mod:`specopt.norms`: Frank–Wolfe with the norm's lmo.
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from specopt._checks import check_number
+from specopt.norms import Norm
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -91,14 +92,24 @@ def brox_quadratic(H: torch.Tensor, b: torch.Tensor, x: torch.Tensor, t: float, 
 
 
 def prox(f: Objective, x: torch.Tensor, lam: float, *, iters: int = 200, tol: float = 1e-12) -> torch.Tensor:
-    """``prox_{λf}(x) = argmin_z f(z) + ‖z − x‖²/(2λ)`` by L-BFGS with strong-Wolfe line search."""
+    """``prox_{λf}(x) = argmin_z f(z) + ‖z − x‖²/(2λ)`` by L-BFGS with strong-Wolfe line search, on the objective
+    divided by ``‖∇f(x)‖`` (the same minimiser): L-BFGS's tolerances are absolute, and ``tol`` is then relative to
+    f's own slope, whatever f's scale. A zero gradient at x returns x (a minimizer of a convex f)."""
+    lam = check_number(lam, "lam", low_open=True)
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive int, got {iters!r}")
     z = x.detach().clone().requires_grad_(True)
+    slope = float(torch.linalg.vector_norm(torch.autograd.grad(f(z), z)[0]))
+    if not math.isfinite(slope):
+        raise ValueError(f"prox: the gradient of f at x is not finite ({slope})")
+    if slope == 0.0:
+        return z.detach()
     opt = torch.optim.LBFGS([z], lr=1.0, max_iter=iters, tolerance_grad=tol, tolerance_change=tol * 1e-3,
                             history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        value = f(z) + (z - x).pow(2).sum() / (2 * lam)
+        value = (f(z) + (z - x).pow(2).sum() / (2 * lam)) / slope
         value.backward()
         return value
 
@@ -121,6 +132,9 @@ def prox_l1_affine(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, lam: float
     and its final pattern, solved at x, is returned when it satisfies every optimality condition (otherwise the
     prox of the moved point, within 1e-9 of the answer: the prox is nonexpansive)."""
     lam = check_number(lam, "lam", low_open=True)
+    if A.ndim != 2 or b.shape != (A.shape[0],) or x.shape != (A.shape[1],):
+        raise ValueError(f"prox_l1_affine needs an n×d A, b of length n and x of length d; got A {tuple(A.shape)}, "
+                         f"b {tuple(b.shape)}, x {tuple(x.shape)}")
     An, bn, xn = (t.detach().double().cpu().numpy() for t in (A, b, x))
     scale = np.linalg.norm(An, 2) * np.linalg.norm(xn) + np.linalg.norm(bn)
     start = xn
@@ -179,35 +193,76 @@ def _l1_segment(A: np.ndarray, b: np.ndarray, x: np.ndarray, signs: np.ndarray, 
     return np.linalg.solve(R, y), -np.linalg.solve(R, Q.T @ c), x - Q @ y, v
 
 
-def brox_prox(f: Objective, x: torch.Tensor, t: float, *, lam_max: float = 1e8, tol: float = 1e-10,
-              prox_fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
-    """``brox_t f(x)`` for convex f: ``prox_{λf}(x)`` with ``‖prox − x‖ = t`` (bisection on log λ); if even
-    ``λ = lam_max`` stays inside the ball, a minimizer lies in it and that prox is returned. The prox is
-    L-BFGS for smooth f, or ``prox_fn(x, λ)`` (e.g. :func:`prox_l1_affine` for ``‖Az − b‖₁``)."""
+def brox_prox(f: Objective, x: torch.Tensor, t: float, *, tol: float = 1e-10,
+              prox_fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+              inside_tol: float = 1e-12, max_decades: int = 60) -> torch.Tensor:
+    """``brox_t f(x)`` for convex f: ``prox_{λf}(x)`` with ``‖prox − x‖ = t``. The prox is L-BFGS for smooth f, or
+    ``prox_fn(x, λ)`` (e.g. :func:`prox_l1_affine` for ``‖Az − b‖₁``).
+
+    ``d(λ) = ‖prox_{λf}(x) − x‖`` grows with λ from ``d(0) = 0``, so λ is bracketed from λ = 1 by factors of 10
+    (as far as ``max_decades`` either way) and found by bisection on ``log λ`` (to ``tol``); nothing depends on the
+    scale of f. The prox certifies ``(x − prox)/λ ∈ ∂f(prox)``: where ``d(λ) ≤ t`` while that subgradient's norm
+    ``d(λ)/λ`` has fallen below ``inside_tol`` times its value at λ = 1, the prox is (to that tolerance) a minimizer
+    inside the ball, and it is returned; ``d(1) = 0`` means x is a minimizer. Raises ``RuntimeError`` if no λ within
+    ``max_decades`` decades brackets ``t`` (f not convex, or the prox not solved)."""
     t = check_number(t, "t", low_open=True)
-    prox_fn = prox_fn or (lambda point, lam: prox(f, point, lam))
-    far = prox_fn(x, lam_max)
-    if float(torch.linalg.vector_norm(far - x)) <= t:
-        return far
-    lo, hi = -12.0, math.log(lam_max)
-    for _ in range(80):
+    tol = check_number(tol, "tol", low_open=True)
+    inside_tol = check_number(inside_tol, "inside_tol", low_open=True)
+    if isinstance(max_decades, bool) or not isinstance(max_decades, int) or max_decades < 1:
+        raise ValueError(f"max_decades must be a positive int, got {max_decades!r}")
+    if prox_fn is None:
+        if not callable(f):
+            raise ValueError("brox_prox needs a callable f (for its L-BFGS prox) or a prox_fn(x, λ)")
+        prox_fn = lambda point, lam: prox(f, point, lam)  # noqa: E731
+    elif not callable(prox_fn):
+        raise ValueError(f"prox_fn must be a callable prox_fn(x, λ), got {prox_fn!r}")
+
+    def distance(log_lam: float) -> tuple[float, torch.Tensor]:
+        z = prox_fn(x, math.exp(log_lam))
+        return float(torch.linalg.vector_norm(z - x)), z
+
+    step = math.log(10.0)
+    d, z = distance(0.0)
+    if d == 0.0:  # 0 ∈ ∂f(x)
+        return z
+    if d > t:
+        hi = 0.0
+        for k in range(1, max_decades + 1):
+            if distance(-k * step)[0] <= t:
+                break
+        else:
+            raise RuntimeError(f"brox_prox: prox_{{λf}}(x) moves more than t = {t:g} even at λ = 1e-{max_decades}")
+        lo = -k * step
+    else:
+        lo, reference = 0.0, d
+        for k in range(1, max_decades + 1):
+            d, z = distance(k * step)
+            if d > t:
+                break
+            if d / 10.0 ** k <= inside_tol * reference:  # a minimizer inside the ball
+                return z
+        else:
+            raise RuntimeError(f"brox_prox: prox_{{λf}}(x) neither leaves the ball of radius {t:g} nor reaches a "
+                               f"minimizer by λ = 1e{max_decades}")
+        lo, hi = (k - 1) * step, k * step
+    while hi - lo >= tol:
         mid = 0.5 * (lo + hi)
-        if float(torch.linalg.vector_norm(prox_fn(x, math.exp(mid)) - x)) > t:
+        if distance(mid)[0] > t:
             hi = mid
         else:
             lo = mid
-        if hi - lo < tol:
-            break
-    z = prox_fn(x, math.exp(lo))
-    d = z - x
-    n = float(torch.linalg.vector_norm(d))
-    return x + d * (t / n) if n > 0 else z  # on the boundary up to the bisection tolerance
+    d, z = distance(lo)
+    return x + (z - x) * (t / d) if d > 0 else z  # on the boundary up to the bisection tolerance
 
 
 def brox_frank_wolfe(f: Objective, x: torch.Tensor, t: float, norm, *, iters: int = 500) -> torch.Tensor:
     """``argmin_{‖z − x‖ ≤ t} f(z)`` in the ball of ``norm`` (a :mod:`specopt.norms` object) by Frank–Wolfe:
     ``s = x + t·lmo(∇f(z))``, ``z ← z + 2/(k+2)·(s − z)``."""
     t = check_number(t, "t", low_open=True)
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    if not isinstance(norm, Norm):
+        raise ValueError(f"norm must be a specopt norm (e.g. specopt.Spectral()), got {norm!r}")
     z = x.detach().clone()
     for k in range(iters):
         zz = z.clone().requires_grad_(True)

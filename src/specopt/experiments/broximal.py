@@ -118,7 +118,7 @@ def logistic(kappa: float, seed: int, n: int = 200, d: int = 10) -> dict:
 
     return {"f": f, "grad": grad, "x_star": x_star, "L": float(eig[-1]), "kappa_measured": float(eig[-1] / eig[0]),
             "x_star_residual": float(np.linalg.norm(grad(x_star))),
-            "brox": lambda x, t: brox_prox(None, x, t, lam_max=1e16, prox_fn=newton_prox)}
+            "brox": lambda x, t: brox_prox(None, x, t, prox_fn=newton_prox)}
 
 
 def l1_regression(kappa: float, seed: int, n: int = 30, d: int = 6) -> dict:
