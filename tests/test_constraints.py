@@ -2,6 +2,7 @@
 spectral clipping, and clear errors for sets that do not fit a tensor."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -199,3 +200,22 @@ def test_a_tensor_with_no_entries_projects_to_itself(c):
 def test_a_diverged_tensor_is_a_clear_error_not_lapacks():
     with pytest.raises(ValueError, match=r"non-finite entries \(shape \(3, 3\)\)"):
         SpectralBall(1.0).project(torch.full((3, 3), float("nan")))
+
+
+def test_loading_a_state_with_another_constraint_warns_and_restores_the_saved_one():
+    """torch's load_state_dict restores every group setting: an unconstrained optimizer's state loaded into a
+    constrained one drops the constraint, which had happened without a word (and the weights then left the ball)."""
+    import specopt
+
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    plain = specopt.ProxSpectral([w])
+    constrained = specopt.ProxSpectral([w], constraint=SpectralBall(1.0))
+    with pytest.warns(UserWarning, match=r"param group 0: the loaded state's constraint None replaces this group's "
+                      r"SpectralBall\(.*\).*set group\['constraint'\] after loading"):
+        constrained.load_state_dict(plain.state_dict())
+    assert constrained.param_groups[0]["constraint"] is None
+    same = specopt.ProxSpectral([w], constraint=SpectralBall(1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(specopt.ProxSpectral([w], constraint=SpectralBall(1.0)).state_dict())
+    assert same.param_groups[0]["constraint"].config() == SpectralBall(1.0).config()

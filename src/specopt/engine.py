@@ -87,6 +87,23 @@ def loaded_state(saved: torch.Tensor, param: torch.Tensor, fresh: torch.dtype | 
     return value.to(device=p.device)
 
 
+def _warn_replaced_constraints(groups: list[dict], saved: list[dict]) -> None:
+    """Warn for every group with a ``constraint`` the saved state drops or changes: loading restores the saved one, as
+    torch restores every group setting, so the constraint the optimizer was built with would go without a word (a
+    saved constraint loaded into a group without one is a resume, and passes)."""
+    def built(c):
+        return constraint_from_config(c) if isinstance(c, dict) else c
+
+    if len(groups) != len(saved):
+        return
+    for i, (own, old) in enumerate(zip(groups, saved, strict=True)):
+        mine, theirs = built(own.get("constraint")), built(old.get("constraint"))
+        if mine is not None and (theirs is None or mine.config() != theirs.config()):
+            warnings.warn(f"param group {i}: the loaded state's constraint {theirs!r} replaces this group's "
+                          f"{mine!r} (load_state_dict restores every group setting, as torch's); set "
+                          "group['constraint'] after loading to keep this one", stacklevel=3)
+
+
 def _in_saved_dtypes(value, param: torch.Tensor):
     """A list, tuple or dict of a rule's or estimator's state as saved: its tensors in their saved dtypes, on
     ``param``'s device (torch casts every floating tensor in them to the parameter's dtype)."""
@@ -541,6 +558,7 @@ class GeometryOptimizer(Optimizer):
         if any("norm" not in g for g in state_dict["param_groups"]):
             raise ValueError("this state has param groups without a 'norm': it is not a specopt optimizer's state "
                              "(a torch.optim optimizer's?)")
+        _warn_replaced_constraints(self.param_groups, state_dict["param_groups"])
         groups = []
         for g in state_dict["param_groups"]:
             g = {k: v for k, v in g.items() if k != OWNER_KEY}

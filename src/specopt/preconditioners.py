@@ -1,7 +1,8 @@
 """Spectral preconditioners ``P(Y) = U diag(h'(σ_i)) Vᵀ`` (*Constrained Stochastic Spectral Preconditioning
 Converges for Nonconvex Objectives* (2026); reconstructed).
 
-Three choices of ``h'``, all with ``|h'| ≤ 1`` (up to the polynomial's overshoot), so that ``‖P(Y)‖_op ≤ 1``:
+Three choices of ``h'``, all with ``|h'| ≤ 1`` up to the polynomial's overshoot, so that ``‖P(Y)‖_op ≤ 1`` (about
+1.15 for ``"polar_express"``: 1.141 in exact arithmetic, plus the compute dtype's rounding):
 
 * ``"msign"`` — ``h' = sign``: the ideal matrix sign (computed exactly, by SVD). Muon/Scion's direction.
 * ``"smooth"`` — ``h'_κ(s) = s/(ε^κ + |s|^κ)^{1/κ}``: linear (``s/ε``) for ``|s| ≪ ε``, sign-like above.
