@@ -206,12 +206,14 @@ def test_raw_bias_k_and_v_tokens_outside_multihead_attention():
 
 
 def test_a_raw_matrix_no_rule_knows_is_read_as_f_linear_with_a_warning_naming_it():
+    """Named ``weight`` too: a module of no known class may read its ``weight`` as a table (I-BERT's QuantEmbedding
+    had been read silently as a linear map and, tied to the output layer, as a Spectral head)."""
     model = Box(mixing=(4, 8), weight=(4, 8))
-    with pytest.warns(UserWarning, match=r"1 2-D parameter\(s\).*: mixing\. .*layouts="):
+    with pytest.warns(UserWarning, match=r"2 2-D parameter\(s\).*: mixing, weight\. .*layouts="):
         got = {n: layout for n, (layout, _) in classify(model, head=False)[0].items()}
     assert got["mixing"].role == "hidden" and not got["mixing"].transposed
-    declared = layouts(model, head=False, layouts={r"^mixing$": "linear"})  # declaring it silences the warning
-    assert declared["mixing"].role == "hidden"
+    declared = layouts(model, head=False, layouts={r"^(mixing|weight)$": "linear"})  # declaring them silences it
+    assert declared["mixing"].role == "hidden" and declared["weight"].role == "hidden"
 
 
 def test_swiftformer_w_g_is_read_as_query_at_w_g():

@@ -40,7 +40,7 @@ def find_heads(model: nn.Module) -> tuple[set[str], str]:
         if sub is not model and _states_its_head(sub):
             inner = dict(sub.named_modules())
             stated = _stated_heads(sub, inner)  # an encoder stack that returns its input table states no head
-            if stated is not None and not any(isinstance(inner[n], nn.Embedding) for n in stated[0]):
+            if stated is not None and not any(is_embedding(inner[n]) for n in stated[0]):
                 return {f"{name}.{n}" for n in stated[0]}, f"{stated[1]} of {name}"
     return _projects_to_vocabulary(modules)
 
@@ -50,7 +50,7 @@ def _projects_to_vocabulary(modules: dict) -> tuple[set[str], str]:
     rows (the context length) often equal the width of hidden layers, which must not hide the token table's one
     projection. Two tables with one projection each: no head, with a warning naming both and the ``head=`` to pass."""
     unique = []
-    for rows in sorted({m.num_embeddings for m in modules.values() if isinstance(m, nn.Embedding)}):
+    for rows in sorted({m.weight.shape[0] for m in modules.values() if is_embedding(m)}):
         found = {n for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == rows}
         if len(found) == 1:
             unique.append(found)
@@ -218,6 +218,16 @@ def authored_class(module: nn.Module) -> type:
             cls = bases[0]
         else:
             return cls
+
+
+EMBEDDING_CLASSES = {"QuantEmbedding": "I-BERT's QuantEmbedding (nn.functional.embedding of its weight)"}
+"""Lookup tables that are not ``nn.Embedding`` subclasses, by their class name: what each is."""
+
+
+def is_embedding(module: nn.Module) -> bool:
+    """An embedding table: ``nn.Embedding``/``nn.EmbeddingBag`` or a class of :data:`EMBEDDING_CLASSES` (its
+    ``weight`` is ``(rows, d)``, read a row per token)."""
+    return isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or authored_class(module).__name__ in EMBEDDING_CLASSES
 
 
 def is_hf_conv1d(module) -> bool:

@@ -59,7 +59,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
 
-from specopt.heads import authored_class, find_heads, is_hf_conv1d
+from specopt.heads import EMBEDDING_CLASSES, authored_class, find_heads, is_embedding, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
 from specopt.views import MUON_SCALES as MUON_SCALES
 from specopt.views import Flattened, Stacked, Transposed, _View, muon_scale, unwrap
@@ -110,7 +110,9 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
                    ("Indexer$", ("index_kpool_compress_gate",)): (False, "F.linear's (d_out, d_in)"),
                    ("^RelativeProjPositionalBias$", ("distance_bank",)): (True, "weights @ bank, stored basis × "
                                                                                 "distances"),
-                   ("^HyperConnection$", ("dynamic_alpha_fn",)): (True, "x @ W, stored d × streams")}
+                   ("^HyperConnection$", ("dynamic_alpha_fn",)): (True, "x @ W, stored d × streams"),
+                   ("(Top[Kk]|Hash)Router$", ("weight",)): (False, "an MoE router: F.linear(x, W), experts × d"),
+                   ("^QuantLinear$", ("weight",)): (False, "I-BERT: F.linear of its quantized weight")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
 hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
 the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
@@ -136,7 +138,8 @@ _CHUNKED_OUTPUTS = (
     ("Wi", r"^ModernBert\w*MLP$", 2, "fused value/gate"),
     ("fc1", r"^(Moonshine\w*DecoderMLP|GluMlp)$", 2, "fused value/gate"),
     ("proj", r"^(ClvpGatedLinearUnit|GEGLU|SwiGLU|GLU)$", 2, "fused value/gate"),
-    ("linear_1", r"^AyaVisionMultiModalProjector$", 2, "fused value/gate"),
+    ("linear_1", r"^(AyaVision|Cohere2Vision)MultiModalProjector$", 2, "fused value/gate"),
+    ("qkv_linear", r"^LayoutLMv2SelfAttention$", 3, "fused q/k/v"),
     ("input_linear", r"^(JetMoeMoE|Granite\w*MLP)$", 2, "fused value/gate"),
     ("kv_proj", r"^JetMoeAttention$", 2, "fused k/v"),
     ("att_proj", r"^BarkSelf(Flash)?Attention2?$", 3, "fused q/k/v"),
@@ -154,6 +157,8 @@ _CHUNKED_OUTPUTS = (
     ("linear", r"^AdaLayerNormZeroSingle$", 3, _ADALN),
     ("linear", r"^SD35AdaLayerNormZeroX$", 9, _ADALN),
     ("linear", r"^(AdaLayerNormContinuous|AdaLayerNorm|AdaGroupNorm)$", 2, _ADALN),
+    ("linear", r"^VibeVoiceDiffusionHeadAdaLayerNorm$", 3, _ADALN),
+    ("linear_1", r"^VibeVoiceDiffusionHeadFinalLayer$", 2, _ADALN),
     ("time_proj", r"^WanTimeTextImageEmbedding$", 6, _ADALN),
     ("proj_out_1", r"^DiTTransformer2DModel$", 2, _ADALN))
 """Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and the
@@ -264,6 +269,8 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     """The layout the module type defines for its parameter ``local`` (None: no rule knows it)."""
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return Layout("embedding", type(module).__name__)
+    if is_embedding(module) and local == "weight":
+        return Layout("embedding", EMBEDDING_CLASSES[authored_class(module).__name__])
     if isinstance(module, _NORM_LAYERS):
         return Layout("vector", type(module).__name__)
     if p.ndim == 1 and _TOKEN_VECTOR_NAMES.search(local):
@@ -328,8 +335,6 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     for (owner, names), (transposed, what) in _KNOWN_MATRICES.items():
         if p.ndim == 2 and local in names and re.search(owner, authored_class(module).__name__):
             return Layout("hidden", f"{authored_class(module).__name__}.{local} ({what})", transposed=transposed)
-    if p.ndim == 2 and local == "weight":
-        return Layout("hidden", "2-D parameter: F.linear's (d_out, d_in)")
     if p.ndim == 2:
         return Layout("hidden", f"2-D parameter {local!r}: read as F.linear's (d_out, d_in)", guessed=True)
     return None
@@ -660,8 +665,10 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
             layout = Layout("vector", f"weight_norm magnitude of {tensor}")
         else:
             layout = _declared_for(declarations, name, owner, tensor, p)
-        if layout is None and any(isinstance(o[1], (nn.Embedding, nn.EmbeddingBag)) for o in places):
-            layout = Layout("embedding", "nn.Embedding" + (" (tied)" if len(places) > 1 else ""))
+        table = next((o[1] for o in places if is_embedding(o[1]) and o[2] == "weight"), None)
+        if layout is None and table is not None:
+            kind = EMBEDDING_CLASSES.get(authored_class(table).__name__, "nn.Embedding")
+            layout = Layout("embedding", kind + (" (tied)" if len(places) > 1 else ""))
         if layout is None and part != "other":
             layout = (_peft(module, local, p, parents) or _peft_expert_lora(module, local, p, parents)
                       or _litgpt_lora(module, local, p) or _listed_positions(module, p, parents)
@@ -798,6 +805,8 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     rows = _rows(layout, p)
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
+    if authored_class(attention).__name__.endswith("GatedDeltaNet"):
+        return _gated_deltanet_blocks(layout, local, attention, rows)
     if local == "in_proj" and authored_class(attention).__name__ == "DisentangledSelfAttention":  # DeBERTa (v1)
         heads = head_counts(attention)[0]
         if heads and rows % (3 * heads) == 0:
@@ -843,6 +852,12 @@ def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
     if owner == "GatedMlp" and local == "fc1" and type(gate).__name__ == "SpatialGatingUnit" and rows % 2 == 0:
         return _with(layout, (rows // 2, rows // 2), "value/gate halves (timm's gMLP: its SpatialGatingUnit chunks "
                                                      "fc1's output)")
+    if owner == "MobileViTV2ConvLayer" and local == "convolution" and id(parent[0]) in parents:
+        holder, name = parents[id(parent[0])]
+        d = getattr(holder, "embed_dim", None)
+        if authored_class(holder).__name__ == "MobileViTV2LinearSelfAttention" and name == "qkv_proj" and \
+                isinstance(d, int) and rows == 1 + 2 * d:
+            return _with(layout, (1, d, d), "MobileViTV2 qkv_proj: the query (one channel), the key, the value")
     if isinstance(parent[0], (nn.ModuleList, nn.ModuleDict)) and id(parent[0]) in parents:  # the list's owner
         holder, listed = parents[id(parent[0])]
         owner, local = authored_class(holder).__name__, listed
@@ -981,6 +996,26 @@ def _mamba_blocks(layout: Layout, local: str, mixer, rows: int) -> Layout:
                 return replace(layout, source=f"{layout.source}, Zamba in_proj: x, z interleaved",
                                blocks=blocks, interleaved=True)
             return _with(layout, blocks, f"Mamba {local}: {what} {blocks}")
+    return layout
+
+
+def _gated_deltanet_blocks(layout: Layout, local: str, net, rows: int) -> Layout:
+    """The outputs a Gated DeltaNet's fused projections hold (Qwen3-Next, Qwen3.5, their MoE and derived models):
+    ``in_proj_qkv`` gives q, k (``key_dim`` rows each) and v (``value_dim``); Qwen3-Next's ``in_proj_qkvz`` holds, per
+    key-head group, that group's q and k (``head_k_dim`` each), v and z (``r·head_v_dim`` each, ``r`` value heads per
+    key head), and ``in_proj_ba`` its b and a gates (``r`` each). A projection whose rows do not add up is one
+    matrix."""
+    dims = [getattr(net, a, None) for a in ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim")]
+    if not all(isinstance(d, int) and d > 0 for d in dims) or dims[1] % dims[0]:
+        return layout
+    groups, values, hk, hv = dims
+    r = values // groups
+    candidates = {"in_proj_qkv": ("q, k, v", (groups * hk, groups * hk, values * hv)),
+                  "in_proj_qkvz": ("q, k, v, z per key-head group", (hk, hk, r * hv, r * hv) * groups),
+                  "in_proj_ba": ("b, a per key-head group", (r, r) * groups)}
+    if local in candidates and sum(candidates[local][1]) == rows:
+        what, blocks = candidates[local]
+        return _with(layout, blocks, f"Gated DeltaNet {local}: {what}")
     return layout
 
 

@@ -30,7 +30,7 @@ import re
 from torch import nn
 
 from specopt._checks import subclasses
-from specopt.heads import _wrapped
+from specopt.heads import _wrapped, is_embedding
 from specopt.layouts import Layout, classify
 from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv, get_norm
 from specopt.views import LAYOUT_VIEWS, Flattened, Stacked, Transposed
@@ -103,7 +103,7 @@ def param_groups(model: nn.Module, *, scheme: str = "auto", radii: dict | None =
     if unknown:
         raise ValueError(f"unknown role(s) {sorted(unknown)} in radii; valid roles: {', '.join(ROLES)}")
     if scheme == "auto":
-        scheme = "text" if any(isinstance(m, nn.Embedding) for m in model.modules()) else "image"
+        scheme = "text" if any(is_embedding(m) for m in model.modules()) else "image"
     msign = dict(msign or {})
     radii = {**DEFAULT_RADII, **(radii or {})}
     assigned, _ = classify(model, layouts=layouts, head=head, split_sizes=split_sizes, num_heads=num_heads)

@@ -1,0 +1,116 @@
+"""Layouts of transformers models an outside review found misread (2026-12-02): every fused projection is cut where
+its forward splits it, every lookup table is a table and every MoE router is known, with no guess and no warning."""
+
+import warnings
+
+import pytest
+import torch
+from model_checks import assert_one_step_geometry
+
+import specopt
+
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DELTANET = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, linear_num_value_heads=4, linear_num_key_heads=2,
+                linear_key_head_dim=8, linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"],
+                pad_token_id=0, bos_token_id=1, eos_token_id=1)
+
+
+def built(model_type: str, **config):
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **config))
+
+
+def layouts(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no F.linear guess
+        return {n: layout for n, (layout, _) in specopt.layouts.classify(model)[0].items()}
+
+
+def lm_loss(model):
+    x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    return model(input_ids=x, labels=x).loss
+
+
+def test_gated_deltanet_projections_are_cut_per_key_head_group():
+    """Qwen3-Next's in_proj_qkvz is viewed per key-head group as [q 8 | k 8 | v 16 | z 16] and in_proj_ba as
+    [b 2 | a 2]; Qwen3.5's in_proj_qkv is split [key_dim, key_dim, value_dim]. Each block steps by exactly γρ."""
+    nxt = built("qwen3_next", moe_intermediate_size=16, shared_expert_intermediate_size=16, num_experts=4,
+                num_experts_per_tok=2, **DELTANET)
+    got = layouts(nxt)
+    assert got["model.layers.0.linear_attn.in_proj_qkvz.weight"].blocks == (8, 8, 16, 16) * 2
+    assert got["model.layers.0.linear_attn.in_proj_ba.weight"].blocks == (2, 2) * 2
+    assert_one_step_geometry(nxt, lm_loss, blocks={r"in_proj_qkvz": (8, 8, 16, 16) * 2,
+                                                   r"in_proj_ba": (2, 2) * 2})
+    q35 = built("qwen3_5_text", **DELTANET)
+    assert layouts(q35)["model.layers.0.linear_attn.in_proj_qkv.weight"].blocks == (16, 16, 32)
+
+
+def test_moe_routers_are_known_f_linear_maps():
+    """A TopKRouter's ``weight`` is F.linear(x, W) (experts × d): read so, by its class, not guessed."""
+    model = built("mixtral", vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+    router = layouts(model)["model.layers.0.mlp.gate.weight"]
+    assert (router.role, router.transposed, router.guessed) == ("hidden", False, False)
+    assert "MoE router" in router.source
+
+
+def test_ibert_tables_are_embeddings_and_the_model_is_text():
+    """I-BERT's QuantEmbedding is no nn.Embedding subclass: its tables had been read as linear maps (the word table,
+    tied to the output layer, as a Spectral head) and the model, holding no nn.Embedding, by the image scheme."""
+    torch.manual_seed(0)
+    config = transformers.IBertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=40)
+    model = transformers.IBertForMaskedLM(config)
+    got = layouts(model)
+    for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        assert got[f"ibert.embeddings.{table}.weight"].role == "embedding"
+    assert got["ibert.encoder.layer.0.attention.self.query.weight"].role == "hidden"
+    groups = specopt.param_groups(model)
+    word = next(g for g in groups if any(n == "ibert.embeddings.word_embeddings.weight" for n, _ in g["params"]))
+    assert isinstance(word["norm"], specopt.Sign)  # the text scheme's embedding geometry
+
+
+@pytest.mark.parametrize("case", ["layoutlmv2", "mobilevitv2"])
+def test_fused_q_k_v_of_layoutlmv2_and_mobilevitv2(case):
+    """LayoutLMv2's qkv_linear is chunked into q, k, v; MobileViTV2's 1×1 qkv conv is split [1, d, d] (one query
+    channel, then the key and the value)."""
+    torch.manual_seed(0)
+    if case == "layoutlmv2":
+        from transformers.models.layoutlmv2.modeling_layoutlmv2 import LayoutLMv2SelfAttention
+
+        module = LayoutLMv2SelfAttention(transformers.LayoutLMv2Config(hidden_size=32, num_attention_heads=4))
+        assert layouts(module)["qkv_linear.weight"].blocks == (32, 32, 32)
+        return
+    config = transformers.MobileViTV2Config(image_size=64, num_channels=3, width_multiplier=0.5)
+    model = transformers.MobileViTV2Model(config)
+    got = layouts(model)
+    qkv = [n for n in got if n.endswith("attention.qkv_proj.convolution.weight")]
+    assert qkv
+    for name in qkv:
+        d = dict(model.named_parameters())[name].shape[1]
+        assert got[name].blocks == (1, d, d)
+
+
+def test_chunked_projections_of_cohere2_vision_and_vibevoice_by_their_class():
+    """Cohere2-Vision's projector chunks linear_1 into value and gate (as Aya Vision's); VibeVoice's diffusion head
+    chunks its adaLN linear into shift, scale, gate and its final layer's linear_1 into shift, scale. Built here as
+    classes of the same names (the real models are billions of parameters)."""
+    from torch import nn
+
+    def named(cls_name, **linears):
+        module = type(cls_name, (nn.Module,), {})()
+        for local, (d_in, d_out) in linears.items():
+            setattr(module, local, nn.Linear(d_in, d_out, bias=False))
+        return module
+
+    model = nn.ModuleDict({"projector": named("Cohere2VisionMultiModalProjector", linear_1=(8, 24)),
+                           "ada": named("VibeVoiceDiffusionHeadAdaLayerNorm", linear=(8, 24)),
+                           "final": named("VibeVoiceDiffusionHeadFinalLayer", linear_1=(8, 16))})
+    got = layouts(model)
+    assert got["projector.linear_1.weight"].blocks == (12, 12)
+    assert got["ada.linear.weight"].blocks == (8, 8, 8)
+    assert got["final.linear_1.weight"].blocks == (8, 8)
