@@ -1,5 +1,6 @@
-"""Layouts of transformers models an outside review found misread (2026-12-02): every fused projection is cut where
-its forward splits it, every lookup table is a table and every MoE router is known, with no guess and no warning."""
+"""Layouts of transformers, diffusers and x-transformers models an outside review found misread (2026-12-02):
+every fused projection is cut where its forward splits it, every lookup table is a table, every MoE router is known
+and every output layer is the head, with no guess and no warning."""
 
 import warnings
 
@@ -114,3 +115,33 @@ def test_chunked_projections_of_cohere2_vision_and_vibevoice_by_their_class():
     assert got["projector.linear_1.weight"].blocks == (12, 12)
     assert got["ada.linear.weight"].blocks == (8, 8, 8)
     assert got["final.linear_1.weight"].blocks == (8, 8)
+
+
+def test_x_transformers_wrappers_state_their_output_layer():
+    """x-transformers' forward does not trace with torch.fx, and the vocabulary fallback had missed ``to_logits``
+    where the vocabulary equals the feed-forward width (and taken a feed-forward projection for the head where it
+    equals a position table's rows); ViTransformerWrapper's ``mlp_head`` had been hidden."""
+    xt = pytest.importorskip("x_transformers")
+    lm = xt.TransformerWrapper(num_tokens=256, max_seq_len=128, attn_layers=xt.Decoder(dim=64, depth=1, heads=2))
+    assert {n for n, layout in layouts(lm).items() if layout.role == "head"} == {"to_logits.weight"}
+    odd = xt.TransformerWrapper(num_tokens=32, max_seq_len=16,
+                                attn_layers=xt.Decoder(dim=16, depth=1, heads=2, attn_on_attn=True))
+    assert {n for n, layout in layouts(odd).items() if layout.role == "head"} == {"to_logits.weight"}
+    vit = xt.ViTransformerWrapper(image_size=16, patch_size=8, num_classes=10,
+                                  attn_layers=xt.Encoder(dim=16, depth=1, heads=2))
+    assert layouts(vit)["mlp_head.weight"].role == "head"
+
+
+def test_diffusers_scale_shift_time_projection_and_vae_moments_are_blocks():
+    """A ResNet block with ``time_embedding_norm="scale_shift"`` chunks its time projection into scale and shift; the
+    VAE's ``quant_conv`` output is chunked into the mean and the log-variance."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.models.resnet import ResnetBlock2D
+
+    block = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=32, groups=4,
+                          time_embedding_norm="scale_shift")
+    assert layouts(block)["time_emb_proj.weight"].blocks == (16, 16)
+    plain = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=32, groups=4)
+    assert layouts(plain)["time_emb_proj.weight"].blocks is None
+    vae = diffusers.AutoencoderKL(block_out_channels=(16,), latent_channels=4, norm_num_groups=4)
+    assert layouts(vae)["quant_conv.weight"].blocks == (4, 4)

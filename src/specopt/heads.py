@@ -1,11 +1,13 @@
 """The output layer of a model, found by what it is (it produces the logits), not by registration order.
 
-In order: the module transformers' ``get_output_embeddings()`` or timm's ``get_classifier()`` returns; a classifier
-with ``config.num_labels`` outputs outside a transformers base model; the ``nn.Linear`` (or ``Conv1D``) whose output
+In order: the module transformers' ``get_output_embeddings()`` or timm's ``get_classifier()`` returns (a conv
+classifier too; in a classifier module without a weight of its own, its ``num_classes`` Linear layers; with timm's
+``aux_head``); a classifier with ``config.num_labels`` outputs outside a transformers base model; litgpt's
+``lm_head`` and x-transformers' ``to_logits`` and ``mlp_head``; the ``nn.Linear`` (or ``Conv1D``) whose output
 reaches the model's output through parameter-free operations in a ``torch.fx`` trace; the head the outermost
 transformers or timm model inside states by the first two rules (a LightningModule's ``self.model``); the one
-``nn.Linear`` that projects back to the rows of one of the model's ``nn.Embedding`` tables (x-transformers'
-``to_logits``: its position table's rows may equal hidden widths). Otherwise the model has no head
+``nn.Linear`` that projects back to the rows of one of the model's ``nn.Embedding`` tables (a language model of
+one's own; a position table's rows may equal hidden widths). Otherwise the model has no head
 (``nn.Transformer`` alone, a feature extractor). ``torch.compile``, DDP and ``nn.DataParallel`` wrappers are read
 through the module they wrap.
 """
@@ -66,7 +68,21 @@ def _projects_to_vocabulary(modules: dict) -> tuple[set[str], str]:
 
 def _states_its_head(model: nn.Module) -> bool:
     return any(callable(getattr(model, g, None)) for g in ("get_output_embeddings", "get_classifier")) or \
-        getattr(getattr(model, "config", None), "num_labels", None) is not None or _litgpt_head(model) is not None
+        getattr(getattr(model, "config", None), "num_labels", None) is not None or _litgpt_head(model) is not None \
+        or _x_transformers_head(model) is not None
+
+
+X_TRANSFORMERS_HEADS = {"TransformerWrapper": "to_logits", "ViTransformerWrapper": "mlp_head"}
+"""x-transformers' wrappers and the attribute that holds their output layer (their forward does not trace with
+torch.fx, and a language model's vocabulary often equals a hidden width)."""
+
+
+def _x_transformers_head(model: nn.Module) -> nn.Module | None:
+    attribute = X_TRANSFORMERS_HEADS.get(type(model).__name__)
+    if attribute is None or not type(model).__module__.startswith("x_transformers"):
+        return None
+    head = getattr(model, attribute, None)
+    return head if isinstance(head, nn.Module) and _has_weight(head) else None
 
 
 def _litgpt_head(model: nn.Module) -> nn.Module | None:
@@ -93,14 +109,17 @@ def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | Non
                 out = fn()
             except Exception:  # noqa: BLE001 — a getter that is not implemented for this model
                 out = None
-            outs = list(out) if isinstance(out, (tuple, list, nn.ModuleList)) else [out]  # timm: head, head_dist
-            outs = [_output_linear(o) for o in outs]
+            outs = [o for item in _flat(out) for o in _output_layers(item, getattr(model, "num_classes", None))]
             if outs and all(isinstance(o, nn.Module) and id(o) in names and _has_weight(o) for o in outs):
                 both = f" and config.num_labels classifier {', '.join(sorted(classifiers))}" if classifiers else ""
-                return {_weight_owner(o, names) for o in outs} | classifiers, f"{getter}(){both}"
+                auxiliary = _auxiliary_heads(model, modules) if getter == "get_classifier" else set()
+                return {_weight_owner(o, names) for o in outs} | classifiers | auxiliary, f"{getter}(){both}"
     head = _litgpt_head(model)
     if head is not None and id(head) in names:
         return {names[id(head)]}, "litgpt's lm_head"
+    head = _x_transformers_head(model)
+    if head is not None and id(head) in names:
+        return {names[id(head)]}, f"x-transformers {type(model).__name__}.{X_TRANSFORMERS_HEADS[type(model).__name__]}"
     if classifiers:
         return classifiers, "config.num_labels or vocab_size classifier"
     return None
@@ -146,17 +165,39 @@ def _weight_owner(module: nn.Module, names: dict) -> str:
                 names[id(module)])
 
 
-def _output_linear(module):
-    """The module a getter returned, or the one ``nn.Linear`` inside it when it holds no weight of its own (timm
-    LeViT's ``NormLinear``: a BatchNorm1d, then ``linear``)."""
+def _flat(out) -> list:
+    """A getter's answer as a list: timm's DeiT-distilled and LeViT return ``(head, head_dist)``, EfficientViM's
+    distilled models a tuple of ``nn.ModuleList`` (one classifier per stage)."""
+    if isinstance(out, (tuple, list, nn.ModuleList)):
+        return [o for item in out for o in _flat(item)]
+    return [out]
+
+
+def _output_layers(module, classes) -> list:
+    """The module a getter returned, or the layers inside it when it holds no weight of its own: the one
+    ``nn.Linear`` (timm LeViT's ``NormLinear``: a BatchNorm1d, then ``linear``), or every ``nn.Linear`` of the
+    model's ``num_classes`` outputs (RepViT's classifier: ``head`` and ``head_dist``, each a NormLinear)."""
     if not isinstance(module, nn.Module) or _has_weight(module):
-        return module
+        return [module]
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    return linears[0] if len(linears) == 1 else module
+    if len(linears) == 1:
+        return linears
+    sized = [m for m in linears if isinstance(classes, int) and m.out_features == classes]
+    return sized or [module]
+
+
+def _auxiliary_heads(model: nn.Module, modules: dict) -> set[str]:
+    """A timm model's ``aux_head``: a second classifier of ``num_classes`` outputs on the tokens whose logits are
+    added to the output (VOLO, LV-ViT's token labelling)."""
+    classes = getattr(model, "num_classes", None)
+    aux = modules.get("aux_head")
+    return {"aux_head"} if isinstance(aux, nn.Linear) and aux.out_features == classes else set()
 
 
 def _has_weight(module) -> bool:
-    return isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.ndim == 2
+    """A module with a weight of its own of at least 2 dims: a linear map, or a conv kernel (timm's DLA, DPN and
+    ResNetV2 classify with a 1×1 conv)."""
+    return isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.ndim >= 2
 
 
 def _fx_output_linears(model: nn.Module) -> set[str]:

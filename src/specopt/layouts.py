@@ -682,7 +682,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
         module, local = owner, tensor
         if part == "weight":
             places = [(owner_name, owner, tensor)]
-        if layout.role == "hidden" and local == "weight" and any(o[0] in heads for o in places):
+        if layout.role in ("hidden", "conv") and local == "weight" and any(o[0] in heads for o in places):
             layout = replace(layout, role="head", source=layout.source + ", output layer")
         if layout.blocks is None and not layout.source.startswith("declared"):
             if layout.role == "hidden":
@@ -839,13 +839,61 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     return _chunked_output(layout, parent, p, parents)
 
 
+_SPLIT_OUTPUTS = {
+    ("timm.models.visformer", "Attention", "qkv"): lambda a: ("q, k, v", (a.num_heads * a.head_dim,) * 3),
+    ("timm.models.maxxvit", "Attention2d", "qkv"): lambda a: (
+        ("per head: its q, k, v", (a.dim_head,) * (3 * a.num_heads)) if a.head_first
+        else ("q, k, v", (a.num_heads * a.dim_head,) * 3)),
+    ("timm.layers.bottleneck_attn", "BottleneckAttn", "qkv"): lambda a: (
+        "q, k, v", (a.dim_out_qk, a.dim_out_qk, a.dim_out_v)),
+    ("timm.layers.halo_attn", "HaloAttn", "kv"): lambda a: (
+        "per head: its k, v", (a.dim_head_qk, a.dim_head_v) * a.num_heads),
+    ("timm.layers.lambda_layer", "LambdaLayer", "qkv"): lambda a: (
+        "q (every head), k, v", (a.num_heads * a.dim_qk, a.dim_qk, a.dim_v)),
+    ("timm.models.convit", "GPSA", "qk"): lambda a: ("q, k", (a.qk.out_features // 2,) * 2),
+    ("timm.models.tnt", "Attention", "qk"): lambda a: ("q, k", (a.qk.out_features // 2,) * 2),
+    ("timm.models.mobilevit", "LinearSelfAttention", "qkv_proj"): lambda a: (
+        "the query (one channel), the key, the value", (1, a.embed_dim, a.embed_dim)),
+    ("timm.models.focalnet", "FocalModulation", "f"): lambda a: ("q, context, gates", tuple(a.input_split)),
+    ("timm.models.mambaout", "GatedConvBlock", "fc1"): lambda a: ("g, i, c", tuple(a.split_indices)),
+    ("diffusers.models.resnet", "ResnetBlock2D", "time_emb_proj"): lambda a: (
+        ("scale, shift", (a.time_emb_proj.out_features // 2,) * 2) if a.time_embedding_norm == "scale_shift" else None),
+    ("diffusers.models.autoencoders.autoencoder_kl", "AutoencoderKL", "quant_conv"): lambda a: (
+        "mean, log-variance", (a.quant_conv.out_channels // 2,) * 2),
+}
+"""Outputs the forward splits, by the owner's module and class and the projection's name: ``owner → (what, row
+blocks)`` (None: not split). timm's attention held in 1×1 convs or a ``qk`` Linear (Visformer; CoAtNet/MaxViT's
+``Attention2d``, per head where ``head_first``; BoTNet; HaloNet's k/v per head; LambdaNet's q of every head, then one
+k and one v; ConViT's and TNT's q/k; MobileViT-v2's one-channel query), FocalNet's modulation ``f``, MambaOut's gated
+``fc1``, diffusers' ResNet time projection with ``scale_shift`` and the VAE's ``quant_conv`` (its output is chunked
+into the mean and the log-variance; an encoder's ``conv_out`` before it is mixed by it, so it stays whole)."""
+
+
+def _split_output(parent, rows: int):
+    """``(what, blocks)`` of :data:`_SPLIT_OUTPUTS` for the projection ``parent`` names, or None."""
+    cls = authored_class(parent[0])
+    rule = _SPLIT_OUTPUTS.get((cls.__module__, cls.__name__, parent[1]))
+    if rule is None:
+        return None
+    try:
+        found = rule(parent[0])
+    except (AttributeError, TypeError):  # another version of the module: no split known
+        return None
+    if found is None or sum(found[1]) != rows:
+        return None
+    return found
+
+
 def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
-    """k row blocks for a projection of :data:`_CHUNKED_OUTPUTS`, or two for one an ``nn.GLU`` halves
-    (:func:`_glu_next`)."""
+    """k row blocks for a projection of :data:`_CHUNKED_OUTPUTS`, the blocks of :data:`_SPLIT_OUTPUTS`, or two for
+    one an ``nn.GLU`` halves (:func:`_glu_next`)."""
     if parent is None:
         return layout
     owner, local = authored_class(parent[0]).__name__, parent[1]
     rows = _rows(layout, p)
+    split = _split_output(parent, rows)
+    if split is not None:
+        return _with(layout, split[1], f"{split[0]} ({owner}.{local})")
     if _glu_next(layout, parent) and rows % 2 == 0:
         return _with(layout, (rows // 2, rows // 2), f"fused value/gate (nn.GLU after it in {owner})")
     gate = getattr(parent[0], "gate", None)

@@ -173,7 +173,7 @@ def _base_norm(layout: Layout, scheme: str, embedding_norm: str, msign: dict) ->
         return Sign()
     if role == "vector":
         return BiasRMS()
-    if role == "conv":
+    if role == "conv" or (role == "head" and layout.kernel_dims):  # a conv classifier (timm's DLA, DPN, ResNetV2)
         return SpectralConv(kernel_dims=min(layout.kernel_dims, 3), **msign)
     if role == "head" and scheme == "text":
         return Sign(fan_in_scaled=True)
