@@ -303,3 +303,26 @@ def test_the_brox_solvers_refuse_bad_input_by_name():
         brox_prox(f, x, 0.5, max_decades=0)
     with pytest.raises(ValueError, match=r"n×d A, b of length n and x of length d; got A \(4, 2\)"):
         prox_l1_affine(torch.ones(4, 2, **F64), torch.ones(4, **F64), x, 1.0)
+
+
+def test_brox_prox_edge_cases_a_review_found():
+    """A tol below float64's spacing had looped forever; an f that does not depend on z (a constant: x is a
+    minimizer) had crashed in autograd; a linear f so flat that its prox at λ = 1 rounds to x had been taken for one
+    minimized at x."""
+    from specopt.bpm import prox
+
+    c = torch.tensor([0.6, 0.8], **F64)
+    z = brox_prox(None, torch.zeros(2, **F64), 1.0, tol=1e-17, prox_fn=lambda p, lam: p - lam * c)
+    torch.testing.assert_close(z, -c)
+    x = torch.ones(2, **F64)
+
+    def constant(_):
+        return torch.tensor(1.0, **F64)
+
+    assert torch.equal(prox(constant, x, 1.0), x) and torch.equal(brox_prox(constant, x, 1.0), x)
+
+    def flat(point):
+        return 1e-17 * (c @ point)
+
+    for prox_fn in (None, lambda p, lam: p - lam * 1e-17 * c):
+        torch.testing.assert_close(brox_prox(flat, x, 1.0, prox_fn=prox_fn), x - c, atol=1e-9, rtol=0)

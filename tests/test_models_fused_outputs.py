@@ -57,6 +57,9 @@ def test_moe_routers_are_known_f_linear_maps():
     router = layouts(model)["model.layers.0.mlp.gate.weight"]
     assert (router.role, router.transposed, router.guessed) == ("hidden", False, False)
     assert "MoE router" in router.source
+    gate = type("MoEGate", (torch.nn.Module,), {})()  # DeepSeek's remote code and diffusers' HiDream name it so
+    gate.weight = torch.nn.Parameter(torch.zeros(4, 32))
+    assert not layouts(torch.nn.ModuleDict({"gate": gate}))["gate.weight"].guessed
 
 
 def test_ibert_tables_are_embeddings_and_the_model_is_text():

@@ -99,7 +99,10 @@ def prox(f: Objective, x: torch.Tensor, lam: float, *, iters: int = 200, tol: fl
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
     z = x.detach().clone().requires_grad_(True)
-    slope = float(torch.linalg.vector_norm(torch.autograd.grad(f(z), z)[0]))
+    value = f(z)
+    gradient = torch.autograd.grad(value, z, allow_unused=True)[0] if isinstance(value, torch.Tensor) and \
+        value.requires_grad else None
+    slope = 0.0 if gradient is None else float(torch.linalg.vector_norm(gradient))  # f does not depend on z: 0
     if not math.isfinite(slope):
         raise ValueError(f"prox: the gradient of f at x is not finite ({slope})")
     if slope == 0.0:
@@ -200,10 +203,11 @@ def brox_prox(f: Objective, x: torch.Tensor, t: float, *, tol: float = 1e-10,
     ``prox_fn(x, λ)`` (e.g. :func:`prox_l1_affine` for ``‖Az − b‖₁``).
 
     ``d(λ) = ‖prox_{λf}(x) − x‖`` grows with λ from ``d(0) = 0``, so λ is bracketed from λ = 1 by factors of 10
-    (as far as ``max_decades`` either way) and found by bisection on ``log λ`` (to ``tol``); nothing depends on the
-    scale of f. The prox certifies ``(x − prox)/λ ∈ ∂f(prox)``: where ``d(λ) ≤ t`` while that subgradient's norm
-    ``d(λ)/λ`` has fallen below ``inside_tol`` times its value at λ = 1, the prox is (to that tolerance) a minimizer
-    inside the ball, and it is returned; ``d(1) = 0`` means x is a minimizer. Raises ``RuntimeError`` if no λ within
+    (as far as ``max_decades`` either way) and found by bisection on ``log λ`` (to ``tol``, or to float64's spacing);
+    within those decades nothing depends on the scale of f. The prox certifies ``(x − prox)/λ ∈ ∂f(prox)``: where
+    ``d(λ) ≤ t`` while that subgradient's norm ``d(λ)/λ`` has fallen below ``inside_tol`` times its value at the first
+    λ that moves x, the prox is (to that tolerance) a minimizer inside the ball, and it is returned; x itself is
+    returned where no λ up to ``1e{max_decades}`` moves it (0 ∈ ∂f(x)). Raises ``RuntimeError`` if no λ within
     ``max_decades`` decades brackets ``t`` (f not convex, or the prox not solved)."""
     t = check_number(t, "t", low_open=True)
     tol = check_number(tol, "tol", low_open=True)
@@ -223,9 +227,15 @@ def brox_prox(f: Objective, x: torch.Tensor, t: float, *, tol: float = 1e-10,
 
     step = math.log(10.0)
     d, z = distance(0.0)
-    if d == 0.0:  # 0 ∈ ∂f(x)
+    start = 0
+    while d == 0.0 and start < max_decades:  # a prox step lost to rounding at λ = 1 (a very flat f), or 0 ∈ ∂f(x)
+        start += 1
+        d, z = distance(start * step)
+    if d == 0.0:  # no λ up to 1e{max_decades} moves x: 0 ∈ ∂f(x)
         return z
-    if d > t:
+    if d > t and start:
+        lo, hi = (start - 1) * step, start * step
+    elif d > t:
         hi = 0.0
         for k in range(1, max_decades + 1):
             if distance(-k * step)[0] <= t:
@@ -234,8 +244,8 @@ def brox_prox(f: Objective, x: torch.Tensor, t: float, *, tol: float = 1e-10,
             raise RuntimeError(f"brox_prox: prox_{{λf}}(x) moves more than t = {t:g} even at λ = 1e-{max_decades}")
         lo = -k * step
     else:
-        lo, reference = 0.0, d
-        for k in range(1, max_decades + 1):
+        reference = d / 10.0 ** start  # the certified subgradient's norm at the first λ that moves x
+        for k in range(start + 1, start + max_decades + 1):
             d, z = distance(k * step)
             if d > t:
                 break
@@ -243,10 +253,12 @@ def brox_prox(f: Objective, x: torch.Tensor, t: float, *, tol: float = 1e-10,
                 return z
         else:
             raise RuntimeError(f"brox_prox: prox_{{λf}}(x) neither leaves the ball of radius {t:g} nor reaches a "
-                               f"minimizer by λ = 1e{max_decades}")
+                               f"minimizer by λ = 1e{start + max_decades}")
         lo, hi = (k - 1) * step, k * step
-    while hi - lo >= tol:
+    for _ in range(200):  # bisection to tol, or until the midpoint is no longer between the ends (float64 spacing)
         mid = 0.5 * (lo + hi)
+        if hi - lo < tol or not lo < mid < hi:
+            break
         if distance(mid)[0] > t:
             hi = mid
         else:

@@ -18,8 +18,8 @@ from the module type, never from the shape alone:
 | parametrized weights (``weight_norm``, ``parametrize``) | ``original`` / ``original1`` | the weight's | the weight's |
 | tokens, positions, tables, latents, queries (by name, 1-D too; lists by their holder) | ``(…, d)`` | entries | token |
 | norms, biases, 1-D; ≥3-D with at most one axis > 1; per-head biases, scales, gains, ``A_log`` | | entries | vector |
-| a 2-D module ``weight`` no rule knows (e.g. an MoE router) | ``(d_out, d_in)`` (``F.linear``'s) | linear | hidden |
-| any other 2-D parameter | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
+| MoE routers (``…TopKRouter``, ``MoEGate``), raw matrices known by class | their own | linear | hidden |
+| any other 2-D parameter (a module's ``weight`` too) | ``(d_out, d_in)``, with a warning naming it | linear | hidden |
 
 An expert stack's orientation comes from its module: transformers' ``is_transposed`` (``use_experts_implementation``),
 or, in a module that states its expert count, its ``input_size``/``output_size``, its FFN width (the d_out of a
@@ -111,13 +111,18 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
                    ("^RelativeProjPositionalBias$", ("distance_bank",)): (True, "weights @ bank, stored basis × "
                                                                                 "distances"),
                    ("^HyperConnection$", ("dynamic_alpha_fn",)): (True, "x @ W, stored d × streams"),
-                   ("(Top[Kk]|Hash)Router$", ("weight",)): (False, "an MoE router: F.linear(x, W), experts × d"),
+                   ("(Top[Kk]|Hash)Router$|^MoEGate$", ("weight",)): (False, "an MoE router: F.linear(x, W), "
+                                                                               "experts × d"),
+                   ("^EqualLinear$", ("weight",)): (False, "F.linear(x, W·scale)"),
+                   ("^MiniMaxMusic3FourierEmbedding$", ("weight",)): (False, "t @ W.T: F.linear's"),
                    ("^QuantLinear$", ("weight",)): (False, "I-BERT: F.linear of its quantized weight")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
 hyper-connection mixing weights (``F.linear``), SwiftFormer's additive-attention vector (transformers and timm),
 the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt projection, Inkling-2's bank of relative
 position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``), x-transformers' bank of
-distance profiles (``use_rel_proj_pos_bias``) and its hyper-connections' dynamic mixing weights (``normed @ W``)."""
+distance profiles (``use_rel_proj_pos_bias``) and its hyper-connections' dynamic mixing weights (``normed @ W``),
+MoE routers (transformers' ``…TopKRouter``/``…HashRouter``, DeepSeek's and HiDream's ``MoEGate``), diffusers'
+``EqualLinear`` (Wan-Animate) and MiniMax-Music-3's Fourier embedding, and I-BERT's ``QuantLinear``."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
 _QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxLightningAttention)$",
                 "c_attn": r"^GPTBigCodeAttention$"}
@@ -184,7 +189,7 @@ class Layout:
     factors of an expert stack), ``interleaved`` if row (column) r is in block r mod k. ``flattened``: the sizes
     of trailing axes that are one side of the matrix (an einsum's heads, ``(d_in, heads, d_head)``).
     ``kernel_dims``: spatial axes of a conv kernel. ``source``: the rule that decided. ``guessed``: a 2-D tensor no
-    rule knows, not a module's ``weight``, read as ``F.linear``'s: only the module's code says whether it is a linear
+    rule knows (a module's ``weight`` too), read as ``F.linear``'s: only the module's code says whether it is a linear
     map, so :func:`classify` warns about it.
     """
 
@@ -806,7 +811,9 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
     if authored_class(attention).__name__.endswith("GatedDeltaNet"):
-        return _gated_deltanet_blocks(layout, local, attention, rows)
+        gated = _gated_deltanet_blocks(layout, local, attention, rows)
+        if gated is not layout:
+            return gated
     if local == "in_proj" and authored_class(attention).__name__ == "DisentangledSelfAttention":  # DeBERTa (v1)
         heads = head_counts(attention)[0]
         if heads and rows % (3 * heads) == 0:

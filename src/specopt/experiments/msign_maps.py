@@ -99,7 +99,8 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> Path:
     svd_sigma = torch.linalg.svdvals(msign(G, method="svd").double())
     rows.append({"method": "svd", "iteration": 1, "band_min": 1.0, "band_max": 1.0,
                  "matrix_min": float(svd_sigma.min()), "matrix_max": float(svd_sigma.max()),
-                 "matrix_gap": float((svd_sigma - 1).abs().max()), "polar_distance": 0.0})
+                 "matrix_gap": float((svd_sigma - 1).abs().max()),
+                 "polar_distance": float(torch.linalg.matrix_norm(msign(G, method="svd").double() - polar, ord=2))})
     final = {}
     for r in rows:  # each method's last iteration
         if r["method"] not in final or r["iteration"] > final[r["method"]]["iteration"]:

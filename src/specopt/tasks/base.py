@@ -33,6 +33,9 @@ class Task(ABC):
     #: units (tokens or samples) per batch element; tasks whose batch size can vary set it (see
     #: :meth:`batch_of`), the others keep None.
     units_per_example: int | None = None
+    #: layouts of the model's tensors that no rule reads, declared as ``param_groups(layouts=...)`` takes them
+    #: (the synthetic tasks' raw matrices); None where every tensor is read from its module.
+    layouts: dict | None = None
 
     def __init__(self, seed: int = 0):
         check_seed(seed)

@@ -21,11 +21,15 @@ from specopt.tasks.base import Task
 
 
 class MatrixParameter(nn.Module):
-    """A module holding one matrix parameter ``weight``."""
+    """A module holding one matrix parameter ``weight``, read as ``F.linear``'s ``(d_out, d_in)`` (:data:`LAYOUTS`)."""
 
     def __init__(self, value: torch.Tensor):
         super().__init__()
         self.weight = nn.Parameter(value)
+
+
+LAYOUTS = {MatrixParameter: "linear"}
+"""The synthetic tasks' declared layout: each problem's matrix is one linear map (no rule knows the class)."""
 
 
 def spectrum(rank: int, kappa: float) -> torch.Tensor:
@@ -36,6 +40,7 @@ def spectrum(rank: int, kappa: float) -> torch.Tensor:
 class MatrixFactorization(Task):
     """``min_X ¼‖XXᵀ − M*‖_F²`` with ``X ∈ R^{n×r}``; full-batch, deterministic, float64."""
 
+    layouts = LAYOUTS
     name = "matrix-factorization"
     scheme = "auto"
 
@@ -71,6 +76,7 @@ class MatrixFactorization(Task):
 class InContextRegression(Task):
     """Linear-transformer in-context regression, population loss in Γ ∈ R^{d×d}; Γ₀ = 0; float64."""
 
+    layouts = LAYOUTS
     name = "icl-regression"
     scheme = "auto"
 
@@ -109,6 +115,7 @@ class HeavyTailedRegression(Task):
 
     Training loss ``½·mean‖W x − y‖²`` on minibatches; validation = excess risk ``½‖W − W*‖_F²``."""
 
+    layouts = LAYOUTS
     name = "heavy-tailed"
     scheme = "auto"
 
