@@ -130,6 +130,10 @@ def test_x_transformers_wrappers_state_their_output_layer():
     odd = xt.TransformerWrapper(num_tokens=32, max_seq_len=16,
                                 attn_layers=xt.Decoder(dim=16, depth=1, heads=2, attn_on_attn=True))
     assert {n for n, layout in layouts(odd).items() if layout.role == "head"} == {"to_logits.weight"}
+    several = xt.TransformerWrapper(num_tokens=64, max_seq_len=32, num_output_heads=2,
+                                    attn_layers=xt.Decoder(dim=16, depth=1, heads=2))
+    assert {n for n, layout in layouts(several).items() if layout.role == "head"} == {"to_logits.0.weight",
+                                                                                     "to_logits.1.weight"}
     vit = xt.ViTransformerWrapper(image_size=16, patch_size=8, num_classes=10,
                                   attn_layers=xt.Encoder(dim=16, depth=1, heads=2))
     assert layouts(vit)["mlp_head.weight"].role == "head"

@@ -77,12 +77,15 @@ X_TRANSFORMERS_HEADS = {"TransformerWrapper": "to_logits", "ViTransformerWrapper
 torch.fx, and a language model's vocabulary often equals a hidden width)."""
 
 
-def _x_transformers_head(model: nn.Module) -> nn.Module | None:
+def _x_transformers_head(model: nn.Module) -> list[nn.Module] | None:
+    """The output layers of an x-transformers wrapper: its ``to_logits`` or ``mlp_head`` Linear, or each Linear of
+    a ``to_logits`` list (``num_output_heads > 1``); None for another model or a tied head (a function)."""
     attribute = X_TRANSFORMERS_HEADS.get(type(model).__name__)
     if attribute is None or not type(model).__module__.startswith("x_transformers"):
         return None
     head = getattr(model, attribute, None)
-    return head if isinstance(head, nn.Module) and _has_weight(head) else None
+    heads = list(head) if isinstance(head, nn.ModuleList) else [head]
+    return heads if heads and all(isinstance(h, nn.Module) and _has_weight(h) for h in heads) else None
 
 
 def _litgpt_head(model: nn.Module) -> nn.Module | None:
@@ -117,9 +120,10 @@ def _stated_heads(model: nn.Module, modules: dict) -> tuple[set[str], str] | Non
     head = _litgpt_head(model)
     if head is not None and id(head) in names:
         return {names[id(head)]}, "litgpt's lm_head"
-    head = _x_transformers_head(model)
-    if head is not None and id(head) in names:
-        return {names[id(head)]}, f"x-transformers {type(model).__name__}.{X_TRANSFORMERS_HEADS[type(model).__name__]}"
+    heads = _x_transformers_head(model)
+    if heads is not None and all(id(h) in names for h in heads):
+        return {names[id(h)] for h in heads}, \
+            f"x-transformers {type(model).__name__}.{X_TRANSFORMERS_HEADS[type(model).__name__]}"
     if classifiers:
         return classifiers, "config.num_labels or vocab_size classifier"
     return None
