@@ -110,8 +110,9 @@ def groups_of(model, task, gram: bool | None = None, groups: dict | None = None,
     if unknown:
         raise ValueError(f"unknown param_groups option(s) {sorted(unknown)}; the builders pass on "
                          f"{', '.join(GROUP_OPTIONS)}")
-    if task.layouts:  # the task's own declarations, under the caller's
-        groups["layouts"] = {**task.layouts, **(groups.get("layouts") or {})}
+    declared = getattr(task, "layouts", None)  # a Task's own declarations, under the caller's (the integrations
+    if declared:  # pass a namespace with a scheme only)
+        groups["layouts"] = {**declared, **(groups.get("layouts") or {})}
     msign = dict(groups.pop("msign", None) or {})
     if gram is not None:
         if msign.get("gram", gram) != gram:
