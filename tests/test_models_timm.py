@@ -260,8 +260,15 @@ def test_conv_classifiers_classifier_modules_and_auxiliary_heads_are_heads(name,
     ("tnt_s_patch16_224", "blocks.0.attn_out.qk.weight", (384, 384)),
     ("focalnet_tiny_srf", "layers.0.blocks.0.modulation.f.weight", (96, 96, 3)),
     ("mambaout_femto", "stages.0.blocks.0.fc1.weight", (128, 80, 48)),  # g, then i and c: 128 = 80 + 48
+    ("vit_dwee_patch16_reg1_gap_256", "blocks.0.attn.qkv.weight", (256,) * 3),  # DiffAttention: chunk(3)
 ])
 def test_outputs_the_forward_splits_are_blocks(name, tensor, blocks):
     """q/k/v held in 1×1 convs or a q/k Linear, FocalNet's q, context and gates, MambaOut's g, i, c: each cut where
     the forward splits it (they had been one matrix each)."""
     assert _meta_layouts(name)[tensor].blocks == blocks
+
+
+def test_learned_rotary_frequencies_are_entry_wise():
+    """timm's RoPE-mixed ViTs learn their rotary frequencies (t_x·f[0] + t_y·f[1], entry by entry): a 4-D tensor no
+    rule read, so param_groups refused these models."""
+    assert _meta_layouts("vit_small_patch16_rope_mixed_224")["rope.freqs"].role == "vector"

@@ -311,6 +311,8 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
     if stacked is not None and p.ndim == 3:
         role, transposed, what = stacked
         return Layout(role, f"{authored_class(module).__name__}.{local} ({what})", transposed=transposed, stack=1)
+    if local == "freqs" and authored_class(module).__name__ == "RotaryEmbeddingMixed":  # t_x·f[0] + t_y·f[1]
+        return Layout("vector", "learned rotary frequencies, entry-wise (timm's RotaryEmbeddingMixed)")
     if p.ndim >= 3 and authored_class(module).__name__.endswith("Prompter"):  # TVP's frame-padding prompts
         return Layout("token", f"learned prompt pixels ({authored_class(module).__name__}.{local})")
     into_heads = _EINSUM_HEADS.get(authored_class(module).__name__, {}).get(local)
@@ -808,6 +810,9 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
         attention, local = parents[id(attention)]  # the Linear a litgpt adapter (LoRA, adapter v2) or timm's LeViT
         # LinearNorm (a Linear, then a BatchNorm) wraps: its place
     rows = _rows(layout, p)
+    split = _split_output((attention, local), rows)  # known by its owner's class: before the rules by name
+    if split is not None:
+        return _with(layout, split[1], f"{split[0]} ({authored_class(attention).__name__}.{local})")
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
     if authored_class(attention).__name__.endswith("GatedDeltaNet"):
@@ -857,6 +862,7 @@ _SPLIT_OUTPUTS = {
         "per head: its k, v", (a.dim_head_qk, a.dim_head_v) * a.num_heads),
     ("timm.layers.lambda_layer", "LambdaLayer", "qkv"): lambda a: (
         "q (every head), k, v", (a.num_heads * a.dim_qk, a.dim_qk, a.dim_v)),
+    ("timm.layers.diff_attention", "DiffAttention", "qkv"): lambda a: ("q, k, v", (a.qkv.out_features // 3,) * 3),
     ("timm.models.convit", "GPSA", "qk"): lambda a: ("q, k", (a.qk.out_features // 2,) * 2),
     ("timm.models.tnt", "Attention", "qk"): lambda a: ("q, k", (a.qk.out_features // 2,) * 2),
     ("timm.models.mobilevit", "LinearSelfAttention", "qkv_proj"): lambda a: (
@@ -869,7 +875,8 @@ _SPLIT_OUTPUTS = {
         "mean, log-variance", (a.quant_conv.out_channels // 2,) * 2),
 }
 """Outputs the forward splits, by the owner's module and class and the projection's name: ``owner → (what, row
-blocks)`` (None: not split). timm's attention held in 1×1 convs or a ``qk`` Linear (Visformer; CoAtNet/MaxViT's
+blocks)`` (None: not split). timm's differential attention's ``qkv`` (``chunk(3)``, where its head counts
+do not tell the blocks), timm's attention held in 1×1 convs or a ``qk`` Linear (Visformer; CoAtNet/MaxViT's
 ``Attention2d``, per head where ``head_first``; BoTNet; HaloNet's k/v per head; LambdaNet's q of every head, then one
 k and one v; ConViT's and TNT's q/k; MobileViT-v2's one-channel query), FocalNet's modulation ``f``, MambaOut's gated
 ``fc1``, diffusers' ResNet time projection with ``scale_shift`` and the VAE's ``quant_conv`` (its output is chunked
