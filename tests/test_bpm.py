@@ -295,11 +295,11 @@ def test_the_brox_solvers_refuse_bad_input_by_name():
     for bad in (0.0, -1.0):  # had returned NaN, and a meaningless point
         with pytest.raises(ValueError, match="lam must be a finite number"):
             prox(f, x, bad)
-    with pytest.raises(ValueError, match="iters must be a positive int, got 0"):  # had returned x
+    with pytest.raises(ValueError, match="iters must be a positive integer, got 0"):  # had returned x
         brox_frank_wolfe(f, x, 0.5, Euclidean(), iters=0)
     with pytest.raises(ValueError, match="norm must be a specopt norm"):
         brox_frank_wolfe(f, x, 0.5, "euclidean")
-    with pytest.raises(ValueError, match="max_decades must be a positive int"):
+    with pytest.raises(ValueError, match="max_decades must be a positive integer, got 0"):
         brox_prox(f, x, 0.5, max_decades=0)
     with pytest.raises(ValueError, match=r"n×d A, b of length n and x of length d; got A \(4, 2\)"):
         prox_l1_affine(torch.ones(4, 2, **F64), torch.ones(4, **F64), x, 1.0)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from specopt._checks import check_number
+from specopt._checks import check_number, check_positive_int
 from specopt.norms import Norm
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -96,8 +96,7 @@ def prox(f: Objective, x: torch.Tensor, lam: float, *, iters: int = 200, tol: fl
     divided by ``‖∇f(x)‖`` (the same minimiser): L-BFGS's tolerances are absolute, and ``tol`` is then relative to
     f's own slope, whatever f's scale. A zero gradient at x returns x (a minimizer of a convex f)."""
     lam = check_number(lam, "lam", low_open=True)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    check_positive_int(iters, "iters")
     z = x.detach().clone().requires_grad_(True)
     value = f(z)
     gradient = torch.autograd.grad(value, z, allow_unused=True)[0] if isinstance(value, torch.Tensor) and \
@@ -212,8 +211,7 @@ def brox_prox(f: Objective, x: torch.Tensor, t: float, *, tol: float = 1e-10,
     t = check_number(t, "t", low_open=True)
     tol = check_number(tol, "tol", low_open=True)
     inside_tol = check_number(inside_tol, "inside_tol", low_open=True)
-    if isinstance(max_decades, bool) or not isinstance(max_decades, int) or max_decades < 1:
-        raise ValueError(f"max_decades must be a positive int, got {max_decades!r}")
+    check_positive_int(max_decades, "max_decades")
     if prox_fn is None:
         if not callable(f):
             raise ValueError("brox_prox needs a callable f (for its L-BFGS prox) or a prox_fn(x, λ)")
@@ -271,8 +269,7 @@ def brox_frank_wolfe(f: Objective, x: torch.Tensor, t: float, norm, *, iters: in
     """``argmin_{‖z − x‖ ≤ t} f(z)`` in the ball of ``norm`` (a :mod:`specopt.norms` object) by Frank–Wolfe:
     ``s = x + t·lmo(∇f(z))``, ``z ← z + 2/(k+2)·(s − z)``."""
     t = check_number(t, "t", low_open=True)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    check_positive_int(iters, "iters")
     if not isinstance(norm, Norm):
         raise ValueError(f"norm must be a specopt norm (e.g. specopt.Spectral()), got {norm!r}")
     z = x.detach().clone()

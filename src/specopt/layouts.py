@@ -816,9 +816,9 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
     if authored_class(attention).__name__.endswith("GatedDeltaNet"):
-        gated = _gated_deltanet_blocks(layout, local, attention, rows)
-        if gated is not layout:
-            return gated
+        gated = _gated_deltanet_blocks(local, attention, rows)
+        if gated is not None:
+            return _with(layout, gated[1], f"Gated DeltaNet {local}: {gated[0]}")
     if local == "in_proj" and authored_class(attention).__name__ == "DisentangledSelfAttention":  # DeBERTa (v1)
         heads = head_counts(attention)[0]
         if heads and rows % (3 * heads) == 0:
@@ -1061,24 +1061,23 @@ def _mamba_blocks(layout: Layout, local: str, mixer, rows: int) -> Layout:
     return layout
 
 
-def _gated_deltanet_blocks(layout: Layout, local: str, net, rows: int) -> Layout:
+def _gated_deltanet_blocks(local: str, net, rows: int) -> tuple[str, tuple[int, ...]] | None:
     """The outputs a Gated DeltaNet's fused projections hold (Qwen3-Next, Qwen3.5, their MoE and derived models):
     ``in_proj_qkv`` gives q, k (``key_dim`` rows each) and v (``value_dim``); Qwen3-Next's ``in_proj_qkvz`` holds, per
     key-head group, that group's q and k (``head_k_dim`` each), v and z (``r·head_v_dim`` each, ``r`` value heads per
-    key head), and ``in_proj_ba`` its b and a gates (``r`` each). A projection whose rows do not add up is one
-    matrix."""
+    key head), and ``in_proj_ba`` its b and a gates (``r`` each): ``(what, blocks)``, or None where the rows do not
+    add up (the other rules then read the projection)."""
     dims = [getattr(net, a, None) for a in ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim")]
     if not all(isinstance(d, int) and d > 0 for d in dims) or dims[1] % dims[0]:
-        return layout
+        return None
     groups, values, hk, hv = dims
     r = values // groups
     candidates = {"in_proj_qkv": ("q, k, v", (groups * hk, groups * hk, values * hv)),
                   "in_proj_qkvz": ("q, k, v, z per key-head group", (hk, hk, r * hv, r * hv) * groups),
                   "in_proj_ba": ("b, a per key-head group", (r, r) * groups)}
     if local in candidates and sum(candidates[local][1]) == rows:
-        what, blocks = candidates[local]
-        return _with(layout, blocks, f"Gated DeltaNet {local}: {what}")
-    return layout
+        return candidates[local]
+    return None
 
 
 def _with(layout: Layout, blocks, what: str) -> Layout:

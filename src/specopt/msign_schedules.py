@@ -50,6 +50,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from specopt._checks import check_positive_int
 from specopt.linalg import PolynomialSchedule, msign_band, polar_express_coefficients
 
 SAFETY = 1.02
@@ -124,9 +125,8 @@ def cheaper_schedule(method: str, steps: int, design_steps: int | None = None) -
     (what the msign benchmark's trade-off rows time)."""
     if method not in DESIGNS:
         raise ValueError(f"unknown cheaper msign schedule {method!r}; valid: {', '.join(DESIGNS)}")
-    if design_steps is not None and (isinstance(design_steps, bool) or not isinstance(design_steps, int)
-                                     or design_steps < 1):
-        raise ValueError(f"design_steps must be a positive integer or None, got {design_steps!r}")
+    if design_steps is not None:
+        check_positive_int(design_steps, "design_steps")
     d = DESIGNS[method]
     l = widest_interval(d.degree, design_steps or d.steps, d.cushion, d.normalization)  # noqa: E741
     coefficients = polar_express_coefficients(steps, l=l, cushion=d.cushion, safety=SAFETY, degree=d.degree)
