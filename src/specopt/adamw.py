@@ -2,11 +2,14 @@
 
 Loshchilov & Hutter's decoupled weight decay, exactly as ``torch.optim.AdamW`` (single-tensor path):
 ``p ← (1 − γλ)p``; ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
-``p ← p − γ/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)``. Groups use ``lr``, ``betas``, ``eps``, ``weight_decay``.
+``p ← p − γ/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)``. Groups use ``lr``, ``betas``, ``eps``, ``weight_decay`` and
+``weight_decay_mode`` (:mod:`specopt.steps`): ``"independent"`` decays by ``λγ_k/γ_0`` instead of ``γλ``;
+``"cautious"`` decays only the entries the Adam step Δ moves toward zero, ``p ← p − γλ·𝟙[Δ⊙p ≤ 0]⊙p + Δ``.
 State is float32 (or wider) whatever the parameter's dtype. Contiguous parameters whose dtype matches their state
-(float32/float64) are updated by torch's fused AdamW kernel (``torch._fused_adamw_``, one pass; the same
-update up to rounding), the others by the single-tensor formulas: bf16/fp16 parameters with fp32 state, and views
-with strides of their own (a transposed or sliced tensor), which torch 2.13's CPU kernel updates wrongly.
+(float32/float64) are updated, with the default coupled decay, by torch's fused AdamW kernel
+(``torch._fused_adamw_``, one pass; the same update up to rounding), the others by the single-tensor formulas:
+bf16/fp16 parameters with fp32 state, views with strides of their own (a transposed or sliced tensor), which torch
+2.13's CPU kernel updates wrongly, and the other decay modes.
 
 Under torch.compile (``ok`` given, see :func:`specopt.steps.commit`) every tensor takes the single-tensor
 formulas written out of place, with the step count a 0-d tensor: the fused kernel mutates its inputs in a way
@@ -21,7 +24,7 @@ import math
 import torch
 
 from specopt._checks import check_number
-from specopt.steps import commit
+from specopt.steps import commit, weight_decay
 
 GROUP_DEFAULTS = {"betas": (0.9, 0.95), "eps": 1e-8}
 """What a ``norm="adamw"`` param group gets where neither it nor the optimizer's defaults say."""
@@ -58,7 +61,7 @@ def step(items: list, ok: torch.Tensor | None = None) -> None:
         state["step"] += 1
         tensors = (it.p, it.g, state["exp_avg"], state["exp_avg_sq"])
         if it.p.dtype == state["exp_avg"].dtype == it.g.dtype and all(t.is_contiguous() for t in tensors) and \
-                hasattr(torch, "_fused_adamw_"):
+                it.group["weight_decay_mode"] == "coupled" and hasattr(torch, "_fused_adamw_"):
             fused.setdefault((id(it.group), it.p.device, it.p.dtype), []).append(it)
         else:
             _single(it)
@@ -81,14 +84,25 @@ def _single(it) -> None:
     lr = group["lr"]
     t = float(state["step"])
     m, v = state["exp_avg"], state["exp_avg_sq"]
-    p.mul_(1 - lr * group["weight_decay"])
+    shrink = weight_decay(it)
+    cautious = group["weight_decay_mode"] == "cautious"
+    if not cautious:
+        p.mul_(1 - shrink)
     m.lerp_(g, 1 - beta1)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-    if isinstance(lr, torch.Tensor):  # addcdiv_ takes a Python number only
+    if cautious:  # the step first: the decay keeps only the entries it moves toward zero
+        step = (m / denom).mul_(-(lr.to(m.device) if isinstance(lr, torch.Tensor) else lr) / (1 - beta1**t))
+        p.copy_(_cautiously_decayed(p.to(step.dtype), step, shrink) + step)
+    elif isinstance(lr, torch.Tensor):  # addcdiv_ takes a Python number only
         p.sub_((m / denom).mul_(lr.to(m.device) / (1 - beta1**t)).to(p.dtype))
     else:
         p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+
+
+def _cautiously_decayed(p: torch.Tensor, step: torch.Tensor, shrink) -> torch.Tensor:
+    """``p − shrink·𝟙[step⊙p ≤ 0]⊙p`` (Chen et al. 2025, *Cautious Weight Decay*, arXiv:2510.12402)."""
+    return torch.where(step * p <= 0, p * (1 - shrink), p)
 
 
 def _compiled(it, ok: torch.Tensor) -> None:
@@ -106,7 +120,12 @@ def _compiled(it, ok: torch.Tensor) -> None:
         step_size, root = bias_corrections(t, lr, beta1, beta2).unbind()
     m = commit(m, m.lerp(g.to(m.dtype), 1 - beta1), ok)
     v = commit(v, v * beta2 + (1 - beta2) * g.to(v.dtype).square(), ok)
-    new = p.to(m.dtype) * (1 - lr * group["weight_decay"]) - step_size * m / (v.sqrt() / root + group["eps"])
+    step = -step_size * m / (v.sqrt() / root + group["eps"])
+    shrink = weight_decay(it)
+    if group["weight_decay_mode"] == "cautious":
+        new = _cautiously_decayed(p.to(m.dtype), step, shrink) + step
+    else:
+        new = p.to(m.dtype) * (1 - shrink) + step
     commit(p, new.to(p.dtype), ok)
 
 

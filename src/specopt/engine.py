@@ -47,7 +47,7 @@ from specopt.lmo import LmoRunner, Record, StepContext
 from specopt.norms import Norm, get_norm, norm_from_config
 from specopt.preconditioners import Preconditioner
 from specopt.probe import accumulated, gradients_at, held_gradient, incoming_gradients
-from specopt.steps import DECAY_MODES, StepRule, apply_update, commit, get_rule, setting_names
+from specopt.steps import StepRule, apply_update, check_decay_mode, commit, decay_reference_lr, get_rule, setting_names
 
 NONFINITE = ("raise", "skip")
 
@@ -452,14 +452,22 @@ class GeometryOptimizer(Optimizer):
                                  f"{part.name!r}, one value for every group, so a group's own would be ignored; pass "
                                  "it to the optimizer's constructor")
 
-    def _check_lr_bound(self) -> None:
-        """Before anything of the step changes: every group's lr within the rule's ``max_lr`` (a tensor lr is read
-        on the host, as the eager step reads its finiteness check)."""
+    def _check_group_settings(self) -> None:
+        """Before anything of the step changes, the settings a scheduler or a write to ``param_groups`` may have
+        changed since the optimizer was built: the weight decay, its mode, an independent decay's γ_k/γ_0 ≤ 1, and
+        every lr within the rule's ``max_lr`` (a tensor lr is read on the host, as the eager step reads its
+        finiteness check)."""
         for i, group in enumerate(self.param_groups):
-            if group.get("norm") == "adamw":
-                continue
+            check_number(group["weight_decay"], f"weight_decay of param group {i}")
+            check_decay_mode(group["weight_decay_mode"])
             lr = float(group["lr"])
-            if lr > self.rule.max_lr:
+            reference = decay_reference_lr(group)
+            if group["weight_decay_mode"] == "independent" and reference and lr > float(reference) * (1 + 1e-6):
+                raise ValueError(f"lr = {lr:g} in param group {i} is above γ_0 = {float(reference):g}, the reference "
+                                 "of its weight_decay_mode='independent' (decay λ·lr/γ_0, λ at the schedule's peak): "
+                                 "for a schedule that rises above its initial lr (CyclicLR) set "
+                                 f"param_groups[{i}]['max_lr'] to its peak")
+            if self.rule.max_lr is not None and group.get("norm") != "adamw" and lr > self.rule.max_lr:
                 raise ValueError(f"lr = {lr:g} in param group {i} is above {self.rule.max_lr:g}, the largest the rule "
                                  f"{self.rule.name!r} keeps its guarantee for (its max_lr); it was in range when the "
                                  "optimizer was built: an LR scheduler's peak, or a write to param_groups, raised it")
@@ -471,8 +479,10 @@ class GeometryOptimizer(Optimizer):
         check_lr(group["lr"])
         validate_momentum(group["momentum"])
         check_number(group["weight_decay"], "weight_decay")
-        if group.setdefault("weight_decay_mode", "coupled") not in DECAY_MODES:
-            raise ValueError(f"weight_decay_mode must be one of {DECAY_MODES}, got {group['weight_decay_mode']!r}")
+        check_decay_mode(group.setdefault("weight_decay_mode", "coupled"))
+        if group["weight_decay_mode"] == "independent":
+            lr = group["lr"]
+            group.setdefault("decay_reference_lr", lr.clone() if isinstance(lr, torch.Tensor) else lr)
         norm = group["norm"]
         if isinstance(norm, type) and issubclass(norm, Norm):
             raise ValueError(f"norm={norm.__name__} is the class: pass an instance, {norm.__name__}()")
@@ -648,8 +658,7 @@ class GeometryOptimizer(Optimizer):
     def step(self, closure=None):
         """One update. ``closure`` re-evaluates the model and returns the loss (as in torch.optim)."""
         if not torch.compiler.is_compiling():
-            if self.rule.max_lr is not None:
-                self._check_lr_bound()
+            self._check_group_settings()
             self._check_momentum_schedules()
         if self.estimator.needs_closure and closure is None and not self._creates_state_only():
             raise ValueError(f"estimator={self.estimator.name!r} needs step(closure): it re-evaluates the gradient "
@@ -668,9 +677,12 @@ class GeometryOptimizer(Optimizer):
             self._init_group()
         records, aux = self._gather()
         everything = records + aux
+        first = next((p for group in self.param_groups for p in group["params"]), None)
+        if first is None:  # only empty groups (torch takes them): nothing to update
+            return loss
         if not everything and not self._warned_no_gradient and not torch.compiler.is_compiling():
             self._warn_no_gradient()
-        self.lmo.check_replicas(everything, distributed.local(self.param_groups[0]["params"][0]).device)
+        self.lmo.check_replicas(everything, distributed.local(first).device)
         ctx = StepContext(self.lmo, aux, probed, closure is not None and not self._probe_unusable,
                           loss=loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if traced and not self.lmo.distributed(everything) and everything:

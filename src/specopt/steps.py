@@ -22,10 +22,10 @@ combination that keeps W in its ball) is *decoupled* from the gradient, as AdamW
 per param group by ``weight_decay_mode``:
 
 * ``"coupled"`` (default): ``shrink = γ_k·λ``: it follows the learning rate, and so the LR schedule;
-* ``"independent"``: ``shrink = λ·γ_k/γ_0`` with γ_0 the group's ``initial_lr`` (set by torch's LR schedulers;
-  γ_k without one or where it is 0, so λ per step, also at γ_k = 0): the schedule's shape, but a decay per step
-  that does not change with the size of γ (Wortsman et al. 2023, *Small-scale proxies for large-scale Transformer
-  training instabilities*), so a learning-rate sweep does not also sweep the decay;
+* ``"independent"``: ``shrink = λ·γ_k/γ_0`` with γ_0 the schedule's peak (:func:`decay_reference_lr`): the
+  schedule's shape, but a decay per step that does not change with the size of γ (Wortsman et al. 2023, *Small-scale
+  proxies for large-scale Transformer training instabilities*), so a learning-rate sweep does not also sweep the
+  decay; λ is the decay per step at the peak, and a γ_k above γ_0 is an error (the decay would pass λ);
 * ``"cautious"``: ``W ← W − γ_kλ·𝟙[Δ ⊙ W ≤ 0] ⊙ W + Δ`` with Δ the rule's update: only the entries the update
   already moves toward zero are decayed (Chen et al. 2025, *Cautious Weight Decay*, arXiv:2510.12402).
 
@@ -44,17 +44,33 @@ from specopt._checks import check_number
 DECAY_MODES = ("coupled", "independent", "cautious")
 
 
+def check_decay_mode(mode) -> None:
+    if mode not in DECAY_MODES:
+        raise ValueError(f"weight_decay_mode must be one of {DECAY_MODES}, got {mode!r}")
+
+
 def weight_decay(rec) -> float:
     """The decay factor of one step, ``γ_k·λ`` or, for ``weight_decay_mode="independent"``, ``λ·γ_k/γ_0``."""
     group = rec.group
     if group.get("weight_decay_mode") == "independent":
-        lr, initial = group["lr"], group.get("initial_lr")
-        if isinstance(initial, torch.Tensor):  # branch-free, as a compiled step needs
-            return group["weight_decay"] * torch.where(initial > 0, lr / initial.clamp_min(1e-30), 1.0)
-        if not initial:  # no scheduler (or one from a zero base lr): γ_0 = γ_k, a decay of λ per step, also at lr 0
+        lr, reference = group["lr"], decay_reference_lr(group)
+        if isinstance(reference, torch.Tensor):  # branch-free, as a compiled step needs
+            return group["weight_decay"] * torch.where(reference > 0, lr / reference.clamp_min(1e-30), 1.0)
+        if not reference:  # a schedule from a zero base lr (or a checkpoint from before the reference): λ per step
             return group["weight_decay"]
-        return group["weight_decay"] * lr / initial
+        return group["weight_decay"] * lr / reference
     return group["lr"] * group["weight_decay"]
+
+
+def decay_reference_lr(group: dict):
+    """γ_0 of ``weight_decay_mode="independent"``: the schedule's peak where the group records it (``max_lr``, which
+    OneCycleLR sets, and a user may set for any schedule that rises above its start, as CyclicLR does), else the
+    ``initial_lr`` torch's LR schedulers set, else ``decay_reference_lr``, the lr the group was built with (set by the
+    optimizer: without a scheduler, or with ReduceLROnPlateau, which records none). None where none is set."""
+    for key in ("max_lr", "initial_lr", "decay_reference_lr"):
+        if group.get(key) is not None:
+            return group[key]
+    return None
 
 
 def settle_part(cls: type, hooks: tuple[str, ...]) -> None:
@@ -333,7 +349,7 @@ def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tens
     the product, the sum and the select into one pass over ``p``). ``cautious``: the shrink only where the update
     ``Δ = scale·s`` and ``p`` have opposite signs (or either is 0), ``p ← p − shrink·𝟙[Δ⊙p ≤ 0]⊙p + Δ``."""
     if cautious and (isinstance(shrink, torch.Tensor) or shrink != 0):
-        work = torch.promote_types(p.dtype, s.dtype)
+        work = torch.promote_types(torch.promote_types(p.dtype, s.dtype), torch.float32)  # 1 − shrink unrounded
         step = s.to(work) * (scale.to(work) if isinstance(scale, torch.Tensor) else scale)
         keep = torch.where(step * p.to(work) <= 0, 1 - shrink, torch.ones((), dtype=work, device=p.device))
         commit(p, (p.to(work) * keep.to(work) + step).to(p.dtype), ok)
