@@ -101,3 +101,12 @@ def test_the_adapter_v2_wrapped_qkv_keeps_its_q_k_v_blocks():
     torch.manual_seed(0)
     model = AdapterGPT(litgpt.adapter_v2.Config(**LLAMA, adapter_start_layer=0))
     assert_one_step_geometry(model, lm_loss, {r"attn\.qkv\.linear\.weight": qkv_rows(LLAMA)})
+
+
+def test_multi_head_latent_attention_is_cut_where_its_forward_splits_it():
+    """litgpt's MLA keeps its dims in ``attn.config`` (transformers' DeepSeek on the module): kv_a_proj_with_mqa is the
+    compressed k/v and the shared rope key, kv_b_proj per head its k (no rope) and v; both had been one matrix."""
+    mla = dict(LLAMA, n_query_groups=4, latent_attention=dict(q_lora_rank=24, kv_lora_rank=16, qk_rope_head_dim=4,
+                                                              qk_nope_head_dim=8, v_head_dim=8))
+    assert_one_step_geometry(make(mla)(), lm_loss, {r"attn\.kv_a_proj_with_mqa\.weight": (16, 4),
+                                                    r"attn\.kv_b_proj\.weight": (8, 8) * 4})

@@ -261,11 +261,28 @@ def test_conv_classifiers_classifier_modules_and_auxiliary_heads_are_heads(name,
     ("focalnet_tiny_srf", "layers.0.blocks.0.modulation.f.weight", (96, 96, 3)),
     ("mambaout_femto", "stages.0.blocks.0.fc1.weight", (128, 80, 48)),  # g, then i and c: 128 = 80 + 48
     ("vit_dwee_patch16_reg1_gap_256", "blocks.0.attn.qkv.weight", (256,) * 3),  # DiffAttention: chunk(3)
+    ("lowformer_b0", "stages.2.1.attn.main.1.pwise.weight", (32,) * 6),  # per head (2) its q, k, v
+    ("cpubone_b0_bfrobust", "stages.2.1.total.0.0.main.1.pwise.weight", None),
+    ("efficientvit_m5", "stages.0.blocks.0.mixer.m.attn.qkvs.0.conv.weight", (16, 16, 64)),  # ConvNorm in a list
+    ("efficientvit_b0", "stages.2.blocks.1.context_module.main.qkv.conv.weight", (16,) * 12),  # per head (4)
+    ("vit_pwee_patch16_reg1_gap_256", "blocks.0.in_proj.weight", (1280, 256, 256, 256)),  # fc1, q, k, v
+    ("efficientvim_m1", "stages.0.blocks.0.mixer.BCdt_proj.conv.weight", (49,) * 3),
+    ("efficientvim_m1", "stages.0.blocks.0.mixer.hz_proj.conv.weight", (128, 128)),
+    ("iformer_m", "stages.2.blocks.10.mixer.module.v_gate.c.weight", (192, 192)),
+    ("shvit_s1", "stages.1.blocks.0.mixer.m.qkv.c.weight", (16, 16, 48)),
+    ("cspresnet50", "stages.0.conv_exp.conv.weight", (128, 128)),  # one half through the blocks, one past them
 ])
 def test_outputs_the_forward_splits_are_blocks(name, tensor, blocks):
-    """q/k/v held in 1×1 convs or a q/k Linear, FocalNet's q, context and gates, MambaOut's g, i, c: each cut where
-    the forward splits it (they had been one matrix each)."""
-    assert _meta_layouts(name)[tensor].blocks == blocks
+    """q/k/v held in 1×1 convs or a q/k Linear, FocalNet's q, context and gates, MambaOut's g, i, c, and (a second
+    review) the q/k/v convs of the efficient ViTs, the parallel blocks' fused fc1/q/k/v, EfficientViM's B/C/dt and
+    h/z, iFormer's value/gate, CSPNet's halves: each cut where the forward splits it (they had been one matrix each;
+    ``None``: the head size of ``model`` per head's q, k, v)."""
+    layouts = _meta_layouts(name)
+    if blocks is None:
+        with torch.device("meta"):
+            attention = next(m for m in timm.create_model(name).modules() if type(m).__name__ == "ConvAttention")
+        blocks = (attention.head_dim,) * (3 * attention.num_heads)
+    assert layouts[tensor].blocks == blocks
 
 
 def test_learned_rotary_frequencies_are_entry_wise():

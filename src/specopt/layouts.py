@@ -810,9 +810,9 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
         attention, local = parents[id(attention)]  # the Linear a litgpt adapter (LoRA, adapter v2) or timm's LeViT
         # LinearNorm (a Linear, then a BatchNorm) wraps: its place
     rows = _rows(layout, p)
-    split = _split_output((attention, local), rows)  # known by its owner's class: before the rules by name
+    split = _split_output((attention, local), rows, parents)  # known by its owner's class: before the rules by name
     if split is not None:
-        return _with(layout, split[1], f"{split[0]} ({authored_class(attention).__name__}.{local})")
+        return _with(layout, split[1], split[0])
     if _is_mamba_mixer(attention):
         return _mamba_blocks(layout, local, attention, rows)
     if authored_class(attention).__name__.endswith("GatedDeltaNet"):
@@ -869,13 +869,38 @@ _SPLIT_OUTPUTS = {
         "the query (one channel), the key, the value", (1, a.embed_dim, a.embed_dim)),
     ("timm.models.focalnet", "FocalModulation", "f"): lambda a: ("q, context, gates", tuple(a.input_split)),
     ("timm.models.mambaout", "GatedConvBlock", "fc1"): lambda a: ("g, i, c", tuple(a.split_indices)),
+    ("timm.models.lowformer", "ConvAttention", "pwise"): lambda a: (
+        "per head: its q, k, v", (a.head_dim,) * (a.num_keys * a.num_heads)),
+    ("timm.models.cpubone", "ConvAttention", "pwise"): lambda a: (
+        "per head: its q, k, v", (a.head_dim,) * (a.num_keys * a.num_heads)),
+    ("timm.models.efficientvit_msra", "CascadedGroupAttention", "qkvs"): lambda a: (
+        "q, k, v", (a.key_dim, a.key_dim, a.val_dim)),
+    ("timm.models.efficientvit_mit", "LiteMLA", "qkv"): lambda a: (
+        "per head: its q, k, v", (a.dim,) * (a.qkv.conv.out_channels // a.dim)),
+    ("timm.models.vision_transformer", "ParallelScalingBlock", "in_proj"): lambda a: (
+        "the MLP's fc1, q, k, v", tuple(a.in_split)),
+    ("timm.models.vision_transformer", "DiffParallelScalingBlock", "in_proj"): lambda a: (
+        "the MLP's fc1, q, k, v", tuple(a.in_split)),
+    ("timm.models.efficientvim", "HSMSSD", "BCdt_proj"): lambda a: ("B, C, dt", (a.state_dim,) * 3),
+    ("timm.models.efficientvim", "HSMSSD", "hz_proj"): lambda a: ("h, z", (a.d_inner,) * 2),
+    ("timm.models.iformer", "SHMA", "v_gate"): lambda a: ("value, gate", (a.v_gate.c.out_channels // 2,) * 2),
+    ("timm.models.shvit", "SHSA", "qkv"): lambda a: ("q, k, v", (a.qk_dim, a.qk_dim, a.pdim)),
+    ("timm.models.cspnet", "CrossStage", "conv_exp"): lambda a: (
+        "the half the blocks take, the half they pass by", (a.expand_chs // 2,) * 2),
+    ("timm.models.cspnet", "CrossStage3", "conv_exp"): lambda a: (
+        "the half the blocks take, the half they pass by", (a.expand_chs // 2,) * 2),
     ("diffusers.models.resnet", "ResnetBlock2D", "time_emb_proj"): lambda a: (
         ("scale, shift", (a.time_emb_proj.out_features // 2,) * 2) if a.time_embedding_norm == "scale_shift" else None),
     ("diffusers.models.autoencoders.autoencoder_kl", "AutoencoderKL", "quant_conv"): lambda a: (
         "mean, log-variance", (a.quant_conv.out_channels // 2,) * 2),
 }
 """Outputs the forward splits, by the owner's module and class and the projection's name: ``owner → (what, row
-blocks)`` (None: not split). timm's differential attention's ``qkv`` (``chunk(3)``, where its head counts
+blocks)`` (None: not split); the projection may sit in a module that only wraps it (timm's ConvNorm, ConvNormAct: a
+conv with its norm) or in a ``ModuleList`` (EfficientViT-MSRA's ``qkvs``, one per head group). timm's q/k/v cut per
+head out of one conv (LowFormer's and CPUBone's ``pwise``, EfficientViT-MIT's ``qkv``), or into unequal parts
+(EfficientViT-MSRA, SHViT), the parallel ViT blocks' ``in_proj`` (the MLP's fc1, q, k, v), EfficientViM's ``BCdt_proj``
+and ``hz_proj``, iFormer's ``v_gate``, CSPNet's ``conv_exp`` (one half through the blocks, the other past them);
+timm's differential attention's ``qkv`` (``chunk(3)``, where its head counts
 do not tell the blocks), timm's attention held in 1×1 convs or a ``qk`` Linear (Visformer; CoAtNet/MaxViT's
 ``Attention2d``, per head where ``head_first``; BoTNet; HaloNet's k/v per head; LambdaNet's q of every head, then one
 k and one v; ConViT's and TNT's q/k; MobileViT-v2's one-channel query), FocalNet's modulation ``f``, MambaOut's gated
@@ -883,19 +908,33 @@ k and one v; ConViT's and TNT's q/k; MobileViT-v2's one-channel query), FocalNet
 into the mean and the log-variance; an encoder's ``conv_out`` before it is mixed by it, so it stays whole)."""
 
 
-def _split_output(parent, rows: int):
-    """``(what, blocks)`` of :data:`_SPLIT_OUTPUTS` for the projection ``parent`` names, or None."""
-    cls = authored_class(parent[0])
-    rule = _SPLIT_OUTPUTS.get((cls.__module__, cls.__name__, parent[1]))
-    if rule is None:
-        return None
-    try:
-        found = rule(parent[0])
-    except (AttributeError, TypeError):  # another version of the module: no split known
-        return None
-    if found is None or sum(found[1]) != rows:
-        return None
-    return found
+def _split_output(parent, rows: int, parents: dict):
+    """``(what (owner.name), blocks)`` of :data:`_SPLIT_OUTPUTS` for the projection ``parent`` names, looked up
+    through up to two modules that only wrap it (:func:`_wraps_one_map`), or None."""
+    for _ in range(3):
+        cls = authored_class(parent[0])
+        rule = _SPLIT_OUTPUTS.get((cls.__module__, cls.__name__, parent[1]))
+        if rule is not None:
+            try:
+                found = rule(parent[0])
+            except (AttributeError, TypeError):  # another version of the module: no split known
+                return None
+            if found is None or sum(found[1]) != rows:
+                return None
+            return f"{found[0]} ({cls.__name__}.{parent[1]})", found[1]
+        if id(parent[0]) not in parents or not _wraps_one_map(parent[0]):
+            return None
+        parent = parents[id(parent[0])]
+    return None
+
+
+def _wraps_one_map(module: nn.Module) -> bool:
+    """A ``ModuleList``/``ModuleDict``, or a module with one ≥2-D parameter in all (a conv or linear with its norm and
+    activation): what its owner calls by its name is that one map."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return True
+    matrices = (p for p in module.parameters() if p.ndim >= 2)
+    return next(matrices, None) is not None and next(matrices, None) is None
 
 
 def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
@@ -905,9 +944,9 @@ def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
         return layout
     owner, local = authored_class(parent[0]).__name__, parent[1]
     rows = _rows(layout, p)
-    split = _split_output(parent, rows)
+    split = _split_output(parent, rows, parents)
     if split is not None:
-        return _with(layout, split[1], f"{split[0]} ({owner}.{local})")
+        return _with(layout, split[1], split[0])
     if _glu_next(layout, parent) and rows % 2 == 0:
         return _with(layout, (rows // 2, rows // 2), f"fused value/gate (nn.GLU after it in {owner})")
     gate = getattr(parent[0], "gate", None)
@@ -946,8 +985,9 @@ def _mla_dims(attention: nn.Module) -> tuple[int, int, int, int] | None:
     """Multi-head latent attention's ``(kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim)`` (DeepSeek-V2/V3
     and the models built on it: ``kv_a_proj_with_mqa``'s output is split into the compressed k/v and the shared rope
     key, ``kv_b_proj``'s viewed per head and split into k and v), or None for other attention modules."""
-    dims = tuple(getattr(attention, k, None) for k in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
-                                                         "v_head_dim"))
+    config = getattr(attention, "config", None)  # litgpt keeps them in its config
+    dims = tuple(getattr(attention, k, getattr(config, k, None)) for k in ("kv_lora_rank", "qk_rope_head_dim",
+                                                                          "qk_nope_head_dim", "v_head_dim"))
     return dims if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) else None
 
 
