@@ -250,3 +250,28 @@ def test_a_tensor_lr_follows_its_scheduler_without_recompiling(cls, monkeypatch)
         assert_same_run(eager, compiled, atol=1e-5)
     assert float(compiled.param_groups[0]["lr"]) == pytest.approx(lr / 5)
     assert len(graphs) == 1
+
+
+@pytest.mark.parametrize("cls, kwargs", [(MuonBP, {"period": 2}), (DropMuon, {}), (AdaGO, {}), (DoG, {})],
+                         ids=["MuonBP", "DropMuon", "AdaGO", "DoG"])
+def test_the_family_steps_compile_once_and_never_again(cls, kwargs):
+    """After the first two steps (state created, then read) no step is compiled anew: MuonBP's compiled step had
+    recompiled at every step (its guards read a set of the step's record ids) until dynamo's recompile limit, after
+    which the engine's frame ran eagerly, also for the next optimizer in the process."""
+    X, y = classification_data()
+    model = mlp(widths=SMALL)
+    opt = cls(model.parameters(), lr=torch.tensor(cls(mlp(widths=SMALL).parameters()).defaults["lr"]), **kwargs)
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    step = torch.compile(opt.step, backend=counting)
+    compiled = []
+    for _ in range(7):
+        set_gradients(model, X, y)
+        before = len(graphs)
+        step()
+        compiled.append(len(graphs) - before)
+    assert sum(compiled[2:]) == 0, compiled

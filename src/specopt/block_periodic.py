@@ -104,7 +104,6 @@ class BlockPeriodic(USCG):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.period, self.blocks, self.block_lr_ratio, self.split = period, blocks, float(block_lr_ratio), split
-        self._block_step: set[int] = set()
         self._geometry: dict = {}  # (norm, radius spec, radius, blocks) → the block step's (norm, radius)
 
     def is_full(self, count: int) -> bool:
@@ -112,8 +111,9 @@ class BlockPeriodic(USCG):
         return (count - 1) % self.period == 0
 
     def active(self, records: list, ctx) -> list:
-        """Every record, the block-step ones with their norm and radius replaced by the row-blocked geometry."""
-        self._block_step = set()
+        """Every record, the block-step ones with their norm and radius replaced by the row-blocked geometry, the
+        radius times r (uSCG's step γρ: r·γρ_b). Nothing is kept about this step's records: a compiled step whose
+        guards read a set of their ids recompiled at every step."""
         if not records:
             return records
         device = records[0].state["step"].device
@@ -128,8 +128,8 @@ class BlockPeriodic(USCG):
             key = (rec.norm, rec.group["radius"], rec.radius, sizes, columns)
             if key not in self._geometry:
                 self._geometry[key] = self.block_geometry(*key)
-            rec.norm, rec.radius = self._geometry[key]
-            self._block_step.add(id(rec))
+            norm, radius = self._geometry[key]
+            rec.norm, rec.radius = norm, radius * self.block_lr_ratio
         return records
 
     @staticmethod
@@ -141,12 +141,6 @@ class BlockPeriodic(USCG):
         if isinstance(radius_spec, str) and radius_spec in MUON_SCALES:
             return cut(scaled_leaves(norm, radius_spec), sizes), 1.0
         return cut(norm, sizes), radius
-
-    def scale(self, records, ctx) -> None:
-        super().scale(records, ctx)
-        for rec in records:
-            if id(rec) in self._block_step:
-                rec.scale = rec.scale * self.block_lr_ratio
 
 
 class MuonBP(Muon):
