@@ -46,8 +46,11 @@ VARIANTS = {
     "decay 0.5 rescale": {"decay": 0.5, "rescale": True},
     "decay 0.5 accumulate": {"decay": 0.5, "accumulate": True},
     "decay 0.8 accumulate": {"decay": 0.8, "accumulate": True},
+    "muon": None,
 }
-"""Name → DropMuon arguments (lr 0.02, the class default, unless given)."""
+"""Name → DropMuon arguments (lr 0.02, the class default, unless given); ``"muon"``: Muon itself, the reference, run
+here so that every difference is like against like (one thread, this machine: the char-GPT's final loss moves by
+0.005–0.01 with the thread count)."""
 
 
 class VariantDrop(ProgressiveDrop):
@@ -105,16 +108,17 @@ def run(seeds: list[int], names: list[str]) -> None:
         for name in names:
             if (name, seed) in done:
                 continue
-            args = dict(VARIANTS[name])
+            args = dict(VARIANTS[name] or {})
             lr = args.pop("lr", 0.02)
-            cfg = RunConfig(task="char-gpt", optimizer="drop-muon", steps=600, seed=seed,
-                            task_options={"size": "tiny"}, hparams={"lr": lr}, val_every=100, checkpoint_every=600)
+            cfg = RunConfig(task="char-gpt", optimizer="muon" if VARIANTS[name] is None else "drop-muon", steps=600,
+                            seed=seed, task_options={"size": "tiny"}, hparams={"lr": lr}, val_every=100,
+                            checkpoint_every=600)
             final, seconds = final_val(cfg, {"DropMuon": functools.partial(drop_muon, **args)})
-            decay = args.get("decay", 1.0)
+            decay = "" if VARIANTS[name] is None else args.get("decay", 1.0)
             row = {"variant": name, "decay": decay, "rescale": args.get("rescale", False),
                    "accumulate": args.get("accumulate", False), "lr": lr, "seed": seed,
-                   "lmo_fraction": round(expected_lmo_fraction(n, decay), 4), "final_val": final,
-                   "seconds": seconds}
+                   "lmo_fraction": 1.0 if decay == "" else round(expected_lmo_fraction(n, decay), 4),
+                   "final_val": final, "seconds": seconds}
             append_row(RESULTS, list(FIELDS), row)
             print(f"{name}, seed {seed}: lmo fraction {row['lmo_fraction']}, final val {final:.4f} "
                   f"({row['seconds']} s)", flush=True)

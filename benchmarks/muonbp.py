@@ -6,6 +6,8 @@ char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η
                                                   # appends to results/muonbp.csv (the GRID points that match)
     python benchmarks/muonbp.py width [--sizes tiny,small] [--steps 400] [--seeds 0,1,2]
                                                   # appends to results/muonbp_width.csv
+    python benchmarks/muonbp.py paired [--seeds 0,1,2] [--split rows --period 2 --blocks 2 --ratio 1]
+                                                  # appends to results/muonbp_paired.csv; prints paired differences
 
 ``step``: step.py's parameters and gradients (``--blocks`` transformer blocks; the embeddings and gains on Muon's
 AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
@@ -16,6 +18,10 @@ proportion (1 in P is full), and the ≤ 0.6× target judged on each cycle of P 
 for every setting of :data:`GRID`, one thread; MuonBP's other constructor arguments are fixed with
 ``functools.partial`` (the registry passes lr, weight decay and AdamW's lr only). Rows are appended to
 ``benchmarks/results/muonbp.csv`` as runs end; settings already there are skipped.
+
+``paired``: Muon and the :data:`GRID` settings that agree with the options, on every seed, in one run on one machine
+(``structure``'s rows are from several: a seed's Muon there may come from another machine, whose rounding moves the
+char-GPT by 0.01); prints each setting's paired differences to Muon, their mean and sd.
 
 ``width``: Muon and MuonBP (P = 5, r = 1, 2 and 8 row blocks) on the char-GPT of each size, the same number of steps
 for all, default lr's. A size is a preset (tiny: 2 layers of width 64; small: 4 layers of width 128, twice the
@@ -105,6 +111,35 @@ def structure(seeds: list[int], only: dict) -> None:
                   f"lr {lr}, seed {seed}: {final:.4f} ({row['seconds']} s)", flush=True)
 
 
+PAIRED_FIELDS = ("optimizer", "split", "period", "blocks", "block_lr_ratio", "seed", "final_val", "seconds")
+
+
+def paired(seeds: list[int], only: dict) -> None:
+    """Muon, then every :data:`GRID` setting that agrees with ``only``, on each seed (one thread, 600 steps)."""
+    torch.set_num_threads(1)
+    path = RESULTS.with_name("muonbp_paired.csv")
+    settings = [g for g in GRID if all(g[k] == v for k, v in only.items())]
+    finals: dict = {}
+    for seed in seeds:
+        for setting in [None] + settings:
+            cfg = RunConfig(task="char-gpt", optimizer="muon" if setting is None else "muonbp", steps=600, seed=seed,
+                            task_options={"size": "tiny"}, val_every=100, checkpoint_every=600)
+            final, seconds = final_val(cfg, None if setting is None else
+                                       {"MuonBP": functools.partial(specopt.MuonBP, **setting)})
+            key = "Muon" if setting is None else "MuonBP {split}, P {period}, B {blocks}, r {block_lr_ratio}".format(
+                **setting)
+            finals.setdefault(key, []).append(final)
+            append_row(path, PAIRED_FIELDS, {"optimizer": key.split()[0], **(setting or {}), "seed": seed,
+                                             "final_val": final, "seconds": seconds})
+            print(f"{key}, seed {seed}: {final:.4f} ({seconds} s)", flush=True)
+    muon = finals.pop("Muon")
+    for key, values in finals.items():
+        diffs = [v - m for v, m in zip(values, muon, strict=True)]
+        spread = f" ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1 else ""
+        print(f"{key} − Muon, paired by seed: {', '.join(f'{d:+.4f}' for d in diffs)}; mean "
+              f"{statistics.mean(diffs):+.4f}{spread}")
+
+
 WIDTH_FIELDS = ("size", "steps", "optimizer", "blocks", "seed", "final_val", "seconds")
 
 
@@ -147,12 +182,13 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    t = sub.add_parser("structure")
-    t.add_argument("--seeds", default="0")
-    t.add_argument("--split", choices=("rows", "short"))
-    t.add_argument("--period", type=int)
-    t.add_argument("--blocks", type=int)
-    t.add_argument("--ratio", type=float, dest="block_lr_ratio")
+    for name, seeds in (("structure", "0"), ("paired", "0,1,2")):  # the GRID settings to run
+        t = sub.add_parser(name)
+        t.add_argument("--seeds", default=seeds)
+        t.add_argument("--split", choices=("rows", "short"))
+        t.add_argument("--period", type=int)
+        t.add_argument("--blocks", type=int)
+        t.add_argument("--ratio", type=float, dest="block_lr_ratio")
     w = sub.add_parser("width")
     w.add_argument("--sizes", default="tiny,small")
     w.add_argument("--steps", type=int, default=400)
@@ -167,7 +203,7 @@ def main() -> None:
     else:
         only = {k: getattr(args, k) for k in ("split", "period", "blocks", "block_lr_ratio")
                 if getattr(args, k) is not None}
-        structure([int(x) for x in args.seeds.split(",")], only)
+        (paired if args.what == "paired" else structure)([int(x) for x in args.seeds.split(",")], only)
 
 
 if __name__ == "__main__":

@@ -289,7 +289,9 @@ def summary() -> str:
              "validation loss after the linear-decay schedule, seed 0, one thread. `radius` is the hidden radius, "
              "the other roles keep their ratio to it (embedding and vectors ⅓, head 10/3 of it). Full grids in "
              "`benchmarks/results/sweep_defaults-<task>.csv` "
-             f"({sum(len(rows) for rows in data.values())} runs, {seconds / 60:.0f} min of one CPU thread).", ""]
+             f"({sum(len(rows) for rows in data.values())} runs, {seconds / 60:.0f} min of one CPU thread). A best "
+             "setting marked *edge* is the smallest or largest value its grid ran on that axis: the optimum may lie "
+             "beyond it, and regrets measured against it are lower bounds.", ""]
     for key, rows in data.items():
         lines += [f"### {key} ({TASKS[key][2]} steps)", "",
                   "| optimizer | runs | best setting | best final val | 2nd best |", "|---|---:|---|---:|---|"]
@@ -299,7 +301,9 @@ def summary() -> str:
                 continue
             ranked = sorted(s.items(), key=lambda kv: kv[1])
             second = f"{_setting(ranked[1][0])}: {ranked[1][1]:.4f}" if len(ranked) > 1 else "—"
-            lines.append(f"| {name} | {len(s)} | {_setting(ranked[0][0])} | {ranked[0][1]:.4f} | {second} |")
+            edges = _edges(ranked[0][0], list(s))
+            best = _setting(ranked[0][0]) + (f" (edge: {edges})" if edges else "")
+            lines.append(f"| {name} | {len(s)} | {best} | {ranked[0][1]:.4f} | {second} |")
         lines.append("")
     lines += ["### One default per optimizer", "",
               "For each optimizer, the setting run on every task it ran on whose worst regret (final loss above that "
@@ -338,6 +342,17 @@ def summary() -> str:
             cells.append(f"{match[0]:.4f} (+{match[0] - min(s.values()):.4f})" if match else "—")
         lines.append(f"| {name} | {_setting(c)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _edges(best: tuple, run: list[tuple]) -> str:
+    """The axes on which ``best`` is the smallest or largest value among the settings ``run`` (axes with one value
+    run are no grid)."""
+    out = []
+    for i, key in enumerate(HPARAMS):
+        values = sorted({c[i] for c in run if c[i] != ""})
+        if len(values) > 1 and best[i] in (values[0], values[-1]):
+            out.append(f"{key} {'smallest' if best[i] == values[0] else 'largest'} run")
+    return ", ".join(out)
 
 
 def _setting(c: tuple) -> str:
