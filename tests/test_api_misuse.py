@@ -18,6 +18,8 @@ from specopt import integrations
     (lambda m: specopt.Spectral(steps=0), ValueError, "steps must be a positive integer, got 0"),
     (lambda m: specopt.Muon(m.parameters(), compute_dtype="bf16"), ValueError,
      "compute_dtype must be a torch floating dtype"),
+    (lambda m: specopt.UScion(m.parameters(), nesterov="yes"), ValueError, "nesterov must be True or False"),
+    (lambda m: specopt.Muon(m.parameters(), nesterov="no"), ValueError, "nesterov must be True or False"),
 ])
 def test_api_misuse_is_named_when_the_object_is_made(call, error, match):
     with pytest.raises(error, match=match):

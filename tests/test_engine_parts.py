@@ -897,3 +897,99 @@ def test_a_momentum_schedule_on_float64_weights_is_float64_exact(schedule):
         b = 1 - (k + 1) ** -specopt.estimators.MOMENTUM_SCHEDULES[schedule]
         buf = b * buf + (1 - b) * g
     torch.testing.assert_close(opt.state[w]["momentum_buffer"], buf, rtol=1e-14, atol=1e-15)
+
+
+class ProbesAhead(Momentum):
+    name = "probes_ahead"
+
+    def init_state(self, rec):
+        super().init_state(rec)
+        rec.state.setdefault("ahead", rec.p.detach() + 1)
+
+    def probe_weights(self, state):
+        return state.get("ahead")
+
+
+class ProbesBehind(USCG):
+    name = "probes_behind"
+
+    def init_state(self, rec):
+        super().init_state(rec)
+        rec.state.setdefault("behind", rec.p.detach() - 1)
+
+    def probe_weights(self, state):
+        return state.get("behind")
+
+
+def test_an_estimator_and_a_rule_that_probe_two_points_are_refused_before_anything_moves():
+    """One evaluation of the closure serves both parts' probe_weights: the rule had been handed the gradients at the
+    estimator's point as if they were at its own."""
+    model = torch.nn.Linear(4, 3, bias=False)
+    x = torch.randn(8, 4)
+    opt = specopt.GeometryOptimizer(model.parameters(), {"lr": 0.1}, estimator=ProbesAhead(), rule=ProbesBehind())
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # no state yet: nothing to probe
+    before = model.weight.detach().clone()
+    with pytest.raises(ValueError, match="'probes_ahead' and the rule 'probes_behind' ask for the gradient at two "
+                                         "different points"):
+        opt.step(closure)
+    assert torch.equal(model.weight, before)
+
+
+class SumMomentum(specopt.Estimator):
+    name = "momentum"  # a running sum, not the built-in's EMA
+
+    def direction(self, rec, ctx):
+        return rec.state.setdefault("sum", torch.zeros_like(rec.g)).add_(rec.g)
+
+
+class HalfStep(specopt.StepRule):
+    name = "uscg"
+
+    def scale(self, records, ctx):
+        for rec in records:
+            rec.scale = 0.5 * rec.group["lr"] * rec.radius
+
+
+class LoggedMomentum(Momentum):
+    name = "momentum"  # keeps the built-in's name on purpose: resumes its checkpoints
+
+
+@pytest.mark.parametrize("part", ["estimator", "rule"])
+def test_a_user_part_named_as_a_built_in_it_is_not_is_refused(part):
+    """A saved state names its parts: a user's estimator named "momentum" loaded the built-in's state, and its own
+    loaded into the built-in, without a word. A subclass of the built-in may keep its name."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=f"is the name of specopt's built-in {part}"):
+        specopt.GeometryOptimizer([w], {"lr": 0.1}, **{part: SumMomentum() if part == "estimator" else HalfStep()})
+    built_in = specopt.GeometryOptimizer([w], {"lr": 0.1})
+    w.grad = torch.randn(4, 3)
+    built_in.step()
+    specopt.GeometryOptimizer([w], {"lr": 0.1}, estimator=LoggedMomentum()).load_state_dict(built_in.state_dict())
+
+
+def test_a_state_saved_before_the_decay_modes_loads_and_steps():
+    """Groups saved before weight_decay_mode existed have no such key: the first step raised KeyError."""
+    lin = torch.nn.Linear(4, 3)
+    opt = specopt.Muon(lin.parameters())
+    lin(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["weight_decay_mode"]
+    twin = specopt.Muon(lin.parameters())
+    twin.load_state_dict(saved)
+    twin.step()
+    assert all(g["weight_decay_mode"] == "coupled" for g in twin.param_groups)
+
+
+def test_muonbp_refuses_almonds_averaged_lmo():
+    """MuonBP's block step size rides on the block radius, which ALMOND's average would carry into later steps."""
+    with pytest.raises(ValueError, match="averaged"):
+        specopt.MuonBP([torch.nn.Parameter(torch.randn(8, 4))], estimator="almond", nesterov=False)

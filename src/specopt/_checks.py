@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import numbers
 
 import torch
@@ -89,3 +90,25 @@ def subclasses(*roots: type) -> list[type]:
         found.append(cls)
         stack += cls.__subclasses__()
     return found
+
+
+def import_subclass(path: str, base: type, kind: str) -> type:
+    """The ``base`` subclass ``path`` (``module:QualName``) names: a user's own norm or constraint in a saved state,
+    imported. One saved from a script run as ``__main__`` is found among the subclasses defined so far (loaded by a
+    program that imports that script as a module). A ``ValueError`` naming ``kind`` where it cannot be found."""
+    module, _, qualname = path.partition(":")
+    try:
+        cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError) as err:
+        found = {c for c in subclasses(base) if c.__qualname__ == qualname and c.__module__ != "__main__"}
+        cls = found.pop() if module == "__main__" and len(found) == 1 else None
+        if cls is None:
+            where = (" (it was defined in the script that saved it, __main__: define it in a module, or import the "
+                     "script's module, before loading)" if module == "__main__" else "")
+            raise ValueError(f"{kind} {path!r} of a saved state cannot be imported ({err}); import the module that "
+                             f"defines it before loading{where}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{path!r} is not a specopt {base.__name__} subclass")
+    return cls

@@ -92,6 +92,8 @@ class BlockPeriodic(USCG):
     """
 
     per_tensor = True  # each tensor's update is its own
+    accepts = ("direction", "preconditioned")  # not ALMOND's averaged lmo: r rides on the block radius, which it
+    # would average into later steps
 
     name = "block_periodic"
     traceable = False  # the full/block choice reads the step counts on the host

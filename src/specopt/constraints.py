@@ -46,7 +46,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from specopt._checks import check_number, check_positive, check_positive_int, check_tensor
+from specopt._checks import check_number, check_positive, check_positive_int, check_tensor, import_subclass
 from specopt.linalg import PolynomialSchedule, _polynomial_sign, polar_express_coefficients
 
 SPECTRAL_METHODS = ("svd", "polar")
@@ -150,13 +150,17 @@ class Constraint(ABC):
             check_positive(kappa, f"{what} kappa")
 
     def config(self) -> dict:
-        return {"name": _NAMES[type(self)], **vars(self)}
+        """A plain-data description; :func:`constraint_from_config` inverts it. A user's subclass is named by its
+        import path and described by its public attributes, which its constructor must take as keywords."""
+        cls = type(self)
+        return {"name": _NAMES.get(cls) or f"{cls.__module__}:{cls.__qualname__}",
+                **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)
+        return type(self) is type(other) and _same(vars(self), vars(other))
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted(vars(self).items()))))
@@ -344,11 +348,32 @@ CONSTRAINTS: dict[str, type[Constraint]] = {
 _NAMES = {cls: name for name, cls in CONSTRAINTS.items()}
 
 
+def _same(a, b) -> bool:
+    """Equal values, tensors (a user constraint's mask or per-entry bounds) by their entries, within dicts and lists."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
+            bool(torch.equal(a.cpu(), b.cpu()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
 def constraint_from_config(config: dict) -> Constraint:
-    """Rebuild a constraint from :meth:`Constraint.config`."""
+    """Rebuild a constraint from :meth:`Constraint.config`: a catalogue name, or ``module:QualName`` for a user's
+    subclass (imported)."""
+    name, kwargs = config.get("name"), {k: v for k, v in config.items() if k != "name"}
+    if isinstance(name, str) and ":" in name:
+        cls = import_subclass(name, Constraint, "constraint")
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise ValueError(f"{cls.__qualname__} cannot be rebuilt from its saved config {sorted(kwargs)} ({err}): a "
+                             "Constraint's config is its public attributes, so its constructor must take each of them "
+                             "as a keyword") from None
     try:
-        cls = CONSTRAINTS[config["name"]]
-    except KeyError:
-        raise ValueError(f"unknown constraint {config.get('name')!r}; valid constraints: "
-                         f"{', '.join(CONSTRAINTS)}") from None
-    return cls(**{k: v for k, v in config.items() if k != "name"})
+        cls = CONSTRAINTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown constraint {name!r}; valid constraints: {', '.join(CONSTRAINTS)}") from None
+    return cls(**kwargs)

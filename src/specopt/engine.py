@@ -98,7 +98,7 @@ def _warn_replaced_constraints(groups: list[dict], saved: list[dict]) -> None:
         return
     for i, (own, old) in enumerate(zip(groups, saved, strict=True)):
         mine, theirs = built(own.get("constraint")), built(old.get("constraint"))
-        if mine is not None and (theirs is None or mine.config() != theirs.config()):
+        if mine is not None and mine != theirs:
             warnings.warn(f"param group {i}: the loaded state's constraint {theirs!r} replaces this group's "
                           f"{mine!r} (load_state_dict restores every group setting, as torch's); set "
                           "group['constraint'] after loading to keep this one", stacklevel=3)
@@ -351,6 +351,7 @@ class GeometryOptimizer(Optimizer):
         self._skipped = 0  # steps skipped by the eager check
         self._warned_no_gradient = False  # see _warn_no_gradient
         self._probe_unusable = self._zeroed = False  # see _run_closure
+        self._probes_agree = False  # see _probe_weights
         self._skipped_flags: torch.Tensor | None = None  # and by the compiled one: a 0-d count on the device
         self._momentum_schedules: dict[int, str] = {}  # group index → the schedule it was built with
         super().__init__(params, defaults)
@@ -454,8 +455,9 @@ class GeometryOptimizer(Optimizer):
 
     def _check_group_settings(self) -> None:
         """Before anything of the step changes, the settings a scheduler or a write to ``param_groups`` may have
-        changed since the optimizer was built: the weight decay, its mode, an independent decay's γ_k/γ_0 ≤ 1, and
-        every lr within the rule's ``max_lr`` (a tensor lr is read on the host, as the eager step reads its
+        changed since the optimizer was built: the weight decay (a finite number ≥ 0), its mode (one of the names;
+        whether the rule has a decay for it is checked when the group is added), an independent decay's γ_k/γ_0 ≤ 1,
+        and every lr within the rule's ``max_lr`` (a tensor lr is read on the host, as the eager step reads its
         finiteness check)."""
         for i, group in enumerate(self.param_groups):
             check_number(group["weight_decay"], f"weight_decay of param group {i}")
@@ -478,6 +480,8 @@ class GeometryOptimizer(Optimizer):
                 group[key] = float(group[key])
         check_lr(group["lr"])
         validate_momentum(group["momentum"])
+        if group["nesterov"] not in (True, False):  # "yes" or None would read as a truth value, silently
+            raise ValueError(f"nesterov must be True or False, got {group['nesterov']!r}")
         check_number(group["weight_decay"], "weight_decay")
         check_decay_mode(group.setdefault("weight_decay_mode", "coupled"))
         if group["weight_decay_mode"] == "independent":
@@ -572,6 +576,7 @@ class GeometryOptimizer(Optimizer):
         groups = []
         for g in state_dict["param_groups"]:
             g = {k: v for k, v in g.items() if k != OWNER_KEY}
+            g.setdefault("weight_decay_mode", "coupled")  # a state saved before the modes
             if isinstance(g["norm"], dict):
                 g["norm"] = norm_from_config(g["norm"])
             if isinstance(g.get("constraint"), dict):
@@ -769,8 +774,10 @@ class GeometryOptimizer(Optimizer):
 
     def _probe_weights(self) -> dict:
         """``param → weights`` at which this step re-evaluates its batch: those the estimator and the rule ask for
-        (STORM's previous iterate, Gluon's anchor: both x_{k−1}, so one evaluation serves both)."""
-        weights = {}
+        (STORM's previous iterate, Gluon's anchor: both x_{k−1}, so one evaluation serves both). Where both ask, the
+        first time they do, their points must agree: a rule handed the estimator's gradients at another point would
+        fit its measurements to the wrong ones, silently."""
+        weights, both = {}, False
         for group in self.param_groups:
             for param in group["params"]:
                 state = self.state.get(param)
@@ -779,8 +786,16 @@ class GeometryOptimizer(Optimizer):
                 w = self.estimator.probe_weights(state)
                 if w is None:
                     w = self.rule.probe_weights(state)
+                elif not self._probes_agree:
+                    other = self.rule.probe_weights(state)
+                    if other is not None and other is not w and not torch.equal(other, w):
+                        raise ValueError(f"the estimator {self.estimator.name!r} and the rule {self.rule.name!r} ask "
+                                         "for the gradient at two different points (probe_weights): one evaluation "
+                                         "of the closure serves both, so they must ask for the same point")
+                    both = both or other is not None
                 if w is not None:
                     weights[param] = w
+        self._probes_agree = self._probes_agree or both
         return weights
 
     @staticmethod
@@ -821,7 +836,13 @@ class GeometryOptimizer(Optimizer):
             kappa = rec.norm.projection_kappa() if isinstance(rec.norm, Preconditioner) else None
 
             def project(w, constraint=constraint, rec=rec, kappa=kappa):
-                return constraint.project(w, gamma=float(rec.group["lr"]), kappa=kappa)
+                out = constraint.project(w, gamma=float(rec.group["lr"]), kappa=kappa)
+                if not (isinstance(out, torch.Tensor) and out.shape == w.shape and out.is_floating_point()):
+                    got = (f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, torch.Tensor)
+                           else type(out).__name__)
+                    raise ValueError(f"{type(constraint).__name__}.project returned {got} for {rec.name} (input "
+                                     f"{tuple(w.shape)}): a projection returns a real tensor of its input's shape")
+                return out
 
             if rec.layout.sharded:  # the set is defined on the whole tensor: project it whole, keep our rows
                 self.lmo.whole(rec, project)

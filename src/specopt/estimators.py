@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from specopt.steps import commit, part_config, settle_part
+from specopt.steps import commit, part_config, refuse_builtin_name, settle_part
 
 MOMENTUM_SCHEDULES = {"theory": 0.5, "storm": 2.0 / 3.0}
 """Named schedules: ``β_k = 1 − (k+1)^{-power}``."""
@@ -235,6 +235,7 @@ def get_estimator(spec) -> Estimator:
         if type(spec).direction is Estimator.direction:
             raise ValueError(f"{type(spec).__name__} defines no direction(rec, ctx): an Estimator returns the "
                              "direction the lmo is taken of (see the guide 'Writing a new optimizer')")
+        refuse_builtin_name(spec, ESTIMATORS, "estimator")
         return spec
     if isinstance(spec, str) and spec in ESTIMATORS:
         return ESTIMATORS[spec]()

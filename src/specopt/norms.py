@@ -20,14 +20,13 @@ band (:func:`specopt.linalg.msign_band`) of the true scaled nuclear norm otherwi
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from abc import ABC, abstractmethod
 
 import torch
 
-from specopt._checks import check_positive, check_tensor, subclasses
+from specopt._checks import check_positive, check_tensor, import_subclass
 from specopt.linalg import METHODS, _steps, check_compute_dtype, check_gram, msign, polar_factor, resolve_compute_dtype
 
 
@@ -653,13 +652,6 @@ def get_norm(name: str, **kwargs) -> Norm:
     return cls(**kwargs)
 
 
-def _defined_elsewhere(qualname: str) -> type | None:
-    """The one ``Norm`` subclass of this ``qualname`` defined so far: a norm saved from a script run as ``__main__``
-    and loaded by another program that imports the script as a module. None where there is none, or more than one."""
-    found = {cls for cls in subclasses(Norm) if cls.__qualname__ == qualname and cls.__module__ != "__main__"}
-    return found.pop() if len(found) == 1 else None
-
-
 def norm_from_config(config: dict) -> Norm:
     """Rebuild a norm from :meth:`Norm.config`: a catalogue name, or ``module:QualName`` for a user's ``Norm``
     subclass (imported; its constructor must take the instance's public attributes as keywords, as every
@@ -674,20 +666,8 @@ def norm_from_config(config: dict) -> Norm:
     name = config["name"]
     if ":" not in name:
         return get_norm(name, **kwargs)
-    module, _, qualname = name.partition(":")
-    try:
-        cls = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError) as err:
-        cls = _defined_elsewhere(qualname) if module == "__main__" else None
-        if cls is None:
-            where = (" (it was defined in the script that saved it, __main__: define it in a module, or import the "
-                     "script's module, before loading)" if module == "__main__" else "")
-            raise ValueError(f"norm {name!r} of a saved state cannot be imported ({err}); import the module that "
-                             f"defines it before loading{where}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Norm)):
-        raise ValueError(f"{name!r} is not a specopt Norm subclass")
+    cls = import_subclass(name, Norm, "norm")
+    qualname = cls.__qualname__
     try:
         return cls(**kwargs)
     except TypeError as err:

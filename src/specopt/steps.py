@@ -317,6 +317,7 @@ def get_rule(spec, clip_radius: float | None = None) -> StepRule:
                              "rec.scale of every record (see the guide 'Writing a new optimizer')")
         if clip_radius is not None:
             raise ValueError("clip_radius goes to the rule object itself, e.g. Clipped(clip_radius=...)")
+        refuse_builtin_name(spec, rules(), "rule")
         return spec
     known = rules()
     if isinstance(spec, type) and issubclass(spec, StepRule):
@@ -330,6 +331,17 @@ def get_rule(spec, clip_radius: float | None = None) -> StepRule:
     if clip_radius is not None:
         raise ValueError(f"clip_radius applies to the clipped rules only, not to {spec!r}")
     return known[spec]()
+
+
+def refuse_builtin_name(part, builtins: dict, kind: str) -> None:
+    """A user's part named as a built-in one it does not derive from is an error: a saved state records the part by
+    its name, so the built-in's state would load into it, and its into the built-in, without a word (a subclass of
+    the built-in may keep its name on purpose, to resume the built-in's checkpoints)."""
+    cls = builtins.get(part.name)
+    if cls is not None and not isinstance(part, cls) and not type(part).__module__.startswith("specopt."):
+        raise ValueError(f"{type(part).__qualname__}.name = {part.name!r} is the name of specopt's built-in {kind} "
+                         f"{cls.__qualname__}: give your {kind} a name of its own (or none: its qualified name is "
+                         "used)")
 
 
 def commit(dst: torch.Tensor, new: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:
