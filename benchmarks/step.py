@@ -256,7 +256,8 @@ def main() -> None:
               f"- Drop-Muon's step costs what its random cutoff draws (the layers from it to the output update): "
               f"its row is the mean of the {args.repeats} rounds, not their median, which span "
               f"{min(drop_ratios):.2f}–{max(drop_ratios):.2f}× specopt Muon's; a mean over this few draws is rough "
-              "(standard error ≈ 0.1×), and the share of the step that AdamW's embeddings take moves it, so the "
+              f"(standard error {statistics.stdev(drop_ratios) / len(drop_ratios) ** 0.5:.2f}×), and the share of "
+              "the step that AdamW's embeddings take moves it, so the "
               "≤ 0.6× target is judged by `benchmarks/drop_muon.py` (EXPERIMENTS.md), not here",
               f"- Scion and UScion keep one fp32 state buffer per parameter: {per_param} (AdamW 8.0) — "
               f"{'met' if all(r['memory_ratio'] <= 0.5 for r in rows if 'Scion' in r['optimizer']) else 'not met'}",
