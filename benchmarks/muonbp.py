@@ -1,7 +1,8 @@
 """MuonBP against Muon: the optimizer step on the GPT-2-small parameter set, and the final loss of the default
 char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η_block/η_full).
 
-    python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1] [--device cuda]   # step times, ratios
+    python benchmarks/muonbp.py step [--blocks 4] [--steps 10] [--threads 1] [--device cuda] [--period 5]
+                                                  # step times, ratios
     python benchmarks/muonbp.py structure [--seeds 0] [--split rows --period 5 --blocks 2 --ratio 1]
                                                   # appends to results/muonbp.csv (the GRID points that match)
     python benchmarks/muonbp.py width [--sizes tiny,small] [--steps 400] [--seeds 0,1,2]
@@ -10,7 +11,7 @@ char-GPT over MuonBP's structure (period P, row blocks B, step-size ratio r = η
                                                   # appends to results/muonbp_paired.csv; prints paired differences
 
 ``step``: step.py's parameters and gradients (``--blocks`` transformer blocks; the embeddings and gains on Muon's
-AdamW), Muon and MuonBP (P = 5, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
+AdamW), Muon and MuonBP (P = 5 or ``--period``, B = 2, 4, 8, row blocks and blocks across the shorter side) stepped in
 interleaved rounds; the mean over ``--steps`` steps, a multiple of P, so that full and block steps count in their
 proportion (1 in P is full), and the ≤ 0.6× target judged on each cycle of P steps (met when every cycle meets it).
 
@@ -63,20 +64,20 @@ TARGET = 0.6
 """The family issue's target: MuonBP's optimizer step ≤ 0.6× Muon's."""
 
 
-def step_times(blocks: int, steps: int, threads: int, device: str = "cpu") -> None:
+def step_times(blocks: int, steps: int, threads: int, device: str = "cpu", period: int = PERIOD) -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
     groups = muon_groups(roles(gpt2_small_params(blocks=blocks, device=device)))
     opts = {"Muon": specopt.Muon(groups, lr=0.02)}
-    opts.update({f"MuonBP {split} B={b}": specopt.MuonBP(groups, lr=0.02, period=PERIOD, blocks=b, split=split)
+    opts.update({f"MuonBP {split} B={b}": specopt.MuonBP(groups, lr=0.02, period=period, blocks=b, split=split)
                  for split in ("rows", "short") for b in (2, 4, 8)})
     # round_times' first call of each allocates the state and takes the full step: the timed steps start at a block
     # step, and every P consecutive rounds hold one full step and P − 1 block steps, in their proportion
     times = round_times({name: opt.step for name, opt in opts.items()}, steps, device)
-    cycles = {name: [sum(ts[i:i + PERIOD]) for i in range(0, len(ts) - PERIOD + 1, PERIOD)]
+    cycles = {name: [sum(ts[i:i + period]) for i in range(0, len(ts) - period + 1, period)]
               for name, ts in times.items()}
     on = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{threads} thread(s)"
-    print(f"{blocks} GPT-2-small blocks, {on}, mean of {steps} steps (P = {PERIOD}); the target judged on each "
+    print(f"{blocks} GPT-2-small blocks, {on}, mean of {steps} steps (P = {period}); the target judged on each "
           f"cycle of P steps (both timed in the same rounds):")
     for name, ts in times.items():
         ratio = statistics.mean(ts) / statistics.mean(times["Muon"])
@@ -182,6 +183,7 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    s.add_argument("--period", type=int, default=PERIOD)
     for name, seeds in (("structure", "0"), ("paired", "0,1,2")):  # the GRID settings to run
         t = sub.add_parser(name)
         t.add_argument("--seeds", default=seeds)
@@ -197,7 +199,7 @@ def main() -> None:
     if args.what == "step" and args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     if args.what == "step":
-        step_times(args.blocks, args.steps, args.threads, args.device)
+        step_times(args.blocks, args.steps, args.threads, args.device, args.period)
     elif args.what == "width":
         width(args.sizes.split(","), args.steps, [int(x) for x in args.seeds.split(",")])
     else:
