@@ -993,3 +993,15 @@ def test_muonbp_refuses_almonds_averaged_lmo():
     """MuonBP's block step size rides on the block radius, which ALMOND's average would carry into later steps."""
     with pytest.raises(ValueError, match="averaged"):
         specopt.MuonBP([torch.nn.Parameter(torch.randn(8, 4))], estimator="almond", nesterov=False)
+
+
+class TakesAString(USCG):
+    name = "takes_a_string"
+    accepts = "preconditioned"
+
+
+def test_a_rules_accepts_given_as_a_string_is_named():
+    """``accepts = "preconditioned"`` had been read letter by letter ("takes p or r or e or c …")."""
+    with pytest.raises(ValueError, match=r"accepts must be a tuple of what it takes, e.g. \('direction',\), got "
+                                         "'preconditioned'"):
+        specopt.GeometryOptimizer([torch.nn.Parameter(torch.randn(4, 3))], {"lr": 0.1}, rule=TakesAString())

@@ -326,6 +326,9 @@ class GeometryOptimizer(Optimizer):
         if defaults is not None and not isinstance(defaults, dict):
             raise ValueError(f"defaults must be a dict of hyperparameters, got {defaults!r}")
         estimator, rule = get_estimator(estimator), get_rule(rule, clip_radius)
+        if not isinstance(rule.accepts, (tuple, list, set, frozenset)):  # "direction" would read as its letters
+            raise ValueError(f"rule {rule.name!r}: accepts must be a tuple of what it takes, e.g. ('direction',), "
+                             f"got {rule.accepts!r}")
         if estimator.produces not in rule.accepts:
             hint = ("an averaged lmo is a point of the ρ-ball with no dual direction; use rule 'uscg', 'scg' or "
                     "'almond'" if estimator.produces == "averaged_lmo" else
