@@ -184,3 +184,15 @@ def test_an_empty_param_group_is_taken_as_torch_takes_it():
         results.append(model.weight.detach())
     assert torch.equal(results[0], results[1]) and not torch.equal(results[0], lin.weight.detach())
     specopt.Muon([{"params": []}]).step()
+
+
+def test_independent_decays_reference_is_not_the_tensor_lr_a_write_moves():
+    """Without a scheduler γ_0 is the lr the group was built with: a tensor lr written in place (as torch's
+    schedulers write one) must not move γ_0 with it, or the decay would stay λ whatever the lr."""
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = specopt.UScion([{"params": [w], "norm": "euclidean", "weight_decay_mode": "independent"}],
+                         lr=torch.tensor(0.01), momentum=0.0, weight_decay=0.05)
+    opt.param_groups[0]["lr"].fill_(0.005)
+    w.grad = torch.zeros(4)
+    opt.step()
+    assert float(1 - w.detach()[0]) == pytest.approx(0.05 * 0.5, rel=1e-5)
