@@ -196,3 +196,17 @@ def test_independent_decays_reference_is_not_the_tensor_lr_a_write_moves():
     w.grad = torch.zeros(4)
     opt.step()
     assert float(1 - w.detach()[0]) == pytest.approx(0.05 * 0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("weight_decay_mode", "cautious"), ("weight_decay", 0.5)])
+def test_a_decay_written_into_a_scion_group_after_construction_is_refused_before_the_step(key, value):
+    """Scion's shrink is the convex combination that keeps W in its ball: a decay written later had been applied to
+    it (the cautious mask on the shrink: the spectral norm left the ball) or ignored, without a word."""
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    opt = specopt.Scion([w])
+    opt.param_groups[0][key] = value
+    w.grad = torch.randn(6, 4)
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match="has no weight decay"):
+        opt.step()
+    assert torch.equal(w, before)

@@ -458,13 +458,14 @@ class GeometryOptimizer(Optimizer):
 
     def _check_group_settings(self) -> None:
         """Before anything of the step changes, the settings a scheduler or a write to ``param_groups`` may have
-        changed since the optimizer was built: the weight decay (a finite number ≥ 0), its mode (one of the names;
-        whether the rule has a decay for it is checked when the group is added), an independent decay's γ_k/γ_0 ≤ 1,
-        and every lr within the rule's ``max_lr`` (a tensor lr is read on the host, as the eager step reads its
-        finiteness check)."""
+        changed since the optimizer was built: the weight decay (a finite number ≥ 0), its mode (one of the names),
+        what the rule says of the group (:meth:`StepRule.validate_group`: Scion's convex combination has no decay of
+        any mode), an independent decay's γ_k/γ_0 ≤ 1, and every lr within the rule's ``max_lr`` (a tensor lr is
+        read on the host, as the eager step reads its finiteness check)."""
         for i, group in enumerate(self.param_groups):
             check_number(group["weight_decay"], f"weight_decay of param group {i}")
             check_decay_mode(group["weight_decay_mode"])
+            self.rule.validate_group(group)
             lr = float(group["lr"])
             reference = decay_reference_lr(group)
             if group["weight_decay_mode"] == "independent" and reference and lr > float(reference) * (1 + 1e-6):
