@@ -465,7 +465,6 @@ class GeometryOptimizer(Optimizer):
         for i, group in enumerate(self.param_groups):
             check_number(group["weight_decay"], f"weight_decay of param group {i}")
             check_decay_mode(group["weight_decay_mode"])
-            self.rule.validate_group(group)
             lr = float(group["lr"])
             reference = decay_reference_lr(group)
             if group["weight_decay_mode"] == "independent" and reference and lr > float(reference) * (1 + 1e-6):
@@ -477,6 +476,7 @@ class GeometryOptimizer(Optimizer):
                 raise ValueError(f"lr = {lr:g} in param group {i} is above {self.rule.max_lr:g}, the largest the rule "
                                  f"{self.rule.name!r} keeps its guarantee for (its max_lr); it was in range when the "
                                  "optimizer was built: an LR scheduler's peak, or a write to param_groups, raised it")
+            self.rule.validate_group(group)
 
     def _validate_group(self, group: dict) -> None:
         for key in ("lr", "weight_decay"):  # a numpy scalar as a float: state_dict() must load with weights_only
