@@ -92,10 +92,11 @@ def subclasses(*roots: type) -> list[type]:
     return found
 
 
-def import_subclass(path: str, base: type, kind: str) -> type:
-    """The ``base`` subclass ``path`` (``module:QualName``) names: a user's own norm or constraint in a saved state,
-    imported. One saved from a script run as ``__main__`` is found among the subclasses defined so far (loaded by a
-    program that imports that script as a module). A ``ValueError`` naming ``kind`` where it cannot be found."""
+def rebuild_user_class(path: str, kwargs: dict, base: type, kind: str):
+    """``base`` subclass ``path`` (``module:QualName``: a user's own norm or constraint in a saved state) built from
+    its saved config ``kwargs``. One saved from a script run as ``__main__`` is found among the subclasses defined so
+    far (loaded by a program that imports that script as a module). A ``ValueError`` naming ``kind`` where the class
+    cannot be found or its constructor does not take its config."""
     module, _, qualname = path.partition(":")
     try:
         cls = importlib.import_module(module)
@@ -111,4 +112,10 @@ def import_subclass(path: str, base: type, kind: str) -> type:
                              f"defines it before loading{where}") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ValueError(f"{path!r} is not a specopt {base.__name__} subclass")
-    return cls
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{cls.__qualname__} cannot be rebuilt from its saved config {sorted(kwargs)} ({err}): a "
+                         f"{base.__name__}'s config is its public attributes, so its constructor must take each of "
+                         "them as a keyword; keep values derived from them in attributes whose names start with "
+                         "'_'") from None

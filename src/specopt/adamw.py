@@ -24,7 +24,7 @@ import math
 import torch
 
 from specopt._checks import check_number
-from specopt.steps import commit, weight_decay
+from specopt.steps import cautiously_decayed, commit, weight_decay
 
 GROUP_DEFAULTS = {"betas": (0.9, 0.95), "eps": 1e-8}
 """What a ``norm="adamw"`` param group gets where neither it nor the optimizer's defaults say."""
@@ -93,16 +93,11 @@ def _single(it) -> None:
     denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
     if cautious:  # the step first: the decay keeps only the entries it moves toward zero
         step = (m / denom).mul_(-(lr.to(m.device) if isinstance(lr, torch.Tensor) else lr) / (1 - beta1**t))
-        p.copy_(_cautiously_decayed(p.to(step.dtype), step, shrink) + step)
+        p.copy_(cautiously_decayed(p.to(step.dtype), step, shrink) + step)
     elif isinstance(lr, torch.Tensor):  # addcdiv_ takes a Python number only
         p.sub_((m / denom).mul_(lr.to(m.device) / (1 - beta1**t)).to(p.dtype))
     else:
         p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
-
-
-def _cautiously_decayed(p: torch.Tensor, step: torch.Tensor, shrink) -> torch.Tensor:
-    """``p − shrink·𝟙[step⊙p ≤ 0]⊙p`` (Chen et al. 2025, *Cautious Weight Decay*, arXiv:2510.12402)."""
-    return torch.where(step * p <= 0, p * (1 - shrink), p)
 
 
 def _compiled(it, ok: torch.Tensor) -> None:
@@ -123,7 +118,7 @@ def _compiled(it, ok: torch.Tensor) -> None:
     step = -step_size * m / (v.sqrt() / root + group["eps"])
     shrink = weight_decay(it)
     if group["weight_decay_mode"] == "cautious":
-        new = _cautiously_decayed(p.to(m.dtype), step, shrink) + step
+        new = cautiously_decayed(p.to(m.dtype), step, shrink) + step
     else:
         new = p.to(m.dtype) * (1 - shrink) + step
     commit(p, new.to(p.dtype), ok)

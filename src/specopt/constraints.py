@@ -46,7 +46,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from specopt._checks import check_number, check_positive, check_positive_int, check_tensor, import_subclass
+from specopt._checks import check_number, check_positive, check_positive_int, check_tensor, rebuild_user_class
 from specopt.linalg import PolynomialSchedule, _polynomial_sign, polar_express_coefficients
 
 SPECTRAL_METHODS = ("svd", "polar")
@@ -365,13 +365,7 @@ def constraint_from_config(config: dict) -> Constraint:
     subclass (imported)."""
     name, kwargs = config.get("name"), {k: v for k, v in config.items() if k != "name"}
     if isinstance(name, str) and ":" in name:
-        cls = import_subclass(name, Constraint, "constraint")
-        try:
-            return cls(**kwargs)
-        except TypeError as err:
-            raise ValueError(f"{cls.__qualname__} cannot be rebuilt from its saved config {sorted(kwargs)} ({err}): a "
-                             "Constraint's config is its public attributes, so its constructor must take each of them "
-                             "as a keyword") from None
+        return rebuild_user_class(name, kwargs, Constraint, "constraint")
     try:
         cls = CONSTRAINTS[name]
     except (KeyError, TypeError):

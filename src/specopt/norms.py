@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from specopt._checks import check_positive, check_tensor, import_subclass
+from specopt._checks import check_positive, check_tensor, rebuild_user_class
 from specopt.linalg import METHODS, _steps, check_compute_dtype, check_gram, msign, polar_factor, resolve_compute_dtype
 
 
@@ -666,11 +666,4 @@ def norm_from_config(config: dict) -> Norm:
     name = config["name"]
     if ":" not in name:
         return get_norm(name, **kwargs)
-    cls = import_subclass(name, Norm, "norm")
-    qualname = cls.__qualname__
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{qualname} cannot be rebuilt from its saved config {sorted(kwargs)} ({err}): a Norm's "
-                         "config is its public attributes, so its constructor must take each of them as a keyword; "
-                         "keep values derived from them in attributes whose names start with '_'") from None
+    return rebuild_user_class(name, kwargs, Norm, "norm")

@@ -352,6 +352,12 @@ def commit(dst: torch.Tensor, new: torch.Tensor, ok: torch.Tensor | None) -> tor
     return new
 
 
+def cautiously_decayed(p: torch.Tensor, step: torch.Tensor, shrink) -> torch.Tensor:
+    """``p − shrink·𝟙[step⊙p ≤ 0]⊙p``: the decay only where the step moves ``p`` toward zero (Chen et al. 2025,
+    *Cautious Weight Decay*, arXiv:2510.12402)."""
+    return torch.where(step * p <= 0, p * (1 - shrink), p)
+
+
 def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tensor | None = None,
                  cautious: bool = False) -> None:
     """``p ← (1 − shrink)·p + scale·s`` in place; scalars may be floats or 0-d tensors, which step as the float
@@ -363,8 +369,7 @@ def apply_update(p: torch.Tensor, s: torch.Tensor, shrink, scale, ok: torch.Tens
     if cautious and (isinstance(shrink, torch.Tensor) or shrink != 0):
         work = torch.promote_types(torch.promote_types(p.dtype, s.dtype), torch.float32)  # 1 − shrink unrounded
         step = s.to(work) * (scale.to(work) if isinstance(scale, torch.Tensor) else scale)
-        keep = torch.where(step * p.to(work) <= 0, 1 - shrink, torch.ones((), dtype=work, device=p.device))
-        commit(p, (p.to(work) * keep.to(work) + step).to(p.dtype), ok)
+        commit(p, (cautiously_decayed(p.to(work), step, shrink) + step).to(p.dtype), ok)
         return
     if ok is not None:  # in the wider of the two dtypes, as the in-place ops below compute
         work = torch.promote_types(p.dtype, s.dtype)
