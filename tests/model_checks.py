@@ -56,6 +56,9 @@ def compute_matrices(module: nn.Module, local: str, delta: torch.Tensor) -> list
     if type(module).__name__ in ("XLNetRelativeAttention", "FunnelRelMultiheadAttention") and delta.ndim == 3:
         matrix = delta.reshape(delta.shape[0], -1)  # einsum over (d_model, heads·d_head)
         return [(matrix if local == "o" else matrix.T, 1)]  # o: heads → d_model; q, k, v, r, r_kernel: d_model → heads
+    if type(module).__name__ == "CondConv2d":  # timm: E kernels, each one row (weight_shape), groups as a conv's
+        taps = math.prod(module.kernel_size)
+        return [(b, taps) for d in delta for b in d.view(module.weight_shape).flatten(1).chunk(module.groups)]
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         taps = math.prod(module.kernel_size)
         return [(b, taps) for b in delta.reshape(delta.shape[0], -1).chunk(module.groups, dim=0)]

@@ -1,5 +1,6 @@
 """specopt.layouts: declarations, fused and per-head blocks, errors that name the tensor, the view norms."""
 
+import math
 import warnings
 
 import pytest
@@ -8,9 +9,9 @@ from torch import nn
 
 import specopt
 from specopt.layouts import classify
-from specopt.norms import Blocked, Spectral, norm_from_config
+from specopt.norms import Blocked, Spectral, SpectralConv, norm_from_config
 from specopt.roles import DEFAULT_RADII
-from specopt.views import Flattened, MuonScaled, Stacked, Transposed
+from specopt.views import Flattened, MuonScaled, Stacked, Transposed, Unflattened
 
 
 class Experts(nn.Module):
@@ -171,7 +172,8 @@ def test_every_wrapper_rebuilds_around_a_new_leaf_with_its_settings():
     rearranges the stored tensor is in ``LAYOUT_VIEWS``, so a new one cannot be missed by the walkers."""
     leaf = Spectral(method="svd")
     for wrapper in (Transposed(Spectral()), Stacked(Spectral(), dims=2), Flattened(Spectral(), (3, 4)),
-                    Blocked(Spectral(), (2, 3), interleaved=False), Blocked(Spectral(), 2, interleaved=True),
+                    Unflattened(Spectral(), (3, 4)), Blocked(Spectral(), (2, 3), interleaved=False),
+                    Blocked(Spectral(), 2, interleaved=True),
                     MuonScaled(Spectral(), "spectral")):
         rebuilt = wrapper.with_inner(leaf)
         assert type(rebuilt) is type(wrapper) and rebuilt.inner is leaf and wrapper.inner == Spectral()
@@ -214,6 +216,89 @@ def test_flattened_is_the_inner_norm_of_the_matrix_the_trailing_axes_make():
         norm.lmo(torch.randn(5, 4, 3))
     with pytest.raises(ValueError, match="at least two trailing axes"):
         Flattened(inner, (12,))
+
+
+def test_unflattened_is_the_inner_norm_of_the_item_one_axis_holds():
+    """``Unflattened(inner, (o, c, k, k))`` on ``(…, o·c·k·k)`` is ``inner`` on ``(…, o, c, k, k)``: lmo, dual, norm,
+    a batch, init, projection, config; under a stack, each row its own kernel."""
+    inner = SpectralConv(method="svd")
+    norm = Unflattened(inner, (4, 3, 2, 2))
+    g = torch.randn(48, dtype=torch.float64)
+    torch.testing.assert_close(norm.lmo(g), inner.lmo(g.view(4, 3, 2, 2)).flatten())
+    torch.testing.assert_close(norm.dual(g), inner.dual(g.view(4, 3, 2, 2)))
+    torch.testing.assert_close(norm.norm(g), inner.norm(g.view(4, 3, 2, 2)))
+    assert norm.item_ndim == 1
+    init = norm.init((48,), radius=2.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert init.shape == (48,) and float(norm.norm(init)) == pytest.approx(2.0)
+    assert float(norm.norm(norm.project(3 * g, radius=0.5))) <= 0.5 + 1e-9
+    stacked = Stacked(norm)
+    experts = torch.randn(3, 48, dtype=torch.float64)
+    for e in range(3):
+        torch.testing.assert_close(stacked.lmo(experts)[e], inner.lmo(experts[e].view(4, 3, 2, 2)).flatten())
+    assert float(stacked.norm(experts)) == pytest.approx(max(float(inner.norm(x.view(4, 3, 2, 2))) for x in experts))
+    assert norm_from_config(stacked.config()) == stacked
+    with pytest.raises(ValueError, match="last axis is not 48"):
+        norm.lmo(torch.randn(3, 47))
+    with pytest.raises(ValueError, match="at least two positive ints"):
+        Unflattened(inner, (48,))
+
+
+class CondConv2d(nn.Module):
+    """timm's CondConv2d as it stores its weight (Yang et al. 2019): E kernels, each flattened into one row, mixed by
+    per-sample routing weights and applied as one grouped convolution."""
+
+    def __init__(self, c_in, c_out, k, experts, groups=1):
+        super().__init__()
+        self.groups, self.num_experts = groups, experts
+        self.weight_shape = (c_out, c_in // groups, k, k)
+        self.weight = nn.Parameter(torch.randn(experts, math.prod(self.weight_shape)) / math.sqrt(c_in * k * k))
+        self.bias = nn.Parameter(torch.zeros(experts, c_out))
+
+    def forward(self, x, routing):
+        b = x.shape[0]
+        w = (routing @ self.weight).view(b * self.weight_shape[0], *self.weight_shape[1:])
+        out = nn.functional.conv2d(x.reshape(1, -1, *x.shape[2:]), w, (routing @ self.bias).flatten(),
+                                   padding="same", groups=self.groups * b)
+        return out.view(b, self.weight_shape[0], *out.shape[2:])
+
+
+class CondConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.routing = nn.Linear(4, 3)
+        self.conv = CondConv2d(4, 6, 3, experts=3)
+        self.depthwise = CondConv2d(6, 6, 3, experts=3, groups=6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        r = torch.sigmoid(self.routing(x.mean((2, 3))))
+        return self.out(self.depthwise(self.conv(x, r), r).mean((2, 3)))
+
+
+def test_cond_conv_experts_are_conv_kernels_each_with_its_ball():
+    """A CondConv weight ``(E, d_out·c_in/groups·k·k)`` is E conv kernels (its ``weight_shape``), blocked per group:
+    read as the stored matrix, F.linear's guess, it was one (E × ·) map across the experts (a warning, and Muon
+    orthogonalised the E rows against each other). One uSCG step moves every expert's kernel (every group's) by
+    γρ in the kernel's own RMS→RMS norm."""
+    torch.manual_seed(0)
+    model = CondConvNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        groups = specopt.param_groups(model, head="out", msign={"method": "svd"})
+    layouts = {n: layout for n, (layout, _) in classify(model, head="out")[0].items()}
+    assert layouts["conv.weight"].role == "conv" and layouts["conv.weight"].unflattened == (6, 4, 3, 3)
+    assert layouts["depthwise.weight"].blocks == (1,) * 6 and layouts["conv.bias"].role == "vector"
+    assert "E=0 out×in×k=1 as 6×4×3×3" in specopt.describe(groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = specopt.UScion(groups, lr=0.1, momentum=0.0)
+    radius = {n: g["radius"] for g in opt.param_groups for n in g["param_names"]}
+    model(torch.randn(8, 4, 5, 5)).square().mean().backward()
+    opt.step()
+    for name, module in (("conv.weight", model.conv), ("depthwise.weight", model.depthwise)):
+        for delta in model.get_parameter(name).detach() - before[name]:
+            for block in delta.view(module.weight_shape).flatten(1).chunk(module.groups):
+                rms_to_rms = 9 * (block.shape[1] / 9 / block.shape[0]) ** 0.5 * torch.linalg.matrix_norm(block, 2)
+                assert float(rms_to_rms) == pytest.approx(0.1 * radius[name], rel=1e-4)
 
 
 def test_describe_shows_axes_without_default_noise():

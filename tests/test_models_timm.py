@@ -285,6 +285,17 @@ def test_outputs_the_forward_splits_are_blocks(name, tensor, blocks):
     assert layouts[tensor].blocks == blocks
 
 
+def test_cond_conv_experts_are_kernels_each_stepped_by_gamma_rho():
+    """EfficientNet-CondConv's CondConv2d weights, ``(E, d_out·c_in/groups·k·k)``, had been read as F.linear's
+    matrices (a warning, and one ball across the experts): each expert's kernel, each group of a depthwise one,
+    now moves by γρ in its own norm (the test reads the kernels from the module's weight_shape and groups)."""
+    model = make("efficientnet_cc_b0_4e")()
+    moves = one_step_moves(model, image_loss)
+    cond = {n: r for n, r in moves.items() if type(model.get_submodule(n.rpartition(".")[0])).__name__ == "CondConv2d"}
+    assert len(cond) == 24 and all(len(r) >= 4 for r in cond.values())
+    assert all(abs(r - 1) < 1e-4 for ratios in cond.values() for r in ratios)
+
+
 def test_learned_rotary_frequencies_are_entry_wise():
     """timm's RoPE-mixed ViTs learn their rotary frequencies (t_x·f[0] + t_y·f[1], entry by entry): a 4-D tensor no
     rule read, so param_groups refused these models."""

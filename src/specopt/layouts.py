@@ -62,7 +62,7 @@ from torch.nn.utils.parametrizations import _WeightNorm
 from specopt.heads import EMBEDDING_CLASSES, authored_class, find_heads, is_embedding, is_hf_conv1d
 from specopt.norms import BiasRMS, Blocked, Norm, Spectral, SpectralConv, _SpectralBase
 from specopt.views import MUON_SCALES as MUON_SCALES
-from specopt.views import Flattened, Stacked, Transposed, _View, muon_scale, unwrap
+from specopt.views import Flattened, Stacked, Transposed, Unflattened, _View, muon_scale, unwrap
 
 KINDS = ("linear", "linear_transposed", "linear_to_heads", "linear_from_heads", "experts", "experts_transposed", "conv",
          "conv_depthwise", "embedding", "token", "vector")
@@ -188,6 +188,7 @@ class Layout:
     blocks of d_out (fused q/k/v, gate/up, heads, conv groups), or of d_in where ``in_blocks`` (peft's LoRA B
     factors of an expert stack), ``interleaved`` if row (column) r is in block r mod k. ``flattened``: the sizes
     of trailing axes that are one side of the matrix (an einsum's heads, ``(d_in, heads, d_head)``).
+    ``unflattened``: the shape one stored axis holds (each row of timm's CondConv2d weight is a conv kernel).
     ``kernel_dims``: spatial axes of a conv kernel. ``source``: the rule that decided. ``guessed``: a 2-D tensor no
     rule knows (a module's ``weight`` too), read as ``F.linear``'s: only the module's code says whether it is a linear
     map, so :func:`classify` warns about it.
@@ -203,6 +204,7 @@ class Layout:
     kernel_dims: int = 0
     guessed: bool = False
     flattened: tuple[int, ...] | None = None
+    unflattened: tuple[int, ...] | None = None
 
     def norm(self, base: Norm) -> Norm:
         """``base`` (a norm on one ``(d_out, d_in)`` matrix, kernel or entry set) on this layout."""
@@ -216,6 +218,8 @@ class Layout:
             norm = Transposed(norm)
         if self.flattened:
             norm = Flattened(norm, self.flattened)
+        if self.unflattened:
+            norm = Unflattened(norm, self.unflattened)
         if self.stack:
             norm = Stacked(norm, self.stack)
         return norm
@@ -320,6 +324,9 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         return _einsum_heads(into_heads, p, f"{authored_class(module).__name__}.{local} (einsum "
                              + ("(d_model → heads × d_head), stored d_in × heads × d_head)" if into_heads else
                                 "(heads × d_head → d_model), stored d_out × heads × d_head)"))
+    cond_conv = _cond_conv(module, local, p)
+    if cond_conv is not None:
+        return cond_conv
     experts = _hf_experts(module, local, p)
     if experts is None:
         experts = _expert_stack(module, local, p)
@@ -455,6 +462,20 @@ def _litgpt_lora(module, local: str, p) -> Layout | None:
     blocks = (module.r,) * sum(module.enable_lora) if local == "lora_A" else tuple(module.qkv_shapes)
     return Layout("hidden", f"litgpt {cls.__name__}.{local}, one block per enabled q/k/v {blocks}",
                   blocks=blocks if len(blocks) > 1 else None)
+
+
+def _cond_conv(module, local: str, p) -> Layout | None:
+    """A CondConv kernel (timm's ``CondConv2d``, Yang et al. 2019): ``weight`` of shape ``(E, ∏ weight_shape)``, each
+    row one expert's ``(d_out, c_in/groups, *k)`` kernel (the module's ``weight_shape``), mixed per sample and
+    applied by ``F.conv2d``: E conv kernels, each its own ball, blocked per group."""
+    shape, experts, groups = (getattr(module, a, None) for a in ("weight_shape", "num_experts", "groups"))
+    if local != "weight" or p.ndim != 2 or not isinstance(shape, tuple) or not 3 <= len(shape) <= 5 \
+            or experts != p.shape[0] or math.prod(shape) != p.shape[1] or not isinstance(groups, int) or groups < 1:
+        return None
+    blocks = (shape[0] // groups,) * groups if groups > 1 else None
+    return Layout("conv", f"{authored_class(module).__name__}: {experts} experts, each a {shape} kernel stored as one "
+                  f"row{f' (groups={groups})' if blocks else ''}", stack=1, unflattened=shape, blocks=blocks,
+                  kernel_dims=len(shape) - 2)
 
 
 def _hf_experts(module, local: str, p) -> Layout | None:
@@ -793,6 +814,8 @@ def _heads(model: nn.Module, head) -> tuple[set[str], str]:
 
 def _rows(layout: Layout, p) -> int:
     """d_out of one matrix of the tensor."""
+    if layout.unflattened:
+        return layout.unflattened[0]
     if layout.flattened and layout.transposed:  # (d_in, *out)
         return math.prod(layout.flattened)
     return p.shape[layout.stack + (1 if layout.transposed else 0)]

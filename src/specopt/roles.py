@@ -33,7 +33,7 @@ from specopt._checks import subclasses
 from specopt.heads import _wrapped, is_embedding
 from specopt.layouts import Layout, classify
 from specopt.norms import BiasRMS, Blocked, ColNorm, Norm, Sign, Spectral, SpectralConv, get_norm
-from specopt.views import LAYOUT_VIEWS, Flattened, Stacked, Transposed
+from specopt.views import LAYOUT_VIEWS, Flattened, Stacked, Transposed, Unflattened
 
 ROLES = ("embedding", "token", "hidden", "expert", "conv", "head", "vector")
 SCHEMES = ("auto", "text", "image")
@@ -204,6 +204,7 @@ def axes_of(norm, shape: tuple) -> str:
     if not isinstance(norm, Norm):
         return "-"
     parts, start, transposed, blocks, view, blocks_parity, merged = [], 0, False, "", tuple(shape), None, 0
+    kernel_in_one_axis = None
     while True:
         if isinstance(norm, Stacked):
             parts += [f"E={i}" for i in range(start, start + norm.dims)]
@@ -213,6 +214,9 @@ def axes_of(norm, shape: tuple) -> str:
             view = norm.item_shape(view)[1]
         elif isinstance(norm, Flattened):  # the matrix's second axis spans the last ``merged + 1`` axes
             merged = len(norm.trailing) - 1
+            view = norm.item_shape(view)[1]
+        elif isinstance(norm, Unflattened):  # the last stored axis holds the whole (d_out, d_in, *k) item
+            kernel_in_one_axis = norm.shape
             view = norm.item_shape(view)[1]
         elif isinstance(norm, Blocked):
             n = len(norm.sizes(view[len(view) - norm.item_ndim]))
@@ -231,6 +235,8 @@ def axes_of(norm, shape: tuple) -> str:
     kernel = f" k={','.join(str(i) for i in range(first + 2, len(shape)))}" if rank > 2 else ""
     if blocks and blocks_parity != transposed:  # blocks taken under a transpose undone inside them: of d_in
         blocks += " of in"
+    if kernel_in_one_axis:
+        return " ".join(parts + [f"out×in×k={len(shape) - 1} as {'×'.join(map(str, kernel_in_one_axis))}"]) + blocks
     return " ".join(parts + [f"out={out}", f"in={inp}"]) + kernel + blocks
 
 

@@ -1,6 +1,6 @@
 """Norms on a view of the stored tensor: the geometry of layouts other than ``nn.Linear``'s ``(d_out, d_in)``.
 
-A norm of the catalogue reads a matrix as ``(d_out, d_in)``. Three wrappers let it act on tensors stored otherwise,
+A norm of the catalogue reads a matrix as ``(d_out, d_in)``. Four wrappers let it act on tensors stored otherwise,
 so that the geometry follows the map the module computes, not the order of the axes in memory:
 
 * :class:`Transposed` — the tensor is stored ``(d_in, d_out)`` (transformers' ``Conv1D`` in the GPT-2 family,
@@ -11,6 +11,10 @@ so that the geometry follows the map the module computes, not the order of the a
 * :class:`Stacked` — the leading ``dims`` axes index independent maps (the E experts of an MoE layer): each map has
   its own ball, so ``‖W‖ = max_e ‖W_e‖`` with dual ``‖G‖_* = Σ_e ‖G_e‖_*`` and ``lmo(G)_e = lmo(G_e)``, the
   same product-of-balls geometry as :class:`~specopt.norms.Blocked` (one msign call for all experts).
+
+* :class:`Unflattened` — one stored axis holds a whole item (timm's ``CondConv2d`` stores each expert's ``(d_out,
+  c_in, kh, kw)`` kernel as one row of its ``(E, d_out·c_in·kh·kw)`` weight): the axis is read as that shape,
+  ``(a, ∏ shape) → (a, *shape)``, the kernel the convolution applies.
 
 They wrap any norm, :class:`~specopt.norms.Blocked` included: ``Stacked(Transposed(Blocked(Spectral(), 2)))`` is
 the geometry of a fused gate/up expert stack stored ``(E, d_in, 2·d_ffn)``.
@@ -212,7 +216,46 @@ class Flattened(_View):
         return None if self.inner.item_ndim is None else self.inner.item_ndim + len(self.trailing) - 1
 
 
-LAYOUT_VIEWS = (Transposed, Stacked, Flattened)
+class Unflattened(_View):
+    """``inner`` on the item's last axis read as ``shape``: ``(…, ∏ shape) → (…, *shape)``.
+
+    timm's ``CondConv2d`` (Yang et al. 2019, *CondConv: Conditionally Parameterized Convolutions*) keeps E expert
+    kernels as the rows of an ``(E, d_out·c_in/groups·kh·kw)`` tensor and convolves with ``Σ_e r_e·W_e`` reshaped to
+    ``(d_out, c_in/groups, kh, kw)``: each row is a conv kernel. Its geometry is ``Stacked(Unflattened(
+    SpectralConv(), (d_out, c_in/groups, kh, kw)))`` (blocked per group where ``groups > 1``); read as the stored
+    ``(E, ·)`` matrix, the experts would be mixed into one map and the kernel's axes lost.
+    """
+
+    def __init__(self, inner: Norm, shape):
+        super().__init__(inner)
+        shape = tuple(shape) if isinstance(shape, (list, tuple)) else shape
+        if not (isinstance(shape, tuple) and len(shape) >= 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+            raise ValueError(f"Unflattened needs the item's shape (at least two positive ints), got {shape!r}")
+        self.shape = shape
+
+    def _check(self, shape) -> None:
+        if not shape or shape[-1] != math.prod(self.shape):
+            raise ValueError(f"Unflattened(shape={self.shape}) got a tensor of shape {tuple(shape)}: its last axis "
+                             f"is not {math.prod(self.shape)} = ∏ {self.shape} long")
+
+    def _to_view(self, x):
+        self._check(x.shape)
+        return x.unflatten(-1, self.shape)
+
+    def _from_view(self, x):
+        return x.flatten(x.ndim - len(self.shape))
+
+    def _view_shape(self, shape):
+        self._check(shape)
+        return tuple(shape[:-1]) + self.shape
+
+    @property
+    def item_ndim(self):  # type: ignore[override]
+        return None if self.inner.item_ndim is None else self.inner.item_ndim - len(self.shape) + 1
+
+
+LAYOUT_VIEWS = (Transposed, Stacked, Flattened, Unflattened)
 """The views that only rearrange the stored tensor (not :class:`MuonScaled`, which rescales): under them is the
 geometry of the module's maps. Walkers that look for it strip these (and :class:`~specopt.norms.Blocked`, the
 blocks of a map) and rebuild through them with ``with_inner``."""
@@ -313,5 +356,7 @@ def from_maps(norm: Norm, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-CATALOGUE.update({"transposed": Transposed, "stacked": Stacked, "flattened": Flattened, "muon_scaled": MuonScaled})
-_NAMES.update({Transposed: "transposed", Stacked: "stacked", Flattened: "flattened", MuonScaled: "muon_scaled"})
+CATALOGUE.update({"transposed": Transposed, "stacked": Stacked, "flattened": Flattened, "unflattened": Unflattened,
+                  "muon_scaled": MuonScaled})
+_NAMES.update({Transposed: "transposed", Stacked: "stacked", Flattened: "flattened", Unflattened: "unflattened",
+               MuonScaled: "muon_scaled"})
