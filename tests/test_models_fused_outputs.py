@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from model_checks import assert_one_step_geometry
+from model_checks import assert_one_step_geometry, one_step_moves
 
 import specopt
 
@@ -152,3 +152,96 @@ def test_diffusers_scale_shift_time_projection_and_vae_moments_are_blocks():
     assert layouts(plain)["time_emb_proj.weight"].blocks is None
     vae = diffusers.AutoencoderKL(block_out_channels=(16,), latent_channels=4, norm_num_groups=4)
     assert layouts(vae)["quant_conv.weight"].blocks == (4, 4)
+
+
+def _diffusers_meta(cls: str, **config):
+    diffusers = pytest.importorskip("diffusers")
+    with torch.device("meta"):
+        return getattr(diffusers, cls)(**config)
+
+
+@pytest.mark.parametrize("cls, config, tensor, blocks", [
+    ("Lumina2Transformer2DModel", dict(num_layers=1, num_refiner_layers=1), "layers.0.norm1.linear.weight", 4),
+    ("CogView3PlusTransformer2DModel", dict(num_layers=1), "transformer_blocks.0.norm1.linear.weight", 12),
+    ("Flux2Transformer2DModel", dict(num_layers=1, num_single_layers=1), "double_stream_modulation_img.linear.weight",
+     6),
+    ("Flux2Transformer2DModel", dict(num_layers=1, num_single_layers=1), "single_stream_modulation.linear.weight", 3),
+    ("Flux2Transformer2DModel", dict(num_layers=1, num_single_layers=1), "transformer_blocks.0.ff.linear_in.weight",
+     2),
+    ("Flux2Transformer2DModel", dict(num_layers=1, num_single_layers=1),
+     "single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight", (6144,) * 3 + (18432,) * 2),
+    ("HunyuanVideoTransformer3DModel", dict(num_layers=1, num_single_layers=1),
+     "context_embedder.token_refiner.refiner_blocks.0.norm_out.linear.weight", 2),
+    ("MochiTransformer3DModel", dict(num_layers=1), "transformer_blocks.0.norm1.linear.weight", 4),
+    ("QwenImageTransformer2DModel", dict(num_layers=1), "transformer_blocks.0.img_mod.1.weight", 6),
+    ("QwenImageTransformer2DModel", dict(num_layers=1), "transformer_blocks.0.txt_mod.1.weight", 6),
+    ("AuraFlowTransformer2DModel", dict(num_mmdit_layers=1, num_single_dit_layers=1), "norm_out.linear.weight", 2),
+    ("SanaTransformer2DModel", dict(num_layers=1), "transformer_blocks.0.ff.conv_inverted.weight", 2),
+    ("Kandinsky3UNet", {}, "down_blocks.0.resnets_in.0.resnet_blocks.0.group_norm.context_mlp.1.weight", 2),
+    ("StableCascadeUNet", {}, "down_blocks.0.1.mapper.weight", 2),
+    ("UVit2DModel", dict(num_hidden_layers=1), "down_block.res_blocks.0.cond_embeds_mapper.weight", 2),
+    ("AutoencoderKLWan", {}, "quant_conv.weight", 2),
+    ("AutoencoderKLQwenImage", {}, "quant_conv.weight", 2),
+    ("AutoencoderKLHunyuanVideo", {}, "quant_conv.weight", 2),
+    ("AutoencoderKLAllegro", {}, "quant_conv.weight", 2),
+    ("AutoencoderKLFlux2", {}, "quant_conv.weight", 2),
+    ("AutoencoderKLTemporalDecoder", {}, "quant_conv.weight", 2),
+    ("AutoencoderKLCogVideoX", {}, "encoder.conv_out.conv.weight", 2),
+    ("AutoencoderKLMochi", {}, "encoder.proj_out.weight", 2),
+    ("AutoencoderKLLTXVideo", {}, "encoder.conv_out.conv.weight", (128, 1)),
+    ("AutoencoderKL", dict(use_quant_conv=False), "encoder.conv_out.weight", 2),
+])
+def test_diffusers_outputs_the_forward_chunks_are_blocks(cls, config, tensor, blocks):
+    """A second outside review of diffusers (2026-12-02): adaLN modulations (CogVideoX, Lumina 2, CogView3-Plus,
+    Flux 2, HunyuanVideo's refiner, Mochi, Qwen-Image, AuraFlow, Kandinsky 3, Stable Cascade, aMUSEd), Flux 2's
+    SwiGLU and fused q/k/v/MLP projection, Sana's GLU conv and the VAEs' moments had each been one matrix."""
+    got = layouts(_diffusers_meta(cls, **config))[tensor]
+    rows = sum(got.blocks or ())
+    assert got.blocks == (blocks if isinstance(blocks, tuple) else (rows // blocks,) * blocks)
+
+
+def test_a_vae_encoder_followed_by_quant_conv_stays_whole():
+    """With a ``quant_conv`` after it, the encoder's output is mixed before the chunk: one map (SD 1.x/2.x, SDXL)."""
+    got = layouts(_diffusers_meta("AutoencoderKL", block_out_channels=(16,), latent_channels=4, norm_num_groups=4))
+    assert got["encoder.conv_out.weight"].blocks is None and got["quant_conv.weight"].blocks == (4, 4)
+
+
+def test_cogvideox_modulation_and_wan_fused_image_kv_each_step_by_gamma_rho():
+    """One uSCG step moves each of CogVideoX's modulation parts by γρ (the last block's encoder gate gets no gradient:
+    the text stream's output is dropped), and Wan's fused image k and v are two blocks."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    cog = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1, sample_width=8,
+        sample_height=8, sample_frames=9, patch_size=2, text_embed_dim=16, time_embed_dim=8, max_text_seq_length=8)
+    g = torch.Generator().manual_seed(0)
+    video, text = torch.randn(1, 3, 4, 8, 8, generator=g), torch.randn(1, 8, 16, generator=g)
+    moves = one_step_moves(cog, lambda m: m(video, text, torch.tensor([3])).sample.square().mean(),
+                           blocks={r"norm[12]\.linear": 6})
+    for norm in ("norm1", "norm2"):
+        ratios = moves[f"transformer_blocks.0.{norm}.linear.weight"]
+        assert len(ratios) == 6 and sum(r > 0 for r in ratios) >= 3  # norm2: the text parts get none
+        assert all(abs(r - 1) < 1e-4 for r in ratios if r > 0)
+    wan = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, text_dim=16,
+        freq_dim=16, ffn_dim=32, num_layers=1, image_dim=12, added_kv_proj_dim=16, rope_max_seq_len=32)
+    wan.fuse_qkv_projections()
+    assert layouts(wan)["blocks.0.attn2.to_added_kv.weight"].blocks == (16, 16)
+
+
+def test_mochi_rotary_frequencies_hunyuan_dit_padding_and_a_continuous_wrapper_head():
+    """Mochi's ``pos_frequencies`` is the einsum ``nd,dhf->nhf`` from 3 coordinates into heads (it had been read as a
+    table of positions by its name); HunyuanDiT's ``text_embedding_padding`` is a table of pad tokens (it had been
+    F.linear's guess, with a warning); x-transformers' ContinuousTransformerWrapper's ``project_out`` is its head."""
+    freqs = layouts(_diffusers_meta("MochiTransformer3DModel", num_layers=1))["pos_frequencies"]
+    assert (freqs.role, freqs.transposed, freqs.flattened) == ("hidden", True, (24, 64))
+    diffusers = pytest.importorskip("diffusers")
+    dit = diffusers.HunyuanDiT2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, hidden_size=16, num_layers=2,
+        sample_size=8, cross_attention_dim=16, cross_attention_dim_t5=16, pooled_projection_dim=8, text_len=4,
+        text_len_t5=4)
+    assert layouts(dit)["text_embedding_padding"].role == "token"
+    xt = pytest.importorskip("x_transformers")
+    continuous = xt.ContinuousTransformerWrapper(dim_in=12, dim_out=10, max_seq_len=16,
+                                                 attn_layers=xt.Encoder(dim=32, depth=1, heads=2))
+    assert {n for n, layout in layouts(continuous).items() if layout.role == "head"} == {"project_out.weight"}

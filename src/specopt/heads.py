@@ -72,7 +72,8 @@ def _states_its_head(model: nn.Module) -> bool:
         or _x_transformers_head(model) is not None
 
 
-X_TRANSFORMERS_HEADS = {"TransformerWrapper": "to_logits", "ViTransformerWrapper": "mlp_head"}
+X_TRANSFORMERS_HEADS = {"TransformerWrapper": "to_logits", "ViTransformerWrapper": "mlp_head",
+                        "ContinuousTransformerWrapper": "project_out"}
 """x-transformers' wrappers and the attribute that holds their output layer (their forward does not trace with
 torch.fx, and a language model's vocabulary often equals a hidden width)."""
 

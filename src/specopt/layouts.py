@@ -79,11 +79,12 @@ _POSITION_NAMES = re.compile(r"(^|_)(pos|position|positions|positional)(_|$)|pos
 are named ``0``, ``1``, …"""
 _TOKEN_NAMES = re.compile(rf"({_POSITION_NAMES.pattern}|(^|_)rel(_|$)|"
                           r"tokens?_?\d*$|(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|(^|_)(ape|pointer)$|"
-                          r"_embedding_parameter$|^mem_[kv]$|"
+                          r"_embedding_parameter$|_embedding_padding$|^mem_[kv]$|"
                           r"^(latent_|learned_)?(latents?|quer(y|ies)|probe|prompts?)(_\d+|_[123]d)?$|(^|_)prompts?$)")
 """Learned tokens, positions and tables, by the parameter's own name (``cls_token``, ``pos_embed``,
 ``relative_position_bias_table``, ``class_embedding``, an absolute position embedding ``*_ape``, SAM-2's learned
-``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``, x-transformers' memory keys and values
+``no_object_pointer`` and ``occlusion_spatial_embedding_parameter``, HunyuanDiT's ``text_embedding_padding`` (the
+tokens that fill the text sequence's padding), x-transformers' memory keys and values
 ``mem_k``/``mem_v``; ``latents``, ``query``, a pooling head's
 ``probe`` as the whole name, so that ``W_query`` or ``linear_probe`` stay matrices)."""
 _TOKEN_VECTOR_NAMES = re.compile(r"(^|_)(emb|embed|embedding|embeddings)(_\d+)?$|tokens?_?\d*$")
@@ -130,11 +131,12 @@ _QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxL
 ``query_key_value`` (q, k, v of head 0, then of head 1, …; Falcon's new architecture by key/value group), CodeGen's
 ``qkv_proj`` (``mp_num`` chunks of q, v, k), MiniMax's lightning attention ``qkv_proj`` and GPT-BigCode's
 multi-head ``c_attn`` (``view(…, heads, 3·head_dim)``)."""
-_FUSED_KV = ("kv", "to_kv")
+_FUSED_KV = ("kv", "to_kv", "to_added_kv")
 """Fused key/value projections, k's rows then v's, inside an attention module (timm's PVT-v2, Twins, VOLO and
-attention pool, diffusers' fused cross-attention, Mochi's pooling, Evolla and Granite Speech), where the module's head
-counts or its query projection confirm it (:func:`_holds_k_and_v`). Not ``kv_proj``: DeepSeek-V4's holds one key-value
-head shared by k and v (JetMoe's, chunked into k and v, is known by its owner class: :data:`_CHUNKED_OUTPUTS`)."""
+attention pool, diffusers' fused cross-attention and Wan's fused image key/value ``to_added_kv``, Mochi's pooling,
+Evolla and Granite Speech), where the module's head counts or its query projection confirm it
+(:func:`_holds_k_and_v`). Not ``kv_proj``: DeepSeek-V4's holds one key-value head shared by k and v (JetMoe's,
+chunked into k and v, is known by its owner class: :data:`_CHUNKED_OUTPUTS`)."""
 _SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"), ("wq", "wk", "wv"),
                  ("to_q", "to_k", "to_v"))
 _ADALN = "adaLN modulation: {k} shifts, scales and gates"
@@ -163,6 +165,16 @@ _CHUNKED_OUTPUTS = (
     ("linear", r"^SD35AdaLayerNormZeroX$", 9, _ADALN),
     ("linear", r"^(AdaLayerNormContinuous|AdaLayerNorm|AdaGroupNorm)$", 2, _ADALN),
     ("linear", r"^VibeVoiceDiffusionHeadAdaLayerNorm$", 3, _ADALN),
+    ("linear", r"^CogVideoXLayerNormZero$", 6, _ADALN),
+    ("linear", r"^(LuminaRMSNormZero|MochiRMSNormZero)$", 4, _ADALN),
+    ("linear", r"^CogView3PlusAdaLayerNormZeroTextImage$", 12, _ADALN),
+    ("linear", r"^(HunyuanVideoAdaNorm|AuraFlowPreFinalBlock)$", 2, _ADALN),
+    ("mapper", r"^SDCascadeTimestepBlock$", 2, _ADALN),
+    ("mapper_sca", r"^SDCascadeTimestepBlock$", 2, _ADALN),
+    ("mapper_crp", r"^SDCascadeTimestepBlock$", 2, _ADALN),
+    ("cond_embeds_mapper", r"^ConvNextBlock$", 2, _ADALN),
+    ("linear_in", r"^Flux2FeedForward$", 2, _GLU),
+    ("conv_inverted", r"^GLUMBConv$", 2, "fused value/gate (GLU, chunked after a per-channel conv)"),
     ("linear_1", r"^VibeVoiceDiffusionHeadFinalLayer$", 2, _ADALN),
     ("time_proj", r"^WanTimeTextImageEmbedding$", 6, _ADALN),
     ("proj_out_1", r"^DiTTransformer2DModel$", 2, _ADALN))
@@ -175,8 +187,10 @@ MLPs' ``input_linear``, JetMoe's attention ``kv_proj`` (k, v) and Bark's ``att_p
 ``fc1`` (gMixer, DeepSeek's ViT, Sapiens-2), and the projections a GLU halves in speech models (conformer blocks'
 ``pointwise_conv1``, adapters' convs: wav2vec2, Wav2Vec2-BERT, SeamlessM4T, Parakeet, FastSpeech2, Gemma 3n/4 audio,
 Granite Speech, Phi-4 audio; Speech2Text's subsampler convs). adaLN modulation (DiT, PixArt, SD3, Flux, Wan, …): the
-k shifts, scales and gates of diffusers' ``AdaLayerNorm*`` ``linear`` (``emb.chunk(6, dim=1)``), Wan's ``time_proj``,
-DiT's ``proj_out_1``."""
+k shifts, scales and gates of diffusers' ``AdaLayerNorm*`` ``linear`` (``emb.chunk(6, dim=1)``) and of CogVideoX's,
+Lumina 2's, Mochi's, CogView3-Plus's, HunyuanVideo's token refiner's and AuraFlow's final norms, Wan's ``time_proj``,
+DiT's ``proj_out_1``, Stable Cascade's timestep ``mapper``s, aMUSEd's ``cond_embeds_mapper``; Flux 2's SwiGLU
+``linear_in`` and Sana's ``conv_inverted`` (a depthwise conv between it and the chunk keeps the channels apart)."""
 
 
 @dataclass(frozen=True)
@@ -258,9 +272,11 @@ def _einsum_heads(to_heads: bool, p, source: str) -> Layout:
 
 
 _EINSUM_HEADS = {"XLNetRelativeAttention": {"q": True, "k": True, "v": True, "r": True, "o": False},
-                 "FunnelRelMultiheadAttention": {"r_kernel": True}}
+                 "FunnelRelMultiheadAttention": {"r_kernel": True},
+                 "MochiTransformer3DModel": {"pos_frequencies": True}}
 """Projections stored ``(d_model, n_head, d_head)`` and applied by einsum: into the heads (``True``: q, k, v, the
-relative-position r) or out of them (XLNet's ``o``)."""
+relative-position r, Mochi's learned rotary frequencies ``einsum("nd,dhf->nhf", pos, freqs)`` from 3 coordinates)
+or out of them (XLNet's ``o``)."""
 
 
 _STACKED_MATRICES = {
@@ -914,8 +930,16 @@ _SPLIT_OUTPUTS = {
         "the half the blocks take, the half they pass by", (a.expand_chs // 2,) * 2),
     ("diffusers.models.resnet", "ResnetBlock2D", "time_emb_proj"): lambda a: (
         ("scale, shift", (a.time_emb_proj.out_features // 2,) * 2) if a.time_embedding_norm == "scale_shift" else None),
-    ("diffusers.models.autoencoders.autoencoder_kl", "AutoencoderKL", "quant_conv"): lambda a: (
-        "mean, log-variance", (a.quant_conv.out_channels // 2,) * 2),
+    ("diffusers.models.transformers.transformer_flux2", "Flux2Modulation", "linear"): lambda a: (
+        "shifts, scales and gates", (a.linear.out_features // (3 * a.mod_param_sets),) * (3 * a.mod_param_sets)),
+    ("diffusers.models.transformers.transformer_flux2", "Flux2ParallelSelfAttention", "to_qkv_mlp_proj"): lambda a: (
+        "q, k, v, the MLP's gate and value", (a.inner_dim,) * 3 + (a.mlp_hidden_dim,) * a.mlp_mult_factor),
+    ("diffusers.models.transformers.transformer_qwenimage", "QwenImageTransformerBlock", "img_mod"): lambda a: (
+        "shift, scale, gate of the attention and of the MLP", (a.dim,) * 6),
+    ("diffusers.models.transformers.transformer_qwenimage", "QwenImageTransformerBlock", "txt_mod"): lambda a: (
+        "shift, scale, gate of the attention and of the MLP", (a.dim,) * 6),
+    ("diffusers.models.unets.unet_kandinsky3", "Kandinsky3ConditionalGroupNorm", "context_mlp"): lambda a: (
+        "scale, shift", (a.context_mlp[1].out_features // 2,) * 2),
 }
 """Outputs the forward splits, by the owner's module and class and the projection's name: ``owner → (what, row
 blocks)`` (None: not split); the projection may sit in a module that only wraps it (timm's ConvNorm, ConvNormAct: a
@@ -927,8 +951,10 @@ timm's differential attention's ``qkv`` (``chunk(3)``, where its head counts
 do not tell the blocks), timm's attention held in 1×1 convs or a ``qk`` Linear (Visformer; CoAtNet/MaxViT's
 ``Attention2d``, per head where ``head_first``; BoTNet; HaloNet's k/v per head; LambdaNet's q of every head, then one
 k and one v; ConViT's and TNT's q/k; MobileViT-v2's one-channel query), FocalNet's modulation ``f``, MambaOut's gated
-``fc1``, diffusers' ResNet time projection with ``scale_shift`` and the VAE's ``quant_conv`` (its output is chunked
-into the mean and the log-variance; an encoder's ``conv_out`` before it is mixed by it, so it stays whole)."""
+``fc1``, diffusers' ResNet time projection with ``scale_shift``, Flux 2's modulations (3 per parameter set) and its
+single blocks' ``to_qkv_mlp_proj`` (q, k, v, the SwiGLU's gate and value), Qwen-Image's ``img_mod``/``txt_mod`` (a
+``Sequential`` of SiLU and the projection: 6 parts), Kandinsky 3's conditional group norm. A VAE's moments:
+:func:`_vae_moments`."""
 
 
 def _split_output(parent, rows: int, parents: dict):
@@ -951,6 +977,32 @@ def _split_output(parent, rows: int, parents: dict):
     return None
 
 
+def _vae_moments(parent, rows: int, parents: dict):
+    """``(what, blocks)`` for the projection whose output a diffusers KL autoencoder chunks into the posterior's mean
+    and log-variance (``DiagonalGaussianDistribution``: ``chunk(2, dim=1)``), or None: its ``quant_conv``, else (no
+    ``quant_conv``: SD3's and Flux's VAE, CogVideoX's, Mochi's, LTX's) the encoder's last projection, ``conv_out`` or
+    ``proj_out``; LTX-Video's encoder appends one log-variance channel shared by every latent channel (blocks
+    ``(latents, 1)``). Looked up through the modules that only wrap the conv (the causal convs' ``conv``)."""
+    what = "the posterior's mean, log-variance"
+    for _ in range(3):
+        owner, local = parent
+        if local == "quant_conv" and authored_class(owner).__name__.startswith("AutoencoderKL"):
+            return (f"{what} ({authored_class(owner).__name__}.quant_conv)", (rows // 2,) * 2) if rows % 2 == 0 \
+                else None
+        holder = parents.get(id(owner))
+        if local in ("conv_out", "proj_out") and holder is not None and holder[1] == "encoder" and \
+                authored_class(holder[0]).__name__.startswith("AutoencoderKL") and \
+                getattr(holder[0], "quant_conv", None) is None:
+            where = f"{authored_class(owner).__name__}.{local}, no quant_conv after it"
+            if authored_class(owner).__name__ == "LTXVideoEncoder3d":
+                return f"the mean, one shared log-variance ({where})", (rows - 1, 1)
+            return (f"{what} ({where})", (rows // 2,) * 2) if rows % 2 == 0 else None
+        if holder is None or not _wraps_one_map(owner):
+            return None
+        parent = holder
+    return None
+
+
 def _wraps_one_map(module: nn.Module) -> bool:
     """A ``ModuleList``/``ModuleDict``, or a module with one ≥2-D parameter in all (a conv or linear with its norm and
     activation): what its owner calls by its name is that one map."""
@@ -967,7 +1019,7 @@ def _chunked_output(layout: Layout, parent, p, parents: dict) -> Layout:
         return layout
     owner, local = authored_class(parent[0]).__name__, parent[1]
     rows = _rows(layout, p)
-    split = _split_output(parent, rows, parents)
+    split = _split_output(parent, rows, parents) or _vae_moments(parent, rows, parents)
     if split is not None:
         return _with(layout, split[1], split[0])
     if _glu_next(layout, parent) and rows % 2 == 0:
