@@ -449,3 +449,21 @@ def test_muon_family_presets_refuse_a_rule_of_their_own_by_name(preset):
     """Each sets its own rule: another is a ValueError that says so, not Python's duplicate-keyword TypeError."""
     with pytest.raises(ValueError, match=f"{preset} sets rule itself"):
         getattr(specopt, preset)(nn.Linear(3, 3).parameters(), rule="uscg")
+
+
+def test_torch_muon_leaves_a_zero_size_matrix_to_adamw():
+    """torch.optim.Muon divides by a matrix's size: the registry's torch-muon handed it an empty one (ZeroDivisionError
+    deep in torch, where specopt's muon steps the same model)."""
+    import types
+
+    from specopt import registry
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 0), nn.Linear(0, 4), nn.Linear(4, 2))
+    opts = registry.build("torch-muon", model, types.SimpleNamespace(scheme="image", name="t"),
+                          registry.resolve("torch-muon"))
+    empty = {id(model[2].weight), id(model[3].weight)}
+    assert not empty & {id(p) for g in opts[0].param_groups for p in g["params"]}
+    assert empty <= {id(p) for g in opts[1].param_groups for p in g["params"]}
+    model(torch.randn(3, 4)).square().mean().backward()
+    for opt in opts:
+        opt.step()

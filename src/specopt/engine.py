@@ -160,6 +160,48 @@ def _check_state_shapes(optimizer, state_dict: dict) -> None:
                                  f"optimizer's is {tuple(fresh[key].shape)}: the state belongs to another model")
 
 
+def _refuse_held(groups: list[dict], group: dict) -> None:
+    """A tensor of ``group`` that another group holds, named (torch's error names none)."""
+    held = {id(p): (i, g.get("param_names", [None] * len(g["params"]))[j])
+            for i, g in enumerate(groups) for j, p in enumerate(g["params"])}
+    params = group.get("params")
+    for member in [params] if isinstance(params, torch.Tensor) else list(params or ()):
+        name, p = member if isinstance(member, tuple) else (None, member)
+        if id(p) in held:
+            k, other = held[id(p)]
+            raise ValueError(f"{name or other or f'a tensor of shape {tuple(p.shape)}'} is already in param group "
+                             f"{k}{f' (as {other!r})' if other and other != name else ''}: a tensor may be in one "
+                             "group only")
+
+
+_WRAPPER_SEGMENTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without what torch's wrappers insert: torch.compile's ``_orig_mod``, FSDP1's and activation
+    checkpointing's wrapped-module segments, DDP's leading ``module.``."""
+    parts = [s for s in name.split(".") if s not in _WRAPPER_SEGMENTS]
+    return ".".join(parts[1:] if len(parts) > 1 and parts[0] == "module" else parts)
+
+
+def _check_param_names(optimizer, state_dict: dict) -> None:
+    """Refuse saved state whose groups name their parameters in another order than this optimizer's: torch matches
+    state to parameters by position, so a model or groups built in another order would give every tensor another's
+    momentum, silently. Groups without names on either side, and torch's DCP flow (whose saved ``params`` are
+    the names it already matched by), are not checked."""
+    for i, (saved, own) in enumerate(zip(state_dict["param_groups"], optimizer.param_groups, strict=True)):
+        names, own_names = saved.get("param_names"), own.get("param_names")
+        if not names or not own_names or not all(isinstance(k, int) for k in saved["params"]):
+            continue
+        for j, (a, b) in enumerate(zip(names, own_names, strict=True)):
+            if _unwrapped_name(a) != _unwrapped_name(b):
+                raise ValueError(f"the saved state's parameter {j} of param group {i} is {a!r}, this optimizer's is "
+                                 f"{b!r}: state is matched to parameters by position (as torch's), so it would land "
+                                 "on other tensors. Build the groups as the optimizer that saved it did (the same "
+                                 "model, the same param_groups call), or drop 'param_names' from the saved groups to "
+                                 "load by position anyway")
+
+
 OWNER_KEY = "specopt_owner"
 """The saved form of every param group holds the optimizer's owner record (:meth:`GeometryOptimizer._owner`) under
 this key: ``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` keeps the groups and the state only, and a
@@ -384,6 +426,7 @@ class GeometryOptimizer(Optimizer):
         before, schedules = len(self.param_groups), dict(self._momentum_schedules)
         try:
             for piece in self._preset_groups(self._named_as_the_others(dict(param_group))):
+                _refuse_held(self.param_groups, piece)
                 super().add_param_group(piece)
                 self._checked(self.param_groups[-1])
                 if isinstance(self.param_groups[-1].get("momentum"), str):  # see _check_momentum_schedules
@@ -529,9 +572,10 @@ class GeometryOptimizer(Optimizer):
                 raise ValueError(f"{name} of shape {tuple(p.shape)}: radius={radius!r} (a Muon scale) needs a "
                                  f"spectral norm, got {norm!r}; give its group a number 'radius'")
             if p.is_complex():
-                raise ValueError(f"complex parameter of shape {tuple(p.shape)} is not supported")
+                raise ValueError(f"{name} of shape {tuple(p.shape)} is complex ({p.dtype}), which specopt's norms do "
+                                 "not define; leave it to a torch optimizer")
             if not p.is_floating_point():
-                raise ValueError(f"parameter of shape {tuple(p.shape)} has dtype {p.dtype}; optimizers step floating "
+                raise ValueError(f"{name} of shape {tuple(p.shape)} has dtype {p.dtype}; optimizers step floating "
                                  "tensors only (leave integer buffers out of the optimizer)")
 
     # ----------------------------------------------------------------- state_dict with portable norms
@@ -564,7 +608,8 @@ class GeometryOptimizer(Optimizer):
         (:func:`loaded_state`; torch would cast every floating one to the parameter's dtype), and step counts saved
         as Python ints (before they became 0-d tensors) turned into tensors on their parameter's device. The state of
         another optimizer class, estimator or rule, or of the same with other settings (their ``config()``), is refused
-        before anything is loaded (state dicts saved before these were recorded load as before). The pre-hooks
+        before anything is loaded (state dicts saved before these were recorded load as before), as is a state whose
+        groups name their tensors in another order (``param_names``; torch matches by position). The pre-hooks
         (``register_load_state_dict_pre_hook``) run first and what they return is what is checked and loaded; the
         post-hooks run once the state is in place."""
         state_dict = state_dict.copy()  # as torch's: a hook may edit its copy
@@ -588,6 +633,7 @@ class GeometryOptimizer(Optimizer):
             groups.append(g)
         sizes = [len(g["params"]) for g in state_dict["param_groups"]]
         if sizes == [len(g["params"]) for g in self.param_groups]:  # (other group sizes: torch's own error, next)
+            _check_param_names(self, state_dict)
             _check_state_shapes(self, state_dict)
         with _held(self, "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
             super().load_state_dict({k: v for k, v in state_dict.items() if k != "specopt"} | {"param_groups": groups})

@@ -175,8 +175,9 @@ def build(name: str, model: torch.nn.Module, task, hp: dict, groups: dict | None
         if options:
             raise ValueError(f"torch-muon builds two torch optimizers and takes no options, got {sorted(options)}")
         assigned = groups_of(model, task, groups=groups)
-        hidden = [p for g in assigned if g["role"] == "hidden" for _, p in g["params"] if p.ndim == 2]
-        rest = [p for g in assigned for _, p in g["params"] if g["role"] != "hidden" or p.ndim != 2]  # torch: 2-D
+        hidden = [p for g in assigned if g["role"] == "hidden" for _, p in g["params"] if p.ndim == 2 and p.numel()]
+        rest = [p for g in assigned for _, p in g["params"]  # torch's Muon: 2-D, non-empty (it divides by the size)
+                if g["role"] != "hidden" or p.ndim != 2 or not p.numel()]
         if not hidden:  # torch's Muon would say "optimizer got an empty parameter list"
             raise ValueError(f"torch-muon: the model of task {task.name!r} has no hidden matrix for torch.optim.Muon "
                              "(every tensor's role is AdamW's: param_groups(model, print_table=True) lists them); "
