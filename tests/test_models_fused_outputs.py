@@ -245,3 +245,135 @@ def test_mochi_rotary_frequencies_hunyuan_dit_padding_and_a_continuous_wrapper_h
     continuous = xt.ContinuousTransformerWrapper(dim_in=12, dim_out=10, max_seq_len=16,
                                                  attn_layers=xt.Encoder(dim=32, depth=1, heads=2))
     assert {n for n, layout in layouts(continuous).items() if layout.role == "head"} == {"project_out.weight"}
+
+
+_DEPTH = r"^(num_(\w+_)?layers|num_(\w+_)?blocks|depth|num_hidden_layers|layers_per_block|n_layers)$"
+_CONFIGS = {"EasyAnimateTransformer3DModel": dict(in_channels=16, out_channels=16, patch_size=2, mmdit_layers=1),
+            "HiDreamImageTransformer2DModel": dict(patch_size=2, out_channels=64, num_single_layers=1,
+                                                   caption_channels=[64, 64], llama_layers=[0] * 48),
+            "Transformer2DModel": dict(in_channels=4, out_channels=8, patch_size=2, sample_size=32,
+                                       num_embeds_ada_norm=1000, norm_type="ada_norm_zero"),
+            "ZImageControlNetModel": dict(control_layers_places=[0], control_refiner_layers_places=[0],
+                                          control_in_dim=16, add_control_noise_refiner=False, n_refiner_layers=1)}
+
+
+def _one_layer_meta(cls_name: str):
+    """A diffusers model on the meta device with every depth argument 1 (its layers as in the full model)."""
+    import inspect
+    import re
+
+    diffusers = pytest.importorskip("diffusers")
+    cls = getattr(diffusers, cls_name)
+    config = {n: 1 for n, p in inspect.signature(cls.__init__).parameters.items() if re.match(_DEPTH, n)
+              and isinstance(p.default, int) and not isinstance(p.default, bool) and p.default > 1}
+    with torch.device("meta"):
+        return cls(**{**config, **_CONFIGS.get(cls_name, {})})
+
+
+_LAYOUTS: dict = {}
+
+
+@pytest.mark.parametrize("cls, tensor, k", [
+    ("AceStepTransformer1DModel", "time_embed.time_proj.weight", 6),
+    ("AnyFlowTransformer3DModel", "condition_embedder.time_proj.weight", 6),
+    ("AnyFlowFARTransformer3DModel", "condition_embedder.time_proj.weight", 6),
+    ("HeliosTransformer3DModel", "condition_embedder.time_proj.weight", 6),
+    ("JoyImageEditTransformer3DModel", "condition_embedder.time_proj.weight", 6),
+    ("JoyImageEditTransformer3DModel", "double_blocks.0.attn.img_attn_qkv.weight", 3),
+    ("JoyImageEditTransformer3DModel", "double_blocks.0.attn.txt_attn_qkv.weight", 3),
+    ("JoyImageEditPlusTransformer3DModel", "condition_embedder.time_proj.weight", 6),
+    ("JoyImageEditPlusTransformer3DModel", "double_blocks.0.attn.img_attn_qkv.weight", 3),
+    ("JoyImageEditPlusTransformer3DModel", "double_blocks.0.attn.txt_attn_qkv.weight", 3),
+    ("SkyReelsV2Transformer3DModel", "condition_embedder.time_proj.weight", 6),
+    ("WanAnimate2Transformer3DModel", "time_projection.1.weight", 6),
+    ("BriaFibo2Transformer2DModel", "layers.0.adaLN_modulation.0.weight", 4),
+    ("CogView4Transformer2DModel", "transformer_blocks.0.norm1.linear.weight", 12),
+    ("CogView4Transformer2DModel", "norm_out.linear.weight", 2),
+    ("CosmosTransformer3DModel", "transformer_blocks.0.norm1.linear_2.weight", 3),
+    ("CosmosTransformer3DModel", "norm_out.linear_2.weight", 2),
+    ("EasyAnimateTransformer3DModel", "transformer_blocks.0.norm1.linear.weight", 6),
+    ("ErnieImageTransformer2DModel", "adaLN_modulation.1.weight", 6),
+    ("ErnieImageTransformer2DModel", "final_norm.linear.weight", 2),
+    ("Flux3Transformer2DModel", "single_stream_modulations.image.linear.weight", 3),
+    ("Flux3Transformer2DModel", "norm_out.linear.weight", 2),
+    ("GlmImageTransformer2DModel", "transformer_blocks.0.norm1.linear.weight", 12),
+    ("GlmImageTransformer2DModel", "norm_out.linear.weight", 2),
+    ("HiDreamImageTransformer2DModel", "double_stream_blocks.0.block.adaLN_modulation.1.weight", 12),
+    ("HiDreamImageTransformer2DModel", "single_stream_blocks.0.block.adaLN_modulation.1.weight", 6),
+    ("HiDreamImageTransformer2DModel", "final_layer.adaLN_modulation.1.weight", 2),
+    ("HunyuanVideo15Transformer3DModel", "context_embedder.token_refiner.refiner_blocks.0.norm_out.linear.weight", 2),
+    ("HunyuanImageTransformer2DModel", "context_embedder.token_refiner.refiner_blocks.0.norm_out.linear.weight", 2),
+    ("Ideogram4Transformer2DModel", "layers.0.adaln_modulation.weight", 4),
+    ("Kandinsky5Transformer3DModel", "text_transformer_blocks.0.text_modulation.out_layer.weight", 6),
+    ("Kandinsky5Transformer3DModel", "visual_transformer_blocks.0.visual_modulation.out_layer.weight", 9),
+    ("Kandinsky5Transformer3DModel", "out_layer.modulation.out_layer.weight", 2),
+    ("Kandinsky6Transformer3DModel", "video_text_transformer_blocks.0.text_modulation.out_layer.weight", 6),
+    ("Kandinsky6Transformer3DModel",
+     "visual_transformer_blocks.0.video_dec_block.visual_modulation.out_layer.weight", 9),
+    ("Kandinsky6Transformer3DModel", "visual_transformer_blocks.0.va_modulation.out_layer.weight", 3),
+    ("Kandinsky6Transformer3DModel", "visual_transformer_blocks.0.av_modulation.out_layer.weight", 3),
+    ("Kandinsky6Transformer3DModel", "out_layer.modulation.out_layer.weight", 2),
+    ("Kandinsky6SRTransformer3DModel", "visual_transformer_blocks.0.visual_modulation.out_layer.weight", 6),
+    ("Kandinsky6SRTransformer3DModel", "out_layer.modulation.out_layer.weight", 2),
+    ("LongCatAudioDiTTransformer", "adaln_global_mlp.mlp.1.weight", 6),
+    ("LongCatAudioDiTTransformer", "norm_out.linear.weight", 2),
+    ("MiniMaxH3Transformer3DModel", "norm_out.linear.weight", 2),
+    ("MiniMaxMusic3Transformer1DModel", "transformer_blocks.0.ff_in.weight", 2),
+    ("NucleusMoEImageTransformer2DModel", "transformer_blocks.0.img_mod.1.weight", 4),
+    ("OvisImageTransformer2DModel", "single_transformer_blocks.0.proj_mlp.weight", 2),
+    ("PRXTransformer2DModel", "blocks.0.modulation.lin.weight", 6),
+    ("PRXTransformer2DModel", "final_layer.adaLN_modulation.1.weight", 2),
+    ("PRXTransformer2DModel", "blocks.0.attention.img_qkv_proj.weight", 3),
+    ("RFD4ProteinaTransformer", "transition_c_1.swish_linear.0.weight", 2),
+    ("RFD4ProteinaTransformer", "pair_update_layers.0.linear_x.weight", 2),
+    ("SanaVideoTransformer3DModel", "transformer_blocks.0.ff.conv_inverted.weight", 2),
+    ("SanaWMTransformer3DModel", "blocks.0.mlp.inverted_conv.conv.weight", 2),
+    ("StableAudio3DiTModel", "transformer_blocks.0.ff.proj_in.weight", 2),
+    ("StableAudio3DiTModel", "transformer_blocks.0.cross_attn.to_q.weight", 2),
+    ("StableAudio3DiTModel", "transformer_blocks.0.cross_attn.to_kv.weight", 3),
+    ("ZImageTransformer2DModel", "layers.0.adaLN_modulation.0.weight", 4),
+    ("ZImageControlNetModel", "control_layers.0.adaLN_modulation.0.weight", 4),
+    ("Transformer2DModel", "proj_out_1.weight", 2),
+    ("T5FilmDecoder", "decoders.0.layer.0.FiLMLayer.scale_bias.weight", 2),
+    ("AutoencoderKLWan", "encoder.mid_block.attentions.0.to_qkv.weight", 3),
+    ("AutoencoderKLQwenImage", "encoder.mid_block.attentions.0.to_qkv.weight", 3),
+    ("AutoencoderKLQwenImage21", "encoder.mid_block.attentions.0.to_qkv.weight", 3),
+    ("AutoencoderSAME", "encoder.blocks.0.transformers.0.ff.proj_in.weight", 2),
+    ("LTX2VideoDiffusionDecoderModel", "decoder.shared_adaln.proj.weight", 7),
+])
+def test_the_rest_of_diffusers_chunked_outputs_are_blocks(cls, tensor, k):
+    """A systematic scan of diffusers' chunk/split sites (an outside review, 2026-12-02): the adaLN modulations,
+    time projections, GLU inputs, fused q/k/v (the VAEs' 1×1-conv to_qkv, Stable Audio 3's differential q₁, q₂, k₁,
+    k₂, v) of 40 more models, each cut into the k equal parts its forward uses (each had been one matrix)."""
+    if cls not in _LAYOUTS:
+        _LAYOUTS[cls] = layouts(_one_layer_meta(cls))
+    got = _LAYOUTS[cls][tensor]
+    rows = sum(got.blocks or (0,))
+    assert got.blocks == (rows // k,) * k and rows
+
+
+def test_stable_audio_3s_differential_self_attention_is_five_blocks_and_kandinsky_6s_cross_gates_unequal():
+    """Stable Audio 3's to_qkv holds q₁, q₂, k₁, k₂, v: read as q/k/v thirds by its name, silently wrong; Kandinsky 6's
+    audio-video modulations split [d, d, d_a] where cross_gates is set."""
+    sa3 = layouts(_one_layer_meta("StableAudio3DiTModel"))["transformer_blocks.0.self_attn.to_qkv.weight"]
+    assert sa3.blocks == (1536,) * 5
+    diffusers = pytest.importorskip("diffusers")
+    with torch.device("meta"):
+        k6 = diffusers.Kandinsky6Transformer3DModel(num_visual_blocks=1, num_text_blocks=1, cross_gates=True,
+                                                    model_dim=256, ff_dim=512, model_dim_a=128, ff_dim_a=256)
+    got = layouts(k6)
+    va = next(v for n, v in got.items() if n.endswith("va_modulation.out_layer.weight"))
+    av = next(v for n, v in got.items() if n.endswith("av_modulation.out_layer.weight"))
+    assert (va.blocks, av.blocks) == ((256, 256, 128), (128, 128, 256))
+
+
+def test_hand_written_convs_of_sana_wm_and_wan_animate_are_read_and_config_reads_stay_quiet():
+    """Sana-WM's temporal short convolution (F.conv1d, groups=channels) and Wan-Animate's motion encoder convs
+    (F.conv2d of W·scale) hold raw kernels: param_groups refused both models. Reading a diffusers model warned
+    FutureWarning ("Accessing config attribute `num_heads`…") from the rules' questions (``layouts`` makes every
+    warning an error)."""
+    sana = layouts(_one_layer_meta("SanaWMTransformer3DModel"))["blocks.0.attn.conv_k.weight"]
+    assert (sana.role, sana.kernel_dims, len(sana.blocks)) == ("conv", 1, 2240)
+    wan = layouts(_one_layer_meta("WanAnimateTransformer3DModel"))
+    motion = {n: v for n, v in wan.items() if "motion_encoder" in n and v.role == "conv"}
+    assert motion and all(v.kernel_dims == 2 for v in motion.values())

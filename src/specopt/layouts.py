@@ -114,7 +114,9 @@ _KNOWN_MATRICES = {("MultiModalProjector$", ("mm_input_projection_weight",)): (T
                    ("^HyperConnection$", ("dynamic_alpha_fn",)): (True, "x @ W, stored d × streams"),
                    ("(Top[Kk]|Hash)Router$|^MoEGate$", ("weight",)): (False, "an MoE router: F.linear(x, W), "
                                                                                "experts × d"),
-                   ("^EqualLinear$", ("weight",)): (False, "F.linear(x, W·scale)"),
+                   ("^(EqualLinear|MotionLinear)$", ("weight",)): (False, "F.linear(x, W·scale)"),
+                   ("^WanAnimateMotionEncoder$", ("motion_synthesis_weight",)): (False, "a basis, out × directions: "
+                                                                                    "QR(W)·diag(α)"),
                    ("^MiniMaxMusic3FourierEmbedding$", ("weight",)): (False, "t @ W.T: F.linear's"),
                    ("^QuantLinear$", ("weight",)): (False, "I-BERT: F.linear of its quantized weight")}
 """Raw matrices by owner class and name: Gemma 3's vision projector (``torch.matmul(x, W)``), DeepSeek-V4's
@@ -123,7 +125,8 @@ the x-vector heads' AM-softmax weight (wav2vec2 family), X-CLIP's prompt project
 position profiles (``relative_states @ proj``), GLM-5-Next's indexer gate (``F.linear``), x-transformers' bank of
 distance profiles (``use_rel_proj_pos_bias``) and its hyper-connections' dynamic mixing weights (``normed @ W``),
 MoE routers (transformers' ``…TopKRouter``/``…HashRouter``, DeepSeek's and HiDream's ``MoEGate``), diffusers'
-``EqualLinear`` (Wan-Animate) and MiniMax-Music-3's Fourier embedding, and I-BERT's ``QuantLinear``."""
+``EqualLinear``, ``MotionLinear`` and the motion basis (Wan-Animate) and MiniMax-Music-3's Fourier embedding, and
+I-BERT's ``QuantLinear``."""
 _FUSED_QKV = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj", "to_qkv", "to_added_qkv")
 _QKV_BY_HEAD = {"query_key_value": "", "qkv_proj": r"^(CodeGenAttention|MiniMaxLightningAttention)$",
                 "c_attn": r"^GPTBigCodeAttention$"}
@@ -168,16 +171,32 @@ _CHUNKED_OUTPUTS = (
     ("linear", r"^CogVideoXLayerNormZero$", 6, _ADALN),
     ("linear", r"^(LuminaRMSNormZero|MochiRMSNormZero)$", 4, _ADALN),
     ("linear", r"^CogView3PlusAdaLayerNormZeroTextImage$", 12, _ADALN),
-    ("linear", r"^(HunyuanVideoAdaNorm|AuraFlowPreFinalBlock)$", 2, _ADALN),
+    ("linear", r"^(HunyuanVideo(15)?AdaNorm|HunyuanImageAdaNorm|AuraFlowPreFinalBlock)$", 2, _ADALN),
+    ("linear", r"^(CogView4|GlmImage)AdaLayerNormZero$", 12, _ADALN),
+    ("linear", r"^((CogView4|GlmImage)AdaLayerNormContinuous|ErnieImageAdaLNContinuous|Flux3AdaLayerNorm|"
+               r"AudioDiTAdaLayerNormZeroFinal|MiniMaxH3AdaLayerNormOut)$", 2, _ADALN),
+    ("linear", r"^EasyAnimateLayerNormZero$", 6, _ADALN),
+    ("linear", r"^Flux3Modulation$", 3, _ADALN),
+    ("linear_2", r"^CosmosAdaLayerNormZero$", 3, _ADALN),
+    ("linear_2", r"^CosmosAdaLayerNorm$", 2, _ADALN),
+    ("adaln_modulation", r"^Ideogram4TransformerBlock$", 4, _ADALN),
+    ("img_attn_qkv", r"^JoyImage(EditPlus)?Attention$", 3, "fused q/k/v"),
+    ("txt_attn_qkv", r"^JoyImage(EditPlus)?Attention$", 3, "fused q/k/v"),
+    ("img_qkv_proj", r"^PRXAttention$", 3, "fused q/k/v"),
+    ("ff_in", r"^MiniMaxMusic3TransformerBlock$", 2, _GLU),
+    ("proj_mlp", r"^OvisImageSingleTransformerBlock$", 2, _GLU),
+    ("linear_x", r"^RFD4ProteinaPairUpdate$", 2, "the left and right factors of an outer product"),
+    ("scale_bias", r"^T5FiLMLayer$", 2, "FiLM: scale, shift"),
     ("mapper", r"^SDCascadeTimestepBlock$", 2, _ADALN),
     ("mapper_sca", r"^SDCascadeTimestepBlock$", 2, _ADALN),
     ("mapper_crp", r"^SDCascadeTimestepBlock$", 2, _ADALN),
     ("cond_embeds_mapper", r"^ConvNextBlock$", 2, _ADALN),
     ("linear_in", r"^Flux2FeedForward$", 2, _GLU),
-    ("conv_inverted", r"^GLUMBConv$", 2, "fused value/gate (GLU, chunked after a per-channel conv)"),
+    ("conv_inverted", r"^(GLUMBConv|GLUMBTempConv)$", 2, "fused value/gate (GLU, chunked after a per-channel conv)"),
     ("linear_1", r"^VibeVoiceDiffusionHeadFinalLayer$", 2, _ADALN),
-    ("time_proj", r"^WanTimeTextImageEmbedding$", 6, _ADALN),
-    ("proj_out_1", r"^DiTTransformer2DModel$", 2, _ADALN))
+    ("time_proj", r"^(Wan|SkyReelsV2|JoyImage|JoyImageEditPlus)TimeTextImageEmbedding$|^HeliosTimeTextEmbedding$|"
+                  r"^AnyFlowDualTimestepTextImageEmbedding(Causal)?$|^AceStepTimestepEmbedding$", 6, _ADALN),
+    ("proj_out_1", r"^(DiT|)Transformer2DModel$", 2, _ADALN))
 """Projections whose output is chunked into k equal parts that are used apart, by the module's name in its owner and the
 owner's class: ``(name, owner class regex, k, what)``, each part a map of its own (k row blocks), as Phi-3's
 ``gate_up_proj``; a name of an ``nn.ModuleList`` holds for every module in it. Value/gate halves: ModernBERT's
@@ -279,6 +298,13 @@ relative-position r, Mochi's learned rotary frequencies ``einsum("nd,dhf->nhf", 
 or out of them (XLNet's ``o``)."""
 
 
+_HAND_WRITTEN_CONVS = {
+    "SanaWMTemporalShortConvolution": {"weight": (True, "F.conv1d(x, W, groups=channels): depthwise")},
+    "MotionConv2d": {"weight": (False, "F.conv2d(x, W·scale)")}}
+"""Conv kernels of modules that call ``F.conv*d`` themselves, by class: ``{local: (depthwise, what)}`` (Sana-WM's
+temporal short convolution, Wan-Animate's motion encoder convs)."""
+
+
 _STACKED_MATRICES = {
     "InklingSharedExperts": {k: ("expert", False, "shared experts, each F.linear's d_out × d_in (bmm with its "
                                  "transpose)") for k in ("gate_proj", "up_proj", "down_proj")},
@@ -335,6 +361,11 @@ def known(module: nn.Module, local: str, p) -> Layout | None:
         return Layout("vector", "learned rotary frequencies, entry-wise (timm's RotaryEmbeddingMixed)")
     if p.ndim >= 3 and authored_class(module).__name__.endswith("Prompter"):  # TVP's frame-padding prompts
         return Layout("token", f"learned prompt pixels ({authored_class(module).__name__}.{local})")
+    conv = _HAND_WRITTEN_CONVS.get(authored_class(module).__name__, {}).get(local)
+    if conv is not None and 3 <= p.ndim <= 5:
+        depthwise, what = conv
+        return Layout("conv", f"{authored_class(module).__name__}.{local} ({what})", kernel_dims=p.ndim - 2,
+                      blocks=(1,) * p.shape[0] if depthwise and p.shape[1] == 1 else None)
     into_heads = _EINSUM_HEADS.get(authored_class(module).__name__, {}).get(local)
     if into_heads is not None and p.ndim == 3:
         return _einsum_heads(into_heads, p, f"{authored_class(module).__name__}.{local} (einsum "
@@ -678,6 +709,16 @@ def auto_norm(shape, name: str = "a parameter", **msign_kwargs) -> Norm:
 
 def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_sizes: dict | None = None,
              num_heads: int | bool | None = None) -> tuple[dict, str]:
+    """``{name: (Layout, parameter)}`` for every trainable parameter and the rule that found the head (see
+    :func:`_classify`). diffusers' models answer a read of a config key as an attribute (a module's ``num_heads``, the
+    rules' question to every attention-like module) with a FutureWarning; the reading hides that one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Accessing config attribute", category=FutureWarning)
+        return _classify(model, layouts=layouts, head=head, split_sizes=split_sizes, num_heads=num_heads)
+
+
+def _classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_sizes: dict | None = None,
+              num_heads: int | bool | None = None) -> tuple[dict, str]:
     """``{name: (Layout, parameter)}`` for every trainable parameter (named as ``model.named_parameters()``
     names it; tied and shared tensors once, frozen ones left out), and the rule that found the head.
 
@@ -740,7 +781,7 @@ def classify(model: nn.Module, *, layouts: dict | None = None, head=None, split_
                       f"{', '.join(guessed[:5])}{', …' if len(guessed) > 5 else ''}. If that is not how the model uses "
                       "them, declare them: param_groups(model, layouts={name regex: KIND}) with KIND 'token' (a table "
                       "or learned queries), 'vector' (entry-wise), 'linear_transposed' (x @ W); 'linear' silences "
-                      "this warning", UserWarning, stacklevel=3)
+                      "this warning", UserWarning, stacklevel=4)
     unused = [entry[0] for entry in declarations if not entry[2]]
     if unused:  # a typo would leave a tensor read another way, silently
         shown = ", ".join(k.__name__ if isinstance(k, type) else repr(k) for k in unused)
@@ -890,6 +931,11 @@ def _fused(layout: Layout, name: str, module, parent, p, parents: dict) -> Layou
     return _chunked_output(layout, parent, p, parents)
 
 
+def _parts(k: int, what: str):
+    """A rule of :data:`_SPLIT_OUTPUTS`: ``k`` equal parts."""
+    return lambda _: (what, k)
+
+
 _SPLIT_OUTPUTS = {
     ("timm.models.visformer", "Attention", "qkv"): lambda a: ("q, k, v", (a.num_heads * a.head_dim,) * 3),
     ("timm.models.maxxvit", "Attention2d", "qkv"): lambda a: (
@@ -940,6 +986,54 @@ _SPLIT_OUTPUTS = {
         "shift, scale, gate of the attention and of the MLP", (a.dim,) * 6),
     ("diffusers.models.unets.unet_kandinsky3", "Kandinsky3ConditionalGroupNorm", "context_mlp"): lambda a: (
         "scale, shift", (a.context_mlp[1].out_features // 2,) * 2),
+    **{(f"diffusers.models.{where}", owner, local): _parts(k, "shifts, scales and gates")
+       for where, owner, local, k in (
+        ("transformers.transformer_wan_animate_2", "WanAnimate2Transformer3DModel", "time_projection", 6),
+        ("transformers.transformer_bria_fibo2", "BriaFibo2TransformerBlock", "adaLN_modulation", 4),
+        ("transformers.transformer_z_image", "ZImageTransformerBlock", "adaLN_modulation", 4),
+        ("controlnets.controlnet_z_image", "ZImageControlTransformerBlock", "adaLN_modulation", 4),
+        ("transformers.transformer_ernie_image", "ErnieImageTransformer2DModel", "adaLN_modulation", 6),
+        ("transformers.transformer_hidream_image", "HiDreamImageTransformerBlock", "adaLN_modulation", 12),
+        ("transformers.transformer_hidream_image", "HiDreamImageSingleTransformerBlock", "adaLN_modulation", 6),
+        ("transformers.transformer_hidream_image", "HiDreamImageOutEmbed", "adaLN_modulation", 2),
+        ("transformers.transformer_nucleusmoe_image", "NucleusMoEImageTransformerBlock", "img_mod", 4),
+        ("transformers.transformer_prx", "Modulation", "lin", 6),
+        ("transformers.transformer_prx", "FinalLayer", "adaLN_modulation", 2),
+        ("transformers.transformer_longcat_audio_dit", "AudioDiTAdaLNMLP", "mlp", 6),
+        ("transformers.transformer_kandinsky", "Kandinsky5TransformerEncoderBlock", "text_modulation", 6),
+        ("transformers.transformer_kandinsky", "Kandinsky5TransformerDecoderBlock", "visual_modulation", 9),
+        ("transformers.transformer_kandinsky", "Kandinsky5OutLayer", "modulation", 2),
+        ("transformers.transformer_kandinsky6", "Kandinsky6TransformerEncoderBlock", "text_modulation", 6),
+        ("transformers.transformer_kandinsky6", "Kandinsky6TransformerDecoderBlock", "visual_modulation", 9),
+        ("transformers.transformer_kandinsky6", "Kandinsky6OutLayer", "modulation", 2),
+        ("transformers.transformer_kandinsky6_sr", "Kandinsky6SRTransformerBlock", "visual_modulation", 6),
+        ("transformers.transformer_kandinsky6_sr", "Kandinsky6SROutLayer", "modulation", 2))},
+    ("diffusers.models.transformers.transformer_kandinsky6", "Kandinsky6FusedTransformerDecoderBlock",
+     "va_modulation"): lambda a: ("shift, scale, gate", (a.model_dim, a.model_dim, a.model_dim_a) if a.cross_gates
+                                  else 3),
+    ("diffusers.models.transformers.transformer_kandinsky6", "Kandinsky6FusedTransformerDecoderBlock",
+     "av_modulation"): lambda a: ("shift, scale, gate", (a.model_dim_a, a.model_dim_a, a.model_dim) if a.cross_gates
+                                  else 3),
+    ("diffusers.models.transformers.transformer_minimax_h3", "MiniMaxH3AdaLayerNormModulation", "linear"): lambda a: (
+        "6 shifts, scales and gates per modality", (a.hidden_size,) * (a.linear.out_features // a.hidden_size)),
+    ("diffusers.models.autoencoders.ltx2_diffusion_decoder", "LTX2VideoVaeAdaLNZero", "proj"): lambda a: (
+        "shifts, scales and gates", a.num_chunks),
+    **{(f"diffusers.models.{where}", owner, local): _parts(2, _GLU) for where, owner, local in (
+        ("transformers.transformer_stable_audio3", "StableAudio3FeedForward", "proj_in"),
+        ("autoencoders.autoencoder_same", "FeedForward", "proj_in"),
+        ("transformers.transformer_rfd4_proteina", "RFD4ProteinaTransition", "swish_linear"),
+        ("transformers.transformer_sana_wm", "GLUMBConvTemp", "inverted_conv"))},
+    **{(f"diffusers.models.autoencoders.{where}", owner, "to_qkv"): _parts(3, "q, k, v") for where, owner in (
+        ("autoencoder_kl_wan", "WanAttentionBlock"), ("autoencoder_kl_qwenimage", "QwenImageAttentionBlock"),
+        ("autoencoder_kl_qwenimage21", "QwenImage21AttentionBlock"))},
+    ("diffusers.models.transformers.transformer_stable_audio3", "StableAudio3SelfAttention", "to_qkv"): lambda a: (
+        ("q₁, q₂, k₁, k₂, v (differential attention)", 5) if a.use_differential else ("q, k, v", 3)),
+    ("diffusers.models.transformers.transformer_stable_audio3", "StableAudio3CrossAttention", "to_q"): lambda a: (
+        ("q₁, q₂ (differential attention)", 2) if a.use_differential else None),
+    ("diffusers.models.transformers.transformer_stable_audio3", "StableAudio3CrossAttention", "to_kv"): lambda a: (
+        ("k₁, k₂, v (differential attention)", 3) if a.use_differential else ("k, v", 2)),
+    ("diffusers.models.unets.unet_dreamlite", "ResnetBlock2DDreamLite", "time_emb_proj"): lambda a: (
+        ("scale, shift", 2) if a.time_embedding_norm == "scale_shift" else None),
 }
 """Outputs the forward splits, by the owner's module and class and the projection's name: ``owner → (what, row
 blocks)`` (None: not split); the projection may sit in a module that only wraps it (timm's ConvNorm, ConvNormAct: a
@@ -968,9 +1062,12 @@ def _split_output(parent, rows: int, parents: dict):
                 found = rule(parent[0])
             except (AttributeError, TypeError):  # another version of the module: no split known
                 return None
-            if found is None or sum(found[1]) != rows:
+            what, blocks = found or (None, None)
+            if isinstance(blocks, int):  # k equal parts
+                blocks = (rows // blocks,) * blocks if rows % blocks == 0 else None
+            if blocks is None or sum(blocks) != rows:
                 return None
-            return f"{found[0]} ({cls.__name__}.{parent[1]})", found[1]
+            return f"{what} ({cls.__name__}.{parent[1]})", blocks
         if id(parent[0]) not in parents or not _wraps_one_map(parent[0]):
             return None
         parent = parents[id(parent[0])]
