@@ -377,3 +377,22 @@ def test_hand_written_convs_of_sana_wm_and_wan_animate_are_read_and_config_reads
     wan = layouts(_one_layer_meta("WanAnimateTransformer3DModel"))
     motion = {n: v for n, v in wan.items() if "motion_encoder" in n and v.role == "conv"}
     assert motion and all(v.kernel_dims == 2 for v in motion.values())
+
+
+def test_modulations_only_other_configs_build_are_blocks():
+    """HunyuanVideo's token-replace norms (6 and 3 parts), Motif-Video's AdaNorm (2), the IP-Adapter time-image
+    block's adaln_proj (4): modules the models build only with other configs than their defaults."""
+    pytest.importorskip("diffusers")
+    from diffusers.models.embeddings import IPAdapterTimeImageProjectionBlock
+    from diffusers.models.transformers.transformer_hunyuan_video import (
+        HunyuanVideoTokenReplaceAdaLayerNormZero,
+        HunyuanVideoTokenReplaceAdaLayerNormZeroSingle,
+    )
+    from diffusers.models.transformers.transformer_motif_video import MotifVideoAdaNorm
+
+    for module, tensor, k in ((HunyuanVideoTokenReplaceAdaLayerNormZero(16), "m.linear.weight", 6),
+                              (HunyuanVideoTokenReplaceAdaLayerNormZeroSingle(16), "m.linear.weight", 3),
+                              (MotifVideoAdaNorm(16), "m.linear.weight", 2),
+                              (IPAdapterTimeImageProjectionBlock(hidden_dim=16, dim_head=8, heads=2),
+                               "m.adaln_proj.weight", 4)):
+        assert len(layouts(torch.nn.ModuleDict({"m": module}))[tensor].blocks) == k

@@ -175,7 +175,10 @@ _CHUNKED_OUTPUTS = (
     ("linear", r"^(CogView4|GlmImage)AdaLayerNormZero$", 12, _ADALN),
     ("linear", r"^((CogView4|GlmImage)AdaLayerNormContinuous|ErnieImageAdaLNContinuous|Flux3AdaLayerNorm|"
                r"AudioDiTAdaLayerNormZeroFinal|MiniMaxH3AdaLayerNormOut)$", 2, _ADALN),
-    ("linear", r"^EasyAnimateLayerNormZero$", 6, _ADALN),
+    ("linear", r"^(EasyAnimateLayerNormZero|HunyuanVideoTokenReplaceAdaLayerNormZero)$", 6, _ADALN),
+    ("linear", r"^HunyuanVideoTokenReplaceAdaLayerNormZeroSingle$", 3, _ADALN),
+    ("linear", r"^MotifVideoAdaNorm$", 2, _ADALN),
+    ("adaln_proj", r"^IPAdapterTimeImageProjectionBlock$", 4, _ADALN),
     ("linear", r"^Flux3Modulation$", 3, _ADALN),
     ("linear_2", r"^CosmosAdaLayerNormZero$", 3, _ADALN),
     ("linear_2", r"^CosmosAdaLayerNorm$", 2, _ADALN),
@@ -1023,6 +1026,8 @@ _SPLIT_OUTPUTS = {
         ("autoencoders.autoencoder_same", "FeedForward", "proj_in"),
         ("transformers.transformer_rfd4_proteina", "RFD4ProteinaTransition", "swish_linear"),
         ("transformers.transformer_sana_wm", "GLUMBConvTemp", "inverted_conv"))},
+    ("diffusers.models.autoencoders.autoencoder_rfd4_proteina", "RFD4ProteinaEncoder",
+     "latent_decoder_mean_n_log_scale"): _parts(2, "the posterior's mean, log-scale"),
     **{(f"diffusers.models.autoencoders.{where}", owner, "to_qkv"): _parts(3, "q, k, v") for where, owner in (
         ("autoencoder_kl_wan", "WanAttentionBlock"), ("autoencoder_kl_qwenimage", "QwenImageAttentionBlock"),
         ("autoencoder_kl_qwenimage21", "QwenImage21AttentionBlock"))},
