@@ -68,6 +68,25 @@ def make_model() -> nn.Module:
                          nn.Linear(10, 3), nn.Tanh(), nn.Linear(3, 1))
 
 
+class ExpertNet(nn.Module):
+    """An MoE-style stack of 4 maps (E, d_out, d_in), its only tensor: 2 whole experts per rank under FSDP2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.experts = nn.Parameter(torch.randn(4, 3, 6) / 6 ** 0.5)
+
+    def forward(self, x):
+        return torch.einsum("bi,eoi->beo", x, self.experts).tanh().mean((1, 2))[:, None]
+
+
+EXPERT_PRESETS = ("muon", "scion", "clipped", "gluon", "normuon", "adamuon", "muonbp", "almond")
+
+
+def expert_groups(model):
+    return specopt.param_groups(model, layouts={"experts": "experts"}, head=False)
+
+
 def global_batch():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16, 6, generator=g)
@@ -107,6 +126,10 @@ def single(out_dir: str) -> None:
         opt = make(model.parameters())
         train(model, opt, x, y, STEPS, parts=WORLD)
         results[name] = full_params(model)
+    for name in EXPERT_PRESETS:
+        model = ExpertNet()
+        train(model, PRESETS[name](expert_groups(model)), x, y, STEPS, parts=WORLD)
+        results[f"experts/{name}"] = full_params(model)
     torch.save(results, os.path.join(out_dir, "single.pt"))
 
 
@@ -217,6 +240,14 @@ def distributed(rank: int, world: int, out_dir: str) -> None:
             fully_shard(layer)
     fully_shard(model)
     results["muonbp_collectives"] = collectives_per_step(model, specopt.MuonBP(model.parameters(), period=3), xs, ys, 6)
+    for name in EXPERT_PRESETS:  # FSDP2 shards an expert stack by experts: each rank orthogonalises its own
+        model = ExpertNet()
+        fully_shard(model)
+        opt = PRESETS[name](expert_groups(model))
+        if name == "muon":
+            results["experts_collectives"] = collectives_per_step(model, opt, xs, ys, 2)
+        train(model, opt, xs, ys, STEPS, start=2 if name == "muon" else 0)
+        results[f"fsdp/experts/{name}"] = full_params(model)
     for name in ("gluon", "prox-storm", "gluon-mvr"):  # a root-only shard, evaluated after every step: the probe
         model = make_model()                           # must not reuse the weights the evaluation left unsharded
         fully_shard(model)

@@ -103,6 +103,17 @@ def test_muonbp_block_steps_under_fsdp2_post_no_collective_for_the_lmo(runs):
                 assert calls == {"all_reduce": 1}
 
 
+@pytest.mark.parametrize("name", distributed_worker.EXPERT_PRESETS)
+def test_an_expert_stack_under_fsdp2_is_orthogonalised_where_it_lies(runs, name):
+    """FSDP2 shards an (E, d_out, d_in) stack by experts, so each rank holds whole maps: its lmo runs on the rank's
+    own experts, with no gather (Muon: the only collective after the first step's checks is the one-scalar
+    non-finite check), and every preset's run equals one process's."""
+    for rank in ("rank0", "rank1"):
+        first, second = runs[rank]["experts_collectives"]
+        assert "all_to_all_single" not in first and second == {"all_reduce": 1}  # the first: the ranks' agreement
+    assert _max_diff(runs["rank0"][f"fsdp/experts/{name}"], runs["single"][f"experts/{name}"]) <= 1e-6
+
+
 def test_replicas_that_differ_are_refused(runs):
     for rank in ("rank0", "rank1"):
         assert "parameters differ across ranks" in runs[rank]["replica_error"]

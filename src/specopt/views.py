@@ -163,6 +163,11 @@ class Stacked(_View):
     def _full_view_shape(self, shape):
         return shape
 
+    def shard_local(self, shape, rows, rank):
+        """Itself: FSDP2's ``Shard(0)`` cuts the first stacked axis, so every shard holds whole maps, whose lmo's are
+        their own (each rank orthogonalises its experts, with no gather)."""
+        return self
+
     def _reduce(self, values, how):
         return how(values, dim=tuple(range(values.ndim - self.dims, values.ndim)))
 
